@@ -1,0 +1,197 @@
+"""Stage pools: servers behind one FIFO queue, with optional queue limit, timeout and batching.
+
+`serve(request)` is a simpy generator that returns OK, REJECTED or TIMED_OUT. The timeout
+bounds a request's wait in the stage's queue: one not started within `timeout_ms` leaves it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Generator
+from typing import Any
+
+import numpy as np
+import simpy
+
+from aif_sim.latency import Sampler
+from aif_sim.metrics import StageStats
+from aif_sim.scenario import Stage
+
+OK, REJECTED, TIMED_OUT = 0, 1, 2
+
+
+class Request:
+    """A request in flight: dropped when it leaves the system."""
+
+    __slots__ = ("id", "arrival_s", "user", "candidates", "measured", "service_s", "stage_ms")
+
+    def __init__(self, rid: int, arrival_s: float, user: int, candidates: int, measured: bool, service_s: list[float]) -> None:
+        self.id = rid
+        self.arrival_s = arrival_s
+        self.user = user
+        self.candidates = candidates
+        self.measured = measured
+        self.service_s = service_s  # this request's service time at each stage slot (seconds)
+        self.stage_ms = [float("nan")] * len(service_s)
+
+
+class Window:
+    """The measurement window [start_s, end_s): requests arriving in it are counted."""
+
+    def __init__(self, start_s: float, end_s: float) -> None:
+        self.start_s, self.end_s = start_s, end_s
+
+    def overlap(self, begin_s: float, end_s: float) -> float:
+        return max(0.0, min(end_s, self.end_s) - max(begin_s, self.start_s))
+
+
+class StagePool:
+    """A pool of `servers` serving one request at a time each."""
+
+    def __init__(self, env: simpy.Environment, slot: int, config: Stage, stats: StageStats, window: Window) -> None:
+        self.env = env
+        self.slot = slot
+        self.servers = config.servers
+        self.resource = simpy.Resource(env, capacity=config.servers)
+        self.queue_limit = config.queue_limit
+        self.timeout_s = config.timeout_ms / 1000 if config.timeout_ms is not None else None
+        self.stats = stats
+        self.window = window
+        self.slowdown = 1.0  # service-time multiplier (faults)
+
+    def full(self) -> bool:
+        """True when a new request would be rejected by the queue limit."""
+        return (
+            self.queue_limit is not None
+            and self.resource.count >= self.servers
+            and len(self.resource.queue) >= self.queue_limit
+        )
+
+    def serve(self, request: Request) -> Generator[simpy.Event, Any, int]:
+        env = self.env
+        arrived = env.now
+        if self.full():
+            return REJECTED
+        claim = self.resource.request()
+        if self.timeout_s is None:
+            yield claim
+        else:
+            yield claim | env.timeout(self.timeout_s)
+            if not claim.triggered:
+                claim.cancel()
+                return TIMED_OUT
+        started = env.now
+        service = request.service_s[self.slot] * self.slowdown
+        yield env.timeout(service)
+        self.resource.release(claim)
+        self.stats.busy_window_s += self.window.overlap(started, started + service)
+        self._record(request, arrived, started, service)
+        return OK
+
+    def _record(self, request: Request, arrived: float, started: float, compute_s: float) -> None:
+        """Book a finished visit: its stage time on the request, latency, wait and compute on the stats."""
+        latency_ms = (self.env.now - arrived) * 1000
+        request.stage_ms[self.slot] = latency_ms
+        if request.measured:
+            stats = self.stats
+            stats.compute_s += compute_s
+            stats.latency.add(latency_ms)
+            stats.wait.add((started - arrived) * 1000)
+
+
+class _Waiting:
+    """A request waiting in a batching queue."""
+
+    __slots__ = ("request", "arrived", "done", "abandoned")
+
+    def __init__(self, request: Request, arrived: float, done: simpy.Event) -> None:
+        self.request, self.arrived, self.done, self.abandoned = request, arrived, done, False
+
+
+class BatchingPool(StagePool):
+    """Servers that take up to `max_size` requests at once.
+
+    A dispatcher claims a free server, then waits until `max_size` requests are queued or the
+    oldest has waited `max_wait_ms`, and serves them as one batch; requests keep queueing while
+    every server is busy. A batch's service time is drawn at its size: a profile operator
+    measured by batch reads the batch size, one measured by candidates the batch's candidates.
+    """
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        slot: int,
+        config: Stage,
+        stats: StageStats,
+        window: Window,
+        sampler: Sampler,
+        rng: np.random.Generator,
+    ) -> None:
+        super().__init__(env, slot, config, stats, window)
+        assert config.batch is not None
+        self.max_size = config.batch.max_size
+        self.max_wait_s = config.batch.max_wait_ms / 1000
+        self.sampler, self.rng = sampler, rng
+        self.queue: deque[_Waiting] = deque()
+        self._arrival = env.event()
+        env.process(self._dispatch())
+
+    def full(self) -> bool:
+        return self.queue_limit is not None and len(self.queue) >= self.queue_limit
+
+    def serve(self, request: Request) -> Generator[simpy.Event, Any, int]:
+        env = self.env
+        if self.full():
+            return REJECTED
+        waiting = _Waiting(request, env.now, env.event())
+        self.queue.append(waiting)
+        if not self._arrival.triggered:
+            self._arrival.succeed()
+        if self.timeout_s is None:
+            return (yield waiting.done)
+        yield waiting.done | env.timeout(self.timeout_s)
+        if not waiting.done.triggered:
+            waiting.abandoned = True
+            return TIMED_OUT
+        return waiting.done.value
+
+    def _next_arrival(self) -> simpy.Event:
+        if self._arrival.triggered:
+            self._arrival = self.env.event()
+        return self._arrival
+
+    def _live(self) -> int:
+        while self.queue and self.queue[0].abandoned:
+            self.queue.popleft()
+        return len(self.queue)
+
+    def _dispatch(self) -> Generator[simpy.Event, Any, None]:
+        env = self.env
+        while True:
+            while not self._live():
+                yield self._next_arrival()
+            claim = self.resource.request()
+            yield claim
+            while 0 < self._live() < self.max_size:
+                left = self.queue[0].arrived + self.max_wait_s - env.now
+                if left <= 0:
+                    break
+                yield self._next_arrival() | env.timeout(left)
+            batch = [w for w in (self.queue.popleft() for _ in range(min(self.max_size, len(self.queue)))) if not w.abandoned]
+            if not batch:
+                self.resource.release(claim)
+                continue
+            env.process(self._serve(batch, claim))
+
+    def _serve(self, batch: list[_Waiting], claim: simpy.Event) -> Generator[simpy.Event, Any, None]:
+        env = self.env
+        started = env.now
+        work = len(batch) if self.sampler.work_key == "batch" else sum(w.request.candidates for w in batch)
+        service = float(self.sampler.sample(self.rng, 1, work)[0]) / 1000 * self.slowdown
+        yield env.timeout(service)
+        self.resource.release(claim)
+        self.stats.busy_window_s += self.window.overlap(started, started + service)
+        share = service / len(batch)
+        for waiting in batch:
+            self._record(waiting.request, waiting.arrived, started, share)
+            waiting.done.succeed(OK)
