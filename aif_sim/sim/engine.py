@@ -86,10 +86,11 @@ class PipelineSimulation:
     def _handle(self, request: Request) -> Generator[simpy.Event, Any, None]:
         env = self.env
         for step in self.flow:
-            if isinstance(step, tuple):
-                branches = [env.process(pool.serve(request)) for pool in step]
-                yield env.all_of(branches)
-                outcome = max(branch.value for branch in branches)
+            if isinstance(step, tuple):  # parallel group: the last branch runs in this process
+                branches = [env.process(pool.serve(request)) for pool in step[:-1]]
+                outcome = yield from step[-1].serve(request)
+                for branch in branches:
+                    outcome = max(outcome, (yield branch))
             else:
                 outcome = yield from step.serve(request)
             if outcome != OK:

@@ -45,6 +45,49 @@ class Window:
         return max(0.0, min(end_s, self.end_s) - max(begin_s, self.start_s))
 
 
+class ServerPool:
+    """`servers` identical servers with a FIFO queue of waiters.
+
+    Lighter than simpy.Resource: a request that finds a free server takes it without an event,
+    and a finishing server is handed straight to the first live waiter.
+    """
+
+    def __init__(self, env: simpy.Environment, servers: int) -> None:
+        self.env = env
+        self.servers = servers
+        self.busy = 0
+        self.queue: deque[simpy.Event] = deque()
+        self.abandoned: set[simpy.Event] = set()  # waiters that left but still sit in the deque
+        self.queued = 0  # live waiters
+
+    def try_acquire(self) -> simpy.Event | None:
+        """None if a server was free and is now held; otherwise an event that fires when one is handed over."""
+        if self.busy < self.servers:
+            self.busy += 1
+            return None
+        waiter = self.env.event()
+        self.queue.append(waiter)
+        self.queued += 1
+        return waiter
+
+    def abandon(self, waiter: simpy.Event) -> None:
+        """Withdraw a waiter that has not been served (it stays in the deque until skipped)."""
+        self.abandoned.add(waiter)
+        self.queued -= 1
+
+    def release(self) -> None:
+        """Free a server: hand it to the first live waiter, if any."""
+        while self.queue:
+            waiter = self.queue.popleft()
+            if waiter in self.abandoned:
+                self.abandoned.discard(waiter)
+                continue
+            self.queued -= 1
+            waiter.succeed()
+            return
+        self.busy -= 1
+
+
 class StagePool:
     """A pool of `servers` serving one request at a time each."""
 
@@ -52,7 +95,7 @@ class StagePool:
         self.env = env
         self.slot = slot
         self.servers = config.servers
-        self.resource = simpy.Resource(env, capacity=config.servers)
+        self.pool = ServerPool(env, config.servers)
         self.queue_limit = config.queue_limit
         self.timeout_s = config.timeout_ms / 1000 if config.timeout_ms is not None else None
         self.stats = stats
@@ -61,29 +104,27 @@ class StagePool:
 
     def full(self) -> bool:
         """True when a new request would be rejected by the queue limit."""
-        return (
-            self.queue_limit is not None
-            and self.resource.count >= self.servers
-            and len(self.resource.queue) >= self.queue_limit
-        )
+        pool = self.pool
+        return self.queue_limit is not None and pool.busy >= pool.servers and pool.queued >= self.queue_limit
 
     def serve(self, request: Request) -> Generator[simpy.Event, Any, int]:
         env = self.env
         arrived = env.now
         if self.full():
             return REJECTED
-        claim = self.resource.request()
-        if self.timeout_s is None:
-            yield claim
-        else:
-            yield claim | env.timeout(self.timeout_s)
-            if not claim.triggered:
-                claim.cancel()
-                return TIMED_OUT
+        waiter = self.pool.try_acquire()
+        if waiter is not None:
+            if self.timeout_s is None:
+                yield waiter
+            else:
+                yield waiter | env.timeout(self.timeout_s)
+                if not waiter.triggered:
+                    self.pool.abandon(waiter)
+                    return TIMED_OUT
         started = env.now
         service = request.service_s[self.slot] * self.slowdown
         yield env.timeout(service)
-        self.resource.release(claim)
+        self.pool.release()
         self.stats.busy_window_s += self.window.overlap(started, started + service)
         self._record(request, arrived, started, service)
         return OK
@@ -170,8 +211,9 @@ class BatchingPool(StagePool):
         while True:
             while not self._live():
                 yield self._next_arrival()
-            claim = self.resource.request()
-            yield claim
+            waiter = self.pool.try_acquire()
+            if waiter is not None:
+                yield waiter
             while 0 < self._live() < self.max_size:
                 left = self.queue[0].arrived + self.max_wait_s - env.now
                 if left <= 0:
@@ -179,17 +221,17 @@ class BatchingPool(StagePool):
                 yield self._next_arrival() | env.timeout(left)
             batch = [w for w in (self.queue.popleft() for _ in range(min(self.max_size, len(self.queue)))) if not w.abandoned]
             if not batch:
-                self.resource.release(claim)
+                self.pool.release()
                 continue
-            env.process(self._serve(batch, claim))
+            env.process(self._serve(batch))
 
-    def _serve(self, batch: list[_Waiting], claim: simpy.Event) -> Generator[simpy.Event, Any, None]:
+    def _serve(self, batch: list[_Waiting]) -> Generator[simpy.Event, Any, None]:
         env = self.env
         started = env.now
         work = len(batch) if self.sampler.work_key == "batch" else sum(w.request.candidates for w in batch)
         service = float(self.sampler.sample(self.rng, 1, work)[0]) / 1000 * self.slowdown
         yield env.timeout(service)
-        self.resource.release(claim)
+        self.pool.release()
         self.stats.busy_window_s += self.window.overlap(started, started + service)
         share = service / len(batch)
         for waiting in batch:
