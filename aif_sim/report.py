@@ -17,7 +17,7 @@ from rich.table import Table  # noqa: E402
 
 from aif_sim.atomic import atomic_path  # noqa: E402
 from aif_sim.metrics import PipelineMetrics  # noqa: E402
-from aif_sim.pipelines import stages_of  # noqa: E402
+from aif_sim.pipelines import PIPELINES, stages_of  # noqa: E402
 
 BASELINE = "sequential"
 
@@ -149,7 +149,7 @@ def plot_latency_cdf(path: Path, results: dict[str, PipelineMetrics], slo_ms: fl
 
 
 def plot_stage_breakdown(path: Path, summary: dict[str, Any]) -> None:
-    """Mean wait and service per stage, one panel per pipeline; stages in a parallel group share a row colour."""
+    """Mean service and queue wait per stage, one panel per pipeline; ∥ marks stages that run in parallel."""
     pipelines = summary["pipelines"]
     height = sum(0.8 + 0.35 * len(m["stages"]) for m in pipelines.values())
     fig, axes = plt.subplots(len(pipelines), 1, figsize=(7.5, height), squeeze=False)
@@ -162,7 +162,8 @@ def plot_stage_breakdown(path: Path, summary: dict[str, Any]) -> None:
         rows = range(len(names))
         ax.barh(rows, service, color="tab:blue", label="service")
         ax.barh(rows, wait, left=service, color="tab:orange", label="queue wait")
-        ax.set_yticks(list(rows), names)
+        parallel = {name for step in PIPELINES[pipeline] if isinstance(step, tuple) for name in step}
+        ax.set_yticks(list(rows), [f"{name} ∥" if name in parallel else name for name in names])
         ax.invert_yaxis()
         ax.set_xlim(0, limit * 1.05)
         ax.set_title(f"{pipeline}: end-to-end mean {metrics['latency_ms']['mean']:.1f} ms, p99 {metrics['latency_ms']['p99']:.1f} ms", fontsize=10)
