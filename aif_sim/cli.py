@@ -31,11 +31,11 @@ from aif_sim.runner import build_samplers, simulate, summary_document
 from aif_sim.scenario import Scenario, load_scenario, parse_overrides
 from aif_sim.sweep import run_sweep
 
-SIM_COMMANDS = ("run", "compare", "sweep")
-
 
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors and exit code 2."""
+
+    commands: frozenset[str] = frozenset()
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -55,7 +55,7 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--requests-sample", type=float, default=1.0, metavar="FRACTION", help="share of completed requests written to the per-request file")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> Parser:
     parser = Parser(prog="aif-sim", description="Simulate sequential vs asynchronous (AIF) pre-ranking inference.")
     parser.add_argument("--version", action="version", version=f"aif-sim {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         register = None
     if register is not None:
         register(commands)
+    parser.commands = frozenset(commands.choices)
     return parser
 
 
@@ -169,8 +170,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    commands = set(parser._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
-    if argv and argv[0] not in commands and not argv[0].startswith("-"):
+    if argv and argv[0] not in parser.commands and not argv[0].startswith("-"):
         argv.insert(0, "run")
     args = parser.parse_args(argv)
     try:

@@ -1,8 +1,8 @@
 """Streaming metrics with memory bounded in the request count.
 
 Latencies go into log-bucketed histograms (relative error below 0.25%, exact count, mean and
-max), fed through small buffers so that recording one value is a list append. Nothing is kept
-per finished request.
+max), fed through buffers so that recording one value is a list append; the engine flushes them
+after every block of arrivals. Nothing is kept per finished request.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ class LogHistogram:
     LOW = 1e-4  # values below fall in the first bucket
     HIGH = 1e8
     GROWTH = 1.005
-    FLUSH_AT = 4096
 
     def __init__(self) -> None:
         self.bins = int(math.ceil(math.log(self.HIGH / self.LOW) / math.log(self.GROWTH))) + 1
@@ -46,10 +45,6 @@ class LogHistogram:
         self.total += float(values.sum())
         self.min = min(self.min, float(values.min()))
         self.max = max(self.max, float(values.max()))
-
-    def maybe_flush(self) -> None:
-        if len(self._buffer) >= self.FLUSH_AT:
-            self.flush()
 
     def merge(self, other: "LogHistogram") -> None:
         other.flush()
@@ -98,7 +93,7 @@ class StageStats:
     busy_window_s: float = 0.0  # server-seconds busy inside the measurement window
     compute_s: float = 0.0  # service time spent on measured requests (batches split evenly)
 
-    def summary(self, window_s: float, completed: int) -> dict[str, Any]:
+    def summary(self, window_s: float) -> dict[str, Any]:
         return {
             "latency_ms": self.latency.summary(),
             "wait_ms": self.wait.summary(),
@@ -170,7 +165,7 @@ class PipelineMetrics:
             "offered_qps": self.offered / self.window_s,
             "throughput_qps": self.completed / self.window_s,
             "latency_ms": self.latency.summary(),
-            "stages": {name: stats.summary(self.window_s, self.completed) for name, stats in self.stages.items()},
+            "stages": {name: stats.summary(self.window_s) for name, stats in self.stages.items()},
             "compute": {name: stats.compute(self.completed) for name, stats in self.stages.items()},
             "bottleneck": max(self.stages, key=lambda name: self.stages[name].busy_window_s / self.stages[name].servers),
         }

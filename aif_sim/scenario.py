@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from aif_sim.errors import InputError
 from aif_sim.pipelines import stages_of
@@ -75,11 +75,13 @@ class LognormalLatency(Strict):
     median_ms: float = Field(gt=0)
     p99_ms: float = Field(gt=0)
 
-    @model_validator(mode="after")
-    def _p99_above_median(self) -> "LognormalLatency":
-        if self.p99_ms <= self.median_ms:
-            raise ValueError(f"expected p99_ms > median_ms, got p99_ms={self.p99_ms} <= median_ms={self.median_ms}")
-        return self
+    @field_validator("p99_ms")
+    @classmethod
+    def _p99_above_median(cls, value: float, info: ValidationInfo) -> float:
+        median = info.data.get("median_ms")
+        if median is not None and value <= median:
+            raise ValueError(f"expected p99_ms > median_ms, got {value} <= {median}")
+        return value
 
 
 class GammaLatency(Strict):
@@ -248,27 +250,25 @@ class Scenario(Strict):
             raise ValueError(f"expected each pipeline once, got {value}")
         return value
 
+    @field_validator("warmup_s")
+    @classmethod
+    def _warmup_inside_duration(cls, value: float, info: ValidationInfo) -> float:
+        duration = info.data.get("duration_s")
+        if duration is not None and value >= duration:
+            raise ValueError(f"expected warmup_s < duration_s, got {value} >= {duration}")
+        return value
+
     @field_validator("stages")
     @classmethod
-    def _known_stages(cls, value: dict[str, Stage]) -> dict[str, Stage]:
+    def _stages_known_and_complete(cls, value: dict[str, Stage], info: ValidationInfo) -> dict[str, Stage]:
         unknown = sorted(set(value) - set(STAGE_NAMES))
         if unknown:
             raise ValueError(f"unknown stage {unknown[0]!r}, expected one of {', '.join(STAGE_NAMES)}")
-        return value
-
-    @model_validator(mode="after")
-    def _stages_of_pipelines_given(self) -> "Scenario":
-        for pipeline in self.pipelines:
-            missing = [name for name in stages_of(pipeline) if name not in self.stages]
+        for pipeline in info.data.get("pipelines") or []:
+            missing = [name for name in stages_of(pipeline) if name not in value]
             if missing:
-                raise ValueError(f"stages: missing stage {missing[0]!r}, which pipeline {pipeline!r} uses")
-        return self
-
-    @model_validator(mode="after")
-    def _warmup_inside_duration(self) -> "Scenario":
-        if self.warmup_s >= self.duration_s:
-            raise ValueError(f"expected warmup_s < duration_s, got warmup_s={self.warmup_s} >= duration_s={self.duration_s}")
-        return self
+                raise ValueError(f"missing stage {missing[0]!r}, which pipeline {pipeline!r} uses")
+        return value
 
 
 # --- loading ---------------------------------------------------------------------------------------

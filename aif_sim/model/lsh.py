@@ -1,0 +1,106 @@
+"""LSH-SIM: random-hyperplane signatures of multi-modal embeddings packed into uint64 words.
+
+Similarity between a candidate and a long-term behaviour is the Hamming distance of their signatures
+(XOR + popcount). Each candidate is summarised by how many of the user's long-term behaviours lie within
+a few Hamming radii of it (log1p counts): a similarity-weighted pooling over the long-term behaviours whose
+weights per similarity level the real-time head learns. The `dense` mode computes the same counts from
+exact cosine similarities (the reference that LSH approximates).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from aif_sim.model.config import LSHMode
+
+WORD_BITS = 64
+MAGNITUDE_QUANTILE = 0.6745  # |N(0,1)| median: the 2-bit code's magnitude bit splits projections in half
+CPU_CHUNK = 256  # candidates per block on CPU, so the pairwise temporaries stay in cache
+_BYTE_POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.uint8)
+
+
+def pack_bits(bits: Tensor) -> Tensor:
+    """Pack a bool tensor [..., n*64] into int64 words [..., n] (bit k of word w = bits[..., 64*w + k])."""
+    *lead, n = bits.shape
+    if n % WORD_BITS:
+        raise ValueError(f"bit count {n} is not a multiple of {WORD_BITS}")
+    halves = bits.reshape(*lead, n // WORD_BITS, 2, 32).long()
+    weights = torch.ones(32, dtype=torch.long, device=bits.device) << torch.arange(32, device=bits.device)
+    lo, hi = (halves * weights).sum(-1).unbind(-1)
+    return lo | (hi << 32)
+
+
+def hamming(a: Tensor, b: Tensor) -> Tensor:
+    """Hamming distances [C, L] (uint8) between packed signatures a [C, W] and b [L, W], by XOR + popcount."""
+    if a.device.type == "cpu":
+        a64, b64 = a.numpy().view(np.uint64), b.numpy().view(np.uint64)
+        out = np.bitwise_count(np.bitwise_xor(a64[:, None, 0], b64[None, :, 0]))
+        for w in range(1, a64.shape[1]):
+            out += np.bitwise_count(np.bitwise_xor(a64[:, None, w], b64[None, :, w]))
+        return torch.from_numpy(out)
+    x = (a[:, None, :] ^ b[None, :, :]).contiguous().view(torch.uint8)
+    return _BYTE_POPCOUNT.to(a.device)[x.long()].sum(-1, dtype=torch.uint8)
+
+
+def count_within(sim: Tensor, thresholds: Tensor, closer_is_smaller: bool) -> Tensor:
+    """Counts [C, K] of entries of each row of sim [C, L] at or beyond each threshold (<= for distances, >= for similarities)."""
+    if sim.device.type == "cpu":
+        s = sim.numpy()
+        cols = [np.less_equal(s, t) if closer_is_smaller else np.greater_equal(s, t) for t in thresholds.tolist()]
+        return torch.from_numpy(np.stack([c.view(np.uint8).sum(1, dtype=np.int32) for c in cols], axis=1))
+    hit = sim[..., None] <= thresholds if closer_is_smaller else sim[..., None] >= thresholds
+    return hit.sum(-2, dtype=torch.int32)
+
+
+class LSHSim(nn.Module):
+    """Signature encoder and similarity features for one of the modes bit1 (sign), bit2 (sign + magnitude) or dense."""
+
+    def __init__(self, mm_dim: int, mode: LSHMode, bits: int, radii: tuple[float, ...], seed: int) -> None:
+        super().__init__()
+        if mode not in ("bit1", "bit2", "dense"):
+            raise ValueError(f"unknown LSH mode {mode!r}")
+        self.mode = mode
+        n_planes = bits if mode == "bit1" else bits // 2
+        gen = torch.Generator().manual_seed(seed)
+        self.register_buffer("planes", torch.randn(n_planes, mm_dim, generator=gen))
+        if mode == "dense":
+            thresholds = torch.tensor([math.cos(math.pi * r) for r in radii])
+        else:
+            thresholds = torch.tensor([math.floor(r * bits) for r in radii], dtype=torch.uint8)
+        self.register_buffer("thresholds", thresholds)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.thresholds)
+
+    def encode(self, mm: Tensor) -> Tensor:
+        """Codes of embeddings [..., mm_dim]: int64 words [..., W], or unit vectors in dense mode."""
+        if self.mode == "dense":
+            return nn.functional.normalize(mm, dim=-1)
+        proj = mm @ self.planes.T
+        bits = proj > 0
+        if self.mode == "bit2":
+            magnitude = proj.abs() > MAGNITUDE_QUANTILE * mm.norm(dim=-1, keepdim=True)
+            bits = torch.stack([bits, magnitude], dim=-1).flatten(-2)
+        return pack_bits(bits)
+
+    def similarity(self, cand: Tensor, beh: Tensor) -> Tensor:
+        """Pairwise similarity [C, L] of candidate codes [C, .] and behaviour codes [L, .]: Hamming or cosine."""
+        return hamming(cand, beh) if self.mode != "dense" else cand @ beh.T
+
+    def features(self, cand: Tensor, beh: Tensor) -> Tensor:
+        """log1p counts [B, C, K] of behaviours [B, L, .] within each radius of each candidate [B, C, .]."""
+        return torch.log1p(torch.stack([self.counts(c, b) for c, b in zip(cand, beh)]).float())
+
+    def counts(self, cand: Tensor, beh: Tensor) -> Tensor:
+        """Counts [C, K] of behaviours [L, .] within each radius of each candidate [C, .]."""
+        rows = CPU_CHUNK if cand.device.type == "cpu" else max(len(cand), 1)
+        blocks = [
+            count_within(self.similarity(cand[i : i + rows], beh), self.thresholds, closer_is_smaller=self.mode != "dense")
+            for i in range(0, len(cand), rows)
+        ]
+        return torch.cat(blocks) if blocks else torch.zeros(0, self.n_features, dtype=torch.int32)

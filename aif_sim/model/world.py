@@ -1,0 +1,273 @@
+"""A seeded synthetic world with known ground truth: users, drifting items, behaviours and impressions.
+
+Items have a hidden latent vector around their category's centre; their multi-modal embedding is a noisy
+projection of it. At every epoch boundary some items change (the latent moves, the price bucket may
+change, popularity jumps) and all popularities random-walk, so features at time t differ from those of
+t - lag. Users have a few hidden interest points; their long-term behaviours (~1000) are items near those
+points, their short sequence (~50) follows the current one. The true click logit mixes
+- a general taste <theta_u, z_i> and category preferences (what a two-tower model can represent),
+- the current intent, seen in the short sequence,
+- long-term affinity: a soft count of long-term behaviours whose latent is close to the candidate's
+  (a max-like, multi-modal function a single dot product cannot represent),
+- popularity and a user-specific price sensitivity.
+Behaviours are history: their features are those of time 0. Candidates and labels use time t.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+
+PROFILE_SIZES = (6, 2, 4, 4)  # age bucket, gender, city tier, activity level
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """Sizes and dynamics of the world; `seed` fixes everything generated from it."""
+
+    n_users: int = 2000
+    n_items: int = 10000
+    n_categories: int = 32
+    n_brands: int = 320
+    n_price_buckets: int = 10
+    n_pop_buckets: int = 10
+    latent_dim: int = 16
+    mm_dim: int = 64
+    short_len: int = 50
+    long_len: int = 1000
+    n_interests: int = 3
+    horizon_s: float = 86400.0
+    epoch_s: float = 1800.0
+    change_prob: float = 0.2  # chance that an item's features change at an epoch boundary
+    change_size: float = 0.8  # how far a change moves the item's latent offset (0: not at all, 1: redrawn)
+    train_requests: int = 5000
+    test_requests: int = 1000
+    train_candidates: int = 100
+    test_candidates: int = 300
+    test_start_frac: float = 0.75  # training requests before this fraction of the horizon, test requests after
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS: dict[str, WorldConfig] = {
+    "small": WorldConfig(),
+    "medium": WorldConfig(
+        n_users=20000, n_items=50000, n_categories=64, n_brands=1280, train_requests=40000, test_requests=5000
+    ),
+}
+
+
+def preset(name: str, seed: int) -> WorldConfig:
+    """The named preset with the given seed."""
+    return replace(PRESETS[name], seed=seed)
+
+
+@dataclass
+class ItemFeatures:
+    """Item features as the model sees them, for items of any shape."""
+
+    category: np.ndarray
+    brand: np.ndarray
+    price: np.ndarray
+    pop: np.ndarray
+    mm: np.ndarray  # float32 [..., mm_dim]
+
+
+@dataclass
+class UserFeatures:
+    """User features: profile ids [B, 4], short sequence items' features [B, Ls], long-term mm embeddings [B, Ll, mm_dim]."""
+
+    profile: np.ndarray
+    short: ItemFeatures
+    long_mm: np.ndarray
+
+
+@dataclass
+class Requests:
+    """Pre-ranking requests: who, when, the retrieved candidates, true click probabilities and sampled labels."""
+
+    users: np.ndarray  # [R]
+    times: np.ndarray  # [R] seconds
+    items: np.ndarray  # [R, C]
+    probs: np.ndarray  # [R, C]
+    labels: np.ndarray  # [R, C] 0/1
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def subset(self, rows: np.ndarray | slice) -> Requests:
+        return Requests(self.users[rows], self.times[rows], self.items[rows], self.probs[rows], self.labels[rows])
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+class World:
+    """The generated world; build it with `World(cfg)` (deterministic in cfg)."""
+
+    OFFSET_SCALE = 0.3  # item offset per latent coordinate around the category centre
+    MM_NOISE = 0.15  # noise of the multi-modal embedding around the projected latent
+    LONG_SHARPNESS = 12.0  # how tightly long-term behaviours concentrate around interest points
+    SHORT_SHARPNESS = 16.0
+    AFFINITY_COS = 0.85  # a long-term behaviour counts as similar above this latent cosine
+    WEIGHTS = {"taste": 1.0, "category": 1.0, "intent": 1.5, "affinity": 1.2, "pop": 0.4, "price": 0.3}
+    BIAS = -3.0
+
+    def __init__(self, cfg: WorldConfig) -> None:
+        self.cfg = cfg
+        rng = np.random.default_rng(cfg.seed)
+        self._make_items(rng)
+        self._make_users(rng)
+        self._make_behaviours(rng)
+
+    # items
+    def _make_items(self, rng: np.random.Generator) -> None:
+        c = self.cfg
+        n_epochs = int(np.ceil(c.horizon_s / c.epoch_s)) + 1
+        self.centres = _unit(rng.standard_normal((c.n_categories, c.latent_dim)))
+        self.category = rng.integers(0, c.n_categories, c.n_items)
+        brands_per_cat = max(1, c.n_brands // c.n_categories)
+        self.brand = self.category * brands_per_cat + rng.integers(0, brands_per_cat, c.n_items)
+        self.projection = rng.standard_normal((c.latent_dim, c.mm_dim)).astype(np.float32) / np.sqrt(c.latent_dim)
+        self.mm_noise = rng.standard_normal((c.n_items, c.mm_dim)).astype(np.float32) / np.sqrt(c.mm_dim)
+        offset = rng.standard_normal((c.n_items, c.latent_dim)) * self.OFFSET_SCALE
+        log_pop = -1.0 * np.log1p(rng.permutation(c.n_items))
+        price = rng.integers(0, c.n_price_buckets, c.n_items)
+        self.latent = np.empty((n_epochs, c.n_items, c.latent_dim), dtype=np.float32)
+        self.log_pop = np.empty((n_epochs, c.n_items), dtype=np.float32)
+        self.price = np.empty((n_epochs, c.n_items), dtype=np.int64)
+        self.changed = np.zeros((n_epochs, c.n_items), dtype=bool)
+        for e in range(n_epochs):
+            if e > 0:
+                changed = rng.random(c.n_items) < c.change_prob
+                k = int(changed.sum())
+                offset[changed] = np.sqrt(1 - c.change_size**2) * offset[changed] + c.change_size * self.OFFSET_SCALE * rng.standard_normal((k, c.latent_dim))
+                log_pop = log_pop + 0.1 * rng.standard_normal(c.n_items)
+                log_pop[changed] += 0.8 * rng.standard_normal(k)
+                reprice = changed & (rng.random(c.n_items) < 0.5)
+                price = np.where(reprice, rng.integers(0, c.n_price_buckets, c.n_items), price)
+                self.changed[e] = changed
+            self.latent[e] = _unit(self.centres[self.category] + offset)
+            self.log_pop[e] = log_pop
+            self.price[e] = price
+        ranks = np.argsort(np.argsort(-self.log_pop, axis=1), axis=1)
+        self.pop_bucket = (ranks * c.n_pop_buckets // c.n_items).astype(np.int64)
+
+    def epoch(self, t: np.ndarray | float) -> np.ndarray:
+        """Epoch index of time(s) t (clamped to the horizon; negative times are epoch 0)."""
+        e = np.floor(np.asarray(t, dtype=np.float64) / self.cfg.epoch_s).astype(np.int64)
+        return np.clip(e, 0, len(self.latent) - 1)
+
+    def mm(self, latent: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Multi-modal embeddings of items with the given latent vectors."""
+        return _unit(_unit(latent @ self.projection) + self.MM_NOISE * self.mm_noise[items])
+
+    def item_features(self, items: np.ndarray, t: np.ndarray | float) -> ItemFeatures:
+        """Features of items (any shape) as they were at time(s) t (broadcast to items)."""
+        e = np.broadcast_to(self.epoch(t), items.shape)
+        return ItemFeatures(
+            self.category[items], self.brand[items], self.price[e, items], self.pop_bucket[e, items],
+            self.mm(self.latent[e, items], items),
+        )
+
+    def changed_between(self, items: np.ndarray, t0: np.ndarray | float, t1: np.ndarray | float) -> np.ndarray:
+        """Whether each item's features changed in (t0, t1]."""
+        counts = np.cumsum(self.changed, axis=0)
+        return counts[self.epoch(t1), items] > counts[self.epoch(t0), items]
+
+    # users
+    def _make_users(self, rng: np.random.Generator) -> None:
+        c = self.cfg
+        self.profile = np.stack([rng.integers(0, n, c.n_users) for n in PROFILE_SIZES], axis=1)
+        n_groups = PROFILE_SIZES[0] * PROFILE_SIZES[1]
+        group_pref = rng.dirichlet(np.full(c.n_categories, 0.3), n_groups)
+        group = self.profile[:, 0] * PROFILE_SIZES[1] + self.profile[:, 1]
+        cats = np.stack([rng.choice(c.n_categories, c.n_interests, p=group_pref[g]) for g in group])
+        offsets = rng.standard_normal((c.n_users, c.n_interests, c.latent_dim)) * self.OFFSET_SCALE
+        self.interests = _unit(self.centres[cats] + offsets)  # [U, m, k]
+        self.interest_weights = rng.dirichlet(np.ones(c.n_interests), c.n_users)
+        self.taste = _unit((self.interest_weights[:, :, None] * self.interests).sum(1))
+        self.category_pref = np.zeros((c.n_users, c.n_categories))
+        np.add.at(self.category_pref, (np.arange(c.n_users)[:, None], cats), self.interest_weights)
+        self.current = np.array([rng.choice(c.n_interests, p=w) for w in self.interest_weights])
+        age_effect = (self.profile[:, 0] - PROFILE_SIZES[0] / 2) / PROFILE_SIZES[0]
+        self.price_sensitivity = rng.standard_normal(c.n_users) + 2 * age_effect
+
+    def _make_behaviours(self, rng: np.random.Generator) -> None:
+        c = self.cfg
+        z0 = self.latent[0]
+        self.long_items = np.empty((c.n_users, c.long_len), dtype=np.int64)
+        self.short_items = np.empty((c.n_users, c.short_len), dtype=np.int64)
+        self.relevant = np.empty((c.n_users, 4 * c.test_candidates), dtype=np.int64)
+        for start in range(0, c.n_users, 256):
+            users = np.arange(start, min(start + 256, c.n_users))
+            closeness = (self.interests[users] @ z0.T).max(axis=1)  # [b, N]
+            current = np.einsum("bk,nk->bn", self.interests[users, self.current[users]], z0)
+            long_logits = self.LONG_SHARPNESS * closeness + 0.5 * self.log_pop[0]
+            short_logits = self.SHORT_SHARPNESS * current + 0.5 * self.log_pop[0]
+            for row, u in enumerate(users):
+                self.long_items[u] = _sample(rng, long_logits[row], c.long_len)
+                self.short_items[u] = _sample(rng, short_logits[row], c.short_len)
+            self.relevant[users] = np.argpartition(-closeness, self.relevant.shape[1], axis=1)[:, : self.relevant.shape[1]]
+
+    def user_features(self, users: np.ndarray) -> UserFeatures:
+        """Features of users [B]; their behaviours carry the features of time 0."""
+        long = self.long_items[users]
+        return UserFeatures(self.profile[users], self.item_features(self.short_items[users], 0.0), self.mm(self.latent[0, long], long))
+
+    # ground truth and impressions
+    def click_logit(self, users: np.ndarray, items: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """True click logits for users [R], candidates [R, C] at times [R]."""
+        e = self.epoch(t)[:, None]
+        z = self.latent[e, items]  # [R, C, k]
+        w = self.WEIGHTS
+        taste = np.einsum("rck,rk->rc", z, self.taste[users])
+        category = np.take_along_axis(self.category_pref[users], self.category[items], axis=1)
+        intent = np.einsum("rck,rk->rc", z, self.interests[users, self.current[users]])
+        long_z = self.latent[0, self.long_items[users]]  # [R, Ll, k]
+        near = np.clip((z @ long_z.transpose(0, 2, 1) - self.AFFINITY_COS) / (1 - self.AFFINITY_COS), 0, None)
+        affinity = np.log1p(near.sum(-1))
+        pop = self.log_pop[e, items]
+        price = (self.price[e, items] - self.cfg.n_price_buckets / 2) / self.cfg.n_price_buckets
+        return (
+            self.BIAS + w["taste"] * taste + w["category"] * category + w["intent"] * 2 * intent
+            + w["affinity"] * affinity + w["pop"] * pop - w["price"] * self.price_sensitivity[users, None] * price
+        )
+
+    def requests(self, split: str, rng: np.random.Generator | None = None) -> Requests:
+        """The train or test requests (deterministic in the world's seed unless rng is given)."""
+        c = self.cfg
+        is_train = split == "train"
+        if split not in ("train", "test"):
+            raise ValueError(f"unknown split {split!r}")
+        rng = rng or np.random.default_rng([c.seed, 1 if is_train else 2])
+        n = c.train_requests if is_train else c.test_requests
+        n_cand = c.train_candidates if is_train else c.test_candidates
+        lo, hi = (0.0, c.test_start_frac * c.horizon_s) if is_train else (c.test_start_frac * c.horizon_s, c.horizon_s)
+        users = rng.integers(0, c.n_users, n)
+        times = np.sort(rng.uniform(lo, hi, n))
+        items = np.stack([self._retrieve(rng, u, t, n_cand) for u, t in zip(users, times)])
+        probs = np.empty(items.shape)
+        for start in range(0, n, 128):
+            rows = slice(start, start + 128)
+            probs[rows] = 1.0 / (1.0 + np.exp(-self.click_logit(users[rows], items[rows], times[rows])))
+        labels = (rng.random(items.shape) < probs).astype(np.int8)
+        return Requests(users, times, items, probs, labels)
+
+    def _retrieve(self, rng: np.random.Generator, user: int, t: float, n: int) -> np.ndarray:
+        """Candidates: half by relevance to the user, half by current popularity (Gumbel top-k), no repeats."""
+        relevant = rng.choice(self.relevant[user], n // 2, replace=False)
+        scores = self.log_pop[self.epoch(t)] + rng.gumbel(size=self.cfg.n_items)
+        scores[relevant] = -np.inf
+        popular = np.argpartition(-scores, n - n // 2)[: n - n // 2]
+        return np.concatenate([relevant, popular])
+
+
+def _sample(rng: np.random.Generator, logits: np.ndarray, n: int) -> np.ndarray:
+    p = np.exp(logits - logits.max())
+    cdf = np.cumsum(p)
+    return np.minimum(np.searchsorted(cdf, rng.random(n) * cdf[-1], side="right"), len(p) - 1)
