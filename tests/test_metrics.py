@@ -1,0 +1,166 @@
+"""Streaming metrics: the log histogram against numpy, and the summary's derived figures against theory."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from aif_sim.metrics import LogHistogram
+from aif_sim.runner import build_samplers, simulate
+from aif_sim.traffic import request_blocks
+from conftest import MANY, make_scenario, negligible, run_summaries
+
+QUANTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
+
+
+def _filled(values: np.ndarray) -> LogHistogram:
+    """Values added one by one, flushed in small batches as the engine does."""
+    hist = LogHistogram()
+    for i, v in enumerate(values.tolist(), 1):
+        hist.add(v)
+        if i % 4096 == 0:
+            hist.flush()
+    hist.flush()
+    return hist
+
+
+@pytest.mark.parametrize("sigma", [0.3, 1.0, 2.5])
+def test_log_histogram_quantiles_match_numpy_on_lognormal(sigma):
+    values = np.random.default_rng(int(sigma * 10)).lognormal(mean=math.log(8.0), sigma=sigma, size=200_000)
+    hist = _filled(values)
+    summary = hist.summary()
+    for key, q in QUANTILES.items():
+        exact = np.percentile(values, q, method="inverted_cdf")
+        assert summary[key] == pytest.approx(exact, rel=0.005), key
+        assert summary[key] == pytest.approx(np.percentile(values, q), rel=0.005), key
+    for q in (0.001, 0.1, 0.25, 0.75, 0.95):
+        assert hist.quantile(q) == pytest.approx(np.percentile(values, 100 * q, method="inverted_cdf"), rel=0.005)
+    assert summary["mean"] == pytest.approx(values.mean(), rel=1e-12)
+    assert summary["max"] == values.max()
+    assert hist.min == values.min()
+    assert hist.count == len(values)
+    assert hist.quantile(1.0) == values.max()
+    if values.min() >= LogHistogram.LOW:  # below LOW all values share the first bucket (documented)
+        assert hist.quantile(0.0) == pytest.approx(values.min(), rel=0.005)
+
+
+def test_log_histogram_merge_equals_combined():
+    rng = np.random.default_rng(1)
+    a = rng.lognormal(1.0, 0.8, 50_000)
+    b = rng.gamma(2.0, 10.0, 70_000)
+    merged = _filled(a)
+    merged.merge(_filled(b))
+    combined = _filled(np.concatenate([a, b]))
+    np.testing.assert_array_equal(merged.counts, combined.counts)
+    assert merged.count == combined.count == len(a) + len(b)
+    assert merged.min == combined.min and merged.max == combined.max
+    ms, cs = merged.summary(), combined.summary()
+    assert ms["mean"] == pytest.approx(cs["mean"], rel=1e-12)
+    for key in ("p50", "p90", "p99", "p999", "max"):
+        assert ms[key] == cs[key]
+    # merging an empty histogram changes nothing; merging into an empty one copies
+    empty = LogHistogram()
+    merged.merge(LogHistogram())
+    assert merged.summary()["p99"] == cs["p99"]
+    empty.merge(combined)
+    assert empty.summary()["p50"] == cs["p50"] and empty.count == combined.count
+
+
+def test_log_histogram_edge_values():
+    empty = LogHistogram().summary()
+    assert all(math.isnan(v) for v in empty.values())
+    zeros = _filled(np.zeros(100))
+    assert zeros.summary()["p50"] == 0.0 and zeros.summary()["max"] == 0.0 and zeros.summary()["mean"] == 0.0
+    one = _filled(np.array([12.345]))
+    assert all(v == 12.345 for v in one.summary().values())
+    # unflushed values count too (the buffer is flushed before answering)
+    hist = LogHistogram()
+    for v in (1.0, 2.0, 3.0):
+        hist.add(v)
+    assert hist.summary()["mean"] == 2.0 and hist.summary()["max"] == 3.0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="LogHistogram.quantile (aif_sim/metrics.py) reports the first bucket's middle, LOW*GROWTH**0.5 "
+    "= 1.0025e-4, for a quantile that falls on exact zeros (e.g. the wait p50 of a lightly loaded stage), "
+    "unless every value is 0; documented relative error is 0.25%",
+)
+def test_log_histogram_quantile_of_zeros_is_zero():
+    values = np.concatenate([np.zeros(700), np.random.default_rng(2).exponential(5.0, 300)])
+    summary = _filled(values).summary()
+    assert summary["p50"] == np.percentile(values, 50, method="inverted_cdf") == 0.0
+
+
+def test_slo_missed_share_matches_exponential_tail():
+    """Unlimited servers, exponential prerank (mean 10 ms): P(latency > 20 ms) = exp(-2)."""
+    stages = {name: negligible() for name in ("merger", "retrieval", "feature_fetch")}
+    stages["prerank"] = {"servers": MANY, "latency": {"dist": "exponential", "mean_ms": 10}}
+    scenario = make_scenario(stages, qps=2000, duration_s=10.0, slo={"p99_ms": 20})
+    summary = run_summaries(scenario)["sequential"]
+    n = summary["requests"]["offered"]
+    p = math.exp(-2)
+    assert summary["slo"]["missed_share"] == pytest.approx(p, abs=4 * math.sqrt(p * (1 - p) / n))
+    assert summary["slo"]["valid"] is False
+    # latency quantiles of an exponential: -mean ln(1 - q)
+    for key, q in QUANTILES.items():
+        if key != "p999":
+            assert summary["latency_ms"][key] == pytest.approx(-10 * math.log(1 - q / 100), rel=0.05), key
+
+
+def test_slo_counts_lost_requests_as_missed():
+    stages = {name: negligible() for name in ("merger", "retrieval", "feature_fetch")}
+    stages["prerank"] = {"servers": 1, "latency": {"dist": "constant", "ms": 10}, "queue_limit": 0}
+    # at most one request in service, none queued: arrivals during a service are rejected
+    scenario = make_scenario(stages, qps=50, duration_s=20.0, slo={"p99_ms": 1000})
+    summary = run_summaries(scenario)["sequential"]
+    req = summary["requests"]
+    assert req["rejected"] > 0
+    assert summary["slo"]["missed_share"] == pytest.approx(req["rejected"] / req["offered"])
+    # M/D/1/1 (Erlang loss with one server): blocking = a / (1 + a), a = 50/s * 10 ms = 0.5
+    assert req["rejected"] / req["offered"] == pytest.approx(0.5 / 1.5, abs=4 * math.sqrt(0.22 / req["offered"]))
+    assert summary["stages"]["prerank"]["wait_ms"]["max"] == 0.0
+
+
+def test_compute_utilization_and_bottleneck_with_constant_services():
+    stages = {
+        "merger": {"servers": 10, "latency": {"dist": "constant", "ms": 1}},
+        "retrieval": {"servers": 50, "latency": {"dist": "constant", "ms": 4}},
+        "feature_fetch": {"servers": 100, "latency": {"dist": "constant", "ms": 2}},
+        "prerank": {"servers": 20, "latency": {"dist": "constant", "ms": 5}},
+    }
+    qps, duration = 500.0, 20.0
+    scenario = make_scenario(stages, qps=qps, duration_s=duration, warmup_s=2.0)
+    summary = run_summaries(scenario)["sequential"]
+    completed = summary["requests"]["completed"]
+    assert completed == summary["requests"]["offered"]
+    window = duration - 2.0
+    for name, stage in stages.items():
+        ms = stage["latency"]["ms"]
+        assert summary["compute"][name]["ms_per_request"] == pytest.approx(ms, rel=1e-9)
+        assert summary["compute"][name]["busy_s"] == pytest.approx(completed * ms / 1000, rel=1e-9)
+        # offered load in Erlangs over servers, up to Poisson noise in the count
+        expected = completed / window * ms / 1000 / stage["servers"]
+        assert summary["stages"][name]["utilization"] == pytest.approx(expected, rel=0.02)
+    # highest busy time per server: prerank (500/s * 5 ms / 20 = 0.125) vs merger (0.05) etc.
+    assert summary["bottleneck"] == "prerank"
+    assert summary["latency_ms"]["max"] == pytest.approx(12.0, rel=1e-6)  # p999 <= max <= sum of constants
+    assert summary["offered_qps"] == pytest.approx(qps, rel=4 / math.sqrt(qps * window))
+
+
+def test_timeseries_counts_every_completion():
+    stages = {name: negligible() for name in ("merger", "retrieval", "feature_fetch")}
+    stages["prerank"] = {"servers": MANY, "latency": {"dist": "constant", "ms": 3}}
+    scenario = make_scenario(stages, qps=400, duration_s=6.0, warmup_s=1.0)
+    metrics = simulate(scenario, build_samplers(scenario, "<test>"))["sequential"]
+    rows = metrics.timeseries.rows
+    assert [r["t_s"] for r in rows] == list(range(len(rows)))
+    total = sum(r["completed"] for r in rows)
+    # warm-up completions are in the timeseries too: every arrival completed, after a constant 3 ms
+    arrivals = sum(len(b.arrival_s) for b in request_blocks(scenario.traffic, scenario.duration_s, scenario.seed))
+    assert total == arrivals and metrics.completed < arrivals
+    for r in rows:
+        if r["completed"]:
+            assert r["p50_ms"] == pytest.approx(3.0) and r["p99_ms"] == pytest.approx(3.0)

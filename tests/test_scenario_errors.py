@@ -1,0 +1,237 @@
+"""Every class of bad input through the CLI: exit code 2 and one line on stderr naming the file and the field."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from aif_sim.cli import main
+from conftest import scenario_dict, write_yaml
+
+TINY_STAGES = {
+    "merger": {"servers": 8, "latency": {"dist": "constant", "ms": 0.5}},
+    "retrieval": {"servers": 64, "latency": {"dist": "lognormal", "median_ms": 5, "p99_ms": 12}},
+    "user_inference": {"servers": 8, "latency": {"dist": "gamma", "mean_ms": 3, "cv": 0.4}},
+    "feature_fetch": {"servers": 32, "latency": {"dist": "gamma", "mean_ms": 2, "cv": 0.5}},
+    "item_fetch": {"servers": 32, "latency": {"dist": "gamma", "mean_ms": 1, "cv": 0.5}},
+    "prerank": {"servers": 16, "latency": {"dist": "gamma", "mean_ms": 10, "cv": 0.3}, "queue_limit": 100, "timeout_ms": 100},
+    "rtp": {"servers": 8, "latency": {"dist": "exponential", "mean_ms": 2}, "batch": {"max_size": 4, "max_wait_ms": 1}},
+}
+
+
+def base() -> dict:
+    return scenario_dict(TINY_STAGES, pipelines=["sequential", "aif"], qps=200, duration_s=1.0, warmup_s=0.2)
+
+
+def run_bad(capsys, argv: list[str]) -> str:
+    """Run the CLI on bad input; return its one stderr line after checking the exit code and shape."""
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse-level errors (a non-number where a number is expected)
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.endswith("\n") and err.count("\n") == 1, f"expected one line, got {err!r}"
+    assert "Traceback" not in err
+    return err.strip()
+
+
+def _assert_names(line: str, *parts: str) -> None:
+    for part in parts:
+        assert part in line, f"{part!r} not in {line!r}"
+
+
+def _mutate(fn: Callable[[dict], None]) -> dict:
+    data = base()
+    fn(data)
+    return data
+
+
+def _del(path: str) -> Callable[[dict], None]:
+    def apply(data: dict) -> None:
+        node = data
+        keys = path.split(".")
+        for key in keys[:-1]:
+            node = node[key]
+        del node[keys[-1]]
+    return apply
+
+
+def _set(path: str, value) -> Callable[[dict], None]:
+    def apply(data: dict) -> None:
+        node = data
+        keys = path.split(".")
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = value
+    return apply
+
+
+SCHEMA_CASES = {
+    "unknown key": (_set("stages.prerank.replicas", 3), ["stages.prerank.replicas", "unknown"]),
+    "unknown top-level key": (_set("durations", 3), ["durations", "unknown"]),
+    "wrong type": (_set("traffic.arrival.qps", "fast"), ["traffic.arrival.qps", "fast"]),
+    "wrong type list": (_set("pipelines", "sequential"), ["pipelines"]),
+    "negative servers": (_set("stages.prerank.servers", -1), ["stages.prerank.servers"]),
+    "negative latency": (_set("stages.prerank.latency", {"dist": "gamma", "mean_ms": -3, "cv": 0.3}), ["stages.prerank.latency.mean_ms"]),
+    "negative timeout": (_set("stages.prerank.timeout_ms", -5), ["stages.prerank.timeout_ms"]),
+    "negative duration": (_set("duration_s", -1), ["duration_s"]),
+    "zero qps": (_set("traffic.arrival.qps", 0), ["traffic.arrival.qps"]),
+    "missing duration": (_del("duration_s"), ["duration_s", "missing"]),
+    "missing servers": (_del("stages.prerank.servers"), ["stages.prerank.servers", "missing"]),
+    "missing latency field": (_set("stages.prerank.latency", {"dist": "gamma", "mean_ms": 3}), ["stages.prerank.latency.cv", "missing"]),
+    "unknown distribution": (_set("stages.prerank.latency", {"dist": "weibull", "ms": 3}), ["stages.prerank.latency", "weibull"]),
+    "unknown arrival kind": (_set("traffic.arrival", {"kind": "uniform", "qps": 3}), ["traffic.arrival", "uniform"]),
+    "unknown stage name": (_set("stages.reranker", {"servers": 1, "latency": {"dist": "constant", "ms": 1}}), ["stages", "reranker"]),
+    "unknown pipeline": (_set("pipelines", ["sequential", "turbo"]), ["pipelines", "turbo"]),
+    "pipeline twice": (_set("pipelines", ["aif", "aif"]), ["pipelines"]),
+    "pipeline uses missing stage": (_del("stages.user_inference"), ["stages", "user_inference", "aif"]),
+    "lognormal p99 below median": (_set("stages.retrieval.latency", {"dist": "lognormal", "median_ms": 10, "p99_ms": 10}),
+                                   ["stages.retrieval.latency.p99_ms", "median"]),
+    "warmup equal duration": (_set("warmup_s", 1.0), ["warmup_s", "duration_s"]),
+    "warmup above duration": (_set("warmup_s", 5.0), ["warmup_s", "duration_s"]),
+    "zipf negative": (_set("traffic.items", {"count": 10, "zipf_s": -1}), ["traffic.items.zipf_s"]),
+    "batch size zero": (_set("stages.rtp.batch", {"max_size": 0}), ["stages.rtp.batch.max_size"]),
+    "missing trace file": (_set("traffic.arrival", {"kind": "trace", "path": "no/such/trace.csv"}), ["traffic.arrival.path", "trace.csv"]),
+    "missing empirical file": (_set("stages.prerank.latency", {"dist": "empirical", "path": "nope.csv"}), ["stages.prerank.latency.path", "nope.csv"]),
+    "missing profile file": (_set("stages.prerank.latency", {"dist": "profile", "path": "cpu.json", "op": "sequential_prerank"}),
+                             ["stages.prerank.latency.path", "cpu.json"]),
+    "caches set": (_set("caches", {"user_vector": {"capacity": 10}}), ["caches", "not simulated"]),
+    "nearline set": (_set("nearline", {"item_updates_per_s": 5}), ["nearline", "not simulated"]),
+    "faults set": (_set("faults", [{"at_s": 0.5, "kind": "cache_flush", "cache": "sim_features"}]), ["faults", "not simulated"]),
+}
+
+
+@pytest.mark.parametrize("case", list(SCHEMA_CASES))
+def test_bad_scenario_field(case, tmp_path, capsys):
+    mutate, expected = SCHEMA_CASES[case]
+    path = write_yaml(tmp_path / "bad.yaml", _mutate(mutate))
+    line = run_bad(capsys, [str(path), "--out", str(tmp_path / "out"), "--quiet"])
+    _assert_names(line, str(path), *expected)
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_profile_without_the_operator(tmp_path, capsys):
+    profile = tmp_path / "cpu.json"
+    profile.write_text(json.dumps({"hardware": "x", "ops": {"user_side": [{"batch": 1, "median_ms": 1, "p99_ms": 2}]}}))
+    data = base()
+    data["stages"]["prerank"]["latency"] = {"dist": "profile", "path": "cpu.json", "op": "sequential_prerank"}
+    path = write_yaml(tmp_path / "bad.yaml", data)
+    line = run_bad(capsys, [str(path), "--out", str(tmp_path / "out"), "--quiet"])
+    _assert_names(line, str(path), "stages.prerank.latency.op", "sequential_prerank", "user_side")
+
+
+def test_bad_yaml_syntax(tmp_path, capsys):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: x\nstages: {merger: [1, 2\nseed: 3\n")
+    line = run_bad(capsys, [str(path), "--quiet"])
+    _assert_names(line, str(path), "YAML", "line")
+
+
+def test_non_mapping_top_level(tmp_path, capsys):
+    path = tmp_path / "list.yaml"
+    path.write_text("- name: x\n- seed: 3\n")
+    _assert_names(run_bad(capsys, [str(path), "--quiet"]), str(path), "mapping")
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    _assert_names(run_bad(capsys, [str(empty), "--quiet"]), str(empty))
+
+
+def test_nonexistent_scenario_file(tmp_path, capsys):
+    path = tmp_path / "missing.yaml"
+    _assert_names(run_bad(capsys, [str(path), "--quiet"]), str(path))
+    # a directory is not a scenario file either
+    _assert_names(run_bad(capsys, [str(tmp_path), "--quiet"]), str(tmp_path))
+
+
+SET_CASES = {
+    "unknown path": (["--set", "traffic.arrival.rate=5"], ["traffic.arrival.rate"]),
+    "unknown stage via set": (["--set", "stages.ranker.servers=5"], ["stages"]),
+    "bad value": (["--set", "traffic.arrival.qps=abc"], ["traffic.arrival.qps", "abc"]),
+    "negative value": (["--set", "stages.prerank.servers=-4"], ["stages.prerank.servers"]),
+    "no equals sign": (["--set", "traffic.arrival.qps"], ["--set", "traffic.arrival.qps"]),
+    "empty path": (["--set", "=3"], ["--set"]),
+    "bad yaml value": (["--set", "pipelines=[sequential"], ["--set", "pipelines"]),
+    "index past list": (["--set", "pipelines.5=aif"], ["--set", "pipelines"]),
+    "unsupported section": (["--set", "nearline.item_updates_per_s=3"], ["nearline"]),
+    "seed not a number": (["--seed", "abc"], ["--seed"]),
+    "requests sample above 1": (["--requests-sample", "1.5"], ["--requests-sample"]),
+    "requests sample negative": (["--requests-sample", "-0.1"], ["--requests-sample"]),
+    "requests sample not a number": (["--requests-sample", "half"], ["--requests-sample"]),
+    "format unknown": (["--format", "xlsx"], ["--format"]),
+}
+
+
+@pytest.mark.parametrize("case", list(SET_CASES))
+def test_bad_command_line(case, tmp_path, capsys):
+    args, expected = SET_CASES[case]
+    path = write_yaml(tmp_path / "ok.yaml", base())
+    line = run_bad(capsys, [str(path), "--out", str(tmp_path / "out"), "--quiet", *args])
+    _assert_names(line, *expected)
+    if case not in ("no equals sign", "empty path", "bad yaml value", "index past list", "seed not a number",
+                    "format unknown") and not case.startswith("requests sample"):
+        _assert_names(line, str(path))  # scenario errors name the file
+
+
+def test_bad_compare_and_sweep_arguments(tmp_path, capsys):
+    path = write_yaml(tmp_path / "ok.yaml", base())
+    out = str(tmp_path / "out")
+    _assert_names(run_bad(capsys, ["compare", str(path), "--pipelines", "sequential,warp", "--out", out, "--quiet"]), str(path), "pipelines", "warp")
+    _assert_names(run_bad(capsys, ["compare", str(path), "--pipelines", "uic", "--out", out, "--quiet"]), str(path), "light_prerank")
+    _assert_names(run_bad(capsys, ["sweep", str(path), "--param", "traffic.arrival.qps", "--values", "100,-5", "--out", out, "--quiet"]),
+                  str(path), "traffic.arrival.qps")
+    _assert_names(run_bad(capsys, ["sweep", str(path), "--param", "traffic.arrival.speed", "--values", "1,2", "--out", out, "--quiet"]),
+                  str(path), "traffic.arrival.speed")
+    _assert_names(run_bad(capsys, ["sweep", str(path), "--param", "seed", "--values", "1,2", "--jobs", "0", "--out", out, "--quiet"]), "--jobs")
+    assert not Path(out).exists() or not any(Path(out).iterdir())
+
+
+def _bad_trace_scenario(tmp_path: Path) -> Path:
+    trace = tmp_path / "trace.csv"
+    trace.write_text("t\n0.1\n0.2\nsoon\n")
+    data = base()
+    data["traffic"]["arrival"] = {"kind": "trace", "path": "trace.csv"}
+    return write_yaml(tmp_path / "trace.yaml", data)
+
+
+def test_bad_data_file_contents(tmp_path, capsys):
+    trace_scenario = _bad_trace_scenario(tmp_path)
+    _assert_names(run_bad(capsys, [str(trace_scenario), "--out", str(tmp_path / "o1"), "--quiet"]), "trace.csv")
+    samples = tmp_path / "samples.csv"
+    samples.write_text("ms\n1.0\n-2.0\n")
+    data = base()
+    data["stages"]["prerank"]["latency"] = {"dist": "empirical", "path": "samples.csv"}
+    _assert_names(run_bad(capsys, [str(write_yaml(tmp_path / "emp.yaml", data)), "--quiet", "--out", str(tmp_path / "o2")]), "samples.csv")
+    data["stages"]["prerank"]["latency"] = {"dist": "empirical", "path": "samples.csv", "column": "latency"}
+    _assert_names(run_bad(capsys, [str(write_yaml(tmp_path / "emp2.yaml", data)), "--quiet", "--out", str(tmp_path / "o3")]),
+                  "samples.csv", "latency")
+
+
+def test_bad_input_leaves_existing_output_untouched(tmp_path, capsys):
+    out = tmp_path / "results"
+    out.mkdir()
+    kept = {name: out / name for name in ("summary.json", "requests.parquet", "notes.txt")}
+    for i, file in enumerate(kept.values()):
+        file.write_bytes(f"earlier run {i}\n".encode())
+        os.utime(file, (1_000_000_000, 1_000_000_000))
+    before = {name: (file.read_bytes(), file.stat().st_mtime_ns) for name, file in kept.items()}
+    good = write_yaml(tmp_path / "ok.yaml", base())
+    bad_field = write_yaml(tmp_path / "bad.yaml", _mutate(_set("stages.prerank.servers", 0)))
+    attempts = [
+        [str(bad_field), "--out", str(out), "--quiet"],
+        [str(good), "--out", str(out), "--quiet", "--set", "traffic.arrival.qps=-1"],
+        [str(good), "--out", str(out), "--quiet", "--requests-sample", "2"],
+        [str(good), "--out", str(out), "--quiet", "--set", "caches.user_vector.capacity=5"],
+        [str(_bad_trace_scenario(tmp_path)), "--out", str(out), "--quiet"],  # fails mid-simulation
+        ["sweep", str(good), "--param", "traffic.arrival.qps", "--values", "100,0", "--out", str(out), "--quiet"],
+    ]
+    for argv in attempts:
+        run_bad(capsys, argv)
+        after = {name: (file.read_bytes(), file.stat().st_mtime_ns) for name, file in kept.items()}
+        assert after == before, argv
+        assert sorted(p.name for p in out.iterdir()) == sorted(kept), argv  # no partial or temporary files
