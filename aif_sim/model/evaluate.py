@@ -7,7 +7,6 @@ import torch
 from scipy.stats import rankdata
 from torch import nn
 
-from aif_sim.model.aif_model import AIFModel
 from aif_sim.model.train import batch
 from aif_sim.model.world import Requests, World
 
@@ -64,17 +63,12 @@ def ranking_metrics(requests: Requests, probs: np.ndarray, prefix: str = "") -> 
 
 @torch.inference_mode()
 def score(model: nn.Module, world: World, requests: Requests, item_lag_s: float = 0.0, batch_requests: int = 32) -> np.ndarray:
-    """Click probabilities [R, C]; candidates' item-side inputs are those of `item_lag_s` before each request.
-    The AIF model scores through its split path (user side, item side, real time)."""
+    """Click probabilities [R, C]; candidates' item-side inputs are those of `item_lag_s` before each request."""
     out = np.empty(requests.items.shape)
     for start in range(0, len(requests), batch_requests):
         rows = slice(start, start + batch_requests)
         users, items, _ = batch(world, requests.subset(rows), item_lag_s)
-        if isinstance(model, AIFModel):
-            logits = model.realtime(model.user_side(users), model.item_side(items))
-        else:
-            logits = model(users, items)
-        out[rows] = torch.sigmoid(logits).double().numpy()
+        out[rows] = torch.sigmoid(model(users, items)).double().numpy()
     return out
 
 

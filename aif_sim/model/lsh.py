@@ -19,15 +19,25 @@ from aif_sim.model.config import LSHMode
 
 WORD_BITS = 64
 MAGNITUDE_QUANTILE = 0.6745  # |N(0,1)| median: the 2-bit code's magnitude bit splits projections in half
-CPU_CHUNK = 256  # candidates per block on CPU, so the pairwise temporaries stay in cache
+CPU_CHUNK = 128  # candidates per block on CPU, so the pairwise temporaries stay in cache
 _BYTE_POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.uint8)
 
 
 def pack_bits(bits: Tensor) -> Tensor:
     """Pack a bool tensor [..., n*64] into int64 words [..., n] (bit k of word w = bits[..., 64*w + k])."""
+    if bits.shape[-1] % WORD_BITS:
+        raise ValueError(f"bit count {bits.shape[-1]} is not a multiple of {WORD_BITS}")
+    return pack_bits_numpy(bits) if bits.device.type == "cpu" else pack_bits_torch(bits)
+
+
+def pack_bits_numpy(bits: Tensor) -> Tensor:
+    """pack_bits on CPU with numpy (assumes little-endian words, as on x86 and ARM)."""
+    return torch.from_numpy(np.packbits(bits.numpy(), axis=-1, bitorder="little").view(np.int64))
+
+
+def pack_bits_torch(bits: Tensor) -> Tensor:
+    """pack_bits with torch integer ops, on any device."""
     *lead, n = bits.shape
-    if n % WORD_BITS:
-        raise ValueError(f"bit count {n} is not a multiple of {WORD_BITS}")
     halves = bits.reshape(*lead, n // WORD_BITS, 2, 32).long()
     weights = torch.ones(32, dtype=torch.long, device=bits.device) << torch.arange(32, device=bits.device)
     lo, hi = (halves * weights).sum(-1).unbind(-1)
@@ -35,15 +45,29 @@ def pack_bits(bits: Tensor) -> Tensor:
 
 
 def hamming(a: Tensor, b: Tensor) -> Tensor:
-    """Hamming distances [C, L] (uint8) between packed signatures a [C, W] and b [L, W], by XOR + popcount."""
-    if a.device.type == "cpu":
-        a64, b64 = a.numpy().view(np.uint64), b.numpy().view(np.uint64)
-        out = np.bitwise_count(np.bitwise_xor(a64[:, None, 0], b64[None, :, 0]))
-        for w in range(1, a64.shape[1]):
-            out += np.bitwise_count(np.bitwise_xor(a64[:, None, w], b64[None, :, w]))
-        return torch.from_numpy(out)
+    """Hamming distances [C, L] between packed signatures a [C, W] and b [L, W], by XOR + popcount
+    (uint8 up to 3 words, int16 beyond)."""
+    return hamming_numpy(a, b) if a.device.type == "cpu" else hamming_torch(a, b)
+
+
+def hamming_numpy(a: Tensor, b: Tensor) -> Tensor:
+    """hamming on CPU: numpy XOR and np.bitwise_count (hardware popcount) per word."""
+    a64, b64 = a.numpy().view(np.uint64), b.numpy().view(np.uint64)
+    out = np.bitwise_count(np.bitwise_xor(a64[:, None, 0], b64[None, :, 0])).astype(_distance_dtype(a64.shape[1]), copy=False)
+    for w in range(1, a64.shape[1]):
+        out += np.bitwise_count(np.bitwise_xor(a64[:, None, w], b64[None, :, w]))
+    return torch.from_numpy(out)
+
+
+def hamming_torch(a: Tensor, b: Tensor) -> Tensor:
+    """hamming with torch on any device (torch has no popcount: XOR, then a byte lookup table)."""
     x = (a[:, None, :] ^ b[None, :, :]).contiguous().view(torch.uint8)
-    return _BYTE_POPCOUNT.to(a.device)[x.long()].sum(-1, dtype=torch.uint8)
+    dtype = torch.uint8 if _distance_dtype(a.shape[1]) == np.uint8 else torch.int16
+    return _BYTE_POPCOUNT.to(a.device)[x.long()].sum(-1, dtype=dtype)
+
+
+def _distance_dtype(n_words: int) -> type:
+    return np.uint8 if n_words * WORD_BITS <= 255 else np.int16
 
 
 def count_within(sim: Tensor, thresholds: Tensor, closer_is_smaller: bool) -> Tensor:

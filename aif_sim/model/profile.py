@@ -23,6 +23,7 @@ from aif_sim.model.config import ModelConfig
 from aif_sim.model.factory import model_config
 from aif_sim.model.inputs import ItemInputs, UserInputs
 from aif_sim.model.lsh import LSHSim
+from aif_sim.model.threads import set_threads
 from aif_sim.model.world import PROFILE_SIZES, WorldConfig
 
 BATCHES = (1, 8, 32, 128, 512)
@@ -102,7 +103,9 @@ def time_call(fn: Callable[[], object], effort: Effort, sync: Callable[[], None]
     return {"median_ms": float(np.median(samples) * 1e3), "p99_ms": float(np.percentile(samples, 99) * 1e3)}
 
 
-def operators(world: WorldConfig, device: torch.device, seed: int = 0) -> dict[str, tuple[str, tuple[int, ...], Callable[[int], Callable[[], object]]]]:
+def operators(
+    world: WorldConfig, device: torch.device, batches: tuple[int, ...] = BATCHES, candidates: tuple[int, ...] = CANDIDATES, seed: int = 0
+) -> dict[str, tuple[str, tuple[int, ...], Callable[[int], Callable[[], object]]]]:
     """For each operator: its grid key, its grid, and a factory of the call to time at a grid value."""
     cfg = model_config(world)
     torch.manual_seed(seed)
@@ -112,7 +115,7 @@ def operators(world: WorldConfig, device: torch.device, seed: int = 0) -> dict[s
     dense = LSHSim(cfg.mm_dim, "dense", cfg.lsh_bits, cfg.lsh_radii, cfg.lsh_seed).to(device)
     user = random_users(cfg, world, 1, gen).to(device)
     user_state = aif.user_side(user)
-    pool = random_items(cfg, (max(CANDIDATES),), gen).to(device)
+    pool = random_items(cfg, (max(candidates),), gen).to(device)
     pool_state = aif.item_side(pool)
     dense_user = dense.encode(user.long_mm)
     dense_pool = dense.encode(pool.mm)[None]
@@ -121,12 +124,12 @@ def operators(world: WorldConfig, device: torch.device, seed: int = 0) -> dict[s
         return torch.arange(n, device=device)[None]
 
     return {
-        "user_side": ("batch", BATCHES, lambda b: _bind(aif.user_side, random_users(cfg, world, b, gen).to(device))),
-        "item_side": ("batch", BATCHES, lambda b: _bind(aif.item_side, random_items(cfg, (b,), gen).to(device))),
-        "realtime": ("candidates", CANDIDATES, lambda n: _bind(aif.realtime, user_state, pool_state.take(first(n)))),
-        "sequential_prerank": ("candidates", CANDIDATES, lambda n: _bind(sequential, user, pool.take(first(n)))),
-        "lsh_popcount": ("candidates", CANDIDATES, lambda n: _bind(aif.lsh.features, pool_state.code[first(n)], user_state.long_codes)),
-        "dense_similarity": ("candidates", CANDIDATES, lambda n: _bind(dense.features, dense_pool[:, : n], dense_user)),
+        "user_side": ("batch", batches, lambda b: _bind(aif.user_side, random_users(cfg, world, b, gen).to(device))),
+        "item_side": ("batch", batches, lambda b: _bind(aif.item_side, random_items(cfg, (b,), gen).to(device))),
+        "realtime": ("candidates", candidates, lambda n: _bind(aif.realtime, user_state, pool_state.take(first(n)))),
+        "sequential_prerank": ("candidates", candidates, lambda n: _bind(sequential, user, pool.take(first(n)))),
+        "lsh_popcount": ("candidates", candidates, lambda n: _bind(aif.lsh.features, pool_state.code[first(n)], user_state.long_codes)),
+        "dense_similarity": ("candidates", candidates, lambda n: _bind(dense.features, dense_pool[:, : n], dense_user)),
     }
 
 
@@ -134,17 +137,20 @@ def _bind(fn: Callable[..., object], *args: object) -> Callable[[], object]:
     return lambda: fn(*args)
 
 
-def calibrate(world: WorldConfig, device_name: str, quick: bool, threads: int = 1) -> dict:
+def calibrate(
+    world: WorldConfig, device_name: str, quick: bool, threads: int = 1,
+    batches: tuple[int, ...] = BATCHES, candidates: tuple[int, ...] = CANDIDATES,
+) -> dict:
     """The profile: {"hardware", "torch", "threads", "device", "ops": {OP: [{key: n, "median_ms", "p99_ms"}, ...]}}."""
     device = resolve_device(device_name)
     if threads < 1:
         raise InputError(f"--threads: {threads}: expected a positive integer")
-    torch.set_num_threads(threads)
+    set_threads(threads)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     effort = QUICK if quick else FULL
     ops: dict[str, list[dict]] = {}
     with torch.inference_mode():
-        table = operators(world, device)
+        table = operators(world, device, batches, candidates)
         total = sum(len(grid) for _, grid, _ in table.values())
         with Progress(transient=True) as progress:
             task = progress.add_task("calibrating", total=total)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import io
+import pickle
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -13,10 +13,10 @@ import torch
 from rich.progress import Progress
 from torch import Tensor, nn
 
+from aif_sim.atomic import atomic_path
 from aif_sim.errors import InputError
 from aif_sim.model.config import ModelConfig
 from aif_sim.model.factory import build_model, item_inputs, user_inputs
-from aif_sim.model.files import atomic_write
 from aif_sim.model.inputs import ItemInputs, UserInputs
 from aif_sim.model.world import Requests, World, WorldConfig
 
@@ -26,7 +26,7 @@ class TrainConfig:
     """Optimisation settings."""
 
     epochs: int = 3
-    batch_requests: int = 16
+    batch_requests: int = 32
     lr: float = 3e-3
 
 
@@ -95,7 +95,7 @@ class Checkpoint:
     seed: int
 
 
-def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
+def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
     """Write the checkpoint atomically."""
     payload = {
         "model": ckpt.name,
@@ -106,9 +106,8 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
         "seed": ckpt.seed,
         "state_dict": ckpt.model.state_dict(),
     }
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    return atomic_write(path, lambda f: f.write(buffer.getvalue()))
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -124,5 +123,5 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         world_cfg = WorldConfig(**payload["world_config"])
         train_cfg = TrainConfig(**payload["train_config"])
         return Checkpoint(payload["model"], payload["model_version"], model.eval(), cfg, world_cfg, train_cfg, payload["seed"])
-    except (KeyError, TypeError, ValueError, RuntimeError, EOFError, OSError) as exc:
+    except (KeyError, TypeError, ValueError, RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
         raise InputError(f"{path}: checkpoint: not a valid aif-sim checkpoint ({type(exc).__name__}: {exc})".splitlines()[0]) from exc

@@ -53,6 +53,10 @@ class WorldConfig:
 
 
 PRESETS: dict[str, WorldConfig] = {
+    "tiny": WorldConfig(  # tests and smoke runs: seconds
+        n_users=300, n_items=2000, n_categories=16, n_brands=160, short_len=20, long_len=200,
+        train_requests=1200, test_requests=300, train_candidates=50, test_candidates=150,
+    ),
     "small": WorldConfig(),
     "medium": WorldConfig(
         n_users=20000, n_items=50000, n_categories=64, n_brands=1280, train_requests=40000, test_requests=5000
@@ -123,6 +127,7 @@ class World:
         self._make_items(rng)
         self._make_users(rng)
         self._make_behaviours(rng)
+        self._requests: dict[str, Requests] = {}
 
     # items
     def _make_items(self, rng: np.random.Generator) -> None:
@@ -154,6 +159,7 @@ class World:
             self.latent[e] = _unit(self.centres[self.category] + offset)
             self.log_pop[e] = log_pop
             self.price[e] = price
+        self.mm0 = self.mm(self.latent[0], np.arange(c.n_items))  # behaviours' embeddings (history: time 0)
         ranks = np.argsort(np.argsort(-self.log_pop, axis=1), axis=1)
         self.pop_bucket = (ranks * c.n_pop_buckets // c.n_items).astype(np.int64)
 
@@ -217,7 +223,7 @@ class World:
     def user_features(self, users: np.ndarray) -> UserFeatures:
         """Features of users [B]; their behaviours carry the features of time 0."""
         long = self.long_items[users]
-        return UserFeatures(self.profile[users], self.item_features(self.short_items[users], 0.0), self.mm(self.latent[0, long], long))
+        return UserFeatures(self.profile[users], self.item_features(self.short_items[users], 0.0), self.mm0[long])
 
     # ground truth and impressions
     def click_logit(self, users: np.ndarray, items: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -228,9 +234,7 @@ class World:
         taste = np.einsum("rck,rk->rc", z, self.taste[users])
         category = np.take_along_axis(self.category_pref[users], self.category[items], axis=1)
         intent = np.einsum("rck,rk->rc", z, self.interests[users, self.current[users]])
-        long_z = self.latent[0, self.long_items[users]]  # [R, Ll, k]
-        near = np.clip((z @ long_z.transpose(0, 2, 1) - self.AFFINITY_COS) / (1 - self.AFFINITY_COS), 0, None)
-        affinity = np.log1p(near.sum(-1))
+        affinity = np.stack([self.long_affinity(zr, u) for zr, u in zip(z, users)])
         pop = self.log_pop[e, items]
         price = (self.price[e, items] - self.cfg.n_price_buckets / 2) / self.cfg.n_price_buckets
         return (
@@ -238,28 +242,43 @@ class World:
             + w["affinity"] * affinity + w["pop"] * pop - w["price"] * self.price_sensitivity[users, None] * price
         )
 
-    def requests(self, split: str, rng: np.random.Generator | None = None) -> Requests:
-        """The train or test requests (deterministic in the world's seed unless rng is given)."""
-        c = self.cfg
-        is_train = split == "train"
+    def long_affinity(self, z: np.ndarray, user: int) -> np.ndarray:
+        """Long-term affinity of candidates with latents z [C, k]: log1p of the soft count of similar behaviours."""
+        cos = z @ self.latent[0, self.long_items[user]].T
+        near = np.maximum(cos - self.AFFINITY_COS, 0.0, out=cos)
+        return np.log1p(near.sum(-1) / (1 - self.AFFINITY_COS))
+
+    def click_prob(self, users: np.ndarray, items: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """True click probabilities for users [R], candidates [R, C] at times [R]."""
+        out = np.empty(items.shape)
+        for start in range(0, len(users), 128):
+            rows = slice(start, start + 128)
+            out[rows] = 1.0 / (1.0 + np.exp(-self.click_logit(users[rows], items[rows], t[rows])))
+        return out
+
+    def requests(self, split: str) -> Requests:
+        """The train or test requests (deterministic in the world's seed; generated once)."""
         if split not in ("train", "test"):
             raise ValueError(f"unknown split {split!r}")
-        rng = rng or np.random.default_rng([c.seed, 1 if is_train else 2])
+        if split not in self._requests:
+            self._requests[split] = self._make_requests(split == "train")
+        return self._requests[split]
+
+    def _make_requests(self, is_train: bool) -> Requests:
+        c = self.cfg
+        rng = np.random.default_rng([c.seed, 1 if is_train else 2])
         n = c.train_requests if is_train else c.test_requests
         n_cand = c.train_candidates if is_train else c.test_candidates
         lo, hi = (0.0, c.test_start_frac * c.horizon_s) if is_train else (c.test_start_frac * c.horizon_s, c.horizon_s)
         users = rng.integers(0, c.n_users, n)
         times = np.sort(rng.uniform(lo, hi, n))
-        items = np.stack([self._retrieve(rng, u, t, n_cand) for u, t in zip(users, times)])
-        probs = np.empty(items.shape)
-        for start in range(0, n, 128):
-            rows = slice(start, start + 128)
-            probs[rows] = 1.0 / (1.0 + np.exp(-self.click_logit(users[rows], items[rows], times[rows])))
+        items = np.stack([self.retrieve(rng, u, t, n_cand) for u, t in zip(users, times)])
+        probs = self.click_prob(users, items, times)
         labels = (rng.random(items.shape) < probs).astype(np.int8)
         return Requests(users, times, items, probs, labels)
 
-    def _retrieve(self, rng: np.random.Generator, user: int, t: float, n: int) -> np.ndarray:
-        """Candidates: half by relevance to the user, half by current popularity (Gumbel top-k), no repeats."""
+    def retrieve(self, rng: np.random.Generator, user: int, t: float, n: int) -> np.ndarray:
+        """n distinct candidates for a request: half by relevance to the user, half by popularity at t (Gumbel top-k)."""
         relevant = rng.choice(self.relevant[user], n // 2, replace=False)
         scores = self.log_pop[self.epoch(t)] + rng.gumbel(size=self.cfg.n_items)
         scores[relevant] = -np.inf
