@@ -17,14 +17,14 @@ PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
 
 
 class LogHistogram:
-    """Mergeable histogram of non-negative values on geometric buckets (ratio `growth`)."""
+    """Mergeable histogram of non-negative values: bucket 0 holds [0, LOW), then geometric buckets."""
 
-    LOW = 1e-4  # values below fall in the first bucket
+    LOW = 1e-4  # values below (zeros, in practice) fall in bucket 0, reported as the minimum
     HIGH = 1e8
     GROWTH = 1.005
 
     def __init__(self) -> None:
-        self.bins = int(math.ceil(math.log(self.HIGH / self.LOW) / math.log(self.GROWTH))) + 1
+        self.bins = int(math.ceil(math.log(self.HIGH / self.LOW) / math.log(self.GROWTH))) + 2
         self.counts = np.zeros(self.bins, dtype=np.int64)
         self.count = 0
         self.total = 0.0
@@ -39,7 +39,9 @@ class LogHistogram:
             return
         values = np.asarray(self._buffer, dtype=float)
         self._buffer.clear()
-        index = np.floor(np.log(np.maximum(values, self.LOW) / self.LOW) / math.log(self.GROWTH)).astype(np.int64)
+        index = np.zeros(len(values), dtype=np.int64)
+        above = values >= self.LOW
+        index[above] = 1 + np.floor(np.log(values[above] / self.LOW) / math.log(self.GROWTH)).astype(np.int64)
         self.counts += np.bincount(np.minimum(index, self.bins - 1), minlength=self.bins)
         self.count += len(values)
         self.total += float(values.sum())
@@ -61,7 +63,9 @@ class LogHistogram:
             return math.nan
         rank = max(1, math.ceil(q * self.count))
         index = int(np.searchsorted(np.cumsum(self.counts), rank))
-        value = self.LOW * self.GROWTH ** (index + 0.5)
+        if index == 0:
+            return self.min
+        value = self.LOW * self.GROWTH ** (index - 0.5)
         return min(max(value, self.min), self.max)
 
     def summary(self) -> dict[str, float]:
@@ -79,7 +83,7 @@ class LogHistogram:
         if len(occupied) == 0:
             return np.array([]), np.array([])
         span = slice(occupied[0], occupied[-1] + 1)
-        edges = self.LOW * self.GROWTH ** (np.arange(self.bins)[span] + 1.0)
+        edges = self.LOW * self.GROWTH ** np.arange(self.bins)[span].astype(float)
         return np.minimum(edges, self.max), np.cumsum(self.counts[span]) / self.count
 
 

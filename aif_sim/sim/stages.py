@@ -141,12 +141,12 @@ class StagePool:
 
 
 class _Waiting:
-    """A request waiting in a batching queue."""
+    """A request waiting in a batching queue; `picked` fires when its batch starts (only with a timeout)."""
 
-    __slots__ = ("request", "arrived", "done", "abandoned")
+    __slots__ = ("request", "arrived", "picked", "done", "abandoned")
 
-    def __init__(self, request: Request, arrived: float, done: simpy.Event) -> None:
-        self.request, self.arrived, self.done, self.abandoned = request, arrived, done, False
+    def __init__(self, request: Request, arrived: float, picked: simpy.Event | None, done: simpy.Event) -> None:
+        self.request, self.arrived, self.picked, self.done, self.abandoned = request, arrived, picked, done, False
 
 
 class BatchingPool(StagePool):
@@ -156,6 +156,7 @@ class BatchingPool(StagePool):
     oldest has waited `max_wait_ms`, and serves them as one batch; requests keep queueing while
     every server is busy. A batch's service time is drawn at its size: a profile operator
     measured by batch reads the batch size, one measured by candidates the batch's candidates.
+    `timeout_ms` bounds the wait until a request's batch starts.
     """
 
     def __init__(
@@ -174,56 +175,69 @@ class BatchingPool(StagePool):
         self.max_wait_s = config.batch.max_wait_ms / 1000
         self.sampler, self.rng = sampler, rng
         self.queue: deque[_Waiting] = deque()
+        self.live = 0  # queued requests that have not timed out
         self._arrival = env.event()
         env.process(self._dispatch())
 
     def full(self) -> bool:
-        return self.queue_limit is not None and len(self.queue) >= self.queue_limit
+        return self.queue_limit is not None and self.live >= self.queue_limit
 
     def serve(self, request: Request) -> Generator[simpy.Event, Any, int]:
         env = self.env
         if self.full():
             return REJECTED
-        waiting = _Waiting(request, env.now, env.event())
+        waiting = _Waiting(request, env.now, env.event() if self.timeout_s is not None else None, env.event())
         self.queue.append(waiting)
+        self.live += 1
         if not self._arrival.triggered:
             self._arrival.succeed()
-        if self.timeout_s is None:
-            return (yield waiting.done)
-        yield waiting.done | env.timeout(self.timeout_s)
-        if not waiting.done.triggered:
-            waiting.abandoned = True
-            return TIMED_OUT
-        return waiting.done.value
+        if waiting.picked is not None:
+            yield waiting.picked | env.timeout(self.timeout_s)
+            if not waiting.picked.triggered:
+                waiting.abandoned = True
+                self.live -= 1
+                return TIMED_OUT
+        return (yield waiting.done)
 
     def _next_arrival(self) -> simpy.Event:
         if self._arrival.triggered:
             self._arrival = self.env.event()
         return self._arrival
 
-    def _live(self) -> int:
-        while self.queue and self.queue[0].abandoned:
+    def _oldest(self) -> _Waiting:
+        while self.queue[0].abandoned:
             self.queue.popleft()
-        return len(self.queue)
+        return self.queue[0]
+
+    def _take_batch(self) -> list[_Waiting]:
+        batch: list[_Waiting] = []
+        while self.queue and len(batch) < self.max_size:
+            waiting = self.queue.popleft()
+            if not waiting.abandoned:
+                batch.append(waiting)
+                if waiting.picked is not None:
+                    waiting.picked.succeed()
+        self.live -= len(batch)
+        return batch
 
     def _dispatch(self) -> Generator[simpy.Event, Any, None]:
         env = self.env
         while True:
-            while not self._live():
+            while not self.live:
                 yield self._next_arrival()
             waiter = self.pool.try_acquire()
             if waiter is not None:
                 yield waiter
-            while 0 < self._live() < self.max_size:
-                left = self.queue[0].arrived + self.max_wait_s - env.now
+            while 0 < self.live < self.max_size:
+                left = self._oldest().arrived + self.max_wait_s - env.now
                 if left <= 0:
                     break
                 yield self._next_arrival() | env.timeout(left)
-            batch = [w for w in (self.queue.popleft() for _ in range(min(self.max_size, len(self.queue)))) if not w.abandoned]
-            if not batch:
+            batch = self._take_batch()
+            if batch:
+                env.process(self._serve(batch))
+            else:
                 self.pool.release()
-                continue
-            env.process(self._serve(batch))
 
     def _serve(self, batch: list[_Waiting]) -> Generator[simpy.Event, Any, None]:
         env = self.env
