@@ -172,7 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     if argv and argv[0] not in parser.commands and not argv[0].startswith("-"):
         argv.insert(0, "run")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors (already printed)
+        return int(exc.code or 0)
     try:
         return args.func(args)
     except InputError as exc:

@@ -145,6 +145,7 @@ class PipelineMetrics:
     completed: int = 0
     rejected: int = 0
     timed_out: int = 0
+    in_flight: int = 0  # measured requests that have arrived and not finished
     over_slo: int = 0
     latency: LogHistogram = field(default_factory=LogHistogram)
     timeseries: Timeseries = field(default_factory=Timeseries)
@@ -157,14 +158,13 @@ class PipelineMetrics:
 
     def summary(self) -> dict[str, Any]:
         self.flush()
-        in_flight = self.offered - self.completed - self.rejected - self.timed_out
         out: dict[str, Any] = {
             "requests": {
                 "offered": self.offered,
                 "completed": self.completed,
                 "rejected": self.rejected,
                 "timed_out": self.timed_out,
-                "in_flight_at_end": in_flight,
+                "in_flight_at_end": self.in_flight,
             },
             "offered_qps": self.offered / self.window_s,
             "throughput_qps": self.completed / self.window_s,

@@ -93,11 +93,6 @@ def test_conservation_batching_stage_with_timeout():
     assert summaries["aif"]["throughput_qps"] > 1.5 * 1000 / 8
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BatchingPool.serve (aif_sim/sim/stages.py) races timeout_ms against the batch's *completion*, "
-    "not its start: a request already in a batch that is being served times out, yet the stage books its visit",
-)
 def test_batching_timeout_bounds_the_queue_wait_only():
     """timeout_ms bounds the wait in the stage's queue (README): a request that starts its batch at once
     never times out, however long the batch's service takes."""
@@ -110,7 +105,6 @@ def test_batching_timeout_bounds_the_queue_wait_only():
     assert summary["requests"]["completed"] == summary["requests"]["offered"]
 
 
-@pytest.mark.xfail(strict=True, reason="same bug: a timed-out request's batch visit is booked as a stage visit")
 def test_last_stage_visits_equal_completions_under_overload():
     scenario = make_scenario(overload_stages(), pipelines=ALL, qps=1000, duration_s=4.0, warmup_s=1.0, drain_s=10.0, seed=5)
     for pipeline, summary in run_summaries(scenario).items():
@@ -118,11 +112,6 @@ def test_last_stage_visits_equal_completions_under_overload():
         assert summary["stages"][last]["visits"] == summary["requests"]["completed"], pipeline
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BatchingPool (aif_sim/sim/stages.py): timeout_ms also cuts requests already in service, and "
-    "full() counts timed-out entries still in the deque towards queue_limit (spurious rejections)",
-)
 def test_batch_of_one_behaves_like_an_unbatched_pool():
     """batch {max_size: 1, max_wait_ms: 0} with constant service is the plain pool, request for request."""
     stages = {name: negligible() for name in ("merger", "retrieval", "user_inference", "item_fetch")}

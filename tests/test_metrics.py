@@ -82,12 +82,6 @@ def test_log_histogram_edge_values():
     assert hist.summary()["mean"] == 2.0 and hist.summary()["max"] == 3.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LogHistogram.quantile (aif_sim/metrics.py) reports the first bucket's middle, LOW*GROWTH**0.5 "
-    "= 1.0025e-4, for a quantile that falls on exact zeros (e.g. the wait p50 of a lightly loaded stage), "
-    "unless every value is 0; documented relative error is 0.25%",
-)
 def test_log_histogram_quantile_of_zeros_is_zero():
     values = np.concatenate([np.zeros(700), np.random.default_rng(2).exponential(5.0, 300)])
     summary = _filled(values).summary()

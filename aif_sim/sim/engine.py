@@ -77,6 +77,7 @@ class PipelineSimulation:
                 yield env.timeout(arrival - env.now)
                 measured = arrival >= warmup
                 self.metrics.offered += measured
+                self.metrics.in_flight += measured
                 self.in_flight += 1
                 request = Request(block.first_id + i, arrival, user, candidates, measured, services[i])
                 env.process(self._handle(request))
@@ -105,6 +106,7 @@ class PipelineSimulation:
         metrics.timeseries.add(self.env.now, latency_ms)
         if not request.measured:
             return
+        metrics.in_flight -= 1
         metrics.completed += 1
         metrics.latency.add(latency_ms)
         if metrics.slo_ms is not None and latency_ms > metrics.slo_ms:
@@ -115,6 +117,7 @@ class PipelineSimulation:
     def _finish_failed(self, request: Request, outcome: int) -> None:
         self.in_flight -= 1
         if request.measured:
+            self.metrics.in_flight -= 1
             if outcome == REJECTED:
                 self.metrics.rejected += 1
             else:
