@@ -16,7 +16,7 @@ from aif_sim.cli import main
 from aif_sim.requests_log import sampled
 from aif_sim.runner import build_samplers, unsupported_sections
 from aif_sim.scenario import load_scenario
-from conftest import scenario_dict, write_yaml
+from simtools import scenario_dict, write_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -11,7 +11,7 @@ import pytest
 from aif_sim.cli import main
 from aif_sim.scenario import Population
 from aif_sim.traffic import ZipfSampler, candidate_items
-from conftest import make_scenario, run_summaries, scenario_dict, write_yaml
+from simtools import make_scenario, run_summaries, scenario_dict, write_yaml
 
 
 def crn_stages() -> dict:

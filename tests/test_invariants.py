@@ -13,7 +13,7 @@ from scipy.stats import norm
 from aif_sim.cli import main
 from aif_sim.pipelines import critical_path_ms, stages_of
 from aif_sim.traffic import request_blocks
-from conftest import MANY, RowSink, make_scenario, negligible, run_summaries, scenario_dict, write_yaml
+from simtools import MANY, RowSink, make_scenario, negligible, run_summaries, scenario_dict, write_yaml
 
 ALL = ["sequential", "aif", "uic"]
 

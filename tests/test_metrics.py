@@ -10,7 +10,7 @@ import pytest
 from aif_sim.metrics import LogHistogram
 from aif_sim.runner import build_samplers, simulate
 from aif_sim.traffic import request_blocks
-from conftest import MANY, make_scenario, negligible, run_summaries
+from simtools import MANY, make_scenario, negligible, run_summaries
 
 QUANTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
 

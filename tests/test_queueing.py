@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from conftest import run_summaries, single_queue_scenario
+from simtools import run_summaries, single_queue_scenario
 
 
 def erlang_c(servers: int, offered_load: float) -> float:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from aif_sim.cli import main
-from conftest import scenario_dict, write_yaml
+from simtools import scenario_dict, write_yaml
 
 TINY_STAGES = {
     "merger": {"servers": 8, "latency": {"dist": "constant", "ms": 0.5}},

@@ -10,7 +10,7 @@ from scipy import stats
 
 from aif_sim.scenario import Population
 from aif_sim.traffic import ZipfSampler, arrival_times, mean_rate, request_blocks
-from conftest import make_scenario, negligible, run_summaries
+from simtools import make_scenario, negligible, run_summaries
 
 SEQ_STAGES = {name: negligible() for name in ("merger", "retrieval", "feature_fetch", "prerank")}
 

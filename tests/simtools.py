@@ -6,7 +6,6 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from aif_sim.runner import build_samplers, simulate
@@ -89,9 +88,3 @@ class RowSink:
 def write_yaml(path: Path, data: Any) -> Path:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
-
-
-@pytest.fixture
-def make_scenario_fixture():
-    """The `make_scenario` helper as a fixture."""
-    return make_scenario
