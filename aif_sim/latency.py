@@ -14,10 +14,10 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from statistics import NormalDist
 from typing import Literal, Protocol
 
 import numpy as np
-from scipy.stats import norm
 
 from aif_sim.errors import InputError
 from aif_sim.scenario import (
@@ -30,7 +30,7 @@ from aif_sim.scenario import (
     ProfileLatency,
 )
 
-Z99 = float(norm.ppf(0.99))
+Z99 = NormalDist().inv_cdf(0.99)
 
 
 class Sampler(Protocol):
