@@ -15,6 +15,19 @@ ZERO = {"dist": "constant", "ms": 0}
 MANY = 100_000  # "unlimited" servers: no request ever waits
 
 
+def small_stages(prerank: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The stages of the sequential and aif pipelines, sized for a few hundred QPS, with the given prerank."""
+    return {
+        "merger": {"servers": 8, "latency": {"dist": "constant", "ms": 0.5}},
+        "retrieval": {"servers": 64, "latency": {"dist": "lognormal", "median_ms": 5, "p99_ms": 12}},
+        "user_inference": {"servers": 8, "latency": {"dist": "gamma", "mean_ms": 3, "cv": 0.4}},
+        "feature_fetch": {"servers": 32, "latency": {"dist": "gamma", "mean_ms": 2, "cv": 0.5}},
+        "item_fetch": {"servers": 32, "latency": {"dist": "gamma", "mean_ms": 1, "cv": 0.5}},
+        "prerank": prerank,
+        "rtp": {"servers": 8, "latency": {"dist": "exponential", "mean_ms": 2}, "batch": {"max_size": 4, "max_wait_ms": 1}},
+    }
+
+
 def negligible(servers: int = MANY) -> dict[str, Any]:
     """A stage that takes no time and never queues."""
     return {"servers": servers, "latency": dict(ZERO)}

@@ -16,20 +16,14 @@ from aif_sim.cli import main
 from aif_sim.requests_log import sampled
 from aif_sim.runner import build_samplers, unsupported_sections
 from aif_sim.scenario import load_scenario
-from simtools import scenario_dict, write_yaml
+from simtools import small_stages, scenario_dict, write_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
 
+# 4 servers at 10 ms: capacity 400/s, so 400 QPS breaks the SLO and 200 QPS meets it
 STAGES = {
-    "merger": {"servers": 8, "latency": {"dist": "constant", "ms": 0.5}},
-    "retrieval": {"servers": 64, "latency": {"dist": "lognormal", "median_ms": 5, "p99_ms": 12}},
-    "user_inference": {"servers": 8, "latency": {"dist": "gamma", "mean_ms": 3, "cv": 0.4}},
-    "feature_fetch": {"servers": 32, "latency": {"dist": "gamma", "mean_ms": 2, "cv": 0.5}},
-    "item_fetch": {"servers": 32, "latency": {"dist": "gamma", "mean_ms": 1, "cv": 0.5}},
-    # 4 servers at 10 ms: capacity 400/s, so 400 QPS breaks the SLO and 200 QPS meets it
-    "prerank": {"servers": 4, "latency": {"dist": "exponential", "mean_ms": 10}},
-    "rtp": {"servers": 8, "latency": {"dist": "exponential", "mean_ms": 2}, "batch": {"max_size": 4, "max_wait_ms": 1}},
+    **small_stages({"servers": 4, "latency": {"dist": "exponential", "mean_ms": 10}}),
     "light_prerank": {"servers": 8, "latency": {"dist": "gamma", "mean_ms": 4, "cv": 0.3}},
 }
 METRIC_KEYS = ("mean", "p50", "p90", "p99", "p999", "max")

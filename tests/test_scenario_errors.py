@@ -10,17 +10,9 @@ from pathlib import Path
 import pytest
 
 from aif_sim.cli import main
-from simtools import scenario_dict, write_yaml
+from simtools import small_stages, scenario_dict, write_yaml
 
-TINY_STAGES = {
-    "merger": {"servers": 8, "latency": {"dist": "constant", "ms": 0.5}},
-    "retrieval": {"servers": 64, "latency": {"dist": "lognormal", "median_ms": 5, "p99_ms": 12}},
-    "user_inference": {"servers": 8, "latency": {"dist": "gamma", "mean_ms": 3, "cv": 0.4}},
-    "feature_fetch": {"servers": 32, "latency": {"dist": "gamma", "mean_ms": 2, "cv": 0.5}},
-    "item_fetch": {"servers": 32, "latency": {"dist": "gamma", "mean_ms": 1, "cv": 0.5}},
-    "prerank": {"servers": 16, "latency": {"dist": "gamma", "mean_ms": 10, "cv": 0.3}, "queue_limit": 100, "timeout_ms": 100},
-    "rtp": {"servers": 8, "latency": {"dist": "exponential", "mean_ms": 2}, "batch": {"max_size": 4, "max_wait_ms": 1}},
-}
+TINY_STAGES = small_stages({"servers": 16, "latency": {"dist": "gamma", "mean_ms": 10, "cv": 0.3}, "queue_limit": 100, "timeout_ms": 100})
 
 
 def base() -> dict:
