@@ -54,7 +54,7 @@ class AIFModel(nn.Module):
         self.user_tower = UserTower(cfg)
         self.item_tower = ItemTower(cfg)
         self.bea = BridgeAttention(cfg.n_bridges, cfg.dim) if cfg.n_bridges > 0 else None
-        self.lsh = LSHSim(cfg.mm_dim, cfg.lsh_mode, cfg.lsh_bits, cfg.lsh_radii, cfg.lsh_seed)
+        self.lsh = LSHSim(cfg.mm_dim, cfg.lsh_mode, cfg.lsh_planes, cfg.lsh_radii, cfg.lsh_seed)
         n_cross = (3 if self.bea is not None else 1) * cfg.dim + self.lsh.n_features
         self.rtp_user = nn.Linear(cfg.dim, cfg.rtp_hidden)
         self.rtp_item = nn.Linear(cfg.dim, cfg.rtp_hidden, bias=False)

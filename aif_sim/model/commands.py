@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", choices=list(MODELS), required=True)
     _world_options(p)
     p.add_argument("--bridges", type=int, default=None, help="BEA bridge count (aif; default 8)")
-    p.add_argument("--lsh", choices=["bit1", "bit2", "dense"], default=None, help="LSH-SIM similarity (aif; default bit2)")
+    p.add_argument("--lsh", choices=["bit1", "bit2", "dense"], default=None, help="LSH-SIM similarity (aif; default bit1)")
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=train_command)

@@ -20,8 +20,8 @@ class ModelConfig:
     mm_dim: int = 64
     dim: int = 32
     n_bridges: int = 8
-    lsh_mode: LSHMode = "bit2"
-    lsh_bits: int = 64
+    lsh_mode: LSHMode = "bit1"
+    lsh_planes: int = 64  # random hyperplanes; bit1 codes take 1 bit per plane, bit2 codes 2
     lsh_radii: tuple[float, ...] = (0.10, 0.15, 0.20, 0.25)
     rtp_hidden: int = 64
     lsh_seed: int = 1234

@@ -51,11 +51,11 @@ def hamming(a: Tensor, b: Tensor) -> Tensor:
 
 
 def hamming_numpy(a: Tensor, b: Tensor) -> Tensor:
-    """hamming on CPU: numpy XOR and np.bitwise_count (hardware popcount) per word."""
-    a64, b64 = a.numpy().view(np.uint64), b.numpy().view(np.uint64)
-    out = np.bitwise_count(np.bitwise_xor(a64[:, None, 0], b64[None, :, 0])).astype(_distance_dtype(a64.shape[1]), copy=False)
-    for w in range(1, a64.shape[1]):
-        out += np.bitwise_count(np.bitwise_xor(a64[:, None, w], b64[None, :, w]))
+    """hamming on CPU: XOR in torch (vectorised), popcount with numpy's np.bitwise_count, word by word."""
+    out = np.zeros((a.shape[0], b.shape[0]), dtype=_distance_dtype(a.shape[1]))
+    for w in range(a.shape[1]):
+        xor = torch.bitwise_xor(a[:, None, w], b[None, :, w]).numpy().view(np.uint64)
+        out += np.bitwise_count(xor)
     return torch.from_numpy(out)
 
 
@@ -74,23 +74,29 @@ def count_within(sim: Tensor, thresholds: Tensor, closer_is_smaller: bool) -> Te
     """Counts [C, K] of entries of each row of sim [C, L] at or beyond each threshold (<= for distances, >= for similarities)."""
     if sim.device.type == "cpu":
         s = sim.numpy()
-        cols = [np.less_equal(s, t) if closer_is_smaller else np.greater_equal(s, t) for t in thresholds.tolist()]
-        return torch.from_numpy(np.stack([c.view(np.uint8).sum(1, dtype=np.int32) for c in cols], axis=1))
+        hit = np.empty(s.shape, dtype=np.bool_)
+        compare = np.less_equal if closer_is_smaller else np.greater_equal
+        out = np.empty((s.shape[0], len(thresholds)), dtype=np.int32)
+        for k, t in enumerate(thresholds.tolist()):
+            compare(s, t, out=hit)
+            out[:, k] = hit.view(np.uint8).sum(1, dtype=np.uint16)
+        return torch.from_numpy(out)
     hit = sim[..., None] <= thresholds if closer_is_smaller else sim[..., None] >= thresholds
     return hit.sum(-2, dtype=torch.int32)
 
 
 class LSHSim(nn.Module):
-    """Signature encoder and similarity features for one of the modes bit1 (sign), bit2 (sign + magnitude) or dense."""
+    """Signature encoder and similarity features for one of the modes bit1 (sign), bit2 (sign + magnitude) or dense.
+    Radii are fractions of the signature's bits (bit modes) or the angles pi * r (dense)."""
 
-    def __init__(self, mm_dim: int, mode: LSHMode, bits: int, radii: tuple[float, ...], seed: int) -> None:
+    def __init__(self, mm_dim: int, mode: LSHMode, planes: int, radii: tuple[float, ...], seed: int) -> None:
         super().__init__()
         if mode not in ("bit1", "bit2", "dense"):
             raise ValueError(f"unknown LSH mode {mode!r}")
         self.mode = mode
-        n_planes = bits if mode == "bit1" else bits // 2
+        bits = planes * (2 if mode == "bit2" else 1)
         gen = torch.Generator().manual_seed(seed)
-        self.register_buffer("planes", torch.randn(n_planes, mm_dim, generator=gen))
+        self.register_buffer("planes", torch.randn(planes, mm_dim, generator=gen))
         if mode == "dense":
             thresholds = torch.tensor([math.cos(math.pi * r) for r in radii])
         else:

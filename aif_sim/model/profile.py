@@ -112,7 +112,7 @@ def operators(
     gen = torch.Generator().manual_seed(seed)
     aif = AIFModel(cfg).eval().to(device)
     sequential = SequentialModel(cfg).eval().to(device)
-    dense = LSHSim(cfg.mm_dim, "dense", cfg.lsh_bits, cfg.lsh_radii, cfg.lsh_seed).to(device)
+    dense = LSHSim(cfg.mm_dim, "dense", cfg.lsh_planes, cfg.lsh_radii, cfg.lsh_seed).to(device)
     user = random_users(cfg, world, 1, gen).to(device)
     user_state = aif.user_side(user)
     pool = random_items(cfg, (max(candidates),), gen).to(device)

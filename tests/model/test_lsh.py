@@ -37,7 +37,7 @@ def test_packing_puts_bit_k_of_word_w_at_position_64w_plus_k():
 
 @pytest.mark.parametrize("mode", ["bit1", "bit2"])
 def test_signature_hamming_matches_unpacked_codes(mode):
-    lsh = LSHSim(mm_dim=16, mode=mode, bits=64, radii=(0.1, 0.2), seed=3)
+    lsh = LSHSim(mm_dim=16, mode=mode, planes=64, radii=(0.1, 0.2), seed=3)
     x = torch.randn(20, 16)
     proj = (x @ lsh.planes.T).numpy()
     bits = proj > 0
@@ -49,7 +49,7 @@ def test_signature_hamming_matches_unpacked_codes(mode):
 
 
 def test_one_bit_hamming_estimates_the_angle():
-    lsh = LSHSim(mm_dim=32, mode="bit1", bits=64 * 16, radii=(0.1,), seed=0)
+    lsh = LSHSim(mm_dim=32, mode="bit1", planes=64 * 16, radii=(0.1,), seed=0)
     x = torch.nn.functional.normalize(torch.randn(200, 32), dim=-1)
     angle = torch.arccos((x @ x.T).clamp(-1, 1)) / math.pi
     estimate = lsh.similarity(lsh.encode(x), lsh.encode(x)).float() / (64 * 16)
@@ -68,7 +68,7 @@ def test_counts_within_radii_and_dense_counts_agree_with_brute_force():
 
 
 def test_features_are_chunk_independent():
-    lsh = LSHSim(mm_dim=16, mode="bit2", bits=64, radii=(0.1, 0.2, 0.3), seed=1)
+    lsh = LSHSim(mm_dim=16, mode="bit2", planes=32, radii=(0.1, 0.2, 0.3), seed=1)
     cand, beh = lsh.encode(torch.randn(2, 700, 16)), lsh.encode(torch.randn(2, 90, 16))
     whole = torch.stack([count_within(lsh.similarity(c, b), lsh.thresholds, True) for c, b in zip(cand, beh)])
     torch.testing.assert_close(lsh.features(cand, beh), torch.log1p(whole.float()))
