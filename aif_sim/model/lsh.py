@@ -52,10 +52,13 @@ def hamming(a: Tensor, b: Tensor) -> Tensor:
 
 def hamming_numpy(a: Tensor, b: Tensor) -> Tensor:
     """hamming on CPU: XOR in torch (vectorised), popcount with numpy's np.bitwise_count, word by word."""
-    out = np.zeros((a.shape[0], b.shape[0]), dtype=_distance_dtype(a.shape[1]))
+    out = np.empty((a.shape[0], b.shape[0]), dtype=_distance_dtype(a.shape[1]))
     for w in range(a.shape[1]):
         xor = torch.bitwise_xor(a[:, None, w], b[None, :, w]).numpy().view(np.uint64)
-        out += np.bitwise_count(xor)
+        if w == 0:
+            np.bitwise_count(xor, out=out)
+        else:
+            out += np.bitwise_count(xor)
     return torch.from_numpy(out)
 
 

@@ -1,7 +1,9 @@
 """Calibration: wall time of each model operator over a grid of batch sizes and candidate counts.
 
 Every point is timed after a warm-up, under `torch.inference_mode`, with torch's intra-op threads fixed
-(one by default: a profile describes one server of a pool); median and p99 over the repetitions.
+(one by default: a profile describes one server of a pool). The grid is swept in several rounds, so that
+a burst of load from other processes spoils one round of a point, not all of it; each point reports the
+median over rounds of its median and of its p99.
 """
 
 from __future__ import annotations
@@ -32,14 +34,15 @@ CANDIDATES = (100, 300, 1000, 3000, 10000)
 
 @dataclass(frozen=True)
 class Effort:
-    """How long to time each point: a time budget, bounded by repetition counts."""
+    """How long to time each point per round: a time budget, bounded by repetition counts; and the rounds."""
 
     budget_s: float
     min_reps: int
     max_reps: int
+    rounds: int = 1
 
 
-FULL = Effort(budget_s=6.0, min_reps=60, max_reps=1000)
+FULL = Effort(budget_s=2.0, min_reps=40, max_reps=500, rounds=3)
 QUICK = Effort(budget_s=0.5, min_reps=5, max_reps=100)
 
 
@@ -148,16 +151,19 @@ def calibrate(
     set_threads(threads)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     effort = QUICK if quick else FULL
-    ops: dict[str, list[dict]] = {}
     with torch.inference_mode():
         table = operators(world, device, batches, candidates)
-        total = sum(len(grid) for _, grid, _ in table.values())
+        calls = {(op, value): make(value) for op, (_, grid, make) in table.items() for value in grid}
+        rounds: dict[tuple[str, int], list[dict[str, float]]] = {point: [] for point in calls}
         with Progress(transient=True) as progress:
-            task = progress.add_task("calibrating", total=total)
-            for op, (key, grid, make) in table.items():
-                ops[op] = []
-                for value in grid:
-                    progress.update(task, description=f"{op} {key}={value}")
-                    ops[op].append({key: value, **time_call(make(value), effort, sync)})
+            task = progress.add_task("calibrating", total=effort.rounds * len(calls))
+            for r in range(effort.rounds):
+                for (op, value), call in calls.items():
+                    progress.update(task, description=f"round {r + 1}/{effort.rounds}: {op} {value}")
+                    rounds[(op, value)].append(time_call(call, effort, sync))
                     progress.advance(task)
+    ops = {
+        op: [{key: value, **{stat: float(np.median([t[stat] for t in rounds[(op, value)]])) for stat in ("median_ms", "p99_ms")}} for value in grid]
+        for op, (key, grid, _) in table.items()
+    }
     return {"hardware": hardware_name(device), "torch": torch.__version__, "threads": threads, "device": device.type, "ops": ops}

@@ -59,7 +59,7 @@ PRESETS: dict[str, WorldConfig] = {
     ),
     "small": WorldConfig(),
     "medium": WorldConfig(
-        n_users=20000, n_items=50000, n_categories=64, n_brands=1280, train_requests=40000, test_requests=5000
+        n_users=10000, n_items=30000, n_categories=48, n_brands=960, train_requests=20000, test_requests=3000
     ),
 }
 
@@ -118,7 +118,7 @@ class World:
     LONG_SHARPNESS = 12.0  # how tightly long-term behaviours concentrate around interest points
     SHORT_SHARPNESS = 16.0
     AFFINITY_COS = 0.85  # a long-term behaviour counts as similar above this latent cosine
-    WEIGHTS = {"taste": 1.0, "category": 1.0, "intent": 1.5, "affinity": 1.2, "pop": 0.4, "price": 0.3}
+    WEIGHTS = {"taste": 1.0, "category": 1.0, "intent": 3.0, "affinity": 1.2, "pop": 0.4, "price": 0.3}  # of the logit terms
     BIAS = -3.0
 
     def __init__(self, cfg: WorldConfig) -> None:
@@ -238,7 +238,7 @@ class World:
         pop = self.log_pop[e, items]
         price = (self.price[e, items] - self.cfg.n_price_buckets / 2) / self.cfg.n_price_buckets
         return (
-            self.BIAS + w["taste"] * taste + w["category"] * category + w["intent"] * 2 * intent
+            self.BIAS + w["taste"] * taste + w["category"] * category + w["intent"] * intent
             + w["affinity"] * affinity + w["pop"] * pop - w["price"] * self.price_sensitivity[users, None] * price
         )
 
