@@ -5,8 +5,9 @@ and (optionally) GAUC of AIF vs the baselines vs the oracle and the bridge-count
     python bench/bench_model.py --quality            # + train the three models on the small preset
     python bench/bench_model.py --bridges            # + the bridge-count sweep (GAUC per n)
 
-Speed ratios are medians measured in the same run on the same CPU (targets: real time >= 10x faster
-than the sequential model, popcount >= 5x faster than dense similarity).
+Speed ratios are of medians measured in the same run on the same CPU, as `calibrate` measures them
+(three rounds per operator, median over rounds; targets: real time >= 10x faster than the sequential
+model, popcount >= 5x faster than dense similarity).
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
 from aif_sim.model.evaluate import evaluate
 from aif_sim.model.factory import MODELS, model_config
-from aif_sim.model.profile import FULL, operators, time_call
+from aif_sim.model.profile import calibrate
 from aif_sim.model.sweeps import run_sweep
 from aif_sim.model.threads import set_threads
 from aif_sim.model.train import TrainConfig, timed_train
@@ -30,10 +30,9 @@ console = Console()
 
 
 def speed(candidates: int) -> None:
-    with torch.inference_mode():
-        ops = operators(preset("small", 0), torch.device("cpu"), batches=(1,), candidates=(candidates,))
-        times = {op: time_call(make(candidates), FULL, lambda: None) for op, (_, _, make) in ops.items() if op not in ("user_side", "item_side")}
-    table = Table(title=f"one user, {candidates} candidates, {torch.get_num_threads()} thread(s)")
+    profile = calibrate(preset("small", 0), "cpu", quick=False, batches=(1,), candidates=(candidates,))
+    times = {op: points[0] for op, points in profile["ops"].items() if op not in ("user_side", "item_side")}
+    table = Table(title=f"one user, {candidates} candidates, {profile['threads']} thread(s), {profile['hardware']}")
     for col in ("operator", "median ms", "p99 ms"):
         table.add_column(col, justify="right")
     for op, t in times.items():
