@@ -7,9 +7,6 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
-ITEM_FIELDS = ("category", "brand", "price", "pop")
-PROFILE_FIELDS = ("age", "gender", "city", "activity")
-
 
 @dataclass
 class ItemInputs:
@@ -21,19 +18,12 @@ class ItemInputs:
     pop: Tensor
     mm: Tensor
 
-    @property
-    def shape(self) -> torch.Size:
-        return self.category.shape
-
-    def reshape(self, *shape: int) -> ItemInputs:
-        """The same items with a new leading shape."""
-        return ItemInputs(*(getattr(self, f).reshape(*shape) for f in ITEM_FIELDS), self.mm.reshape(*shape, self.mm.shape[-1]))
-
     def take(self, index: Tensor) -> ItemInputs:
         """The items at `index` (any shape) along the first dimension."""
         return ItemInputs(*(getattr(self, f.name)[index] for f in fields(self)))
 
     def to(self, device: torch.device | str) -> ItemInputs:
+        """The same items on another device."""
         return ItemInputs(*(getattr(self, f.name).to(device) for f in fields(self)))
 
 
@@ -45,9 +35,6 @@ class UserInputs:
     short: ItemInputs
     long_mm: Tensor
 
-    @property
-    def batch(self) -> int:
-        return self.profile.shape[0]
-
     def to(self, device: torch.device | str) -> UserInputs:
+        """The same users on another device."""
         return UserInputs(self.profile.to(device), self.short.to(device), self.long_mm.to(device))

@@ -103,6 +103,7 @@ class Requests:
         return len(self.users)
 
     def subset(self, rows: np.ndarray | slice) -> Requests:
+        """The requests at `rows`."""
         return Requests(self.users[rows], self.times[rows], self.items[rows], self.probs[rows], self.labels[rows])
 
 
