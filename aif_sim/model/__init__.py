@@ -1,0 +1,1 @@
+"""The real pre-ranking model: synthetic world, AIF model (BEA, LSH-SIM), baselines, training, evaluation, calibration."""
