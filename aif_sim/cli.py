@@ -55,7 +55,11 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--requests-sample", type=float, default=1.0, metavar="FRACTION", help="share of completed requests written to the per-request file")
 
 
-def build_parser() -> Parser:
+MODEL_COMMANDS = ("train", "evaluate", "sweep-model", "calibrate")
+
+
+def build_parser(with_model: bool = True) -> Parser:
+    """The CLI parser; `with_model=False` leaves out the model commands (and the torch import they need)."""
     parser = Parser(prog="aif-sim", description="Simulate sequential vs asynchronous (AIF) pre-ranking inference.")
     parser.add_argument("--version", action="version", version=f"aif-sim {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -76,13 +80,11 @@ def build_parser() -> Parser:
     sweep.add_argument("--jobs", type=int, default=None, help="parallel processes (default: CPU count)")
     sweep.set_defaults(func=cmd_sweep)
 
-    try:
+    if with_model:
         from aif_sim.model.commands import register
-    except ImportError:  # the model package is optional at import time only if torch is missing
-        register = None
-    if register is not None:
+
         register(commands)
-    parser.commands = frozenset(commands.choices)
+    parser.commands = frozenset(commands.choices) | frozenset(MODEL_COMMANDS)
     return parser
 
 
@@ -169,7 +171,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser = build_parser(with_model=not argv or argv[0] in MODEL_COMMANDS or argv[0].startswith("-"))
     if argv and argv[0] not in parser.commands and not argv[0].startswith("-"):
         argv.insert(0, "run")
     try:

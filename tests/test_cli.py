@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -212,3 +213,14 @@ def test_shipped_scenarios_validate(path):
     if not unsupported_sections(scenario):
         samplers = build_samplers(scenario, str(path))
         assert set(samplers) == set(scenario.stages)
+
+
+def test_model_commands_are_the_registered_ones():
+    """The CLI skips importing the model for simulator commands, so its list of model commands must be
+    exactly the commands the model registers."""
+    from aif_sim.cli import MODEL_COMMANDS, build_parser
+
+    def listed(parser) -> set[str]:
+        return set(re.search(r"\{([^}]*)\}", parser.format_usage()).group(1).split(","))
+
+    assert listed(build_parser(with_model=True)) - listed(build_parser(with_model=False)) == set(MODEL_COMMANDS)
