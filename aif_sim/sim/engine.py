@@ -49,7 +49,6 @@ class PipelineSimulation:
         self.flow = [self.pools[s] if isinstance(s, str) else tuple(self.pools[b] for b in s) for s in PIPELINES[pipeline]]
         self.in_flight = 0
         self.arrivals_done = False
-        self.end_s = 0.0
 
     def _pool(self, slot: int, name: str, stats: StageStats) -> StagePool:
         config = self.scenario.stages[name]
@@ -136,7 +135,6 @@ class PipelineSimulation:
             self.env.run(until=now)
             if progress is not None:
                 progress(now)
-        self.end_s = now
         self.metrics.timeseries.close_until(math.ceil(now))
         self.metrics.flush()
         return self.metrics

@@ -100,7 +100,6 @@ class StagePool:
         self.timeout_s = config.timeout_ms / 1000 if config.timeout_ms is not None else None
         self.stats = stats
         self.window = window
-        self.slowdown = 1.0  # service-time multiplier (faults)
 
     def full(self) -> bool:
         """True when a new request would be rejected by the queue limit."""
@@ -122,7 +121,7 @@ class StagePool:
                     self.pool.abandon(waiter)
                     return TIMED_OUT
         started = env.now
-        service = request.service_s[self.slot] * self.slowdown
+        service = request.service_s[self.slot]
         yield env.timeout(service)
         self.pool.release()
         self.stats.busy_window_s += self.window.overlap(started, started + service)
@@ -243,7 +242,7 @@ class BatchingPool(StagePool):
         env = self.env
         started = env.now
         work = len(batch) if self.sampler.work_key == "batch" else sum(w.request.candidates for w in batch)
-        service = float(self.sampler.sample(self.rng, 1, work)[0]) / 1000 * self.slowdown
+        service = float(self.sampler.sample(self.rng, 1, work)[0]) / 1000
         yield env.timeout(service)
         self.pool.release()
         self.stats.busy_window_s += self.window.overlap(started, started + service)
