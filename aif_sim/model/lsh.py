@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 import torch
+from numba import njit
 from torch import Tensor, nn
 
 from aif_sim.model.config import LSHMode
@@ -73,6 +74,49 @@ def _distance_dtype(n_words: int) -> type:
     return np.uint8 if n_words * WORD_BITS <= 255 else np.int16
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _popcount(x: np.uint64) -> np.uint64:  # pragma: no cover (compiled)
+    """Bit count of a 64-bit word (LLVM recognises the pattern and emits popcnt)."""
+    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return (x * np.uint64(0x0101010101010101)) >> np.uint64(56)
+
+
+@njit(cache=True, nogil=True)
+def _radius_counts(cand: np.ndarray, beh: np.ndarray, thresholds: np.ndarray) -> np.ndarray:  # pragma: no cover (compiled)
+    """Counts [C, K] of behaviours within each Hamming threshold of each candidate: XOR, popcount and
+    comparison fused in one compiled loop over a row of distances that stays in L1."""
+    n_cand, n_words = cand.shape
+    n_beh = beh.shape[0]
+    out = np.zeros((n_cand, thresholds.shape[0]), dtype=np.int32)
+    dist = np.empty(n_beh, dtype=np.uint16)
+    first = beh[:, 0].copy()  # contiguous, so the one-word loop vectorises
+    for c in range(n_cand):
+        word = cand[c, 0]
+        for j in range(n_beh):
+            dist[j] = _popcount(word ^ first[j])
+        for w in range(1, n_words):
+            word = cand[c, w]
+            for j in range(n_beh):
+                dist[j] += _popcount(word ^ beh[j, w])
+        for k in range(thresholds.shape[0]):
+            limit = thresholds[k]
+            hits = 0
+            for j in range(n_beh):
+                hits += dist[j] <= limit
+            out[c, k] = hits
+    return out
+
+
+def radius_counts_cpu(cand: Tensor, beh: Tensor, thresholds: Tensor) -> Tensor:
+    """Counts [C, K] of behaviours [L, W] within each Hamming threshold of candidates [C, W] (CPU, compiled)."""
+    if len(cand) == 0:
+        return torch.zeros(0, len(thresholds), dtype=torch.int32)
+    words = lambda t: np.ascontiguousarray(t.numpy()).view(np.uint64)  # noqa: E731
+    return torch.from_numpy(_radius_counts(words(cand), words(beh), thresholds.numpy().astype(np.uint16)))
+
+
 def count_within(sim: Tensor, thresholds: Tensor, closer_is_smaller: bool) -> Tensor:
     """Counts [C, K] of entries of each row of sim [C, L] at or beyond each threshold (<= for distances, >= for similarities)."""
     if sim.device.type == "cpu":
@@ -131,6 +175,8 @@ class LSHSim(nn.Module):
 
     def counts(self, cand: Tensor, beh: Tensor) -> Tensor:
         """Counts [C, K] of behaviours [L, .] within each radius of each candidate [C, .]."""
+        if self.mode != "dense" and cand.device.type == "cpu":
+            return radius_counts_cpu(cand, beh, self.thresholds)
         rows = CPU_CHUNK if cand.device.type == "cpu" else max(len(cand), 1)
         blocks = [
             count_within(self.similarity(cand[i : i + rows], beh), self.thresholds, closer_is_smaller=self.mode != "dense")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from aif_sim.model.lsh import LSHSim, count_within, hamming_numpy, hamming_torch, pack_bits_numpy, pack_bits_torch
+from aif_sim.model.lsh import LSHSim, count_within, hamming_numpy, hamming_torch, pack_bits_numpy, pack_bits_torch, radius_counts_cpu
 
 
 def reference_hamming(bits_a: np.ndarray, bits_b: np.ndarray) -> np.ndarray:
@@ -72,3 +72,17 @@ def test_features_are_chunk_independent():
     cand, beh = lsh.encode(torch.randn(2, 700, 16)), lsh.encode(torch.randn(2, 90, 16))
     whole = torch.stack([count_within(lsh.similarity(c, b), lsh.thresholds, True) for c, b in zip(cand, beh)])
     torch.testing.assert_close(lsh.features(cand, beh), torch.log1p(whole.float()))
+
+
+@pytest.mark.parametrize("words", [1, 2, 3])
+def test_fused_radius_counts_equal_brute_force_hamming(words):
+    """The compiled CPU kernel counts exactly the behaviours within each radius of an unpacked-bit reference."""
+    rng = np.random.default_rng(words)
+    bits_c = rng.integers(0, 2, (257, words * 64)).astype(bool)
+    bits_b = rng.integers(0, 2, (131, words * 64)).astype(bool)
+    bits_b[:40] = bits_c[:40] ^ (rng.random((40, words * 64)) < 0.1)  # near neighbours, so small radii count
+    cand, beh = pack_bits_numpy(torch.from_numpy(bits_c)), pack_bits_numpy(torch.from_numpy(bits_b))
+    thresholds = torch.tensor([0, 3 * words, 8 * words, 32 * words, 64 * words], dtype=torch.uint8)
+    expected = (reference_hamming(bits_c, bits_b)[:, :, None] <= thresholds.numpy()).sum(1)
+    np.testing.assert_array_equal(radius_counts_cpu(cand, beh, thresholds).numpy(), expected)
+    assert radius_counts_cpu(cand[:0], beh, thresholds).shape == (0, len(thresholds))
