@@ -85,27 +85,42 @@ def _popcount(x: np.uint64) -> np.uint64:  # pragma: no cover (compiled)
 
 @njit(cache=True, nogil=True)
 def _radius_counts(cand: np.ndarray, beh: np.ndarray, thresholds: np.ndarray) -> np.ndarray:  # pragma: no cover (compiled)
-    """Counts [C, K] of behaviours within each Hamming threshold of each candidate: XOR, popcount and
-    comparison fused in one compiled loop over a row of distances that stays in L1."""
+    """Counts [C, K] of behaviours within each Hamming threshold of each candidate, in one fused loop.
+
+    A table maps each possible distance to its radius hits packed in one uint64 (a 16-bit field per
+    threshold, 32-bit when there are 65536 behaviours or more), so each candidate–behaviour pair costs
+    an XOR, a popcount, a table lookup and an add; thresholds beyond one word's fields take more passes.
+    """
     n_cand, n_words = cand.shape
     n_beh = beh.shape[0]
-    out = np.zeros((n_cand, thresholds.shape[0]), dtype=np.int32)
-    dist = np.empty(n_beh, dtype=np.uint16)
-    first = beh[:, 0].copy()  # contiguous, so the one-word loop vectorises
-    for c in range(n_cand):
-        word = cand[c, 0]
-        for j in range(n_beh):
-            dist[j] = _popcount(word ^ first[j])
-        for w in range(1, n_words):
-            word = cand[c, w]
-            for j in range(n_beh):
-                dist[j] += _popcount(word ^ beh[j, w])
-        for k in range(thresholds.shape[0]):
-            limit = thresholds[k]
-            hits = 0
-            for j in range(n_beh):
-                hits += dist[j] <= limit
-            out[c, k] = hits
+    n_thr = thresholds.shape[0]
+    field = 16 if n_beh < (1 << 16) else 32
+    per_pass = 64 // field
+    mask = np.uint64((1 << field) - 1)
+    out = np.zeros((n_cand, n_thr), dtype=np.int32)
+    table = np.zeros(64 * n_words + 1, dtype=np.uint64)
+    beh0 = beh[:, 0].copy()  # contiguous first words
+    for first in range(0, n_thr, per_pass):
+        count = min(per_pass, n_thr - first)
+        table[:] = 0
+        for d in range(table.shape[0]):
+            for q in range(count):
+                if d <= thresholds[first + q]:
+                    table[d] += np.uint64(1) << np.uint64(field * q)
+        for c in range(n_cand):
+            acc = np.uint64(0)
+            if n_words == 1:  # the common case, kept free of the word loop so it compiles tight
+                word = cand[c, 0]
+                for j in range(n_beh):
+                    acc += table[_popcount(word ^ beh0[j])]
+            else:
+                for j in range(n_beh):
+                    d = np.uint64(0)
+                    for w in range(n_words):
+                        d += _popcount(cand[c, w] ^ beh[j, w])
+                    acc += table[d]
+            for q in range(count):
+                out[c, first + q] = np.int32((acc >> np.uint64(field * q)) & mask)
     return out
 
 
