@@ -148,7 +148,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = summary_document(scenario, results)
     write_json(out / "summary.json", summary)
     write_timeseries(out / "timeseries.csv", results)
-    plot_latency_cdf(out / "latency_cdf.png", results, scenario.slo.p99_ms if scenario.slo else None)
+    plot_latency_cdf(out / "latency_cdf.png", results, scenario.slo_p99_ms)
     plot_stage_breakdown(out / "stage_breakdown.png", summary)
     if not args.quiet:
         console.print(comparison_table(summary, f"{scenario.name}: {', '.join(scenario.pipelines)} (seed {scenario.seed})"))

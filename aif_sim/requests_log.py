@@ -31,6 +31,7 @@ class RequestLog:
         self.path, self.stages, self.fmt, self.sample = path, stages, fmt, sample
         self.columns = ["request_id", "pipeline", "arrival_s", "latency_ms"] + [f"{s}_ms" for s in stages]
         self._rows: list[tuple] = []
+        self._slots: dict[str, list[int | None]] = {}
         self._tmp = temp_beside(path)
         if fmt == "parquet":
             fields = [pa.field("request_id", pa.int64()), pa.field("pipeline", pa.string())]
@@ -45,8 +46,11 @@ class RequestLog:
     def add(self, pipeline: str, request: Any, latency_ms: float, stages: list[str]) -> None:
         if self.sample < 1.0 and not sampled(request.id, self.sample):
             return
-        by_stage = dict(zip(stages, request.stage_ms))
-        self._rows.append((request.id, pipeline, request.arrival_s, latency_ms, *(by_stage.get(s, math.nan) for s in self.stages)))
+        slots = self._slots.get(pipeline)
+        if slots is None:  # where each output column sits in this pipeline's stage times
+            slots = self._slots[pipeline] = [stages.index(s) if s in stages else None for s in self.stages]
+        times = request.stage_ms
+        self._rows.append((request.id, pipeline, request.arrival_s, latency_ms, *(math.nan if i is None else times[i] for i in slots)))
         if len(self._rows) >= self.ROW_GROUP:
             self._flush()
 

@@ -28,8 +28,9 @@ def unsupported_sections(scenario: Scenario) -> list[str]:
 
 def build_samplers(scenario: Scenario, source: str) -> dict[str, Sampler]:
     """A service-time sampler per stage; raises InputError for sections not simulated or bad data files."""
-    for section in unsupported_sections(scenario):
-        raise InputError(f"{source}: {section}: this section is not simulated yet; remove it to run the scenario")
+    unsupported = unsupported_sections(scenario)
+    if unsupported:
+        raise InputError(f"{source}: {unsupported[0]}: this section is not simulated yet; remove it to run the scenario")
     return {name: build_sampler(stage.latency, f"{source}: stages.{name}.latency") for name, stage in scenario.stages.items()}
 
 

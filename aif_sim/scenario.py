@@ -250,6 +250,11 @@ class Scenario(Strict):
             raise ValueError(f"expected each pipeline once, got {value}")
         return value
 
+    @property
+    def slo_p99_ms(self) -> float | None:
+        """The p99 bound of the SLO, if the scenario has one."""
+        return self.slo.p99_ms if self.slo else None
+
     @field_validator("warmup_s")
     @classmethod
     def _warmup_inside_duration(cls, value: float, info: ValidationInfo) -> float:

@@ -69,7 +69,7 @@ def run_sweep(
                 row["slo_valid"] = metrics["slo"]["valid"]
                 row["slo_missed_share"] = metrics["slo"]["missed_share"]
             rows.append(row)
-    slo_ms = scenario.slo.p99_ms if scenario.slo else None
+    slo_ms = scenario.slo_p99_ms
     document: dict[str, Any] = {
         "scenario": scenario.name,
         "seed": scenario.seed,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aif_sim.latency import read_csv_column
+from aif_sim.datafiles import read_csv_column
 from aif_sim.scenario import ArrivalSpec, BurstyArrival, DiurnalArrival, PoissonArrival, Population, TraceArrival, Traffic
 
 CHUNK = 8192

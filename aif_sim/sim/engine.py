@@ -43,8 +43,7 @@ class PipelineSimulation:
         self.stage_names = stages_of(pipeline)
         self.window = Window(scenario.warmup_s, scenario.duration_s)
         stats = {name: StageStats(scenario.stages[name].servers) for name in self.stage_names}
-        slo = scenario.slo.p99_ms if scenario.slo else None
-        self.metrics = PipelineMetrics(pipeline, scenario.duration_s - scenario.warmup_s, stats, slo)
+        self.metrics = PipelineMetrics(pipeline, scenario.duration_s - scenario.warmup_s, stats, scenario.slo_p99_ms)
         self.pools = {name: self._pool(slot, name, stats[name]) for slot, name in enumerate(self.stage_names)}
         self.flow = [self.pools[s] if isinstance(s, str) else tuple(self.pools[b] for b in s) for s in PIPELINES[pipeline]]
         self.in_flight = 0
