@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -54,3 +55,12 @@ def _json_safe(value: Any) -> Any:
 
 def write_json(path: str | Path, document: Any) -> None:
     write_text(path, json.dumps(_json_safe(document), indent=2) + "\n")
+
+
+def write_csv(path: str | Path, rows: list[dict[str, Any]], fields: list[str] | None = None) -> None:
+    """Rows as CSV with a header (the union of the rows' keys, in first-seen order, unless given)."""
+    fields = fields or list(dict.fromkeys(key for row in rows for key in row))
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)

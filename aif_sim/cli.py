@@ -1,35 +1,30 @@
 """Command line: run, compare and sweep scenarios; the model commands live in aif_sim.model.commands.
 
-Exit codes: 0 success, 2 bad input (one line on stderr), 1 internal error.
+Exit codes: 0 success, 2 bad input (one line on stderr), 1 internal error, 130/143 interrupted
+(Ctrl-C / SIGTERM: what was valid so far is written, marked partial).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from aif_sim import __version__
-from aif_sim.atomic import write_json
+from aif_sim.app.interrupt import StopSignal
+from aif_sim.app.outputs import OutputFolder, default_folder
+from aif_sim.app.run import build_samplers, simulate, summary_document, write_run
+from aif_sim.app.sweep import SweepContext, find_capacity, grid_sweep, load_param, write_sweep
+from aif_sim.core.pipelines import PIPELINES
 from aif_sim.errors import InputError
-from aif_sim.pipelines import PIPELINES, stages_of
-from aif_sim.report import (
-    comparison_table,
-    make_console,
-    plot_latency_cdf,
-    plot_stage_breakdown,
-    stage_table,
-    write_timeseries,
-)
-from aif_sim.requests_log import RequestLog
-from aif_sim.runner import build_samplers, simulate, summary_document
-from aif_sim.scenario import Scenario, load_scenario, parse_overrides
-from aif_sim.sweep import run_sweep
+from aif_sim.metrics.requests_log import RequestLog
+from aif_sim.report.fmt import run_title
+from aif_sim.report.tables import comparison_table, make_console, stage_table
+from aif_sim.scenario import Override, Scenario, load_scenario, parse_overrides
 
 
 class Parser(argparse.ArgumentParser):
@@ -43,7 +38,7 @@ class Parser(argparse.ArgumentParser):
 
 def _scenario_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scenario", help="scenario YAML file")
-    parser.add_argument("--out", type=Path, help="output directory (default results/<scenario>/<UTC time>/)")
+    parser.add_argument("--out", type=Path, help="output folder (default results/<scenario>/<UTC time>/); an existing one is replaced")
     parser.add_argument("--seed", type=int, help="override the scenario's seed")
     parser.add_argument("--set", dest="overrides", action="append", metavar="PATH=VALUE", help="override a scenario field, e.g. traffic.arrival.qps=3000")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no tables")
@@ -73,10 +68,12 @@ def build_parser(with_model: bool = True) -> Parser:
     compare.add_argument("--pipelines", required=True, help=f"comma-separated, from {', '.join(PIPELINES)}")
     compare.set_defaults(func=cmd_run)
 
-    sweep = commands.add_parser("sweep", help="one run per value of a scenario field, in parallel processes")
+    sweep = commands.add_parser("sweep", help="one run per value of a scenario field (or a capacity search), in parallel processes")
     _scenario_options(sweep)
-    sweep.add_argument("--param", required=True, help="dotted scenario field, e.g. traffic.arrival.qps")
-    sweep.add_argument("--values", required=True, help="comma-separated values")
+    sweep.add_argument("--param", help="dotted scenario field, e.g. traffic.arrival.qps")
+    sweep.add_argument("--values", help="comma-separated values")
+    sweep.add_argument("--replications", type=int, default=1, metavar="N", help="runs per point with seeds seed..seed+N-1: mean and 95%% CI")
+    sweep.add_argument("--find-capacity", metavar="LOW,HIGH", help="bisect the offered load for the highest QPS meeting slo.p99_ms (to 2%%)")
     sweep.add_argument("--jobs", type=int, default=None, help="parallel processes (default: CPU count)")
     sweep.set_defaults(func=cmd_sweep)
 
@@ -88,23 +85,16 @@ def build_parser(with_model: bool = True) -> Parser:
     return parser
 
 
-def _overrides(args: argparse.Namespace) -> list[tuple[str, Any]]:
+def _overrides(args: argparse.Namespace) -> list[Override]:
     """The --set overrides, then --seed."""
     overrides = parse_overrides(args.overrides)
     if args.seed is not None:
-        overrides.append(("seed", args.seed))
+        overrides.append(("seed", args.seed, "--seed"))
     return overrides
 
 
-def _load(args: argparse.Namespace, extra: list[tuple[str, Any]] = ()) -> Scenario:
-    return load_scenario(args.scenario, _overrides(args) + list(extra))
-
-
-def _out_dir(args: argparse.Namespace, scenario: Scenario) -> Path:
-    if args.out is not None:
-        return args.out
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return Path("results") / scenario.name / stamp
+def _target(args: argparse.Namespace, scenario: Scenario) -> OutputFolder:
+    return OutputFolder(args.out, explicit=True) if args.out is not None else OutputFolder(default_folder(scenario.name), explicit=False)
 
 
 def _progress(console: Console, quiet: bool) -> Progress:
@@ -121,52 +111,83 @@ def _progress(console: Console, quiet: bool) -> Progress:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    extra = []
+    overrides = _overrides(args)
     if getattr(args, "pipelines", None):
-        extra.append(("pipelines", [p.strip() for p in args.pipelines.split(",") if p.strip()]))
+        overrides.append(("pipelines", [p.strip() for p in args.pipelines.split(",") if p.strip()], "--pipelines"))
     if not 0.0 <= args.requests_sample <= 1.0:
         raise InputError(f"--requests-sample: expected a fraction in [0, 1], got {args.requests_sample}")
-    scenario = _load(args, extra)
+    scenario = load_scenario(args.scenario, overrides)
     samplers = build_samplers(scenario, args.scenario)
-    out = _out_dir(args, scenario)
     console = make_console()
-    stage_columns = list(dict.fromkeys(s for p in scenario.pipelines for s in stages_of(p)))
-    log = RequestLog(out / f"requests.{args.format}", stage_columns, args.format, args.requests_sample)
     horizon = scenario.duration_s + scenario.drain_s
-    try:
-        with _progress(console, args.quiet) as progress:
-            tasks = {p: progress.add_task(p, total=horizon, simulated="") for p in scenario.pipelines}
+    with StopSignal() as stop, _target(args, scenario) as folder:
+        log = RequestLog(folder.path / f"requests.{args.format}", scenario.stage_names, args.format, args.requests_sample)
+        try:
+            with _progress(console, args.quiet) as progress:
+                tasks = {p: progress.add_task(p, total=horizon, simulated="") for p in scenario.pipelines}
 
-            def advance(pipeline: str, now: float) -> None:
-                progress.update(tasks[pipeline], completed=now, simulated=f"{now:,.1f}/{horizon:g} s simulated")
+                def advance(pipeline: str, now: float) -> None:
+                    progress.update(tasks[pipeline], completed=now, simulated=f"{now:,.1f}/{horizon:g} s simulated")
 
-            results = simulate(scenario, samplers, log, advance)
-    except BaseException:
-        log.abort()
-        raise
-    log.close()
-    summary = summary_document(scenario, results)
-    write_json(out / "summary.json", summary)
-    write_timeseries(out / "timeseries.csv", results)
-    plot_latency_cdf(out / "latency_cdf.png", results, scenario.slo_p99_ms)
-    plot_stage_breakdown(out / "stage_breakdown.png", summary)
+                results = simulate(scenario, samplers, log, advance, stop)
+        except BaseException:
+            log.abort()
+            raise
+        log.close()
+        summary = summary_document(scenario, results)
+        write_run(folder.path, scenario, results, summary)
+        out = folder.commit()
     if not args.quiet:
-        console.print(comparison_table(summary, f"{scenario.name}: {', '.join(scenario.pipelines)} (seed {scenario.seed})"))
-        console.print(stage_table(summary))
+        console.print(comparison_table(summary, run_title(scenario)))
+        for pipeline, metrics in summary["pipelines"].items():
+            console.print(stage_table(pipeline, metrics))
         console.print(f"outputs in [bold]{out}[/]")
-    return 0
+    if stop():
+        print(f"aif-sim: interrupted; partial results in {out}", file=sys.stderr)
+    return stop.exit_code
+
+
+def _find_capacity_range(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--find-capacity {text}: expected LOW,HIGH (two loads in QPS)") from None
+    if not 0 < low < high:
+        raise InputError(f"--find-capacity {text}: expected 0 < LOW < HIGH")
+    return low, high
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise InputError(f"--jobs: expected a positive integer, got {args.jobs}")
+    if args.replications < 1:
+        raise InputError(f"--replications: expected a positive integer, got {args.replications}")
     base = _overrides(args)
-    points = parse_overrides([f"{args.param}={v}" for v in args.values.split(",")])
-    for point in points:  # every point must be valid before any runs
-        build_samplers(load_scenario(args.scenario, base + [point]), args.scenario)
-    scenario = _load(args)
-    run_sweep(args.scenario, scenario, args.param, [v for _, v in points], base, _out_dir(args, scenario), args.jobs, make_console(), args.quiet)
-    return 0
+    scenario = load_scenario(args.scenario, base)
+    if args.find_capacity:
+        low, high = _find_capacity_range(args.find_capacity)
+        if scenario.slo_p99_ms is None:
+            raise InputError(f"{args.scenario}: slo.p99_ms: required field is missing (--find-capacity searches the load that meets it)")
+        param = args.param or load_param(scenario)
+        values: list = [low, high]
+    else:
+        if not args.param or not args.values:
+            raise InputError("--param and --values: both are required (or --find-capacity LOW,HIGH)")
+        param = args.param
+        values = [v for _, v, _ in parse_overrides([f"{param}={v}" for v in args.values.split(",")], "--param")]
+    for value in values:  # every point must be valid before any runs
+        build_samplers(load_scenario(args.scenario, base + [(param, value, "--param")]), args.scenario)
+    console = make_console()
+    with StopSignal() as stop, _target(args, scenario) as folder:
+        ctx = SweepContext(args.scenario, scenario, param, base, args.replications, args.jobs, console, args.quiet, stop)
+        rows, results, extra = find_capacity(ctx, *values) if args.find_capacity else grid_sweep(ctx, values)
+        write_sweep(ctx, folder.path, rows, results, extra)
+        out = folder.commit()
+    if not args.quiet:
+        console.print(f"outputs in [bold]{out}[/]")
+    if stop():
+        print(f"aif-sim: interrupted; partial results in {out}", file=sys.stderr)
+    return stop.exit_code
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from aif_sim.runner import build_samplers, simulate
+from aif_sim.app.run import build_samplers, simulate
 from aif_sim.scenario import Scenario, validate_scenario
 
 ZERO = {"dist": "constant", "ms": 0}

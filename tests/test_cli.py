@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from aif_sim.cli import main
-from aif_sim.requests_log import sampled
-from aif_sim.runner import build_samplers, unsupported_sections
+from aif_sim.metrics.requests_log import sampled
+from aif_sim.app.run import build_samplers, unsupported_sections
 from aif_sim.scenario import load_scenario
 from simtools import small_stages, scenario_dict, write_yaml
 
@@ -61,7 +61,7 @@ def test_default_run_writes_every_output(tiny, tmp_path):
         # ~300/s over the 2.5 s window
         assert abs(req["offered"] - 750) < 4 * math.sqrt(750)
         assert metrics["offered_qps"] == pytest.approx(req["offered"] / 2.5)
-        assert metrics["throughput_qps"] == pytest.approx(req["completed"] / 2.5)
+        assert abs(metrics["throughput_qps"] * 2.5 - req["completed"]) < 20  # completions inside the window
         assert set(metrics["latency_ms"]) >= set(METRIC_KEYS)
         lat = metrics["latency_ms"]
         assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p999"] <= lat["max"]
@@ -140,7 +140,7 @@ def test_compare_three_pipelines(tiny, tmp_path, capsys):
     offered = {m["requests"]["offered"] for m in summary["pipelines"].values()}
     assert len(offered) == 1
     printed = capsys.readouterr().out
-    assert "uic/sequential" in printed and "aif/sequential" in printed
+    assert "uic/seq" in printed and "aif/seq" in printed
     assert "light_prerank" in summary["pipelines"]["uic"]["stages"]
 
 

@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from aif_sim.cli import main
-from aif_sim.scenario import Population
-from aif_sim.traffic import ZipfSampler, candidate_items
+from aif_sim.scenario.schema import Population
+from aif_sim.core.traffic import ZipfSampler
 from simtools import make_scenario, run_summaries, scenario_dict, write_yaml
 
 
@@ -66,11 +66,14 @@ def test_common_random_numbers_across_pipelines(scenario_file, tmp_path):
     assert seq["requests"]["offered"] == aif["requests"]["offered"] == uic["requests"]["offered"] > 0
     assert seq["offered_qps"] == aif["offered_qps"]
     # merger and retrieval come first in every pipeline: same arrivals, same service draws
+    def queueing(stats: dict) -> dict:  # the stage's own figures (its share of each pipeline's critical path differs)
+        return {key: value for key, value in stats.items() if key != "critical_path_share"}
+
     for stage in ("merger", "retrieval"):
-        assert seq["stages"][stage] == aif["stages"][stage] == uic["stages"][stage], stage
-        assert seq["compute"][stage] == aif["compute"][stage] or seq["requests"]["completed"] != aif["requests"]["completed"]
+        assert queueing(seq["stages"][stage]) == queueing(aif["stages"][stage]) == queueing(uic["stages"][stage]), stage
+        assert seq["compute"][stage]["busy_s"] == aif["compute"][stage]["busy_s"] == uic["compute"][stage]["busy_s"], stage
     # sequential and uic share merger -> retrieval -> feature_fetch
-    assert seq["stages"]["feature_fetch"] == uic["stages"]["feature_fetch"]
+    assert queueing(seq["stages"]["feature_fetch"]) == queueing(uic["stages"]["feature_fetch"])
     # retrieval queues and drops requests here, so the equality above is not between trivial stats
     assert seq["stages"]["retrieval"]["wait_ms"]["max"] > 0
     # and the pipelines do differ after the shared prefix
@@ -90,21 +93,6 @@ def test_common_random_numbers_across_pipelines(scenario_file, tmp_path):
 def test_simulation_is_deterministic_in_process():
     scenario = make_scenario(crn_stages(), pipelines=["aif"], qps=300, duration_s=2.0, seed=3)
     assert run_summaries(scenario) == run_summaries(scenario)
-
-
-def test_candidate_items_do_not_depend_on_call_order():
-    traffic = make_scenario(crn_stages(), candidates=50).traffic
-    forward = {rid: candidate_items(traffic, 7, rid) for rid in (0, 1, 2, 3, 42)}
-    shared = ZipfSampler(traffic.items)
-    backward = {rid: candidate_items(traffic, 7, rid, shared) for rid in (42, 3, 2, 1, 0)}
-    again = candidate_items(traffic, 7, 2)
-    for rid in forward:
-        assert len(forward[rid]) == 50
-        np.testing.assert_array_equal(forward[rid], backward[rid])
-    np.testing.assert_array_equal(again, forward[2])
-    assert not np.array_equal(forward[0], forward[1])
-    assert not np.array_equal(candidate_items(traffic, 8, 0), forward[0])
-    assert all(((c >= 0) & (c < traffic.items.count)).all() for c in forward.values())
 
 
 def test_zipf_sampler_reproducible_with_same_generator_seed():

@@ -11,8 +11,8 @@ import pytest
 from scipy.stats import norm
 
 from aif_sim.cli import main
-from aif_sim.pipelines import critical_path_ms, stages_of
-from aif_sim.traffic import request_blocks
+from aif_sim.core.pipelines import critical_path, stages_of
+from aif_sim.core.traffic import request_blocks
 from simtools import MANY, RowSink, make_scenario, negligible, run_summaries, scenario_dict, write_yaml
 
 ALL = ["sequential", "aif", "uic"]
@@ -63,7 +63,8 @@ def _check_conservation(summaries: dict, sink: RowSink, scenario, expect_in_flig
             assert req["in_flight_at_end"] > 0, (pipeline, req)
         elif expect_in_flight is False:
             assert req["in_flight_at_end"] == 0, (pipeline, req)
-        assert summary["throughput_qps"] == pytest.approx(req["completed"] / (scenario.duration_s - scenario.warmup_s))
+        window = scenario.duration_s - scenario.warmup_s  # completions inside the window: close to, not equal to, `completed`
+        assert abs(summary["throughput_qps"] * window - req["completed"]) <= 0.05 * req["completed"] + 20
         for name, stage in summary["stages"].items():
             assert 0.0 <= stage["utilization"] <= 1.0 + 1e-9, (pipeline, name)
 
@@ -188,7 +189,8 @@ def test_latency_equals_critical_path_of_stage_times(tmp_path):
             assert math.isnan(columns[f"{other}_ms"][i])
         assert stage_ms["merger"] >= 0.5 - 1e-9
         latency = columns["latency_ms"][i]
-        path_ms = critical_path_ms(pipeline, stage_ms)
+        names = stages_of(pipeline)
+        path_ms = critical_path(pipeline, {name: i for i, name in enumerate(names)})([stage_ms[name] for name in names])
         assert latency >= path_ms - 1e-6
         assert latency == pytest.approx(path_ms, rel=1e-9, abs=1e-6), (pipeline, columns["request_id"][i])
         checked[pipeline] += 1

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from aif_sim.metrics import LogHistogram
-from aif_sim.runner import build_samplers, simulate
-from aif_sim.traffic import request_blocks
+from aif_sim.metrics.histogram import LogHistogram
+from aif_sim.app.run import build_samplers, simulate
+from aif_sim.core.traffic import request_blocks
 from simtools import MANY, make_scenario, negligible, run_summaries
 
 QUANTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
@@ -44,28 +44,6 @@ def test_log_histogram_quantiles_match_numpy_on_lognormal(sigma):
     assert hist.quantile(1.0) == values.max()
     if values.min() >= LogHistogram.LOW:  # below LOW all values share the first bucket (documented)
         assert hist.quantile(0.0) == pytest.approx(values.min(), rel=0.005)
-
-
-def test_log_histogram_merge_equals_combined():
-    rng = np.random.default_rng(1)
-    a = rng.lognormal(1.0, 0.8, 50_000)
-    b = rng.gamma(2.0, 10.0, 70_000)
-    merged = _filled(a)
-    merged.merge(_filled(b))
-    combined = _filled(np.concatenate([a, b]))
-    np.testing.assert_array_equal(merged.counts, combined.counts)
-    assert merged.count == combined.count == len(a) + len(b)
-    assert merged.min == combined.min and merged.max == combined.max
-    ms, cs = merged.summary(), combined.summary()
-    assert ms["mean"] == pytest.approx(cs["mean"], rel=1e-12)
-    for key in ("p50", "p90", "p99", "p999", "max"):
-        assert ms[key] == cs[key]
-    # merging an empty histogram changes nothing; merging into an empty one copies
-    empty = LogHistogram()
-    merged.merge(LogHistogram())
-    assert merged.summary()["p99"] == cs["p99"]
-    empty.merge(combined)
-    assert empty.summary()["p50"] == cs["p50"] and empty.count == combined.count
 
 
 def test_log_histogram_edge_values():

@@ -1,87 +1,82 @@
-"""Run one pipeline of a scenario as a discrete-event simulation over the run's request stream."""
+"""Run one pipeline of a scenario as a discrete-event simulation (simpy) over the run's request stream.
+
+The engine interprets the pipeline's steps (`core.pipelines`): a `Call` is a visit to a stage pool,
+a `Parallel` step runs its branches together and joins on the last (the last branch runs in the
+request's own process), a `Cached` call without a configured cache is its call. Every counter is
+changed through the recorder.
+"""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Generator
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import simpy
 
-from aif_sim.latency import Sampler
-from aif_sim.metrics import PipelineMetrics, StageStats
-from aif_sim.pipelines import PIPELINES, stages_of
-from aif_sim.scenario import Scenario
-from aif_sim.sim.stages import OK, REJECTED, BatchingPool, Request, StagePool, Window
-from aif_sim.traffic import request_blocks, stream
+from aif_sim.core.latency import Sampler
+from aif_sim.core.pipelines import PIPELINES, calls_of, stages_of
+from aif_sim.core.request import Outcome, Request, Window
+from aif_sim.core.traffic import request_blocks, stream
+from aif_sim.metrics.recorder import Recorder, RequestSink
+from aif_sim.scenario.schema import Scenario
+from aif_sim.sim.pools import BatchingPool, StagePool
 
 PROGRESS_STEPS = 200
+MAX_STEP_S = 1.0  # simulated seconds between progress reports and stop checks
 
-
-class RequestSink(Protocol):
-    """Receives finished measured requests (the per-request output file)."""
-
-    def add(self, pipeline: str, request: Request, latency_ms: float, stages: list[str]) -> None: ...
+Flow = list[StagePool | tuple[StagePool, ...]]
 
 
 class PipelineSimulation:
-    """One pipeline over one scenario: stage pools, request flow, metrics."""
+    """One pipeline over one scenario: stage pools, request flow, recorder."""
 
-    def __init__(
-        self,
-        scenario: Scenario,
-        pipeline: str,
-        samplers: dict[str, Sampler],
-        sink: RequestSink | None = None,
-    ) -> None:
+    def __init__(self, scenario: Scenario, pipeline: str, samplers: dict[str, Sampler], sink: RequestSink | None = None) -> None:
         self.scenario = scenario
-        self.pipeline = pipeline
         self.samplers = samplers
-        self.sink = sink
         self.env = simpy.Environment()
         self.stage_names = stages_of(pipeline)
-        self.window = Window(scenario.warmup_s, scenario.duration_s)
-        stats = {name: StageStats(scenario.stages[name].servers) for name in self.stage_names}
-        self.metrics = PipelineMetrics(pipeline, scenario.duration_s - scenario.warmup_s, stats, scenario.slo_p99_ms)
-        self.pools = {name: self._pool(slot, name, stats[name]) for slot, name in enumerate(self.stage_names)}
-        self.flow = [self.pools[s] if isinstance(s, str) else tuple(self.pools[b] for b in s) for s in PIPELINES[pipeline]]
-        self.in_flight = 0
+        servers = {name: scenario.stages[name].servers for name in self.stage_names}
+        self.recorder = Recorder(pipeline, servers, Window(scenario.warmup_s, scenario.duration_s), scenario.slo_p99_ms, sink)
+        pools = [self._pool(slot, name) for slot, name in enumerate(self.stage_names)]
+        self.flow: Flow = []
+        slot = 0
+        for step in PIPELINES[pipeline]:
+            calls = calls_of(step)
+            group = tuple(pools[slot : slot + len(calls)])
+            self.flow.append(group[0] if len(group) == 1 else group)
+            slot += len(calls)
         self.arrivals_done = False
 
-    def _pool(self, slot: int, name: str, stats: StageStats) -> StagePool:
+    def _pool(self, slot: int, name: str) -> StagePool:
         config = self.scenario.stages[name]
         if config.batch is None:
-            return StagePool(self.env, slot, config, stats, self.window)
+            return StagePool(self.env, slot, config, self.recorder)
         rng = stream(self.scenario.seed, f"batch-service:{name}")
-        return BatchingPool(self.env, slot, config, stats, self.window, self.samplers[name], rng)
-
-    def _work(self, name: str) -> float:
-        """Work of one unbatched service: the request's candidates, or a batch of one."""
-        return 1.0 if self.samplers[name].work_key == "batch" else float(self.scenario.traffic.candidates)
+        return BatchingPool(self.env, slot, config, self.recorder, self.samplers[name], rng)
 
     # --- processes ---------------------------------------------------------------------------------
     def _arrivals(self) -> Generator[simpy.Event, Any, None]:
-        env, scenario = self.env, self.scenario
+        env, scenario, recorder = self.env, self.scenario, self.recorder
         rngs = [stream(scenario.seed, f"service:{name}") for name in self.stage_names]
-        works = [self._work(name) for name in self.stage_names]
         warmup = scenario.warmup_s
         for block in request_blocks(scenario.traffic, scenario.duration_s, scenario.seed):
-            n = len(block.arrival_s)
-            draws = [self.samplers[name].sample(rng, n, work) for name, rng, work in zip(self.stage_names, rngs, works)]
+            draws = [self._draw(name, rng, block.candidates) for name, rng in zip(self.stage_names, rngs)]
             services = (np.column_stack(draws) / 1000).tolist()  # seconds, a row per request
-            for i, (arrival, user, candidates) in enumerate(
-                zip(block.arrival_s.tolist(), block.user.tolist(), block.candidates.tolist())
-            ):
+            for i, (arrival, user, candidates) in enumerate(zip(block.arrival_s.tolist(), block.user.tolist(), block.candidates.tolist())):
                 yield env.timeout(arrival - env.now)
-                measured = arrival >= warmup
-                self.metrics.offered += measured
-                self.metrics.in_flight += measured
-                self.in_flight += 1
-                request = Request(block.first_id + i, arrival, user, candidates, measured, services[i])
+                request = Request(block.first_id + i, arrival, user, candidates, arrival >= warmup, services[i])
+                recorder.arrival(request)
                 env.process(self._handle(request))
-            self.metrics.flush()  # keeps the histogram buffers bounded by one block
+            recorder.flush()  # keeps the histogram buffers bounded by one block
         self.arrivals_done = True
+
+    def _draw(self, name: str, rng: np.random.Generator, candidates: np.ndarray) -> np.ndarray:
+        """Each request's service time (ms) at a stage, alone on a server: a profile measured by candidates
+        reads the request's own count, one measured by batch a batch of one."""
+        sampler = self.samplers[name]
+        work = 1.0 if sampler.work_key == "batch" else candidates
+        return sampler.sample(rng, len(candidates), work)
 
     def _handle(self, request: Request) -> Generator[simpy.Event, Any, None]:
         env = self.env
@@ -93,47 +88,26 @@ class PipelineSimulation:
                     outcome = max(outcome, (yield branch))
             else:
                 outcome = yield from step.serve(request)
-            if outcome != OK:
-                self._finish_failed(request, outcome)
+            if outcome:
+                self.recorder.finish(request, Outcome(outcome), env.now)
                 return
-        self._finish(request)
-
-    def _finish(self, request: Request) -> None:
-        self.in_flight -= 1
-        latency_ms = (self.env.now - request.arrival_s) * 1000
-        metrics = self.metrics
-        metrics.timeseries.add(self.env.now, latency_ms)
-        if not request.measured:
-            return
-        metrics.in_flight -= 1
-        metrics.completed += 1
-        metrics.latency.add(latency_ms)
-        if metrics.slo_ms is not None and latency_ms > metrics.slo_ms:
-            metrics.over_slo += 1
-        if self.sink is not None:
-            self.sink.add(self.pipeline, request, latency_ms, self.stage_names)
-
-    def _finish_failed(self, request: Request, outcome: int) -> None:
-        self.in_flight -= 1
-        if request.measured:
-            self.metrics.in_flight -= 1
-            if outcome == REJECTED:
-                self.metrics.rejected += 1
-            else:
-                self.metrics.timed_out += 1
+        self.recorder.finish(request, Outcome.COMPLETED, env.now)
 
     # --- running -----------------------------------------------------------------------------------
-    def run(self, progress: Callable[[float], None] | None = None) -> PipelineMetrics:
-        """Simulate arrivals for duration_s, then drain for at most drain_s; return the metrics."""
+    def run(self, progress: Callable[[float], None] | None = None, stop: Callable[[], bool] | None = None) -> Recorder:
+        """Simulate arrivals for duration_s, then drain for at most drain_s (or until `stop()` says so);
+        return the recorder, marked partial when stopped early."""
         self.env.process(self._arrivals())
         horizon = self.scenario.duration_s + self.scenario.drain_s
-        step = horizon / PROGRESS_STEPS
+        step = min(horizon / PROGRESS_STEPS, MAX_STEP_S)
         now = 0.0
-        while now < horizon and not (self.arrivals_done and self.in_flight == 0):
+        while now < horizon and not (self.arrivals_done and self.recorder.live == 0):
+            if stop is not None and stop():
+                self.recorder.stop(now)
+                break
             now = min(now + step, horizon)
             self.env.run(until=now)
             if progress is not None:
                 progress(now)
-        self.metrics.timeseries.close_until(math.ceil(now))
-        self.metrics.flush()
-        return self.metrics
+        self.recorder.close(now)
+        return self.recorder

@@ -23,19 +23,20 @@ def sampled(request_id: int, fraction: float) -> bool:
 
 
 class RequestLog:
-    """Rows of completed measured requests: id, pipeline, arrival, latency and per-stage times."""
+    """Rows of completed measured requests: id, pipeline, arrival, user, candidates, latency and per-stage times."""
 
     ROW_GROUP = 65536
 
     def __init__(self, path: Path, stages: list[str], fmt: str = "parquet", sample: float = 1.0) -> None:
         self.path, self.stages, self.fmt, self.sample = path, stages, fmt, sample
-        self.columns = ["request_id", "pipeline", "arrival_s", "latency_ms"] + [f"{s}_ms" for s in stages]
+        self.columns = ["request_id", "pipeline", "arrival_s", "user", "candidates", "latency_ms"] + [f"{s}_ms" for s in stages]
         self._rows: list[tuple] = []
         self._slots: dict[str, list[int | None]] = {}
         self._tmp = temp_beside(path)
         if fmt == "parquet":
-            fields = [pa.field("request_id", pa.int64()), pa.field("pipeline", pa.string())]
-            fields += [pa.field(name, pa.float64()) for name in self.columns[2:]]
+            fields = [pa.field("request_id", pa.int64()), pa.field("pipeline", pa.string()), pa.field("arrival_s", pa.float64())]
+            fields += [pa.field("user", pa.int64()), pa.field("candidates", pa.int64())]
+            fields += [pa.field(name, pa.float64()) for name in self.columns[5:]]
             self._schema = pa.schema(fields)
             self._parquet = pq.ParquetWriter(self._tmp, self._schema, compression="zstd")
         else:
@@ -50,7 +51,7 @@ class RequestLog:
         if slots is None:  # where each output column sits in this pipeline's stage times
             slots = self._slots[pipeline] = [stages.index(s) if s in stages else None for s in self.stages]
         times = request.stage_ms
-        self._rows.append((request.id, pipeline, request.arrival_s, latency_ms, *(math.nan if i is None else times[i] for i in slots)))
+        self._rows.append((request.id, pipeline, request.arrival_s, request.user, request.candidates, latency_ms, *(math.nan if i is None else times[i] for i in slots)))
         if len(self._rows) >= self.ROW_GROUP:
             self._flush()
 

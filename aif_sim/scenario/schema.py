@@ -1,8 +1,9 @@
-"""The scenario file: YAML validated into pydantic models (pure data, no behaviour).
+"""The scenario file's schema: pydantic models (pure data, no behaviour).
 
 Durations are in seconds (`_s`), latencies in milliseconds (`_ms`). Unknown keys are errors.
-Relative paths inside a scenario (trace, empirical samples, profiles) resolve against the
-scenario file's directory, then against the current directory.
+Relative paths inside a scenario (trace, empirical samples, profiles) are looked up, in order, in
+the scenario file's folder, in the current folder, and among the files aif-sim ships (so a copied
+scenario still finds `profiles/cpu.json`); a missing file's error lists every place it looked.
 """
 
 from __future__ import annotations
@@ -10,23 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from aif_sim.errors import InputError
-from aif_sim.pipelines import stages_of
+from aif_sim.core.pipelines import stages_of
 
-PIPELINE_NAMES = ("sequential", "aif", "uic")
-STAGE_NAMES = (
-    "merger",
-    "retrieval",
-    "user_inference",
-    "feature_fetch",
-    "item_fetch",
-    "prerank",
-    "rtp",
-    "light_prerank",
-)
+SHIPPED_DATA = Path(__file__).resolve().parent.parent / "data"  # files installed with the package
+STAGE_NAMES = ("merger", "retrieval", "user_inference", "feature_fetch", "item_fetch", "prerank", "rtp", "light_prerank")
+CACHE_NAMES = ("user_vector", "sim_features")
 
 
 class Strict(BaseModel):
@@ -35,15 +26,20 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _resolve_path(value: str, info: ValidationInfo) -> Path:
-    """Resolve `value` against the scenario's directory, then the current directory; it must exist."""
+def lookup_places(value: str, base_dir: str | Path | None) -> list[Path]:
+    """Where a relative data path is looked for, in order: scenario folder, current folder, shipped data."""
     path = Path(value).expanduser()
-    base = (info.context or {}).get("base_dir")
-    candidates = [path] if path.is_absolute() else ([Path(base) / path] if base else []) + [Path.cwd() / path]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate.resolve()
-    raise ValueError(f"expected an existing file, found none at {' or '.join(str(c) for c in candidates)}")
+    if path.is_absolute():
+        return [path]
+    return ([Path(base_dir) / path] if base_dir else []) + [Path.cwd() / path, SHIPPED_DATA / path]
+
+
+def _resolve_path(value: str, info: ValidationInfo) -> Path:
+    places = lookup_places(value, (info.context or {}).get("base_dir"))
+    for place in places:
+        if place.is_file():
+            return place.resolve()
+    raise ValueError(f"expected an existing file; looked in {', '.join(str(p) for p in places)}")
 
 
 class FilePath(Strict):
@@ -146,9 +142,7 @@ class TraceArrival(FilePath):
     time_scale: float = Field(default=1.0, gt=0)
 
 
-ArrivalSpec = Annotated[
-    Union[PoissonArrival, DiurnalArrival, BurstyArrival, TraceArrival], Field(discriminator="kind")
-]
+ArrivalSpec = Annotated[Union[PoissonArrival, DiurnalArrival, BurstyArrival, TraceArrival], Field(discriminator="kind")]
 
 
 class Population(Strict):
@@ -158,11 +152,46 @@ class Population(Strict):
     zipf_s: float = Field(default=1.0, ge=0)
 
 
+class ConstantCount(Strict):
+    """Every request has `n` candidates."""
+
+    dist: Literal["constant"]
+    n: int = Field(ge=1)
+
+
+class LognormalCount(Strict):
+    """Candidates per request: lognormal by median and p99, rounded and clipped to [min, max]."""
+
+    dist: Literal["lognormal"]
+    median: float = Field(gt=0)
+    p99: float = Field(gt=0)
+    min: int = Field(default=1, ge=1)
+    max: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "LognormalCount":
+        if self.p99 <= self.median:
+            raise ValueError(f"expected p99 > median, got {self.p99} <= {self.median}")
+        if self.max < self.min:
+            raise ValueError(f"expected max >= min, got {self.max} < {self.min}")
+        return self
+
+
+CandidateSpec = Annotated[Union[ConstantCount, LognormalCount], Field(discriminator="dist")]
+
+
 class Traffic(Strict):
     arrival: ArrivalSpec
     users: Population = Population(count=1_000_000, zipf_s=1.1)
     items: Population = Population(count=1_000_000, zipf_s=0.9)
-    candidates: int = Field(default=5000, ge=1)
+    candidates: int | CandidateSpec = Field(default=5000)
+
+    @field_validator("candidates")
+    @classmethod
+    def _positive(cls, value: int | CandidateSpec) -> int | CandidateSpec:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"expected at least 1 candidate, got {value}")
+        return value
 
 
 # --- stages ----------------------------------------------------------------------------------------
@@ -187,7 +216,7 @@ class Slo(Strict):
     p99_ms: float = Field(gt=0)
 
 
-# --- sections simulated by later subsystems (validated; refused by the engine while unsupported) ---
+# --- caches, nearline, faults, model ----------------------------------------------------------------
 class Cache(Strict):
     capacity: int = Field(ge=0)
     ttl_s: float | None = Field(default=None, gt=0)
@@ -195,6 +224,8 @@ class Cache(Strict):
 
 
 class Caches(Strict):
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str | None = None
     user_vector: Cache | None = None
     sim_features: Cache | None = None
 
@@ -203,7 +234,7 @@ class Refresh(Strict):
     mode: Literal["on_update", "periodic"]
     workers: int = Field(default=1, ge=1)
     latency: LatencySpec | None = None
-    interval_s: float | None = Field(default=None, gt=0)
+    interval_s: float | None = Field(default=None, ge=0)
 
 
 class Nearline(Strict):
@@ -213,13 +244,41 @@ class Nearline(Strict):
     version_policy: Literal["consistent", "latest"] = "consistent"
 
 
-class Fault(Strict):
+class CacheFlush(Strict):
+    """At `at_s`, a `fraction` of the cache's entries is lost (1/N: one node of an N-node cluster)."""
+
+    kind: Literal["cache_flush"]
     at_s: float = Field(ge=0)
-    kind: Literal["cache_flush", "nearline_outage", "stage_slowdown"]
-    cache: str | None = None
-    stage: str | None = None
-    factor: float | None = Field(default=None, gt=0)
-    duration_s: float | None = Field(default=None, gt=0)
+    cache: Literal["user_vector", "sim_features"]
+    fraction: float = Field(default=1.0, gt=0, le=1)
+
+
+class NearlineOutage(Strict):
+    """Nearline refresh stops for `duration_s`."""
+
+    kind: Literal["nearline_outage"]
+    at_s: float = Field(ge=0)
+    duration_s: float = Field(gt=0)
+
+
+class StageSlowdown(Strict):
+    """The stage's service times are multiplied by `factor` for `duration_s`."""
+
+    kind: Literal["stage_slowdown"]
+    at_s: float = Field(ge=0)
+    stage: str
+    factor: float = Field(gt=0)
+    duration_s: float = Field(gt=0)
+
+    @field_validator("stage")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in STAGE_NAMES:
+            raise ValueError(f"unknown stage {value!r}, expected one of {', '.join(STAGE_NAMES)}")
+        return value
+
+
+Fault = Annotated[Union[CacheFlush, NearlineOutage, StageSlowdown], Field(discriminator="kind")]
 
 
 class ModelSection(Strict):
@@ -250,11 +309,6 @@ class Scenario(Strict):
             raise ValueError(f"expected each pipeline once, got {value}")
         return value
 
-    @property
-    def slo_p99_ms(self) -> float | None:
-        """The p99 bound of the SLO, if the scenario has one."""
-        return self.slo.p99_ms if self.slo else None
-
     @field_validator("warmup_s")
     @classmethod
     def _warmup_inside_duration(cls, value: float, info: ValidationInfo) -> float:
@@ -275,98 +329,13 @@ class Scenario(Strict):
                 raise ValueError(f"missing stage {missing[0]!r}, which pipeline {pipeline!r} uses")
         return value
 
+    @property
+    def slo_p99_ms(self) -> float | None:
+        """The p99 bound of the SLO, if the scenario has one."""
+        return self.slo.p99_ms if self.slo else None
 
-# --- loading ---------------------------------------------------------------------------------------
-def _field_path(loc: tuple[Any, ...]) -> str:
-    """Dotted field path of a pydantic error location, without the union tags pydantic inserts."""
-    parts: list[str] = []
-    for part in loc:
-        if isinstance(part, str) and part.startswith("function-"):
-            continue
-        if parts and parts[-1] in ("arrival", "latency", "miss_latency") and part in _UNION_TAGS:
-            continue
-        parts.append(str(part))
-    return ".".join(parts) or "(top level)"
+    @property
+    def stage_names(self) -> list[str]:
+        """The stages the scenario's pipelines use, in order of first use."""
+        return list(dict.fromkeys(name for pipeline in self.pipelines for name in stages_of(pipeline)))
 
-
-_UNION_TAGS = {"poisson", "diurnal", "bursty", "trace", "constant", "exponential", "lognormal", "gamma", "empirical", "profile"}
-
-
-def _describe(error: dict[str, Any]) -> str:
-    """One phrase for a pydantic error: what was expected and what was given."""
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        return "unknown key"
-    if kind == "missing":
-        return "required field is missing"
-    message = error["msg"].removeprefix("Value error, ")
-    if kind in ("value_error", "union_tag_invalid", "union_tag_not_found"):
-        return message
-    return f"{message} (got {error['input']!r})"
-
-
-def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set `data[a][b][c] = value` for `dotted` = 'a.b.c', creating mappings on the way (list items by index)."""
-    keys = dotted.split(".")
-    node: Any = data
-    for depth, key in enumerate(keys):
-        last = depth == len(keys) - 1
-        if isinstance(node, list):
-            if not key.isdigit() or int(key) >= len(node):
-                raise InputError(f"--set {dotted}: {'.'.join(keys[:depth])} has no item {key!r}")
-            index: Any = int(key)
-        elif isinstance(node, dict):
-            index = key
-            if not last and not isinstance(node.get(key), (dict, list)):
-                node[key] = {}
-        else:
-            raise InputError(f"--set {dotted}: {'.'.join(keys[:depth])} is not a mapping")
-        if last:
-            node[index] = value
-        else:
-            node = node[index]
-
-
-def parse_overrides(items: list[str] | None) -> list[tuple[str, Any]]:
-    """Parse `--set dotted.path=value` items; values are YAML scalars or flow collections."""
-    overrides = []
-    for item in items or []:
-        path, sep, raw = item.partition("=")
-        if not sep or not path.strip():
-            raise InputError(f"--set {item}: expected dotted.path=value")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as exc:
-            raise InputError(f"--set {item}: value is not valid YAML ({exc.__class__.__name__})") from None
-        overrides.append((path.strip(), value))
-    return overrides
-
-
-def load_scenario(path: str | Path, overrides: list[tuple[str, Any]] | None = None) -> Scenario:
-    """Read, override and validate a scenario file; raise InputError with one line on any problem."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read scenario file ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark else ""
-        raise InputError(f"{path}: {where}invalid YAML ({getattr(exc, 'problem', None) or exc})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a mapping of scenario fields at the top level")
-    for dotted, value in overrides or []:
-        set_dotted(data, dotted, value)
-    return validate_scenario(data, source=str(path), base_dir=path.resolve().parent)
-
-
-def validate_scenario(data: dict[str, Any], source: str = "<scenario>", base_dir: Path | None = None) -> Scenario:
-    """Validate a scenario mapping; raise InputError naming `source`, the field path and what was expected."""
-    try:
-        return Scenario.model_validate(data, context={"base_dir": base_dir})
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise InputError(f"{source}: {_field_path(error['loc'])}: {_describe(error)}{more}") from None

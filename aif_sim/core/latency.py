@@ -18,9 +18,9 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from aif_sim.datafiles import read_csv_column
+from aif_sim.core.datafiles import read_csv_column
 from aif_sim.errors import InputError
-from aif_sim.scenario import (
+from aif_sim.scenario.schema import (
     ConstantLatency,
     EmpiricalLatency,
     ExponentialLatency,
@@ -38,13 +38,10 @@ class Sampler(Protocol):
 
     work_key: Literal["candidates", "batch"] | None
 
-    def sample(self, rng: np.random.Generator, size: int, work: float) -> np.ndarray:
+    def sample(self, rng: np.random.Generator, size: int, work: float | np.ndarray) -> np.ndarray:
         """`size` service times (ms) of a service of `work` units."""
         ...
 
-    def mean(self, work: float) -> float:
-        """Mean service time (ms) at `work`."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -52,11 +49,9 @@ class Constant:
     ms: float
     work_key: None = None
 
-    def sample(self, rng: np.random.Generator, size: int, work: float) -> np.ndarray:
+    def sample(self, rng: np.random.Generator, size: int, work: float | np.ndarray) -> np.ndarray:
         return np.full(size, self.ms)
 
-    def mean(self, work: float) -> float:
-        return self.ms
 
 
 @dataclass(frozen=True)
@@ -64,11 +59,9 @@ class Exponential:
     mean_ms: float
     work_key: None = None
 
-    def sample(self, rng: np.random.Generator, size: int, work: float) -> np.ndarray:
+    def sample(self, rng: np.random.Generator, size: int, work: float | np.ndarray) -> np.ndarray:
         return rng.exponential(self.mean_ms, size)
 
-    def mean(self, work: float) -> float:
-        return self.mean_ms
 
 
 @dataclass(frozen=True)
@@ -81,11 +74,9 @@ class Lognormal:
     def from_quantiles(cls, median_ms: float, p99_ms: float) -> "Lognormal":
         return cls(median_ms, math.log(p99_ms / median_ms) / Z99)
 
-    def sample(self, rng: np.random.Generator, size: int, work: float) -> np.ndarray:
+    def sample(self, rng: np.random.Generator, size: int, work: float | np.ndarray) -> np.ndarray:
         return self.median_ms * np.exp(self.sigma * rng.standard_normal(size))
 
-    def mean(self, work: float) -> float:
-        return self.median_ms * math.exp(self.sigma**2 / 2)
 
 
 @dataclass(frozen=True)
@@ -94,12 +85,10 @@ class Gamma:
     cv: float
     work_key: None = None
 
-    def sample(self, rng: np.random.Generator, size: int, work: float) -> np.ndarray:
+    def sample(self, rng: np.random.Generator, size: int, work: float | np.ndarray) -> np.ndarray:
         shape = 1.0 / self.cv**2
         return rng.gamma(shape, self.mean_ms / shape, size)
 
-    def mean(self, work: float) -> float:
-        return self.mean_ms
 
 
 @dataclass(frozen=True)
@@ -107,11 +96,9 @@ class Empirical:
     samples_ms: np.ndarray
     work_key: None = None
 
-    def sample(self, rng: np.random.Generator, size: int, work: float) -> np.ndarray:
+    def sample(self, rng: np.random.Generator, size: int, work: float | np.ndarray) -> np.ndarray:
         return self.samples_ms[rng.integers(0, len(self.samples_ms), size)]
 
-    def mean(self, work: float) -> float:
-        return float(self.samples_ms.mean())
 
 
 @dataclass(frozen=True)
@@ -124,29 +111,26 @@ class Profile:
     p99_ms: np.ndarray
     scale: float = 1.0
 
-    def _at(self, work: float) -> tuple[float, float]:
-        x = math.log(max(work, 1.0))
+    def _at(self, work: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Median (ms) and lognormal sigma at each `work`."""
+        x = np.log(np.maximum(work, 1.0))
         lg = np.log(self.grid)
         median = _interp_loglog(x, lg, np.log(self.median_ms))
-        p99 = max(_interp_loglog(x, lg, np.log(self.p99_ms)), median)
-        return self.scale * median, math.log(p99 / median) / Z99
+        p99 = np.maximum(_interp_loglog(x, lg, np.log(self.p99_ms)), median)
+        return self.scale * median, np.log(p99 / median) / Z99
 
-    def sample(self, rng: np.random.Generator, size: int, work: float) -> np.ndarray:
+    def sample(self, rng: np.random.Generator, size: int, work: float | np.ndarray) -> np.ndarray:
         median, sigma = self._at(work)
         return median * np.exp(sigma * rng.standard_normal(size))
 
-    def mean(self, work: float) -> float:
-        median, sigma = self._at(work)
-        return median * math.exp(sigma**2 / 2)
 
-
-def _interp_loglog(x: float, xs: np.ndarray, ys: np.ndarray) -> float:
+def _interp_loglog(x: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     """Piecewise-linear interpolation in log-log space, extrapolating the end segments."""
     if len(xs) == 1:
-        return float(math.exp(ys[0]))
-    i = int(np.clip(np.searchsorted(xs, x) - 1, 0, len(xs) - 2))
+        return np.exp(np.full_like(x, ys[0], dtype=float))
+    i = np.clip(np.searchsorted(xs, x) - 1, 0, len(xs) - 2)
     slope = (ys[i + 1] - ys[i]) / (xs[i + 1] - xs[i])
-    return float(math.exp(ys[i] + slope * (x - xs[i])))
+    return np.exp(ys[i] + slope * (x - xs[i]))
 
 
 def build_sampler(spec: LatencySpec, where: str) -> Sampler:

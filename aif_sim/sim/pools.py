@@ -1,7 +1,8 @@
 """Stage pools: servers behind one FIFO queue, with optional queue limit, timeout and batching.
 
-`serve(request)` is a simpy generator that returns OK, REJECTED or TIMED_OUT. The timeout
-bounds a request's wait in the stage's queue: one not started within `timeout_ms` leaves it.
+`serve(request)` is a simpy generator that returns the visit's `Outcome`. A request arriving when
+every server is busy and `queue_limit` requests wait is rejected. The timeout bounds a request's
+wait in the stage's queue: one not started within `timeout_ms` leaves it.
 """
 
 from __future__ import annotations
@@ -13,37 +14,10 @@ from typing import Any
 import numpy as np
 import simpy
 
-from aif_sim.latency import Sampler
-from aif_sim.metrics import StageStats
-from aif_sim.scenario import Stage
-
-OK, REJECTED, TIMED_OUT = 0, 1, 2
-
-
-class Request:
-    """A request in flight: dropped when it leaves the system."""
-
-    __slots__ = ("id", "arrival_s", "user", "candidates", "measured", "service_s", "stage_ms")
-
-    def __init__(self, rid: int, arrival_s: float, user: int, candidates: int, measured: bool, service_s: list[float]) -> None:
-        self.id = rid
-        self.arrival_s = arrival_s
-        self.user = user
-        self.candidates = candidates
-        self.measured = measured
-        self.service_s = service_s  # this request's service time at each stage slot (seconds)
-        self.stage_ms = [float("nan")] * len(service_s)
-
-
-class Window:
-    """The measurement window [start_s, end_s): requests arriving in it are counted."""
-
-    def __init__(self, start_s: float, end_s: float) -> None:
-        self.start_s, self.end_s = start_s, end_s
-
-    def overlap(self, begin_s: float, end_s: float) -> float:
-        return max(0.0, min(end_s, self.end_s) - max(begin_s, self.start_s))
-
+from aif_sim.core.latency import Sampler
+from aif_sim.core.request import Outcome, Request
+from aif_sim.metrics.recorder import Recorder
+from aif_sim.scenario.schema import Stage
 
 class ServerPool:
     """`servers` identical servers with a FIFO queue of waiters.
@@ -91,26 +65,25 @@ class ServerPool:
 class StagePool:
     """A pool of `servers` serving one request at a time each."""
 
-    def __init__(self, env: simpy.Environment, slot: int, config: Stage, stats: StageStats, window: Window) -> None:
+    def __init__(self, env: simpy.Environment, slot: int, config: Stage, recorder: Recorder) -> None:
         self.env = env
         self.slot = slot
         self.servers = config.servers
         self.pool = ServerPool(env, config.servers)
         self.queue_limit = config.queue_limit
         self.timeout_s = config.timeout_ms / 1000 if config.timeout_ms is not None else None
-        self.stats = stats
-        self.window = window
+        self.recorder = recorder
 
     def full(self) -> bool:
         """True when a new request would be rejected by the queue limit."""
         pool = self.pool
         return self.queue_limit is not None and pool.busy >= pool.servers and pool.queued >= self.queue_limit
 
-    def serve(self, request: Request) -> Generator[simpy.Event, Any, int]:
+    def serve(self, request: Request) -> Generator[simpy.Event, Any, Outcome]:
         env = self.env
         arrived = env.now
         if self.full():
-            return REJECTED
+            return Outcome.REJECTED
         waiter = self.pool.try_acquire()
         if waiter is not None:
             if self.timeout_s is None:
@@ -119,24 +92,14 @@ class StagePool:
                 yield waiter | env.timeout(self.timeout_s)
                 if not waiter.triggered:
                     self.pool.abandon(waiter)
-                    return TIMED_OUT
+                    return Outcome.TIMED_OUT
         started = env.now
         service = request.service_s[self.slot]
         yield env.timeout(service)
         self.pool.release()
-        self.stats.busy_window_s += self.window.overlap(started, started + service)
-        self._record(request, arrived, started, service)
-        return OK
-
-    def _record(self, request: Request, arrived: float, started: float, compute_s: float) -> None:
-        """Book a finished visit: its stage time on the request, latency, wait and compute on the stats."""
-        latency_ms = (self.env.now - arrived) * 1000
-        request.stage_ms[self.slot] = latency_ms
-        if request.measured:
-            stats = self.stats
-            stats.compute_s += compute_s
-            stats.latency.add(latency_ms)
-            stats.wait.add((started - arrived) * 1000)
+        self.recorder.busy(self.slot, started, service)
+        self.recorder.visit(self.slot, request, arrived, started, env.now, service)
+        return Outcome.COMPLETED
 
 
 class _Waiting:
@@ -155,7 +118,9 @@ class BatchingPool(StagePool):
     oldest has waited `max_wait_ms`, and serves them as one batch; requests keep queueing while
     every server is busy. A batch's service time is drawn at its size: a profile operator
     measured by batch reads the batch size, one measured by candidates the batch's candidates.
-    `timeout_ms` bounds the wait until a request's batch starts.
+    `timeout_ms` bounds the wait until a request's batch starts. The queue limit follows the plain
+    pool's rule: a request is rejected only when every server is serving a batch and `queue_limit`
+    requests wait (a server held by the dispatcher while a batch fills counts as free).
     """
 
     def __init__(
@@ -163,28 +128,28 @@ class BatchingPool(StagePool):
         env: simpy.Environment,
         slot: int,
         config: Stage,
-        stats: StageStats,
-        window: Window,
+        recorder: Recorder,
         sampler: Sampler,
         rng: np.random.Generator,
     ) -> None:
-        super().__init__(env, slot, config, stats, window)
+        super().__init__(env, slot, config, recorder)
         assert config.batch is not None
         self.max_size = config.batch.max_size
         self.max_wait_s = config.batch.max_wait_ms / 1000
         self.sampler, self.rng = sampler, rng
         self.queue: deque[_Waiting] = deque()
         self.live = 0  # queued requests that have not timed out
+        self.serving = 0  # servers serving a batch
         self._arrival = env.event()
         env.process(self._dispatch())
 
     def full(self) -> bool:
-        return self.queue_limit is not None and self.live >= self.queue_limit
+        return self.queue_limit is not None and self.serving >= self.servers and self.live >= self.queue_limit
 
-    def serve(self, request: Request) -> Generator[simpy.Event, Any, int]:
+    def serve(self, request: Request) -> Generator[simpy.Event, Any, Outcome]:
         env = self.env
         if self.full():
-            return REJECTED
+            return Outcome.REJECTED
         waiting = _Waiting(request, env.now, env.event() if self.timeout_s is not None else None, env.event())
         self.queue.append(waiting)
         self.live += 1
@@ -195,7 +160,7 @@ class BatchingPool(StagePool):
             if not waiting.picked.triggered:
                 waiting.abandoned = True
                 self.live -= 1
-                return TIMED_OUT
+                return Outcome.TIMED_OUT
         return (yield waiting.done)
 
     def _next_arrival(self) -> simpy.Event:
@@ -243,10 +208,12 @@ class BatchingPool(StagePool):
         started = env.now
         work = len(batch) if self.sampler.work_key == "batch" else sum(w.request.candidates for w in batch)
         service = float(self.sampler.sample(self.rng, 1, work)[0]) / 1000
+        self.serving += 1
         yield env.timeout(service)
+        self.serving -= 1
         self.pool.release()
-        self.stats.busy_window_s += self.window.overlap(started, started + service)
+        self.recorder.busy(self.slot, started, service)
         share = service / len(batch)
         for waiting in batch:
-            self._record(waiting.request, waiting.arrived, started, share)
-            waiting.done.succeed(OK)
+            self.recorder.visit(self.slot, waiting.request, waiting.arrived, started, env.now, share)
+            waiting.done.succeed(Outcome.COMPLETED)

@@ -14,8 +14,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aif_sim.datafiles import read_csv_column
-from aif_sim.scenario import ArrivalSpec, BurstyArrival, DiurnalArrival, PoissonArrival, Population, TraceArrival, Traffic
+from aif_sim.core.datafiles import read_csv_column
+from aif_sim.core.latency import Z99
+from aif_sim.scenario.schema import (
+    ArrivalSpec,
+    BurstyArrival,
+    CandidateSpec,
+    ConstantCount,
+    DiurnalArrival,
+    PoissonArrival,
+    Population,
+    TraceArrival,
+    Traffic,
+)
 
 CHUNK = 8192
 
@@ -135,12 +146,6 @@ class ZipfSampler:
             ranks[in_tail] = self._tail_inverse((u[in_tail] - p_head) / (1 - p_head))
         return ranks
 
-    def probabilities(self) -> np.ndarray:
-        """p(rank) for every rank (only for populations that fit the table)."""
-        if self.head < self.count:
-            raise ValueError("probabilities() needs the whole population in the table")
-        return np.diff(self.head_cdf, prepend=0.0)
-
 
 # --- requests --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -153,9 +158,20 @@ class RequestBlock:
     candidates: np.ndarray
 
 
+def candidate_counts(spec: int | CandidateSpec, rng: np.random.Generator, size: int) -> np.ndarray:
+    """Candidates retrieval returns for each of `size` requests."""
+    if isinstance(spec, int):
+        return np.full(size, spec, dtype=np.int64)
+    if isinstance(spec, ConstantCount):
+        return np.full(size, spec.n, dtype=np.int64)
+    sigma = math.log(spec.p99 / spec.median) / Z99
+    counts = np.rint(spec.median * np.exp(sigma * rng.standard_normal(size)))
+    return np.clip(counts, spec.min, spec.max).astype(np.int64)
+
+
 def request_blocks(traffic: Traffic, until_s: float, seed: int) -> Iterator[RequestBlock]:
     """The run's requests in arrival order; identical for every pipeline of a run."""
-    user_rng = stream(seed, "users")
+    user_rng, count_rng = stream(seed, "users"), stream(seed, "candidate-counts")
     users = ZipfSampler(traffic.users)
     next_id = 0
     for times in arrival_times(traffic.arrival, until_s, stream(seed, "arrivals")):
@@ -165,13 +181,6 @@ def request_blocks(traffic: Traffic, until_s: float, seed: int) -> Iterator[Requ
             first_id=next_id,
             arrival_s=times,
             user=users.sample(user_rng, len(times)),
-            candidates=np.full(len(times), traffic.candidates, dtype=np.int64),
+            candidates=candidate_counts(traffic.candidates, count_rng, len(times)),
         )
         next_id += len(times)
-
-
-def candidate_items(traffic: Traffic, seed: int, request_id: int, items: ZipfSampler | None = None) -> np.ndarray:
-    """The candidate item ids retrieval returns for one request: drawn from its own stream, so the
-    same request gets the same candidates in every pipeline, whenever they are asked for."""
-    rng = np.random.default_rng([seed, zlib.crc32(b"candidates"), request_id])
-    return (items or ZipfSampler(traffic.items)).sample(rng, traffic.candidates)

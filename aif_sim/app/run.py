@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from aif_sim import __version__
+from aif_sim.atomic import write_csv, write_json
+from aif_sim.core.latency import Sampler, build_sampler
 from aif_sim.errors import InputError
-from aif_sim.latency import Sampler, build_sampler
-from aif_sim.metrics import PipelineMetrics
+from aif_sim.metrics.recorder import Recorder, RequestSink
+from aif_sim.report.fmt import run_title
+from aif_sim.report.plots import plot_latency_cdf, plot_stage_breakdown
 from aif_sim.scenario import Scenario
-from aif_sim.sim.engine import PipelineSimulation, RequestSink
+from aif_sim.sim.engine import PipelineSimulation
 
 
 def unsupported_sections(scenario: Scenario) -> list[str]:
@@ -39,17 +44,21 @@ def simulate(
     samplers: dict[str, Sampler],
     sink: RequestSink | None = None,
     progress: Callable[[str, float], None] | None = None,
-) -> dict[str, PipelineMetrics]:
-    """Run every pipeline of the scenario over the same arrivals and draws; metrics per pipeline."""
+    stop: Callable[[], bool] | None = None,
+) -> dict[str, Recorder]:
+    """Run every pipeline of the scenario over the same arrivals and draws; a recorder per pipeline.
+    When `stop()` turns true the current pipeline ends partial and the later ones are not run."""
     results = {}
     for pipeline in scenario.pipelines:
+        if stop is not None and stop():
+            break
         simulation = PipelineSimulation(scenario, pipeline, samplers, sink)
         report = (lambda now, p=pipeline: progress(p, now)) if progress else None
-        results[pipeline] = simulation.run(report)
+        results[pipeline] = simulation.run(report, stop)
     return results
 
 
-def summary_document(scenario: Scenario, results: dict[str, PipelineMetrics]) -> dict:
+def summary_document(scenario: Scenario, results: dict[str, Recorder]) -> dict[str, Any]:
     """The summary.json document."""
     return {
         "scenario": scenario.name,
@@ -57,5 +66,17 @@ def summary_document(scenario: Scenario, results: dict[str, PipelineMetrics]) ->
         "aif_sim_version": __version__,
         "duration_s": scenario.duration_s,
         "warmup_s": scenario.warmup_s,
-        "pipelines": {name: metrics.summary() for name, metrics in results.items()},
+        "partial": any(recorder.partial for recorder in results.values()) or len(results) < len(scenario.pipelines),
+        "pipelines": {name: recorder.summary() for name, recorder in results.items()},
     }
+
+
+def write_run(folder: Path, scenario: Scenario, results: dict[str, Recorder], summary: dict[str, Any]) -> None:
+    """summary.json, timeseries.csv and the run's plots, into the run's folder."""
+    write_json(folder / "summary.json", summary)
+    rows = [{"pipeline": pipeline, **row} for pipeline, recorder in results.items() for row in recorder.timeseries.rows]
+    write_csv(folder / "timeseries.csv", rows, ["t_s", "pipeline", "phase", "completed", "p50_ms", "p99_ms"])
+    title = run_title(scenario)
+    plot_latency_cdf(folder / "latency_cdf.png", results, scenario.slo_p99_ms, title)
+    if results:
+        plot_stage_breakdown(folder / "stage_breakdown.png", summary, title)

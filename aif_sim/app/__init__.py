@@ -1,0 +1,1 @@
+"""Applications of the engines: one run, sweeps, the output folder, interruption."""

@@ -1,0 +1,227 @@
+"""Sweeps: one run per value of a scenario field, pipeline and replication, in parallel processes;
+or a bisection of the offered load for the capacity under the SLO.
+
+With N replications a point runs with seeds seed, seed+1, …, seed+N−1 and every metric is reported
+as the mean and the 95% confidence half-width of the mean (Student's t). A point meets the SLO when
+the upper bounds of its p99 and of its missed share (lost or over the bound) meet `slo.p99_ms` and
+the 1% budget; with one replication the bounds are the values themselves.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress
+from scipy.stats import t as student_t
+
+from aif_sim.app.interrupt import ignore_in_worker
+from aif_sim.app.run import build_samplers, simulate
+from aif_sim.atomic import write_csv, write_json
+from aif_sim.errors import InputError
+from aif_sim.metrics.recorder import SLO_MISS_BUDGET
+from aif_sim.metrics.summary import HEADLINES, NUMERIC, headline_values
+from aif_sim.report.fmt import param_label, run_title
+from aif_sim.report.plots import plot_sweep
+from aif_sim.report.tables import sweep_table
+from aif_sim.scenario import Override, Scenario, load_scenario
+
+LOAD_PARAMS = ("traffic.arrival.qps", "traffic.arrival.mean_qps")
+CAPACITY_TOLERANCE = 0.02  # bisection stops when the bracket is within 2% of the load
+P99 = next(m for m in HEADLINES if m.key == "p99_ms")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One simulation of a sweep: a value of the swept field, a pipeline, a replication."""
+
+    value: Any
+    pipeline: str
+    replication: int
+
+
+@dataclass
+class SweepContext:
+    """What every job of a sweep shares."""
+
+    path: str
+    scenario: Scenario
+    param: str
+    base: list[Override]
+    replications: int
+    jobs: int | None
+    console: Console
+    quiet: bool
+    stop: Callable[[], bool]
+
+
+def simulate_job(path: str, overrides: list[Override], pipeline: str) -> dict[str, Any]:
+    """Run one pipeline of one sweep point; its METRICS block (in a worker process)."""
+    scenario = load_scenario(path, overrides + [("pipelines", [pipeline], "--param")])
+    return simulate(scenario, build_samplers(scenario, path))[pipeline].summary()
+
+
+def job_overrides(ctx: SweepContext, job: Job) -> list[Override]:
+    return ctx.base + [(ctx.param, job.value, "--param"), ("seed", ctx.scenario.seed + job.replication, "--replications")]
+
+
+def run_jobs(ctx: SweepContext, jobs: list[Job], label: str) -> dict[Job, dict[str, Any]]:
+    """Run the jobs in a process pool with a progress bar; stops early (returning what finished) when asked."""
+    results: dict[Job, dict[str, Any]] = {}
+    workers = max(1, min(ctx.jobs or multiprocessing.cpu_count(), len(jobs)))
+    pool = multiprocessing.Pool(workers, initializer=ignore_in_worker)
+    try:
+        with Progress(console=ctx.console, disable=ctx.quiet, transient=True) as progress:
+            task = progress.add_task(label, total=len(jobs))
+            pending = {job: pool.apply_async(simulate_job, (ctx.path, job_overrides(ctx, job), job.pipeline)) for job in jobs}
+            while pending and not ctx.stop():
+                for job in [j for j, handle in pending.items() if handle.ready()]:
+                    results[job] = pending.pop(job).get()
+                    progress.advance(task)
+                time.sleep(0.05)
+    finally:
+        pool.terminate()
+        pool.join()
+    return results
+
+
+def aggregate(value: Any, pipeline: str, runs: list[dict[str, Any]], slo_ms: float | None) -> dict[str, Any]:
+    """One sweep.csv row: means and 95% half-widths of the headline metrics over the replications."""
+    flats = [headline_values(metrics) for metrics in runs]
+    row: dict[str, Any] = {"value": value, "pipeline": pipeline, "replications": len(runs)}
+    for metric in HEADLINES:
+        values = [flat[metric.key] for flat in flats]
+        if metric.unit == "text":
+            row[metric.key] = Counter(values).most_common(1)[0][0]
+            continue
+        finite = [v for v in values if v is not None and v == v]
+        row[metric.key] = statistics.fmean(finite) if finite else None
+        row[f"{metric.key}_ci95"] = _half_width(finite) if len(runs) > 1 else None
+    if slo_ms is not None:
+        row["slo_met"] = meets_slo(row, slo_ms)
+    return row
+
+
+def _half_width(values: list[float]) -> float | None:
+    if len(values) < 2:
+        return None
+    return float(student_t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5)
+
+
+def upper(row: dict[str, Any], key: str) -> float:
+    """Upper 95% bound of a row's metric (the value itself without replications)."""
+    value = row.get(key)
+    return float("inf") if value is None else value + (row.get(f"{key}_ci95") or 0.0)
+
+
+def meets_slo(row: dict[str, Any], slo_ms: float) -> bool:
+    return upper(row, "p99_ms") <= slo_ms and upper(row, "slo_missed_share") <= SLO_MISS_BUDGET
+
+
+def rows_of(ctx: SweepContext, values: list[Any], results: dict[Job, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of every (value, pipeline) that has at least one finished replication."""
+    rows = []
+    for value in values:
+        for pipeline in ctx.scenario.pipelines:
+            runs = [results[job] for job in sorted(results, key=lambda j: j.replication) if job.value == value and job.pipeline == pipeline]
+            if runs:
+                rows.append({"param": ctx.param, **aggregate(value, pipeline, runs, ctx.scenario.slo_p99_ms)})
+    return rows
+
+
+def grid_sweep(ctx: SweepContext, values: list[Any]) -> tuple[list[dict[str, Any]], dict[Job, dict[str, Any]], dict[str, Any]]:
+    """Every value × pipeline × replication; capacity (highest value that met the SLO) for a load sweep."""
+    jobs = [Job(value, pipeline, r) for value in values for pipeline in ctx.scenario.pipelines for r in range(ctx.replications)]
+    results = run_jobs(ctx, jobs, f"sweep {ctx.param}")
+    rows = rows_of(ctx, values, results)
+    extra: dict[str, Any] = {}
+    if ctx.scenario.slo_p99_ms is not None and ctx.param in LOAD_PARAMS:
+        extra["capacity_qps"] = {p: max((r["value"] for r in rows if r["pipeline"] == p and r["slo_met"]), default=None) for p in ctx.scenario.pipelines}
+    return rows, results, extra
+
+
+def find_capacity(ctx: SweepContext, low: float, high: float) -> tuple[list[dict[str, Any]], dict[Job, dict[str, Any]], dict[str, Any]]:
+    """Per pipeline, bisect the load in [low, high] for the highest load that meets the SLO, to 2% of the
+    load: None when `low` already misses it, `high` when even `high` meets it."""
+    slo_ms = ctx.scenario.slo_p99_ms
+    assert slo_ms is not None
+    bracket = {p: [low, high] for p in ctx.scenario.pipelines}
+    capacity: dict[str, float | None] = {}
+    results: dict[Job, dict[str, Any]] = {}
+    probes = {p: [low, high] for p in ctx.scenario.pipelines}
+    while probes and not ctx.stop():
+        jobs = [Job(load, p, r) for p, loads in probes.items() for load in loads for r in range(ctx.replications)]
+        done = run_jobs(ctx, jobs, f"capacity search: {len(jobs)} runs")
+        results.update(done)
+        if len(done) < len(jobs):
+            break
+        following = {}
+        for pipeline, loads in probes.items():
+            met = {load: meets_slo(aggregate(load, pipeline, [done[Job(load, pipeline, r)] for r in range(ctx.replications)], slo_ms), slo_ms) for load in loads}
+            lo, hi = bracket[pipeline]
+            if len(loads) == 2 and not met[low]:
+                capacity[pipeline] = None
+                continue
+            if len(loads) == 2 and met[high]:
+                capacity[pipeline] = high
+                continue
+            if len(loads) == 1:
+                lo, hi = (loads[0], hi) if met[loads[0]] else (lo, loads[0])
+                bracket[pipeline] = [lo, hi]
+            if hi - lo <= CAPACITY_TOLERANCE * lo:
+                capacity[pipeline] = lo
+            else:
+                following[pipeline] = [round((lo + hi) / 2, 3)]
+        probes = following
+    rows = rows_of(ctx, sorted({job.value for job in results}), results)
+    search = {"low": low, "high": high, "tolerance": CAPACITY_TOLERANCE, "bracket": bracket}
+    return rows, results, {"capacity_qps": {p: capacity.get(p) for p in ctx.scenario.pipelines}, "capacity_search": search}
+
+
+def write_sweep(ctx: SweepContext, folder: Path, rows: list[dict[str, Any]], results: dict[Job, dict[str, Any]], extra: dict[str, Any]) -> None:
+    """sweep.csv, sweep.json, a PNG per plotted headline metric and, for a load sweep, the latency–throughput curve."""
+    scenario, slo_ms = ctx.scenario, ctx.scenario.slo_p99_ms
+    partial = ctx.stop()
+    document: dict[str, Any] = {
+        "scenario": scenario.name,
+        "seed": scenario.seed,
+        "param": ctx.param,
+        "values": list(dict.fromkeys(r["value"] for r in rows)),
+        "replications": ctx.replications,
+        "partial": partial,
+        **extra,
+        "rows": rows,
+        "points": [
+            {"value": j.value, "pipeline": j.pipeline, "seed": scenario.seed + j.replication, "metrics": results[j]}
+            for j in sorted(results, key=lambda j: (str(j.value), j.pipeline, j.replication))
+        ],
+    }
+    write_csv(folder / "sweep.csv", rows)
+    write_json(folder / "sweep.json", document)
+    title = run_title(scenario) + (f", {ctx.replications} replications" if ctx.replications > 1 else "")
+    x_label = param_label(ctx.param)
+    for metric in NUMERIC:
+        if metric.plot:
+            plot_sweep(folder / f"sweep_{metric.key}.png", rows, "value", x_label, metric, slo_ms, title)
+    if ctx.param in LOAD_PARAMS:
+        plot_sweep(folder / "latency_throughput.png", rows, "throughput_qps", "throughput (QPS)", P99, slo_ms, title)
+    if not ctx.quiet:
+        ctx.console.print(sweep_table(rows, ctx.param, extra.get("capacity_qps"), partial))
+
+
+def load_param(scenario: Scenario) -> str:
+    """The field that sets the offered load of the scenario's arrival process."""
+    kind = scenario.traffic.arrival.kind
+    if kind == "poisson":
+        return "traffic.arrival.qps"
+    if kind == "diurnal":
+        return "traffic.arrival.mean_qps"
+    raise InputError(f"--find-capacity: the scenario's {kind} arrivals have no single load field; give --param")
+

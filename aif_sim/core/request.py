@@ -1,0 +1,53 @@
+"""A request in flight, how it ends, and the measurement window.
+
+A request's outcome is the first failure on its path, or COMPLETED. In a parallel step every branch
+runs to its own end and the step joins when all have ended: a branch that fails does not cancel the
+others, so a surviving branch keeps its server until its service ends (the work is done and charged
+as compute, then thrown away). When branches end differently the step keeps the largest outcome
+value: TIMED_OUT over REJECTED over COMPLETED (a timed-out branch held a queue slot for the longest).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Outcome(IntEnum):
+    """How a request (or one stage visit) ended; larger values win at a parallel join."""
+
+    COMPLETED = 0
+    REJECTED = 1
+    TIMED_OUT = 2
+
+
+class Request:
+    """A request in flight: its draws, and the times it spent in each stage (ms; NaN where not visited)."""
+
+    __slots__ = ("id", "arrival_s", "user", "candidates", "measured", "service_s", "stage_ms")
+
+    def __init__(self, rid: int, arrival_s: float, user: int, candidates: int, measured: bool, service_s: list[float]) -> None:
+        self.id = rid
+        self.arrival_s = arrival_s
+        self.user = user
+        self.candidates = candidates
+        self.measured = measured
+        self.service_s = service_s  # this request's service time at each stage slot, alone on a server (s)
+        self.stage_ms = [float("nan")] * len(service_s)
+
+
+class Window:
+    """The measurement window [start_s, end_s): arrivals in it are counted, and completions in it make the throughput."""
+
+    def __init__(self, start_s: float, end_s: float) -> None:
+        self.start_s, self.end_s = start_s, end_s
+
+    @property
+    def length_s(self) -> float:
+        return self.end_s - self.start_s
+
+    def contains(self, t_s: float) -> bool:
+        return self.start_s <= t_s < self.end_s
+
+    def overlap(self, begin_s: float, end_s: float) -> float:
+        """Seconds of [begin_s, end_s) inside the window."""
+        return max(0.0, min(end_s, self.end_s) - max(begin_s, self.start_s))

@@ -1,0 +1,76 @@
+"""Log-bucketed histograms: memory bounded in the number of values recorded.
+
+Relative error below 0.25%, exact count, mean and max; values are fed through a buffer so that
+recording one is a list append, and `flush` moves the buffer into the buckets.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
+
+
+class LogHistogram:
+    """Mergeable histogram of non-negative values: bucket 0 holds [0, LOW), then geometric buckets."""
+
+    LOW = 1e-4  # values below (zeros, in practice) fall in bucket 0, reported as the minimum
+    HIGH = 1e8
+    GROWTH = 1.005
+
+    def __init__(self) -> None:
+        self.bins = int(math.ceil(math.log(self.HIGH / self.LOW) / math.log(self.GROWTH))) + 2
+        self.counts = np.zeros(self.bins, dtype=np.int64)
+        self.count = 0
+        self.total = 0.0
+        self.min = math.inf
+        self.max = -math.inf
+        self._buffer: list[float] = []
+        self.add = self._buffer.append  # the hot path: one list append per value
+
+    def flush(self) -> None:
+        """Move buffered values into the buckets."""
+        if not self._buffer:
+            return
+        values = np.asarray(self._buffer, dtype=float)
+        self._buffer.clear()
+        index = np.zeros(len(values), dtype=np.int64)
+        above = values >= self.LOW
+        index[above] = 1 + np.floor(np.log(values[above] / self.LOW) / math.log(self.GROWTH)).astype(np.int64)
+        self.counts += np.bincount(np.minimum(index, self.bins - 1), minlength=self.bins)
+        self.count += len(values)
+        self.total += float(values.sum())
+        self.min = min(self.min, float(values.min()))
+        self.max = max(self.max, float(values.max()))
+
+    def quantile(self, q: float) -> float:
+        """Value at quantile q in [0, 1]: the geometric middle of its bucket, clamped to [min, max]."""
+        self.flush()
+        if self.count == 0:
+            return math.nan
+        rank = max(1, math.ceil(q * self.count))
+        index = int(np.searchsorted(np.cumsum(self.counts), rank))
+        if index == 0:
+            return self.min
+        value = self.LOW * self.GROWTH ** (index - 0.5)
+        return min(max(value, self.min), self.max)
+
+    def summary(self) -> dict[str, float]:
+        """mean, p50, p90, p99, p999 and max."""
+        self.flush()
+        out = {"mean": self.total / self.count if self.count else math.nan}
+        out.update({key: self.quantile(p / 100) for key, p in PERCENTILES.items()})
+        out["max"] = self.max if self.count else math.nan
+        return out
+
+    def cdf(self) -> tuple[np.ndarray, np.ndarray]:
+        """(upper bucket edges, cumulative share) over the occupied buckets, for plotting."""
+        self.flush()
+        occupied = np.nonzero(self.counts)[0]
+        if len(occupied) == 0:
+            return np.array([]), np.array([])
+        span = slice(occupied[0], occupied[-1] + 1)
+        edges = self.LOW * self.GROWTH ** np.arange(self.bins)[span].astype(float)
+        return np.minimum(edges, self.max), np.cumsum(self.counts[span]) / self.count

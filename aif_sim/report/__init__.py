@@ -1,0 +1,1 @@
+"""Results for people: rich tables and PNG plots, driven by the summary's metric descriptors."""

@@ -1,0 +1,102 @@
+"""Rich tables that fit 80 columns: metrics as rows, pipelines as columns."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from aif_sim.metrics.summary import HEADLINES
+from aif_sim.report.fmt import number
+
+BASELINE = "sequential"
+SHORT = {"sequential": "seq", "aif": "aif", "uic": "uic"}
+
+
+def make_console() -> Console:
+    """A console for results: 100 columns when the output is not a terminal (files, pipes, CI logs)."""
+    return Console() if sys.stdout.isatty() else Console(width=100)
+
+
+def plain_table(title: str) -> Table:
+    """A compact table: a rule under the header, no outer frame."""
+    return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+
+
+def comparison_table(summary: dict[str, Any], title: str) -> Table:
+    """Pipelines side by side, ratios against the sequential pipeline, the SLO verdict."""
+    pipelines = summary["pipelines"]
+    others = [name for name in pipelines if name != BASELINE] if BASELINE in pipelines else []
+    table = plain_table(title)
+    table.add_column("metric", no_wrap=True)
+    for name in pipelines:
+        table.add_column(name, justify="right", no_wrap=True)
+    for name in others:
+        table.add_column(f"{SHORT[name]}/seq", justify="right", style="cyan", no_wrap=True)
+    for metric in HEADLINES:
+        values = [metric.get(m) for m in pipelines.values()]
+        if metric.key == "slo_missed_share" and all(v is None for v in values):
+            continue
+        row = [metric.label] + [number(v, metric.unit) for v in values]
+        base = metric.get(pipelines[BASELINE]) if others else None
+        for name in others:
+            value = metric.get(pipelines[name])
+            ok = metric.ratio and base and value is not None and value == value
+            row.append(f"{value / base:.2f}×" if ok else "")
+        table.add_row(*row)
+    if all("slo" in m for m in pipelines.values()):
+        verdicts = ["[green]MET[/]" if m["slo"]["valid"] else "[red]MISSED[/]" for m in pipelines.values()]
+        table.add_row(f"SLO p99 ≤ {next(iter(pipelines.values()))['slo']['p99_ms']:g} ms", *verdicts, *[""] * len(others))
+    if summary.get("partial"):
+        table.caption = "[yellow]partial: the run was interrupted[/]"
+    return table
+
+
+def stage_table(pipeline: str, metrics: dict[str, Any]) -> Table:
+    """One pipeline's stages: time, wait, utilisation, share of the critical path, compute."""
+    table = plain_table(f"{pipeline} stages (ms)")
+    for column in ("stage", "mean", "p99", "wait", "wait p99", "util", "on path", "compute/req"):
+        table.add_column(column, justify="left" if column == "stage" else "right", no_wrap=True)
+    for stage, stats in metrics["stages"].items():
+        marks = (" [bold]◀ util[/]" if stage == metrics["bottleneck"] else "") + (" [bold]◀ path[/]" if stage == metrics["critical_stage"] else "")
+        table.add_row(
+            stage + marks,
+            number(stats["latency_ms"]["mean"]),
+            number(stats["latency_ms"]["p99"]),
+            number(stats["wait_ms"]["mean"]),
+            number(stats["wait_ms"]["p99"]),
+            number(stats["utilization"], "share"),
+            number(stats["critical_path_share"], "share"),
+            number(metrics["compute"][stage]["ms_per_request"]),
+        )
+    return table
+
+
+def sweep_table(rows: list[dict[str, Any]], param: str, capacities: dict[str, float | None] | None, partial: bool) -> Table:
+    """value, pipeline, load, throughput, p50, p99 (± 95% CI), shed share, SLO."""
+    table = plain_table(f"sweep of {param}")
+    for column in ("value", "pipeline", "offered", "thru", "p50 ms", "p99 ms", "shed", "SLO"):
+        table.add_column(column, justify="left" if column == "pipeline" else "right", no_wrap=True)
+    for row in rows:
+        verdict = "" if "slo_met" not in row else ("[green]met[/]" if row["slo_met"] else "[red]missed[/]")
+        ci = row.get("p99_ms_ci95")
+        table.add_row(
+            f"{row['value']:g}" if isinstance(row["value"], float) else str(row["value"]),
+            row["pipeline"],
+            number(row["offered_qps"], "qps"),
+            number(row["throughput_qps"], "qps"),
+            number(row["p50_ms"]),
+            number(row["p99_ms"]) + (f" ±{number(ci)}" if ci is not None else ""),
+            number(row["shed_share"], "share"),
+            verdict,
+        )
+    notes = []
+    if capacities:
+        notes.append("capacity under the SLO: " + ", ".join(f"{p} {number(c, 'qps') if c is not None else 'none'}" for p, c in capacities.items()))
+    if partial:
+        notes.append("[yellow]partial: interrupted[/]")
+    table.caption = "; ".join(notes) or None
+    return table
