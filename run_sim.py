@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
 """Thin wrapper: `python run_sim.py ...` is the same as the `aif-sim` command."""
+
 import sys
 
 from aif_sim.cli import main

@@ -40,14 +40,18 @@ def _scenario_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scenario", help="scenario YAML file")
     parser.add_argument("--out", type=Path, help="output folder (default results/<scenario>/<UTC time>/); an existing one is replaced")
     parser.add_argument("--seed", type=int, help="override the scenario's seed")
-    parser.add_argument("--set", dest="overrides", action="append", metavar="PATH=VALUE", help="override a scenario field, e.g. traffic.arrival.qps=3000")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", metavar="PATH=VALUE", help="override a scenario field, e.g. traffic.arrival.qps=3000"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no tables")
 
 
 def _run_options(parser: argparse.ArgumentParser) -> None:
     _scenario_options(parser)
     parser.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="per-request file format")
-    parser.add_argument("--requests-sample", type=float, default=1.0, metavar="FRACTION", help="share of completed requests written to the per-request file")
+    parser.add_argument(
+        "--requests-sample", type=float, default=1.0, metavar="FRACTION", help="share of completed requests written to the per-request file"
+    )
 
 
 MODEL_COMMANDS = ("train", "evaluate", "sweep-model", "calibrate")
@@ -72,8 +76,12 @@ def build_parser(with_model: bool = True) -> Parser:
     _scenario_options(sweep)
     sweep.add_argument("--param", help="dotted scenario field, e.g. traffic.arrival.qps")
     sweep.add_argument("--values", help="comma-separated values")
-    sweep.add_argument("--replications", type=int, default=1, metavar="N", help="runs per point with seeds seed..seed+N-1: mean and 95%% CI")
-    sweep.add_argument("--find-capacity", metavar="LOW,HIGH", help="bisect the offered load for the highest QPS meeting slo.p99_ms (to 2%%)")
+    sweep.add_argument(
+        "--replications", type=int, default=1, metavar="N", help="runs per point with seeds seed..seed+N-1: mean and 95%% CI"
+    )
+    sweep.add_argument(
+        "--find-capacity", metavar="LOW,HIGH", help="bisect the offered load for the highest QPS meeting slo.p99_ms (to 2%%)"
+    )
     sweep.add_argument("--jobs", type=int, default=None, help="parallel processes (default: CPU count)")
     sweep.set_defaults(func=cmd_sweep)
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from simtools import scenario_dict, small_stages, write_yaml
 
+from aif_sim.app.run import build_samplers, unsupported_sections
 from aif_sim.cli import main
 from aif_sim.metrics.requests_log import sampled
-from aif_sim.app.run import build_samplers, unsupported_sections
 from aif_sim.scenario import load_scenario
-from simtools import small_stages, scenario_dict, write_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -32,8 +32,7 @@ METRIC_KEYS = ("mean", "p50", "p90", "p99", "p999", "max")
 
 @pytest.fixture
 def tiny(tmp_path) -> Path:
-    data = scenario_dict(STAGES, pipelines=["sequential", "aif"], qps=300, duration_s=3.0, warmup_s=0.5, seed=7,
-                         slo={"p99_ms": 100})
+    data = scenario_dict(STAGES, pipelines=["sequential", "aif"], qps=300, duration_s=3.0, warmup_s=0.5, seed=7, slo={"p99_ms": 100})
     data["name"] = "tiny"
     return write_yaml(tmp_path / "tiny.yaml", data)
 
@@ -54,7 +53,7 @@ def test_default_run_writes_every_output(tiny, tmp_path):
     summary = _summary(out)
     assert summary["scenario"] == "tiny" and summary["seed"] == 7 and isinstance(summary["aif_sim_version"], str)
     assert set(summary["pipelines"]) == {"sequential", "aif"}
-    for pipeline, metrics in summary["pipelines"].items():
+    for metrics in summary["pipelines"].values():
         req = metrics["requests"]
         assert set(req) >= {"offered", "completed", "rejected", "timed_out", "in_flight_at_end"}
         assert req["offered"] == req["completed"] + req["rejected"] + req["timed_out"] + req["in_flight_at_end"]
@@ -146,16 +145,29 @@ def test_compare_three_pipelines(tiny, tmp_path, capsys):
 
 def test_sweep_writes_table_json_plots_and_capacity(tiny, tmp_path):
     out = tmp_path / "sweep"
-    assert main(["sweep", str(tiny), "--param", "traffic.arrival.qps", "--values", "200,400", "--jobs", "2",
-                 "--out", str(out), "--quiet"]) == 0
-    for name in ("sweep.csv", "sweep.json", "latency_throughput.png", "sweep_p99_ms.png", "sweep_p50_ms.png",
-                 "sweep_throughput_qps.png", "sweep_compute_ms_per_request.png"):
+    assert (
+        main(["sweep", str(tiny), "--param", "traffic.arrival.qps", "--values", "200,400", "--jobs", "2", "--out", str(out), "--quiet"])
+        == 0
+    )
+    for name in (
+        "sweep.csv",
+        "sweep.json",
+        "latency_throughput.png",
+        "sweep_p99_ms.png",
+        "sweep_p50_ms.png",
+        "sweep_throughput_qps.png",
+        "sweep_compute_ms_per_request.png",
+    ):
         assert (out / name).is_file(), name
     assert (out / "latency_throughput.png").read_bytes()[:8] == PNG
     with open(out / "sweep.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert sorted((float(r["value"]), r["pipeline"]) for r in rows) == [
-        (200.0, "aif"), (200.0, "sequential"), (400.0, "aif"), (400.0, "sequential")]
+        (200.0, "aif"),
+        (200.0, "sequential"),
+        (400.0, "aif"),
+        (400.0, "sequential"),
+    ]
     document = json.loads((out / "sweep.json").read_text())
     assert document["param"] == "traffic.arrival.qps" and document["values"] == [200, 400]
     by_point = {(p["value"], p["pipeline"]): p["metrics"] for p in document["points"]}
@@ -169,8 +181,25 @@ def test_sweep_writes_table_json_plots_and_capacity(tiny, tmp_path):
 
 def test_set_and_seed_override(tiny, tmp_path):
     out = tmp_path / "o"
-    assert main([str(tiny), "--out", str(out), "--quiet", "--set", "traffic.arrival.qps=100", "--set", "pipelines=[aif]",
-                 "--set", "stages.rtp.batch.max_size=1", "--seed", "99"]) == 0
+    assert (
+        main(
+            [
+                str(tiny),
+                "--out",
+                str(out),
+                "--quiet",
+                "--set",
+                "traffic.arrival.qps=100",
+                "--set",
+                "pipelines=[aif]",
+                "--set",
+                "stages.rtp.batch.max_size=1",
+                "--seed",
+                "99",
+            ]
+        )
+        == 0
+    )
     summary = _summary(out)
     assert summary["seed"] == 99 and list(summary["pipelines"]) == ["aif"]
     assert summary["pipelines"]["aif"]["offered_qps"] == pytest.approx(100, rel=4 / math.sqrt(250))
@@ -193,8 +222,9 @@ def test_default_output_folder_and_explicit_run_command(tiny, tmp_path, monkeypa
 def test_exit_code_of_the_script(tmp_path):
     """`python run_sim.py` exits with 2 on bad input and prints one line."""
     missing = tmp_path / "nope.yaml"
-    proc = subprocess.run([sys.executable, str(REPO / "run_sim.py"), str(missing), "--quiet"],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "run_sim.py"), str(missing), "--quiet"], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and str(missing) in proc.stderr
 

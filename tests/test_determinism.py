@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from simtools import make_scenario, run_summaries, scenario_dict, write_yaml
 
 from aif_sim.cli import main
-from aif_sim.scenario.schema import Population
 from aif_sim.core.traffic import ZipfSampler
-from simtools import make_scenario, run_summaries, scenario_dict, write_yaml
+from aif_sim.scenario.schema import Population
 
 
 def crn_stages() -> dict:
@@ -31,8 +31,9 @@ def crn_stages() -> dict:
 @pytest.fixture(scope="module")
 def scenario_file(tmp_path_factory):
     folder = tmp_path_factory.mktemp("det")
-    data = scenario_dict(crn_stages(), pipelines=["sequential", "aif", "uic"], qps=350, duration_s=3.0, warmup_s=0.5, seed=7,
-                         slo={"p99_ms": 50})
+    data = scenario_dict(
+        crn_stages(), pipelines=["sequential", "aif", "uic"], qps=350, duration_s=3.0, warmup_s=0.5, seed=7, slo={"p99_ms": 50}
+    )
     return write_yaml(folder / "det.yaml", data)
 
 
@@ -65,6 +66,7 @@ def test_common_random_numbers_across_pipelines(scenario_file, tmp_path):
     seq, aif, uic = (summary["pipelines"][p] for p in ("sequential", "aif", "uic"))
     assert seq["requests"]["offered"] == aif["requests"]["offered"] == uic["requests"]["offered"] > 0
     assert seq["offered_qps"] == aif["offered_qps"]
+
     # merger and retrieval come first in every pipeline: same arrivals, same service draws
     def queueing(stats: dict) -> dict:  # the stage's own figures (its share of each pipeline's critical path differs)
         return {key: value for key, value in stats.items() if key != "critical_path_share"}

@@ -9,11 +9,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from scipy.stats import norm
+from simtools import MANY, RowSink, make_scenario, negligible, run_summaries, scenario_dict, write_yaml
 
 from aif_sim.cli import main
 from aif_sim.core.pipelines import critical_path, stages_of
 from aif_sim.core.traffic import request_blocks
-from simtools import MANY, RowSink, make_scenario, negligible, run_summaries, scenario_dict, write_yaml
 
 ALL = ["sequential", "aif", "uic"]
 
@@ -31,8 +31,13 @@ def overload_stages() -> dict:
         # capacity 400/s; full queue (10) waits ~25 ms > 12 ms
         "user_inference": {"servers": 2, "latency": {"dist": "gamma", "mean_ms": 5, "cv": 0.4}, "queue_limit": 10, "timeout_ms": 12},
         # one batching server: 4 requests per 8 ms = 500/s; full queue (20) waits ~40 ms > 20 ms
-        "rtp": {"servers": 1, "latency": {"dist": "exponential", "mean_ms": 8},
-                "batch": {"max_size": 4, "max_wait_ms": 1}, "queue_limit": 20, "timeout_ms": 20},
+        "rtp": {
+            "servers": 1,
+            "latency": {"dist": "exponential", "mean_ms": 8},
+            "batch": {"max_size": 4, "max_wait_ms": 1},
+            "queue_limit": 20,
+            "timeout_ms": 20,
+        },
         # capacity 333/s
         "light_prerank": {"servers": 2, "latency": {"dist": "gamma", "mean_ms": 6, "cv": 0.3}, "queue_limit": 10, "timeout_ms": 20},
     }
@@ -98,8 +103,7 @@ def test_batching_timeout_bounds_the_queue_wait_only():
     """timeout_ms bounds the wait in the stage's queue (README): a request that starts its batch at once
     never times out, however long the batch's service takes."""
     stages = {name: negligible() for name in ("merger", "retrieval", "user_inference", "item_fetch")}
-    stages["rtp"] = {"servers": 10, "latency": {"dist": "constant", "ms": 10},
-                     "batch": {"max_size": 1, "max_wait_ms": 0}, "timeout_ms": 5}
+    stages["rtp"] = {"servers": 10, "latency": {"dist": "constant", "ms": 10}, "batch": {"max_size": 1, "max_wait_ms": 0}, "timeout_ms": 5}
     summary = run_summaries(make_scenario(stages, pipelines=["aif"], qps=10, duration_s=10.0))["aif"]
     assert summary["stages"]["rtp"]["wait_ms"]["max"] == 0.0  # nobody waited
     assert summary["requests"]["timed_out"] == 0
@@ -160,7 +164,7 @@ def test_timeout_bounds_wait_and_queue_limit_bounds_queue():
 def test_no_losses_without_limits():
     stages = {k: {kk: vv for kk, vv in v.items() if kk not in ("queue_limit", "timeout_ms")} for k, v in overload_stages().items()}
     scenario = make_scenario(stages, pipelines=ALL, qps=200, duration_s=3.0, drain_s=10.0, seed=9)
-    for pipeline, summary in run_summaries(scenario).items():
+    for _pipeline, summary in run_summaries(scenario).items():
         req = summary["requests"]
         assert req["rejected"] == req["timed_out"] == req["in_flight_at_end"] == 0
         assert req["completed"] == req["offered"] == _measured_arrivals(scenario)
@@ -249,10 +253,7 @@ def test_aif_fork_join_matches_monte_carlo():
     batches = 40
     m = n * batches
     total = (
-        merger_ms
-        + np.maximum(_lognormal(rng, *retrieval, m), _gamma(rng, *user, m))
-        + _gamma(rng, *item, m)
-        + rng.exponential(rtp_mean, m)
+        merger_ms + np.maximum(_lognormal(rng, *retrieval, m), _gamma(rng, *user, m)) + _gamma(rng, *item, m) + rng.exponential(rtp_mean, m)
     )
     for key, q in (("mean", None), ("p50", 50.0), ("p99", 99.0)):
         reference = total.mean() if q is None else np.percentile(total, q)

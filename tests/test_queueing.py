@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from simtools import run_summaries, single_queue_scenario
 
 
@@ -44,8 +43,13 @@ def _run_mmc(requests: int, servers: int = 4, rho: float = 0.7, mean_ms: float =
     qps = rho * servers * 1000.0 / mean_ms
     warmup_s = 20.0
     scenario = single_queue_scenario(
-        {"dist": "exponential", "mean_ms": mean_ms}, servers, qps,
-        duration_s=warmup_s + requests / qps, warmup_s=warmup_s, drain_s=60.0, seed=seed,
+        {"dist": "exponential", "mean_ms": mean_ms},
+        servers,
+        qps,
+        duration_s=warmup_s + requests / qps,
+        warmup_s=warmup_s,
+        drain_s=60.0,
+        seed=seed,
     )
     return run_summaries(scenario)["sequential"], mmc_theory(servers, qps, mean_ms)
 
@@ -99,8 +103,13 @@ def test_md1_mean_wait_matches_pollaczek_khinchine():
     qps = rho * 1000.0 / service_ms
     requests, warmup_s = 70_000, 30.0
     scenario = single_queue_scenario(
-        {"dist": "constant", "ms": service_ms}, 1, qps,
-        duration_s=warmup_s + requests / qps, warmup_s=warmup_s, drain_s=60.0, seed=21,
+        {"dist": "constant", "ms": service_ms},
+        1,
+        qps,
+        duration_s=warmup_s + requests / qps,
+        warmup_s=warmup_s,
+        drain_s=60.0,
+        seed=21,
     )
     summary = run_summaries(scenario)["sequential"]
     prerank = summary["stages"]["prerank"]
@@ -124,8 +133,13 @@ def test_gamma_service_mg1_matches_pollaczek_khinchine():
     qps = rho * 1000.0 / mean_ms
     requests, warmup_s = 40_000, 10.0
     scenario = single_queue_scenario(
-        {"dist": "gamma", "mean_ms": mean_ms, "cv": cv}, 1, qps,
-        duration_s=warmup_s + requests / qps, warmup_s=warmup_s, drain_s=60.0, seed=22,
+        {"dist": "gamma", "mean_ms": mean_ms, "cv": cv},
+        1,
+        qps,
+        duration_s=warmup_s + requests / qps,
+        warmup_s=warmup_s,
+        drain_s=60.0,
+        seed=22,
     )
     prerank = run_summaries(scenario)["sequential"]["stages"]["prerank"]
     wq_ms = rho * mean_ms * (1 + cv**2) / (2 * (1 - rho))

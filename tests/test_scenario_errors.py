@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from simtools import scenario_dict, small_stages, write_yaml
 
 from aif_sim.cli import main
-from simtools import small_stages, scenario_dict, write_yaml
 
 TINY_STAGES = small_stages({"servers": 16, "latency": {"dist": "gamma", "mean_ms": 10, "cv": 0.3}, "queue_limit": 100, "timeout_ms": 100})
 
@@ -51,6 +51,7 @@ def _del(path: str) -> Callable[[dict], None]:
         for key in keys[:-1]:
             node = node[key]
         del node[keys[-1]]
+
     return apply
 
 
@@ -61,6 +62,7 @@ def _set(path: str, value) -> Callable[[dict], None]:
         for key in keys[:-1]:
             node = node[key]
         node[keys[-1]] = value
+
     return apply
 
 
@@ -83,16 +85,23 @@ SCHEMA_CASES = {
     "unknown pipeline": (_set("pipelines", ["sequential", "turbo"]), ["pipelines", "turbo"]),
     "pipeline twice": (_set("pipelines", ["aif", "aif"]), ["pipelines"]),
     "pipeline uses missing stage": (_del("stages.user_inference"), ["stages", "user_inference", "aif"]),
-    "lognormal p99 below median": (_set("stages.retrieval.latency", {"dist": "lognormal", "median_ms": 10, "p99_ms": 10}),
-                                   ["stages.retrieval.latency.p99_ms", "median"]),
+    "lognormal p99 below median": (
+        _set("stages.retrieval.latency", {"dist": "lognormal", "median_ms": 10, "p99_ms": 10}),
+        ["stages.retrieval.latency.p99_ms", "median"],
+    ),
     "warmup equal duration": (_set("warmup_s", 1.0), ["warmup_s", "duration_s"]),
     "warmup above duration": (_set("warmup_s", 5.0), ["warmup_s", "duration_s"]),
     "zipf negative": (_set("traffic.items", {"count": 10, "zipf_s": -1}), ["traffic.items.zipf_s"]),
     "batch size zero": (_set("stages.rtp.batch", {"max_size": 0}), ["stages.rtp.batch.max_size"]),
     "missing trace file": (_set("traffic.arrival", {"kind": "trace", "path": "no/such/trace.csv"}), ["traffic.arrival.path", "trace.csv"]),
-    "missing empirical file": (_set("stages.prerank.latency", {"dist": "empirical", "path": "nope.csv"}), ["stages.prerank.latency.path", "nope.csv"]),
-    "missing profile file": (_set("stages.prerank.latency", {"dist": "profile", "path": "cpu.json", "op": "sequential_prerank"}),
-                             ["stages.prerank.latency.path", "cpu.json"]),
+    "missing empirical file": (
+        _set("stages.prerank.latency", {"dist": "empirical", "path": "nope.csv"}),
+        ["stages.prerank.latency.path", "nope.csv"],
+    ),
+    "missing profile file": (
+        _set("stages.prerank.latency", {"dist": "profile", "path": "cpu.json", "op": "sequential_prerank"}),
+        ["stages.prerank.latency.path", "cpu.json"],
+    ),
     "caches set": (_set("caches", {"user_vector": {"capacity": 10}}), ["caches", "not simulated"]),
     "nearline set": (_set("nearline", {"item_updates_per_s": 5}), ["nearline", "not simulated"]),
     "faults set": (_set("faults", [{"at_s": 0.5, "kind": "cache_flush", "cache": "sim_features"}]), ["faults", "not simulated"]),
@@ -175,12 +184,22 @@ def test_bad_compare_and_sweep_arguments(tmp_path, capsys):
     path = write_yaml(tmp_path / "ok.yaml", base())
     out = str(tmp_path / "out")
     _assert_names(run_bad(capsys, ["compare", str(path), "--pipelines", "sequential,warp", "--out", out, "--quiet"]), "--pipelines", "warp")
-    _assert_names(run_bad(capsys, ["compare", str(path), "--pipelines", "uic", "--out", out, "--quiet"]), "--pipelines uic", "light_prerank")
-    _assert_names(run_bad(capsys, ["sweep", str(path), "--param", "traffic.arrival.qps", "--values", "100,-5", "--out", out, "--quiet"]),
-                  "--param traffic.arrival.qps=-5", "traffic.arrival.qps")
-    _assert_names(run_bad(capsys, ["sweep", str(path), "--param", "traffic.arrival.speed", "--values", "1,2", "--out", out, "--quiet"]),
-                  "--param traffic.arrival.speed=1", "unknown key")
-    _assert_names(run_bad(capsys, ["sweep", str(path), "--param", "seed", "--values", "1,2", "--jobs", "0", "--out", out, "--quiet"]), "--jobs")
+    _assert_names(
+        run_bad(capsys, ["compare", str(path), "--pipelines", "uic", "--out", out, "--quiet"]), "--pipelines uic", "light_prerank"
+    )
+    _assert_names(
+        run_bad(capsys, ["sweep", str(path), "--param", "traffic.arrival.qps", "--values", "100,-5", "--out", out, "--quiet"]),
+        "--param traffic.arrival.qps=-5",
+        "traffic.arrival.qps",
+    )
+    _assert_names(
+        run_bad(capsys, ["sweep", str(path), "--param", "traffic.arrival.speed", "--values", "1,2", "--out", out, "--quiet"]),
+        "--param traffic.arrival.speed=1",
+        "unknown key",
+    )
+    _assert_names(
+        run_bad(capsys, ["sweep", str(path), "--param", "seed", "--values", "1,2", "--jobs", "0", "--out", out, "--quiet"]), "--jobs"
+    )
     assert not Path(out).exists() or not any(Path(out).iterdir())
 
 
@@ -201,8 +220,9 @@ def test_bad_data_file_contents(tmp_path, capsys):
     data["stages"]["prerank"]["latency"] = {"dist": "empirical", "path": "samples.csv"}
     _assert_names(run_bad(capsys, [str(write_yaml(tmp_path / "emp.yaml", data)), "--quiet", "--out", str(tmp_path / "o2")]), "samples.csv")
     data["stages"]["prerank"]["latency"] = {"dist": "empirical", "path": "samples.csv", "column": "latency"}
-    _assert_names(run_bad(capsys, [str(write_yaml(tmp_path / "emp2.yaml", data)), "--quiet", "--out", str(tmp_path / "o3")]),
-                  "samples.csv", "latency")
+    _assert_names(
+        run_bad(capsys, [str(write_yaml(tmp_path / "emp2.yaml", data)), "--quiet", "--out", str(tmp_path / "o3")]), "samples.csv", "latency"
+    )
 
 
 def test_bad_input_leaves_existing_output_untouched(tmp_path, capsys):

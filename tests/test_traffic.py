@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 from scipy import stats
-
-from aif_sim.scenario.schema import Population
-from aif_sim.core.traffic import ZipfSampler, arrival_times, mean_rate, request_blocks
 from simtools import make_scenario, negligible, run_summaries
+
+from aif_sim.core.traffic import ZipfSampler, arrival_times, mean_rate, request_blocks
+from aif_sim.scenario.schema import Population
 
 SEQ_STAGES = {name: negligible() for name in ("merger", "retrieval", "feature_fetch", "prerank")}
 
@@ -101,8 +101,7 @@ def test_zipf_large_population_tail_path(s):
         freq = np.mean(ranks == rank)
         assert abs(freq - p) < 5 * math.sqrt(p * (1 - p) / draws), (rank, freq, p)
     # mass beyond the table and per decade of the tail
-    bounds = [(table + 1, count), (1001, 10_000), (10_001, 100_000), (100_001, 1_000_000),
-              (1_000_001, 10_000_000), (10_000_001, count)]
+    bounds = [(table + 1, count), (1001, 10_000), (10_001, 100_000), (100_001, 1_000_000), (1_000_001, 10_000_000), (10_000_001, count)]
     for lo, hi in bounds:
         p = _mass(lo, hi, s, total)
         freq = np.mean((ranks >= lo) & (ranks <= hi))
@@ -209,8 +208,7 @@ def test_trace_drives_the_simulation(tmp_path):
     raw = np.round(np.random.default_rng(0).uniform(0, 20, 500), 6)
     path = tmp_path / "trace.csv"
     path.write_text("t\n" + "".join(f"{t}\n" for t in raw))
-    scenario = make_scenario(SEQ_STAGES, arrival={"kind": "trace", "path": str(path), "time_scale": 0.25},
-                             duration_s=4.0, warmup_s=1.0)
+    scenario = make_scenario(SEQ_STAGES, arrival={"kind": "trace", "path": str(path), "time_scale": 0.25}, duration_s=4.0, warmup_s=1.0)
     scaled = raw * 0.25
     blocks = list(request_blocks(scenario.traffic, scenario.duration_s, scenario.seed))
     np.testing.assert_allclose(np.concatenate([b.arrival_s for b in blocks]), np.sort(scaled[scaled < 4.0]))

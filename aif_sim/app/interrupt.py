@@ -29,7 +29,7 @@ class StopSignal:
             raise KeyboardInterrupt
         self.signum = signum
 
-    def __enter__(self) -> "StopSignal":
+    def __enter__(self) -> StopSignal:
         self._previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
         return self
 

@@ -34,7 +34,7 @@ class OutputFolder:
         self.path = Path()
         self.final: Path | None = None
 
-    def __enter__(self) -> "OutputFolder":
+    def __enter__(self) -> OutputFolder:
         parent = self.target.parent.absolute()
         missing = [p for p in [parent, *parent.parents] if not p.exists()]
         parent.mkdir(parents=True, exist_ok=True)

@@ -143,7 +143,9 @@ def grid_sweep(ctx: SweepContext, values: list[Any]) -> tuple[list[dict[str, Any
     rows = rows_of(ctx, values, results)
     extra: dict[str, Any] = {}
     if ctx.scenario.slo_p99_ms is not None and ctx.param in LOAD_PARAMS:
-        extra["capacity_qps"] = {p: max((r["value"] for r in rows if r["pipeline"] == p and r["slo_met"]), default=None) for p in ctx.scenario.pipelines}
+        extra["capacity_qps"] = {
+            p: max((r["value"] for r in rows if r["pipeline"] == p and r["slo_met"]), default=None) for p in ctx.scenario.pipelines
+        }
     return rows, results, extra
 
 
@@ -164,7 +166,10 @@ def find_capacity(ctx: SweepContext, low: float, high: float) -> tuple[list[dict
             break
         following = {}
         for pipeline, loads in probes.items():
-            met = {load: meets_slo(aggregate(load, pipeline, [done[Job(load, pipeline, r)] for r in range(ctx.replications)], slo_ms), slo_ms) for load in loads}
+            met = {
+                load: meets_slo(aggregate(load, pipeline, [done[Job(load, pipeline, r)] for r in range(ctx.replications)], slo_ms), slo_ms)
+                for load in loads
+            }
             lo, hi = bracket[pipeline]
             if len(loads) == 2 and not met[low]:
                 capacity[pipeline] = None
@@ -185,7 +190,9 @@ def find_capacity(ctx: SweepContext, low: float, high: float) -> tuple[list[dict
     return rows, results, {"capacity_qps": {p: capacity.get(p) for p in ctx.scenario.pipelines}, "capacity_search": search}
 
 
-def write_sweep(ctx: SweepContext, folder: Path, rows: list[dict[str, Any]], results: dict[Job, dict[str, Any]], extra: dict[str, Any]) -> None:
+def write_sweep(
+    ctx: SweepContext, folder: Path, rows: list[dict[str, Any]], results: dict[Job, dict[str, Any]], extra: dict[str, Any]
+) -> None:
     """sweep.csv, sweep.json, a PNG per plotted headline metric and, for a load sweep, the latency–throughput curve."""
     scenario, slo_ms = ctx.scenario, ctx.scenario.slo_p99_ms
     partial = ctx.stop()
@@ -224,4 +231,3 @@ def load_param(scenario: Scenario) -> str:
     if kind == "diurnal":
         return "traffic.arrival.mean_qps"
     raise InputError(f"--find-capacity: the scenario's {kind} arrivals have no single load field; give --param")
-

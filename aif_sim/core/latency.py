@@ -43,7 +43,6 @@ class Sampler(Protocol):
         ...
 
 
-
 @dataclass(frozen=True)
 class Constant:
     ms: float
@@ -51,7 +50,6 @@ class Constant:
 
     def sample(self, rng: np.random.Generator, size: int, work: float | np.ndarray) -> np.ndarray:
         return np.full(size, self.ms)
-
 
 
 @dataclass(frozen=True)
@@ -63,7 +61,6 @@ class Exponential:
         return rng.exponential(self.mean_ms, size)
 
 
-
 @dataclass(frozen=True)
 class Lognormal:
     median_ms: float
@@ -71,12 +68,11 @@ class Lognormal:
     work_key: None = None
 
     @classmethod
-    def from_quantiles(cls, median_ms: float, p99_ms: float) -> "Lognormal":
+    def from_quantiles(cls, median_ms: float, p99_ms: float) -> Lognormal:
         return cls(median_ms, math.log(p99_ms / median_ms) / Z99)
 
     def sample(self, rng: np.random.Generator, size: int, work: float | np.ndarray) -> np.ndarray:
         return self.median_ms * np.exp(self.sigma * rng.standard_normal(size))
-
 
 
 @dataclass(frozen=True)
@@ -90,7 +86,6 @@ class Gamma:
         return rng.gamma(shape, self.mean_ms / shape, size)
 
 
-
 @dataclass(frozen=True)
 class Empirical:
     samples_ms: np.ndarray
@@ -98,7 +93,6 @@ class Empirical:
 
     def sample(self, rng: np.random.Generator, size: int, work: float | np.ndarray) -> np.ndarray:
         return self.samples_ms[rng.integers(0, len(self.samples_ms), size)]
-
 
 
 @dataclass(frozen=True)

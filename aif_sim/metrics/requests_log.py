@@ -51,7 +51,17 @@ class RequestLog:
         if slots is None:  # where each output column sits in this pipeline's stage times
             slots = self._slots[pipeline] = [stages.index(s) if s in stages else None for s in self.stages]
         times = request.stage_ms
-        self._rows.append((request.id, pipeline, request.arrival_s, request.user, request.candidates, latency_ms, *(math.nan if i is None else times[i] for i in slots)))
+        self._rows.append(
+            (
+                request.id,
+                pipeline,
+                request.arrival_s,
+                request.user,
+                request.candidates,
+                latency_ms,
+                *(math.nan if i is None else times[i] for i in slots),
+            )
+        )
         if len(self._rows) >= self.ROW_GROUP:
             self._flush()
 

@@ -36,7 +36,13 @@ class Timeseries:
             values = np.asarray(self._latencies)
             p50, p99 = np.percentile(values, [50, 99]) if len(values) else (math.nan, math.nan)
             self.rows.append(
-                {"t_s": self._second, "phase": self.phase(self._second), "completed": len(values), "p50_ms": float(p50), "p99_ms": float(p99)}
+                {
+                    "t_s": self._second,
+                    "phase": self.phase(self._second),
+                    "completed": len(values),
+                    "p50_ms": float(p50),
+                    "p99_ms": float(p99),
+                }
             )
             self._latencies.clear()
             self._second += 1

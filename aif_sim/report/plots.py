@@ -131,8 +131,13 @@ def plot_sweep(path: Path, rows: list[dict[str, Any]], x: str, x_label: str, met
         ax.errorbar(xs, ys, yerr=ci, color=color, marker="", capsize=3, label=pipeline)
         filled = [s <= SHED_MARK for s in shed]
         ax.scatter([a for a, f in zip(xs, filled) if f], [b for b, f in zip(ys, filled) if f], color=color, zorder=3)
-        ax.scatter([a for a, f in zip(xs, filled) if not f], [b for b, f in zip(ys, filled) if not f],
-                   facecolors="white", edgecolors=color, zorder=3)
+        ax.scatter(
+            [a for a, f in zip(xs, filled) if not f],
+            [b for b, f in zip(ys, filled) if not f],
+            facecolors="white",
+            edgecolors=color,
+            zorder=3,
+        )
     if slo_ms is not None and metric.unit == "ms" and metric.key.startswith("p99"):
         ax.axhline(slo_ms, color="red", linestyle="--", linewidth=1, label=f"SLO p99 {slo_ms:g} ms")
     ax.scatter([], [], facecolors="white", edgecolors="grey", label=f"> {100 * SHED_MARK:g}% shed")

@@ -61,7 +61,9 @@ def stage_table(pipeline: str, metrics: dict[str, Any]) -> Table:
     for column in ("stage", "mean", "p99", "wait", "wait p99", "util", "on path", "compute/req"):
         table.add_column(column, justify="left" if column == "stage" else "right", no_wrap=True)
     for stage, stats in metrics["stages"].items():
-        marks = (" [bold]◀ util[/]" if stage == metrics["bottleneck"] else "") + (" [bold]◀ path[/]" if stage == metrics["critical_stage"] else "")
+        marks = (" [bold]◀ util[/]" if stage == metrics["bottleneck"] else "") + (
+            " [bold]◀ path[/]" if stage == metrics["critical_stage"] else ""
+        )
         table.add_row(
             stage + marks,
             number(stats["latency_ms"]["mean"]),
@@ -95,7 +97,9 @@ def sweep_table(rows: list[dict[str, Any]], param: str, capacities: dict[str, fl
         )
     notes = []
     if capacities:
-        notes.append("capacity under the SLO: " + ", ".join(f"{p} {number(c, 'qps') if c is not None else 'none'}" for p, c in capacities.items()))
+        notes.append(
+            "capacity under the SLO: " + ", ".join(f"{p} {number(c, 'qps') if c is not None else 'none'}" for p, c in capacities.items())
+        )
     if partial:
         notes.append("[yellow]partial: interrupted[/]")
     table.caption = "; ".join(notes) or None

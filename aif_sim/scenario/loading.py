@@ -166,8 +166,10 @@ def _allowed_keys(loc: tuple[Any, ...], data: Any) -> list[str]:
         elif isinstance(part, (int, str)) and isinstance(node, (list, dict)):
             args = [a for a in typing.get_args(_strip(annotation)) if a is not type(None)]
             annotation = args[-1] if args else Any
-            node = node[part] if isinstance(node, list) and isinstance(part, int) and part < len(node) else (
-                node.get(part) if isinstance(node, dict) else None
+            node = (
+                node[part]
+                if isinstance(node, list) and isinstance(part, int) and part < len(node)
+                else (node.get(part) if isinstance(node, dict) else None)
             )
     model = _model_of(annotation, node)
     return list(model.model_fields) if model is not None else []

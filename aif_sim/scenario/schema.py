@@ -9,7 +9,7 @@ scenario still finds `profiles/cpu.json`); a missing file's error lists every pl
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -104,7 +104,7 @@ class ProfileLatency(FilePath):
 
 
 LatencySpec = Annotated[
-    Union[ConstantLatency, ExponentialLatency, LognormalLatency, GammaLatency, EmpiricalLatency, ProfileLatency],
+    ConstantLatency | ExponentialLatency | LognormalLatency | GammaLatency | EmpiricalLatency | ProfileLatency,
     Field(discriminator="dist"),
 ]
 
@@ -142,7 +142,7 @@ class TraceArrival(FilePath):
     time_scale: float = Field(default=1.0, gt=0)
 
 
-ArrivalSpec = Annotated[Union[PoissonArrival, DiurnalArrival, BurstyArrival, TraceArrival], Field(discriminator="kind")]
+ArrivalSpec = Annotated[PoissonArrival | DiurnalArrival | BurstyArrival | TraceArrival, Field(discriminator="kind")]
 
 
 class Population(Strict):
@@ -169,7 +169,7 @@ class LognormalCount(Strict):
     max: int = Field(ge=1)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "LognormalCount":
+    def _ordered(self) -> LognormalCount:
         if self.p99 <= self.median:
             raise ValueError(f"expected p99 > median, got {self.p99} <= {self.median}")
         if self.max < self.min:
@@ -177,7 +177,7 @@ class LognormalCount(Strict):
         return self
 
 
-CandidateSpec = Annotated[Union[ConstantCount, LognormalCount], Field(discriminator="dist")]
+CandidateSpec = Annotated[ConstantCount | LognormalCount, Field(discriminator="dist")]
 
 
 class Traffic(Strict):
@@ -278,7 +278,7 @@ class StageSlowdown(Strict):
         return value
 
 
-Fault = Annotated[Union[CacheFlush, NearlineOutage, StageSlowdown], Field(discriminator="kind")]
+Fault = Annotated[CacheFlush | NearlineOutage | StageSlowdown, Field(discriminator="kind")]
 
 
 class ModelSection(Strict):
@@ -338,4 +338,3 @@ class Scenario(Strict):
     def stage_names(self) -> list[str]:
         """The stages the scenario's pipelines use, in order of first use."""
         return list(dict.fromkeys(name for pipeline in self.pipelines for name in stages_of(pipeline)))
-

@@ -19,6 +19,7 @@ from aif_sim.core.request import Outcome, Request
 from aif_sim.metrics.recorder import Recorder
 from aif_sim.scenario.schema import Stage
 
+
 class ServerPool:
     """`servers` identical servers with a FIFO queue of waiters.
 
