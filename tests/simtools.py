@@ -89,13 +89,15 @@ def run_summaries(scenario: Scenario, sink: Any = None) -> dict[str, dict[str, A
 
 
 class RowSink:
-    """Collects (pipeline, request id, arrival, latency, per-stage ms) of every finished measured request."""
+    """Collects (pipeline, request id, arrival, latency, per-stage ms) of every completed measured request."""
 
     def __init__(self) -> None:
         self.rows: list[tuple[str, int, float, float, dict[str, float]]] = []
 
-    def add(self, pipeline: str, request: Any, latency_ms: float, stages: list[str]) -> None:
-        self.rows.append((pipeline, request.id, request.arrival_s, latency_ms, dict(zip(stages, request.stage_ms))))
+    def write(self, pipeline: str, stages: list[str], block: Any) -> None:
+        for i, rid in enumerate(block.request_id.tolist()):
+            stage_ms = dict(zip(stages, block.stage_ms[i].tolist()))
+            self.rows.append((pipeline, rid, float(block.arrival_s[i]), float(block.latency_ms[i]), stage_ms))
 
 
 def write_yaml(path: Path, data: Any) -> Path:

@@ -68,14 +68,22 @@ def test_common_random_numbers_across_pipelines(scenario_file, tmp_path):
     assert seq["offered_qps"] == aif["offered_qps"]
 
     # merger and retrieval come first in every pipeline: same arrivals, same service draws
-    def queueing(stats: dict) -> dict:  # the stage's own figures (its share of each pipeline's critical path differs)
-        return {key: value for key, value in stats.items() if key != "critical_path_share"}
+    def queueing(stats: dict) -> dict:
+        """The stage's own figures, flat (its share of each pipeline's critical path differs); sums may differ
+        in the last bit, since requests finish in other blocks in other pipelines."""
+        flat = {}
+        for key, value in stats.items():
+            if key != "critical_path_share":
+                flat.update({f"{key}.{k}": v for k, v in value.items()} if isinstance(value, dict) else {key: value})
+        return pytest.approx(flat, rel=1e-12)
 
     for stage in ("merger", "retrieval"):
-        assert queueing(seq["stages"][stage]) == queueing(aif["stages"][stage]) == queueing(uic["stages"][stage]), stage
-        assert seq["compute"][stage]["busy_s"] == aif["compute"][stage]["busy_s"] == uic["compute"][stage]["busy_s"], stage
+        assert queueing(seq["stages"][stage]) == queueing(aif["stages"][stage]).expected, stage
+        assert queueing(seq["stages"][stage]) == queueing(uic["stages"][stage]).expected, stage
+        assert seq["compute"][stage]["busy_s"] == pytest.approx(aif["compute"][stage]["busy_s"], rel=1e-12), stage
+        assert seq["compute"][stage]["busy_s"] == pytest.approx(uic["compute"][stage]["busy_s"], rel=1e-12), stage
     # sequential and uic share merger -> retrieval -> feature_fetch
-    assert queueing(seq["stages"]["feature_fetch"]) == queueing(uic["stages"]["feature_fetch"])
+    assert queueing(seq["stages"]["feature_fetch"]) == queueing(uic["stages"]["feature_fetch"]).expected
     # retrieval queues and drops requests here, so the equality above is not between trivial stats
     assert seq["stages"]["retrieval"]["wait_ms"]["max"] > 0
     # and the pipelines do differ after the shared prefix

@@ -20,7 +20,6 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import Progress
-from scipy.stats import t as student_t
 
 from aif_sim.app.interrupt import ignore_in_worker
 from aif_sim.app.run import build_samplers, simulate
@@ -112,6 +111,8 @@ def aggregate(value: Any, pipeline: str, runs: list[dict[str, Any]], slo_ms: flo
 def _half_width(values: list[float]) -> float | None:
     if len(values) < 2:
         return None
+    from scipy.stats import t as student_t  # imported here: scipy.stats takes half a second to import
+
     return float(student_t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5)
 
 

@@ -20,10 +20,17 @@ class Outcome(IntEnum):
     TIMED_OUT = 2
 
 
-class Request:
-    """A request in flight: its draws, and the times it spent in each stage (ms; NaN where not visited)."""
+NAN = float("nan")
 
-    __slots__ = ("id", "arrival_s", "user", "candidates", "measured", "service_s", "stage_ms")
+
+class Request:
+    """A request in flight: its draws, and when it entered, started and left each stage.
+
+    `times[3 * slot : 3 * slot + 3]` are the (enter, start, end) times in seconds of its visit to the
+    pipeline's stage `slot`, NaN where it made none; engines write them, the recorder reads them.
+    """
+
+    __slots__ = ("id", "arrival_s", "user", "candidates", "measured", "service_s", "times")
 
     def __init__(self, rid: int, arrival_s: float, user: int, candidates: int, measured: bool, service_s: list[float]) -> None:
         self.id = rid
@@ -32,7 +39,7 @@ class Request:
         self.candidates = candidates
         self.measured = measured
         self.service_s = service_s  # this request's service time at each stage slot, alone on a server (s)
-        self.stage_ms = [float("nan")] * len(service_s)
+        self.times = [NAN] * (3 * len(service_s))
 
 
 class Window:

@@ -1,7 +1,6 @@
 """Log-bucketed histograms: memory bounded in the number of values recorded.
 
-Relative error below 0.25%, exact count, mean and max; values are fed through a buffer so that
-recording one is a list append, and `flush` moves the buffer into the buckets.
+Relative error below 0.25%, exact count, mean and max; values are added as arrays.
 """
 
 from __future__ import annotations
@@ -27,15 +26,12 @@ class LogHistogram:
         self.total = 0.0
         self.min = math.inf
         self.max = -math.inf
-        self._buffer: list[float] = []
-        self.add = self._buffer.append  # the hot path: one list append per value
 
-    def flush(self) -> None:
-        """Move buffered values into the buckets."""
-        if not self._buffer:
+    def add(self, values: np.ndarray) -> None:
+        """Count an array of values."""
+        values = np.asarray(values, dtype=float)
+        if values.size == 0:
             return
-        values = np.asarray(self._buffer, dtype=float)
-        self._buffer.clear()
         index = np.zeros(len(values), dtype=np.int64)
         above = values >= self.LOW
         index[above] = 1 + np.floor(np.log(values[above] / self.LOW) / math.log(self.GROWTH)).astype(np.int64)
@@ -47,7 +43,6 @@ class LogHistogram:
 
     def quantile(self, q: float) -> float:
         """Value at quantile q in [0, 1]: the geometric middle of its bucket, clamped to [min, max]."""
-        self.flush()
         if self.count == 0:
             return math.nan
         rank = max(1, math.ceil(q * self.count))
@@ -59,7 +54,6 @@ class LogHistogram:
 
     def summary(self) -> dict[str, float]:
         """mean, p50, p90, p99, p999 and max."""
-        self.flush()
         out = {"mean": self.total / self.count if self.count else math.nan}
         out.update({key: self.quantile(p / 100) for key, p in PERCENTILES.items()})
         out["max"] = self.max if self.count else math.nan
@@ -67,7 +61,6 @@ class LogHistogram:
 
     def cdf(self) -> tuple[np.ndarray, np.ndarray]:
         """(upper bucket edges, cumulative share) over the occupied buckets, for plotting."""
-        self.flush()
         occupied = np.nonzero(self.counts)[0]
         if len(occupied) == 0:
             return np.array([]), np.array([])

@@ -1,17 +1,22 @@
 """The recorder: the only code that changes a counter of a pipeline run.
 
-Engines call it when a request arrives, when a stage visit ends, when a server's busy period ends
-and when a request finishes; it keeps the counts, histograms and time series, and writes the METRICS
-block of summary.json. Nothing is kept per finished request.
+Engines call it when a request arrives, when a batch is served and when a request leaves; a request
+carries its own stage times (`Request.times`). Finished requests are buffered and accounted in numpy
+blocks (`flush`, after every block of arrivals): stage latency, wait, utilisation and compute, the
+end-to-end and no-contention latency, the critical path, the time series and the per-request rows.
+Nothing is kept per finished request beyond the current block.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from itertools import chain
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from aif_sim.core.pipelines import PIPELINES, calls_of, critical_path, stages_of
+import numpy as np
+
+from aif_sim.core.pipelines import PIPELINES, calls_of, stages_of
 from aif_sim.core.request import Outcome, Request, Window
 from aif_sim.metrics.histogram import LogHistogram
 from aif_sim.metrics.timeseries import Timeseries
@@ -19,17 +24,36 @@ from aif_sim.metrics.timeseries import Timeseries
 SLO_MISS_BUDGET = 0.01  # a run meets its SLO when at most 1% of offered requests miss it
 
 
-class RequestSink(Protocol):
-    """Receives finished measured requests (the per-request output file)."""
+@dataclass(frozen=True)
+class CompletedBlock:
+    """Completed measured requests of one flush, as columns; `stage_ms[:, slot]` is NaN where not visited."""
 
-    def add(self, pipeline: str, request: Request, latency_ms: float, stages: list[str]) -> None: ...
+    request_id: np.ndarray
+    arrival_s: np.ndarray
+    user: np.ndarray
+    candidates: np.ndarray
+    latency_ms: np.ndarray
+    stage_ms: np.ndarray
+
+
+class RequestSink(Protocol):
+    """Receives the completed measured requests (the per-request output file)."""
+
+    def write(self, pipeline: str, stages: list[str], block: CompletedBlock) -> None: ...
+
+
+def _times(requests: list[Request], stages: int) -> np.ndarray:
+    """The requests' stage times as an array [requests, stages, (enter, start, end)]."""
+    flat = np.fromiter(chain.from_iterable(r.times for r in requests), float, 3 * stages * len(requests))
+    return flat.reshape(len(requests), stages, 3)
 
 
 class StageRecord:
     """One stage pool in one pipeline run."""
 
-    def __init__(self, servers: int) -> None:
+    def __init__(self, servers: int, batching: bool) -> None:
         self.servers = servers
+        self.batching = batching  # busy time and compute come per batch, not per visit
         self.latency = LogHistogram()
         self.wait = LogHistogram()
         self.busy_window_s = 0.0  # server-seconds busy inside the measurement window
@@ -43,103 +67,147 @@ class Recorder:
     def __init__(
         self,
         pipeline: str,
-        servers: dict[str, int],
+        stages: dict[str, tuple[int, bool]],
         window: Window,
         slo_ms: float | None,
         sink: RequestSink | None = None,
     ) -> None:
+        """`stages`: per stage of the pipeline, its servers and whether it batches."""
         self.pipeline = pipeline
         self.stage_names = stages_of(pipeline)
         self.window = window
         self.slo_ms = slo_ms
         self.sink = sink
-        self.stages = [StageRecord(servers[name]) for name in self.stage_names]
+        self.stages = [StageRecord(*stages[name]) for name in self.stage_names]
         slot = {name: i for i, name in enumerate(self.stage_names)}
-        self._no_contention: Callable[[Sequence[float]], float] = critical_path(pipeline, slot)
-        self._groups = [tuple(slot[call.stage] for call in calls_of(step)) for step in PIPELINES[pipeline]]
+        self._groups = [[slot[call.stage] for call in calls_of(step)] for step in PIPELINES[pipeline]]
         self.offered = self.completed = self.rejected = self.timed_out = 0
         self.in_flight = 0  # measured requests that arrived and have not finished
-        self.live = 0  # every request in the system, warm-up included
         self.completed_in_window = 0
         self.over_slo = 0
         self.partial = False
         self.latency = LogHistogram()
         self.no_contention = LogHistogram()
         self.timeseries = Timeseries(window)
+        self._inside: dict[int, Request] = {}  # every request in the system, warm-up included
+        self._done: list[Request] = []
+        self._outcome: list[int] = []
+        self._end_s: list[float] = []
+
+    @property
+    def live(self) -> int:
+        """Requests in the system, warm-up included."""
+        return len(self._inside)
 
     # --- events --------------------------------------------------------------------------------------
     def arrival(self, request: Request) -> None:
-        self.live += 1
+        self._inside[request.id] = request
         if request.measured:
             self.offered += 1
             self.in_flight += 1
 
-    def visit(self, slot: int, request: Request, arrived_s: float, started_s: float, now_s: float, compute_s: float) -> None:
-        """A stage visit ended: its time on the request; latency, wait and compute on the stage."""
-        latency_ms = (now_s - arrived_s) * 1000
-        request.stage_ms[slot] = latency_ms
-        if request.measured:
-            stage = self.stages[slot]
-            stage.compute_s += compute_s
-            stage.latency.add(latency_ms)
-            stage.wait.add((started_s - arrived_s) * 1000)
-
-    def busy(self, slot: int, started_s: float, service_s: float) -> None:
-        """A server of the stage was busy from `started_s` for `service_s`."""
-        self.stages[slot].busy_window_s += self.window.overlap(started_s, started_s + service_s)
+    def batch(self, slot: int, started_s: float, service_s: float, members: list[Request]) -> None:
+        """A batching stage served `members` together for `service_s`: busy time, and compute split evenly."""
+        stage = self.stages[slot]
+        stage.busy_window_s += self.window.overlap(started_s, started_s + service_s)
+        stage.compute_s += service_s * sum(r.measured for r in members) / len(members)
 
     def finish(self, request: Request, outcome: Outcome, now_s: float) -> None:
-        """The request left the system."""
-        self.live -= 1
-        if outcome is not Outcome.COMPLETED:
-            if request.measured:
-                self.in_flight -= 1
-                if outcome is Outcome.REJECTED:
-                    self.rejected += 1
-                else:
-                    self.timed_out += 1
-            return
-        latency_ms = (now_s - request.arrival_s) * 1000
-        self.timeseries.add(now_s, latency_ms)
-        if self.window.contains(now_s):
-            self.completed_in_window += 1
-        if not request.measured:
-            return
-        self.in_flight -= 1
-        self.completed += 1
-        self.latency.add(latency_ms)
-        self.no_contention.add(1000 * self._no_contention(request.service_s))
-        times = request.stage_ms
-        for group in self._groups:
-            slot = group[0] if len(group) == 1 else max(group, key=times.__getitem__)
-            self.stages[slot].critical_ms += times[slot]
-        if self.slo_ms is not None and latency_ms > self.slo_ms:
-            self.over_slo += 1
-        if self.sink is not None:
-            self.sink.add(self.pipeline, request, latency_ms, self.stage_names)
+        """The request left the system (completed, rejected or timed out)."""
+        del self._inside[request.id]
+        if request.measured:
+            self.in_flight -= 1
+            if outcome is Outcome.REJECTED:
+                self.rejected += 1
+            elif outcome is Outcome.TIMED_OUT:
+                self.timed_out += 1
+        self._done.append(request)
+        self._outcome.append(outcome)
+        self._end_s.append(now_s)
 
-    # --- results -------------------------------------------------------------------------------------
+    # --- accounting ----------------------------------------------------------------------------------
     def flush(self) -> None:
-        """Move buffered values into the histograms (keeps the buffers bounded)."""
-        self.latency.flush()
-        self.no_contention.flush()
-        for stage in self.stages:
-            stage.latency.flush()
-            stage.wait.flush()
+        """Account the buffered finished requests."""
+        if not self._done:
+            return
+        done = self._done
+        times = _times(done, len(self.stage_names))
+        measured = np.fromiter((r.measured for r in done), bool, len(done))
+        self._visits(times, measured)
+        completed = np.array(self._outcome) == Outcome.COMPLETED
+        end_s = np.array(self._end_s)
+        arrival_s = np.fromiter((r.arrival_s for r in done), float, len(done))
+        latency_ms = (end_s - arrival_s) * 1000
+        self.timeseries.add(end_s[completed], latency_ms[completed])
+        self.completed_in_window += int(np.count_nonzero(completed & (end_s >= self.window.start_s) & (end_s < self.window.end_s)))
+        keep = completed & measured
+        self._completed(done, keep, times[keep], latency_ms[keep])
+        self._done, self._outcome, self._end_s = [], [], []
+
+    def _visits(self, times: np.ndarray, measured: np.ndarray) -> None:
+        """Stage statistics of the finished visits in `times` [requests, stages, (enter, start, end)]."""
+        enter, start, end = times[..., 0], times[..., 1], times[..., 2]
+        visited = ~np.isnan(end)
+        lo, hi = self.window.start_s, self.window.end_s
+        for slot, stage in enumerate(self.stages):
+            mine = visited[:, slot] & measured
+            stage.latency.add((end[mine, slot] - enter[mine, slot]) * 1000)
+            stage.wait.add((start[mine, slot] - enter[mine, slot]) * 1000)
+            if not stage.batching:
+                seen = visited[:, slot]
+                inside = np.minimum(end[seen, slot], hi) - np.maximum(start[seen, slot], lo)
+                stage.busy_window_s += float(np.clip(inside, 0.0, None).sum())
+                stage.compute_s += float((end[mine, slot] - start[mine, slot]).sum())
+
+    def _completed(self, done: list[Request], keep: np.ndarray, times: np.ndarray, latency_ms: np.ndarray) -> None:
+        """End-to-end, no-contention and critical-path accounting of completed measured requests."""
+        n = len(latency_ms)
+        if n == 0:
+            return
+        self.completed += n
+        self.latency.add(latency_ms)
+        if self.slo_ms is not None:
+            self.over_slo += int(np.count_nonzero(latency_ms > self.slo_ms))
+        kept = [r for r, k in zip(done, keep) if k]
+        service = np.fromiter(chain.from_iterable(r.service_s for r in kept), float, n * len(self.stages)).reshape(n, -1) * 1000
+        stage_ms = (times[..., 2] - times[..., 0]) * 1000
+        no_contention = np.zeros(n)
+        rows = np.arange(n)
+        for group in self._groups:
+            no_contention += service[:, group].max(axis=1)
+            on_path = np.asarray(group)[np.argmax(stage_ms[:, group], axis=1)]
+            for slot in group:
+                self.stages[slot].critical_ms += float(stage_ms[rows, on_path][on_path == slot].sum())
+        self.no_contention.add(no_contention)
+        if self.sink is not None:
+            block = CompletedBlock(
+                np.array([r.id for r in kept], dtype=np.int64),
+                np.array([r.arrival_s for r in kept]),
+                np.array([r.user for r in kept], dtype=np.int64),
+                np.array([r.candidates for r in kept], dtype=np.int64),
+                latency_ms,
+                stage_ms,
+            )
+            self.sink.write(self.pipeline, self.stage_names, block)
 
     def stop(self, now_s: float) -> None:
         """The run was interrupted at `now_s`: the window ends there and the results are partial."""
         self.partial = True
         self.window = Window(self.window.start_s, max(self.window.start_s, min(self.window.end_s, now_s)))
+        self.timeseries.window = self.window
 
     def close(self, end_s: float) -> None:
-        """The run ended at `end_s` (simulated): close the time series and the buffers."""
-        self.timeseries.close_until(math.ceil(end_s))
+        """The run ended at `end_s` (simulated): account what has finished, and the finished visits of the
+        requests still in flight; close the time series."""
         self.flush()
+        if self._inside:
+            inside = list(self._inside.values())
+            self._visits(_times(inside, len(self.stage_names)), np.fromiter((r.measured for r in inside), bool, len(inside)))
+        self.timeseries.close_until(math.ceil(end_s))
 
+    # --- results -------------------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
         """The METRICS block of summary.json."""
-        self.flush()
         window_s = self.window.length_s
         per_s = 1 / window_s if window_s > 0 else math.nan
         critical_total = sum(stage.critical_ms for stage in self.stages)

@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
-import csv
-import math
 import os
 from pathlib import Path
-from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from aif_sim.atomic import temp_beside
+from aif_sim.metrics.recorder import CompletedBlock
 
-_GOLDEN = 0x9E3779B97F4A7C15
-_MASK = (1 << 64) - 1
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-def sampled(request_id: int, fraction: float) -> bool:
-    """Deterministic per-request sampling: the same requests are kept in every pipeline."""
-    return ((request_id * _GOLDEN) & _MASK) < fraction * (1 << 64)
+def sampled(request_ids: np.ndarray, fraction: float) -> np.ndarray:
+    """Deterministic per-request sampling by id: the same requests are kept in every pipeline, and the
+    requests kept at a fraction are kept at every larger one."""
+    if fraction >= 1.0:
+        return np.ones(len(request_ids), dtype=bool)
+    hashed = np.asarray(request_ids, dtype=np.uint64) * _GOLDEN  # wraps modulo 2^64
+    return hashed < np.uint64(int(fraction * 2.0**64))
 
 
 class RequestLog:
@@ -29,65 +32,46 @@ class RequestLog:
 
     def __init__(self, path: Path, stages: list[str], fmt: str = "parquet", sample: float = 1.0) -> None:
         self.path, self.stages, self.fmt, self.sample = path, stages, fmt, sample
-        self.columns = ["request_id", "pipeline", "arrival_s", "user", "candidates", "latency_ms"] + [f"{s}_ms" for s in stages]
-        self._rows: list[tuple] = []
-        self._slots: dict[str, list[int | None]] = {}
+        fields = [
+            pa.field("request_id", pa.int64()),
+            pa.field("pipeline", pa.string()),
+            pa.field("arrival_s", pa.float64()),
+            pa.field("user", pa.int64()),
+            pa.field("candidates", pa.int64()),
+            pa.field("latency_ms", pa.float64()),
+        ]
+        self._schema = pa.schema(fields + [pa.field(f"{s}_ms", pa.float64()) for s in stages])
+        self._pending: list[pa.Table] = []
+        self._rows = 0
         self._tmp = temp_beside(path)
-        if fmt == "parquet":
-            fields = [pa.field("request_id", pa.int64()), pa.field("pipeline", pa.string()), pa.field("arrival_s", pa.float64())]
-            fields += [pa.field("user", pa.int64()), pa.field("candidates", pa.int64())]
-            fields += [pa.field(name, pa.float64()) for name in self.columns[5:]]
-            self._schema = pa.schema(fields)
-            self._parquet = pq.ParquetWriter(self._tmp, self._schema, compression="zstd")
-        else:
-            self._handle = open(self._tmp, "w", newline="")
-            self._csv = csv.writer(self._handle)
-            self._csv.writerow(self.columns)
+        self._writer = (pq.ParquetWriter if fmt == "parquet" else pacsv.CSVWriter)(self._tmp, self._schema)
 
-    def add(self, pipeline: str, request: Any, latency_ms: float, stages: list[str]) -> None:
-        if self.sample < 1.0 and not sampled(request.id, self.sample):
+    def write(self, pipeline: str, stages: list[str], block: CompletedBlock) -> None:
+        keep = sampled(block.request_id, self.sample)
+        n = int(np.count_nonzero(keep))
+        if n == 0:
             return
-        slots = self._slots.get(pipeline)
-        if slots is None:  # where each output column sits in this pipeline's stage times
-            slots = self._slots[pipeline] = [stages.index(s) if s in stages else None for s in self.stages]
-        times = request.stage_ms
-        self._rows.append(
-            (
-                request.id,
-                pipeline,
-                request.arrival_s,
-                request.user,
-                request.candidates,
-                latency_ms,
-                *(math.nan if i is None else times[i] for i in slots),
-            )
-        )
-        if len(self._rows) >= self.ROW_GROUP:
+        columns = [block.request_id[keep], pa.array([pipeline] * n), block.arrival_s[keep], block.user[keep], block.candidates[keep]]
+        columns.append(block.latency_ms[keep])
+        nan = np.full(n, np.nan)
+        columns += [block.stage_ms[keep, stages.index(s)] if s in stages else nan for s in self.stages]
+        self._pending.append(pa.Table.from_arrays(columns, schema=self._schema))
+        self._rows += n
+        if self._rows >= self.ROW_GROUP:
             self._flush()
 
     def _flush(self) -> None:
-        if not self._rows:
-            return
-        if self.fmt == "parquet":
-            columns = list(zip(*self._rows))
-            self._parquet.write_table(pa.table(dict(zip(self.columns, columns)), schema=self._schema))
-        else:
-            self._csv.writerows(self._rows)
-        self._rows.clear()
-
-    def _close_writer(self) -> None:
-        if self.fmt == "parquet":
-            self._parquet.close()
-        else:
-            self._handle.close()
+        if self._pending:
+            self._writer.write_table(pa.concat_tables(self._pending))
+            self._pending, self._rows = [], 0
 
     def close(self) -> None:
         """Write what is buffered and move the file into place."""
         self._flush()
-        self._close_writer()
+        self._writer.close()
         os.replace(self._tmp, self.path)
 
     def abort(self) -> None:
         """Drop the partial file; an earlier file at the path stays as it was."""
-        self._close_writer()
+        self._writer.close()
         self._tmp.unlink(missing_ok=True)

@@ -16,7 +16,7 @@ class Timeseries:
         self.window = window
         self.rows: list[dict[str, float | str]] = []
         self._second = 0
-        self._latencies: list[float] = []
+        self._latencies: list[np.ndarray] = []  # of the open second
 
     def phase(self, second: int) -> str:
         """warmup, measured or drain: where a second falls against the measurement window."""
@@ -24,16 +24,18 @@ class Timeseries:
             return "warmup"
         return "measured" if second < self.window.end_s else "drain"
 
-    def add(self, now_s: float, latency_ms: float) -> None:
-        second = int(now_s)
-        if second != self._second:
-            self.close_until(second)
-        self._latencies.append(latency_ms)
+    def add(self, end_s: np.ndarray, latency_ms: np.ndarray) -> None:
+        """Completions in time order: when they ended (s) and their latency (ms)."""
+        seconds = end_s.astype(np.int64)
+        firsts = np.flatnonzero(np.diff(seconds, prepend=-1))
+        for begin, stop in zip(firsts, [*firsts[1:], len(seconds)]):
+            self.close_until(int(seconds[begin]))
+            self._latencies.append(latency_ms[begin:stop])
 
     def close_until(self, second: int) -> None:
         """Emit rows for every second before `second`."""
         while self._second < second:
-            values = np.asarray(self._latencies)
+            values = np.concatenate(self._latencies) if self._latencies else np.empty(0)
             p50, p99 = np.percentile(values, [50, 99]) if len(values) else (math.nan, math.nan)
             self.rows.append(
                 {

@@ -1,29 +1,39 @@
-"""PNG plots of a run and of a sweep (written atomically)."""
+"""PNG plots of a run and of a sweep (written atomically). matplotlib is imported when a plot is drawn."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from aif_sim.atomic import atomic_path
+from aif_sim.core.pipelines import PIPELINES, Parallel, calls_of
+from aif_sim.metrics.histogram import LogHistogram
+from aif_sim.metrics.recorder import Recorder
+from aif_sim.metrics.summary import Metric
 
-from aif_sim.atomic import atomic_path  # noqa: E402
-from aif_sim.core.pipelines import PIPELINES, Parallel, calls_of  # noqa: E402
-from aif_sim.metrics.histogram import LogHistogram  # noqa: E402
-from aif_sim.metrics.recorder import Recorder  # noqa: E402
-from aif_sim.metrics.summary import Metric  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 TAIL_TICKS = (0.0, 0.5, 0.9, 0.99, 0.999, 0.9999, 0.99999)
 MARKED = {"p50": 0.5, "p99": 0.99, "p99.9": 0.999}
 SHED_MARK = 0.01  # sweep points shedding more than this share are drawn hollow
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
+def _figure(rows: int = 1, height: float = 4.5) -> tuple[Figure, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(rows, 1, figsize=(8, height), squeeze=False)
+
+
+def _save(fig: Figure, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -43,7 +53,8 @@ def _tail_curve(histogram: LogHistogram) -> tuple[np.ndarray, np.ndarray]:
 
 def plot_latency_cdf(path: Path, results: dict[str, Recorder], slo_ms: float | None, title: str) -> None:
     """Latency against percentile on a tail axis, per pipeline, beside its no-contention latency; the SLO."""
-    fig, ax = plt.subplots(figsize=(8, 4.8))
+    fig, axes = _figure(height=4.8)
+    ax = axes[0, 0]
     deepest = 0.99
     for index, (pipeline, recorder) in enumerate(results.items()):
         color = f"C{index}"
@@ -77,8 +88,8 @@ def plot_stage_breakdown(path: Path, summary: dict[str, Any], title: str) -> Non
     starting together and overlapping, each step starting when the longest branch of the previous ends."""
     pipelines = summary["pipelines"]
     height = sum(1.0 + 0.35 * len(m["stages"]) for m in pipelines.values())
-    fig, axes = plt.subplots(len(pipelines), 1, figsize=(8, height), squeeze=False)
-    limit = max((m["latency_ms"]["mean"] or 0.0 for m in pipelines.values()), default=0.0) or 1.0
+    fig, axes = _figure(len(pipelines), height)
+    limit = max((_or_zero(m["latency_ms"]["mean"]) for m in pipelines.values()), default=0.0) or 1.0
     for ax, (pipeline, metrics) in zip(axes[:, 0], pipelines.items()):
         names, starts, waits, services = [], [], [], []
         offset = 0.0
@@ -86,7 +97,7 @@ def plot_stage_breakdown(path: Path, summary: dict[str, Any], title: str) -> Non
             longest = 0.0
             for call in calls_of(step):
                 stats = metrics["stages"][call.stage]
-                total, wait = stats["latency_ms"]["mean"] or 0.0, stats["wait_ms"]["mean"] or 0.0
+                total, wait = _or_zero(stats["latency_ms"]["mean"]), _or_zero(stats["wait_ms"]["mean"])
                 names.append(f"{call.stage} ∥" if isinstance(step, Parallel) else call.stage)
                 starts.append(offset)
                 waits.append(wait)
@@ -122,7 +133,8 @@ def _series(rows: list[dict[str, Any]], pipeline: str, x: str, y: str) -> tuple[
 def plot_sweep(path: Path, rows: list[dict[str, Any]], x: str, x_label: str, metric: Metric, slo_ms: float | None, title: str) -> None:
     """One headline metric against the swept value (or another column), a line per pipeline, 95% CI bars;
     hollow markers where more than 1% of requests were shed."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, axes = _figure()
+    ax = axes[0, 0]
     for index, pipeline in enumerate(dict.fromkeys(r["pipeline"] for r in rows)):
         xs, ys, ci, shed = _series(rows, pipeline, x, metric.key)
         if not xs:
@@ -144,7 +156,9 @@ def plot_sweep(path: Path, rows: list[dict[str, Any]], x: str, x_label: str, met
     ax.set_xlabel(x_label)
     ax.set_ylabel(metric.label)
     if metric.unit == "share":
-        ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+        from matplotlib.ticker import PercentFormatter
+
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(f"{metric.label} against {x_label} — {title}", fontsize=10)
@@ -153,3 +167,8 @@ def plot_sweep(path: Path, rows: list[dict[str, Any]], x: str, x_label: str, met
 
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _or_zero(value: Any) -> float:
+    """A mean of no values (NaN or None) drawn as 0."""
+    return float(value) if _finite(value) else 0.0

@@ -50,8 +50,15 @@ def comparison_table(summary: dict[str, Any], title: str) -> Table:
     if all("slo" in m for m in pipelines.values()):
         verdicts = ["[green]MET[/]" if m["slo"]["valid"] else "[red]MISSED[/]" for m in pipelines.values()]
         table.add_row(f"SLO p99 ≤ {next(iter(pipelines.values()))['slo']['p99_ms']:g} ms", *verdicts, *[""] * len(others))
+    notes = [
+        f"[red]{name} completed no request[/] ({m['requests']['rejected']:,} rejected, {m['requests']['timed_out']:,} timed out, "
+        f"{m['requests']['in_flight_at_end']:,} still in flight)"
+        for name, m in pipelines.items()
+        if m["requests"]["completed"] == 0
+    ]
     if summary.get("partial"):
-        table.caption = "[yellow]partial: the run was interrupted[/]"
+        notes.append("[yellow]partial: the run was interrupted[/]")
+    table.caption = "\n".join(notes) or None
     return table
 
 

@@ -25,7 +25,8 @@ from aif_sim.sim.pools import BatchingPool, StagePool
 PROGRESS_STEPS = 200
 MAX_STEP_S = 1.0  # simulated seconds between progress reports and stop checks
 
-Flow = list[StagePool | tuple[StagePool, ...]]
+ServeFn = Callable[[Request], Generator[simpy.Event, Any, Outcome]]
+Flow = list[tuple[ServeFn, tuple[ServeFn, ...]]]  # per step: the visit run in the request's process, and the other branches
 
 
 class PipelineSimulation:
@@ -36,16 +37,15 @@ class PipelineSimulation:
         self.samplers = samplers
         self.env = simpy.Environment()
         self.stage_names = stages_of(pipeline)
-        servers = {name: scenario.stages[name].servers for name in self.stage_names}
-        self.recorder = Recorder(pipeline, servers, Window(scenario.warmup_s, scenario.duration_s), scenario.slo_p99_ms, sink)
+        stages = {name: (scenario.stages[name].servers, scenario.stages[name].batch is not None) for name in self.stage_names}
+        self.recorder = Recorder(pipeline, stages, Window(scenario.warmup_s, scenario.duration_s), scenario.slo_p99_ms, sink)
         pools = [self._pool(slot, name) for slot, name in enumerate(self.stage_names)]
         self.flow: Flow = []
         slot = 0
         for step in PIPELINES[pipeline]:
-            calls = calls_of(step)
-            group = tuple(pools[slot : slot + len(calls)])
-            self.flow.append(group[0] if len(group) == 1 else group)
-            slot += len(calls)
+            group = [pool.serve for pool in pools[slot : slot + len(calls_of(step))]]
+            self.flow.append((group[-1], tuple(group[:-1])))
+            slot += len(group)
         self.arrivals_done = False
 
     def _pool(self, slot: int, name: str) -> StagePool:
@@ -68,7 +68,7 @@ class PipelineSimulation:
                 request = Request(block.first_id + i, arrival, user, candidates, arrival >= warmup, services[i])
                 recorder.arrival(request)
                 env.process(self._handle(request))
-            recorder.flush()  # keeps the histogram buffers bounded by one block
+            recorder.flush()  # accounts the requests finished so far: memory stays bounded by one block
         self.arrivals_done = True
 
     def _draw(self, name: str, rng: np.random.Generator, candidates: np.ndarray) -> np.ndarray:
@@ -80,14 +80,14 @@ class PipelineSimulation:
 
     def _handle(self, request: Request) -> Generator[simpy.Event, Any, None]:
         env = self.env
-        for step in self.flow:
-            if isinstance(step, tuple):  # parallel group: the last branch runs in this process
-                branches = [env.process(pool.serve(request)) for pool in step[:-1]]
-                outcome = yield from step[-1].serve(request)
+        for serve, others in self.flow:
+            if others:  # a parallel step: the other branches get processes, the last runs in this one
+                branches = [env.process(other(request)) for other in others]
+                outcome = yield from serve(request)
                 for branch in branches:
                     outcome = max(outcome, (yield branch))
             else:
-                outcome = yield from step.serve(request)
+                outcome = yield from serve(request)
             if outcome:
                 self.recorder.finish(request, Outcome(outcome), env.now)
                 return

@@ -20,6 +20,9 @@ from aif_sim.metrics.recorder import Recorder
 from aif_sim.scenario.schema import Stage
 
 
+COMPLETED = Outcome.COMPLETED
+
+
 class ServerPool:
     """`servers` identical servers with a FIFO queue of waiters.
 
@@ -75,32 +78,31 @@ class StagePool:
         self.timeout_s = config.timeout_ms / 1000 if config.timeout_ms is not None else None
         self.recorder = recorder
 
-    def full(self) -> bool:
-        """True when a new request would be rejected by the queue limit."""
-        pool = self.pool
-        return self.queue_limit is not None and pool.busy >= pool.servers and pool.queued >= self.queue_limit
-
     def serve(self, request: Request) -> Generator[simpy.Event, Any, Outcome]:
-        env = self.env
-        arrived = env.now
-        if self.full():
-            return Outcome.REJECTED
-        waiter = self.pool.try_acquire()
-        if waiter is not None:
+        env, pool = self.env, self.pool
+        arrived = started = env.now
+        if pool.busy < pool.servers:  # a free server: taken without an event
+            pool.busy += 1
+        else:
+            if self.queue_limit is not None and pool.queued >= self.queue_limit:
+                return Outcome.REJECTED
+            waiter = env.event()
+            pool.queue.append(waiter)
+            pool.queued += 1
             if self.timeout_s is None:
                 yield waiter
             else:
                 yield waiter | env.timeout(self.timeout_s)
                 if not waiter.triggered:
-                    self.pool.abandon(waiter)
+                    pool.abandon(waiter)
                     return Outcome.TIMED_OUT
-        started = env.now
+            started = env.now
         service = request.service_s[self.slot]
         yield env.timeout(service)
-        self.pool.release()
-        self.recorder.busy(self.slot, started, service)
-        self.recorder.visit(self.slot, request, arrived, started, env.now, service)
-        return Outcome.COMPLETED
+        pool.release()
+        base = 3 * self.slot
+        request.times[base : base + 3] = (arrived, started, started + service)  # started + service is env.now
+        return COMPLETED
 
 
 class _Waiting:
@@ -213,8 +215,8 @@ class BatchingPool(StagePool):
         yield env.timeout(service)
         self.serving -= 1
         self.pool.release()
-        self.recorder.busy(self.slot, started, service)
-        share = service / len(batch)
+        self.recorder.batch(self.slot, started, service, [waiting.request for waiting in batch])
+        base = 3 * self.slot
         for waiting in batch:
-            self.recorder.visit(self.slot, waiting.request, waiting.arrived, started, env.now, share)
+            waiting.request.times[base : base + 3] = (waiting.arrived, started, env.now)
             waiting.done.succeed(Outcome.COMPLETED)
