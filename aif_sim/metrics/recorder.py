@@ -10,8 +10,8 @@ Nothing is kept per finished request beyond the current block.
 from __future__ import annotations
 
 import math
-from itertools import chain
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, Protocol
 
 import numpy as np

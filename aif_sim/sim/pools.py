@@ -19,7 +19,6 @@ from aif_sim.core.request import Outcome, Request
 from aif_sim.metrics.recorder import Recorder
 from aif_sim.scenario.schema import Stage
 
-
 COMPLETED = Outcome.COMPLETED
 
 
