@@ -98,7 +98,9 @@ def evaluate_command(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(args.checkpoint)
     world = World(ckpt.world_config)
     metrics = {
-        "model": ckpt.name, "model_version": ckpt.version, "item_lag_s": args.item_lag_s,
+        "model": ckpt.name,
+        "model_version": ckpt.version,
+        "item_lag_s": args.item_lag_s,
         **evaluate(ckpt.model, world, world.requests("test"), args.item_lag_s),
     }
     write_json(Path(args.out) / "metrics.json", metrics)
@@ -110,8 +112,12 @@ def sweep_command(args: argparse.Namespace) -> int:
     set_threads(_positive("--threads", args.threads))
     values = parse_values(args.param, args.values) if args.values is not None else None
     run_sweep(
-        args.param, preset(args.preset, args.seed), TrainConfig(epochs=_positive("--epochs", args.epochs)),
-        Path(args.out), values=values, checkpoint=args.checkpoint,
+        args.param,
+        preset(args.preset, args.seed),
+        TrainConfig(epochs=_positive("--epochs", args.epochs)),
+        Path(args.out),
+        values=values,
+        checkpoint=args.checkpoint,
     )
     return 0
 

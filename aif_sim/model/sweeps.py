@@ -54,8 +54,13 @@ def parse_values(param: str, text: str) -> list:
 
 
 def run_sweep(
-    param: str, world_cfg: WorldConfig, train: TrainConfig, out: Path,
-    values: Sequence | None = None, checkpoint: str | None = None, console: Console | None = None,
+    param: str,
+    world_cfg: WorldConfig,
+    train: TrainConfig,
+    out: Path,
+    values: Sequence | None = None,
+    checkpoint: str | None = None,
+    console: Console | None = None,
 ) -> list[dict]:
     """Train (or load) AIF models over the sweep's values, evaluate each on the test requests, write CSV + PNG."""
     sweep = SWEEPS[param]

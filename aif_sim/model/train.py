@@ -66,7 +66,9 @@ def train_model(name: str, world: World, cfg: ModelConfig, train: TrainConfig, s
     return model.eval()
 
 
-def timed_train(name: str, world: World, cfg: ModelConfig, train: TrainConfig, seed: int, show_progress: bool = True) -> tuple[nn.Module, float]:
+def timed_train(
+    name: str, world: World, cfg: ModelConfig, train: TrainConfig, seed: int, show_progress: bool = True
+) -> tuple[nn.Module, float]:
     """train_model and its wall time in seconds."""
     start = time.perf_counter()
     model = train_model(name, world, cfg, train, seed, show_progress)

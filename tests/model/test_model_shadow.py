@@ -12,7 +12,9 @@ from aif_sim.model.train import Checkpoint, TrainConfig, model_version, save_che
 
 def test_shadow_scores_fresh_and_stale(world, trained, tmp_path):
     model = trained["aif"]
-    save_checkpoint(tmp_path / "c.pt", Checkpoint("aif", model_version("aif", model), model, model_config(world.cfg), world.cfg, TrainConfig(), 0))
+    save_checkpoint(
+        tmp_path / "c.pt", Checkpoint("aif", model_version("aif", model), model, model_config(world.cfg), world.cfg, TrainConfig(), 0)
+    )
     shadow = ShadowScorer(tmp_path / "c.pt")
     test = world.requests("test").subset(slice(0, 3))
     for r in range(3):
