@@ -20,7 +20,7 @@ from aif_sim.model.config import LSHMode
 
 WORD_BITS = 64
 MAGNITUDE_QUANTILE = 0.6745  # |N(0,1)| median: the 2-bit code's magnitude bit splits projections in half
-CPU_CHUNK = 128  # candidates per block on CPU, so the pairwise temporaries stay in cache
+CPU_CHUNK = 1024  # candidates per block on CPU (dense mode), so the [block, L] similarities stay in cache
 _BYTE_POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.uint8)
 
 
@@ -84,67 +84,103 @@ def _popcount(x: np.uint64) -> np.uint64:  # pragma: no cover (compiled)
 
 
 @njit(cache=True, nogil=True)
-def _radius_counts(cand: np.ndarray, beh: np.ndarray, thresholds: np.ndarray) -> np.ndarray:  # pragma: no cover (compiled)
-    """Counts [C, K] of behaviours within each Hamming threshold of each candidate, in one fused loop.
+def _radius_counts(
+    cand: np.ndarray, beh_t: np.ndarray, thresholds: np.ndarray, out: np.ndarray, dist: np.ndarray
+) -> None:  # pragma: no cover (compiled)
+    """Counts out[c, q] of behaviours within thresholds[q] of candidate c, in one compiled loop per candidate.
 
-    A table maps each possible distance to its radius hits packed in one uint64 (a 16-bit field per
-    threshold, 32-bit when there are 65536 behaviours or more), so each candidate–behaviour pair costs
-    an XOR, a popcount, a table lookup and an add; thresholds beyond one word's fields take more passes.
+    cand [C, W] and the word-major behaviours beh_t [W, L] are uint64 signatures; thresholds come in groups
+    of four (padded by the caller) and have the dtype of the distance buffer dist [L] (uint8 up to 255 bits).
+    Per candidate, one pass writes the L Hamming distances (XOR + popcount, vectorised: AVX-512 has a vector
+    popcount) and one pass compares them with four thresholds at once into four independent accumulators
+    (vectorised compares and adds); neither pass has a lookup or a loop-carried dependency the compiler cannot
+    split, and the L distances stay in L1.
     """
     n_cand, n_words = cand.shape
-    n_beh = beh.shape[0]
-    n_thr = thresholds.shape[0]
-    field = 16 if n_beh < (1 << 16) else 32
-    per_pass = 64 // field
-    mask = np.uint64((1 << field) - 1)
-    out = np.zeros((n_cand, n_thr), dtype=np.int32)
-    table = np.zeros(64 * n_words + 1, dtype=np.uint64)
-    beh0 = beh[:, 0].copy()  # contiguous first words
-    for first in range(0, n_thr, per_pass):
-        count = min(per_pass, n_thr - first)
-        table[:] = 0
-        for d in range(table.shape[0]):
-            for q in range(count):
-                if d <= thresholds[first + q]:
-                    table[d] += np.uint64(1) << np.uint64(field * q)
-        for c in range(n_cand):
-            acc = np.uint64(0)
-            if n_words == 1:  # the common case, kept free of the word loop so it compiles tight
-                word = cand[c, 0]
-                for j in range(n_beh):
-                    acc += table[_popcount(word ^ beh0[j])]
-            else:
-                for j in range(n_beh):
-                    d = np.uint64(0)
-                    for w in range(n_words):
-                        d += _popcount(cand[c, w] ^ beh[j, w])
-                    acc += table[d]
-            for q in range(count):
-                out[c, first + q] = np.int32((acc >> np.uint64(field * q)) & mask)
-    return out
+    n_beh = beh_t.shape[1]
+    for c in range(n_cand):
+        word = cand[c, 0]
+        row = beh_t[0]
+        for j in range(n_beh):
+            dist[j] = _popcount(word ^ row[j])
+        for w in range(1, n_words):
+            word = cand[c, w]
+            row = beh_t[w]
+            for j in range(n_beh):
+                dist[j] += _popcount(word ^ row[j])
+        for q in range(0, thresholds.shape[0], 4):
+            t0, t1, t2, t3 = thresholds[q], thresholds[q + 1], thresholds[q + 2], thresholds[q + 3]
+            a0 = a1 = a2 = a3 = np.int32(0)
+            for j in range(n_beh):
+                d = dist[j]
+                a0 += np.int32(d <= t0)
+                a1 += np.int32(d <= t1)
+                a2 += np.int32(d <= t2)
+                a3 += np.int32(d <= t3)
+            out[c, q], out[c, q + 1], out[c, q + 2], out[c, q + 3] = a0, a1, a2, a3
 
 
 def radius_counts_cpu(cand: Tensor, beh: Tensor, thresholds: Tensor) -> Tensor:
     """Counts [C, K] of behaviours [L, W] within each Hamming threshold of candidates [C, W] (CPU, compiled)."""
-    if len(cand) == 0:
-        return torch.zeros(0, len(thresholds), dtype=torch.int32)
+    n_thr = len(thresholds)
+    if n_thr == 0:
+        return torch.zeros(len(cand), 0, dtype=torch.int32)
+    dtype = _distance_dtype(cand.shape[1])
+    padded = np.empty(-(-n_thr // 4) * 4, dtype=dtype)  # groups of four; padding repeats the last threshold
+    padded[:n_thr] = thresholds.numpy()
+    padded[n_thr:] = padded[n_thr - 1]
+    out = np.empty((len(cand), len(padded)), dtype=np.int32)
     words = lambda t: np.ascontiguousarray(t.numpy()).view(np.uint64)  # noqa: E731
-    return torch.from_numpy(_radius_counts(words(cand), words(beh), thresholds.numpy().astype(np.uint16)))
+    _radius_counts(words(cand), np.ascontiguousarray(words(beh).T), padded, out, np.empty(len(beh), dtype=dtype))
+    return torch.from_numpy(out[:, :n_thr])
 
 
 def count_within(sim: Tensor, thresholds: Tensor, closer_is_smaller: bool) -> Tensor:
     """Counts [C, K] of entries of each row of sim [C, L] at or beyond each threshold (<= for distances, >= for similarities)."""
     if sim.device.type == "cpu":
-        s = sim.numpy()
-        hit = np.empty(s.shape, dtype=np.bool_)
-        compare = np.less_equal if closer_is_smaller else np.greater_equal
-        out = np.empty((s.shape[0], len(thresholds)), dtype=np.int32)
-        for k, t in enumerate(thresholds.tolist()):
-            compare(s, t, out=hit)
-            out[:, k] = hit.view(np.uint8).sum(1, dtype=np.uint16)
-        return torch.from_numpy(out)
+        n_thr = len(thresholds)
+        padded = np.empty(-(-n_thr // 4) * 4, dtype=sim.numpy().dtype)  # groups of four, as in _radius_counts
+        padded[:n_thr] = thresholds.numpy()
+        padded[n_thr:] = padded[n_thr - 1] if n_thr else 0
+        out = np.empty((len(sim), len(padded)), dtype=np.int32)
+        (_count_at_most if closer_is_smaller else _count_at_least)(np.ascontiguousarray(sim.numpy()), padded, out)
+        return torch.from_numpy(out[:, :n_thr])
     hit = sim[..., None] <= thresholds if closer_is_smaller else sim[..., None] >= thresholds
     return hit.sum(-2, dtype=torch.int32)
+
+
+@njit(cache=True, nogil=True)
+def _count_at_most(sim: np.ndarray, thresholds: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover (compiled)
+    """out[c, q] = number of entries of sim[c] <= thresholds[q]; thresholds in groups of four, one vectorised pass per group."""
+    for c in range(sim.shape[0]):
+        row = sim[c]
+        for q in range(0, thresholds.shape[0], 4):
+            t0, t1, t2, t3 = thresholds[q], thresholds[q + 1], thresholds[q + 2], thresholds[q + 3]
+            a0 = a1 = a2 = a3 = np.int32(0)
+            for j in range(row.shape[0]):
+                x = row[j]
+                a0 += np.int32(x <= t0)
+                a1 += np.int32(x <= t1)
+                a2 += np.int32(x <= t2)
+                a3 += np.int32(x <= t3)
+            out[c, q], out[c, q + 1], out[c, q + 2], out[c, q + 3] = a0, a1, a2, a3
+
+
+@njit(cache=True, nogil=True)
+def _count_at_least(sim: np.ndarray, thresholds: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover (compiled)
+    """out[c, q] = number of entries of sim[c] >= thresholds[q]; as _count_at_most."""
+    for c in range(sim.shape[0]):
+        row = sim[c]
+        for q in range(0, thresholds.shape[0], 4):
+            t0, t1, t2, t3 = thresholds[q], thresholds[q + 1], thresholds[q + 2], thresholds[q + 3]
+            a0 = a1 = a2 = a3 = np.int32(0)
+            for j in range(row.shape[0]):
+                x = row[j]
+                a0 += np.int32(x >= t0)
+                a1 += np.int32(x >= t1)
+                a2 += np.int32(x >= t2)
+                a3 += np.int32(x >= t3)
+            out[c, q], out[c, q + 1], out[c, q + 2], out[c, q + 3] = a0, a1, a2, a3
 
 
 class LSHSim(nn.Module):
@@ -193,8 +229,13 @@ class LSHSim(nn.Module):
         if self.mode != "dense" and cand.device.type == "cpu":
             return radius_counts_cpu(cand, beh, self.thresholds)
         rows = CPU_CHUNK if cand.device.type == "cpu" else max(len(cand), 1)
+        if self.mode == "dense":
+            beh_t = beh.T.contiguous()  # once per user: a product with a transposed view takes twice as long in MKL
+            similarity = lambda block: block @ beh_t  # noqa: E731
+        else:
+            similarity = lambda block: hamming(block, beh)  # noqa: E731
         blocks = [
-            count_within(self.similarity(cand[i : i + rows], beh), self.thresholds, closer_is_smaller=self.mode != "dense")
+            count_within(similarity(cand[i : i + rows]), self.thresholds, closer_is_smaller=self.mode != "dense")
             for i in range(0, len(cand), rows)
         ]
         return torch.cat(blocks) if blocks else torch.zeros(0, self.n_features, dtype=torch.int32)
