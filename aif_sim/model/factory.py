@@ -8,19 +8,29 @@ import torch
 from torch import nn
 
 from aif_sim.model.aif_model import AIFModel
-from aif_sim.model.baselines import SequentialModel, TwoTowerModel
+from aif_sim.model.baselines import LightPrerankModel, SequentialModel, TwoTowerModel
 from aif_sim.model.config import ModelConfig
 from aif_sim.model.inputs import ItemInputs, UserInputs
 from aif_sim.model.world import PROFILE_SIZES, ItemFeatures, UserFeatures, WorldConfig
 
-MODELS: dict[str, type[nn.Module]] = {"aif": AIFModel, "sequential": SequentialModel, "two_tower": TwoTowerModel}
+MODELS: dict[str, type[nn.Module]] = {
+    "aif": AIFModel,
+    "sequential": SequentialModel,
+    "light": LightPrerankModel,
+    "two_tower": TwoTowerModel,
+}
 
 
 def model_config(world: WorldConfig, **overrides: Any) -> ModelConfig:
     """A model config whose vocabularies fit the world."""
     return ModelConfig(
-        n_categories=world.n_categories, n_brands=world.n_brands, n_price_buckets=world.n_price_buckets,
-        n_pop_buckets=world.n_pop_buckets, profile_sizes=PROFILE_SIZES, mm_dim=world.mm_dim, **overrides,
+        n_categories=world.n_categories,
+        n_brands=world.n_brands,
+        n_price_buckets=world.n_price_buckets,
+        n_pop_buckets=world.n_pop_buckets,
+        profile_sizes=PROFILE_SIZES,
+        mm_dim=world.mm_dim,
+        **overrides,
     )
 
 

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from rich.progress import Progress
+from torch import Tensor
 
 from aif_sim.errors import InputError
 from aif_sim.model.aif_model import AIFModel
-from aif_sim.model.baselines import SequentialModel
+from aif_sim.model.baselines import LightPrerankModel, SequentialModel
 from aif_sim.model.config import ModelConfig
 from aif_sim.model.factory import model_config
 from aif_sim.model.inputs import ItemInputs, UserInputs
@@ -108,41 +109,63 @@ def time_call(fn: Callable[[], object], effort: Effort, sync: Callable[[], None]
 
 def operators(
     world: WorldConfig, device: torch.device, batches: tuple[int, ...] = BATCHES, candidates: tuple[int, ...] = CANDIDATES, seed: int = 0
-) -> dict[str, tuple[str, tuple[int, ...], Callable[[int], Callable[[], object]]]]:
+) -> dict[str, tuple[str, tuple[int, ...], Callable[[int], OperatorCall]]]:
     """For each operator: its grid key, its grid, and a factory of the call to time at a grid value."""
     cfg = model_config(world)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    aif = AIFModel(cfg).eval().to(device)
-    sequential = SequentialModel(cfg).eval().to(device)
-    dense = LSHSim(cfg.mm_dim, "dense", cfg.lsh_planes, cfg.lsh_radii, cfg.lsh_seed).to(device)
-    user = random_users(cfg, world, 1, gen).to(device)
-    user_state = aif.user_side(user)
-    pool = random_items(cfg, (max(candidates),), gen).to(device)
-    pool_state = aif.item_side(pool)
-    dense_user = dense.encode(user.long_mm)
-    dense_pool = dense.encode(pool.mm)[None]
+    with torch.inference_mode(False):  # parameters as a loaded model has them (inference tensors cannot cache folded weights)
+        aif = AIFModel(cfg).eval().to(device)
+        sequential = SequentialModel(cfg).eval().to(device)
+        light = LightPrerankModel(cfg).eval().to(device)
+        dense = LSHSim(cfg.mm_dim, "dense", cfg.lsh_planes, cfg.lsh_radii, cfg.lsh_seed).to(device)
+    with torch.inference_mode():
+        user = random_users(cfg, world, 1, gen).to(device)
+        user_state = aif.user_side(user)  # stored while retrieval runs
+        interest = light.user_tower(user)[0]  # the light pre-ranker's user-interest vector, made on behaviour events
+        pool = random_items(cfg, (max(candidates),), gen).to(device)
+        pool_state = aif.item_side(pool)  # the nearline item store
+        dense_user = dense.encode(user.long_mm)
+        dense_pool = dense.encode(pool.mm)[None]
 
-    def first(n: int) -> torch.Tensor:
+    def first(n: int) -> Tensor:
         return torch.arange(n, device=device)[None]
 
     return {
         "user_side": ("batch", batches, lambda b: _bind(aif.user_side, random_users(cfg, world, b, gen).to(device))),
         "item_side": ("batch", batches, lambda b: _bind(aif.item_side, random_items(cfg, (b,), gen).to(device))),
         "realtime": ("candidates", candidates, lambda n: _bind(aif.realtime, user_state, pool_state.take(first(n)))),
+        "aif_online": ("candidates", candidates, lambda n: _bind(aif, user, pool.take(first(n)))),
         "sequential_prerank": ("candidates", candidates, lambda n: _bind(sequential, user, pool.take(first(n)))),
+        "light_prerank": ("candidates", candidates, lambda n: _bind(light.online, interest, pool.take(first(n)))),
         "lsh_popcount": ("candidates", candidates, lambda n: _bind(aif.lsh.features, pool_state.code[first(n)], user_state.long_codes)),
-        "dense_similarity": ("candidates", candidates, lambda n: _bind(dense.features, dense_pool[:, : n], dense_user)),
+        "dense_similarity": ("candidates", candidates, lambda n: _bind(dense.features, dense_pool[:, :n], dense_user)),
     }
 
 
-def _bind(fn: Callable[..., object], *args: object) -> Callable[[], object]:
-    return lambda: fn(*args)
+@dataclass(frozen=True)
+class OperatorCall:
+    """One operator call as calibrate times it: `fn(*args)` under torch.inference_mode, returning its output."""
+
+    fn: Callable[..., Tensor]
+    args: tuple
+
+    def __call__(self) -> Tensor:
+        with torch.inference_mode():
+            return self.fn(*self.args)
+
+
+def _bind(fn: Callable[..., Tensor], *args: object) -> OperatorCall:
+    return OperatorCall(fn, args)
 
 
 def calibrate(
-    world: WorldConfig, device_name: str, quick: bool, threads: int = 1,
-    batches: tuple[int, ...] = BATCHES, candidates: tuple[int, ...] = CANDIDATES,
+    world: WorldConfig,
+    device_name: str,
+    quick: bool,
+    threads: int = 1,
+    batches: tuple[int, ...] = BATCHES,
+    candidates: tuple[int, ...] = CANDIDATES,
 ) -> dict:
     """The profile: {"hardware", "torch", "threads", "device", "ops": {OP: [{key: n, "median_ms", "p99_ms"}, ...]}}."""
     device = resolve_device(device_name)
@@ -163,7 +186,10 @@ def calibrate(
                     rounds[(op, value)].append(time_call(call, effort, sync))
                     progress.advance(task)
     ops = {
-        op: [{key: value, **{stat: float(np.median([t[stat] for t in rounds[(op, value)]])) for stat in ("median_ms", "p99_ms")}} for value in grid]
+        op: [
+            {key: value, **{stat: float(np.median([t[stat] for t in rounds[(op, value)]])) for stat in ("median_ms", "p99_ms")}}
+            for value in grid
+        ]
         for op, (key, grid, _) in table.items()
     }
     return {"hardware": hardware_name(device), "torch": torch.__version__, "threads": threads, "device": device.type, "ops": ops}

@@ -56,13 +56,16 @@ def test_calibrate_cuda_without_cuda_is_a_one_line_error(tmp_path):
     assert "\n" not in str(err.value)
 
 
-def test_profile_format():
-    profile = calibrate(preset("tiny", 0), "cpu", quick=True, batches=(1, 4), candidates=(10, 50))
+def test_profile_format_and_every_operator_grows_with_its_candidates():
+    profile = calibrate(preset("tiny", 0), "cpu", quick=True, batches=(1, 4), candidates=(10, 3000))
     assert set(profile) == {"hardware", "torch", "threads", "device", "ops"}
     assert profile["threads"] == 1 and profile["device"] == "cpu"
-    assert set(profile["ops"]) == {"user_side", "item_side", "realtime", "sequential_prerank", "lsh_popcount", "dense_similarity"}
+    by_candidates = {"realtime", "aif_online", "sequential_prerank", "light_prerank", "lsh_popcount", "dense_similarity"}
+    assert set(profile["ops"]) == {"user_side", "item_side"} | by_candidates
     for op, points in profile["ops"].items():
         key = "batch" if op in ("user_side", "item_side") else "candidates"
         assert [p[key] for p in points] == sorted(p[key] for p in points)
         for p in points:
             assert set(p) == {key, "median_ms", "p99_ms"} and 0 < p["median_ms"] <= p["p99_ms"]
+        if op in by_candidates:
+            assert points[0]["median_ms"] < points[-1]["median_ms"], op
