@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from aif_sim.model.world import World, preset
@@ -42,3 +44,28 @@ def test_long_term_affinity_is_part_of_the_truth(world):
     affinity = np.stack([world.long_affinity(zr, u) for zr, u in zip(z, test.users)])
     high = affinity > np.quantile(affinity, 0.9)
     assert test.probs[high].mean() > 2 * test.probs[~high].mean()
+
+
+def test_generated_world_is_pinned_bit_for_bit(world):
+    """The tiny world of seed 0, hashed: the same bits on any x86-64 CPU (the world avoids CPU-specific
+    transcendental and BLAS code paths). A change to generation changes this hash, and every figure with it."""
+    test = world.requests("test")
+    later = world.item_features(test.items[:20], test.times[:20, None])
+    digest = hashlib.sha256()
+    for a in (
+        world.latent,
+        world.mm0,
+        world.log_pop,
+        world.long_items,
+        world.short_items,
+        test.items,
+        test.labels,
+        test.probs,
+        later.mm,
+        later.pop,
+        later.price,
+    ):
+        digest.update(np.ascontiguousarray(a).tobytes())
+    assert digest.hexdigest() == "2001f0501c85bd8af2b8c4651e63995e48afc9334c43c98c56cd44d331a7ed77"
+    assert test.probs[0, 0] == 0.014525823230542346 and world.mm0[0, 0] == np.float32(-0.06407803297042847)
+    assert list(test.items[0, :3]) == [1064, 1200, 645]
