@@ -248,3 +248,36 @@ def test_bad_input_leaves_existing_output_untouched(tmp_path, capsys):
         after = {name: (file.read_bytes(), file.stat().st_mtime_ns) for name, file in kept.items()}
         assert after == before, argv
         assert sorted(p.name for p in out.iterdir()) == sorted(kept), argv  # no partial or temporary files
+
+
+def test_unknown_key_is_named_with_the_closest_valid_name(tmp_path, capsys):
+    data = base()
+    data["trafic"] = data.pop("traffic")  # the misspelt key displaces a required one: the unknown key is what is reported
+    line = run_bad(capsys, [str(write_yaml(tmp_path / "typo.yaml", data)), "--quiet"])
+    _assert_names(line, "typo.yaml", "trafic: unknown key; did you mean traffic?")
+    data = base()
+    data["stages"]["prerank"]["queue_limt"] = 3
+    line = run_bad(capsys, [str(write_yaml(tmp_path / "typo2.yaml", data)), "--quiet"])
+    _assert_names(line, "stages.prerank.queue_limt: unknown key; did you mean queue_limit?")
+    data = base()
+    data["traffic"]["arrival"]["qsp"] = 3  # inside a union member, chosen by its tag
+    line = run_bad(capsys, [str(write_yaml(tmp_path / "typo3.yaml", data)), "--quiet"])
+    _assert_names(line, "traffic.arrival.qsp: unknown key; did you mean qps?")
+
+
+def test_missing_data_file_lists_where_it_looked(tmp_path, capsys, monkeypatch):
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    data = base()
+    data["stages"]["prerank"]["latency"] = {"dist": "profile", "path": "profiles/gpu.json", "op": "sequential_prerank"}
+    line = run_bad(capsys, [str(write_yaml(tmp_path / "p.yaml", data)), "--quiet"])
+    _assert_names(line, "stages.prerank.latency.path", str(tmp_path / "profiles/gpu.json"), str(elsewhere / "profiles/gpu.json"), "aif_sim")
+
+
+def test_candidates_distribution_is_validated(tmp_path, capsys):
+    data = base()
+    data["traffic"]["candidates"] = {"dist": "lognormal", "median": 5000, "p99": 4000, "max": 10000}
+    _assert_names(run_bad(capsys, [str(write_yaml(tmp_path / "c.yaml", data)), "--quiet"]), "traffic.candidates", "p99 > median")
+    data["traffic"]["candidates"] = 0
+    _assert_names(run_bad(capsys, [str(write_yaml(tmp_path / "c2.yaml", data)), "--quiet"]), "traffic.candidates")

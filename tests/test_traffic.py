@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 from scipy import stats
-from simtools import make_scenario, negligible, run_summaries
+from simtools import RowSink, make_scenario, negligible, run_summaries
 
 from aif_sim.core.traffic import ZipfSampler, arrival_times, mean_rate, request_blocks
 from aif_sim.scenario.schema import Population
@@ -227,3 +228,41 @@ def test_request_blocks_users_follow_zipf_and_ids_are_consecutive():
     pmf = _zipf_pmf(scenario.traffic.users.count, scenario.traffic.users.zipf_s)
     observed = np.bincount(users, minlength=len(pmf))[:50]
     assert stats.chisquare(observed, pmf[:50] * len(users) * observed.sum() / (pmf[:50].sum() * len(users))).pvalue > 1e-4
+
+
+def test_candidates_per_request_from_a_lognormal_clipped_to_its_range():
+    spec = {"dist": "lognormal", "median": 3000, "p99": 9000, "min": 500, "max": 8000}
+    scenario = make_scenario(SEQ_STAGES, qps=2000, duration_s=20.0, candidates=spec)
+    counts = np.concatenate([b.candidates for b in request_blocks(scenario.traffic, scenario.duration_s, scenario.seed)])
+    assert counts.min() >= 500 and counts.max() <= 8000
+    assert np.median(counts) == pytest.approx(3000, rel=0.03)
+    # unclipped below the cap, the 95th percentile of a lognormal with these quantiles
+    sigma = math.log(3) / stats.norm.ppf(0.99)
+    assert np.percentile(counts, 95) == pytest.approx(3000 * math.exp(sigma * stats.norm.ppf(0.95)), rel=0.05)
+    assert (counts == 8000).mean() == pytest.approx(stats.norm.sf(math.log(8000 / 3000) / sigma), abs=0.005)
+    constant = make_scenario(SEQ_STAGES, qps=100, duration_s=2.0, candidates={"dist": "constant", "n": 77})
+    assert all((b.candidates == 77).all() for b in request_blocks(constant.traffic, 2.0, 1))
+
+
+def test_profile_timed_stage_reads_each_requests_own_candidates(tmp_path):
+    """A profile operator measured by candidates, with no spread (p99 = median), on unlimited servers: each
+    request's prerank time is the log-log interpolation at its own candidate count."""
+    profile = tmp_path / "profile.json"
+    grid = [(100, 1.0), (1000, 4.0), (10000, 40.0)]
+    profile.write_text(json.dumps({"ops": {"op": [{"candidates": c, "median_ms": m, "p99_ms": m} for c, m in grid]}}))
+    stages = {**SEQ_STAGES, "prerank": {"servers": 100_000, "latency": {"dist": "profile", "path": str(profile), "op": "op"}}}
+    spec = {"dist": "lognormal", "median": 1000, "p99": 20000, "min": 100, "max": 10000}
+    scenario = make_scenario(stages, qps=200, duration_s=5.0, candidates=spec)
+    sink = RowSink()
+    run_summaries(scenario, sink)
+    blocks = list(request_blocks(scenario.traffic, scenario.duration_s, scenario.seed))
+    counts = dict(
+        zip(
+            np.concatenate([np.arange(b.first_id, b.first_id + len(b.candidates)) for b in blocks]).tolist(),
+            np.concatenate([b.candidates for b in blocks]).tolist(),
+        )
+    )
+    expected = np.interp(np.log([counts[r[1]] for r in sink.rows]), np.log([c for c, _ in grid]), np.log([m for _, m in grid]))
+    measured = np.array([r[4]["prerank"] for r in sink.rows])
+    assert len(measured) > 800 and len(set(counts.values())) > 100
+    np.testing.assert_allclose(measured, np.exp(expected), rtol=1e-9)

@@ -112,11 +112,16 @@ def validate_scenario(data: dict[str, Any], source: str = "<scenario>", base_dir
     try:
         return Scenario.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
-        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        errors = sorted(exc.errors(), key=_rank)
         error = errors[0]
         field = _field_path(error["loc"])
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise InputError(f"{source}: {field}: {_describe(error, data)}{more}") from None
+
+
+def _rank(error: dict[str, Any]) -> tuple[bool, bool]:
+    """Unknown keys first; last, a mapping checked against a scalar member of a union (the other member explains it)."""
+    return error["type"] != "extra_forbidden", error["type"].endswith("_type") and isinstance(error.get("input"), dict)
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
@@ -160,7 +165,9 @@ def _allowed_keys(loc: tuple[Any, ...], data: Any) -> list[str]:
     node = data
     for part in loc:
         model = _model_of(annotation, node)
-        if model is not None and isinstance(part, str) and part in model.model_fields:
+        if model is not None and isinstance(part, str) and part not in model.model_fields:
+            continue  # a union tag pydantic puts in the location
+        if model is not None and isinstance(part, str):
             annotation = model.model_fields[part].annotation
             node = node.get(part) if isinstance(node, dict) else None
         elif isinstance(part, (int, str)) and isinstance(node, (list, dict)):
