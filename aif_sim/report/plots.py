@@ -68,7 +68,7 @@ def plot_latency_cdf(path: Path, results: dict[str, Recorder], slo_ms: float | N
             if q <= deepest:
                 value = recorder.latency.quantile(q)
                 ax.plot(_tail(q), value, "o", color=color, markersize=4)
-                ax.annotate(f"{name} {value:.1f}", (_tail(q), value), textcoords="offset points", xytext=(4, 4), fontsize=7, color=color)
+                ax.annotate(f"{name} {value:.1f}", (_tail(q), value), textcoords="offset points", xytext=(5, -11), fontsize=7, color=color)
     if slo_ms is not None:
         ax.axhline(slo_ms, color="red", linestyle="--", linewidth=1, label=f"SLO p99 {slo_ms:g} ms")
     ticks = [q for q in TAIL_TICKS if q <= deepest + 1e-12]
@@ -79,7 +79,7 @@ def plot_latency_cdf(path: Path, results: dict[str, Recorder], slo_ms: float | N
     ax.set_xlabel("percentile of completed requests")
     ax.set_ylabel("end-to-end latency (ms)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="lower right", fontsize=8)
     ax.set_title(f"Latency by percentile — {title}", fontsize=10)
     _save(fig, path)
 
@@ -113,10 +113,11 @@ def plot_stage_breakdown(path: Path, summary: dict[str, Any], title: str) -> Non
         ax.set_xlim(0, limit * 1.05)
         mean, p99 = metrics["latency_ms"]["mean"], metrics["latency_ms"]["p99"]
         done = f"mean {mean:.1f} ms, p99 {p99:.1f} ms" if metrics["requests"]["completed"] else "completed nothing"
-        ax.set_title(f"{pipeline}: {done} (∥ = in parallel)", fontsize=9)
+        parallel = " (∥: in parallel)" if any(isinstance(step, Parallel) for step in PIPELINES[pipeline]) else ""
+        ax.set_title(f"{pipeline}: {done}{parallel}", fontsize=9)
         ax.grid(True, axis="x", alpha=0.3)
-    axes[0, 0].legend(loc="lower right", fontsize=8)
-    axes[-1, 0].set_xlabel("mean time since arrival (ms)")
+    axes[0, 0].legend(loc="lower left", bbox_to_anchor=(0.0, 1.12), ncol=2, fontsize=8, frameon=False)
+    axes[-1, 0].set_xlabel("mean time since arrival (ms): each step starts when the longest mean branch of the one before ends")
     fig.suptitle(f"Where the time goes — {title}", fontsize=10)
     fig.tight_layout()
     _save(fig, path)
