@@ -21,6 +21,11 @@ class Metric:
     get: Callable[[dict[str, Any]], Any]
     ratio: bool = False  # compared against the baseline pipeline in tables
     plot: bool = False  # drawn against the swept value in a sweep
+    axis: str | None = None  # the label of a plot axis, when longer than the table's
+
+    @property
+    def axis_label(self) -> str:
+        return self.axis or self.label
 
 
 def total_compute_ms(metrics: dict[str, Any]) -> float:
@@ -40,22 +45,29 @@ def _latency(key: str) -> Callable[[dict[str, Any]], Any]:
 
 
 HEADLINES: tuple[Metric, ...] = (
-    Metric("offered_qps", "offered QPS", "qps", lambda m: m["offered_qps"]),
-    Metric("throughput_qps", "throughput QPS", "qps", lambda m: m["throughput_qps"], ratio=True, plot=True),
+    Metric("offered_qps", "offered QPS", "qps", lambda m: m["offered_qps"], axis="offered load (QPS)"),
+    Metric("throughput_qps", "throughput QPS", "qps", lambda m: m["throughput_qps"], ratio=True, plot=True, axis="throughput (QPS)"),
     Metric("completed", "completed", "count", lambda m: m["requests"]["completed"]),
-    Metric("shed_share", "shed (rejected+timeout)", "share", shed_share, plot=True),
+    Metric("shed_share", "shed", "share", shed_share, plot=True, axis="shed: rejected + timed out (share of offered)"),
     Metric("in_flight_at_end", "in flight at end", "count", lambda m: m["requests"]["in_flight_at_end"]),
-    Metric("mean_ms", "latency mean ms", "ms", _latency("mean"), ratio=True),
-    Metric("p50_ms", "latency p50 ms", "ms", _latency("p50"), ratio=True, plot=True),
-    Metric("p90_ms", "latency p90 ms", "ms", _latency("p90")),
-    Metric("p99_ms", "latency p99 ms", "ms", _latency("p99"), ratio=True, plot=True),
-    Metric("p999_ms", "latency p99.9 ms", "ms", _latency("p999"), ratio=True),
-    Metric("max_ms", "latency max ms", "ms", _latency("max")),
-    Metric("no_contention_p50_ms", "no-contention p50 ms", "ms", lambda m: m["no_contention_ms"]["p50"]),
-    Metric("no_contention_p99_ms", "no-contention p99 ms", "ms", lambda m: m["no_contention_ms"]["p99"]),
-    Metric("compute_ms_per_request", "compute ms/request", "ms", total_compute_ms, ratio=True, plot=True),
-    Metric("bottleneck", "bottleneck (util)", "text", lambda m: m["bottleneck"]),
-    Metric("bottleneck_utilization", "bottleneck util", "share", lambda m: m["stages"][m["bottleneck"]]["utilization"], plot=True),
+    Metric("mean_ms", "mean ms", "ms", _latency("mean"), ratio=True, axis="mean latency (ms)"),
+    Metric("p50_ms", "p50 ms", "ms", _latency("p50"), ratio=True, plot=True, axis="p50 latency (ms)"),
+    Metric("p90_ms", "p90 ms", "ms", _latency("p90"), axis="p90 latency (ms)"),
+    Metric("p99_ms", "p99 ms", "ms", _latency("p99"), ratio=True, plot=True, axis="p99 latency (ms)"),
+    Metric("p999_ms", "p99.9 ms", "ms", _latency("p999"), ratio=True, axis="p99.9 latency (ms)"),
+    Metric("max_ms", "max ms", "ms", _latency("max"), axis="maximum latency (ms)"),
+    Metric("no_contention_p50_ms", "no-contention p50", "ms", lambda m: m["no_contention_ms"]["p50"], axis="no-contention p50 (ms)"),
+    Metric("no_contention_p99_ms", "no-contention p99", "ms", lambda m: m["no_contention_ms"]["p99"], axis="no-contention p99 (ms)"),
+    Metric("compute_ms_per_request", "compute ms/req", "ms", total_compute_ms, ratio=True, plot=True, axis="compute per request (ms)"),
+    Metric("bottleneck", "bottleneck", "text", lambda m: m["bottleneck"]),
+    Metric(
+        "bottleneck_utilization",
+        "bottleneck util",
+        "share",
+        lambda m: m["stages"][m["bottleneck"]]["utilization"],
+        plot=True,
+        axis="utilisation of the busiest pool",
+    ),
     Metric("critical_stage", "most time on path", "text", lambda m: m["critical_stage"]),
     Metric("slo_missed_share", "missed SLO", "share", lambda m: m["slo"]["missed_share"] if "slo" in m else None),
 )

@@ -156,14 +156,14 @@ def plot_sweep(path: Path, rows: list[dict[str, Any]], x: str, x_label: str, met
         ax.axhline(slo_ms, color="red", linestyle="--", linewidth=1, label=f"SLO p99 {slo_ms:g} ms")
     ax.scatter([], [], facecolors="white", edgecolors="grey", label=f"> {100 * SHED_MARK:g}% shed")
     ax.set_xlabel(x_label)
-    ax.set_ylabel(metric.label)
+    ax.set_ylabel(metric.axis_label)
     if metric.unit == "share":
         from matplotlib.ticker import PercentFormatter
 
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(f"{metric.label} against {x_label} — {title}", fontsize=10)
+    ax.set_title(f"{metric.axis_label.split(' (')[0]} against {x_label.split(' (')[0]}\n{title}", fontsize=10)
     _save(fig, path)
 
 

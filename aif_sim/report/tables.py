@@ -9,7 +9,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from aif_sim.metrics.summary import HEADLINES
+from aif_sim.metrics.summary import NUMERIC
 from aif_sim.report.fmt import number
 
 BASELINE = "sequential"
@@ -17,8 +17,8 @@ SHORT = {"sequential": "seq", "aif": "aif", "uic": "uic"}
 
 
 def make_console() -> Console:
-    """A console for results: 100 columns when the output is not a terminal (files, pipes, CI logs)."""
-    return Console() if sys.stdout.isatty() else Console(width=100)
+    """A console for results: 80 columns when the output is not a terminal (files, pipes, CI logs)."""
+    return Console() if sys.stdout.isatty() else Console(width=80)
 
 
 def plain_table(title: str) -> Table:
@@ -36,7 +36,7 @@ def comparison_table(summary: dict[str, Any], title: str) -> Table:
         table.add_column(name, justify="right", no_wrap=True)
     for name in others:
         table.add_column(f"{SHORT[name]}/seq", justify="right", style="cyan", no_wrap=True)
-    for metric in HEADLINES:
+    for metric in NUMERIC:  # the stage names (bottleneck, critical stage) are marked in the stage tables
         values = [metric.get(m) for m in pipelines.values()]
         if metric.key == "slo_missed_share" and all(v is None for v in values):
             continue
@@ -64,13 +64,11 @@ def comparison_table(summary: dict[str, Any], title: str) -> Table:
 
 def stage_table(pipeline: str, metrics: dict[str, Any]) -> Table:
     """One pipeline's stages: time, wait, utilisation, share of the critical path, compute."""
-    table = plain_table(f"{pipeline} stages (ms)")
-    for column in ("stage", "mean", "p99", "wait", "wait p99", "util", "on path", "compute/req"):
+    table = plain_table(f"{pipeline} stages (ms; ▲ busiest pool, ● most time on the critical path)")
+    for column in ("stage", "mean", "p99", "wait", "wait p99", "util", "on path", "compute"):
         table.add_column(column, justify="left" if column == "stage" else "right", no_wrap=True)
     for stage, stats in metrics["stages"].items():
-        marks = (" [bold]◀ util[/]" if stage == metrics["bottleneck"] else "") + (
-            " [bold]◀ path[/]" if stage == metrics["critical_stage"] else ""
-        )
+        marks = (" ▲" if stage == metrics["bottleneck"] else "") + (" ●" if stage == metrics["critical_stage"] else "")
         table.add_row(
             stage + marks,
             number(stats["latency_ms"]["mean"]),
