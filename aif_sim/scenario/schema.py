@@ -244,28 +244,31 @@ class Nearline(Strict):
     version_policy: Literal["consistent", "latest"] = "consistent"
 
 
-class CacheFlush(Strict):
+class FaultAt(Strict):
+    """A fault that starts `at_s` seconds into the run."""
+
+    at_s: float = Field(ge=0)
+
+
+class CacheFlush(FaultAt):
     """At `at_s`, a `fraction` of the cache's entries is lost (1/N: one node of an N-node cluster)."""
 
     kind: Literal["cache_flush"]
-    at_s: float = Field(ge=0)
     cache: Literal["user_vector", "sim_features"]
     fraction: float = Field(default=1.0, gt=0, le=1)
 
 
-class NearlineOutage(Strict):
+class NearlineOutage(FaultAt):
     """Nearline refresh stops for `duration_s`."""
 
     kind: Literal["nearline_outage"]
-    at_s: float = Field(ge=0)
     duration_s: float = Field(gt=0)
 
 
-class StageSlowdown(Strict):
+class StageSlowdown(FaultAt):
     """The stage's service times are multiplied by `factor` for `duration_s`."""
 
     kind: Literal["stage_slowdown"]
-    at_s: float = Field(ge=0)
     stage: str
     factor: float = Field(gt=0)
     duration_s: float = Field(gt=0)
