@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 
@@ -61,19 +60,11 @@ def stages_of(pipeline: str) -> list[str]:
     return [call.stage for step in PIPELINES[pipeline] for call in calls_of(step)]
 
 
-def parallel_stages(pipeline: str) -> set[str]:
-    """Stages of a pipeline that run beside another stage."""
-    return {call.stage for step in PIPELINES[pipeline] if isinstance(step, Parallel) for call in calls_of(step)}
-
-
-def critical_path(pipeline: str, slot: dict[str, int]) -> Callable[[Sequence[float]], float]:
-    """A function of per-slot stage times giving the end-to-end time with no waiting: the sum over steps
-    of each step's time, the maximum over a parallel step's branches."""
-    groups = [tuple(slot[call.stage] for call in calls_of(step)) for step in PIPELINES[pipeline]]
-    singles = [group[0] for group in groups if len(group) == 1]
-    parallel = [group for group in groups if len(group) > 1]
-
-    def path(times: Sequence[float]) -> float:
-        return sum(times[i] for i in singles) + sum(max(times[i] for i in group) for group in parallel)
-
-    return path
+def step_slots(pipeline: str) -> list[list[int]]:
+    """For each step, the slots (positions in `stages_of`) of the stages it calls: one, or a parallel group's."""
+    groups, slot = [], 0
+    for step in PIPELINES[pipeline]:
+        calls = len(calls_of(step))
+        groups.append(list(range(slot, slot + calls)))
+        slot += calls
+    return groups

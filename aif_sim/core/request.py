@@ -52,9 +52,6 @@ class Window:
     def length_s(self) -> float:
         return self.end_s - self.start_s
 
-    def contains(self, t_s: float) -> bool:
-        return self.start_s <= t_s < self.end_s
-
     def overlap(self, begin_s: float, end_s: float) -> float:
         """Seconds of [begin_s, end_s) inside the window."""
         return max(0.0, min(end_s, self.end_s) - max(begin_s, self.start_s))

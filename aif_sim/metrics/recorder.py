@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from aif_sim.core.pipelines import PIPELINES, calls_of, stages_of
+from aif_sim.core.pipelines import stages_of, step_slots
 from aif_sim.core.request import Outcome, Request, Window
 from aif_sim.metrics.histogram import LogHistogram
 from aif_sim.metrics.timeseries import Timeseries
@@ -79,8 +79,7 @@ class Recorder:
         self.slo_ms = slo_ms
         self.sink = sink
         self.stages = [StageRecord(*stages[name]) for name in self.stage_names]
-        slot = {name: i for i, name in enumerate(self.stage_names)}
-        self._groups = [[slot[call.stage] for call in calls_of(step)] for step in PIPELINES[pipeline]]
+        self._groups = step_slots(pipeline)
         self.offered = self.completed = self.rejected = self.timed_out = 0
         self.in_flight = 0  # measured requests that arrived and have not finished
         self.completed_in_window = 0

@@ -15,7 +15,7 @@ import numpy as np
 import simpy
 
 from aif_sim.core.latency import Sampler
-from aif_sim.core.pipelines import PIPELINES, calls_of, stages_of
+from aif_sim.core.pipelines import stages_of, step_slots
 from aif_sim.core.request import Outcome, Request, Window
 from aif_sim.core.traffic import request_blocks, stream
 from aif_sim.metrics.recorder import Recorder, RequestSink
@@ -41,11 +41,9 @@ class PipelineSimulation:
         self.recorder = Recorder(pipeline, stages, Window(scenario.warmup_s, scenario.duration_s), scenario.slo_p99_ms, sink)
         pools = [self._pool(slot, name) for slot, name in enumerate(self.stage_names)]
         self.flow: Flow = []
-        slot = 0
-        for step in PIPELINES[pipeline]:
-            group = [pool.serve for pool in pools[slot : slot + len(calls_of(step))]]
+        for slots in step_slots(pipeline):
+            group = [pools[slot].serve for slot in slots]
             self.flow.append((group[-1], tuple(group[:-1])))
-            slot += len(group)
         self.arrivals_done = False
 
     def _pool(self, slot: int, name: str) -> StagePool:
