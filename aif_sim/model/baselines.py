@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from aif_sim.model.config import ModelConfig
 from aif_sim.model.inputs import ItemInputs, UserInputs
-from aif_sim.model.towers import ItemEmbedding, ItemTower, UserTower, mlp
+from aif_sim.model.towers import ItemTower, UserTower, mlp
 
 
 class TargetAttention(nn.Module):
@@ -95,6 +95,7 @@ class SequentialModel(nn.Module):
         n_cand = items.category.shape[1]
         block = block or self.BLOCK
         out = items.mm.new_empty(items.category.shape)
+        logits = items.mm.new_empty(min(block, n_cand), users.long_mm.shape[1])  # reused by every block: no allocation per block
         for b in range(len(user)):
             terms = self._request_terms(user[b], seq[b], users.long_mm[b])
             for start in range(0, n_cand, block):
@@ -102,7 +103,7 @@ class SequentialModel(nn.Module):
                 cand = ItemInputs(
                     items.category[b, rows], items.brand[b, rows], items.price[b, rows], items.pop[b, rows], items.mm[b, rows]
                 )
-                out[b, rows] = self._score_block(terms, cand)
+                out[b, rows] = self._score_block(terms, cand, logits[: rows.stop - rows.start])
         return out
 
     def _request_terms(self, user: Tensor, seq: Tensor, long_mm: Tensor) -> _RequestTerms:
@@ -122,7 +123,7 @@ class SequentialModel(nn.Module):
             log_len=math.log(len(long_mm)),
         )
 
-    def _score_block(self, terms: _RequestTerms, cand: ItemInputs) -> Tensor:
+    def _score_block(self, terms: _RequestTerms, cand: ItemInputs, logits: Tensor) -> Tensor:
         d = self.cfg.dim
         item = self.item_tower(cand)
         x = item.new_empty(len(item), 4 * d + 1)
@@ -130,7 +131,7 @@ class SequentialModel(nn.Module):
         attention = torch.addmm(terms.short_bias, item, terms.short_keys).softmax(dim=-1)
         x[:, d : 2 * d] = attention @ terms.short_values
         torch.mul(x[:, d : 2 * d], item, out=x[:, 2 * d : 3 * d])
-        logits = nn.functional.normalize(cand.mm, dim=-1) @ terms.long_keys  # [block, Ll]
+        torch.mm(nn.functional.normalize(cand.mm, dim=-1), terms.long_keys, out=logits)  # [block, Ll]
         peak = logits.amax(dim=-1, keepdim=True)
         weights = _exp_(logits.sub_(peak))
         total = weights.sum(dim=-1, keepdim=True)  # the softmax's normaliser (cheaper than a ones column in the product)
@@ -152,15 +153,16 @@ class LightPrerankModel(nn.Module):
     """UIC-style pre-ranker: the user-interest vector is computed off the request path (on behaviour events,
     by the user tower) and stored; online, a light MLP scores each candidate from its features and that vector.
 
-    The online part (`online`): the candidate's feature embedding, then an MLP over [u, e, u ⊙ e] whose first
-    layer has the user folded in ((u ⊙ e) W = e (W diag u); the u-only term is a bias).
+    The online part (`online`): the item tower over the candidate's features, then an MLP over [u, v, u ⊙ v]
+    whose first layer has the user folded in ((u ⊙ v) W = v (W diag u); the u-only term is a bias). It can
+    represent the two-tower dot product and more, with no cross feature between the candidate and the behaviours.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.user_tower = UserTower(cfg)
-        self.item_embedding = ItemEmbedding(cfg)
+        self.item_tower = ItemTower(cfg)
         self.head = mlp(3 * cfg.dim, cfg.rtp_hidden, cfg.rtp_hidden // 2, 1)
 
     def forward(self, users: UserInputs, items: ItemInputs) -> Tensor:
@@ -170,11 +172,10 @@ class LightPrerankModel(nn.Module):
     def online(self, user: Tensor, items: ItemInputs) -> Tensor:
         """Logits [B, C] from precomputed user-interest vectors [B, dim] and the candidates' features [B, C]."""
         d = self.cfg.dim
-        w = self.head[0].weight  # [hidden, 3 dim]: columns u, e, u ⊙ e
+        w = self.head[0].weight  # [hidden, 3 dim]: columns u, v, u ⊙ v
         weight = (w[:, d : 2 * d] + w[:, 2 * d :] * user[:, None, :]).transpose(1, 2)  # [B, dim, hidden]
         bias = self.head[0].bias + user @ w[:, :d].T  # [B, hidden]
-        embedded = torch.relu(self.item_embedding(items))
-        hidden = torch.baddbmm(bias[:, None, :], embedded, weight).relu_()
+        hidden = torch.baddbmm(bias[:, None, :], self.item_tower(items), weight).relu_()
         return self.head[4](self.head[2](hidden).relu_()).squeeze(-1)
 
 

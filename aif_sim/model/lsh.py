@@ -231,7 +231,8 @@ class LSHSim(nn.Module):
         rows = CPU_CHUNK if cand.device.type == "cpu" else max(len(cand), 1)
         if self.mode == "dense":
             beh_t = beh.T.contiguous()  # once per user: a product with a transposed view takes twice as long in MKL
-            similarity = lambda block: block @ beh_t  # noqa: E731
+            buffer = cand.new_empty(min(rows, len(cand)), len(beh))  # reused by every block: no allocation per block
+            similarity = lambda block: torch.mm(block, beh_t, out=buffer[: len(block)])  # noqa: E731
         else:
             similarity = lambda block: hamming(block, beh)  # noqa: E731
         blocks = [

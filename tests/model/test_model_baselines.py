@@ -58,8 +58,8 @@ def test_light_prerank_head_equals_the_textbook_form(world):
     users, items = random_users(cfg, world.cfg, 3, gen), random_items(cfg, (3, 57), gen)
     with torch.inference_mode():
         user = model.user_tower(users)[0]
-        embedded = torch.relu(model.item_embedding(items))
-        u = user[:, None, :].expand_as(embedded)
-        reference = model.head(torch.cat([u, embedded, u * embedded], dim=-1)).squeeze(-1)
+        vec = model.item_tower(items)
+        u = user[:, None, :].expand_as(vec)
+        reference = model.head(torch.cat([u, vec, u * vec], dim=-1)).squeeze(-1)
         torch.testing.assert_close(model.online(user, items), reference, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(model(users, items), reference, rtol=1e-5, atol=1e-6)
