@@ -165,18 +165,35 @@ class LightPrerankModel(nn.Module):
         self.item_tower = ItemTower(cfg)
         self.head = mlp(3 * cfg.dim, cfg.rtp_hidden, cfg.rtp_hidden // 2, 1)
 
+    BLOCK = 4096  # candidates per block in `online` outside autograd (2048: 5% slower, unblocked: 2x at 10^4)
+
     def forward(self, users: UserInputs, items: ItemInputs) -> Tensor:
         """Logits [B, C] for candidates items [B, C]."""
         return self.online(self.user_tower(users)[0], items)
 
-    def online(self, user: Tensor, items: ItemInputs) -> Tensor:
-        """Logits [B, C] from precomputed user-interest vectors [B, dim] and the candidates' features [B, C]."""
+    def online(self, user: Tensor, items: ItemInputs, block: int | None = None) -> Tensor:
+        """Logits [B, C] from precomputed user-interest vectors [B, dim] and the candidates' features [B, C]; outside
+        autograd in blocks of candidates (as the AIF real time), so the temporaries stay in cache."""
         d = self.cfg.dim
         w = self.head[0].weight  # [hidden, 3 dim]: columns u, v, u ⊙ v
         weight = (w[:, d : 2 * d] + w[:, 2 * d :] * user[:, None, :]).transpose(1, 2)  # [B, dim, hidden]
         bias = self.head[0].bias + user @ w[:, :d].T  # [B, hidden]
-        hidden = torch.baddbmm(bias[:, None, :], self.item_tower(items), weight).relu_()
-        return self.head[4](self.head[2](hidden).relu_()).squeeze(-1)
+        first, last = self.head[2], self.head[4]
+        if torch.is_grad_enabled():
+            hidden = torch.baddbmm(bias[:, None, :], self.item_tower(items), weight).relu_()
+            return last(first(hidden).relu_()).squeeze(-1)
+        n_cand = items.category.shape[1]
+        block = block or self.BLOCK
+        out = items.mm.new_empty(items.category.shape)
+        for b in range(len(user)):
+            for start in range(0, n_cand, block):
+                rows = slice(start, min(start + block, n_cand))
+                cand = ItemInputs(
+                    items.category[b, rows], items.brand[b, rows], items.price[b, rows], items.pop[b, rows], items.mm[b, rows]
+                )
+                hidden = torch.addmm(bias[b], self.item_tower(cand), weight[b]).relu_()
+                out[b, rows] = last(first(hidden).relu_()).squeeze(-1)
+        return out
 
 
 class TwoTowerModel(nn.Module):

@@ -62,4 +62,6 @@ def test_light_prerank_head_equals_the_textbook_form(world):
         u = user[:, None, :].expand_as(vec)
         reference = model.head(torch.cat([u, vec, u * vec], dim=-1)).squeeze(-1)
         torch.testing.assert_close(model.online(user, items), reference, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(model.online(user, items, block=10), reference, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(model(users, items), reference, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model(users, items), reference, rtol=1e-5, atol=1e-6)  # the autograd path
