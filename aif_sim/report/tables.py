@@ -83,17 +83,17 @@ def stage_table(pipeline: str, metrics: dict[str, Any]) -> Table:
 
 
 def sweep_table(rows: list[dict[str, Any]], param: str, capacities: dict[str, float | None] | None, partial: bool) -> Table:
-    """value, pipeline, load, throughput, p50, p99 (± 95% CI), shed share, SLO."""
+    """value, pipeline, throughput, p50, p99 (± 95% CI with replications), shed share, SLO."""
     table = plain_table(f"sweep of {param}")
-    for column in ("value", "pipeline", "offered", "thru", "p50 ms", "p99 ms", "shed", "SLO"):
+    for column in ("value", "pipeline", "thru QPS", "p50 ms", "p99 ms", "shed", "SLO"):
         table.add_column(column, justify="left" if column == "pipeline" else "right", no_wrap=True)
     for row in rows:
         verdict = "" if "slo_met" not in row else ("[green]met[/]" if row["slo_met"] else "[red]missed[/]")
         ci = row.get("p99_ms_ci95")
+        value = row["value"]
         table.add_row(
-            f"{row['value']:g}" if isinstance(row["value"], float) else str(row["value"]),
+            f"{value:,.0f}" if isinstance(value, float) and abs(value) >= 100 else str(value),
             row["pipeline"],
-            number(row["offered_qps"], "qps"),
             number(row["throughput_qps"], "qps"),
             number(row["p50_ms"]),
             number(row["p99_ms"]) + (f" ±{number(ci)}" if ci is not None else ""),
@@ -102,9 +102,7 @@ def sweep_table(rows: list[dict[str, Any]], param: str, capacities: dict[str, fl
         )
     notes = []
     if capacities:
-        notes.append(
-            "capacity under the SLO: " + ", ".join(f"{p} {number(c, 'qps') if c is not None else 'none'}" for p, c in capacities.items())
-        )
+        notes.append("capacity under the SLO: " + ", ".join(f"{p} {number(c, 'qps') if c is not None else 'none'}" for p, c in capacities.items()))
     if partial:
         notes.append("[yellow]partial: interrupted[/]")
     table.caption = "; ".join(notes) or None
