@@ -249,6 +249,18 @@ def test_shipped_scenarios_validate(path):
         assert set(samplers) == set(scenario.stages)
 
 
+def test_a_copied_scenario_finds_the_shipped_profile(tmp_path, monkeypatch):
+    """Scenarios name `profiles/cpu.json`; copied elsewhere and run from elsewhere, it resolves to the
+    profile installed with the package."""
+    copy = tmp_path / "mine" / "taobao.yaml"
+    copy.parent.mkdir()
+    copy.write_text((REPO / "scenarios" / "taobao_prerank.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    scenario = load_scenario(copy)
+    assert scenario.stages["prerank"].latency.path == (REPO / "aif_sim" / "data" / "profiles" / "cpu.json").resolve()
+    assert main([str(copy), "--quiet", "--out", str(tmp_path / "out"), "--set", "duration_s=1", "--set", "warmup_s=0"]) == 0
+
+
 def test_model_commands_are_the_registered_ones():
     """The CLI skips importing the model for simulator commands, so its list of model commands must be
     exactly the commands the model registers."""

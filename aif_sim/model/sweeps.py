@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from aif_sim.atomic import atomic_path, write_text  # noqa: E402
+from aif_sim.atomic import atomic_path, write_csv  # noqa: E402
 from aif_sim.errors import InputError  # noqa: E402
 from aif_sim.model.evaluate import evaluate  # noqa: E402
 from aif_sim.model.factory import model_config  # noqa: E402
@@ -84,15 +82,6 @@ def run_sweep(
     write_csv(out / "sweep.csv", rows)
     plot(out / "sweep.png", rows, sweep.column)
     return rows
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    """Rows as CSV (header from the first row), atomically."""
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, text.getvalue())
 
 
 def plot(path: Path, rows: list[dict], column: str) -> None:

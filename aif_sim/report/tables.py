@@ -102,7 +102,9 @@ def sweep_table(rows: list[dict[str, Any]], param: str, capacities: dict[str, fl
         )
     notes = []
     if capacities:
-        notes.append("capacity under the SLO: " + ", ".join(f"{p} {number(c, 'qps') if c is not None else 'none'}" for p, c in capacities.items()))
+        notes.append(
+            "capacity under the SLO: " + ", ".join(f"{p} {number(c, 'qps') if c is not None else 'none'}" for p, c in capacities.items())
+        )
     if partial:
         notes.append("[yellow]partial: interrupted[/]")
     table.caption = "; ".join(notes) or None
