@@ -213,7 +213,8 @@ def write_sweep(
     }
     write_csv(folder / "sweep.csv", rows)
     write_json(folder / "sweep.json", document)
-    title = run_title(scenario) + (f", {ctx.replications} replications" if ctx.replications > 1 else "")
+    title = run_title(scenario, with_load=ctx.param not in LOAD_PARAMS)
+    title += f", {ctx.replications} replications" if ctx.replications > 1 else ""
     x_label = param_label(ctx.param)
     for metric in NUMERIC:
         if metric.plot:

@@ -33,9 +33,10 @@ def param_label(param: str) -> str:
     return PARAM_LABELS.get(param, param)
 
 
-def run_title(scenario: Scenario) -> str:
-    """Scenario name, offered load and seed: what every table and plot of a run is about."""
+def run_title(scenario: Scenario, with_load: bool = True) -> str:
+    """Scenario name, offered load and seed: what every table and plot of a run is about (a load sweep
+    leaves the load out: it is on an axis)."""
     spec = scenario.traffic.arrival
     rate = mean_rate(spec)
-    load = f"{spec.kind} arrivals" if rate is None else f"{rate:,.0f} QPS {spec.kind}"
+    load = f"{spec.kind} arrivals" if rate is None or not with_load else f"{rate:,.0f} QPS {spec.kind}"
     return f"{scenario.name}: {load}, seed {scenario.seed}"

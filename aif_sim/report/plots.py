@@ -157,6 +157,8 @@ def plot_sweep(path: Path, rows: list[dict[str, Any]], x: str, x_label: str, met
     ax.scatter([], [], facecolors="white", edgecolors="grey", label=f"> {100 * SHED_MARK:g}% shed")
     ax.set_xlabel(x_label)
     ax.set_ylabel(metric.axis_label)
+    if metric.unit == "ms":
+        ax.set_yscale("log")  # latencies past saturation are orders of magnitude above the rest
     if metric.unit == "share":
         from matplotlib.ticker import PercentFormatter
 
