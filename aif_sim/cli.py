@@ -129,7 +129,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     console = make_console()
     horizon = scenario.duration_s + scenario.drain_s
     with StopSignal() as stop, _target(args, scenario) as folder:
-        log = RequestLog(folder.path / f"requests.{args.format}", scenario.stage_names, args.format, args.requests_sample)
+        log = RequestLog(
+            folder.path / f"requests.{args.format}", scenario.stage_names, scenario.cache_names, args.format, args.requests_sample
+        )
         try:
             with _progress(console, args.quiet) as progress:
                 tasks = {p: progress.add_task(p, total=horizon, simulated="") for p in scenario.pipelines}

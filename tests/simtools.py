@@ -94,7 +94,7 @@ class RowSink:
     def __init__(self) -> None:
         self.rows: list[tuple[str, int, float, float, dict[str, float]]] = []
 
-    def write(self, pipeline: str, stages: list[str], block: Any) -> None:
+    def write(self, pipeline: str, stages: list[str], caches: list[str], block: Any) -> None:
         for i, rid in enumerate(block.request_id.tolist()):
             stage_ms = dict(zip(stages, block.stage_ms[i].tolist()))
             self.rows.append((pipeline, rid, float(block.arrival_s[i]), float(block.latency_ms[i]), stage_ms))

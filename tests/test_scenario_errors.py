@@ -102,9 +102,15 @@ SCHEMA_CASES = {
         _set("stages.prerank.latency", {"dist": "profile", "path": "cpu.json", "op": "sequential_prerank"}),
         ["stages.prerank.latency.path", "cpu.json"],
     ),
-    "caches set": (_set("caches", {"user_vector": {"capacity": 10}}), ["caches", "not simulated"]),
-    "nearline set": (_set("nearline", {"item_updates_per_s": 5}), ["nearline", "not simulated"]),
-    "faults set": (_set("faults", [{"at_s": 0.5, "kind": "cache_flush", "cache": "sim_features"}]), ["faults", "not simulated"]),
+    "shadow scoring set": (_set("model", {"shadow_rate": 0.5}), ["model", "not simulated"]),
+    "unknown fault kind": (_set("faults", [{"at_s": 0.5, "kind": "meteor"}]), ["faults.0", "meteor"]),
+    "fault field of another kind": (
+        _set("faults", [{"at_s": 0.5, "kind": "cache_flush", "cache": "sim_features", "factor": 2}]),
+        ["faults.0.factor", "unknown key"],
+    ),
+    "flush of an unknown cache": (_set("faults", [{"at_s": 0.5, "kind": "cache_flush", "cache": "l2"}]), ["faults.0.cache", "l2"]),
+    "periodic refresh without interval": (_set("nearline", {"refresh": {"mode": "periodic"}}), ["nearline.refresh", "interval_s"]),
+    "negative cache capacity": (_set("caches", {"user_vector": {"capacity": -1}}), ["caches.user_vector.capacity"]),
 }
 
 
@@ -159,7 +165,7 @@ SET_CASES = {
     "empty path": (["--set", "=3"], ["--set"]),
     "bad yaml value": (["--set", "pipelines=[sequential"], ["--set", "pipelines"]),
     "index past list": (["--set", "pipelines.5=aif"], ["--set", "pipelines"]),
-    "unsupported section": (["--set", "nearline.item_updates_per_s=3"], ["nearline"]),
+    "unsupported section": (["--set", "model.shadow_rate=0.5"], ["model"]),
     "seed not a number": (["--seed", "abc"], ["--seed"]),
     "requests sample above 1": (["--requests-sample", "1.5"], ["--requests-sample"]),
     "requests sample negative": (["--requests-sample", "-0.1"], ["--requests-sample"]),
@@ -239,7 +245,7 @@ def test_bad_input_leaves_existing_output_untouched(tmp_path, capsys):
         [str(bad_field), "--out", str(out), "--quiet"],
         [str(good), "--out", str(out), "--quiet", "--set", "traffic.arrival.qps=-1"],
         [str(good), "--out", str(out), "--quiet", "--requests-sample", "2"],
-        [str(good), "--out", str(out), "--quiet", "--set", "caches.user_vector.capacity=5"],
+        [str(good), "--out", str(out), "--quiet", "--set", "model.shadow_rate=0.5"],
         [str(_bad_trace_scenario(tmp_path)), "--out", str(out), "--quiet"],  # fails mid-simulation
         ["sweep", str(good), "--param", "traffic.arrival.qps", "--values", "100,0", "--out", str(out), "--quiet"],
     ]

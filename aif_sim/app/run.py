@@ -19,24 +19,30 @@ from aif_sim.sim.engine import PipelineSimulation
 
 def unsupported_sections(scenario: Scenario) -> list[str]:
     """Scenario sections that are set but that this simulator does not simulate."""
-    sections = []
-    if scenario.caches is not None and (scenario.caches.user_vector or scenario.caches.sim_features):
-        sections.append("caches")
-    if scenario.nearline is not None:
-        sections.append("nearline")
-    if scenario.faults:
-        sections.append("faults")
     if scenario.model is not None and (scenario.model.checkpoint or scenario.model.shadow_rate > 0):
-        sections.append("model")
-    return sections
+        return ["model"]
+    return []
 
 
 def build_samplers(scenario: Scenario, source: str) -> dict[str, Sampler]:
-    """A service-time sampler per stage; raises InputError for sections not simulated or bad data files."""
+    """Service-time samplers: per stage (by its name), per cache miss latency (`cache:NAME`) and per
+    nearline refresh (`refresh:items`, `refresh:users`); raises InputError for sections not simulated
+    or bad data files."""
     unsupported = unsupported_sections(scenario)
     if unsupported:
         raise InputError(f"{source}: {unsupported[0]}: this section is not simulated yet; remove it to run the scenario")
-    return {name: build_sampler(stage.latency, f"{source}: stages.{name}.latency") for name, stage in scenario.stages.items()}
+    samplers = {name: build_sampler(stage.latency, f"{source}: stages.{name}.latency") for name, stage in scenario.stages.items()}
+    caches = scenario.caches
+    for name in ("user_vector", "sim_features"):
+        cache = getattr(caches, name) if caches is not None else None
+        if cache is not None and cache.miss_latency is not None:
+            samplers[f"cache:{name}"] = build_sampler(cache.miss_latency, f"{source}: caches.{name}.miss_latency")
+    nearline = scenario.nearline
+    for store, field in (("items", "refresh"), ("users", "user_refresh")):
+        refresh = getattr(nearline, field) if nearline is not None else None
+        if refresh is not None:
+            samplers[f"refresh:{store}"] = build_sampler(refresh.latency, f"{source}: nearline.{field}.latency")
+    return samplers
 
 
 def simulate(
@@ -75,7 +81,8 @@ def write_run(folder: Path, scenario: Scenario, results: dict[str, Recorder], su
     """summary.json, timeseries.csv and the run's plots, into the run's folder."""
     write_json(folder / "summary.json", summary)
     rows = [{"pipeline": pipeline, **row} for pipeline, recorder in results.items() for row in recorder.timeseries.rows]
-    write_csv(folder / "timeseries.csv", rows, ["t_s", "pipeline", "phase", "completed", "p50_ms", "p99_ms"])
+    columns = ["t_s", "pipeline", *dict.fromkeys(c for r in results.values() for c in r.timeseries.columns if c != "t_s")]
+    write_csv(folder / "timeseries.csv", rows, columns)
     title = run_title(scenario)
     plot_latency_cdf(folder / "latency_cdf.png", results, scenario.slo_p99_ms, title)
     if results:

@@ -10,6 +10,7 @@ value: TIMED_OUT over REJECTED over COMPLETED (a timed-out branch held a queue s
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Any
 
 
 class Outcome(IntEnum):
@@ -28,9 +29,13 @@ class Request:
 
     `times[3 * slot : 3 * slot + 3]` are the (enter, start, end) times in seconds of its visit to the
     pipeline's stage `slot`, NaN where it made none; engines write them, the recorder reads them.
+    With caches, `cache_hit[i]` is 1.0 (hit), 0.0 (miss) or NaN (not consulted) for the pipeline's i-th
+    cache and `miss_s[i]` the miss latency a miss adds; with nearline vectors, `sample` holds the
+    candidate items whose vectors are measured and `vectors` what was measured when they were read:
+    (store name, ages in seconds, how many had changed since made, how many of another model version).
     """
 
-    __slots__ = ("id", "arrival_s", "user", "candidates", "measured", "service_s", "times")
+    __slots__ = ("id", "arrival_s", "user", "candidates", "measured", "service_s", "times", "cache_hit", "miss_s", "sample", "vectors")
 
     def __init__(self, rid: int, arrival_s: float, user: int, candidates: int, measured: bool, service_s: list[float]) -> None:
         self.id = rid
@@ -40,6 +45,10 @@ class Request:
         self.measured = measured
         self.service_s = service_s  # this request's service time at each stage slot, alone on a server (s)
         self.times = [NAN] * (3 * len(service_s))
+        self.cache_hit: list[float] | None = None
+        self.miss_s: list[float] | None = None
+        self.sample: Any = None
+        self.vectors: tuple[str, Any, int, int] | None = None
 
 
 class Window:

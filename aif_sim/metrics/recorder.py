@@ -16,17 +16,23 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from aif_sim.core.cache import CachePolicy
 from aif_sim.core.pipelines import stages_of, step_slots
 from aif_sim.core.request import Outcome, Request, Window
 from aif_sim.metrics.histogram import LogHistogram
 from aif_sim.metrics.timeseries import Timeseries
 
 SLO_MISS_BUDGET = 0.01  # a run meets its SLO when at most 1% of offered requests miss it
+RECOVERY_MARGIN = 0.10  # a storm is over when p99 is back within 10% of its level before the fault
+BASELINE_S = 10  # seconds before a fault whose median p99 is that level
+STORE_LABEL = {"items": "item", "users": "user"}
+STORE_GAUGES = {"items": ["refresh_backlog", "double_buffered"], "users": ["user_refresh_backlog"]}
 
 
 @dataclass(frozen=True)
 class CompletedBlock:
-    """Completed measured requests of one flush, as columns; `stage_ms[:, slot]` is NaN where not visited."""
+    """Completed measured requests of one flush, as columns; `stage_ms[:, slot]` is NaN where not visited,
+    `cache_hit[:, i]` 1.0 / 0.0 / NaN (hit, miss, not consulted) for the recorder's i-th cache."""
 
     request_id: np.ndarray
     arrival_s: np.ndarray
@@ -34,12 +40,38 @@ class CompletedBlock:
     candidates: np.ndarray
     latency_ms: np.ndarray
     stage_ms: np.ndarray
+    cache_hit: np.ndarray
+
+
+@dataclass(frozen=True)
+class FaultWindow:
+    """A fault's start and end (the end of its effect; its start for an instantaneous fault)."""
+
+    kind: str
+    at_s: float
+    end_s: float
+
+
+class VectorRecord:
+    """Ages of the nearline vectors read from one store by completed measured requests."""
+
+    def __init__(self) -> None:
+        self.age = LogHistogram()
+        self.stale = 0
+        self.mismatched = 0
 
 
 class RequestSink(Protocol):
     """Receives the completed measured requests (the per-request output file)."""
 
-    def write(self, pipeline: str, stages: list[str], block: CompletedBlock) -> None: ...
+    def write(self, pipeline: str, stages: list[str], caches: list[str], block: CompletedBlock) -> None: ...
+
+
+def _cache_flags(requests: list[Request], caches: int) -> np.ndarray:
+    """The requests' cache flags [requests, caches]: 1.0 hit, 0.0 miss, NaN not consulted."""
+    if caches == 0:
+        return np.empty((len(requests), 0))
+    return np.fromiter(chain.from_iterable(r.cache_hit for r in requests), float, caches * len(requests)).reshape(len(requests), caches)
 
 
 def _times(requests: list[Request], stages: int) -> np.ndarray:
@@ -71,8 +103,13 @@ class Recorder:
         window: Window,
         slo_ms: float | None,
         sink: RequestSink | None = None,
+        caches: dict[str, CachePolicy] | None = None,
+        stores: list[str] | None = None,
+        faults: list[FaultWindow] | None = None,
     ) -> None:
-        """`stages`: per stage of the pipeline, its servers and whether it batches."""
+        """`stages`: per stage of the pipeline, its servers and whether it batches; `caches`: the cache
+        policies the pipeline consults (in the order of `Request.cache_hit`); `stores`: the nearline
+        stores it reads (`items`, `users`); `faults`: when faults strike, for the storm report."""
         self.pipeline = pipeline
         self.stage_names = stages_of(pipeline)
         self.window = window
@@ -87,7 +124,13 @@ class Recorder:
         self.partial = False
         self.latency = LogHistogram()
         self.no_contention = LogHistogram()
-        self.timeseries = Timeseries(window)
+        self.caches = caches or {}
+        self.cache_counts = {name: [0, 0] for name in self.caches}  # hits, misses of measured requests
+        self.vectors = {name: VectorRecord() for name in stores or []}
+        self.faults = faults or []
+        means = [f"{name}_hit_ratio" for name in self.caches] + [f"{STORE_LABEL[name]}_vector_age_mean_s" for name in stores or []]
+        gauges = [g for name in stores or [] for g in STORE_GAUGES[name]]
+        self.timeseries = Timeseries(window, means, gauges)
         self._inside: dict[int, Request] = {}  # every request in the system, warm-up included
         self._done: list[Request] = []
         self._outcome: list[int] = []
@@ -110,6 +153,10 @@ class Recorder:
         stage = self.stages[slot]
         stage.busy_window_s += self.window.overlap(started_s, started_s + service_s)
         stage.compute_s += service_s * sum(r.measured for r in members) / len(members)
+
+    def gauge(self, name: str, now_s: float, value: float) -> None:
+        """A background process's per-second reading (refresh backlog, double buffering)."""
+        self.timeseries.gauge(name, now_s, value)
 
     def finish(self, request: Request, outcome: Outcome, now_s: float) -> None:
         """The request left the system (completed, rejected or timed out)."""
@@ -137,11 +184,35 @@ class Recorder:
         end_s = np.array(self._end_s)
         arrival_s = np.fromiter((r.arrival_s for r in done), float, len(done))
         latency_ms = (end_s - arrival_s) * 1000
-        self.timeseries.add(end_s[completed], latency_ms[completed])
-        self.completed_in_window += int(np.count_nonzero(completed & (end_s >= self.window.start_s) & (end_s < self.window.end_s)))
+        flags = _cache_flags(done, len(self.caches))
+        means = {f"{name}_hit_ratio": flags[:, i] for i, name in enumerate(self.caches)}
+        for i, counts in enumerate(self.cache_counts.values()):
+            mine = flags[measured, i]
+            counts[0] += int(np.count_nonzero(mine == 1.0))
+            counts[1] += int(np.count_nonzero(mine == 0.0))
+        means.update(self._vector_ages(done, completed & measured))
+        self.timeseries.add(end_s, np.where(completed, latency_ms, np.nan), means)
+        inside = (end_s >= self.window.start_s) & (end_s < self.window.end_s)
+        self.completed_in_window += int(np.count_nonzero(completed & inside))
         keep = completed & measured
-        self._completed(done, keep, times[keep], latency_ms[keep])
+        self._completed(done, keep, times[keep], latency_ms[keep], flags[keep])
         self._done, self._outcome, self._end_s = [], [], []
+
+    def _vector_ages(self, done: list[Request], keep: np.ndarray) -> dict[str, np.ndarray]:
+        """Account the vector ages completed measured requests read; per request, its mean age (for the time series)."""
+        means = {}
+        for name, record in self.vectors.items():
+            mean_age = np.full(len(done), np.nan)
+            for i, request in enumerate(done):
+                if request.vectors is not None and request.vectors[0] == name:
+                    _, ages, stale, mismatched = request.vectors
+                    mean_age[i] = ages.mean()
+                    if keep[i]:
+                        record.age.add(ages)
+                        record.stale += stale
+                        record.mismatched += mismatched
+            means[f"{STORE_LABEL[name]}_vector_age_mean_s"] = mean_age
+        return means
 
     def _visits(self, times: np.ndarray, measured: np.ndarray) -> None:
         """Stage statistics of the finished visits in `times` [requests, stages, (enter, start, end)]."""
@@ -158,7 +229,7 @@ class Recorder:
                 stage.busy_window_s += float(np.clip(inside, 0.0, None).sum())
                 stage.compute_s += float((end[mine, slot] - start[mine, slot]).sum())
 
-    def _completed(self, done: list[Request], keep: np.ndarray, times: np.ndarray, latency_ms: np.ndarray) -> None:
+    def _completed(self, done: list[Request], keep: np.ndarray, times: np.ndarray, latency_ms: np.ndarray, flags: np.ndarray) -> None:
         """End-to-end, no-contention and critical-path accounting of completed measured requests."""
         n = len(latency_ms)
         if n == 0:
@@ -170,11 +241,14 @@ class Recorder:
         kept = [r for r, k in zip(done, keep) if k]
         service = np.fromiter(chain.from_iterable(r.service_s for r in kept), float, n * len(self.stages)).reshape(n, -1) * 1000
         stage_ms = (times[..., 2] - times[..., 0]) * 1000
+        visited = ~np.isnan(stage_ms)
+        service = np.where(visited, service, 0.0)  # a stage skipped by a cache hit costs nothing
+        on_path_ms = np.where(visited, stage_ms, -np.inf)
         no_contention = np.zeros(n)
         rows = np.arange(n)
         for group in self._groups:
             no_contention += service[:, group].max(axis=1)
-            on_path = np.asarray(group)[np.argmax(stage_ms[:, group], axis=1)]
+            on_path = np.asarray(group)[np.argmax(on_path_ms[:, group], axis=1)]
             for slot in group:
                 self.stages[slot].critical_ms += float(stage_ms[rows, on_path][on_path == slot].sum())
         self.no_contention.add(no_contention)
@@ -186,8 +260,9 @@ class Recorder:
                 np.array([r.candidates for r in kept], dtype=np.int64),
                 latency_ms,
                 stage_ms,
+                flags,
             )
-            self.sink.write(self.pipeline, self.stage_names, block)
+            self.sink.write(self.pipeline, self.stage_names, list(self.caches), block)
 
     def stop(self, now_s: float) -> None:
         """The run was interrupted at `now_s`: the window ends there and the results are partial."""
@@ -205,6 +280,43 @@ class Recorder:
         self.timeseries.close_until(math.ceil(end_s))
 
     # --- results -------------------------------------------------------------------------------------
+    def _staleness(self) -> dict[str, Any]:
+        """Ages of the vectors read, the share of them whose entity changed after its vector was made, and
+        the share made by another model version than the one serving."""
+        out: dict[str, Any] = {}
+        read = stale = mismatched = 0
+        for name, record in self.vectors.items():
+            age = record.age.summary()
+            out[f"{STORE_LABEL[name]}_vector_age_s"] = {key: age[key] for key in ("mean", "p50", "p99", "max")}
+            read += record.age.count
+            stale += record.stale
+            mismatched += record.mismatched
+        out["vectors_measured"] = read
+        out["stale_fraction"] = stale / read if read else math.nan
+        out["version_mismatch_fraction"] = mismatched / read if read else math.nan
+        rows = self.timeseries.rows
+        if "refresh_backlog" in self.timeseries.gauges:
+            backlog = [r["refresh_backlog"] for r in rows if r["refresh_backlog"] == r["refresh_backlog"]]
+            out["refresh_backlog_max"] = max(backlog, default=0)
+            out["double_buffered_s"] = sum(r["double_buffered"] for r in rows if r["double_buffered"] == r["double_buffered"])
+        return out
+
+    def _storm(self, fault: FaultWindow) -> dict[str, Any]:
+        """p99 before a fault, its peak after, and how long until it is back within 10% of its level before."""
+        rows = self.timeseries.rows
+        before = [r["p99_ms"] for r in rows if fault.at_s - BASELINE_S <= r["t_s"] < fault.at_s and r["p99_ms"] == r["p99_ms"]]
+        after = [r for r in rows if r["t_s"] >= int(fault.at_s) and r["p99_ms"] == r["p99_ms"]]
+        level = float(np.median(before)) if before else math.nan
+        peak = max((r["p99_ms"] for r in after), default=math.nan)
+        recovered = next((r["t_s"] for r in after if r["t_s"] >= fault.end_s and r["p99_ms"] <= level * (1 + RECOVERY_MARGIN)), None)
+        return {
+            "kind": fault.kind,
+            "at_s": fault.at_s,
+            "p99_before_ms": level,
+            "peak_p99_ms": peak,
+            "recovery_s": recovered + 1 - fault.at_s if recovered is not None else None,
+        }
+
     def summary(self) -> dict[str, Any]:
         """The METRICS block of summary.json."""
         window_s = self.window.length_s
@@ -242,6 +354,20 @@ class Recorder:
             "bottleneck": max(stages, key=lambda name: stages[name]["utilization"]),
             "critical_stage": max(stages, key=lambda n: stages[n]["critical_path_share"]) if critical_total else None,
         }
+        if self.caches:
+            out["caches"] = {
+                name: {
+                    "hits": hits,
+                    "misses": misses,
+                    "hit_ratio": hits / (hits + misses) if hits + misses else math.nan,
+                    "evictions": policy.evictions,
+                }
+                for (name, policy), (hits, misses) in zip(self.caches.items(), self.cache_counts.values())
+            }
+        if self.vectors:
+            out["staleness"] = self._staleness()
+        if self.faults:
+            out["faults"] = [self._storm(fault) for fault in self.faults]
         if self.slo_ms is not None:
             missed = self.offered - self.completed + self.over_slo
             share = missed / self.offered if self.offered else 0.0

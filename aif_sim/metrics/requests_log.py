@@ -26,12 +26,13 @@ def sampled(request_ids: np.ndarray, fraction: float) -> np.ndarray:
 
 
 class RequestLog:
-    """Rows of completed measured requests: id, pipeline, arrival, user, candidates, latency and per-stage times."""
+    """Rows of completed measured requests: id, pipeline, arrival, user, candidates, latency, per-stage
+    times and, per cache of the scenario, whether the request hit it."""
 
     ROW_GROUP = 65536
 
-    def __init__(self, path: Path, stages: list[str], fmt: str = "parquet", sample: float = 1.0) -> None:
-        self.path, self.stages, self.fmt, self.sample = path, stages, fmt, sample
+    def __init__(self, path: Path, stages: list[str], caches: list[str], fmt: str = "parquet", sample: float = 1.0) -> None:
+        self.path, self.stages, self.caches, self.fmt, self.sample = path, stages, caches, fmt, sample
         fields = [
             pa.field("request_id", pa.int64()),
             pa.field("pipeline", pa.string()),
@@ -40,13 +41,14 @@ class RequestLog:
             pa.field("candidates", pa.int64()),
             pa.field("latency_ms", pa.float64()),
         ]
-        self._schema = pa.schema(fields + [pa.field(f"{s}_ms", pa.float64()) for s in stages])
+        fields += [pa.field(f"{s}_ms", pa.float64()) for s in stages]
+        self._schema = pa.schema(fields + [pa.field(f"{c}_hit", pa.bool_()) for c in caches])
         self._pending: list[pa.Table] = []
         self._rows = 0
         self._tmp = temp_beside(path)
         self._writer = (pq.ParquetWriter if fmt == "parquet" else pacsv.CSVWriter)(self._tmp, self._schema)
 
-    def write(self, pipeline: str, stages: list[str], block: CompletedBlock) -> None:
+    def write(self, pipeline: str, stages: list[str], caches: list[str], block: CompletedBlock) -> None:
         keep = sampled(block.request_id, self.sample)
         n = int(np.count_nonzero(keep))
         if n == 0:
@@ -55,6 +57,9 @@ class RequestLog:
         columns.append(block.latency_ms[keep])
         nan = np.full(n, np.nan)
         columns += [block.stage_ms[keep, stages.index(s)] if s in stages else nan for s in self.stages]
+        for cache in self.caches:  # null where the request did not consult the cache
+            flags = block.cache_hit[keep, caches.index(cache)] if cache in caches else nan
+            columns.append(pa.array(flags == 1.0, mask=np.isnan(flags)))
         self._pending.append(pa.Table.from_arrays(columns, schema=self._schema))
         self._rows += n
         if self._rows >= self.ROW_GROUP:

@@ -1,4 +1,6 @@
-"""Per simulated second: completions and their p50/p99, with one second buffered at a time."""
+"""Per simulated second: completions and their p50/p99, per-second means of per-request figures (cache hit
+ratios, vector ages) and gauges sampled by background processes (refresh backlog); one second is
+buffered at a time, plus the gauges of seconds not yet closed."""
 
 from __future__ import annotations
 
@@ -10,13 +12,23 @@ from aif_sim.core.request import Window
 
 
 class Timeseries:
-    """Rows `t_s, phase, completed, p50_ms, p99_ms` for every second of a run, warm-up and drain included."""
+    """Rows `t_s, phase, completed, p50_ms, p99_ms, <means...>, <gauges...>` for every second of a run,
+    warm-up and drain included."""
 
-    def __init__(self, window: Window) -> None:
+    def __init__(self, window: Window, means: list[str] | None = None, gauges: list[str] | None = None) -> None:
         self.window = window
+        self.means = means or []
+        self.gauges = gauges or []
         self.rows: list[dict[str, float | str]] = []
         self._second = 0
         self._latencies: list[np.ndarray] = []  # of the open second
+        self._sums = dict.fromkeys(self.means, 0.0)
+        self._counts = dict.fromkeys(self.means, 0)
+        self._gauge_values: dict[int, dict[str, float]] = {}
+
+    @property
+    def columns(self) -> list[str]:
+        return ["t_s", "phase", "completed", "p50_ms", "p99_ms", *self.means, *self.gauges]
 
     def phase(self, second: int) -> str:
         """warmup, measured or drain: where a second falls against the measurement window."""
@@ -24,27 +36,44 @@ class Timeseries:
             return "warmup"
         return "measured" if second < self.window.end_s else "drain"
 
-    def add(self, end_s: np.ndarray, latency_ms: np.ndarray) -> None:
-        """Completions in time order: when they ended (s) and their latency (ms)."""
+    def add(self, end_s: np.ndarray, latency_ms: np.ndarray, means: dict[str, np.ndarray] | None = None) -> None:
+        """Finished requests in time order: when they ended (s), their latency (ms; NaN when not completed)
+        and, per mean column, a value each (NaN where it has none)."""
         seconds = end_s.astype(np.int64)
         firsts = np.flatnonzero(np.diff(seconds, prepend=-1))
         for begin, stop in zip(firsts, [*firsts[1:], len(seconds)]):
             self.close_until(int(seconds[begin]))
-            self._latencies.append(latency_ms[begin:stop])
+            latency = latency_ms[begin:stop]
+            self._latencies.append(latency[~np.isnan(latency)])
+            for name, values in (means or {}).items():
+                chunk = values[begin:stop]
+                chunk = chunk[~np.isnan(chunk)]
+                self._sums[name] += float(chunk.sum())
+                self._counts[name] += len(chunk)
+
+    def gauge(self, name: str, now_s: float, value: float) -> None:
+        """A background process's reading for the second `now_s` falls in."""
+        self._gauge_values.setdefault(int(now_s), {})[name] = value
 
     def close_until(self, second: int) -> None:
         """Emit rows for every second before `second`."""
         while self._second < second:
             values = np.concatenate(self._latencies) if self._latencies else np.empty(0)
             p50, p99 = np.percentile(values, [50, 99]) if len(values) else (math.nan, math.nan)
-            self.rows.append(
-                {
-                    "t_s": self._second,
-                    "phase": self.phase(self._second),
-                    "completed": len(values),
-                    "p50_ms": float(p50),
-                    "p99_ms": float(p99),
-                }
-            )
+            row: dict[str, float | str] = {
+                "t_s": self._second,
+                "phase": self.phase(self._second),
+                "completed": len(values),
+                "p50_ms": float(p50),
+                "p99_ms": float(p99),
+            }
+            for name in self.means:
+                row[name] = self._sums[name] / self._counts[name] if self._counts[name] else math.nan
+            gauges = self._gauge_values.pop(self._second, {})
+            for name in self.gauges:
+                row[name] = gauges.get(name, math.nan)
+            self.rows.append(row)
             self._latencies.clear()
+            self._sums = dict.fromkeys(self.means, 0.0)
+            self._counts = dict.fromkeys(self.means, 0)
             self._second += 1

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from aif_sim.core.pipelines import stages_of
+from aif_sim.core.pipelines import caches_of, stages_of
 
 SHIPPED_DATA = Path(__file__).resolve().parent.parent / "data"  # files installed with the package
 STAGE_NAMES = ("merger", "retrieval", "user_inference", "feature_fetch", "item_fetch", "prerank", "rtp", "light_prerank")
@@ -231,17 +231,34 @@ class Caches(Strict):
 
 
 class Refresh(Strict):
+    """How vectors are re-inferred: `on_update` (workers serve the set of changed entities, one per
+    `latency` draw) or `periodic` (every `interval_s` the whole catalogue, at `workers` / mean latency
+    entities per second; `interval_s: 0` keeps every vector fresh)."""
+
     mode: Literal["on_update", "periodic"]
     workers: int = Field(default=1, ge=1)
-    latency: LatencySpec | None = None
+    latency: LatencySpec = ConstantLatency(dist="constant", ms=1.0)
     interval_s: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _interval_for_periodic(self) -> Refresh:
+        if self.mode == "periodic" and self.interval_s is None:
+            raise ValueError("expected interval_s with mode: periodic")
+        if self.mode == "on_update" and self.interval_s is not None:
+            raise ValueError("interval_s applies to mode: periodic only")
+        return self
 
 
 class Nearline(Strict):
+    """Item feature updates, their refresh, model versions; users' behaviour events for UIC's embedding."""
+
     item_updates_per_s: float = Field(default=0.0, ge=0)
     refresh: Refresh | None = None
     model_publish_interval_s: float | None = Field(default=None, gt=0)
     version_policy: Literal["consistent", "latest"] = "consistent"
+    staleness_sample: int = Field(default=16, ge=1)
+    user_events_per_s: float = Field(default=0.0, ge=0)
+    user_refresh: Refresh | None = None
 
 
 class FaultAt(Strict):
@@ -336,6 +353,12 @@ class Scenario(Strict):
     def slo_p99_ms(self) -> float | None:
         """The p99 bound of the SLO, if the scenario has one."""
         return self.slo.p99_ms if self.slo else None
+
+    @property
+    def cache_names(self) -> list[str]:
+        """The configured caches the scenario's pipelines consult, in order of first use."""
+        used = dict.fromkeys(name for pipeline in self.pipelines for name in caches_of(pipeline))
+        return [name for name in used if self.caches is not None and getattr(self.caches, name) is not None]
 
     @property
     def stage_names(self) -> list[str]:

@@ -1,9 +1,8 @@
 """Run one pipeline of a scenario as a discrete-event simulation (simpy) over the run's request stream.
 
-The engine interprets the pipeline's steps (`core.pipelines`): a `Call` is a visit to a stage pool,
-a `Parallel` step runs its branches together and joins on the last (the last branch runs in the
-request's own process), a `Cached` call without a configured cache is its call. Every counter is
-changed through the recorder.
+The engine interprets the pipeline's steps (`core.pipelines`, through `sim.steps`), runs the system's
+background processes (`sim.background`: nearline refresh, model versions, faults) and changes every
+counter through the recorder.
 """
 
 from __future__ import annotations
@@ -14,19 +13,20 @@ from typing import Any
 import numpy as np
 import simpy
 
+from aif_sim.core.cache import CachePolicy
 from aif_sim.core.latency import Sampler
-from aif_sim.core.pipelines import stages_of, step_slots
+from aif_sim.core.nearline import NearlineStore
+from aif_sim.core.pipelines import PIPELINES, caches_of, calls_of, stages_of
 from aif_sim.core.request import Outcome, Request, Window
-from aif_sim.core.traffic import request_blocks, stream
-from aif_sim.metrics.recorder import Recorder, RequestSink
+from aif_sim.core.traffic import ZipfSampler, request_blocks, stream
+from aif_sim.metrics.recorder import FaultWindow, Recorder, RequestSink
 from aif_sim.scenario.schema import Scenario
+from aif_sim.sim.background import NearlineRefresh, Outage, fault, gauges, publisher
 from aif_sim.sim.pools import BatchingPool, StagePool
+from aif_sim.sim.steps import FlowBuilder
 
 PROGRESS_STEPS = 200
 MAX_STEP_S = 1.0  # simulated seconds between progress reports and stop checks
-
-ServeFn = Callable[[Request], Generator[simpy.Event, Any, Outcome]]
-Flow = list[tuple[ServeFn, tuple[ServeFn, ...]]]  # per step: the visit run in the request's process, and the other branches
 
 
 class PipelineSimulation:
@@ -37,14 +37,73 @@ class PipelineSimulation:
         self.samplers = samplers
         self.env = simpy.Environment()
         self.stage_names = stages_of(pipeline)
+        self.caches = self._caches(pipeline)
+        self.stores = self._stores(pipeline)
         stages = {name: (scenario.stages[name].servers, scenario.stages[name].batch is not None) for name in self.stage_names}
-        self.recorder = Recorder(pipeline, stages, Window(scenario.warmup_s, scenario.duration_s), scenario.slo_p99_ms, sink)
-        pools = [self._pool(slot, name) for slot, name in enumerate(self.stage_names)]
-        self.flow: Flow = []
-        for slots in step_slots(pipeline):
-            group = [pools[slot].serve for slot in slots]
-            self.flow.append((group[-1], tuple(group[:-1])))
+        window = Window(scenario.warmup_s, scenario.duration_s)
+        faults = [FaultWindow(f.kind, f.at_s, f.at_s + getattr(f, "duration_s", 0.0)) for f in scenario.faults]
+        self.recorder = Recorder(pipeline, stages, window, scenario.slo_p99_ms, sink, self.caches, list(self.stores), faults)
+        self.pools = {name: self._pool(slot, name) for slot, name in enumerate(self.stage_names)}
+        cache_index = {name: i for i, name in enumerate(self.caches)}
+        self.flow = FlowBuilder(self.env, self.pools, self.caches, cache_index, self.stores).flow(pipeline)
+        self.miss_slots = [  # (stage slot, cache) of each read-through visit whose cache has a miss latency
+            (slot, call.reads)
+            for slot, call in enumerate(c for step in PIPELINES[pipeline] for c in calls_of(step))
+            if call.reads in self.caches and f"cache:{call.reads}" in samplers
+        ]
+        self.reads_caches = any(call.reads in self.caches for step in PIPELINES[pipeline] for call in calls_of(step))
         self.arrivals_done = False
+        self._background()
+
+    def _caches(self, pipeline: str) -> dict[str, CachePolicy]:
+        """The cache policies of the caches this pipeline consults and the scenario configures."""
+        config = self.scenario.caches
+        caches = {}
+        for name in caches_of(pipeline):
+            spec = getattr(config, name) if config is not None else None
+            if spec is not None:
+                caches[name] = CachePolicy(spec.capacity, spec.ttl_s)
+        return caches
+
+    def _stores(self, pipeline: str) -> dict[str, NearlineStore]:
+        """The nearline stores this pipeline reads, when the scenario has a nearline section."""
+        nearline = self.scenario.nearline
+        if nearline is None:
+            return {}
+        read = {call.vectors for step in PIPELINES[pipeline] for call in calls_of(step) if call.vectors}
+        traffic = self.scenario.traffic
+        stores = {}
+        for name in sorted(read):
+            refresh = nearline.refresh if name == "items" else nearline.user_refresh
+            count = traffic.items.count if name == "items" else traffic.users.count
+            store = NearlineStore(count, always_fresh=refresh is not None and refresh.mode == "periodic" and refresh.interval_s == 0)
+            store.consistent = nearline.version_policy == "consistent"
+            stores[name] = store
+        return stores
+
+    def _background(self) -> None:
+        env, scenario, nearline = self.env, self.scenario, self.scenario.nearline
+        outage = Outage(env)
+        for name, store in self.stores.items():
+            assert nearline is not None
+            items = name == "items"
+            population = scenario.traffic.items if items else scenario.traffic.users
+            refresh = NearlineRefresh(
+                env,
+                store,
+                ZipfSampler(population),
+                nearline.item_updates_per_s if items else nearline.user_events_per_s,
+                nearline.refresh if items else nearline.user_refresh,
+                self.samplers.get(f"refresh:{name}"),
+                stream(scenario.seed, f"nearline:{name}"),
+                outage,
+            )
+            if items and nearline.model_publish_interval_s is not None:
+                env.process(publisher(env, store, nearline.model_publish_interval_s, refresh.sweep_rate(), outage))
+        for spec in scenario.faults:
+            env.process(fault(env, spec, self.caches, self.pools, outage))
+        if self.stores:
+            env.process(gauges(env, self.recorder, self.stores))
 
     def _pool(self, slot: int, name: str) -> StagePool:
         config = self.scenario.stages[name]
@@ -57,13 +116,28 @@ class PipelineSimulation:
     def _arrivals(self) -> Generator[simpy.Event, Any, None]:
         env, scenario, recorder = self.env, self.scenario, self.recorder
         rngs = [stream(scenario.seed, f"service:{name}") for name in self.stage_names]
-        warmup = scenario.warmup_s
+        miss_rngs = {cache: stream(scenario.seed, f"miss:{cache}") for _, cache in self.miss_slots}
+        sample_rng, items = stream(scenario.seed, "candidate-sample"), ZipfSampler(scenario.traffic.items)
+        sample_size = scenario.nearline.staleness_sample if scenario.nearline is not None else 0
+        warmup, k, caches = scenario.warmup_s, len(self.stage_names), len(self.caches)
         for block in request_blocks(scenario.traffic, scenario.duration_s, scenario.seed):
+            n = len(block.arrival_s)
             draws = [self._draw(name, rng, block.candidates) for name, rng in zip(self.stage_names, rngs)]
             services = (np.column_stack(draws) / 1000).tolist()  # seconds, a row per request
+            misses = np.zeros((n, k))
+            for slot, cache in self.miss_slots:
+                misses[:, slot] = self.samplers[f"cache:{cache}"].sample(miss_rngs[cache], n, 1.0) / 1000
+            miss_rows = misses.tolist()
+            samples = items.sample(sample_rng, n * sample_size).reshape(n, sample_size) if "items" in self.stores else None
             for i, (arrival, user, candidates) in enumerate(zip(block.arrival_s.tolist(), block.user.tolist(), block.candidates.tolist())):
                 yield env.timeout(arrival - env.now)
                 request = Request(block.first_id + i, arrival, user, candidates, arrival >= warmup, services[i])
+                if caches:
+                    request.cache_hit = [np.nan] * caches
+                if self.reads_caches:
+                    request.miss_s = miss_rows[i]
+                if samples is not None:
+                    request.sample = samples[i]
                 recorder.arrival(request)
                 env.process(self._handle(request))
             recorder.flush()  # accounts the requests finished so far: memory stays bounded by one block

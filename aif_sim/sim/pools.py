@@ -76,6 +76,7 @@ class StagePool:
         self.queue_limit = config.queue_limit
         self.timeout_s = config.timeout_ms / 1000 if config.timeout_ms is not None else None
         self.recorder = recorder
+        self.slowdown = 1.0  # service-time multiplier (a stage_slowdown fault)
 
     def serve(self, request: Request) -> Generator[simpy.Event, Any, Outcome]:
         env, pool = self.env, self.pool
@@ -97,6 +98,9 @@ class StagePool:
                     return Outcome.TIMED_OUT
             started = env.now
         service = request.service_s[self.slot]
+        if self.slowdown != 1.0:
+            service *= self.slowdown
+            request.service_s[self.slot] = service  # the request's own work, as no-contention sees it
         yield env.timeout(service)
         pool.release()
         base = 3 * self.slot
@@ -209,7 +213,9 @@ class BatchingPool(StagePool):
         env = self.env
         started = env.now
         work = len(batch) if self.sampler.work_key == "batch" else sum(w.request.candidates for w in batch)
-        service = float(self.sampler.sample(self.rng, 1, work)[0]) / 1000
+        service = float(self.sampler.sample(self.rng, 1, work)[0]) / 1000 * self.slowdown
+        if batch[0].request.miss_s is not None:  # the batch waits for its slowest cache miss
+            service += max(w.request.miss_s[self.slot] for w in batch)
         self.serving += 1
         yield env.timeout(service)
         self.serving -= 1

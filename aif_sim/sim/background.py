@@ -1,0 +1,154 @@
+"""Background processes of a simulated system: feature updates, nearline refresh, model publication,
+faults, and the per-second gauges they report."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+import numpy as np
+import simpy
+
+from aif_sim.core.cache import CachePolicy
+from aif_sim.core.latency import Sampler
+from aif_sim.core.nearline import NearlineStore
+from aif_sim.core.traffic import CHUNK, ZipfSampler
+from aif_sim.metrics.recorder import Recorder
+from aif_sim.scenario.schema import CacheFlush, Fault, NearlineOutage, Refresh, StageSlowdown
+from aif_sim.sim.pools import StagePool
+
+MEAN_DRAWS = 100_000  # draws that estimate a refresh latency's mean (the rate of a full sweep)
+
+
+class Outage:
+    """Whether nearline refresh is stopped, and an event that fires when it resumes."""
+
+    def __init__(self, env: simpy.Environment) -> None:
+        self.env = env
+        self.until_s = 0.0
+
+    def active(self) -> bool:
+        return self.env.now < self.until_s
+
+    def wait(self) -> simpy.Event:
+        return self.env.timeout(self.until_s - self.env.now)
+
+
+class NearlineRefresh:
+    """Updates of one store's entities and their refresh (on update, or by periodic sweeps)."""
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        store: NearlineStore,
+        popularity: ZipfSampler,
+        updates_per_s: float,
+        refresh: Refresh | None,
+        sampler: Sampler | None,
+        rng: np.random.Generator,
+        outage: Outage,
+    ) -> None:
+        self.env, self.store, self.popularity, self.rng, self.outage = env, store, popularity, rng, outage
+        self.refresh, self.sampler = refresh, sampler
+        self.on_update = refresh is not None and refresh.mode == "on_update"
+        self._work = env.event()
+        self.refreshes = 0
+        if updates_per_s > 0:
+            env.process(self._updates(updates_per_s))
+        if refresh is not None and self.on_update:
+            for _ in range(refresh.workers):
+                env.process(self._worker())
+        elif refresh is not None and refresh.interval_s:
+            env.process(self._periodic(refresh.interval_s))
+
+    def sweep_rate(self) -> float:
+        """Entities re-inferred per second by all workers (from the refresh latency's mean)."""
+        if self.refresh is None or self.sampler is None:
+            return float("inf")
+        mean_s = float(np.mean(self.sampler.sample(np.random.default_rng(0), MEAN_DRAWS, 1.0))) / 1000
+        return self.refresh.workers / max(mean_s, 1e-12)
+
+    def _updates(self, rate: float) -> Generator[simpy.Event, Any, None]:
+        env, store = self.env, self.store
+        while True:
+            gaps = self.rng.exponential(1.0 / rate, CHUNK).tolist()
+            for gap, entity in zip(gaps, self.popularity.sample(self.rng, CHUNK).tolist()):
+                yield env.timeout(gap)
+                store.change(entity, env.now, self.on_update)
+                if self.on_update and not self._work.triggered:
+                    self._work.succeed()
+
+    def _worker(self) -> Generator[simpy.Event, Any, None]:
+        env, store = self.env, self.store
+        assert self.sampler is not None
+        while True:
+            if self.outage.active():
+                yield self.outage.wait()
+                continue
+            entity = store.next_dirty()
+            if entity is None:
+                if self._work.triggered:
+                    self._work = env.event()
+                yield self._work
+                continue
+            yield env.timeout(float(self.sampler.sample(self.rng, 1, 1.0)[0]) / 1000)
+            store.refreshed(entity, env.now)
+            self.refreshes += 1
+
+    def _periodic(self, interval_s: float) -> Generator[simpy.Event, Any, None]:
+        rate = self.sweep_rate()
+        while True:
+            yield self.env.timeout(interval_s)
+            while self.outage.active():
+                yield self.outage.wait()
+            self.store.start_sweep(self.env.now, rate)
+
+
+def publisher(
+    env: simpy.Environment, store: NearlineStore, interval_s: float, rate: float, outage: Outage
+) -> Generator[simpy.Event, Any, None]:
+    """A new model version every `interval_s`; its rollout re-infers every entity at `rate`."""
+    while True:
+        yield env.timeout(interval_s)
+        while outage.active():
+            yield outage.wait()
+        sweep = store.publish(env.now, rate)
+        env.process(_switch_at(env, store, sweep.end_s))
+
+
+def _switch_at(env: simpy.Environment, store: NearlineStore, end_s: float) -> Generator[simpy.Event, Any, None]:
+    yield env.timeout(max(0.0, end_s - env.now))
+    store.advance(env.now)
+
+
+def fault(
+    env: simpy.Environment,
+    spec: Fault,
+    caches: dict[str, CachePolicy],
+    pools: dict[str, StagePool],
+    outage: Outage,
+) -> Generator[simpy.Event, Any, None]:
+    """Apply one fault at its time (a fault on a cache or stage this pipeline lacks does nothing)."""
+    yield env.timeout(spec.at_s)
+    if isinstance(spec, CacheFlush) and spec.cache in caches:
+        caches[spec.cache].flush(spec.fraction)
+    elif isinstance(spec, NearlineOutage):
+        outage.until_s = max(outage.until_s, env.now + spec.duration_s)
+    elif isinstance(spec, StageSlowdown) and spec.stage in pools:
+        pool = pools[spec.stage]
+        pool.slowdown *= spec.factor
+        yield env.timeout(spec.duration_s)
+        pool.slowdown /= spec.factor
+
+
+def gauges(env: simpy.Environment, recorder: Recorder, stores: dict[str, NearlineStore]) -> Generator[simpy.Event, Any, None]:
+    """Once per simulated second: the refresh backlog of each store and, for item vectors under the
+    consistent policy, whether two buffers are held (a rollout in progress)."""
+    while True:
+        for name, store in stores.items():
+            if name == "items":
+                recorder.gauge("refresh_backlog", env.now, store.backlog)
+                recorder.gauge("double_buffered", env.now, float(store.consistent and store.rolling_out(env.now)))
+            else:
+                recorder.gauge("user_refresh_backlog", env.now, store.backlog)
+        yield env.timeout(1.0)
