@@ -74,7 +74,7 @@ def plot_latency_cdf(path: Path, results: dict[str, Recorder], slo_ms: float | N
     ticks = [q for q in TAIL_TICKS if q <= deepest + 1e-12]
     ax.set_xticks(_tail(ticks), [f"{100 * q:g}%" for q in ticks])
     ax.set_xlim(0, _tail(deepest) * 1.02)
-    if any(recorder.latency.count for recorder in results.values()):
+    if any(recorder.latency.count and recorder.latency.max > 0 for recorder in results.values()):
         ax.set_yscale("log")
     ax.set_xlabel("percentile of completed requests")
     ax.set_ylabel("end-to-end latency (ms)")
