@@ -246,7 +246,7 @@ def test_shipped_scenarios_validate(path):
     assert scenario.pipelines
     if not unsupported_sections(scenario):
         samplers = build_samplers(scenario, str(path))
-        assert set(samplers) == set(scenario.stages)
+        assert {name for name in samplers if ":" not in name} == set(scenario.stages)
 
 
 def test_a_copied_scenario_finds_the_shipped_profile(tmp_path, monkeypatch):

@@ -217,7 +217,7 @@ def write_sweep(
     title += f", {ctx.replications} replications" if ctx.replications > 1 else ""
     x_label = param_label(ctx.param)
     for metric in NUMERIC:
-        if metric.plot:
+        if metric.plot and any(row.get(metric.key) is not None for row in rows):
             plot_sweep(folder / f"sweep_{metric.key}.png", rows, "value", x_label, metric, slo_ms, title)
     if ctx.param in LOAD_PARAMS:
         plot_sweep(folder / "latency_throughput.png", rows, "throughput_qps", "throughput (QPS)", P99, slo_ms, title)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Unit = Literal["qps", "count", "ms", "share", "text"]
+Unit = Literal["qps", "count", "ms", "s", "share", "text"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,20 @@ def _latency(key: str) -> Callable[[dict[str, Any]], Any]:
     return lambda m: m["latency_ms"][key]
 
 
+def _cache(name: str) -> Callable[[dict[str, Any]], Any]:
+    return lambda m: m.get("caches", {}).get(name, {}).get("hit_ratio")
+
+
+def _staleness(*path: str) -> Callable[[dict[str, Any]], Any]:
+    def get(m: dict[str, Any]) -> Any:
+        node: Any = m.get("staleness")
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        return node
+
+    return get
+
+
 HEADLINES: tuple[Metric, ...] = (
     Metric("offered_qps", "offered QPS", "qps", lambda m: m["offered_qps"], axis="offered load (QPS)"),
     Metric("throughput_qps", "throughput QPS", "qps", lambda m: m["throughput_qps"], ratio=True, plot=True, axis="throughput (QPS)"),
@@ -70,6 +84,49 @@ HEADLINES: tuple[Metric, ...] = (
     ),
     Metric("critical_stage", "most time on path", "text", lambda m: m["critical_stage"]),
     Metric("slo_missed_share", "missed SLO", "share", lambda m: m["slo"]["missed_share"] if "slo" in m else None),
+    Metric("user_vector_hit_ratio", "user-vec hits", "share", _cache("user_vector"), plot=True, axis="user-vector cache hit ratio"),
+    Metric("sim_features_hit_ratio", "SIM hits", "share", _cache("sim_features"), plot=True, axis="SIM-feature cache hit ratio"),
+    Metric(
+        "item_vector_age_mean_s",
+        "item age s",
+        "s",
+        _staleness("item_vector_age_s", "mean"),
+        plot=True,
+        axis="mean item-vector age (s)",
+    ),
+    Metric("item_vector_age_p99_s", "item age p99", "s", _staleness("item_vector_age_s", "p99"), axis="p99 item-vector age (s)"),
+    Metric(
+        "user_vector_age_mean_s",
+        "user age s",
+        "s",
+        _staleness("user_vector_age_s", "mean"),
+        plot=True,
+        axis="mean user-vector age (s)",
+    ),
+    Metric(
+        "stale_fraction",
+        "stale",
+        "share",
+        _staleness("stale_fraction"),
+        plot=True,
+        axis="share of scored vectors older than their item's last change",
+    ),
+    Metric(
+        "version_mismatch_fraction",
+        "old version",
+        "share",
+        _staleness("version_mismatch_fraction"),
+        plot=True,
+        axis="share of scored vectors of another model version",
+    ),
+    Metric(
+        "refresh_backlog_max",
+        "backlog max",
+        "count",
+        _staleness("refresh_backlog_max"),
+        plot=True,
+        axis="largest refresh backlog (items)",
+    ),
 )
 
 NUMERIC = tuple(metric for metric in HEADLINES if metric.unit != "text")

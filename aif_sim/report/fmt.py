@@ -12,6 +12,11 @@ PARAM_LABELS = {
     "traffic.arrival.qps": "offered load (QPS)",
     "traffic.arrival.mean_qps": "mean offered load (QPS)",
     "traffic.candidates": "candidates per request",
+    "nearline.refresh.interval_s": "refresh interval (s)",
+    "nearline.refresh.workers": "refresh workers",
+    "nearline.item_updates_per_s": "item updates per second",
+    "caches.user_vector.capacity": "user-vector cache capacity",
+    "caches.sim_features.capacity": "SIM-feature cache capacity",
 }
 
 
@@ -23,7 +28,7 @@ def number(value: Any, unit: str = "ms") -> str:
         return value
     if unit == "share":
         return f"{100 * value:.1f}%"
-    if unit in ("count", "qps"):
+    if unit in ("count", "qps") or (unit == "s" and abs(value) >= 100):
         return f"{value:,.0f}"
     return f"{value:,.1f}" if abs(value) >= 100 else f"{value:,.2f}"
 

@@ -38,8 +38,8 @@ def comparison_table(summary: dict[str, Any], title: str) -> Table:
         table.add_column(f"{SHORT[name]}/seq", justify="right", style="cyan", no_wrap=True)
     for metric in NUMERIC:  # the stage names (bottleneck, critical stage) are marked in the stage tables
         values = [metric.get(m) for m in pipelines.values()]
-        if metric.key == "slo_missed_share" and all(v is None for v in values):
-            continue
+        if all(v is None for v in values):
+            continue  # a figure no pipeline of this run has (no SLO, no cache, no nearline)
         row = [metric.label] + [number(v, metric.unit) for v in values]
         base = metric.get(pipelines[BASELINE]) if others else None
         for name in others:
@@ -82,24 +82,30 @@ def stage_table(pipeline: str, metrics: dict[str, Any]) -> Table:
     return table
 
 
+SWEEP_EXTRAS = ("item_vector_age_mean_s", "stale_fraction", "version_mismatch_fraction", "user_vector_hit_ratio", "sim_features_hit_ratio")
+
+
 def sweep_table(rows: list[dict[str, Any]], param: str, capacities: dict[str, float | None] | None, partial: bool) -> Table:
-    """value, pipeline, throughput, p50, p99 (± 95% CI with replications), shed share, SLO."""
+    """value, pipeline, throughput, p99 (± 95% CI with replications), shed share, SLO, and the staleness and
+    cache figures the sweep has."""
     table = plain_table(f"sweep of {param}")
-    for column in ("value", "pipeline", "thru QPS", "p50 ms", "p99 ms", "shed", "SLO"):
+    extras = [m for m in NUMERIC if m.key in SWEEP_EXTRAS and any(row.get(m.key) is not None for row in rows)][:3]
+    slo = any("slo_met" in row for row in rows)
+    columns = ["value", "pipeline", "thru QPS", "p99 ms", "shed", *(["SLO"] if slo else []), *(m.label for m in extras)]
+    for column in columns:
         table.add_column(column, justify="left" if column == "pipeline" else "right", no_wrap=True)
     for row in rows:
         verdict = "" if "slo_met" not in row else ("[green]met[/]" if row["slo_met"] else "[red]missed[/]")
-        ci = row.get("p99_ms_ci95")
         value = row["value"]
-        table.add_row(
+        cells = [
             f"{value:,.0f}" if isinstance(value, float) and abs(value) >= 100 else str(value),
             row["pipeline"],
             number(row["throughput_qps"], "qps"),
-            number(row["p50_ms"]),
-            number(row["p99_ms"]) + (f" ±{number(ci)}" if ci is not None else ""),
+            _with_ci(row, "p99_ms", "ms"),
             number(row["shed_share"], "share"),
-            verdict,
-        )
+            *([verdict] if slo else []),
+        ]
+        table.add_row(*cells, *(_with_ci(row, m.key, m.unit) for m in extras))
     notes = []
     if capacities:
         notes.append(
@@ -109,3 +115,8 @@ def sweep_table(rows: list[dict[str, Any]], param: str, capacities: dict[str, fl
         notes.append("[yellow]partial: interrupted[/]")
     table.caption = "; ".join(notes) or None
     return table
+
+
+def _with_ci(row: dict[str, Any], key: str, unit: str) -> str:
+    ci = row.get(f"{key}_ci95")
+    return number(row.get(key), unit) + (f" ±{number(ci, unit)}" if ci is not None else "")
