@@ -12,7 +12,7 @@ from aif_sim.core.latency import Sampler, build_sampler
 from aif_sim.errors import InputError
 from aif_sim.metrics.recorder import Recorder, RequestSink
 from aif_sim.report.fmt import run_title
-from aif_sim.report.plots import plot_latency_cdf, plot_stage_breakdown
+from aif_sim.report.plots import plot_latency_cdf, plot_stage_breakdown, plot_timeseries
 from aif_sim.scenario import Scenario
 from aif_sim.sim.engine import PipelineSimulation
 
@@ -85,5 +85,6 @@ def write_run(folder: Path, scenario: Scenario, results: dict[str, Recorder], su
     write_csv(folder / "timeseries.csv", rows, columns)
     title = run_title(scenario)
     plot_latency_cdf(folder / "latency_cdf.png", results, scenario.slo_p99_ms, title)
+    plot_timeseries(folder / "timeseries.png", results, [f.at_s for f in scenario.faults], title)
     if results:
         plot_stage_breakdown(folder / "stage_breakdown.png", summary, title)

@@ -176,3 +176,45 @@ def _finite(value: Any) -> bool:
 def _or_zero(value: Any) -> float:
     """A mean of no values (NaN or None) drawn as 0."""
     return float(value) if _finite(value) else 0.0
+
+
+TIMESERIES_PANELS = (  # (column or column suffix, axis label, log scale)
+    ("p99_ms", "p99 latency (ms)", True),
+    ("_hit_ratio", "cache hit ratio", False),
+    ("item_vector_age_mean_s", "mean item-vector age (s)", False),
+    ("user_vector_age_mean_s", "mean user-vector age (s)", False),
+    ("refresh_backlog", "refresh backlog (items)", False),
+)
+
+
+def plot_timeseries(path: Path, results: dict[str, Recorder], faults_at_s: list[float], title: str) -> None:
+    """Per simulated second: p99, cache hit ratios, vector age and refresh backlog (the panels the run has),
+    with the faults marked, so that a storm and its recovery can be seen."""
+    panels = []
+    for column, label, log in TIMESERIES_PANELS:
+        lines = [
+            (f"{pipeline} {name.removesuffix(column)}".rstrip() if column.startswith("_") else pipeline, pipeline, name)
+            for pipeline, recorder in results.items()
+            for name in recorder.timeseries.columns
+            if (name.endswith(column) if column.startswith("_") else name == column)
+        ]
+        if lines:
+            panels.append((label, log, lines))
+    fig, axes = _figure(len(panels), 2.2 * len(panels) + 0.8)
+    colors = {pipeline: f"C{i}" for i, pipeline in enumerate(results)}
+    for ax, (label, log, lines) in zip(axes[:, 0], panels):
+        for index, (legend, pipeline, name) in enumerate(lines):
+            rows = results[pipeline].timeseries.rows
+            style = ["-", "--", ":"][index % 3] if label == "cache hit ratio" else "-"
+            ax.plot([r["t_s"] for r in rows], [r[name] for r in rows], style, color=colors[pipeline], label=legend, linewidth=1)
+        for at_s in faults_at_s:
+            ax.axvline(at_s, color="red", linestyle=":", linewidth=1)
+        if log and any(r.latency.count and r.latency.max > 0 for r in results.values()):
+            ax.set_yscale("log")
+        ax.set_ylabel(label, fontsize=8)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="upper right")
+    axes[-1, 0].set_xlabel("simulated time (s)" + ("; red: faults" if faults_at_s else ""))
+    fig.suptitle(f"Per second — {title}", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
