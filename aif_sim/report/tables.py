@@ -89,9 +89,10 @@ def sweep_table(rows: list[dict[str, Any]], param: str, capacities: dict[str, fl
     """value, pipeline, throughput, p99 (± 95% CI with replications), shed share, SLO, and the staleness and
     cache figures the sweep has."""
     table = plain_table(f"sweep of {param}")
-    extras = [m for m in NUMERIC if m.key in SWEEP_EXTRAS and any(row.get(m.key) is not None for row in rows)][:3]
+    extras = [m for m in NUMERIC if m.key in SWEEP_EXTRAS and any(row.get(m.key) for row in rows)][:3]  # those not all 0
     slo = any("slo_met" in row for row in rows)
-    columns = ["value", "pipeline", "thru QPS", "p99 ms", "shed", *(["SLO"] if slo else []), *(m.label for m in extras)]
+    shed = any(row.get("shed_share") for row in rows)
+    columns = ["value", "pipeline", "thru QPS", "p99 ms", *(["shed"] if shed else []), *(["SLO"] if slo else []), *(m.label for m in extras)]
     for column in columns:
         table.add_column(column, justify="left" if column == "pipeline" else "right", no_wrap=True)
     for row in rows:
@@ -102,7 +103,7 @@ def sweep_table(rows: list[dict[str, Any]], param: str, capacities: dict[str, fl
             row["pipeline"],
             number(row["throughput_qps"], "qps"),
             _with_ci(row, "p99_ms", "ms"),
-            number(row["shed_share"], "share"),
+            *([number(row["shed_share"], "share")] if shed else []),
             *([verdict] if slo else []),
         ]
         table.add_row(*cells, *(_with_ci(row, m.key, m.unit) for m in extras))
