@@ -155,6 +155,10 @@ def plot_sweep(path: Path, rows: list[dict[str, Any]], x: str, x_label: str, met
     if slo_ms is not None and metric.unit == "ms" and metric.key.startswith("p99"):
         ax.axhline(slo_ms, color="red", linestyle="--", linewidth=1, label=f"SLO p99 {slo_ms:g} ms")
     ax.scatter([], [], facecolors="white", edgecolors="grey", label=f"> {100 * SHED_MARK:g}% shed")
+    xs = [r[x] for r in rows if _finite(r[x])]
+    positive = [v for v in xs if v > 0]
+    if xs and min(xs) >= 0 and positive and max(positive) / min(positive) > 100:  # values over decades: a log axis
+        ax.set_xscale("symlog", linthresh=min(positive))
     ax.set_xlabel(x_label)
     ax.set_ylabel(metric.axis_label)
     if metric.unit == "ms":

@@ -92,7 +92,15 @@ def sweep_table(rows: list[dict[str, Any]], param: str, capacities: dict[str, fl
     extras = [m for m in NUMERIC if m.key in SWEEP_EXTRAS and any(row.get(m.key) for row in rows)][:3]  # those not all 0
     slo = any("slo_met" in row for row in rows)
     shed = any(row.get("shed_share") for row in rows)
-    columns = ["value", "pipeline", "thru QPS", "p99 ms", *(["shed"] if shed else []), *(["SLO"] if slo else []), *(m.label for m in extras)]
+    columns = [
+        "value",
+        "pipeline",
+        "thru QPS",
+        "p99 ms",
+        *(["shed"] if shed else []),
+        *(["SLO"] if slo else []),
+        *(m.label for m in extras),
+    ]
     for column in columns:
         table.add_column(column, justify="left" if column == "pipeline" else "right", no_wrap=True)
     for row in rows:
