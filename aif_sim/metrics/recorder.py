@@ -203,14 +203,16 @@ class Recorder:
         means = {}
         for name, record in self.vectors.items():
             mean_age = np.full(len(done), np.nan)
-            for i, request in enumerate(done):
-                if request.vectors is not None and request.vectors[0] == name:
-                    _, ages, stale, mismatched = request.vectors
-                    mean_age[i] = ages.mean()
-                    if keep[i]:
-                        record.age.add(ages)
-                        record.stale += stale
-                        record.mismatched += mismatched
+            index = [i for i, r in enumerate(done) if r.vectors is not None and r.vectors[0] == name]
+            if index:
+                measured = [done[i].vectors for i in index]
+                lengths = np.array([len(v[1]) for v in measured])
+                ages = np.concatenate([v[1] for v in measured])
+                mean_age[index] = np.add.reduceat(ages, np.cumsum(lengths) - lengths) / lengths
+                kept = keep[index]
+                record.age.add(ages[np.repeat(kept, lengths)])
+                record.stale += sum(v[2] for v, k in zip(measured, kept) if k)
+                record.mismatched += sum(v[3] for v, k in zip(measured, kept) if k)
             means[f"{STORE_LABEL[name]}_vector_age_mean_s"] = mean_age
         return means
 

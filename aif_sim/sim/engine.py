@@ -18,7 +18,7 @@ from aif_sim.core.latency import Sampler
 from aif_sim.core.nearline import NearlineStore
 from aif_sim.core.pipelines import PIPELINES, caches_of, calls_of, stages_of
 from aif_sim.core.request import Outcome, Request, Window
-from aif_sim.core.traffic import ZipfSampler, request_blocks, stream
+from aif_sim.core.traffic import ZipfSampler, mean_rate, request_blocks, stream
 from aif_sim.metrics.recorder import FaultWindow, Recorder, RequestSink
 from aif_sim.scenario.schema import Scenario
 from aif_sim.sim.background import NearlineRefresh, Outage, fault, gauges, publisher
@@ -26,7 +26,7 @@ from aif_sim.sim.pools import BatchingPool, StagePool
 from aif_sim.sim.steps import FlowBuilder
 
 PROGRESS_STEPS = 200
-MAX_STEP_S = 1.0  # simulated seconds between progress reports and stop checks
+STEP_REQUESTS = 5000  # at most about this many arrivals between progress reports and stop checks
 
 
 class PipelineSimulation:
@@ -171,7 +171,8 @@ class PipelineSimulation:
         return the recorder, marked partial when stopped early."""
         self.env.process(self._arrivals())
         horizon = self.scenario.duration_s + self.scenario.drain_s
-        step = min(horizon / PROGRESS_STEPS, MAX_STEP_S)
+        rate = mean_rate(self.scenario.traffic.arrival) or STEP_REQUESTS
+        step = min(horizon / PROGRESS_STEPS, max(1.0, STEP_REQUESTS / rate))
         now = 0.0
         while now < horizon and not (self.arrivals_done and self.recorder.live == 0):
             if stop is not None and stop():
