@@ -50,6 +50,7 @@ def test_reusing_out_keeps_no_file_of_the_older_run(tmp_path):
         "stage_breakdown.png",
         "summary.json",
         "timeseries.csv",
+        "timeseries.png",
     ]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left beside it
 
