@@ -181,3 +181,19 @@ def test_stage_slowdown_and_nearline_outage():
     assert summary["staleness"]["refresh_backlog_max"] == pytest.approx(1000, rel=0.15)  # 10 s of 100 updates/s
     # the slowdown is the requests' own work, not waiting: no-contention sees it
     assert summary["no_contention_ms"]["p99"] == pytest.approx(summary["latency_ms"]["p99"], rel=0.01)
+
+
+def test_uic_user_embedding_age_follows_its_refresh():
+    """UIC reads the user's precomputed interest embedding at feature_fetch; refreshed every 10 s, its mean
+    age is 5 s, and behaviour events after the last refresh make it stale."""
+    nearline = {
+        "user_events_per_s": 200,
+        "user_refresh": {"mode": "periodic", "interval_s": 10, "workers": 4, "latency": {"dist": "constant", "ms": 0.001}},
+    }
+    stages = {"light_prerank": negligible()}
+    data = _scenario(["uic"], stages, qps=100, duration_s=200.0, warmup_s=20.0, nearline=nearline)
+    data["stages"].update({name: negligible() for name in ("merger", "retrieval", "feature_fetch")})
+    data["traffic"]["users"] = {"count": 1000, "zipf_s": 1.0}
+    staleness = run_summaries(validate_scenario(data, "<test>"))["uic"]["staleness"]
+    assert staleness["user_vector_age_s"]["mean"] == pytest.approx(5.0, rel=0.05)
+    assert staleness["vectors_measured"] > 15_000 and 0.1 < staleness["stale_fraction"] < 0.9
