@@ -222,7 +222,7 @@ def write_sweep(
     if ctx.param in LOAD_PARAMS:
         plot_sweep(folder / "latency_throughput.png", rows, "throughput_qps", "throughput (QPS)", P99, slo_ms, title)
     if not ctx.quiet:
-        ctx.console.print(sweep_table(rows, ctx.param, extra.get("capacity_qps"), partial))
+        ctx.console.print(sweep_table(rows, ctx.param, extra.get("capacity_qps"), partial, load=ctx.param in LOAD_PARAMS))
 
 
 def load_param(scenario: Scenario) -> str:

@@ -85,17 +85,17 @@ def stage_table(pipeline: str, metrics: dict[str, Any]) -> Table:
 SWEEP_EXTRAS = ("item_vector_age_mean_s", "stale_fraction", "version_mismatch_fraction", "user_vector_hit_ratio", "sim_features_hit_ratio")
 
 
-def sweep_table(rows: list[dict[str, Any]], param: str, capacities: dict[str, float | None] | None, partial: bool) -> Table:
-    """value, pipeline, throughput, p99 (± 95% CI with replications), shed share, SLO, and the staleness and
-    cache figures the sweep has."""
+def sweep_table(rows: list[dict[str, Any]], param: str, capacities: dict[str, float | None] | None, partial: bool, load: bool) -> Table:
+    """value, pipeline, throughput (for a load sweep), p99 (± 95% CI with replications), shed share, SLO, and
+    the staleness and cache figures the sweep has (those not all zero)."""
     table = plain_table(f"sweep of {param}")
-    extras = [m for m in NUMERIC if m.key in SWEEP_EXTRAS and any(row.get(m.key) for row in rows)][:3]  # those not all 0
+    extras = [m for m in NUMERIC if m.key in SWEEP_EXTRAS and any(row.get(m.key) for row in rows)][: 3 if load else 2]
     slo = any("slo_met" in row for row in rows)
     shed = any(row.get("shed_share") for row in rows)
     columns = [
         "value",
         "pipeline",
-        "thru QPS",
+        *(["thru QPS"] if load else []),
         "p99 ms",
         *(["shed"] if shed else []),
         *(["SLO"] if slo else []),
@@ -109,7 +109,7 @@ def sweep_table(rows: list[dict[str, Any]], param: str, capacities: dict[str, fl
         cells = [
             f"{value:,.0f}" if isinstance(value, float) and abs(value) >= 100 else str(value),
             row["pipeline"],
-            number(row["throughput_qps"], "qps"),
+            *([number(row["throughput_qps"], "qps")] if load else []),
             _with_ci(row, "p99_ms", "ms"),
             *([number(row["shed_share"], "share")] if shed else []),
             *([verdict] if slo else []),
