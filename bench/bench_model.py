@@ -5,6 +5,7 @@ vs the baselines vs the oracle and the bridge-count curve.
     python bench/bench_model.py                      # speed at 10^4 candidates, one thread
     python bench/bench_model.py --quality            # + train the four models on the small preset
     python bench/bench_model.py --bridges            # + the bridge-count sweep (GAUC per n)
+    python bench/bench_model.py --shadow             # + shadow scoring: 100 requests x 10^4 candidates, two versions
 
 Speed ratios are of medians measured in the same run on the same CPU, as `calibrate` measures them
 (three rounds per operator, median over rounds):
@@ -17,17 +18,20 @@ Speed ratios are of medians measured in the same run on the same CPU, as `calibr
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from aif_sim.model.evaluate import evaluate
 from aif_sim.model.factory import MODELS, model_config
 from aif_sim.model.profile import calibrate
+from aif_sim.model.shadow import ShadowScorer, shadow_quality
 from aif_sim.model.sweeps import run_sweep
 from aif_sim.model.threads import set_threads
-from aif_sim.model.train import TrainConfig, timed_train
+from aif_sim.model.train import Checkpoint, TrainConfig, continue_training, model_version, timed_train
 from aif_sim.model.world import World, preset
 
 console = Console()
@@ -67,17 +71,54 @@ def quality(preset_name: str, seed: int, epochs: int) -> None:
     console.print(table)
 
 
+def shadow(preset_name: str, seed: int, epochs: int, n_requests: int, candidates: int) -> None:
+    """Shadow scoring as the simulator calls it: version 0 (trained) and version 1 (fine-tuned on the next hour),
+    users and items of a 10^6 population, the world's candidates, vectors from an hourly refresh (a tenth of them
+    one refresh late, those before the publication of version 1 made by version 0); one thread."""
+    world = World(preset(preset_name, seed))
+    cfg = model_config(world.cfg)
+    model, _ = timed_train("aif", world, cfg, TrainConfig(epochs=epochs), seed, show_progress=False)
+    v0 = Checkpoint("aif", model_version("aif", model), model, cfg, world.cfg, TrainConfig(epochs=epochs), seed)
+    v1, _ = continue_training(v0, world, 3600.0, world.cfg.train_requests // 4, TrainConfig(epochs=epochs, lr=1e-3), seed + 1, False)
+    start = time.perf_counter()
+    scorer = ShadowScorer([v0, v1], n_users=10**6, n_items=10**6, world_start_s=v1.trained_until_s - 3600.0)
+    console.print(f"shadow scorer set up (world rebuilt from the checkpoint) in {time.perf_counter() - start:.2f} s")
+    rng = np.random.default_rng(seed)
+    requests = []
+    for r in range(n_requests):
+        t = 5400.0 + r * 36.0  # simulated seconds; version 1 published at 3600 s
+        user = int(min(rng.zipf(1.1), 10**6) - 1)
+        items = scorer.candidates(user, t, candidates, rng)
+        made = np.floor(t / 3600.0) * 3600.0 - 3600.0 * (rng.random(len(items)) < 0.1)
+        requests.append((user, t, items, made, (made >= 3600.0).astype(np.int64)))
+    start = time.perf_counter()
+    scored = [scorer.score(user, t, items, made, versions, serving_version=1, rng=rng) for user, t, items, made, versions in requests]
+    seconds = time.perf_counter() - start
+    quality = shadow_quality(scored)
+    console.print(
+        f"shadow scoring: {n_requests} requests x {candidates} candidates in {seconds:.2f} s ({1e3 * seconds / n_requests:.1f} ms per request); "
+        f"stale fraction {np.mean([s.stale_fraction for s in scored]):.3f}, version mismatch {np.mean([s.version_mismatch_fraction for s in scored]):.3f}"
+    )
+    for which in ("stale", "fresh"):
+        console.print(f"  {which}: " + ", ".join(f"{k} {v:.4f}" for k, v in quality[which].items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--candidates", type=int, default=10_000)
     parser.add_argument("--quality", action="store_true", help="train AIF, sequential, light and two-tower; compare with the oracle")
     parser.add_argument("--bridges", action="store_true", help="run the bridge-count sweep")
+    parser.add_argument("--shadow", action="store_true", help="time shadow scoring (trains AIF and fine-tunes a second version)")
+    parser.add_argument("--shadow-requests", type=int, default=100)
     parser.add_argument("--preset", default="small")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     parser.add_argument("--out", default="results/bench_model", help="where the bridge sweep writes sweep.csv/png")
     args = parser.parse_args()
     set_threads(1)
+    if args.shadow:
+        shadow(args.preset, args.seed, args.epochs, args.shadow_requests, args.candidates)
+        return
     speed(args.candidates)
     if args.quality:
         quality(args.preset, args.seed, args.epochs)

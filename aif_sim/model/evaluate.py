@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from scipy.stats import rankdata
@@ -62,18 +64,37 @@ def ranking_metrics(requests: Requests, probs: np.ndarray, prefix: str = "") -> 
 
 
 @torch.inference_mode()
-def score(model: nn.Module, world: World, requests: Requests, item_lag_s: float = 0.0, batch_requests: int = 32) -> np.ndarray:
-    """Click probabilities [R, C]; candidates' item-side inputs are those of `item_lag_s` before each request."""
+def score(
+    model: nn.Module, world: World, requests: Requests, item_lag_s: float = 0.0, batch_requests: int = 32, user_lag_s: float = 0.0
+) -> np.ndarray:
+    """Click probabilities [R, C]; candidates' item-side inputs are those of `item_lag_s` before each request, the
+    users' those of `user_lag_s` before it."""
     out = np.empty(requests.items.shape)
     for start in range(0, len(requests), batch_requests):
         rows = slice(start, start + batch_requests)
-        users, items, _ = batch(world, requests.subset(rows), item_lag_s)
+        users, items, _ = batch(world, requests.subset(rows), item_lag_s, user_lag_s)
         out[rows] = torch.sigmoid(model(users, items)).double().numpy()
     return out
 
 
-def evaluate(model: nn.Module, world: World, requests: Requests, item_lag_s: float = 0.0) -> dict[str, float]:
+def evaluate(model: nn.Module, world: World, requests: Requests, item_lag_s: float = 0.0, user_lag_s: float = 0.0) -> dict[str, float]:
     """The model's metrics next to the oracle's (the true click probabilities) on the same labels."""
-    metrics = ranking_metrics(requests, score(model, world, requests, item_lag_s))
+    metrics = ranking_metrics(requests, score(model, world, requests, item_lag_s, user_lag_s=user_lag_s))
     metrics.update(ranking_metrics(requests, requests.probs, prefix="oracle_"))
     return metrics
+
+
+def ragged_metrics(groups: Sequence[int], labels: Sequence[np.ndarray], scores: Sequence[np.ndarray], k: int = 100) -> dict[str, float]:
+    """AUC, GAUC (by group) and HR@k of requests with any number of candidates each: per request its group (the
+    user), labels [C_r] and scores [C_r]. For requests of equal length these are `ranking_metrics`'s values."""
+    if not labels:
+        return {"auc": float("nan"), "gauc": float("nan"), f"hr_at_{k}": float("nan")}
+    flat_labels = np.concatenate([np.asarray(x).ravel() for x in labels])
+    flat_scores = np.concatenate([np.asarray(x, dtype=np.float64).ravel() for x in scores])
+    flat_groups = np.concatenate([np.full(len(x), g) for g, x in zip(groups, labels)])
+    hits = sum(int(np.asarray(y)[np.argsort(-np.asarray(p), kind="stable")[:k]].sum()) for y, p in zip(labels, scores))
+    return {
+        "auc": auc(flat_labels, flat_scores),
+        "gauc": gauc(flat_groups, flat_labels, flat_scores),
+        f"hr_at_{k}": float(hits / max(int(flat_labels.sum()), 1)),
+    }

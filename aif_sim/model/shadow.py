@@ -1,47 +1,260 @@
-"""Shadow scoring: the real model scores simulated requests with the item vectors the system really had.
+"""Shadow scoring: the real AIF model scores simulated requests with the item vectors the system really had.
 
-A simulator samples a request (user, time, candidates) and knows, for each candidate, when its stored item
-vector was made. `ShadowScorer.score` makes each item's vector from the item's features at that moment
-(stale) and scores; passing the request time instead gives the fresh score. Labels come from the world's
-true click probability at the request time, so quality with and without staleness can be compared with
-`aif_sim.model.evaluate.ranking_metrics`.
+The simulator knows, for a sampled request (user rank, simulated time t, candidate item ranks), when each
+candidate's stored item vector was made and by which model version. `ShadowScorer.score` scores the
+candidates twice with the serving version's user side and real-time part:
+- stale: each item vector made by its own version from the item's features as they were at its vector time;
+- fresh: every item vector made at t by the serving version;
+and draws labels from the world's true click probabilities at t. `shadow_quality` turns scored requests into
+AUC, GAUC and HR@100 of both (the summary's `quality` section).
+
+Ids: simulated ranks map onto world users and items by popularity rank (`World.users_by_rank`,
+`World.items_by_rank`: rank r of a population P is world rank r * n // P when P exceeds the world's n, rank r
+otherwise). Time: world time = `world_start_s` + simulated time (by default the first version's training data
+end, so serving starts where training stopped).
+
+Work per request: the user side once (serving version), the item side once per distinct item state for the
+fresh vectors, and again only for candidates whose stale vector differs (another state or another version),
+grouped by version; real time once for all candidates and once more for the candidates that differ.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from aif_sim.errors import InputError
+from aif_sim.model.aif_model import AIFModel, ItemState
+from aif_sim.model.evaluate import ragged_metrics
 from aif_sim.model.factory import item_inputs, user_inputs
-from aif_sim.model.train import load_checkpoint
-from aif_sim.model.world import Requests, World
+from aif_sim.model.threads import set_threads
+from aif_sim.model.train import Checkpoint, load_checkpoint
+from aif_sim.model.world import World
+
+QUALITY_K = 100  # HR@K of the summary's quality section
+
+
+@dataclass
+class ScoredRequest:
+    """One shadow-scored request: candidates in the order given, stale and fresh click probabilities, the truth."""
+
+    user_rank: int
+    user: int  # world user
+    t: float  # simulated time (seconds from the run's start)
+    item_ranks: np.ndarray  # [C]
+    items: np.ndarray  # [C] world items
+    stale: np.ndarray  # [C] with the item vectors the system had
+    fresh: np.ndarray  # [C] with item vectors made at t by the serving version
+    probs: np.ndarray  # [C] true click probabilities at t
+    labels: np.ndarray  # [C] 0/1 draws from probs
+    stale_fraction: float  # share of candidates whose features changed after their vector time
+    version_mismatch_fraction: float  # share of candidates whose vector was made by another version than the serving one
+
+
+def _concat(states: Sequence[ItemState]) -> ItemState:
+    return ItemState(*(torch.cat([getattr(s, f.name) for s in states]) for f in fields(ItemState)))
 
 
 class ShadowScorer:
-    """A trained checkpoint and the world it was trained on."""
+    """AIF model versions (checkpoints of one world and one model config) and the world they were trained on.
 
-    def __init__(self, checkpoint: str | Path) -> None:
-        ckpt = load_checkpoint(checkpoint)
-        self.model = ckpt.model
-        self.model_version = ckpt.version
-        self.world = World(ckpt.world_config)
+    `checkpoints`: a list of checkpoint paths (or `Checkpoint`s), versions 0, 1, ... in that order, or a mapping
+    version -> checkpoint; the simulator's model version numbers are these keys.
+    `n_users`, `n_items`: the simulated populations whose ranks are mapped onto the world (default: the world's).
+    `world_start_s`: world time of simulated time 0 (default: the training end of the earliest version).
+    `change_rate_per_h`: rebuild the world with this item change rate (e.g. the scenario's
+    item_updates_per_s * 3600 / items.count), instead of the checkpoint's.
+    `seed`: the label draws' generator; `threads`: torch / BLAS threads (None: leave as they are).
+    """
 
-    def sample_request(self, rng: np.random.Generator, t: float, n_candidates: int) -> tuple[int, np.ndarray]:
-        """A random user and its retrieved candidates at world time t (seconds; the world spans its horizon_s)."""
-        user = int(rng.integers(0, self.world.cfg.n_users))
-        return user, self.world.retrieve(rng, user, t, n_candidates)
+    def __init__(
+        self,
+        checkpoints: Sequence[str | Path | Checkpoint] | Mapping[int, str | Path | Checkpoint],
+        *,
+        n_users: int | None = None,
+        n_items: int | None = None,
+        world_start_s: float | None = None,
+        change_rate_per_h: float | None = None,
+        seed: int = 0,
+        threads: int | None = 1,
+    ) -> None:
+        if threads is not None:
+            set_threads(threads)
+        items = checkpoints.items() if isinstance(checkpoints, Mapping) else enumerate(checkpoints)
+        loaded = {int(v): c if isinstance(c, Checkpoint) else load_checkpoint(c) for v, c in items}
+        if not loaded:
+            raise InputError("shadow scoring: no checkpoint given")
+        first = loaded[min(loaded)]
+        for version, ckpt in loaded.items():
+            if ckpt.name != "aif" or not isinstance(ckpt.model, AIFModel):
+                raise InputError(f"shadow scoring: version {version} is a {ckpt.name} model; shadow scoring needs AIF checkpoints")
+            if ckpt.world_config != first.world_config or ckpt.model_config != first.model_config:
+                raise InputError(
+                    f"shadow scoring: version {version} was trained on another world or model config than version {min(loaded)}"
+                )
+        self.checkpoints = loaded
+        self.models: dict[int, AIFModel] = {v: c.model.eval() for v, c in loaded.items()}
+        cfg = first.world_config
+        if change_rate_per_h is not None:
+            cfg = replace(cfg, change_rate_per_h=float(change_rate_per_h))
+        self.world = World(cfg)
+        self.n_users = cfg.n_users if n_users is None else int(n_users)
+        self.n_items = cfg.n_items if n_items is None else int(n_items)
+        self.world_start_s = float(first.trained_until_s if world_start_s is None else world_start_s)
+        self.rng = np.random.default_rng(seed)
+        self._item_rank_of = np.empty(cfg.n_items, dtype=np.int64)
+        self._item_rank_of[self.world.item_order] = np.arange(cfg.n_items)
+
+    @property
+    def versions(self) -> list[int]:
+        """The model version numbers this scorer holds."""
+        return sorted(self.models)
+
+    # ids and time
+    def world_users(self, user_ranks: np.ndarray | int) -> np.ndarray:
+        """World users of simulated user ranks (0 = most active)."""
+        return self.world.users_by_rank(np.asarray(user_ranks), self.n_users)
+
+    def world_items(self, item_ranks: np.ndarray) -> np.ndarray:
+        """World items of simulated item ranks (0 = most popular)."""
+        return self.world.items_by_rank(np.asarray(item_ranks), self.n_items)
+
+    def world_time(self, t: np.ndarray | float) -> np.ndarray:
+        """World time of simulated time(s) t."""
+        return self.world_start_s + np.asarray(t, dtype=np.float64)
+
+    def candidates(self, user_rank: int, t: float, n: int, rng: np.random.Generator | None = None) -> np.ndarray:
+        """n distinct candidates (simulated item ranks) retrieved by the world for the user at simulated time t: half
+        by relevance to the user, the rest by popularity. n may be at most the world's n_items; the simulated
+        catalogue must be at least as large as the world's (each world item is returned as its lowest rank)."""
+        if self.n_items < self.world.cfg.n_items:
+            raise ValueError(
+                f"candidates: the simulated catalogue ({self.n_items} items) is smaller than the world's ({self.world.cfg.n_items})"
+            )
+        if n > self.world.cfg.n_items:
+            raise ValueError(
+                f"candidates: {n} requested, the world has {self.world.cfg.n_items} items; "
+                "use a scenario with at most that many candidates or a larger preset"
+            )
+        user = int(self.world_users(user_rank))
+        items = self.world.retrieve(rng or self.rng, user, float(self.world_time(t)), n)
+        world_rank = self._item_rank_of[items]
+        return -((-world_rank * self.n_items) // self.world.cfg.n_items)  # ceil(w * P / n): the lowest rank mapped onto w
+
+    def item_changed(self, item_ranks: np.ndarray, t0: np.ndarray | float, t1: np.ndarray | float) -> np.ndarray:
+        """Whether the items' world features changed in (t0, t1] (simulated times)."""
+        return self.world.changed_between(self.world_items(item_ranks), self.world_time(t0), self.world_time(t1))
+
+    # scoring
+    def _model(self, version: int) -> AIFModel:
+        try:
+            return self.models[int(version)]
+        except KeyError:
+            raise ValueError(f"model version {version} unknown: this scorer holds versions {self.versions}") from None
+
+    def _item_states(self, version: int, items: np.ndarray, states: np.ndarray) -> tuple[ItemState, np.ndarray]:
+        """Item-side results of `version` for each distinct state, and the index of each row's state among them."""
+        distinct, first, inverse = np.unique(states, return_index=True, return_inverse=True)
+        features = self.world.state_features(items[first], distinct)
+        return self._model(version).item_side(item_inputs(features)), inverse.ravel()
 
     @torch.inference_mode()
-    def score(self, user: int, t: float, items: np.ndarray, item_times: np.ndarray | float) -> np.ndarray:
-        """Click probabilities [C] of `items` for `user` at time t, each item's vector made from its features at
-        `item_times` (per item, or one time for all; t itself gives fresh vectors)."""
-        users = user_inputs(self.world.user_features(np.array([user])))
-        items_at = item_inputs(self.world.item_features(items[None, :], np.broadcast_to(item_times, items.shape)[None, :]))
-        return torch.sigmoid(self.model(users, items_at))[0].double().numpy()
+    def score(
+        self,
+        user_rank: int,
+        t: float,
+        item_ranks: np.ndarray,
+        vector_times: np.ndarray | float,
+        vector_versions: np.ndarray | int,
+        serving_version: int,
+        user_vector_time: float | None = None,
+        user_vector_version: int | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> ScoredRequest:
+        """Score one request at simulated time t: candidates `item_ranks` [C], their vectors made at `vector_times`
+        [C] (simulated seconds, or one time for all) by `vector_versions` [C] (or one version), the user side and
+        real time run by `serving_version`. A cached user vector can be given by `user_vector_time` (and
+        `user_vector_version`, default the serving one): the stale scores then use it too. Labels are drawn
+        with `rng` (default: the scorer's generator)."""
+        item_ranks = np.asarray(item_ranks, dtype=np.int64).ravel()
+        n = len(item_ranks)
+        serving = self._model(serving_version)
+        user = int(self.world_users(int(user_rank)))
+        now = float(self.world_time(t))
+        items = self.world_items(item_ranks)
+        times = np.broadcast_to(self.world_time(vector_times), (n,))
+        if not (np.isfinite(now) and np.isfinite(times).all()):
+            raise ValueError("shadow scoring: the request time and every vector time must be finite numbers of seconds")
+        versions = np.broadcast_to(np.asarray(vector_versions, dtype=np.int64), (n,))
+        for v in np.unique(versions):
+            self._model(int(v))
+        fresh_state = self.world.item_state(items, now)
+        stale_state = self.world.item_state(items, times)
 
-    def label(self, rng: np.random.Generator, users: np.ndarray, times: np.ndarray, items: np.ndarray) -> Requests:
-        """Requests [R] with candidates [R, C] labelled by the world's true click probabilities at their times."""
-        probs = self.world.click_prob(users, items, times)
-        return Requests(users, times, items, probs, (rng.random(items.shape) < probs).astype(np.int8))
+        user_state = serving.user_side(user_inputs(self.world.user_features(np.array([user]), now)))
+        states, index = self._item_states(serving_version, items, fresh_state)
+        fresh_items = states.take(torch.from_numpy(index))
+        fresh_logits = serving.realtime(user_state, ItemState(*(x[None] for x in _fields(fresh_items))))[0]
+
+        differs = (stale_state != fresh_state) | (versions != int(serving_version))
+        stale_user = user_state
+        if user_vector_time is not None or user_vector_version is not None:
+            when = now if user_vector_time is None else float(self.world_time(user_vector_time))
+            by = self._model(serving_version if user_vector_version is None else user_vector_version)
+            cached = by.user_side(user_inputs(self.world.user_features(np.array([user]), when)))
+            stale_user = cached
+        rows = np.arange(n) if stale_user is not user_state else np.flatnonzero(differs)
+        stale_logits = fresh_logits.clone()
+        if len(rows):
+            parts, order = [], []
+            for v in np.unique(versions[rows]):
+                group = rows[versions[rows] == v]
+                diff = group[differs[group]]
+                same = group[~differs[group]]
+                if len(diff):
+                    s, i = self._item_states(int(v), items[diff], stale_state[diff])
+                    parts.append(s.take(torch.from_numpy(i)))
+                    order.append(diff)
+                if len(same):
+                    parts.append(fresh_items.take(torch.from_numpy(same)))
+                    order.append(same)
+            picked = np.concatenate(order)
+            stale_items = _concat(parts)
+            stale_logits[torch.from_numpy(picked)] = serving.realtime(stale_user, ItemState(*(x[None] for x in _fields(stale_items))))[0]
+
+        probs = self.world.click_prob(np.array([user]), items[None, :], np.array([now]))[0]
+        labels = ((rng or self.rng).random(n) < probs).astype(np.int8)
+        return ScoredRequest(
+            user_rank=int(user_rank),
+            user=user,
+            t=float(t),
+            item_ranks=item_ranks,
+            items=items,
+            stale=torch.sigmoid(stale_logits).double().numpy(),
+            fresh=torch.sigmoid(fresh_logits).double().numpy(),
+            probs=probs,
+            labels=labels,
+            stale_fraction=float(np.mean(stale_state < fresh_state)) if n else 0.0,
+            version_mismatch_fraction=float(np.mean(versions != int(serving_version))) if n else 0.0,
+        )
+
+
+def _fields(state: ItemState) -> list[torch.Tensor]:
+    return [getattr(state, f.name) for f in fields(ItemState)]
+
+
+def shadow_quality(scored: Sequence[ScoredRequest], k: int = QUALITY_K) -> dict:
+    """The summary's `quality` section: {"scored_requests": n, "stale": {"auc", "gauc", "hr_at_100"}, "fresh": {...}}
+    over scored requests (GAUC groups by simulated user rank; AUC pools all candidates; HR@k is the share of
+    clicked candidates in their request's top k). Metrics are nan when the labels have one class only."""
+    groups = [r.user_rank for r in scored]
+    labels = [r.labels for r in scored]
+    return {
+        "scored_requests": len(scored),
+        "stale": ragged_metrics(groups, labels, [r.stale for r in scored], k),
+        "fresh": ragged_metrics(groups, labels, [r.fresh for r in scored], k),
+    }

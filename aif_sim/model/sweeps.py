@@ -1,4 +1,4 @@
-"""Quality sweeps of the AIF model: bridge count, LSH encoding, and item-vector lag. Writes sweep.csv and sweep.png."""
+"""Quality sweeps of the AIF model: bridge count, LSH encoding, item-vector lag and user-vector lag. Writes sweep.csv and sweep.png."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from aif_sim.atomic import atomic_path, write_csv  # noqa: E402
 from aif_sim.errors import InputError  # noqa: E402
 from aif_sim.model.evaluate import evaluate  # noqa: E402
 from aif_sim.model.factory import model_config  # noqa: E402
-from aif_sim.model.train import TrainConfig, load_checkpoint, timed_train  # noqa: E402
+from aif_sim.model.train import TrainConfig, held_out_requests, load_checkpoint, timed_train  # noqa: E402
 from aif_sim.model.world import World, WorldConfig  # noqa: E402
 
 
@@ -39,7 +39,8 @@ class Sweep:
 SWEEPS: dict[str, Sweep] = {
     "bridges": Sweep("n_bridges", (0, 1, 2, 4, 8, 16, 32, 64), int),
     "lsh": Sweep("lsh_mode", ("bit1", "bit2", "dense"), _lsh_mode),
-    "item_lag": Sweep("item_lag_s", (0.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 43200.0), float),
+    "item_lag": Sweep("item_lag_s", (0.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 43200.0), float),
+    "user_lag": Sweep("user_lag_s", (0.0, 60.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0), float),
 }
 
 
@@ -66,14 +67,21 @@ def run_sweep(
     console = console or Console(stderr=True)
     ckpt = load_checkpoint(checkpoint) if checkpoint else None
     world = World(ckpt.world_config if ckpt else world_cfg)
-    test = world.requests("test")
+    test = held_out_requests(world, ckpt) if ckpt else world.requests("test")
     rows: list[dict] = []
-    if param == "item_lag":
+    if param in ("item_lag", "user_lag"):
         model = ckpt.model if ckpt else timed_train("aif", world, model_config(world.cfg), train, world.cfg.seed)[0]
         for lag in values:
-            stale = world.changed_between(test.items, test.times[:, None] - lag, test.times[:, None]).mean()
-            rows.append({sweep.column: lag, "stale_fraction": float(stale), **evaluate(model, world, test, lag)})
-            console.print(f"item_lag_s={lag:g}: gauc={rows[-1]['gauc']:.4f} stale_fraction={stale:.3f}")
+            if lag < 0:
+                raise InputError(f"--values: {lag:g}: expected non-negative lags in seconds")
+            if param == "item_lag":
+                stale = world.changed_between(test.items, test.times[:, None] - lag, test.times[:, None]).mean()
+                rows.append({sweep.column: lag, "stale_fraction": float(stale), **evaluate(model, world, test, item_lag_s=lag)})
+            else:
+                before = world.behaviours.count(test.users, test.times - lag)
+                stale = np.mean(world.behaviours.count(test.users, test.times) > before)
+                rows.append({sweep.column: lag, "stale_fraction": float(stale), **evaluate(model, world, test, user_lag_s=lag)})
+            console.print(f"{sweep.column}={lag:g}: gauc={rows[-1]['gauc']:.4f} stale_fraction={stale:.3f}")
     else:
         for value in values:
             model, seconds = timed_train("aif", world, model_config(world.cfg, **{sweep.column: value}), train, world.cfg.seed)
