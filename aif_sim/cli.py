@@ -17,6 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from aif_sim import __version__
 from aif_sim.app.interrupt import StopSignal
 from aif_sim.app.outputs import OutputFolder, default_folder
+from aif_sim.app.quality import score_shadow_samples
 from aif_sim.app.run import build_samplers, simulate, summary_document, write_run
 from aif_sim.app.sweep import SweepContext, find_capacity, grid_sweep, load_param, write_sweep
 from aif_sim.core.pipelines import PIPELINES
@@ -144,6 +145,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             log.abort()
             raise
         log.close()
+        if not stop():
+            score_shadow_samples(scenario, results, None if args.quiet else console)
         summary = summary_document(scenario, results)
         write_run(folder.path, scenario, results, summary)
         out = folder.commit()

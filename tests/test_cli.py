@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from simtools import scenario_dict, small_stages, write_yaml
 
-from aif_sim.app.run import build_samplers, unsupported_sections
+from aif_sim.app.run import build_samplers
 from aif_sim.cli import main
 from aif_sim.metrics.requests_log import sampled
 from aif_sim.scenario import load_scenario
@@ -244,9 +244,8 @@ def test_there_are_shipped_scenarios():
 def test_shipped_scenarios_validate(path):
     scenario = load_scenario(path)
     assert scenario.pipelines
-    if not unsupported_sections(scenario):
-        samplers = build_samplers(scenario, str(path))
-        assert {name for name in samplers if ":" not in name} == set(scenario.stages)
+    samplers = build_samplers(scenario, str(path))
+    assert {name for name in samplers if ":" not in name} == set(scenario.stages)
 
 
 def test_a_copied_scenario_finds_the_shipped_profile(tmp_path, monkeypatch):

@@ -9,7 +9,6 @@ from typing import Any
 from aif_sim import __version__
 from aif_sim.atomic import write_csv, write_json
 from aif_sim.core.latency import Sampler, build_sampler
-from aif_sim.errors import InputError
 from aif_sim.metrics.recorder import Recorder, RequestSink
 from aif_sim.report.fmt import run_title
 from aif_sim.report.plots import plot_latency_cdf, plot_stage_breakdown, plot_timeseries
@@ -17,20 +16,9 @@ from aif_sim.scenario import Scenario
 from aif_sim.sim.engine import PipelineSimulation
 
 
-def unsupported_sections(scenario: Scenario) -> list[str]:
-    """Scenario sections that are set but that this simulator does not simulate."""
-    if scenario.model is not None and (scenario.model.checkpoint or scenario.model.shadow_rate > 0):
-        return ["model"]
-    return []
-
-
 def build_samplers(scenario: Scenario, source: str) -> dict[str, Sampler]:
     """Service-time samplers: per stage (by its name), per cache miss latency (`cache:NAME`) and per
-    nearline refresh (`refresh:items`, `refresh:users`); raises InputError for sections not simulated
-    or bad data files."""
-    unsupported = unsupported_sections(scenario)
-    if unsupported:
-        raise InputError(f"{source}: {unsupported[0]}: this section is not simulated yet; remove it to run the scenario")
+    nearline refresh (`refresh:items`, `refresh:users`); raises InputError for bad data files."""
     samplers = {name: build_sampler(stage.latency, f"{source}: stages.{name}.latency") for name, stage in scenario.stages.items()}
     caches = scenario.caches
     for name in ("user_vector", "sim_features"):

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from aif_sim.app.interrupt import ignore_in_worker
+from aif_sim.app.quality import score_shadow_samples
 from aif_sim.app.run import build_samplers, simulate
 from aif_sim.atomic import write_csv, write_json
 from aif_sim.errors import InputError
@@ -64,7 +65,9 @@ class SweepContext:
 def simulate_job(path: str, overrides: list[Override], pipeline: str) -> dict[str, Any]:
     """Run one pipeline of one sweep point; its METRICS block (in a worker process)."""
     scenario = load_scenario(path, overrides + [("pipelines", [pipeline], "--param")])
-    return simulate(scenario, build_samplers(scenario, path))[pipeline].summary()
+    results = simulate(scenario, build_samplers(scenario, path))
+    score_shadow_samples(scenario, results)
+    return results[pipeline].summary()
 
 
 def job_overrides(ctx: SweepContext, job: Job) -> list[Override]:

@@ -19,6 +19,7 @@ import numpy as np
 from aif_sim.core.cache import CachePolicy
 from aif_sim.core.pipelines import stages_of, step_slots
 from aif_sim.core.request import Outcome, Request, Window
+from aif_sim.core.shadow import ShadowSample
 from aif_sim.metrics.histogram import LogHistogram
 from aif_sim.metrics.timeseries import Timeseries
 
@@ -131,6 +132,8 @@ class Recorder:
         means = [f"{name}_hit_ratio" for name in self.caches] + [f"{STORE_LABEL[name]}_vector_age_mean_s" for name in stores or []]
         gauges = [g for name in stores or [] for g in STORE_GAUGES[name]]
         self.timeseries = Timeseries(window, means, gauges)
+        self.shadow_samples: list[ShadowSample] = []  # requests shadow scoring takes (filled by the engine)
+        self.quality: dict[str, Any] | None = None  # their scores with stale and fresh vectors (after the run)
         self._inside: dict[int, Request] = {}  # every request in the system, warm-up included
         self._done: list[Request] = []
         self._outcome: list[int] = []
@@ -370,6 +373,8 @@ class Recorder:
             out["staleness"] = self._staleness()
         if self.faults:
             out["faults"] = [self._storm(fault) for fault in self.faults]
+        if self.quality is not None:
+            out["quality"] = self.quality
         if self.slo_ms is not None:
             missed = self.offered - self.completed + self.over_slo
             share = missed / self.offered if self.offered else 0.0

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Unit = Literal["qps", "count", "ms", "s", "share", "text"]
+Unit = Literal["qps", "count", "ms", "s", "share", "ratio", "text"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,14 @@ def _latency(key: str) -> Callable[[dict[str, Any]], Any]:
 
 def _cache(name: str) -> Callable[[dict[str, Any]], Any]:
     return lambda m: m.get("caches", {}).get(name, {}).get("hit_ratio")
+
+
+def _quality(kind: str, metric: str) -> Callable[[dict[str, Any]], Any]:
+    return lambda m: m["quality"][kind][metric] if "quality" in m else None
+
+
+def _quality_loss(metric: str) -> Callable[[dict[str, Any]], Any]:
+    return lambda m: m["quality"]["fresh"][metric] - m["quality"]["stale"][metric] if "quality" in m else None
 
 
 def _staleness(*path: str) -> Callable[[dict[str, Any]], Any]:

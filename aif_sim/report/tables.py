@@ -82,7 +82,14 @@ def stage_table(pipeline: str, metrics: dict[str, Any]) -> Table:
     return table
 
 
-SWEEP_EXTRAS = ("item_vector_age_mean_s", "stale_fraction", "version_mismatch_fraction", "user_vector_hit_ratio", "sim_features_hit_ratio")
+SWEEP_EXTRAS = (
+    "item_vector_age_mean_s",
+    "gauc_loss",
+    "stale_fraction",
+    "version_mismatch_fraction",
+    "user_vector_hit_ratio",
+    "sim_features_hit_ratio",
+)
 
 
 def sweep_table(rows: list[dict[str, Any]], param: str, capacities: dict[str, float | None] | None, partial: bool, load: bool) -> Table:

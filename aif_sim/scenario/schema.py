@@ -302,8 +302,34 @@ Fault = Annotated[CacheFlush | NearlineOutage | StageSlowdown, Field(discriminat
 
 
 class ModelSection(Strict):
-    checkpoint: str | None = None
+    """Shadow scoring: for a sampled share of AIF's requests the real model scores `shadow_candidates` of the
+    request's candidates with the item vectors the simulated system had and with fresh ones.
+    `checkpoint`: one AIF checkpoint, or a list (model versions 0, 1, ... in order)."""
+
+    checkpoint: Path | list[Path] | None = None
     shadow_rate: float = Field(default=0.0, ge=0, le=1)
+    shadow_candidates: int = Field(default=1000, ge=100)
+    shadow_requests: int = Field(default=200, ge=1)
+
+    @field_validator("checkpoint", mode="before")
+    @classmethod
+    def _exist(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, list):
+            return [_resolve_path(str(v), info) for v in value]
+        return _resolve_path(str(value), info)
+
+    @model_validator(mode="after")
+    def _checkpoint_for_shadow(self) -> ModelSection:
+        if self.shadow_rate > 0 and self.checkpoint is None:
+            raise ValueError("expected a checkpoint with shadow_rate > 0")
+        return self
+
+    @property
+    def checkpoints(self) -> list[Path]:
+        """The model versions' checkpoints, version 0 first."""
+        return [] if self.checkpoint is None else self.checkpoint if isinstance(self.checkpoint, list) else [self.checkpoint]
 
 
 # --- the scenario ----------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from aif_sim.metrics.recorder import FaultWindow, Recorder, RequestSink
 from aif_sim.scenario.schema import Scenario
 from aif_sim.sim.background import NearlineRefresh, Outage, fault, gauges, publisher
 from aif_sim.sim.pools import BatchingPool, StagePool
-from aif_sim.sim.steps import FlowBuilder
+from aif_sim.sim.steps import FlowBuilder, ShadowSampling
 
 PROGRESS_STEPS = 200
 STEP_REQUESTS = 5000  # at most about this many arrivals between progress reports and stop checks
@@ -45,7 +45,10 @@ class PipelineSimulation:
         self.recorder = Recorder(pipeline, stages, window, scenario.slo_p99_ms, sink, self.caches, list(self.stores), faults)
         self.pools = {name: self._pool(slot, name) for slot, name in enumerate(self.stage_names)}
         cache_index = {name: i for i, name in enumerate(self.caches)}
-        self.flow = FlowBuilder(self.env, self.pools, self.caches, cache_index, self.stores).flow(pipeline)
+        shadow = self._shadow()
+        self.flow = FlowBuilder(self.env, self.pools, self.caches, cache_index, self.stores, shadow).flow(pipeline)
+        if shadow is not None:
+            self.recorder.shadow_samples = shadow.samples
         self.miss_slots = [  # (stage slot, cache) of each read-through visit whose cache has a miss latency
             (slot, call.reads)
             for slot, call in enumerate(c for step in PIPELINES[pipeline] for c in calls_of(step))
@@ -80,6 +83,16 @@ class PipelineSimulation:
             store.consistent = nearline.version_policy == "consistent"
             stores[name] = store
         return stores
+
+    def _shadow(self) -> ShadowSampling | None:
+        """Which requests shadow scoring takes, when the scenario asks for it and the pipeline reads item vectors."""
+        model = self.scenario.model
+        if model is None or model.shadow_rate == 0 or "items" not in self.stores:
+            return None
+        rng = stream(self.scenario.seed, "shadow-candidates")
+        return ShadowSampling(
+            model.shadow_rate, model.shadow_candidates, model.shadow_requests, ZipfSampler(self.scenario.traffic.items), rng
+        )
 
     def _background(self) -> None:
         env, scenario, nearline = self.env, self.scenario, self.scenario.nearline

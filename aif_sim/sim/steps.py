@@ -5,6 +5,7 @@ branches of a parallel step, each run in a process of its own)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -14,10 +15,29 @@ from aif_sim.core.cache import CachePolicy
 from aif_sim.core.nearline import NearlineStore
 from aif_sim.core.pipelines import PIPELINES, Cached, Call, Parallel
 from aif_sim.core.request import Outcome, Request
+from aif_sim.core.shadow import ShadowSample
+from aif_sim.core.traffic import ZipfSampler
+from aif_sim.metrics.requests_log import sampled
 from aif_sim.sim.pools import COMPLETED, StagePool
 
 Serve = Callable[[Request], Generator[simpy.Event, Any, Outcome]]
 Flow = list[tuple[Serve, tuple[Serve, ...]]]
+
+
+@dataclass
+class ShadowSampling:
+    """Which requests shadow scoring takes (a per-id hash at `rate`, at most `limit` measured ones) and how
+    many candidates each, drawn from the item popularity; `samples` collects what they read."""
+
+    rate: float
+    candidates: int
+    limit: int
+    popularity: ZipfSampler
+    rng: np.random.Generator
+    samples: list[ShadowSample] = field(default_factory=list)
+
+    def wants(self, request: Request) -> bool:
+        return request.measured and len(self.samples) < self.limit and bool(sampled(np.array([request.id]), self.rate)[0])
 
 
 class FlowBuilder:
@@ -30,8 +50,10 @@ class FlowBuilder:
         caches: dict[str, CachePolicy],
         cache_index: dict[str, int],
         stores: dict[str, NearlineStore],
+        shadow: ShadowSampling | None = None,
     ) -> None:
         self.env, self.pools, self.caches, self.cache_index, self.stores = env, pools, caches, cache_index, stores
+        self.shadow = shadow
 
     def flow(self, pipeline: str) -> Flow:
         flow: Flow = []
@@ -88,8 +110,9 @@ class FlowBuilder:
         return serve
 
     def _vectors(self, name: str, store: NearlineStore, inner: Serve) -> Serve:
-        """When the fetch ends, measure the vectors it read: the request's candidate sample (items) or its user."""
-        env = self.env
+        """When the fetch ends, measure the vectors it read: the request's candidate sample (items) or its user;
+        for a request shadow scoring takes, record the vectors of a larger candidate set."""
+        env, shadow = self.env, self.shadow if name == "items" else None
 
         def serve(request: Request) -> Generator[simpy.Event, Any, Outcome]:
             outcome = yield from inner(request)
@@ -100,6 +123,10 @@ class FlowBuilder:
                 stale = int(np.count_nonzero(store.changed_s[entities] > made))
                 mismatch = int(np.count_nonzero(version != store.serving_version))
                 request.vectors = (name, now - made, stale, mismatch)
+                if shadow is not None and shadow.wants(request):
+                    items = shadow.popularity.sample(shadow.rng, shadow.candidates)
+                    made, version = store.read(items, now)
+                    shadow.samples.append(ShadowSample(request.user, now, items, made, version, store.serving_version))
             return outcome
 
         return serve
