@@ -134,9 +134,11 @@ def test_version_drift_only_under_the_latest_policy(policy):
     if policy == "latest":
         assert staleness["version_mismatch_fraction"] == pytest.approx(25 / 60 / 2, abs=0.02)
         assert staleness["double_buffered_s"] == 0
+        assert staleness["index_peak_bytes"] == staleness["index_bytes"] == 1000 * 512
     else:
         assert staleness["version_mismatch_fraction"] == 0.0
         assert staleness["double_buffered_s"] == pytest.approx(25, abs=1)  # the seconds of the five rollouts
+        assert staleness["index_peak_bytes"] == 2 * staleness["index_bytes"] == 2 * 1000 * 512  # two buffers held
 
 
 def test_cache_flush_drops_the_hit_ratio_it_recovers_and_no_request_is_lost(tmp_path):

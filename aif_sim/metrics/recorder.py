@@ -132,6 +132,7 @@ class Recorder:
         means = [f"{name}_hit_ratio" for name in self.caches] + [f"{STORE_LABEL[name]}_vector_age_mean_s" for name in stores or []]
         gauges = [g for name in stores or [] for g in STORE_GAUGES[name]]
         self.timeseries = Timeseries(window, means, gauges)
+        self.index_bytes = 0  # size of the served item-vector index (the engine sets it)
         self.shadow_samples: list[ShadowSample] = []  # requests shadow scoring takes (filled by the engine)
         self.quality: dict[str, Any] | None = None  # their scores with stale and fresh vectors (after the run)
         self._inside: dict[int, Request] = {}  # every request in the system, warm-up included
@@ -303,7 +304,11 @@ class Recorder:
         if "refresh_backlog" in self.timeseries.gauges:
             backlog = [r["refresh_backlog"] for r in rows if r["refresh_backlog"] == r["refresh_backlog"]]
             out["refresh_backlog_max"] = max(backlog, default=0)
-            out["double_buffered_s"] = sum(r["double_buffered"] for r in rows if r["double_buffered"] == r["double_buffered"])
+            double = sum(r["double_buffered"] for r in rows if r["double_buffered"] == r["double_buffered"])
+            out["double_buffered_s"] = double
+            if self.index_bytes:
+                out["index_bytes"] = self.index_bytes
+                out["index_peak_bytes"] = self.index_bytes * (2 if double else 1)
         return out
 
     def _storm(self, fault: FaultWindow) -> dict[str, Any]:

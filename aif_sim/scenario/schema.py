@@ -257,6 +257,7 @@ class Nearline(Strict):
     model_publish_interval_s: float | None = Field(default=None, gt=0)
     version_policy: Literal["consistent", "latest"] = "consistent"
     staleness_sample: int = Field(default=16, ge=1)
+    vector_bytes: int = Field(default=512, ge=1)
     user_events_per_s: float = Field(default=0.0, ge=0)
     user_refresh: Refresh | None = None
 
@@ -374,6 +375,20 @@ class Scenario(Strict):
             if missing:
                 raise ValueError(f"missing stage {missing[0]!r}, which pipeline {pipeline!r} uses")
         return value
+
+    @model_validator(mode="after")
+    def _a_checkpoint_per_version(self) -> Scenario:
+        """Shadow scoring needs the model of every version the run publishes (`train --continue-from`)."""
+        model, nearline = self.model, self.nearline
+        if model is None or model.shadow_rate == 0 or nearline is None or nearline.model_publish_interval_s is None:
+            return self
+        versions = 1 + int((self.duration_s + self.drain_s) // nearline.model_publish_interval_s)
+        if len(model.checkpoints) < versions:
+            raise ValueError(
+                f"model.checkpoint: the run publishes {versions} model versions, expected as many checkpoints"
+                f" (got {len(model.checkpoints)}; make the next ones with `train --continue-from`)"
+            )
+        return self
 
     @property
     def slo_p99_ms(self) -> float | None:

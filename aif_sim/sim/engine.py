@@ -49,6 +49,8 @@ class PipelineSimulation:
         self.flow = FlowBuilder(self.env, self.pools, self.caches, cache_index, self.stores, shadow).flow(pipeline)
         if shadow is not None:
             self.recorder.shadow_samples = shadow.samples
+        if "items" in self.stores and scenario.nearline is not None:
+            self.recorder.index_bytes = scenario.traffic.items.count * scenario.nearline.vector_bytes
         self.miss_slots = [  # (stage slot, cache) of each read-through visit whose cache has a miss latency
             (slot, call.reads)
             for slot, call in enumerate(c for step in PIPELINES[pipeline] for c in calls_of(step))
