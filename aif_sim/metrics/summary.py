@@ -135,6 +135,12 @@ HEADLINES: tuple[Metric, ...] = (
         plot=True,
         axis="largest refresh backlog (items)",
     ),
+    Metric("gauc_stale", "GAUC stale", "ratio", _quality("stale", "gauc"), axis="GAUC with the vectors the system had"),
+    Metric("gauc_fresh", "GAUC fresh", "ratio", _quality("fresh", "gauc"), axis="GAUC with fresh vectors"),
+    Metric("gauc_loss", "GAUC loss", "ratio", _quality_loss("gauc"), plot=True, axis="GAUC lost to staleness (fresh − stale)"),
+    Metric(
+        "hr_at_100_loss", "HR@100 loss", "ratio", _quality_loss("hr_at_100"), plot=True, axis="HR@100 lost to staleness (fresh − stale)"
+    ),
 )
 
 NUMERIC = tuple(metric for metric in HEADLINES if metric.unit != "text")

@@ -96,7 +96,8 @@ def sweep_table(rows: list[dict[str, Any]], param: str, capacities: dict[str, fl
     """value, pipeline, throughput (for a load sweep), p99 (± 95% CI with replications), shed share, SLO, and
     the staleness and cache figures the sweep has (those not all zero)."""
     table = plain_table(f"sweep of {param}")
-    extras = [m for m in NUMERIC if m.key in SWEEP_EXTRAS and any(row.get(m.key) for row in rows)][: 3 if load else 2]
+    by_key = {m.key: m for m in NUMERIC}
+    extras = [by_key[key] for key in SWEEP_EXTRAS if any(row.get(key) for row in rows)][: 3 if load else 2]
     slo = any("slo_met" in row for row in rows)
     shed = any(row.get("shed_share") for row in rows)
     columns = [
