@@ -8,6 +8,7 @@ import pickle
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,19 +79,10 @@ def train_model(
     return model.eval()
 
 
-def timed_train(
-    name: str,
-    world: World,
-    cfg: ModelConfig,
-    train: TrainConfig,
-    seed: int,
-    show_progress: bool = True,
-    model: nn.Module | None = None,
-    requests: Requests | None = None,
-) -> tuple[nn.Module, float]:
-    """train_model and its wall time in seconds."""
+def timed_train(*args: Any, **kwargs: Any) -> tuple[nn.Module, float]:
+    """`train_model` (same arguments) and its wall time in seconds."""
     start = time.perf_counter()
-    trained = train_model(name, world, cfg, train, seed, show_progress, model, requests)
+    trained = train_model(*args, **kwargs)
     return trained, time.perf_counter() - start
 
 
