@@ -139,17 +139,14 @@ class PipelineSimulation:
             n = len(block.arrival_s)
             draws = [self._draw(name, rng, block.candidates) for name, rng in zip(self.stage_names, rngs)]
             services = (np.column_stack(draws) / 1000).tolist()  # seconds, a row per request
-            misses = np.zeros((n, k))
-            for slot, cache in self.miss_slots:
-                misses[:, slot] = self.samplers[f"cache:{cache}"].sample(miss_rngs[cache], n, 1.0) / 1000
-            miss_rows = misses.tolist()
+            miss_rows = self._miss_rows(miss_rngs, n, k) if self.reads_caches else None
             samples = items.sample(sample_rng, n * sample_size).reshape(n, sample_size) if "items" in self.stores else None
             for i, (arrival, user, candidates) in enumerate(zip(block.arrival_s.tolist(), block.user.tolist(), block.candidates.tolist())):
                 yield env.timeout(arrival - env.now)
                 request = Request(block.first_id + i, arrival, user, candidates, arrival >= warmup, services[i])
                 if caches:
                     request.cache_hit = [np.nan] * caches
-                if self.reads_caches:
+                if miss_rows is not None:
                     request.miss_s = miss_rows[i]
                 if samples is not None:
                     request.sample = samples[i]
@@ -157,6 +154,13 @@ class PipelineSimulation:
                 env.process(self._handle(request))
             recorder.flush()  # accounts the requests finished so far: memory stays bounded by one block
         self.arrivals_done = True
+
+    def _miss_rows(self, rngs: dict[str, np.random.Generator], n: int, k: int) -> list[list[float]]:
+        """Per request and stage slot, the latency (s) a cache miss would add there (0 where no cache is read)."""
+        misses = np.zeros((n, k))
+        for slot, cache in self.miss_slots:
+            misses[:, slot] = self.samplers[f"cache:{cache}"].sample(rngs[cache], n, 1.0) / 1000
+        return misses.tolist()
 
     def _draw(self, name: str, rng: np.random.Generator, candidates: np.ndarray) -> np.ndarray:
         """Each request's service time (ms) at a stage, alone on a server: a profile measured by candidates
