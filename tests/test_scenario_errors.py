@@ -107,6 +107,7 @@ SCHEMA_CASES = {
         lambda d: d.update(model={"checkpoint": "bad.yaml", "shadow_rate": 0.5}, nearline={"model_publish_interval_s": 0.5}),
         ["model.checkpoint", "model versions", "continue-from"],
     ),
+    "world updates without a world": (_set("nearline", {"updates_from": "world"}), ["nearline.updates_from", "model.checkpoint"]),
     "missing checkpoint file": (_set("model", {"checkpoint": "no/such.pt", "shadow_rate": 0.5}), ["model.checkpoint", "such.pt"]),
     "unknown fault kind": (_set("faults", [{"at_s": 0.5, "kind": "meteor"}]), ["faults.0", "meteor"]),
     "fault field of another kind": (

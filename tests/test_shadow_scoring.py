@@ -49,3 +49,25 @@ def test_stale_vectors_cost_quality_and_the_cost_grows_with_the_interval(checkpo
         assert quality["fresh"] == fresh_always["fresh"]  # the same requests, candidates and labels
         losses.append(quality["fresh"]["gauc"] - quality["stale"]["gauc"])
     assert 0 < losses[0] < losses[1], losses
+
+
+def test_on_update_refresh_that_follows_the_world_keeps_vectors_fresh(checkpoint):
+    """With item updates taken from the world's own item changes, prompt on-update refresh re-infers every changed
+    item at once: the shadow-scored vectors match fresh ones; without refresh they grow stale."""
+    stages = {name: negligible() for name in ("merger", "retrieval", "user_inference", "item_fetch", "rtp")}
+    model = {"checkpoint": str(checkpoint), "shadow_rate": 1.0, "shadow_candidates": 300, "shadow_requests": 300}
+    quality, staleness = {}, {}
+    for label, refresh in (("prompt", {"mode": "on_update", "workers": 8, "latency": {"dist": "constant", "ms": 0.001}}), ("none", None)):
+        nearline = {"updates_from": "world", **({"refresh": refresh} if refresh else {})}
+        data = scenario_dict(stages, pipelines=["aif"], qps=0.02, duration_s=6 * 3600.0, seed=3, nearline=nearline, model=model)
+        data["traffic"]["items"] = {"count": 100_000, "zipf_s": 0.9}
+        scenario = validate_scenario(data, "<test>")
+        results = simulate(scenario, build_samplers(scenario, "<test>"))
+        score_shadow_samples(scenario, results)
+        summary = results["aif"].summary()
+        quality[label], staleness[label] = summary["quality"], summary["staleness"]
+    assert staleness["prompt"]["stale_fraction"] < 0.001 < staleness["none"]["stale_fraction"]
+    assert quality["prompt"]["stale"]["gauc"] == pytest.approx(quality["prompt"]["fresh"]["gauc"], abs=1e-4)
+    prompt_loss = abs(quality["prompt"]["fresh"]["gauc"] - quality["prompt"]["stale"]["gauc"])
+    none_loss = quality["none"]["fresh"]["gauc"] - quality["none"]["stale"]["gauc"]
+    assert none_loss > max(0.0005, 5 * prompt_loss), (none_loss, prompt_loss)

@@ -19,7 +19,8 @@ def score_shadow_samples(scenario: Scenario, results: dict[str, Recorder], conso
 
     nearline = scenario.nearline
     items = scenario.traffic.items.count
-    rate = nearline.item_updates_per_s * 3600 / items if nearline is not None and nearline.item_updates_per_s > 0 else None
+    follows_rate = nearline is not None and nearline.updates_from == "rate" and nearline.item_updates_per_s > 0
+    rate = nearline.item_updates_per_s * 3600 / items if follows_rate else None  # the world drifts at the scenario's rate
     scorer = ShadowScorer(
         scenario.model.checkpoints,
         n_users=scenario.traffic.users.count,

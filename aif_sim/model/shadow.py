@@ -258,3 +258,28 @@ def shadow_quality(scored: Sequence[ScoredRequest], k: int = QUALITY_K) -> dict:
         "stale": ragged_metrics(groups, labels, [r.stale for r in scored], k),
         "fresh": ragged_metrics(groups, labels, [r.fresh for r in scored], k),
     }
+
+
+def world_item_changes(checkpoint: str | Path, population: int, duration_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The world's item changes during a simulated run of `duration_s`, for a simulator whose item updates follow
+    the world: change times in simulated seconds (sorted; world time minus the checkpoint's training end, the
+    shadow scorer's default start) and, per change, the range [first, stop) of simulated item ranks that map onto
+    the changed world item (the rule of `World.items_by_rank`)."""
+    ckpt = load_checkpoint(checkpoint)
+    world = World(ckpt.world_config)
+    start = float(ckpt.trained_until_s)
+    timeline = world.changes
+    inside = (timeline.times > start) & (timeline.times <= start + duration_s)
+    order = np.argsort(timeline.times[inside], kind="stable")
+    times = timeline.times[inside][order] - start
+    world_rank = np.empty(len(world.item_order), dtype=np.int64)
+    world_rank[world.item_order] = np.arange(len(world.item_order))
+    ranks = world_rank[timeline.ids[inside][order]]
+    n = len(world.item_order)
+    if population > n:  # rank r maps to world rank r * n // population
+        first, stop = -(-ranks * population // n), -(-(ranks + 1) * population // n)
+    else:
+        keep = ranks < population
+        times, ranks = times[keep], ranks[keep]
+        first, stop = ranks, ranks + 1
+    return times, first, stop

@@ -253,6 +253,7 @@ class Nearline(Strict):
     """Item feature updates, their refresh, model versions; users' behaviour events for UIC's embedding."""
 
     item_updates_per_s: float = Field(default=0.0, ge=0)
+    updates_from: Literal["rate", "world"] = "rate"
     refresh: Refresh | None = None
     model_publish_interval_s: float | None = Field(default=None, gt=0)
     version_policy: Literal["consistent", "latest"] = "consistent"
@@ -375,6 +376,18 @@ class Scenario(Strict):
             if missing:
                 raise ValueError(f"missing stage {missing[0]!r}, which pipeline {pipeline!r} uses")
         return value
+
+    @model_validator(mode="after")
+    def _world_updates_need_the_world(self) -> Scenario:
+        """Item updates that follow the world's changes need the world of a checkpoint, and no rate of their own."""
+        nearline = self.nearline
+        if nearline is None or nearline.updates_from != "world":
+            return self
+        if self.model is None or not self.model.checkpoints:
+            raise ValueError("nearline.updates_from: world needs model.checkpoint (the world whose item changes to follow)")
+        if nearline.item_updates_per_s:
+            raise ValueError("nearline.item_updates_per_s applies to updates_from: rate; the world sets the changes")
+        return self
 
     @model_validator(mode="after")
     def _a_checkpoint_per_version(self) -> Scenario:

@@ -35,14 +35,15 @@ class Outage:
 
 
 class NearlineRefresh:
-    """Updates of one store's entities and their refresh (on update, or by periodic sweeps)."""
+    """Updates of one store's entities and their refresh (on update, or by periodic sweeps). `updates` is a
+    rate (Poisson, entities by popularity) or listed changes (times, first and stop entity of each)."""
 
     def __init__(
         self,
         env: simpy.Environment,
         store: NearlineStore,
         popularity: ZipfSampler,
-        updates_per_s: float,
+        updates: float | tuple[np.ndarray, np.ndarray, np.ndarray],
         refresh: Refresh | None,
         sampler: Sampler | None,
         rng: np.random.Generator,
@@ -53,8 +54,10 @@ class NearlineRefresh:
         self.on_update = refresh is not None and refresh.mode == "on_update"
         self._work = env.event()
         self.refreshes = 0
-        if updates_per_s > 0:
-            env.process(self._updates(updates_per_s))
+        if isinstance(updates, tuple):
+            env.process(self._listed_updates(*updates))
+        elif updates > 0:
+            env.process(self._updates(updates))
         if refresh is not None and self.on_update:
             for _ in range(refresh.workers):
                 env.process(self._worker())
@@ -77,6 +80,16 @@ class NearlineRefresh:
                 store.change(entity, env.now, self.on_update)
                 if self.on_update and not self._work.triggered:
                     self._work.succeed()
+
+    def _listed_updates(self, times: np.ndarray, first: np.ndarray, stop: np.ndarray) -> Generator[simpy.Event, Any, None]:
+        """Changes at given times, each to the entities first..stop-1 (the simulated ranks of one world item)."""
+        env, store = self.env, self.store
+        for t, lo, hi in zip(times.tolist(), first.tolist(), stop.tolist()):
+            yield env.timeout(t - env.now)
+            for entity in range(lo, hi):
+                store.change(entity, env.now, self.on_update)
+            if self.on_update and not self._work.triggered:
+                self._work.succeed()
 
     def _worker(self) -> Generator[simpy.Event, Any, None]:
         env, store = self.env, self.store

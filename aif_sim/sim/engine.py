@@ -96,6 +96,17 @@ class PipelineSimulation:
             model.shadow_rate, model.shadow_candidates, model.shadow_requests, ZipfSampler(self.scenario.traffic.items), rng
         )
 
+    def _item_updates(self) -> float | tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The item update rate, or the world's item changes when updates follow the model's world."""
+        scenario, nearline = self.scenario, self.scenario.nearline
+        assert nearline is not None
+        if nearline.updates_from == "rate":
+            return nearline.item_updates_per_s
+        from aif_sim.model.shadow import world_item_changes  # torch: only for a scenario that follows the world
+
+        assert scenario.model is not None
+        return world_item_changes(scenario.model.checkpoints[0], scenario.traffic.items.count, scenario.duration_s + scenario.drain_s)
+
     def _background(self) -> None:
         env, scenario, nearline = self.env, self.scenario, self.scenario.nearline
         outage = Outage(env)
@@ -107,7 +118,7 @@ class PipelineSimulation:
                 env,
                 store,
                 ZipfSampler(population),
-                nearline.item_updates_per_s if items else nearline.user_events_per_s,
+                self._item_updates() if items else nearline.user_events_per_s,
                 nearline.refresh if items else nearline.user_refresh,
                 self.samplers.get(f"refresh:{name}"),
                 stream(scenario.seed, f"nearline:{name}"),
