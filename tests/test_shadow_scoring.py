@@ -71,3 +71,30 @@ def test_on_update_refresh_that_follows_the_world_keeps_vectors_fresh(checkpoint
     prompt_loss = abs(quality["prompt"]["fresh"]["gauc"] - quality["prompt"]["stale"]["gauc"])
     none_loss = quality["none"]["fresh"]["gauc"] - quality["none"]["stale"]["gauc"]
     assert none_loss > max(0.0005, 5 * prompt_loss), (none_loss, prompt_loss)
+
+
+def test_a_cached_user_vector_is_scored_at_its_age(checkpoint):
+    """A request that took its user vector from the user-vector cache is shadow-scored with the user side as it
+    was when that vector was made."""
+    stages = {name: negligible() for name in ("merger", "retrieval", "user_inference", "item_fetch", "rtp")}
+    model = {"checkpoint": str(checkpoint), "shadow_rate": 1.0, "shadow_candidates": 200, "shadow_requests": 200}
+    data = scenario_dict(
+        stages,
+        pipelines=["aif"],
+        qps=0.05,
+        duration_s=2 * 3600.0,
+        seed=5,
+        model=model,
+        nearline={"refresh": {"mode": "periodic", "interval_s": 0}},
+        caches={"user_vector": {"capacity": 10_000}},
+    )
+    data["traffic"]["users"] = {"count": 20, "zipf_s": 1.0}
+    scenario = validate_scenario(data, "<test>")
+    results = simulate(scenario, build_samplers(scenario, "<test>"))
+    samples = results["aif"].shadow_samples
+    cached = [s for s in samples if s.user_vector_s is not None]
+    assert len(cached) > 100 and all(s.user_vector_s < s.t_s for s in cached)
+    assert sum(s.t_s - s.user_vector_s for s in cached) / len(cached) > 600  # vectors made long before use
+    score_shadow_samples(scenario, results)
+    quality = results["aif"].summary()["quality"]
+    assert quality["scored_requests"] == len(samples)

@@ -31,5 +31,8 @@ def score_shadow_samples(scenario: Scenario, results: dict[str, Recorder], conso
     for name, recorder in sampled.items():
         if console is not None:
             console.print(f"shadow scoring {len(recorder.shadow_samples)} {name} requests with the real model")
-        scored = [scorer.score(s.user, s.t_s, s.items, s.made_s, s.versions, s.serving_version) for s in recorder.shadow_samples]
+        scored = [
+            scorer.score(s.user, s.t_s, s.items, s.made_s, s.versions, s.serving_version, user_vector_time=s.user_vector_s)
+            for s in recorder.shadow_samples
+        ]
         recorder.quality = shadow_quality(scored)

@@ -110,6 +110,10 @@ class CachePolicy:
             else:
                 self.evictions += 1
 
+    def inserted_at(self, key: int) -> float | None:
+        """When the entry of `key` was inserted (the age of a cached vector), or None when it is not held."""
+        return self._entries.get(key)
+
     def flush(self, fraction: float = 1.0) -> int:
         """Drop the entries a cache-node loss would drop; return how many were dropped.
 

@@ -33,9 +33,23 @@ class Request:
     cache and `miss_s[i]` the miss latency a miss adds; with nearline vectors, `sample` holds the
     candidate items whose vectors are measured and `vectors` what was measured when they were read:
     (store name, ages in seconds, how many had changed since made, how many of another model version).
+    `user_vector_s` is when the user vector it took from the user-vector cache was made (None: it computed one).
     """
 
-    __slots__ = ("id", "arrival_s", "user", "candidates", "measured", "service_s", "times", "cache_hit", "miss_s", "sample", "vectors")
+    __slots__ = (
+        "id",
+        "arrival_s",
+        "user",
+        "candidates",
+        "measured",
+        "service_s",
+        "times",
+        "cache_hit",
+        "miss_s",
+        "sample",
+        "vectors",
+        "user_vector_s",
+    )
 
     def __init__(self, rid: int, arrival_s: float, user: int, candidates: int, measured: bool, service_s: list[float]) -> None:
         self.id = rid
@@ -49,6 +63,7 @@ class Request:
         self.miss_s: list[float] | None = None
         self.sample: Any = None
         self.vectors: tuple[str, Any, int, int] | None = None
+        self.user_vector_s: float | None = None
 
 
 class Window:

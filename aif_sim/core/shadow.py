@@ -17,3 +17,4 @@ class ShadowSample:
     made_s: np.ndarray  # when each candidate's vector was made
     versions: np.ndarray  # the model version that made it
     serving_version: int  # the version serving the user side and real time
+    user_vector_s: float | None = None  # when the cached user vector it used was made (None: computed for it)

@@ -82,6 +82,7 @@ class FlowBuilder:
         def serve(request: Request) -> Generator[simpy.Event, Any, Outcome]:
             if cache.lookup(request.user, env.now):
                 request.cache_hit[index] = 1.0
+                request.user_vector_s = cache.inserted_at(request.user)
                 return COMPLETED
             request.cache_hit[index] = 0.0
             outcome = yield from inner(request)
@@ -126,7 +127,8 @@ class FlowBuilder:
                 if shadow is not None and shadow.wants(request):
                     items = shadow.popularity.sample(shadow.rng, shadow.candidates)
                     made, version = store.read(items, now)
-                    shadow.samples.append(ShadowSample(request.user, now, items, made, version, store.serving_version))
+                    sample = ShadowSample(request.user, now, items, made, version, store.serving_version, request.user_vector_s)
+                    shadow.samples.append(sample)
             return outcome
 
         return serve
