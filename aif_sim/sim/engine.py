@@ -51,12 +51,10 @@ class PipelineSimulation:
             self.recorder.shadow_samples = shadow.samples
         if "items" in self.stores and scenario.nearline is not None:
             self.recorder.index_bytes = scenario.traffic.items.count * scenario.nearline.vector_bytes
-        self.miss_slots = [  # (stage slot, cache) of each read-through visit whose cache has a miss latency
-            (slot, call.reads)
-            for slot, call in enumerate(c for step in PIPELINES[pipeline] for c in calls_of(step))
-            if call.reads in self.caches and f"cache:{call.reads}" in samplers
-        ]
-        self.reads_caches = any(call.reads in self.caches for step in PIPELINES[pipeline] for call in calls_of(step))
+        calls = [call for step in PIPELINES[pipeline] for call in calls_of(step)]  # in stage-slot order
+        reads = [(slot, call.reads) for slot, call in enumerate(calls) if call.reads in self.caches]  # read-through visits
+        self.reads_caches = bool(reads)
+        self.miss_slots = [(slot, cache) for slot, cache in reads if f"cache:{cache}" in samplers]  # those with a miss latency
         self.arrivals_done = False
         self._background()
 
