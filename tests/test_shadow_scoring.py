@@ -19,24 +19,25 @@ def checkpoint(tmp_path_factory):
     return out / "checkpoint.pt"
 
 
-def _quality(checkpoint, interval_s: float) -> dict:
-    """Six simulated hours of AIF at 0.02 QPS; every request is shadow-scored on 300 candidates."""
+def _shadow_run(checkpoint, qps: float, hours: float, seed: int, nearline: dict, candidates: int, **extra) -> dict:
+    """An AIF run of zero-time stages in which every request (up to 300) is shadow-scored; its METRICS block, and
+    its recorder for the samples. `extra`: more scenario sections; `users`/`items` replace the populations."""
     stages = {name: negligible() for name in ("merger", "retrieval", "user_inference", "item_fetch", "rtp")}
-    refresh = {"mode": "periodic", "interval_s": interval_s, "workers": 8, "latency": {"dist": "constant", "ms": 0.001}}
-    data = scenario_dict(
-        stages,
-        pipelines=["aif"],
-        qps=0.02,
-        duration_s=6 * 3600.0,
-        seed=3,
-        nearline={"refresh": refresh},
-        model={"checkpoint": str(checkpoint), "shadow_rate": 1.0, "shadow_candidates": 300, "shadow_requests": 300},
-    )
-    data["traffic"]["items"] = {"count": 100_000, "zipf_s": 0.9}
+    model = {"checkpoint": str(checkpoint), "shadow_rate": 1.0, "shadow_candidates": candidates, "shadow_requests": 300}
+    populations = {key: extra.pop(key) for key in ("users", "items") if key in extra}
+    data = scenario_dict(stages, pipelines=["aif"], qps=qps, duration_s=hours * 3600.0, seed=seed, nearline=nearline, model=model, **extra)
+    data["traffic"].update(populations)
     scenario = validate_scenario(data, "<test>")
     results = simulate(scenario, build_samplers(scenario, "<test>"))
     score_shadow_samples(scenario, results)
-    return results["aif"].summary()["quality"]
+    return results["aif"]
+
+
+def _quality(checkpoint, interval_s: float) -> dict:
+    """Six simulated hours of AIF at 0.02 QPS; every request is shadow-scored on 300 candidates."""
+    refresh = {"mode": "periodic", "interval_s": interval_s, "workers": 8, "latency": {"dist": "constant", "ms": 0.001}}
+    recorder = _shadow_run(checkpoint, 0.02, 6, 3, {"refresh": refresh}, 300, items={"count": 100_000, "zipf_s": 0.9})
+    return recorder.summary()["quality"]
 
 
 def test_stale_vectors_cost_quality_and_the_cost_grows_with_the_interval(checkpoint):
@@ -54,17 +55,10 @@ def test_stale_vectors_cost_quality_and_the_cost_grows_with_the_interval(checkpo
 def test_on_update_refresh_that_follows_the_world_keeps_vectors_fresh(checkpoint):
     """With item updates taken from the world's own item changes, prompt on-update refresh re-infers every changed
     item at once: the shadow-scored vectors match fresh ones; without refresh they grow stale."""
-    stages = {name: negligible() for name in ("merger", "retrieval", "user_inference", "item_fetch", "rtp")}
-    model = {"checkpoint": str(checkpoint), "shadow_rate": 1.0, "shadow_candidates": 300, "shadow_requests": 300}
     quality, staleness = {}, {}
     for label, refresh in (("prompt", {"mode": "on_update", "workers": 8, "latency": {"dist": "constant", "ms": 0.001}}), ("none", None)):
         nearline = {"updates_from": "world", **({"refresh": refresh} if refresh else {})}
-        data = scenario_dict(stages, pipelines=["aif"], qps=0.02, duration_s=6 * 3600.0, seed=3, nearline=nearline, model=model)
-        data["traffic"]["items"] = {"count": 100_000, "zipf_s": 0.9}
-        scenario = validate_scenario(data, "<test>")
-        results = simulate(scenario, build_samplers(scenario, "<test>"))
-        score_shadow_samples(scenario, results)
-        summary = results["aif"].summary()
+        summary = _shadow_run(checkpoint, 0.02, 6, 3, nearline, 300, items={"count": 100_000, "zipf_s": 0.9}).summary()
         quality[label], staleness[label] = summary["quality"], summary["staleness"]
     assert staleness["prompt"]["stale_fraction"] < 0.001 < staleness["none"]["stale_fraction"]
     assert quality["prompt"]["stale"]["gauc"] == pytest.approx(quality["prompt"]["fresh"]["gauc"], abs=1e-4)
@@ -76,25 +70,12 @@ def test_on_update_refresh_that_follows_the_world_keeps_vectors_fresh(checkpoint
 def test_a_cached_user_vector_is_scored_at_its_age(checkpoint):
     """A request that took its user vector from the user-vector cache is shadow-scored with the user side as it
     was when that vector was made."""
-    stages = {name: negligible() for name in ("merger", "retrieval", "user_inference", "item_fetch", "rtp")}
-    model = {"checkpoint": str(checkpoint), "shadow_rate": 1.0, "shadow_candidates": 200, "shadow_requests": 200}
-    data = scenario_dict(
-        stages,
-        pipelines=["aif"],
-        qps=0.05,
-        duration_s=2 * 3600.0,
-        seed=5,
-        model=model,
-        nearline={"refresh": {"mode": "periodic", "interval_s": 0}},
-        caches={"user_vector": {"capacity": 10_000}},
+    nearline = {"refresh": {"mode": "periodic", "interval_s": 0}}
+    recorder = _shadow_run(
+        checkpoint, 0.05, 2, 5, nearline, 200, caches={"user_vector": {"capacity": 10_000}}, users={"count": 20, "zipf_s": 1.0}
     )
-    data["traffic"]["users"] = {"count": 20, "zipf_s": 1.0}
-    scenario = validate_scenario(data, "<test>")
-    results = simulate(scenario, build_samplers(scenario, "<test>"))
-    samples = results["aif"].shadow_samples
+    samples = recorder.shadow_samples
     cached = [s for s in samples if s.user_vector_s is not None]
     assert len(cached) > 100 and all(s.user_vector_s < s.t_s for s in cached)
     assert sum(s.t_s - s.user_vector_s for s in cached) / len(cached) > 600  # vectors made long before use
-    score_shadow_samples(scenario, results)
-    quality = results["aif"].summary()["quality"]
-    assert quality["scored_requests"] == len(samples)
+    assert recorder.summary()["quality"]["scored_requests"] == len(samples)
