@@ -17,7 +17,7 @@ from simtools import scenario_dict, small_stages, write_yaml
 
 from aif_sim.app.run import build_samplers
 from aif_sim.cli import main
-from aif_sim.metrics.requests_log import sampled
+from aif_sim.core.sampling import sampled
 from aif_sim.scenario import load_scenario
 
 REPO = Path(__file__).resolve().parents[1]

@@ -91,31 +91,34 @@ class CachePolicy:
         self.hits += 1
         return True
 
-    def insert(self, key: int, now: float) -> None:
-        """Insert `key` at `now`, or refresh it (its insertion time resets), as most recently used.
+    def insert(self, key: int, now: float) -> int | None:
+        """Insert `key` at `now`, or refresh it (its insertion time resets), as most recently used; return
+        the key dropped for room, if any (a caller that stores values deletes its value).
 
-        Least recently used entries beyond capacity are dropped: counted as evictions, or as
-        expirations when already expired.
+        The least recently used entry beyond capacity is dropped: counted as an eviction, or as an
+        expiration when already expired.
         """
         entries = self._entries
         if self.capacity == 0:
-            return
+            return key
         if key in entries:
             entries.move_to_end(key)
         entries[key] = now
-        if len(entries) > self.capacity:
-            _, inserted = entries.popitem(last=False)
-            if self.ttl_s is not None and now - inserted >= self.ttl_s:
-                self.expirations += 1
-            else:
-                self.evictions += 1
+        if len(entries) <= self.capacity:
+            return None
+        dropped, inserted = entries.popitem(last=False)
+        if self.ttl_s is not None and now - inserted >= self.ttl_s:
+            self.expirations += 1
+        else:
+            self.evictions += 1
+        return dropped
 
     def inserted_at(self, key: int) -> float | None:
         """When the entry of `key` was inserted (the age of a cached vector), or None when it is not held."""
         return self._entries.get(key)
 
-    def flush(self, fraction: float = 1.0) -> int:
-        """Drop the entries a cache-node loss would drop; return how many were dropped.
+    def flush(self, fraction: float = 1.0) -> list[int]:
+        """Drop the entries a cache-node loss would drop; return their keys.
 
         `fraction` 1 drops everything. A fraction f < 1 is one node of a cluster of `round(1/f)` nodes
         (0.25: one of 4): the entries whose `cache_node(key, round(1/f)) == 0`, so the same keys are
@@ -126,10 +129,10 @@ class CachePolicy:
         nodes = round(1 / fraction)
         entries = self._entries
         if nodes <= 1:
-            dropped = len(entries)
+            lost = list(entries)
             entries.clear()
-            return dropped
+            return lost
         lost = [key for key in entries if cache_node(key, nodes) == 0]
         for key in lost:
             del entries[key]
-        return len(lost)
+        return lost

@@ -1,12 +1,16 @@
-"""What shadow scoring needs of one simulated request: who asked, when, which candidates, and the time and
-model version of the item vectors the simulated system read for them (engine-neutral; the real model
-scores these after the run, in `aif_sim.app.quality`)."""
+"""What shadow scoring needs of one request: who asked, when, which candidates, and the time and model version
+of the item vectors the system read for them (engine-neutral; the real model scores these after the run, in
+`aif_sim.app.quality`), and which requests it takes."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+
+from aif_sim.core.request import Request
+from aif_sim.core.sampling import sampled
+from aif_sim.core.traffic import ZipfSampler
 
 
 @dataclass(frozen=True)
@@ -18,3 +22,19 @@ class ShadowSample:
     versions: np.ndarray  # the model version that made it
     serving_version: int  # the version serving the user side and real time
     user_vector_s: float | None = None  # when the cached user vector it used was made (None: computed for it)
+
+
+@dataclass
+class ShadowSampling:
+    """Which requests shadow scoring takes (a per-id hash at `rate`, at most `limit` measured ones) and how
+    many candidates each, drawn from the item popularity; `samples` collects what they read."""
+
+    rate: float
+    candidates: int
+    limit: int
+    popularity: ZipfSampler
+    rng: np.random.Generator
+    samples: list[ShadowSample] = field(default_factory=list)
+
+    def wants(self, request: Request) -> bool:
+        return request.measured and len(self.samples) < self.limit and bool(sampled(np.array([request.id]), self.rate)[0])

@@ -11,18 +11,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from aif_sim.atomic import temp_beside
+from aif_sim.core.sampling import sampled
 from aif_sim.metrics.recorder import CompletedBlock
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def sampled(request_ids: np.ndarray, fraction: float) -> np.ndarray:
-    """Deterministic per-request sampling by id: the same requests are kept in every pipeline, and the
-    requests kept at a fraction are kept at every larger one."""
-    if fraction >= 1.0:
-        return np.ones(len(request_ids), dtype=bool)
-    hashed = np.asarray(request_ids, dtype=np.uint64) * _GOLDEN  # wraps modulo 2^64
-    return hashed < np.uint64(int(fraction * 2.0**64))
 
 
 class RequestLog:

@@ -1,8 +1,8 @@
 """Run one pipeline of a scenario as a discrete-event simulation (simpy) over the run's request stream.
 
-The engine interprets the pipeline's steps (`core.pipelines`, through `sim.steps`), runs the system's
-background processes (`sim.background`: nearline refresh, model versions, faults) and changes every
-counter through the recorder.
+The engine carries out what each request's flow (`core.flow`, written once for both engines) asks of it,
+runs the system's background processes (`sim.background`: nearline refresh, model versions, faults) and
+changes every counter through the recorder.
 """
 
 from __future__ import annotations
@@ -14,16 +14,17 @@ import numpy as np
 import simpy
 
 from aif_sim.core.cache import CachePolicy
+from aif_sim.core.flow import Flow, FlowRun, Fork, Visit
 from aif_sim.core.latency import Sampler
 from aif_sim.core.nearline import NearlineStore
 from aif_sim.core.pipelines import PIPELINES, caches_of, calls_of, stages_of
 from aif_sim.core.request import Outcome, Request, Window
+from aif_sim.core.shadow import ShadowSampling
 from aif_sim.core.traffic import ZipfSampler, mean_rate, request_blocks, stream
 from aif_sim.metrics.recorder import FaultWindow, Recorder, RequestSink
 from aif_sim.scenario.schema import Scenario
 from aif_sim.sim.background import NearlineRefresh, Outage, fault, gauges, publisher
 from aif_sim.sim.pools import BatchingPool, StagePool
-from aif_sim.sim.steps import FlowBuilder, ShadowSampling
 
 PROGRESS_STEPS = 200
 STEP_REQUESTS = 5000  # at most about this many arrivals between progress reports and stop checks
@@ -44,15 +45,15 @@ class PipelineSimulation:
         faults = [FaultWindow(f.kind, f.at_s, f.at_s + getattr(f, "duration_s", 0.0)) for f in scenario.faults]
         self.recorder = Recorder(pipeline, stages, window, scenario.slo_p99_ms, sink, self.caches, list(self.stores), faults)
         self.pools = {name: self._pool(slot, name) for slot, name in enumerate(self.stage_names)}
-        cache_index = {name: i for i, name in enumerate(self.caches)}
+        self.slots = list(self.pools.values())
         shadow = self._shadow()
-        self.flow = FlowBuilder(self.env, self.pools, self.caches, cache_index, self.stores, shadow).flow(pipeline)
+        env = self.env
+        self.flow = Flow(pipeline, self.caches, self.stores, lambda: env.now, shadow)
         if shadow is not None:
             self.recorder.shadow_samples = shadow.samples
         if "items" in self.stores and scenario.nearline is not None:
             self.recorder.index_bytes = scenario.traffic.items.count * scenario.nearline.vector_bytes
-        calls = [call for step in PIPELINES[pipeline] for call in calls_of(step)]  # in stage-slot order
-        reads = [(slot, call.reads) for slot, call in enumerate(calls) if call.reads in self.caches]  # read-through visits
+        reads = [(slot, call.reads) for slot, call in enumerate(self.flow.calls) if call.reads in self.caches]  # read-through visits
         self.reads_caches = bool(reads)
         self.miss_slots = [(slot, cache) for slot, cache in reads if f"cache:{cache}" in samplers]  # those with a miss latency
         self.arrivals_done = False
@@ -179,19 +180,25 @@ class PipelineSimulation:
         return sampler.sample(rng, len(candidates), work)
 
     def _handle(self, request: Request) -> Generator[simpy.Event, Any, None]:
-        env = self.env
-        for serve, others in self.flow:
-            if others:  # a parallel step: the other branches get processes, the last runs in this one
-                branches = [env.process(other(request)) for other in others]
-                outcome = yield from serve(request)
+        outcome = yield from self._drive(request, self.flow.run(request))
+        self.recorder.finish(request, outcome, self.env.now)
+
+    def _drive(self, request: Request, flow: FlowRun) -> Generator[simpy.Event, Any, Outcome]:
+        """Carry out what the request's flow asks (`core.flow`) until it ends; its outcome."""
+        slots, answer = self.slots, None
+        while True:
+            try:
+                op = flow.send(answer)
+            except StopIteration as end:
+                return end.value
+            if type(op) is Visit:
+                answer = yield from slots[op.slot].serve(request)
+            else:  # a Fork (the DES keeps no values, so its flows yield no Load or Save)
+                assert type(op) is Fork
+                branches = [self.env.process(self._drive(request, branch)) for branch in op.flows[:-1]]
+                answer = yield from self._drive(request, op.flows[-1])  # the last branch runs in this process
                 for branch in branches:
-                    outcome = max(outcome, (yield branch))
-            else:
-                outcome = yield from serve(request)
-            if outcome:
-                self.recorder.finish(request, Outcome(outcome), env.now)
-                return
-        self.recorder.finish(request, Outcome.COMPLETED, env.now)
+                    answer = max(answer, (yield branch))
 
     # --- running -----------------------------------------------------------------------------------
     def run(self, progress: Callable[[float], None] | None = None, stop: Callable[[], bool] | None = None) -> Recorder:

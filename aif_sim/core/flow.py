@@ -1,0 +1,179 @@
+"""The request flow, written once for every engine.
+
+`Flow.run(request)` is a generator that walks a pipeline's steps (`core.pipelines`) and yields to its
+engine what only an engine can do, receiving the answer through `send`:
+- `Visit(slot)`: serve the request at the pipeline's stage in `slot` (its queue, servers and service);
+  the engine sends back the visit's `Outcome`.
+- `Fork(flows)`: run these branch flows concurrently; the engine sends back the largest of their outcomes
+  (the join rule of `core.request`).
+- `Load(cache)` / `Save(cache, dropped)`: an engine that keeps values takes the user's entry from the
+  cache's storage (a hit), or stores the entry the request has just computed (a miss), deleting the
+  entry the policy `dropped` for room; it sends back None. Yielded only by a flow built with
+  `storage=True` (the live engine); the DES keeps no values.
+Everything else happens here, at the engine's `clock()`: cache policy decisions, miss latencies, vector
+ages and versions, shadow sampling. The result of `run` is the request's outcome.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from aif_sim.core.cache import CachePolicy
+from aif_sim.core.nearline import NearlineStore
+from aif_sim.core.pipelines import PIPELINES, Cached, Call, Parallel
+from aif_sim.core.request import Outcome, Request
+from aif_sim.core.shadow import ShadowSample, ShadowSampling
+
+COMPLETED = Outcome.COMPLETED
+
+
+@dataclass(frozen=True, slots=True)
+class Visit:
+    slot: int
+
+
+@dataclass(frozen=True, slots=True)
+class Fork:
+    flows: tuple[Generator[Any, Any, Outcome], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    cache: str
+
+
+@dataclass(frozen=True, slots=True)
+class Save:
+    cache: str
+    dropped: int | None
+
+
+Op = Visit | Fork | Load | Save
+FlowRun = Generator[Op, Any, Outcome]
+Branch = Callable[[Request], FlowRun]
+
+
+class Flow:
+    """One pipeline's steps over the run's cache policies and nearline stores.
+
+    `calls` lists the pipeline's stage calls in slot order (the slot of a call is its position).
+    """
+
+    def __init__(
+        self,
+        pipeline: str,
+        caches: dict[str, CachePolicy],
+        stores: dict[str, NearlineStore],
+        clock: Callable[[], float],
+        shadow: ShadowSampling | None = None,
+        storage: bool = False,
+    ) -> None:
+        self.caches, self.stores, self.clock, self.shadow, self.storage = caches, stores, clock, shadow, storage
+        self.cache_index = {name: i for i, name in enumerate(caches)}
+        self.calls: list[Call] = []
+        self.steps: list[tuple[Branch, ...]] = []
+        for step in PIPELINES[pipeline]:
+            self.steps.append(tuple(self._branch(branch) for branch in (step.branches if isinstance(step, Parallel) else (step,))))
+
+    def run(self, request: Request) -> FlowRun:
+        """The request's way through the pipeline: each step in turn, until one fails."""
+        for branches in self.steps:
+            if len(branches) == 1:
+                outcome = yield from branches[0](request)
+            else:
+                outcome = yield Fork(tuple(branch(request) for branch in branches))
+            if outcome:
+                return outcome
+        return COMPLETED
+
+    # --- branches -----------------------------------------------------------------------------------
+    def _branch(self, branch: Call | Cached) -> Branch:
+        if isinstance(branch, Cached):
+            inner = self._branch(branch.call)
+            cache = self.caches.get(branch.cache)
+            return inner if cache is None else self._guarded(branch.cache, cache, inner)
+        slot = len(self.calls)
+        self.calls.append(branch)
+        visit = Visit(slot)
+
+        def serve(request: Request) -> FlowRun:
+            return (yield visit)
+
+        flow: Branch = serve
+        if branch.reads in self.caches:
+            flow = self._read_through(branch.reads, slot, flow)
+        if branch.vectors in self.stores:
+            flow = self._vectors(branch.vectors, self.stores[branch.vectors], flow)
+        return flow
+
+    def _guarded(self, name: str, cache: CachePolicy, inner: Branch) -> Branch:
+        """A hit skips the call; a miss makes it and inserts the user's entry when it finishes."""
+        clock, index, storage = self.clock, self.cache_index[name], self.storage
+        load = Load(name)
+
+        def guarded(request: Request) -> FlowRun:
+            if cache.lookup(request.user, clock()):
+                request.cache_hit[index] = 1.0
+                request.user_vector_s = cache.inserted_at(request.user)
+                if storage:
+                    yield load
+                return COMPLETED
+            request.cache_hit[index] = 0.0
+            outcome = yield from inner(request)
+            if outcome is COMPLETED:
+                dropped = cache.insert(request.user, clock())
+                if storage:
+                    yield Save(name, dropped)
+            return outcome
+
+        return guarded
+
+    def _read_through(self, name: str, slot: int, inner: Branch) -> Branch:
+        """A miss adds the miss latency (drawn per request) to the visit's service and inserts when the visit ends."""
+        clock, cache, index, storage = self.clock, self.caches[name], self.cache_index[name], self.storage
+        load = Load(name)
+
+        def read_through(request: Request) -> FlowRun:
+            hit = cache.lookup(request.user, clock())
+            request.cache_hit[index] = float(hit)
+            if hit:
+                request.miss_s[slot] = 0.0
+                if storage:
+                    yield load
+            else:
+                request.service_s[slot] += request.miss_s[slot]
+            outcome = yield from inner(request)
+            if not hit and outcome is COMPLETED:
+                dropped = cache.insert(request.user, clock())
+                if storage:
+                    yield Save(name, dropped)
+            return outcome
+
+        return read_through
+
+    def _vectors(self, name: str, store: NearlineStore, inner: Branch) -> Branch:
+        """When the fetch ends, measure the vectors it read: the request's candidate sample (items) or its user;
+        for a request shadow scoring takes, record the vectors of a larger candidate set."""
+        clock, shadow = self.clock, self.shadow if name == "items" else None
+
+        def vectors(request: Request) -> FlowRun:
+            outcome = yield from inner(request)
+            if outcome is COMPLETED:
+                now = clock()
+                entities = request.sample if name == "items" else np.array([request.user])
+                made, version = store.read(entities, now)
+                stale = int(np.count_nonzero(store.changed_s[entities] > made))
+                mismatch = int(np.count_nonzero(version != store.serving_version))
+                request.vectors = (name, now - made, stale, mismatch)
+                if shadow is not None and shadow.wants(request):
+                    items = shadow.popularity.sample(shadow.rng, shadow.candidates)
+                    made, version = store.read(items, now)
+                    sample = ShadowSample(request.user, now, items, made, version, store.serving_version, request.user_vector_s)
+                    shadow.samples.append(sample)
+            return outcome
+
+        return vectors
