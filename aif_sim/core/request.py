@@ -34,6 +34,7 @@ class Request:
     candidate items whose vectors are measured and `vectors` what was measured when they were read:
     (store name, ages in seconds, how many had changed since made, how many of another model version).
     `user_vector_s` is when the user vector it took from the user-vector cache was made (None: it computed one).
+    `payload` is what a live engine carries between stages (candidate ids, model inputs and outputs); None in the DES.
     """
 
     __slots__ = (
@@ -49,6 +50,7 @@ class Request:
         "sample",
         "vectors",
         "user_vector_s",
+        "payload",
     )
 
     def __init__(self, rid: int, arrival_s: float, user: int, candidates: int, measured: bool, service_s: list[float]) -> None:
@@ -64,6 +66,7 @@ class Request:
         self.sample: Any = None
         self.vectors: tuple[str, Any, int, int] | None = None
         self.user_vector_s: float | None = None
+        self.payload: dict[str, Any] | None = None
 
 
 class Window:

@@ -17,11 +17,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from aif_sim.core.cache import CachePolicy
+from aif_sim.core.nearline import NearlineStore
 from aif_sim.core.pipelines import stages_of, step_slots
 from aif_sim.core.request import Outcome, Request, Window
 from aif_sim.core.shadow import ShadowSample
 from aif_sim.metrics.histogram import LogHistogram
 from aif_sim.metrics.timeseries import Timeseries
+from aif_sim.scenario.schema import Scenario
 
 SLO_MISS_BUDGET = 0.01  # a run meets its SLO when at most 1% of offered requests miss it
 RECOVERY_MARGIN = 0.10  # a storm is over when p99 is back within 10% of its level before the fault
@@ -140,6 +142,24 @@ class Recorder:
         self._outcome: list[int] = []
         self._end_s: list[float] = []
 
+    @classmethod
+    def for_pipeline(
+        cls,
+        scenario: Scenario,
+        pipeline: str,
+        sink: RequestSink | None,
+        caches: dict[str, CachePolicy],
+        stores: list[str],
+    ) -> Recorder:
+        """The recorder of one pipeline of a scenario's run, with the pipeline's caches and the stores it reads."""
+        stages = {name: (scenario.stages[name].servers, scenario.stages[name].batch is not None) for name in stages_of(pipeline)}
+        window = Window(scenario.warmup_s, scenario.duration_s)
+        faults = [FaultWindow(f.kind, f.at_s, f.at_s + getattr(f, "duration_s", 0.0)) for f in scenario.faults]
+        recorder = cls(pipeline, stages, window, scenario.slo_p99_ms, sink, caches, stores, faults)
+        if "items" in stores and scenario.nearline is not None:
+            recorder.index_bytes = scenario.traffic.items.count * scenario.nearline.vector_bytes
+        return recorder
+
     @property
     def live(self) -> int:
         """Requests in the system, warm-up included."""
@@ -161,6 +181,16 @@ class Recorder:
     def gauge(self, name: str, now_s: float, value: float) -> None:
         """A background process's per-second reading (refresh backlog, double buffering)."""
         self.timeseries.gauge(name, now_s, value)
+
+    def nearline_gauges(self, stores: dict[str, NearlineStore], now_s: float) -> None:
+        """The per-second readings of the nearline stores: each one's refresh backlog and, for item vectors under
+        the consistent policy, whether two buffers are held (a rollout in progress)."""
+        for name, store in stores.items():
+            if name == "items":
+                self.gauge("refresh_backlog", now_s, store.backlog)
+                self.gauge("double_buffered", now_s, float(store.consistent and store.rolling_out(now_s)))
+            else:
+                self.gauge("user_refresh_backlog", now_s, store.backlog)
 
     def finish(self, request: Request, outcome: Outcome, now_s: float) -> None:
         """The request left the system (completed, rejected or timed out)."""

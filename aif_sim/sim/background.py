@@ -155,13 +155,7 @@ def fault(
 
 
 def gauges(env: simpy.Environment, recorder: Recorder, stores: dict[str, NearlineStore]) -> Generator[simpy.Event, Any, None]:
-    """Once per simulated second: the refresh backlog of each store and, for item vectors under the
-    consistent policy, whether two buffers are held (a rollout in progress)."""
+    """The nearline stores' readings, once per simulated second."""
     while True:
-        for name, store in stores.items():
-            if name == "items":
-                recorder.gauge("refresh_backlog", env.now, store.backlog)
-                recorder.gauge("double_buffered", env.now, float(store.consistent and store.rolling_out(env.now)))
-            else:
-                recorder.gauge("user_refresh_backlog", env.now, store.backlog)
+        recorder.nearline_gauges(stores, env.now)
         yield env.timeout(1.0)

@@ -1,0 +1,123 @@
+"""The engine-neutral parts of one pipeline's run: its cache policies, nearline stores, shadow sampling, and
+the requests it is offered with their draws. Both engines build these the same way, so the pipelines of a
+run and the engines see the same arrivals, candidates and service draws (common random numbers)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from aif_sim.core.cache import CachePolicy
+from aif_sim.core.latency import Sampler
+from aif_sim.core.nearline import NearlineStore
+from aif_sim.core.pipelines import PIPELINES, caches_of, calls_of, stages_of
+from aif_sim.core.request import Request
+from aif_sim.core.shadow import ShadowSampling
+from aif_sim.core.traffic import ZipfSampler, request_blocks, stream
+from aif_sim.scenario.schema import Scenario
+
+
+def cache_policies(scenario: Scenario, pipeline: str) -> dict[str, CachePolicy]:
+    """The cache policies of the caches this pipeline consults and the scenario configures."""
+    config = scenario.caches
+    caches = {}
+    for name in caches_of(pipeline):
+        spec = getattr(config, name) if config is not None else None
+        if spec is not None:
+            caches[name] = CachePolicy(spec.capacity, spec.ttl_s)
+    return caches
+
+
+def vector_stores(pipeline: str) -> list[str]:
+    """The nearline stores (`items`, `users`) this pipeline reads vectors from."""
+    return sorted({call.vectors for step in PIPELINES[pipeline] for call in calls_of(step) if call.vectors})
+
+
+def nearline_stores(scenario: Scenario, pipeline: str) -> dict[str, NearlineStore]:
+    """The nearline stores this pipeline reads, when the scenario has a nearline section."""
+    nearline = scenario.nearline
+    if nearline is None:
+        return {}
+    traffic = scenario.traffic
+    stores = {}
+    for name in vector_stores(pipeline):
+        refresh = nearline.refresh if name == "items" else nearline.user_refresh
+        count = traffic.items.count if name == "items" else traffic.users.count
+        store = NearlineStore(count, always_fresh=refresh is not None and refresh.mode == "periodic" and refresh.interval_s == 0)
+        store.consistent = nearline.version_policy == "consistent"
+        stores[name] = store
+    return stores
+
+
+def shadow_sampling(scenario: Scenario, stores: dict[str, NearlineStore]) -> ShadowSampling | None:
+    """Which requests shadow scoring takes, when the scenario asks for it and the pipeline reads item vectors."""
+    model = scenario.model
+    if model is None or model.shadow_rate == 0 or "items" not in stores:
+        return None
+    rng = stream(scenario.seed, "shadow-candidates")
+    return ShadowSampling(model.shadow_rate, model.shadow_candidates, model.shadow_requests, ZipfSampler(scenario.traffic.items), rng)
+
+
+class RequestSource:
+    """The requests offered to one pipeline, in blocks, each with its draws: its service time at every stage
+    slot (alone on a server), the latency a cache miss would add at each read-through visit, and the candidate
+    items whose vectors are measured.
+
+    `reads`: (slot, cache) of the pipeline's read-through visits to a configured cache; `caches`: how many
+    caches the pipeline consults; `sample_size`: candidates measured per request (0: none).
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        pipeline: str,
+        samplers: dict[str, Sampler],
+        reads: list[tuple[int, str]],
+        caches: int,
+        sample_size: int,
+    ) -> None:
+        self.scenario, self.samplers, self.caches, self.sample_size = scenario, samplers, caches, sample_size
+        self.stage_names = stages_of(pipeline)
+        self.reads = bool(reads)
+        self.miss_slots = [(slot, cache) for slot, cache in reads if f"cache:{cache}" in samplers]
+
+    def blocks(self, duration_s: float) -> Iterator[list[Request]]:
+        """The requests arriving in [0, duration_s), a block at a time, in order of arrival."""
+        scenario = self.scenario
+        seed = scenario.seed
+        rngs = [stream(seed, f"service:{name}") for name in self.stage_names]
+        miss_rngs = {cache: stream(seed, f"miss:{cache}") for _, cache in self.miss_slots}
+        sample_rng, items = stream(seed, "candidate-sample"), ZipfSampler(scenario.traffic.items)
+        warmup, k = scenario.warmup_s, len(self.stage_names)
+        for block in request_blocks(scenario.traffic, duration_s, seed):
+            n = len(block.arrival_s)
+            draws = [self._draw(name, rng, block.candidates) for name, rng in zip(self.stage_names, rngs)]
+            services = (np.column_stack(draws) / 1000).tolist()  # seconds, a row per request
+            miss_rows = self._miss_rows(miss_rngs, n, k) if self.reads else None
+            samples = items.sample(sample_rng, n * self.sample_size).reshape(n, self.sample_size) if self.sample_size else None
+            requests = []
+            for i, (arrival, user, candidates) in enumerate(zip(block.arrival_s.tolist(), block.user.tolist(), block.candidates.tolist())):
+                request = Request(block.first_id + i, arrival, user, candidates, arrival >= warmup, services[i])
+                if self.caches:
+                    request.cache_hit = [np.nan] * self.caches
+                if miss_rows is not None:
+                    request.miss_s = miss_rows[i]
+                if samples is not None:
+                    request.sample = samples[i]
+                requests.append(request)
+            yield requests
+
+    def _miss_rows(self, rngs: dict[str, np.random.Generator], n: int, k: int) -> list[list[float]]:
+        """Per request and stage slot, the latency (s) a cache miss would add there (0 where no cache is read)."""
+        misses = np.zeros((n, k))
+        for slot, cache in self.miss_slots:
+            misses[:, slot] = self.samplers[f"cache:{cache}"].sample(rngs[cache], n, 1.0) / 1000
+        return misses.tolist()
+
+    def _draw(self, name: str, rng: np.random.Generator, candidates: np.ndarray) -> np.ndarray:
+        """Each request's service time (ms) at a stage, alone on a server: a profile measured by candidates
+        reads the request's own count, one measured by batch a batch of one."""
+        sampler = self.samplers[name]
+        work = 1.0 if sampler.work_key == "batch" else candidates
+        return sampler.sample(rng, len(candidates), work)
