@@ -1,4 +1,4 @@
-"""Command line: run, compare and sweep scenarios; the model commands live in aif_sim.model.commands.
+"""Command line: run, compare, sweep and run live scenarios; the model commands live in aif_sim.model.commands.
 
 Exit codes: 0 success, 2 bad input (one line on stderr), 1 internal error, 130/143 interrupted
 (Ctrl-C / SIGTERM: what was valid so far is written, marked partial).
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -20,11 +21,13 @@ from aif_sim.app.outputs import OutputFolder, default_folder
 from aif_sim.app.quality import score_shadow_samples
 from aif_sim.app.run import build_samplers, simulate, summary_document, write_run
 from aif_sim.app.sweep import SweepContext, find_capacity, grid_sweep, load_param, write_sweep
+from aif_sim.core.latency import Sampler
 from aif_sim.core.pipelines import PIPELINES
 from aif_sim.errors import InputError
+from aif_sim.metrics.recorder import Recorder
 from aif_sim.metrics.requests_log import RequestLog
 from aif_sim.report.fmt import run_title
-from aif_sim.report.tables import comparison_table, make_console, stage_table
+from aif_sim.report.tables import comparison_table, make_console, schedule_table, schedule_warning, stage_table
 from aif_sim.scenario import Override, Scenario, load_scenario, parse_overrides
 
 
@@ -73,6 +76,11 @@ def build_parser(with_model: bool = True) -> Parser:
     compare.add_argument("--pipelines", required=True, help=f"comma-separated, from {', '.join(PIPELINES)}")
     compare.set_defaults(func=cmd_run)
 
+    live = commands.add_parser("live", help="run the scenario in wall-clock time: the real model, real caches, one asyncio process")
+    _run_options(live)
+    live.add_argument("--duration", type=float, metavar="S", help="seconds of arrivals (default: the scenario's duration_s)")
+    live.set_defaults(func=cmd_live)
+
     sweep = commands.add_parser("sweep", help="one run per value of a scenario field (or a capacity search), in parallel processes")
     _scenario_options(sweep)
     sweep.add_argument("--param", help="dotted scenario field, e.g. traffic.arrival.qps")
@@ -119,14 +127,38 @@ def _progress(console: Console, quiet: bool) -> Progress:
     )
 
 
+Engine = Callable[[Scenario, dict[str, Sampler], RequestLog, Callable[[str, float], None], StopSignal], tuple[dict[str, Recorder], dict]]
+
+
+def _simulate(
+    scenario: Scenario, samplers: dict[str, Sampler], log: RequestLog, advance: Callable[[str, float], None], stop: StopSignal
+) -> tuple[dict[str, Recorder], dict]:
+    return simulate(scenario, samplers, log, advance, stop), {}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     overrides = _overrides(args)
     if getattr(args, "pipelines", None):
         overrides.append(("pipelines", [p.strip() for p in args.pipelines.split(",") if p.strip()], "--pipelines"))
-    if not 0.0 <= args.requests_sample <= 1.0:
-        raise InputError(f"--requests-sample: expected a fraction in [0, 1], got {args.requests_sample}")
+    scenario = load_scenario(args.scenario, overrides)
+    return _run(args, scenario, build_samplers(scenario, args.scenario), _simulate, "simulated")
+
+
+def cmd_live(args: argparse.Namespace) -> int:
+    overrides = _overrides(args)
+    if args.duration is not None:
+        overrides.append(("duration_s", args.duration, "--duration"))
     scenario = load_scenario(args.scenario, overrides)
     samplers = build_samplers(scenario, args.scenario)
+    from aif_sim.app.live import live_engine  # torch and asyncio: only for the live engine
+
+    return _run(args, scenario, samplers, live_engine(scenario, args.scenario), "run live")
+
+
+def _run(args: argparse.Namespace, scenario: Scenario, samplers: dict[str, Sampler], engine: Engine, verb: str) -> int:
+    """Run the scenario's pipelines on an engine, write the outputs, print the tables."""
+    if not 0.0 <= args.requests_sample <= 1.0:
+        raise InputError(f"--requests-sample: expected a fraction in [0, 1], got {args.requests_sample}")
     console = make_console()
     horizon = scenario.duration_s + scenario.drain_s
     with StopSignal() as stop, _target(args, scenario) as folder:
@@ -138,23 +170,28 @@ def cmd_run(args: argparse.Namespace) -> int:
                 tasks = {p: progress.add_task(p, total=horizon, simulated="") for p in scenario.pipelines}
 
                 def advance(pipeline: str, now: float) -> None:
-                    progress.update(tasks[pipeline], completed=now, simulated=f"{now:,.1f}/{horizon:g} s simulated")
+                    progress.update(tasks[pipeline], completed=now, simulated=f"{now:,.1f}/{horizon:g} s {verb}")
 
-                results = simulate(scenario, samplers, log, advance, stop)
+                results, live = engine(scenario, samplers, log, advance, stop)
         except BaseException:
             log.abort()
             raise
         log.close()
-        if not stop():
+        if not stop() and not live:
             score_shadow_samples(scenario, results, None if args.quiet else console)
-        summary = summary_document(scenario, results)
+        summary = summary_document(scenario, results, live)
         write_run(folder.path, scenario, results, summary)
         out = folder.commit()
     if not args.quiet:
         console.print(comparison_table(summary, run_title(scenario)))
         for pipeline, metrics in summary["pipelines"].items():
             console.print(stage_table(pipeline, metrics))
+        if live:
+            console.print(schedule_table(summary))
         console.print(f"outputs in [bold]{out}[/]")
+    for pipeline, block in live.items():
+        if not block["kept_schedule"]:
+            print(schedule_warning(pipeline, block), file=sys.stderr)
     if stop():
         print(f"aif-sim: interrupted; partial results in {out}", file=sys.stderr)
     return stop.exit_code

@@ -52,16 +52,20 @@ def simulate(
     return results
 
 
-def summary_document(scenario: Scenario, results: dict[str, Recorder]) -> dict[str, Any]:
-    """The summary.json document."""
+def summary_document(scenario: Scenario, results: dict[str, Recorder], live: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The summary.json document; `live`: per pipeline, the live engine's `live` block (a live run)."""
+    pipelines = {name: recorder.summary() for name, recorder in results.items()}
+    for name, block in (live or {}).items():
+        pipelines[name]["live"] = block
     return {
         "scenario": scenario.name,
         "seed": scenario.seed,
         "aif_sim_version": __version__,
+        "engine": "live" if live else "des",
         "duration_s": scenario.duration_s,
         "warmup_s": scenario.warmup_s,
         "partial": any(recorder.partial for recorder in results.values()) or len(results) < len(scenario.pipelines),
-        "pipelines": {name: recorder.summary() for name, recorder in results.items()},
+        "pipelines": pipelines,
     }
 
 

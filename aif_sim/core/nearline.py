@@ -20,6 +20,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from aif_sim.core.latency import Sampler
+from aif_sim.scenario.schema import Refresh
+
+MEAN_DRAWS = 100_000  # draws that estimate a refresh latency's mean (the rate of a full sweep)
+
+
+def sweep_rate(refresh: Refresh | None, sampler: Sampler | None) -> float:
+    """Entities a full sweep re-infers per second: all workers, at the refresh latency's mean (infinite without refresh)."""
+    if refresh is None or sampler is None:
+        return float("inf")
+    mean_s = float(np.mean(sampler.sample(np.random.default_rng(0), MEAN_DRAWS, 1.0))) / 1000
+    return refresh.workers / max(mean_s, 1e-12)
+
 
 @dataclass(frozen=True)
 class Sweep:

@@ -169,6 +169,15 @@ def candidate_counts(spec: int | CandidateSpec, rng: np.random.Generator, size: 
     return np.clip(counts, spec.min, spec.max).astype(np.int64)
 
 
+def candidate_range(spec: int | CandidateSpec) -> tuple[int, int]:
+    """The fewest and the most candidates a request can have."""
+    if isinstance(spec, int):
+        return spec, spec
+    if isinstance(spec, ConstantCount):
+        return spec.n, spec.n
+    return spec.min, spec.max
+
+
 def request_blocks(traffic: Traffic, until_s: float, seed: int) -> Iterator[RequestBlock]:
     """The run's requests in arrival order; identical for every pipeline of a run."""
     user_rng, count_rng = stream(seed, "users"), stream(seed, "candidate-counts")

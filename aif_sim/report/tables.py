@@ -137,3 +137,27 @@ def sweep_table(rows: list[dict[str, Any]], param: str, capacities: dict[str, fl
 def _with_ci(row: dict[str, Any], key: str, unit: str) -> str:
     ci = row.get(f"{key}_ci95")
     return number(row.get(key), unit) + (f" ±{number(ci, unit)}" if ci is not None else "")
+
+
+def schedule_table(summary: dict[str, Any]) -> Table:
+    """How well a live run's load generator kept its schedule, per pipeline."""
+    table = plain_table("load generator (open loop; latency is measured from each request's scheduled time)")
+    for column in ("pipeline", "sched QPS", "issued QPS", "lag p50", "lag p99", "lag max", "schedule"):
+        table.add_column(column, justify="left" if column == "pipeline" else "right", no_wrap=True)
+    for name, metrics in summary["pipelines"].items():
+        live = metrics["live"]
+        lag = live["schedule_lag_ms"]
+        kept = "[green]kept[/]" if live["kept_schedule"] else "[bold red]NOT KEPT[/]"
+        table.add_row(
+            name, number(live["scheduled_qps"]), number(live["achieved_qps"]), *(number(lag[k], "ms") for k in ("p50", "p99", "max")), kept
+        )
+    return table
+
+
+def schedule_warning(pipeline: str, live: dict[str, Any]) -> str:
+    """One loud line when the host could not issue a pipeline's requests on time."""
+    lag = live["schedule_lag_ms"]
+    return (
+        f"aif-sim: WARNING: {pipeline}: this host could not keep the load schedule (issued {live['achieved_qps']:,.1f} of "
+        f"{live['scheduled_qps']:,.1f} QPS, lag p99 {lag['p99']:.2f} ms, max {lag['max']:.1f} ms): its latencies include the host's own overload"
+    )

@@ -11,13 +11,11 @@ import simpy
 
 from aif_sim.core.cache import CachePolicy
 from aif_sim.core.latency import Sampler
-from aif_sim.core.nearline import NearlineStore
+from aif_sim.core.nearline import NearlineStore, sweep_rate
 from aif_sim.core.traffic import CHUNK, ZipfSampler
 from aif_sim.metrics.recorder import Recorder
 from aif_sim.scenario.schema import CacheFlush, Fault, NearlineOutage, Refresh, StageSlowdown
 from aif_sim.sim.pools import StagePool
-
-MEAN_DRAWS = 100_000  # draws that estimate a refresh latency's mean (the rate of a full sweep)
 
 
 class Outage:
@@ -64,13 +62,6 @@ class NearlineRefresh:
         elif refresh is not None and refresh.interval_s:
             env.process(self._periodic(refresh.interval_s))
 
-    def sweep_rate(self) -> float:
-        """Entities re-inferred per second by all workers (from the refresh latency's mean)."""
-        if self.refresh is None or self.sampler is None:
-            return float("inf")
-        mean_s = float(np.mean(self.sampler.sample(np.random.default_rng(0), MEAN_DRAWS, 1.0))) / 1000
-        return self.refresh.workers / max(mean_s, 1e-12)
-
     def _updates(self, rate: float) -> Generator[simpy.Event, Any, None]:
         env, store = self.env, self.store
         while True:
@@ -109,7 +100,7 @@ class NearlineRefresh:
             self.refreshes += 1
 
     def _periodic(self, interval_s: float) -> Generator[simpy.Event, Any, None]:
-        rate = self.sweep_rate()
+        rate = sweep_rate(self.refresh, self.sampler)
         while True:
             yield self.env.timeout(interval_s)
             while self.outage.active():

@@ -15,6 +15,7 @@ import simpy
 
 from aif_sim.core.flow import Flow, FlowRun, Fork, Visit
 from aif_sim.core.latency import Sampler
+from aif_sim.core.nearline import sweep_rate
 from aif_sim.core.pipelines import stages_of
 from aif_sim.core.request import Outcome, Request
 from aif_sim.core.system import RequestSource, cache_policies, nearline_stores, shadow_sampling
@@ -81,7 +82,7 @@ class PipelineSimulation:
                 outage,
             )
             if items and nearline.model_publish_interval_s is not None:
-                env.process(publisher(env, store, nearline.model_publish_interval_s, refresh.sweep_rate(), outage))
+                env.process(publisher(env, store, nearline.model_publish_interval_s, sweep_rate(refresh.refresh, refresh.sampler), outage))
         for spec in scenario.faults:
             env.process(fault(env, spec, self.caches, self.pools, outage))
         if self.stores:

@@ -1,0 +1,298 @@
+"""Run one pipeline of a scenario in wall-clock time, in this process's asyncio loop.
+
+The same system as the DES (`core.system`: cache policies, nearline stores, the requests and their draws)
+and the same flow (`core.flow`), carried out for real: pools of concurrent services (`live.pools`), stage
+work that awaits external latencies or runs the real model in an executor (`live.stages`), values in
+aiocache storage (`live.storage`), nearline refresh that runs the model (`live.nearline`).
+
+The load generator is open loop: each request is issued at its scheduled arrival time on the loop's clock
+as its own task, whatever the state of the system, and its latency is measured from the *scheduled* time,
+so a late generator cannot hide queueing (coordinated omission); how late each request was issued (the
+schedule lag) is reported beside the results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from aif_sim.core.flow import Flow, FlowRun, Fork, Load, Save, Visit
+from aif_sim.core.latency import Sampler
+from aif_sim.core.nearline import sweep_rate
+from aif_sim.core.pipelines import stages_of
+from aif_sim.core.request import Outcome, Request
+from aif_sim.core.system import RequestSource, cache_policies, nearline_stores, vector_stores
+from aif_sim.core.traffic import ZipfSampler, stream
+from aif_sim.live.loop import Clock
+from aif_sim.live.model import LiveModel
+from aif_sim.live.nearline import LiveRefresh, Outage, fill, publisher
+from aif_sim.live.pools import LiveBatchingPool, LivePool
+from aif_sim.live.stages import LiveStage
+from aif_sim.live.storage import VectorStorage, open_storage
+from aif_sim.metrics.histogram import LogHistogram
+from aif_sim.metrics.recorder import Recorder, RequestSink
+from aif_sim.scenario.schema import CacheFlush, Fault, NearlineOutage, Scenario, StageSlowdown
+
+PAYLOAD_FIELD = {"user_vector": "user_vector", "sim_features": "behaviour"}  # what a cache's value is in a request's payload
+DRAIN_POLL_S = 0.05
+
+
+@dataclass
+class Schedule:
+    """How well the load generator kept the schedule: how late (ms) it issued the measured requests."""
+
+    lag_ms: LogHistogram
+    issued: int = 0
+    first_s: float = 0.0
+    last_s: float = 0.0
+
+    def summary(self, scheduled_qps: float) -> dict[str, Any]:
+        """The `live` block of a pipeline's summary."""
+        span = self.last_s - self.first_s
+        lag = self.lag_ms.summary()
+        return {
+            "scheduled_qps": scheduled_qps,
+            "achieved_qps": (self.issued - 1) / span if self.issued > 1 and span > 0 else float("nan"),
+            "schedule_lag_ms": {key: lag[key] for key in ("p50", "p99", "max")},
+        }
+
+
+class LivePipeline:
+    """One pipeline over one scenario, live: storage, pools, flow, background tasks, recorder."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        pipeline: str,
+        samplers: dict[str, Sampler],
+        model: LiveModel,
+        executor: Executor,
+        namespace: str,
+        sink: RequestSink | None = None,
+    ) -> None:
+        self.scenario, self.pipeline, self.samplers, self.model, self.executor = scenario, pipeline, samplers, model, executor
+        self.namespace = namespace
+        self.stage_names = stages_of(pipeline)
+        self.caches = cache_policies(scenario, pipeline)
+        self.stores = nearline_stores(scenario, pipeline)
+        self.recorder = Recorder.for_pipeline(scenario, pipeline, sink, self.caches, list(self.stores))
+        self.schedule = Schedule(LogHistogram())
+        self.storage: dict[str, VectorStorage] = {}
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.failure: BaseException | None = None  # the first error of a request or background task
+
+    # --- setting up ----------------------------------------------------------------------------------
+    def _open_storage(self) -> None:
+        caches, model = self.scenario.caches, self.model
+        backend, url = (caches.backend, caches.redis_url) if caches is not None else ("memory", None)
+        dtypes = {
+            "user_vector": model.user_dtype,
+            "sim_features": model.behaviour_dtype,
+            "items": model.item_dtype,
+            "users": model.interest_dtype,
+        }
+        for name in [*self.caches, *vector_stores(self.pipeline)]:
+            dtype = dtypes[name]  # a record, or an array (a sub-array dtype: its base and shape)
+            self.storage[name] = open_storage(backend, url, f"{self.namespace}.{self.pipeline}.{name}", dtype.base, dtype.shape)
+
+    async def _fill(self, progress: Callable[[str, int, int], None]) -> None:
+        """The nearline vectors as they stand when the run starts (made at time 0 by version 0)."""
+        traffic = self.scenario.traffic
+        for name in vector_stores(self.pipeline):
+            count = traffic.items.count if name == "items" else traffic.users.count
+            done = 0
+
+            def advance(n: int, name: str = name, count: int = count) -> None:
+                nonlocal done
+                done += n
+                progress(name, done, count)
+
+            await fill(self.storage[name], self._compute(name), self.executor, count, advance)
+
+    def _compute(self, name: str) -> Callable[[np.ndarray], np.ndarray]:
+        """The model call that makes a store's vectors from entity ids."""
+        model = self.model
+        return model.item_side if name == "items" else lambda ids: model.user_interest(ids.tolist())
+
+    def _pools(self, clock: Clock, flow: Flow) -> list[LivePool]:
+        pools: list[LivePool] = []
+        for slot, call in enumerate(flow.calls):
+            config = self.scenario.stages[call.stage]
+            rng = stream(self.scenario.seed, f"batch-service:{call.stage}")
+            vectors = self.storage.get(call.vectors) if call.vectors else None
+            work = LiveStage(clock, slot, call, self.samplers[call.stage], rng, self.model, self.executor, vectors)
+            pool = (
+                LivePool(clock, slot, config, work) if config.batch is None else LiveBatchingPool(clock, slot, config, work, self.recorder)
+            )
+            pools.append(pool)
+        return pools
+
+    def _background(self, clock: Clock, pools: list[LivePool]) -> None:
+        scenario, nearline, loop = self.scenario, self.scenario.nearline, clock.loop
+        outage = Outage(clock)
+        for name, store in self.stores.items():
+            assert nearline is not None
+            items = name == "items"
+            refresh_spec = nearline.refresh if items else nearline.user_refresh
+            sampler = self.samplers.get(f"refresh:{name}")
+            refresh = LiveRefresh(
+                clock,
+                store,
+                self.storage[name],
+                self._compute(name),
+                self.executor,
+                ZipfSampler(scenario.traffic.items if items else scenario.traffic.users),
+                nearline.item_updates_per_s if items else nearline.user_events_per_s,
+                refresh_spec,
+                sampler,
+                sweep_rate(refresh_spec, sampler),
+                stream(scenario.seed, f"nearline:{name}"),
+                outage,
+                lambda work: self._spawn(loop, work),
+            )
+            if items and nearline.model_publish_interval_s is not None:
+                self._spawn(loop, publisher(clock, refresh, nearline.model_publish_interval_s))
+        works = {pool.work.call.stage: pool.work for pool in pools if isinstance(pool.work, LiveStage)}
+        for spec in scenario.faults:
+            self._spawn(loop, self._fault(clock, spec, works, outage))
+        if self.stores:
+            self._spawn(loop, self._gauges(clock))
+
+    def _spawn(self, loop: asyncio.AbstractEventLoop, work: Any) -> asyncio.Task[Any]:
+        task = loop.create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None and self.failure is None:
+            self.failure = task.exception()
+
+    async def _fault(self, clock: Clock, spec: Fault, works: dict[str, LiveStage], outage: Outage) -> None:
+        """Apply one fault at its time (a fault on a cache or stage this pipeline lacks does nothing)."""
+        await clock.until(spec.at_s)
+        if isinstance(spec, CacheFlush) and spec.cache in self.caches:
+            lost = self.caches[spec.cache].flush(spec.fraction)
+            await self.storage[spec.cache].delete_many(lost)
+        elif isinstance(spec, NearlineOutage):
+            outage.until_s = max(outage.until_s, clock() + spec.duration_s)
+        elif isinstance(spec, StageSlowdown) and spec.stage in works:
+            work = works[spec.stage]
+            work.slowdown *= spec.factor
+            await asyncio.sleep(spec.duration_s)
+            work.slowdown /= spec.factor
+
+    async def _gauges(self, clock: Clock) -> None:
+        while True:
+            self.recorder.nearline_gauges(self.stores, clock())
+            await clock.until(int(clock()) + 1.0)
+
+    # --- requests ------------------------------------------------------------------------------------
+    async def _handle(self, request: Request, flow: Flow, pools: list[LivePool], clock: Clock) -> None:
+        outcome = await self._drive(request, flow.run(request), pools)
+        self.recorder.finish(request, outcome, clock())
+
+    async def _drive(self, request: Request, flow: FlowRun, pools: list[LivePool]) -> Outcome:
+        """Carry out what the request's flow asks (`core.flow`) until it ends; its outcome."""
+        answer: Any = None
+        while True:
+            try:
+                op = flow.send(answer)
+            except StopIteration as end:
+                return end.value
+            kind = type(op)
+            if kind is Visit:
+                answer = await pools[op.slot].serve(request)
+            elif kind is Fork:
+                answer = max(await asyncio.gather(*(self._drive(request, branch, pools) for branch in op.flows)))
+            elif kind is Load:
+                value = await self.storage[op.cache].get(request.user)
+                if value is None:
+                    raise RuntimeError(f"{op.cache}: the policy holds user {request.user} but its storage has no value")
+                request.payload[PAYLOAD_FIELD[op.cache]] = value
+                answer = None
+            else:
+                assert isinstance(op, Save)
+                storage = self.storage[op.cache]
+                await storage.set(request.user, request.payload[PAYLOAD_FIELD[op.cache]])
+                if op.dropped is not None:
+                    await storage.delete_many([op.dropped])
+                answer = None
+
+    async def _generate(self, clock: Clock, flow: Flow, pools: list[LivePool], duration_s: float, stop: Callable[[], bool]) -> None:
+        """Issue every request at its scheduled time, each as its own task (open loop)."""
+        scenario, recorder, schedule = self.scenario, self.recorder, self.schedule
+        reads = [(slot, call.reads) for slot, call in enumerate(flow.calls) if call.reads in self.caches]
+        sample_size = scenario.nearline.staleness_sample if scenario.nearline is not None and "items" in self.stores else 0
+        source = RequestSource(scenario, self.pipeline, self.samplers, reads, len(self.caches), sample_size)
+        items, rng = ZipfSampler(scenario.traffic.items), stream(scenario.seed, "live-candidates")
+        for requests in source.blocks(duration_s):
+            counts = np.array([r.candidates for r in requests])
+            candidates = np.split(items.sample(rng, int(counts.sum())), np.cumsum(counts)[:-1])
+            lags = []
+            for request, ids in zip(requests, candidates):
+                await clock.until(request.arrival_s)
+                if stop() or self.failure is not None:
+                    return
+                request.payload = {"user": request.user, "candidates": ids}
+                recorder.arrival(request)
+                self._spawn(clock.loop, self._handle(request, flow, pools, clock))
+                if request.measured:
+                    lags.append(clock() - request.arrival_s)
+                    if not schedule.issued:
+                        schedule.first_s = request.arrival_s
+                    schedule.issued += 1
+                    schedule.last_s = request.arrival_s + lags[-1]
+            schedule.lag_ms.add(np.array(lags) * 1000)
+            recorder.flush()
+
+    async def run(
+        self,
+        duration_s: float,
+        progress: Callable[[str, float, float], None],
+        stop: Callable[[], bool],
+    ) -> Recorder:
+        """Fill the index, then offer the scenario's requests for `duration_s` seconds, drain for at most
+        `drain_s` (or until `stop()` says so); the recorder, marked partial when stopped early."""
+        loop = asyncio.get_running_loop()
+        self._open_storage()
+        pools: list[LivePool] = []
+        try:
+            await self._fill(lambda name, done, total: progress(f"{self.pipeline}: {name} index", done, total))
+            clock = Clock(loop)
+            flow = Flow(self.pipeline, self.caches, self.stores, clock, storage=True)
+            pools = self._pools(clock, flow)
+            self._background(clock, pools)
+            self._spawn(loop, self._progress(clock, duration_s, progress))
+            await self._generate(clock, flow, pools, duration_s, stop)
+            deadline = clock() + self.scenario.drain_s
+            while self.recorder.live and clock() < deadline and not stop() and self.failure is None:
+                await asyncio.sleep(DRAIN_POLL_S)
+            if self.failure is not None:
+                raise self.failure
+            now = clock()
+            if stop():
+                self.recorder.stop(now)
+            self.recorder.close(now)
+            return self.recorder
+        finally:
+            for pool in pools:
+                if isinstance(pool, LiveBatchingPool):
+                    pool.close()
+            for task in list(self.tasks):
+                task.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+            for storage in self.storage.values():
+                await storage.clear()
+                await storage.close()
+
+    async def _progress(self, clock: Clock, duration_s: float, progress: Callable[[str, float, float], None]) -> None:
+        while True:
+            progress(self.pipeline, min(clock(), duration_s), duration_s)
+            await asyncio.sleep(0.25)
