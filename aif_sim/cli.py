@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -21,13 +21,15 @@ from aif_sim.app.outputs import OutputFolder, default_folder
 from aif_sim.app.quality import score_shadow_samples
 from aif_sim.app.run import build_samplers, simulate, summary_document, write_run
 from aif_sim.app.sweep import SweepContext, find_capacity, grid_sweep, load_param, write_sweep
+from aif_sim.atomic import write_json
 from aif_sim.core.latency import Sampler
 from aif_sim.core.pipelines import PIPELINES
 from aif_sim.errors import InputError
 from aif_sim.metrics.recorder import Recorder
 from aif_sim.metrics.requests_log import RequestLog
 from aif_sim.report.fmt import run_title
-from aif_sim.report.tables import comparison_table, make_console, schedule_table, schedule_warning, stage_table
+from aif_sim.report.plots import plot_validate_cdf
+from aif_sim.report.tables import comparison_table, make_console, schedule_table, schedule_warning, stage_table, validate_table
 from aif_sim.scenario import Override, Scenario, load_scenario, parse_overrides
 
 
@@ -80,6 +82,12 @@ def build_parser(with_model: bool = True) -> Parser:
     _run_options(live)
     live.add_argument("--duration", type=float, metavar="S", help="seconds of arrivals (default: the scenario's duration_s)")
     live.set_defaults(func=cmd_live)
+
+    validate = commands.add_parser("validate", help="the DES against the live engine on this scenario, at several loads")
+    _scenario_options(validate)
+    validate.add_argument("--qps", help="comma-separated loads (default: 20, 40, 60, 80%% of the slowest pipeline's capacity)")
+    validate.add_argument("--duration", type=float, metavar="S", help="seconds of arrivals per load (default: the scenario's duration_s)")
+    validate.set_defaults(func=cmd_validate)
 
     sweep = commands.add_parser("sweep", help="one run per value of a scenario field (or a capacity search), in parallel processes")
     _scenario_options(sweep)
@@ -192,6 +200,47 @@ def _run(args: argparse.Namespace, scenario: Scenario, samplers: dict[str, Sampl
     for pipeline, block in live.items():
         if not block["kept_schedule"]:
             print(schedule_warning(pipeline, block), file=sys.stderr)
+    if stop():
+        print(f"aif-sim: interrupted; partial results in {out}", file=sys.stderr)
+    return stop.exit_code
+
+
+def _loads(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        loads = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"--qps {text}: expected comma-separated loads in QPS") from None
+    if not loads or any(q <= 0 for q in loads):
+        raise InputError(f"--qps {text}: expected positive loads")
+    return loads
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from aif_sim.app.validate import TOLERANCE, ValidateRun, validate  # torch and asyncio: only for the live engine
+
+    loads = _loads(args.qps)
+    overrides = _overrides(args)
+    scenario = load_scenario(args.scenario, overrides + ([("duration_s", args.duration, "--duration")] if args.duration else []))
+    console = make_console()
+    with StopSignal() as stop, _target(args, scenario) as folder:
+        with Progress(TextColumn("{task.description:<24}"), BarColumn(), TimeElapsedColumn(), console=console, disable=args.quiet) as bar:
+            tasks: dict[str, Any] = {}
+
+            def progress(label: str, done: float, total: float) -> None:
+                if label not in tasks:
+                    tasks[label] = bar.add_task(label, total=total)
+                bar.update(tasks[label], completed=done)
+
+            run = ValidateRun(args.scenario, overrides, args.duration, progress, stop)
+            document = validate(run, loads, folder.path)
+        write_json(folder.path / "validate.json", document)
+        plot_validate_cdf(folder.path / "validate_cdf.png", run.curves, run_title(scenario))
+        out = folder.commit()
+    if not args.quiet:
+        console.print(validate_table(document["points"], TOLERANCE))
+        console.print(f"outputs in [bold]{out}[/]")
     if stop():
         print(f"aif-sim: interrupted; partial results in {out}", file=sys.stderr)
     return stop.exit_code

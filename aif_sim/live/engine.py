@@ -28,7 +28,7 @@ from aif_sim.core.pipelines import stages_of
 from aif_sim.core.request import Outcome, Request
 from aif_sim.core.system import RequestSource, cache_policies, nearline_stores, vector_stores
 from aif_sim.core.traffic import ZipfSampler, stream
-from aif_sim.live.loop import Clock
+from aif_sim.live.loop import Clock, measure_wake
 from aif_sim.live.model import LiveModel
 from aif_sim.live.nearline import LiveRefresh, Outage, fill, publisher
 from aif_sim.live.pools import LiveBatchingPool, LivePool
@@ -238,6 +238,8 @@ class LivePipeline:
             lags = []
             for request, ids in zip(requests, candidates):
                 await clock.until(request.arrival_s)
+                while clock() < request.arrival_s:  # never early: the last few microseconds are yielded away
+                    await asyncio.sleep(0)
                 if stop() or self.failure is not None:
                     return
                 request.payload = {"user": request.user, "candidates": ids}
@@ -265,7 +267,7 @@ class LivePipeline:
         pools: list[LivePool] = []
         try:
             await self._fill(lambda name, done, total: progress(f"{self.pipeline}: {name} index", done, total))
-            clock = Clock(loop)
+            clock = Clock(loop, await measure_wake())
             flow = Flow(self.pipeline, self.caches, self.stores, clock, storage=True)
             pools = self._pools(clock, flow)
             self._background(clock, pools)

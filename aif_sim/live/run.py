@@ -15,8 +15,10 @@ import asyncio
 import os
 import re
 import uuid
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from aif_sim.core.latency import Sampler
@@ -84,34 +86,52 @@ def _namespace(scenario: Scenario) -> str:
     return f"aif-sim.{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
 
 
+@dataclass(frozen=True)
+class LiveResources:
+    """What live runs of one scenario share: the warmed-up model and the executor its operators run in."""
+
+    model: LiveModel
+    executor: Executor
+
+
+@contextmanager
+def live_resources(scenario: Scenario) -> Iterator[LiveResources]:
+    """The model and an executor for live runs of this scenario (the executor is shut down on exit)."""
+    model = live_model(scenario)
+    with ThreadPoolExecutor(executor_threads(scenario), thread_name_prefix="aif-sim-model") as executor:
+        yield LiveResources(model, executor)
+
+
 def run_live(
     scenario: Scenario,
     samplers: dict[str, Sampler],
     sink: RequestSink | None,
     progress: Progress,
     stop: Callable[[], bool],
-    model: LiveModel | None = None,
+    resources: LiveResources | None = None,
 ) -> tuple[dict[str, Recorder], dict[str, dict[str, Any]]]:
     """Run every pipeline live for `scenario.duration_s`; per pipeline its recorder and its `live` block."""
-    model = model or live_model(scenario)
+    if resources is None:
+        with live_resources(scenario) as made:
+            return run_live(scenario, samplers, sink, progress, stop, made)
     results: dict[str, Recorder] = {}
     blocks: dict[str, dict[str, Any]] = {}
     namespace = _namespace(scenario)
-    with ThreadPoolExecutor(executor_threads(scenario), thread_name_prefix="aif-sim-model") as executor:
-        for pipeline in scenario.pipelines:
-            if stop():
-                break
-            live = LivePipeline(scenario, pipeline, samplers, model, executor, namespace, sink)
-            loop = new_loop()
-            try:
-                results[pipeline] = loop.run_until_complete(live.run(scenario.duration_s, progress, stop))
-            finally:
-                loop.close()
-            window_s = live.recorder.window.length_s
-            block = live.schedule.summary(live.recorder.offered / window_s if window_s > 0 else float("nan"))
-            block["kept_schedule"] = bool(
-                block["schedule_lag_ms"]["p99"] <= LAG_LIMIT_MS and block["achieved_qps"] >= 0.99 * block["scheduled_qps"]
-            )
-            block["storage"] = scenario.caches.backend if scenario.caches is not None else "memory"
-            blocks[pipeline] = block
+    model, executor = resources.model, resources.executor
+    for pipeline in scenario.pipelines:
+        if stop():
+            break
+        live = LivePipeline(scenario, pipeline, samplers, model, executor, namespace, sink)
+        loop = new_loop()
+        try:
+            results[pipeline] = loop.run_until_complete(live.run(scenario.duration_s, progress, stop))
+        finally:
+            loop.close()
+        window_s = live.recorder.window.length_s
+        block = live.schedule.summary(live.recorder.offered / window_s if window_s > 0 else float("nan"))
+        block["kept_schedule"] = bool(
+            block["schedule_lag_ms"]["p99"] <= LAG_LIMIT_MS and block["achieved_qps"] >= 0.99 * block["scheduled_qps"]
+        )
+        block["storage"] = scenario.caches.backend if scenario.caches is not None else "memory"
+        blocks[pipeline] = block
     return results, blocks

@@ -25,6 +25,8 @@ from aif_sim.live.loop import Clock
 from aif_sim.live.model import MODEL_OPS, LiveModel
 from aif_sim.live.storage import VectorStorage
 
+BEHAVIOUR_OPS = ("user_side", "sequential_prerank")  # operators that read the user's long-term behaviours
+
 
 class LiveStage:
     """The work of one stage slot of a pipeline (see the module docstring)."""
@@ -43,6 +45,7 @@ class LiveStage:
         self.clock, self.slot, self.call, self.sampler, self.rng = clock, slot, call, sampler, rng
         self.model, self.executor, self.vectors = model, executor, vectors
         self.op = MODEL_OPS.get(call.stage)
+        self.needs_behaviour = call.reads == "sim_features" or self.op in BEHAVIOUR_OPS
         self.slowdown = 1.0
 
     async def __call__(self, requests: list[Request]) -> None:
@@ -50,7 +53,7 @@ class LiveStage:
         if self.op is not None:
             await self._model(requests, started)
             return
-        if self.call.reads == "sim_features":
+        if self.needs_behaviour:
             self._behaviours(requests)
         if self.vectors is not None:
             for request in requests:
@@ -89,7 +92,8 @@ class LiveStage:
         miss_s = self._miss_s(requests)
         if miss_s > 0:
             await asyncio.sleep(miss_s)
-        self._behaviours(requests)
+        if self.needs_behaviour:
+            self._behaviours(requests)
         payloads = [request.payload for request in requests]
         await self.clock.loop.run_in_executor(self.executor, self.model.run, self.op, payloads)
         if self.slowdown != 1.0:

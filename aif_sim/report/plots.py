@@ -222,3 +222,32 @@ def plot_timeseries(path: Path, results: dict[str, Recorder], faults_at_s: list[
     fig.suptitle(f"Per second — {title}", fontsize=10)
     fig.tight_layout()
     _save(fig, path)
+
+
+def plot_validate_cdf(path: Path, curves: list[dict[str, Any]], title: str) -> None:
+    """Per load, each pipeline's latency by percentile on a tail axis: the DES (dashed) over the live run (solid)."""
+    if not curves:
+        return
+    fig, axes = _figure(len(curves), 3.6 * len(curves))
+    for ax, curve in zip(axes[:, 0], curves):
+        deepest = 0.99
+        for index, pipeline in enumerate(curve["live"]):
+            for engine, style in (("live", "-"), ("des", "--")):
+                blocks = curve[engine].get(pipeline, [])
+                latency = np.sort(np.concatenate(blocks)) if blocks else np.empty(0)
+                if len(latency) == 0:
+                    continue
+                share = (np.arange(len(latency)) + 0.5) / len(latency)
+                deepest = max(deepest, share[-1])
+                ax.plot(_tail(share), latency, style, color=f"C{index}", label=f"{pipeline} {engine} ({len(latency):,})")
+        ticks = [q for q in TAIL_TICKS if q <= deepest + 1e-12]
+        ax.set_xticks(_tail(ticks), [f"{100 * q:g}%" for q in ticks])
+        ax.set_xlim(0, _tail(deepest) * 1.02)
+        ax.set_yscale("log")
+        ax.set_ylabel("latency (ms)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(loc="upper left", fontsize=7)
+        ax.set_title(f"{curve['qps']:g} QPS", fontsize=9)
+    axes[-1, 0].set_xlabel("percentile of completed requests")
+    fig.suptitle(f"DES (dashed) against the live engine (solid) — {title}", fontsize=10)
+    _save(fig, path)

@@ -161,3 +161,21 @@ def schedule_warning(pipeline: str, live: dict[str, Any]) -> str:
         f"aif-sim: WARNING: {pipeline}: this host could not keep the load schedule (issued {live['achieved_qps']:,.1f} of "
         f"{live['scheduled_qps']:,.1f} QPS, lag p99 {lag['p99']:.2f} ms, max {lag['max']:.1f} ms): its latencies include the host's own overload"
     )
+
+
+def validate_table(points: list[dict[str, Any]], tolerance: float) -> Table:
+    """Per pipeline and load: p50 and p99 of the DES and the live run, the error with its 95% interval."""
+    table = plain_table(f"DES against live (error = DES/live - 1; target within {100 * tolerance:g}% on p50 and p99)")
+    for column in ("pipeline", "QPS", "util", "n", "p50 des/live", "err", "p99 des/live", "err"):
+        table.add_column(column, justify="left" if column == "pipeline" else "right", no_wrap=True)
+    for point in points:
+        row = [point["pipeline"], f"{point['qps']:g}", number(point["utilization"], "share"), f"{point['samples']:,}"]
+        for name in ("p50", "p99"):
+            row.append(f"{point['des'][f'{name}_ms']:.1f}/{point['live'][f'{name}_ms']:.1f}")
+            error = point["error"][name]
+            interval = point["ci95"].get("error", {}).get(name)
+            colour = "green" if point["within_tolerance"][name] else "red"
+            span = f" [{100 * interval[0]:+.0f},{100 * interval[1]:+.0f}]" if interval else ""
+            row.append(f"[{colour}]{100 * error:+.1f}%[/]{span}")
+        table.add_row(*row)
+    return table
