@@ -159,19 +159,23 @@ def validate(run: ValidateRun, qps: list[float] | None, folder: Path) -> dict[st
     check_live(scenario, run.source)
     build_samplers(scenario, run.source)
     rng = np.random.default_rng(scenario.seed)
-    profiles: dict[str, str] = {}
+    profiles: dict[float, Path] = {}
     with live_resources(scenario) as resources:
-        # the pipelines' capacities, from a profile at the scenario's own load
-        profile = _calibrate(run, scenario, resources, folder, scenario.traffic.arrival.qps)
-        base = _scenario(run, des_overrides(scenario, profile))
+
+        def profile_at(q: float) -> Path:
+            if q not in profiles:
+                profiles[q] = _calibrate(run, scenario, resources, folder, q)
+            return profiles[q]
+
+        # the pipelines' capacities, from a profile at the first load (or at the scenario's own)
+        base = _scenario(run, des_overrides(scenario, profile_at(qps[0] if qps else scenario.traffic.arrival.qps)))
         capacity = capacity_qps(base, build_samplers(base, run.source))
         for q in qps or [round(share * min(capacity.values()), 1) for share in LOAD_SHARES]:
             if run.stop():
                 break
             load: Override = ("traffic.arrival.qps", q, "--qps")
             live_scenario = _scenario(run, [load])
-            profile = _calibrate(run, live_scenario, resources, folder, q)
-            profiles[f"{q:g}"] = profile.name
+            profile = profile_at(q)
             des_scenario = _scenario(run, des_overrides(scenario, profile) + [load])
             des_samples, live_samples = LatencySamples(), LatencySamples()
             des = simulate(des_scenario, build_samplers(des_scenario, run.source), des_samples)
@@ -190,6 +194,6 @@ def validate(run: ValidateRun, qps: list[float] | None, folder: Path) -> dict[st
         "tolerance": TOLERANCE,
         "capacity_qps": capacity,
         "partial": bool(run.stop()),
-        "profiles": profiles,
+        "profiles": {f"{q:g}": path.name for q, path in profiles.items()},
         "points": run.points,
     }

@@ -226,6 +226,8 @@ def plot_timeseries(path: Path, results: dict[str, Recorder], faults_at_s: list[
 
 def plot_validate_cdf(path: Path, curves: list[dict[str, Any]], title: str) -> None:
     """Per load, each pipeline's latency by percentile on a tail axis: the DES (dashed) over the live run (solid)."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     if not curves:
         return
     fig, axes = _figure(len(curves), 3.6 * len(curves))
@@ -244,10 +246,12 @@ def plot_validate_cdf(path: Path, curves: list[dict[str, Any]], title: str) -> N
         ax.set_xticks(_tail(ticks), [f"{100 * q:g}%" for q in ticks])
         ax.set_xlim(0, _tail(deepest) * 1.02)
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_ylabel("latency (ms)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(loc="upper left", fontsize=7)
         ax.set_title(f"{curve['qps']:g} QPS", fontsize=9)
     axes[-1, 0].set_xlabel("percentile of completed requests")
-    fig.suptitle(f"DES (dashed) against the live engine (solid) — {title}", fontsize=10)
+    axes[0, 0].set_title(f"DES (dashed) against the live engine (solid): {title}\n{curves[0]['qps']:g} QPS", fontsize=9)
     _save(fig, path)

@@ -165,17 +165,21 @@ def schedule_warning(pipeline: str, live: dict[str, Any]) -> str:
 
 def validate_table(points: list[dict[str, Any]], tolerance: float) -> Table:
     """Per pipeline and load: p50 and p99 of the DES and the live run, the error with its 95% interval."""
-    table = plain_table(f"DES against live (error = DES/live - 1; target within {100 * tolerance:g}% on p50 and p99)")
-    for column in ("pipeline", "QPS", "util", "n", "p50 des/live", "err", "p99 des/live", "err"):
-        table.add_column(column, justify="left" if column == "pipeline" else "right", no_wrap=True)
+    table = plain_table(f"DES against live: error DES/live - 1 ± its 95% CI half-width; target ±{100 * tolerance:g}%")
+    for column in ("pipe", "QPS", "util", "n", "p50 DES/live", "error", "p99 DES/live", "error"):
+        table.add_column(column, justify="left" if column == "pipe" else "right", no_wrap=True)
     for point in points:
-        row = [point["pipeline"], f"{point['qps']:g}", number(point["utilization"], "share"), f"{point['samples']:,}"]
+        row = [
+            SHORT.get(point["pipeline"], point["pipeline"]),
+            f"{point['qps']:.0f}",
+            f"{100 * point['utilization']:.0f}%",
+            f"{point['samples']:,}",
+        ]
         for name in ("p50", "p99"):
             row.append(f"{point['des'][f'{name}_ms']:.1f}/{point['live'][f'{name}_ms']:.1f}")
-            error = point["error"][name]
             interval = point["ci95"].get("error", {}).get(name)
             colour = "green" if point["within_tolerance"][name] else "red"
-            span = f" [{100 * interval[0]:+.0f},{100 * interval[1]:+.0f}]" if interval else ""
-            row.append(f"[{colour}]{100 * error:+.1f}%[/]{span}")
+            spread = f"±{50 * (interval[1] - interval[0]):.0f}" if interval else ""
+            row.append(f"[{colour}]{100 * point['error'][name]:+.1f}%[/]{spread}")
         table.add_row(*row)
     return table
