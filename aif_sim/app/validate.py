@@ -127,8 +127,8 @@ def compare(
     pipeline: str, qps: float, des: Recorder, live: Recorder, des_ms: np.ndarray, live_ms: np.ndarray, rng: np.random.Generator
 ) -> dict[str, Any]:
     """One point of validate.json."""
-    des_stats = {**_quantiles(des_ms), "throughput_qps": des.summary()["throughput_qps"]}
-    live_summary = live.summary()
+    des_summary, live_summary = des.summary(), live.summary()
+    des_stats = {**_quantiles(des_ms), "throughput_qps": des_summary["throughput_qps"]}
     live_stats = {**_quantiles(live_ms), "throughput_qps": live_summary["throughput_qps"]}
     stages = live_summary["stages"]
     busiest = max(stages, key=lambda name: stages[name]["utilization"])
@@ -146,6 +146,10 @@ def compare(
         "error": error,
         "ci95": _bootstrap(des_ms, live_ms, rng),
         "within_tolerance": {name: bool(abs(error[name]) <= TOLERANCE) for name in ("p50", "p99")},
+        "stage_mean_ms": {
+            stage: {"des": des_summary["stages"][stage]["latency_ms"]["mean"], "live": stages[stage]["latency_ms"]["mean"]}
+            for stage in stages
+        },
     }
 
 

@@ -40,6 +40,7 @@ from aif_sim.scenario.schema import CacheFlush, Fault, NearlineOutage, Scenario,
 
 PAYLOAD_FIELD = {"user_vector": "user_vector", "sim_features": "behaviour"}  # what a cache's value is in a request's payload
 DRAIN_POLL_S = 0.05
+STOP_DRAIN_S = 2.0  # how long an interrupted run waits for its requests in flight
 
 
 @dataclass
@@ -273,14 +274,13 @@ class LivePipeline:
             self._background(clock, pools)
             self._spawn(loop, self._progress(clock, duration_s, progress))
             await self._generate(clock, flow, pools, duration_s, stop)
-            deadline = clock() + self.scenario.drain_s
-            while self.recorder.live and clock() < deadline and not stop() and self.failure is None:
-                await asyncio.sleep(DRAIN_POLL_S)
+            stopped_s = clock() if stop() else None  # arrivals stopped early
+            await self._drain(clock, stop)
             if self.failure is not None:
                 raise self.failure
             now = clock()
             if stop():
-                self.recorder.stop(now)
+                self.recorder.stop(now if stopped_s is None else stopped_s)
             self.recorder.close(now)
             return self.recorder
         finally:
@@ -293,6 +293,14 @@ class LivePipeline:
             for storage in self.storage.values():
                 await storage.clear()
                 await storage.close()
+
+    async def _drain(self, clock: Clock, stop: Callable[[], bool]) -> None:
+        """Wait for the requests in flight: at most `drain_s`, and at most STOP_DRAIN_S once a stop is asked."""
+        deadline = clock() + self.scenario.drain_s
+        while self.recorder.live and self.failure is None and clock() < deadline:
+            if stop():
+                deadline = min(deadline, clock() + STOP_DRAIN_S)
+            await asyncio.sleep(DRAIN_POLL_S)
 
     async def _progress(self, clock: Clock, duration_s: float, progress: Callable[[str, float, float], None]) -> None:
         while True:
