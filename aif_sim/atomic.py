@@ -42,19 +42,19 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """NaN and infinities become null (strict JSON)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
+        return {key: json_safe(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(item) for item in value]
+        return [json_safe(item) for item in value]
     return value
 
 
 def write_json(path: str | Path, document: Any) -> None:
-    write_text(path, json.dumps(_json_safe(document), indent=2) + "\n")
+    write_text(path, json.dumps(json_safe(document), indent=2) + "\n")
 
 
 def write_csv(path: str | Path, rows: list[dict[str, Any]], fields: list[str] | None = None) -> None:

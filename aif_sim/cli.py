@@ -18,6 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from aif_sim import __version__
 from aif_sim.app.interrupt import StopSignal
 from aif_sim.app.outputs import OutputFolder, default_folder
+from aif_sim.app.point_cache import PointCache
 from aif_sim.app.quality import score_shadow_samples
 from aif_sim.app.run import build_samplers, simulate, summary_document, write_run
 from aif_sim.app.sweep import SweepContext, find_capacity, grid_sweep, load_param, write_sweep
@@ -100,6 +101,10 @@ def build_parser(with_model: bool = True) -> Parser:
         "--find-capacity", metavar="LOW,HIGH", help="bisect the offered load for the highest QPS meeting slo.p99_ms (to 2%%)"
     )
     sweep.add_argument("--jobs", type=int, default=None, help="parallel processes (default: CPU count)")
+    sweep.add_argument(
+        "--cache", type=Path, default=Path("results/cache"), metavar="DIR", help="finished points by scenario hash (default results/cache)"
+    )
+    sweep.add_argument("--no-cache", action="store_true", help="run every point, keep none")
     sweep.set_defaults(func=cmd_sweep)
 
     if with_model:
@@ -278,11 +283,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         build_samplers(load_scenario(args.scenario, base + [(param, value, "--param")]), args.scenario)
     console = make_console()
     with StopSignal() as stop, _target(args, scenario) as folder:
-        ctx = SweepContext(args.scenario, scenario, param, base, args.replications, args.jobs, console, args.quiet, stop)
+        cache = PointCache(None if args.no_cache else args.cache)
+        ctx = SweepContext(args.scenario, scenario, param, base, args.replications, args.jobs, console, args.quiet, stop, cache)
         rows, results, extra = find_capacity(ctx, *values) if args.find_capacity else grid_sweep(ctx, values)
         write_sweep(ctx, folder.path, rows, results, extra)
         out = folder.commit()
     if not args.quiet:
+        if cache.hits:
+            console.print(f"{cache.hits} finished points taken from {args.cache}")
         console.print(f"outputs in [bold]{out}[/]")
     if stop():
         print(f"aif-sim: interrupted; partial results in {out}", file=sys.stderr)

@@ -150,7 +150,22 @@ def test_compare_three_pipelines(tiny, tmp_path, capsys):
 def test_sweep_writes_table_json_plots_and_capacity(tiny, tmp_path):
     out = tmp_path / "sweep"
     assert (
-        main(["sweep", str(tiny), "--param", "traffic.arrival.qps", "--values", "200,400", "--jobs", "2", "--out", str(out), "--quiet"])
+        main(
+            [
+                "sweep",
+                str(tiny),
+                "--param",
+                "traffic.arrival.qps",
+                "--values",
+                "200,400",
+                "--jobs",
+                "2",
+                "--out",
+                str(out),
+                "--quiet",
+                "--no-cache",
+            ]
+        )
         == 0
     )
     for name in (

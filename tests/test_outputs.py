@@ -125,6 +125,7 @@ def test_interrupted_sweep_writes_the_finished_points(tmp_path):
         "--out",
         str(out),
         "--quiet",
+        "--no-cache",
     ]
     rc, stopped_in, err = _interrupt(argv, signal.SIGTERM, 3.0, tmp_path)
     assert rc == 143, err

@@ -30,7 +30,7 @@ def _mm1(tmp_path, slo_ms: float = 10.0, duration_s: float = 20.0):
 def test_replications_give_means_and_student_t_half_widths(tmp_path):
     out = tmp_path / "sweep"
     argv = ["sweep", str(_mm1(tmp_path, duration_s=4.0)), "--param", "traffic.arrival.qps", "--values", "200,500"]
-    assert main([*argv, "--replications", "3", "--jobs", "2", "--out", str(out), "--quiet"]) == 0
+    assert main([*argv, "--replications", "3", "--jobs", "2", "--out", str(out), "--quiet", "--no-cache"]) == 0
     document = json.loads((out / "sweep.json").read_text())
     assert document["replications"] == 3 and document["partial"] is False
     rows = list(csv.DictReader(open(out / "sweep.csv")))
@@ -49,7 +49,9 @@ def test_find_capacity_matches_the_mm1_tail(tmp_path):
     """M/M/1 sojourn times are exponential with rate mu - lambda, so p99 <= S holds up to
     lambda* = mu - ln(100) / S: 539.5/s for mu = 1000/s and S = 10 ms."""
     out = tmp_path / "capacity"
-    assert main(["sweep", str(_mm1(tmp_path)), "--find-capacity", "100,950", "--jobs", "2", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(["sweep", str(_mm1(tmp_path)), "--find-capacity", "100,950", "--jobs", "2", "--out", str(out), "--quiet", "--no-cache"]) == 0
+    )
     document = json.loads((out / "sweep.json").read_text())
     capacity = document["capacity_qps"]["sequential"]
     assert capacity == pytest.approx(1000 - math.log(100) / 0.010, rel=0.08)
@@ -67,3 +69,29 @@ def test_find_capacity_needs_an_slo_and_a_range(tmp_path, capsys):
     assert "slo.p99_ms" in capsys.readouterr().err
     assert main(["sweep", str(path), "--find-capacity", "900,100", "--quiet"]) == 2
     assert "--find-capacity" in capsys.readouterr().err
+
+
+def test_a_repeated_sweep_reruns_only_the_points_it_does_not_have(tmp_path, capsys):
+    """Points are kept by a hash of the resolved scenario, its files and the simulator's code: a repeated sweep
+    takes every point from the cache and writes the same results; a lost point is run again, and only it; a
+    changed input is a new point."""
+    scenario, cache = _mm1(tmp_path, duration_s=3.0), tmp_path / "cache"
+
+    def sweep(out: str, *extra: str) -> dict:
+        argv = ["sweep", str(scenario), "--param", "traffic.arrival.qps", "--values", "200,400", "--replications", "2"]
+        assert main([*argv, "--jobs", "2", "--out", str(tmp_path / out), "--cache", str(cache), *extra]) == 0
+        return json.loads((tmp_path / out / "sweep.json").read_text())
+
+    first = sweep("first")
+    assert len(list(cache.glob("*.json"))) == 4 and "taken from" not in capsys.readouterr().out
+    again = sweep("again")
+    assert "4 finished points taken from" in capsys.readouterr().out
+    assert (
+        again["points"] == first["points"]
+        and (tmp_path / "first" / "sweep.csv").read_text() == (tmp_path / "again" / "sweep.csv").read_text()
+    )
+    next(iter(cache.glob("*.json"))).unlink()
+    sweep("lost")
+    assert "3 finished points taken from" in capsys.readouterr().out
+    sweep("changed", "--set", "warmup_s=1.0")
+    assert "taken from" not in capsys.readouterr().out and len(list(cache.glob("*.json"))) == 8

@@ -14,7 +14,7 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,10 @@ from rich.console import Console
 from rich.progress import Progress
 
 from aif_sim.app.interrupt import ignore_in_worker
+from aif_sim.app.point_cache import PointCache, point_key
 from aif_sim.app.quality import score_shadow_samples
 from aif_sim.app.run import build_samplers, simulate
-from aif_sim.atomic import write_csv, write_json
+from aif_sim.atomic import json_safe, write_csv, write_json
 from aif_sim.errors import InputError
 from aif_sim.metrics.recorder import SLO_MISS_BUDGET
 from aif_sim.metrics.summary import HEADLINES, NUMERIC, headline_values
@@ -60,32 +61,46 @@ class SweepContext:
     console: Console
     quiet: bool
     stop: Callable[[], bool]
+    cache: PointCache = field(default_factory=lambda: PointCache(None))
 
 
-def simulate_job(path: str, overrides: list[Override], pipeline: str) -> dict[str, Any]:
-    """Run one pipeline of one sweep point; its METRICS block (in a worker process)."""
-    scenario = load_scenario(path, overrides + [("pipelines", [pipeline], "--param")])
+def simulate_job(path: str, overrides: list[Override]) -> dict[str, Any]:
+    """Run one pipeline of one sweep point; its METRICS block as JSON has it (in a worker process)."""
+    scenario = load_scenario(path, overrides)
     results = simulate(scenario, build_samplers(scenario, path))
     score_shadow_samples(scenario, results)
-    return results[pipeline].summary()
+    return json_safe(results[scenario.pipelines[0]].summary())
 
 
 def job_overrides(ctx: SweepContext, job: Job) -> list[Override]:
-    return ctx.base + [(ctx.param, job.value, "--param"), ("seed", ctx.scenario.seed + job.replication, "--replications")]
+    """The overrides of one job: the swept value, its seed, its one pipeline."""
+    return ctx.base + [
+        (ctx.param, job.value, "--param"),
+        ("seed", ctx.scenario.seed + job.replication, "--replications"),
+        ("pipelines", [job.pipeline], "--param"),
+    ]
 
 
 def run_jobs(ctx: SweepContext, jobs: list[Job], label: str) -> dict[Job, dict[str, Any]]:
     """Run the jobs in a process pool with a progress bar; stops early (returning what finished) when asked."""
     results: dict[Job, dict[str, Any]] = {}
-    workers = max(1, min(ctx.jobs or multiprocessing.cpu_count(), len(jobs)))
+    keys = {job: point_key(load_scenario(ctx.path, job_overrides(ctx, job))) for job in jobs} if ctx.cache.folder else {}
+    for job in keys:
+        cached = ctx.cache.get(keys[job])
+        if cached is not None:
+            results[job] = cached
+    todo = [job for job in jobs if job not in results]
+    workers = max(1, min(ctx.jobs or multiprocessing.cpu_count(), len(todo) or 1))
     pool = multiprocessing.Pool(workers, initializer=ignore_in_worker)
     try:
         with Progress(console=ctx.console, disable=ctx.quiet, transient=True) as progress:
-            task = progress.add_task(label, total=len(jobs))
-            pending = {job: pool.apply_async(simulate_job, (ctx.path, job_overrides(ctx, job), job.pipeline)) for job in jobs}
+            task = progress.add_task(label, total=len(jobs), completed=len(jobs) - len(todo))
+            pending = {job: pool.apply_async(simulate_job, (ctx.path, job_overrides(ctx, job))) for job in todo}
             while pending and not ctx.stop():
                 for job in [j for j, handle in pending.items() if handle.ready()]:
                     results[job] = pending.pop(job).get()
+                    if job in keys:
+                        ctx.cache.put(keys[job], results[job])
                     progress.advance(task)
                 time.sleep(0.05)
     finally:
