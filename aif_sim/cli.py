@@ -30,7 +30,7 @@ from aif_sim.metrics.recorder import Recorder
 from aif_sim.metrics.requests_log import RequestLog
 from aif_sim.report.fmt import run_title
 from aif_sim.report.plots import plot_validate_cdf
-from aif_sim.report.tables import comparison_table, make_console, schedule_table, schedule_warning, stage_table, validate_table
+from aif_sim.report.tables import comparison_table, make_console, plan_table, schedule_table, schedule_warning, stage_table, validate_table
 from aif_sim.scenario import Override, Scenario, load_scenario, parse_overrides
 
 
@@ -83,6 +83,16 @@ def build_parser(with_model: bool = True) -> Parser:
     _run_options(live)
     live.add_argument("--duration", type=float, metavar="S", help="seconds of arrivals (default: the scenario's duration_s)")
     live.set_defaults(func=cmd_live)
+
+    plan = commands.add_parser("plan", help="per pipeline, the servers per pool of least cost that meet slo.p99_ms at a load")
+    _scenario_options(plan)
+    plan.add_argument("--qps", type=float, required=True, help="the load to plan for")
+    plan.add_argument("--pipelines", help=f"comma-separated, from {', '.join(PIPELINES)} (default: the scenario's)")
+    plan.add_argument("--replications", type=int, default=3, metavar="N", help="runs per configuration (default 3)")
+    plan.add_argument("--jobs", type=int, default=None, help="parallel processes (default: CPU count)")
+    plan.add_argument("--cache", type=Path, default=Path("results/cache"), metavar="DIR", help="finished runs by scenario hash")
+    plan.add_argument("--no-cache", action="store_true", help="run every configuration, keep none")
+    plan.set_defaults(func=cmd_plan)
 
     validate = commands.add_parser("validate", help="the DES against the live engine on this scenario, at several loads")
     _scenario_options(validate)
@@ -205,6 +215,37 @@ def _run(args: argparse.Namespace, scenario: Scenario, samplers: dict[str, Sampl
     for pipeline, block in live.items():
         if not block["kept_schedule"]:
             print(schedule_warning(pipeline, block), file=sys.stderr)
+    if stop():
+        print(f"aif-sim: interrupted; partial results in {out}", file=sys.stderr)
+    return stop.exit_code
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from aif_sim.app.plan import plan_pipelines
+
+    if args.replications < 1:
+        raise InputError(f"--replications: expected a positive integer, got {args.replications}")
+    if args.jobs is not None and args.jobs < 1:
+        raise InputError(f"--jobs: expected a positive integer, got {args.jobs}")
+    if args.qps <= 0:
+        raise InputError(f"--qps: expected a positive load, got {args.qps:g}")
+    base = _overrides(args)
+    if args.pipelines:
+        base.append(("pipelines", [p.strip() for p in args.pipelines.split(",") if p.strip()], "--pipelines"))
+    scenario = load_scenario(args.scenario, base)
+    load = load_param(scenario)
+    planned = load_scenario(args.scenario, base + [(load, args.qps, "--qps")])
+    samplers = build_samplers(planned, args.scenario)
+    console = make_console()
+    cache = PointCache(None if args.no_cache else args.cache)
+    with StopSignal() as stop, _target(args, scenario) as folder:
+        ctx = SweepContext(args.scenario, planned, "servers", base, args.replications, args.jobs, console, args.quiet, stop, cache)
+        document = plan_pipelines(ctx, args.qps, load, samplers, lambda pipeline: None)
+        write_json(folder.path / "plan.json", document)
+        out = folder.commit()
+    if not args.quiet:
+        console.print(plan_table(document, run_title(planned)))
+        console.print(f"outputs in [bold]{out}[/]")
     if stop():
         print(f"aif-sim: interrupted; partial results in {out}", file=sys.stderr)
     return stop.exit_code

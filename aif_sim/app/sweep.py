@@ -63,6 +63,10 @@ class SweepContext:
     stop: Callable[[], bool]
     cache: PointCache = field(default_factory=lambda: PointCache(None))
 
+    def value_overrides(self, value: Any) -> list[Override]:
+        """The overrides that set a swept value."""
+        return [(self.param, value, "--param")]
+
 
 def simulate_job(path: str, overrides: list[Override]) -> dict[str, Any]:
     """Run one pipeline of one sweep point; its METRICS block as JSON has it (in a worker process)."""
@@ -74,11 +78,14 @@ def simulate_job(path: str, overrides: list[Override]) -> dict[str, Any]:
 
 def job_overrides(ctx: SweepContext, job: Job) -> list[Override]:
     """The overrides of one job: the swept value, its seed, its one pipeline."""
-    return ctx.base + [
-        (ctx.param, job.value, "--param"),
-        ("seed", ctx.scenario.seed + job.replication, "--replications"),
-        ("pipelines", [job.pipeline], "--param"),
-    ]
+    return (
+        ctx.base
+        + ctx.value_overrides(job.value)
+        + [
+            ("seed", ctx.scenario.seed + job.replication, "--replications"),
+            ("pipelines", [job.pipeline], "--param"),
+        ]
+    )
 
 
 def run_jobs(ctx: SweepContext, jobs: list[Job], label: str) -> dict[Job, dict[str, Any]]:

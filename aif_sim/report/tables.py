@@ -183,3 +183,34 @@ def validate_table(points: list[dict[str, Any]], tolerance: float) -> Table:
             row.append(f"[{colour}]{100 * point['error'][name]:+.1f}%[/]{spread}")
         table.add_row(*row)
     return table
+
+
+def plan_table(document: dict[str, Any], title: str) -> Table:
+    """The designs side by side: servers per pool, cost per hour, the p99 the plan gives (± its 95% half-width)."""
+    designs = document["pipelines"]
+    table = plain_table(f"plan at {document['qps']:g} QPS, SLO p99 ≤ {document['slo_p99_ms']:g} ms — {title}")
+    table.add_column("", no_wrap=True)
+    for name in designs:
+        table.add_column(name, justify="right", no_wrap=True)
+    stages = list(dict.fromkeys(stage for d in designs.values() for stage in d.get("servers", d["lower_bounds"])))
+    for stage in stages:
+        table.add_row(f"{stage} servers", *[_servers(d, stage) for d in designs.values()])
+    table.add_row("cost / hour", *[f"{d['cost_per_hour']:,.1f}" if d["feasible"] else "[red]infeasible[/]" for d in designs.values()])
+    p99 = [f"{d['p99_ms']:.1f} ± {d['p99_ci95'] or 0:.1f}" if d["feasible"] else "–" for d in designs.values()]
+    table.add_row("p99 ms", *p99)
+    table.add_row("configurations run", *[str(d["evaluated"]) for d in designs.values()])
+    base = designs.get(BASELINE)
+    if base is not None and base["feasible"]:
+        table.add_row(
+            "cost / sequential", *[f"{d['cost_per_hour'] / base['cost_per_hour']:.2f}×" if d["feasible"] else "–" for d in designs.values()]
+        )
+    return table
+
+
+def _servers(design: dict[str, Any], stage: str) -> str:
+    if not design["feasible"]:
+        return f"≥ {design['lower_bounds'][stage]}" if stage in design["lower_bounds"] else ""
+    if stage not in design["servers"]:
+        return ""
+    utilization = design["utilization"][stage]
+    return f"{design['servers'][stage]} ({100 * utilization:.0f}%)"

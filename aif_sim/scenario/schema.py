@@ -210,6 +210,7 @@ class Stage(Strict):
     queue_limit: int | None = Field(default=None, ge=0)
     timeout_ms: float | None = Field(default=None, gt=0)
     batch: Batching | None = None
+    cost_per_server_hour: float = Field(default=1.0, ge=0)  # what `plan` minimises (any currency; default 1)
 
 
 class Slo(Strict):

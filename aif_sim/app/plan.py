@@ -1,0 +1,196 @@
+"""`plan`: per pipeline, the servers per pool of least total cost that meet `slo.p99_ms` at a given load.
+
+The search:
+1. A lower bound per pool from queueing theory: a pool that every request visits must keep its utilisation
+   below 1, so it needs more than `qps x mean service / batch size` servers (a pool behind a cache may see
+   fewer requests: its bound is 1).
+2. Grow: simulate (with replications, as a sweep point: the p99's and the missed share's upper 95% bounds
+   must meet the SLO); while the SLO is missed, add a server to the pool whose queue costs the most waiting
+   per unit of cost (mean wait x visits / cost_per_server_hour). The plan is infeasible when the requests'
+   no-contention p99 (their service times with no waiting at all) already misses the SLO, or nothing waits.
+3. Prune: give back servers, most expensive pools first, while the SLO is still met.
+Every configuration is simulated once (results are kept by configuration), with the sweep's point cache.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from aif_sim.app.sweep import Job, SweepContext, aggregate, run_jobs
+from aif_sim.core.latency import Sampler
+from aif_sim.core.pipelines import PIPELINES, Cached, Parallel, stages_of
+from aif_sim.core.traffic import candidate_counts
+from aif_sim.errors import InputError
+from aif_sim.scenario import Override, Scenario
+
+MAX_EVALUATIONS = 200  # configurations simulated per pipeline before the search gives up
+MEAN_DRAWS = 20_000
+
+Config = tuple[int, ...]
+
+
+def guarded_stages(pipeline: str) -> set[str]:
+    """Stages a cache hit may skip (they see fewer requests than the pipeline)."""
+    guarded = set()
+    for step in PIPELINES[pipeline]:
+        for branch in step.branches if isinstance(step, Parallel) else (step,):
+            if isinstance(branch, Cached):
+                guarded.add(branch.call.stage)
+    return guarded
+
+
+def lower_bounds(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler], qps: float) -> dict[str, int]:
+    """Per pool, the fewest servers that keep it stable at `qps` (see the module docstring)."""
+    rng = np.random.default_rng(0)
+    candidates = candidate_counts(scenario.traffic.candidates, rng, MEAN_DRAWS)
+    guarded = guarded_stages(pipeline) if scenario.caches is not None else set()
+    bounds = {}
+    for stage in stages_of(pipeline):
+        config, sampler = scenario.stages[stage], samplers[stage]
+        size = config.batch.max_size if config.batch is not None else 1
+        work = float(size) if sampler.work_key == "batch" else candidates * size
+        mean_s = float(np.mean(sampler.sample(rng, MEAN_DRAWS, work))) / 1000
+        bounds[stage] = 1 if stage in guarded else math.floor(qps * mean_s / size) + 1
+    return bounds
+
+
+@dataclass
+class PipelinePlan:
+    """The search of one pipeline: every configuration simulated, and where it stands."""
+
+    pipeline: str
+    stages: list[str]
+    costs: list[float]
+    bounds: Config
+    results: dict[Config, dict[str, Any]] = field(default_factory=dict)  # configuration -> aggregated row + runs
+
+    def cost(self, config: Config) -> float:
+        return float(sum(n * c for n, c in zip(config, self.costs)))
+
+
+class Planner:
+    """Runs the configurations of a search as sweep points (process pool, replications, point cache)."""
+
+    def __init__(self, ctx: SweepContext, qps: float, load: str, slo_ms: float) -> None:
+        self.ctx, self.qps, self.load, self.slo_ms = ctx, qps, load, slo_ms
+        self.evaluations = 0
+
+    def evaluate(self, plan: PipelinePlan, configs: list[Config]) -> None:
+        """Simulate the configurations not simulated yet (their replications in parallel)."""
+        todo = [c for c in dict.fromkeys(configs) if c not in plan.results]
+        if not todo:
+            return
+        jobs = [Job(config, plan.pipeline, r) for config in todo for r in range(self.ctx.replications)]
+        done = run_jobs(self._context(plan), jobs, f"plan {plan.pipeline}: {len(todo)} configurations")
+        for config in todo:
+            runs = [done[job] for job in jobs if job.value == config and job in done]
+            if len(runs) == self.ctx.replications:
+                row = aggregate(list(config), plan.pipeline, runs, self.slo_ms)
+                plan.results[config] = {"row": row, "runs": runs}
+        self.evaluations += len(todo)
+
+    def _context(self, plan: PipelinePlan) -> SweepContext:
+        """A sweep context whose swept `value` is a configuration (servers of each pool)."""
+        ctx = self.ctx
+        base = ctx.base + [(self.load, self.qps, "--qps")]
+        return _ConfigSweep(
+            ctx.path, ctx.scenario, "servers", base, ctx.replications, ctx.jobs, ctx.console, ctx.quiet, ctx.stop, ctx.cache, plan.stages
+        )
+
+    def meets(self, plan: PipelinePlan, config: Config) -> bool:
+        return bool(plan.results[config]["row"]["slo_met"])
+
+    def search(self, plan: PipelinePlan) -> Config | None:
+        """The cheapest configuration found that meets the SLO (None: infeasible or stopped)."""
+        config = plan.bounds
+        self.evaluate(plan, [config])
+        while config in plan.results and not self.meets(plan, config):
+            if len(plan.results) >= MAX_EVALUATIONS or self.ctx.stop():
+                return None
+            runs = plan.results[config]["runs"]
+            if np.mean([m["no_contention_ms"]["p99"] for m in runs]) > self.slo_ms:
+                return None  # the service times alone, with no waiting, miss the SLO: no server count helps
+            pressure = [_waiting_ms(runs, stage) / cost if cost else math.inf for stage, cost in zip(plan.stages, plan.costs)]
+            if max(pressure) <= 0:
+                return None  # nothing waits, and the SLO is still missed
+            grow = int(np.argmax(pressure))
+            config = tuple(n + (i == grow) for i, n in enumerate(config))
+            self.evaluate(plan, [config])
+        if config not in plan.results:
+            return None
+        for i in sorted(range(len(config)), key=lambda i: -plan.costs[i]):
+            while config[i] > plan.bounds[i] and not self.ctx.stop():
+                fewer = tuple(n - (j == i) for j, n in enumerate(config))
+                self.evaluate(plan, [fewer])
+                if fewer not in plan.results or not self.meets(plan, fewer):
+                    break
+                config = fewer
+        return config
+
+
+def _waiting_ms(runs: list[dict[str, Any]], stage: str) -> float:
+    """Total time requests waited in a pool's queue (mean wait x visits), averaged over replications."""
+    totals = [(m["stages"][stage]["wait_ms"]["mean"] or 0.0) * m["stages"][stage]["visits"] for m in runs]
+    return float(np.mean(totals))
+
+
+@dataclass
+class _ConfigSweep(SweepContext):
+    """A sweep context whose jobs set every pool's servers from the job's value."""
+
+    stage_order: list[str] = field(default_factory=list)
+
+    def value_overrides(self, value: Any) -> list[Override]:
+        return [(f"stages.{stage}.servers", int(n), "plan") for stage, n in zip(self.stage_order, value)]
+
+
+def plan_pipelines(
+    ctx: SweepContext, qps: float, load: str, samplers: dict[str, Sampler], progress: Callable[[str], None]
+) -> dict[str, Any]:
+    """The plan.json document (see DESIGN: plan)."""
+    scenario = ctx.scenario
+    if scenario.slo_p99_ms is None:
+        raise InputError(f"{ctx.path}: slo.p99_ms: required field is missing (plan finds the servers that meet it)")
+    planner = Planner(ctx, qps, load, scenario.slo_p99_ms)
+    designs: dict[str, Any] = {}
+    for pipeline in scenario.pipelines:
+        if ctx.stop():
+            break
+        stages = stages_of(pipeline)
+        bounds = lower_bounds(scenario, pipeline, samplers, qps)
+        plan = PipelinePlan(pipeline, stages, [scenario.stages[s].cost_per_server_hour for s in stages], tuple(bounds[s] for s in stages))
+        progress(pipeline)
+        best = planner.search(plan)
+        designs[pipeline] = _design(plan, best)
+    return {
+        "qps": qps,
+        "slo_p99_ms": scenario.slo_p99_ms,
+        "replications": ctx.replications,
+        "partial": bool(ctx.stop()),
+        "pipelines": designs,
+    }
+
+
+def _design(plan: PipelinePlan, best: Config | None) -> dict[str, Any]:
+    """One pipeline's entry of plan.json."""
+    evaluated = len(plan.results)
+    bounds = dict(zip(plan.stages, plan.bounds))
+    if best is None:
+        return {"feasible": False, "lower_bounds": bounds, "evaluated": evaluated}
+    row, runs = plan.results[best]["row"], plan.results[best]["runs"]
+    utilization = {stage: float(np.mean([m["stages"][stage]["utilization"] for m in runs])) for stage in plan.stages}
+    return {
+        "feasible": True,
+        "servers": dict(zip(plan.stages, best)),
+        "cost_per_hour": plan.cost(best),
+        "p99_ms": row["p99_ms"],
+        "p99_ci95": row.get("p99_ms_ci95"),
+        "utilization": utilization,
+        "lower_bounds": bounds,
+        "evaluated": evaluated,
+    }

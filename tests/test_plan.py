@@ -1,0 +1,95 @@
+"""`plan`: the cheapest servers per pool meeting the SLO, checked by simulating the plan again."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from aif_sim.app.run import build_samplers, simulate
+from aif_sim.cli import main
+from aif_sim.scenario import load_scenario
+from tests.simtools import write_yaml
+
+SLO_MS = 40.0
+QPS = 400
+
+
+def _scenario(tmp_path, slo_ms: float = SLO_MS):
+    data = {
+        "name": "plan-test",
+        "seed": 5,
+        "duration_s": 5.0,
+        "warmup_s": 1.0,
+        "pipelines": ["sequential", "aif"],
+        "slo": {"p99_ms": slo_ms},
+        "traffic": {
+            "arrival": {"kind": "poisson", "qps": 100},
+            "users": {"count": 100000, "zipf_s": 1.1},
+            "items": {"count": 100000, "zipf_s": 0.9},
+            "candidates": 1000,
+        },
+        "stages": {
+            "merger": {"servers": 4, "latency": {"dist": "constant", "ms": 0.5}, "cost_per_server_hour": 0.1},
+            "retrieval": {"servers": 64, "latency": {"dist": "lognormal", "median_ms": 8, "p99_ms": 20}, "cost_per_server_hour": 0.2},
+            "feature_fetch": {"servers": 32, "latency": {"dist": "gamma", "mean_ms": 3, "cv": 0.5}, "cost_per_server_hour": 0.2},
+            "item_fetch": {"servers": 32, "latency": {"dist": "gamma", "mean_ms": 2, "cv": 0.5}, "cost_per_server_hour": 0.2},
+            "user_inference": {
+                "servers": 4,
+                "latency": {"dist": "gamma", "mean_ms": 4, "cv": 0.3},
+                "batch": {"max_size": 8, "max_wait_ms": 1},
+            },
+            "prerank": {"servers": 8, "latency": {"dist": "gamma", "mean_ms": 6, "cv": 0.3}},
+            "rtp": {"servers": 4, "latency": {"dist": "gamma", "mean_ms": 1.5, "cv": 0.3}},
+        },
+    }
+    return write_yaml(tmp_path / "plan.yaml", data)
+
+
+def _p99s(path, servers: dict[str, int], pipeline: str, seeds: list[int], duration_s: float = 5.0) -> list[float]:
+    p99s = []
+    for seed in seeds:
+        overrides = [(f"stages.{s}.servers", n, "test") for s, n in servers.items()]
+        overrides += [
+            ("traffic.arrival.qps", QPS, "test"),
+            ("seed", seed, "test"),
+            ("pipelines", [pipeline], "test"),
+            ("duration_s", duration_s, "test"),
+        ]
+        scenario = load_scenario(path, overrides)
+        metrics = simulate(scenario, build_samplers(scenario, str(path)))[pipeline].summary()
+        lost = metrics["requests"]["rejected"] + metrics["requests"]["timed_out"]
+        p99s.append(float("inf") if lost else metrics["latency_ms"]["p99"])
+    return p99s
+
+
+def test_a_plan_meets_the_slo_on_other_seeds_and_no_pool_can_give_up_servers(tmp_path):
+    path = _scenario(tmp_path)
+    out = tmp_path / "out"
+    assert main(["plan", str(path), "--qps", str(QPS), "--out", str(out), "--quiet", "--no-cache", "--jobs", "2"]) == 0
+    document = json.loads((out / "plan.json").read_text())
+    assert document["qps"] == QPS and document["slo_p99_ms"] == SLO_MS
+    checked = 0
+    for pipeline, design in document["pipelines"].items():
+        assert design["feasible"], pipeline
+        servers = design["servers"]
+        assert all(servers[s] >= design["lower_bounds"][s] for s in servers)
+        assert design["cost_per_hour"] > 0 and design["p99_ms"] + (design["p99_ci95"] or 0) <= SLO_MS
+        # simulated again, on seeds the search never ran, for longer: the SLO holds
+        assert np.mean(_p99s(path, servers, pipeline, [101, 102], duration_s=10.0)) <= SLO_MS, pipeline
+        # and no pool can give up two servers (one may be the confidence margin's) without breaking it
+        for stage, n in servers.items():
+            if n - 2 >= design["lower_bounds"][stage]:
+                fewer = {**servers, stage: n - 2}
+                assert np.mean(_p99s(path, fewer, pipeline, [5, 6])) > SLO_MS, (pipeline, stage)
+                checked += 1
+    assert checked >= 2  # pools whose servers the SLO, not stability, decides    assert document["pipelines"]["aif"]["cost_per_hour"] < document["pipelines"]["sequential"]["cost_per_hour"]
+
+
+def test_an_slo_below_the_service_times_is_infeasible(tmp_path, capsys):
+    path = _scenario(tmp_path, slo_ms=5.0)  # retrieval alone takes 8 ms at the median
+    out = tmp_path / "out"
+    assert main(["plan", str(path), "--qps", str(QPS), "--out", str(out), "--no-cache", "--jobs", "2", "--pipelines", "aif"]) == 0
+    design = json.loads((out / "plan.json").read_text())["pipelines"]["aif"]
+    assert design["feasible"] is False and design["evaluated"] >= 1
+    assert "infeasible" in capsys.readouterr().out
