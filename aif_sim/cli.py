@@ -62,6 +62,7 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
 
 
 MODEL_COMMANDS = ("train", "evaluate", "sweep-model", "calibrate")
+BACKENDS = ("process", "ray")
 
 
 def build_parser(with_model: bool = True) -> Parser:
@@ -92,6 +93,7 @@ def build_parser(with_model: bool = True) -> Parser:
     plan.add_argument("--jobs", type=int, default=None, help="parallel processes (default: CPU count)")
     plan.add_argument("--cache", type=Path, default=Path("results/cache"), metavar="DIR", help="finished runs by scenario hash")
     plan.add_argument("--no-cache", action="store_true", help="run every configuration, keep none")
+    plan.add_argument("--backend", choices=BACKENDS, default="process", help="worker processes here, or on Ray (RAY_ADDRESS)")
     plan.set_defaults(func=cmd_plan)
 
     validate = commands.add_parser("validate", help="the DES against the live engine on this scenario, at several loads")
@@ -115,6 +117,7 @@ def build_parser(with_model: bool = True) -> Parser:
         "--cache", type=Path, default=Path("results/cache"), metavar="DIR", help="finished points by scenario hash (default results/cache)"
     )
     sweep.add_argument("--no-cache", action="store_true", help="run every point, keep none")
+    sweep.add_argument("--backend", choices=BACKENDS, default="process", help="worker processes here, or on Ray (RAY_ADDRESS)")
     sweep.set_defaults(func=cmd_sweep)
 
     if with_model:
@@ -239,7 +242,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     console = make_console()
     cache = PointCache(None if args.no_cache else args.cache)
     with StopSignal() as stop, _target(args, scenario) as folder:
-        ctx = SweepContext(args.scenario, planned, "servers", base, args.replications, args.jobs, console, args.quiet, stop, cache)
+        ctx = SweepContext(
+            args.scenario, planned, "servers", base, args.replications, args.jobs, console, args.quiet, stop, cache, args.backend
+        )
         document = plan_pipelines(ctx, args.qps, load, samplers, lambda pipeline: None)
         write_json(folder.path / "plan.json", document)
         out = folder.commit()
@@ -325,7 +330,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     console = make_console()
     with StopSignal() as stop, _target(args, scenario) as folder:
         cache = PointCache(None if args.no_cache else args.cache)
-        ctx = SweepContext(args.scenario, scenario, param, base, args.replications, args.jobs, console, args.quiet, stop, cache)
+        ctx = SweepContext(
+            args.scenario, scenario, param, base, args.replications, args.jobs, console, args.quiet, stop, cache, args.backend
+        )
         rows, results, extra = find_capacity(ctx, *values) if args.find_capacity else grid_sweep(ctx, values)
         write_sweep(ctx, folder.path, rows, results, extra)
         out = folder.commit()

@@ -95,3 +95,15 @@ def test_a_repeated_sweep_reruns_only_the_points_it_does_not_have(tmp_path, caps
     assert "3 finished points taken from" in capsys.readouterr().out
     sweep("changed", "--set", "warmup_s=1.0")
     assert "taken from" not in capsys.readouterr().out and len(list(cache.glob("*.json"))) == 8
+
+
+def test_a_sweep_on_ray_gives_the_process_pools_results(tmp_path):
+    """`--backend ray` runs the same jobs on a local Ray instance: the same points, the same rows."""
+    pytest.importorskip("ray", reason="Ray is the optional extra aif-sim[ray]; .ci/run installs it")
+    scenario = _mm1(tmp_path, duration_s=3.0)
+    documents = {}
+    for backend in ("process", "ray"):
+        argv = ["sweep", str(scenario), "--param", "traffic.arrival.qps", "--values", "200,400", "--jobs", "2", "--no-cache"]
+        assert main([*argv, "--backend", backend, "--out", str(tmp_path / backend), "--quiet"]) == 0
+        documents[backend] = json.loads((tmp_path / backend / "sweep.json").read_text())
+    assert documents["ray"]["points"] == documents["process"]["points"] and documents["ray"]["rows"] == documents["process"]["rows"]

@@ -33,6 +33,11 @@ class StopSignal:
         self._previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
         return self
 
+    def rearm(self) -> None:
+        """Take the signals back from a library that replaced their handlers (Ray's `init` sets SIGTERM's)."""
+        for s in SIGNALS:
+            signal.signal(s, self._handle)
+
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)

@@ -13,7 +13,6 @@ import multiprocessing
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import Progress
 
-from aif_sim.app.interrupt import ignore_in_worker
+from aif_sim.app.interrupt import StopSignal, ignore_in_worker
 from aif_sim.app.point_cache import PointCache, point_key
 from aif_sim.app.quality import score_shadow_samples
 from aif_sim.app.run import build_samplers, simulate
@@ -60,8 +59,9 @@ class SweepContext:
     jobs: int | None
     console: Console
     quiet: bool
-    stop: Callable[[], bool]
+    stop: StopSignal
     cache: PointCache = field(default_factory=lambda: PointCache(None))
+    backend: str = "process"
 
     def value_overrides(self, value: Any) -> list[Override]:
         """The overrides that set a swept value."""
@@ -97,8 +97,9 @@ def run_jobs(ctx: SweepContext, jobs: list[Job], label: str) -> dict[Job, dict[s
         if cached is not None:
             results[job] = cached
     todo = [job for job in jobs if job not in results]
-    workers = max(1, min(ctx.jobs or multiprocessing.cpu_count(), len(todo) or 1))
-    pool = multiprocessing.Pool(workers, initializer=ignore_in_worker)
+    if not todo:
+        return results
+    pool = _pool(ctx, len(todo))
     try:
         with Progress(console=ctx.console, disable=ctx.quiet, transient=True) as progress:
             task = progress.add_task(label, total=len(jobs), completed=len(jobs) - len(todo))
@@ -114,6 +115,20 @@ def run_jobs(ctx: SweepContext, jobs: list[Job], label: str) -> dict[Job, dict[s
         pool.terminate()
         pool.join()
     return results
+
+
+def _pool(ctx: SweepContext, jobs: int) -> Any:
+    """Worker processes for `jobs` jobs: a local process pool, or Ray's (a local instance, or the cluster named by
+    RAY_ADDRESS; `--jobs` then bounds the workers, by default Ray's CPUs)."""
+    if ctx.backend == "ray":
+        try:
+            from ray.util.multiprocessing import Pool as RayPool
+        except ImportError:
+            raise InputError("--backend ray: Ray is not installed (pip install 'aif-sim[ray]')") from None
+        pool = RayPool(min(ctx.jobs, jobs) if ctx.jobs else None, initializer=ignore_in_worker)
+        ctx.stop.rearm()  # ray.init replaced the SIGTERM handler
+        return pool
+    return multiprocessing.Pool(max(1, min(ctx.jobs or multiprocessing.cpu_count(), jobs)), initializer=ignore_in_worker)
 
 
 def aggregate(value: Any, pipeline: str, runs: list[dict[str, Any]], slo_ms: float | None) -> dict[str, Any]:
