@@ -14,8 +14,18 @@ from aif_sim.core.nearline import NearlineStore
 from aif_sim.core.pipelines import PIPELINES, caches_of, calls_of, stages_of
 from aif_sim.core.request import Request
 from aif_sim.core.shadow import ShadowSampling
-from aif_sim.core.traffic import ZipfSampler, request_blocks, stream
+from aif_sim.core.traffic import ZipfSampler, mean_rate, request_blocks, stream
 from aif_sim.scenario.schema import Scenario
+
+PROGRESS_STEPS = 200
+STEP_REQUESTS = 5000  # at most about this many arrivals between progress reports and stop checks
+
+
+def run_step_s(scenario: Scenario) -> float:
+    """The simulated time a DES run advances between progress reports and stop checks (where it may end)."""
+    horizon = scenario.duration_s + scenario.drain_s
+    rate = mean_rate(scenario.traffic.arrival) or STEP_REQUESTS
+    return min(horizon / PROGRESS_STEPS, max(1.0, STEP_REQUESTS / rate))
 
 
 def cache_policies(scenario: Scenario, pipeline: str) -> dict[str, CachePolicy]:
@@ -92,7 +102,7 @@ class RequestSource:
         warmup, k = scenario.warmup_s, len(self.stage_names)
         for block in request_blocks(scenario.traffic, duration_s, seed):
             n = len(block.arrival_s)
-            draws = [self._draw(name, rng, block.candidates) for name, rng in zip(self.stage_names, rngs)]
+            draws = [self.draw(name, rng, block.candidates) for name, rng in zip(self.stage_names, rngs)]
             services = (np.column_stack(draws) / 1000).tolist()  # seconds, a row per request
             miss_rows = self._miss_rows(miss_rngs, n, k) if self.reads else None
             samples = items.sample(sample_rng, n * self.sample_size).reshape(n, self.sample_size) if self.sample_size else None
@@ -115,7 +125,7 @@ class RequestSource:
             misses[:, slot] = self.samplers[f"cache:{cache}"].sample(rngs[cache], n, 1.0) / 1000
         return misses.tolist()
 
-    def _draw(self, name: str, rng: np.random.Generator, candidates: np.ndarray) -> np.ndarray:
+    def draw(self, name: str, rng: np.random.Generator, candidates: np.ndarray) -> np.ndarray:
         """Each request's service time (ms) at a stage, alone on a server: a profile measured by candidates
         reads the request's own count, one measured by batch a batch of one."""
         sampler = self.samplers[name]

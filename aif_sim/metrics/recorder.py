@@ -137,6 +137,7 @@ class Recorder:
         self.index_bytes = 0  # size of the served item-vector index (the engine sets it)
         self.shadow_samples: list[ShadowSample] = []  # requests shadow scoring takes (filled by the engine)
         self.quality: dict[str, Any] | None = None  # their scores with stale and fresh vectors (after the run)
+        self.engine = "simpy"  # the engine that produced these figures (simpy, compiled or live; the engine sets it)
         self._inside: dict[int, Request] = {}  # every request in the system, warm-up included
         self._done: list[Request] = []
         self._outcome: list[int] = []
@@ -206,40 +207,88 @@ class Recorder:
         self._end_s.append(now_s)
 
     # --- accounting ----------------------------------------------------------------------------------
+    def arrivals(self, measured: int) -> None:
+        """`measured` measured requests arrived (the counts `arrival` keeps, for an engine without Request objects)."""
+        self.offered += measured
+        self.in_flight += measured
+
+    def finished(self, outcome: np.ndarray, measured: np.ndarray) -> None:
+        """Requests left the system with these outcomes (the counts `finish` keeps, for an engine without Request objects)."""
+        self.in_flight -= int(np.count_nonzero(measured))
+        self.rejected += int(np.count_nonzero(measured & (outcome == Outcome.REJECTED)))
+        self.timed_out += int(np.count_nonzero(measured & (outcome == Outcome.TIMED_OUT)))
+
     def flush(self) -> None:
         """Account the buffered finished requests."""
         if not self._done:
             return
         done = self._done
-        times = _times(done, len(self.stage_names))
-        measured = np.fromiter((r.measured for r in done), bool, len(done))
+        n, stages = len(done), len(self.stage_names)
+        self.account(
+            np.fromiter((r.id for r in done), np.int64, n),
+            np.fromiter((r.arrival_s for r in done), float, n),
+            np.fromiter((r.user for r in done), np.int64, n),
+            np.fromiter((r.candidates for r in done), np.int64, n),
+            np.fromiter((r.measured for r in done), bool, n),
+            _times(done, stages),
+            np.fromiter(chain.from_iterable(r.service_s for r in done), float, n * stages).reshape(n, stages),
+            np.array(self._outcome),
+            np.array(self._end_s),
+            _cache_flags(done, len(self.caches)),
+            [r.vectors for r in done] if self.vectors else None,
+        )
+        self._done, self._outcome, self._end_s = [], [], []
+
+    def account(
+        self,
+        ids: np.ndarray,
+        arrival_s: np.ndarray,
+        users: np.ndarray,
+        candidates: np.ndarray,
+        measured: np.ndarray,
+        times: np.ndarray,
+        service_s: np.ndarray,
+        outcome: np.ndarray,
+        end_s: np.ndarray,
+        cache_hit: np.ndarray | None = None,
+        vectors: list[tuple[str, Any, int, int] | None] | None = None,
+    ) -> None:
+        """Account finished requests, given as columns in the order they finished: ids, arrival times (s), users,
+        candidate counts, whether measured, stage times [requests, stages, (enter, start, end)] (NaN where not
+        visited), service times [requests, stages] (s), outcomes, finish times (s), cache flags [requests,
+        caches] (1.0 / 0.0 / NaN; None: no caches) and the vectors each read (`Request.vectors`; None: none)."""
+        n = len(ids)
+        if n == 0:
+            return
+        if cache_hit is None:
+            cache_hit = np.full((n, len(self.caches)), np.nan)
         self._visits(times, measured)
-        completed = np.array(self._outcome) == Outcome.COMPLETED
-        end_s = np.array(self._end_s)
-        arrival_s = np.fromiter((r.arrival_s for r in done), float, len(done))
+        completed = outcome == Outcome.COMPLETED
         latency_ms = (end_s - arrival_s) * 1000
-        flags = _cache_flags(done, len(self.caches))
+        flags = cache_hit
         means = {f"{name}_hit_ratio": flags[:, i] for i, name in enumerate(self.caches)}
         for i, counts in enumerate(self.cache_counts.values()):
             mine = flags[measured, i]
             counts[0] += int(np.count_nonzero(mine == 1.0))
             counts[1] += int(np.count_nonzero(mine == 0.0))
-        means.update(self._vector_ages(done, completed & measured))
+        means.update(self._vector_ages(vectors, n, completed & measured))
         self.timeseries.add(end_s, np.where(completed, latency_ms, np.nan), means)
         inside = (end_s >= self.window.start_s) & (end_s < self.window.end_s)
         self.completed_in_window += int(np.count_nonzero(completed & inside))
         keep = completed & measured
-        self._completed(done, keep, times[keep], latency_ms[keep], flags[keep])
-        self._done, self._outcome, self._end_s = [], [], []
+        self._completed(
+            ids[keep], arrival_s[keep], users[keep], candidates[keep], service_s[keep], times[keep], latency_ms[keep], flags[keep]
+        )
 
-    def _vector_ages(self, done: list[Request], keep: np.ndarray) -> dict[str, np.ndarray]:
+    def _vector_ages(self, vectors: list[tuple[str, Any, int, int] | None] | None, n: int, keep: np.ndarray) -> dict[str, np.ndarray]:
         """Account the vector ages completed measured requests read; per request, its mean age (for the time series)."""
         means = {}
         for name, record in self.vectors.items():
-            mean_age = np.full(len(done), np.nan)
-            index = [i for i, r in enumerate(done) if r.vectors is not None and r.vectors[0] == name]
+            mean_age = np.full(n, np.nan)
+            index = [i for i, v in enumerate(vectors or ()) if v is not None and v[0] == name]
             if index:
-                measured = [done[i].vectors for i in index]
+                assert vectors is not None
+                measured = [vectors[i] for i in index]
                 lengths = np.array([len(v[1]) for v in measured])
                 ages = np.concatenate([v[1] for v in measured])
                 mean_age[index] = np.add.reduceat(ages, np.cumsum(lengths) - lengths) / lengths
@@ -265,7 +314,17 @@ class Recorder:
                 stage.busy_window_s += float(np.clip(inside, 0.0, None).sum())
                 stage.compute_s += float((end[mine, slot] - start[mine, slot]).sum())
 
-    def _completed(self, done: list[Request], keep: np.ndarray, times: np.ndarray, latency_ms: np.ndarray, flags: np.ndarray) -> None:
+    def _completed(
+        self,
+        ids: np.ndarray,
+        arrival_s: np.ndarray,
+        users: np.ndarray,
+        candidates: np.ndarray,
+        service_s: np.ndarray,
+        times: np.ndarray,
+        latency_ms: np.ndarray,
+        flags: np.ndarray,
+    ) -> None:
         """End-to-end, no-contention and critical-path accounting of completed measured requests."""
         n = len(latency_ms)
         if n == 0:
@@ -274,8 +333,7 @@ class Recorder:
         self.latency.add(latency_ms)
         if self.slo_ms is not None:
             self.over_slo += int(np.count_nonzero(latency_ms > self.slo_ms))
-        kept = [r for r, k in zip(done, keep) if k]
-        service = np.fromiter(chain.from_iterable(r.service_s for r in kept), float, n * len(self.stages)).reshape(n, -1) * 1000
+        service = service_s * 1000
         stage_ms = (times[..., 2] - times[..., 0]) * 1000
         visited = ~np.isnan(stage_ms)
         service = np.where(visited, service, 0.0)  # a stage skipped by a cache hit costs nothing
@@ -290,10 +348,10 @@ class Recorder:
         self.no_contention.add(no_contention)
         if self.sink is not None:
             block = CompletedBlock(
-                np.array([r.id for r in kept], dtype=np.int64),
-                np.array([r.arrival_s for r in kept]),
-                np.array([r.user for r in kept], dtype=np.int64),
-                np.array([r.candidates for r in kept], dtype=np.int64),
+                np.asarray(ids, dtype=np.int64),
+                np.asarray(arrival_s, dtype=float),
+                np.asarray(users, dtype=np.int64),
+                np.asarray(candidates, dtype=np.int64),
                 latency_ms,
                 stage_ms,
                 flags,
@@ -306,13 +364,16 @@ class Recorder:
         self.window = Window(self.window.start_s, max(self.window.start_s, min(self.window.end_s, now_s)))
         self.timeseries.window = self.window
 
-    def close(self, end_s: float) -> None:
+    def close(self, end_s: float, still_inside: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         """The run ended at `end_s` (simulated): account what has finished, and the finished visits of the
-        requests still in flight; close the time series."""
+        requests still in flight; close the time series. `still_inside`: (stage times, measured) of the requests
+        in flight, from an engine that keeps no Request objects (times NaN where a visit had not ended by `end_s`)."""
         self.flush()
         if self._inside:
             inside = list(self._inside.values())
             self._visits(_times(inside, len(self.stage_names)), np.fromiter((r.measured for r in inside), bool, len(inside)))
+        if still_inside is not None and len(still_inside[1]):
+            self._visits(*still_inside)
         self.timeseries.close_until(math.ceil(end_s))
 
     # --- results -------------------------------------------------------------------------------------

@@ -18,15 +18,12 @@ from aif_sim.core.latency import Sampler
 from aif_sim.core.nearline import sweep_rate
 from aif_sim.core.pipelines import stages_of
 from aif_sim.core.request import Outcome, Request
-from aif_sim.core.system import RequestSource, cache_policies, nearline_stores, shadow_sampling
-from aif_sim.core.traffic import ZipfSampler, mean_rate, stream
+from aif_sim.core.system import RequestSource, cache_policies, nearline_stores, run_step_s, shadow_sampling
+from aif_sim.core.traffic import ZipfSampler, stream
 from aif_sim.metrics.recorder import Recorder, RequestSink
 from aif_sim.scenario.schema import Scenario
 from aif_sim.sim.background import NearlineRefresh, Outage, fault, gauges, publisher
 from aif_sim.sim.pools import BatchingPool, StagePool
-
-PROGRESS_STEPS = 200
-STEP_REQUESTS = 5000  # at most about this many arrivals between progress reports and stop checks
 
 
 class PipelineSimulation:
@@ -133,8 +130,7 @@ class PipelineSimulation:
         return the recorder, marked partial when stopped early."""
         self.env.process(self._arrivals())
         horizon = self.scenario.duration_s + self.scenario.drain_s
-        rate = mean_rate(self.scenario.traffic.arrival) or STEP_REQUESTS
-        step = min(horizon / PROGRESS_STEPS, max(1.0, STEP_REQUESTS / rate))
+        step = run_step_s(self.scenario)
         now = 0.0
         while now < horizon and not (self.arrivals_done and self.recorder.live == 0):
             if stop is not None and stop():

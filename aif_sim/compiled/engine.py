@@ -1,0 +1,257 @@
+"""Run one pipeline of plain stage pools with numba kernels, request by request as `sim.engine` would.
+
+The run, block by block of arrivals (the blocks `core.traffic.request_blocks` yields, with the service
+draws of `core.system.RequestSource`):
+1. the block's event times are simpy's: the arrival process wakes at `now + (arrival - now)`;
+2. `kernels.advance` moves every request in the system through the pipeline's steps, step by step, each
+   stage swept in order of arrival there, but only as far as is known: the next block's first arrival A
+   reaches any step no earlier than A, so a request reaching step k at or after A waits (its arrival time
+   kept) and is merged into step k's sweep with the next block; each stage's heaps carry over;
+3. the requests that finished before the block's last arrival are accounted (`Recorder.account`) in the
+   order they finished, as one group: exactly what simpy's `recorder.flush()` after that block sees.
+At the end the run stops at the simulated time `PipelineSimulation.run` would stop at (the first of its
+progress steps by which every request has finished, or the horizon); requests finishing later stay in
+flight, with the visits they ended before it. Memory: the requests in the system and one block ahead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from aif_sim.compiled.kernels import advance, event_times
+from aif_sim.core.latency import Sampler
+from aif_sim.core.pipelines import PIPELINES, stages_of, step_slots
+from aif_sim.core.system import RequestSource, cache_policies, run_step_s, vector_stores
+from aif_sim.core.traffic import RequestBlock, request_blocks, stream
+from aif_sim.metrics.recorder import Recorder, RequestSink
+from aif_sim.scenario.schema import Scenario
+
+
+def unsupported(scenario: Scenario, pipeline: str) -> str | None:
+    """Why the compiled engine cannot run this pipeline of the scenario (one line), or None when it can."""
+    if pipeline not in PIPELINES:
+        return f"unknown pipeline {pipeline!r}"
+    reasons = []
+    batching = [name for name in stages_of(pipeline) if scenario.stages[name].batch is not None]
+    if batching:
+        reasons.append(f"batching ({', '.join(batching)})")
+    caches = list(cache_policies(scenario, pipeline))
+    if caches:
+        reasons.append(f"caches ({', '.join(caches)})")
+    stores = vector_stores(pipeline) if scenario.nearline is not None else []
+    if stores:
+        reasons.append(f"nearline vectors ({', '.join(stores)})")
+    if "items" in stores and scenario.model is not None and scenario.model.shadow_rate > 0:
+        reasons.append("shadow scoring")
+    if scenario.faults:
+        reasons.append(f"faults ({', '.join(dict.fromkeys(fault.kind for fault in scenario.faults))})")
+    return f"the compiled engine does not model {'; '.join(reasons)}" if reasons else None
+
+
+def run_compiled(
+    scenario: Scenario,
+    pipeline: str,
+    samplers: dict[str, Sampler],
+    sink: RequestSink | None = None,
+    progress: Callable[[float], None] | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> Recorder:
+    """Simulate the pipeline as `PipelineSimulation(scenario, pipeline, samplers, sink).run(progress, stop)` does
+    and return its recorder. `progress(now)` is called after each block of arrivals and at the end; `stop()` is
+    asked before each block: when it turns true the run ends there, partial. Raises ValueError when
+    `unsupported` gives a reason."""
+    reason = unsupported(scenario, pipeline)
+    if reason is not None:
+        raise ValueError(reason)
+    recorder = Recorder.for_pipeline(scenario, pipeline, sink, {}, [])
+    pools = _Pools(scenario, pipeline)
+    system = _Requests(len(pools.names))
+    blocks = _blocks(scenario, pipeline, samplers)
+    upcoming = next(blocks, None)
+    upcoming_t = event_times(upcoming[0].arrival_s, 0.0) if upcoming is not None else None
+    now = 0.0  # the last arrival so far: everything before it is accounted
+    last_end = -math.inf  # the latest finish so far
+    while upcoming is not None:
+        if stop is not None and stop():
+            recorder.stop(now)
+            _close(recorder, system, now, now)
+            return recorder
+        (block, service), t = upcoming, upcoming_t
+        last = float(t[-1])
+        upcoming = next(blocks, None)
+        limit = math.inf
+        if upcoming is not None:
+            upcoming_t = event_times(upcoming[0].arrival_s, last)
+            limit = float(upcoming_t[0])
+        measured = block.arrival_s >= scenario.warmup_s
+        system.extend(block, measured, service, t)
+        recorder.arrivals(int(np.count_nonzero(measured)))
+        pools.advance(system, limit)
+        last_end = max(last_end, _flush(recorder, system, last))
+        now = last
+        if progress is not None:
+            progress(now)
+    if len(system):
+        last_end = max(last_end, float(system.column("end_s").max()))
+    end, clock = _end(scenario, max(now, last_end))
+    _flush(recorder, system, clock)
+    _close(recorder, system, end, clock)
+    if progress is not None:
+        progress(end)
+    return recorder
+
+
+# --- the run's requests ----------------------------------------------------------------------------------
+def _blocks(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler]) -> Iterator[tuple[RequestBlock, np.ndarray]]:
+    """The blocks of requests `RequestSource.blocks` makes, as arrays: each block with its service times
+    [requests, stage slots] in seconds (the same streams and draws; no cache or nearline draws here)."""
+    source = RequestSource(scenario, pipeline, samplers, [], 0, 0)
+    rngs = [stream(scenario.seed, f"service:{name}") for name in source.stage_names]
+    for block in request_blocks(scenario.traffic, scenario.duration_s, scenario.seed):
+        draws = [source.draw(name, rng, block.candidates) for name, rng in zip(source.stage_names, rngs)]
+        yield block, np.column_stack(draws) / 1000
+
+
+class _Requests:
+    """The requests in the system (arrived, not yet accounted), as columns in order of arrival (`column(name)`,
+    views of buffers reused from block to block); `step` is the step each is at (the number of steps once
+    finished), `arrive` when it arrived there."""
+
+    def __init__(self, stages: int, capacity: int = 1024) -> None:
+        self.kinds: dict[str, tuple[tuple[int, ...], type]] = {
+            "ids": ((), np.int64),
+            "arrival_s": ((), np.float64),
+            "users": ((), np.int64),
+            "candidates": ((), np.int64),
+            "measured": ((), np.bool_),
+            "service": ((stages,), np.float64),
+            "times": ((stages, 3), np.float64),
+            "outcome": ((), np.int64),
+            "end_s": ((), np.float64),
+            "arrive": ((), np.float64),
+            "step": ((), np.int64),
+        }
+        self.n = 0
+        self.buffers = {name: np.empty((capacity, *shape), dtype) for name, (shape, dtype) in self.kinds.items()}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def column(self, name: str) -> np.ndarray:
+        return self.buffers[name][: self.n]
+
+    def extend(self, block: RequestBlock, measured: np.ndarray, service: np.ndarray, t: np.ndarray) -> None:
+        k = len(t)
+        size = self.n + k
+        capacity = len(self.buffers["ids"])
+        if size > capacity:
+            grown = {}
+            for name, (shape, dtype) in self.kinds.items():
+                grown[name] = np.empty((max(size, 2 * capacity), *shape), dtype)
+                grown[name][: self.n] = self.column(name)
+            self.buffers = grown
+        new = slice(self.n, size)
+        b = self.buffers
+        b["ids"][new] = np.arange(block.first_id, block.first_id + k)
+        b["arrival_s"][new] = block.arrival_s
+        b["users"][new] = block.user
+        b["candidates"][new] = block.candidates
+        b["measured"][new] = measured
+        b["service"][new] = service
+        b["times"][new] = np.nan
+        b["outcome"][new] = 0
+        b["end_s"][new] = np.nan
+        b["arrive"][new] = t
+        b["step"][new] = 0
+        self.n = size
+
+    def keep(self, mask: np.ndarray) -> None:
+        """Keep the requests where `mask` holds, in order."""
+        kept = int(np.count_nonzero(mask))
+        for name in self.kinds:
+            self.buffers[name][:kept] = self.column(name)[mask]
+        self.n = kept
+
+
+class _Pools:
+    """The stage pools' state (see `kernels`) and the pipeline's steps as arrays."""
+
+    def __init__(self, scenario: Scenario, pipeline: str) -> None:
+        self.names = stages_of(pipeline)
+        configs = [scenario.stages[name] for name in self.names]
+        groups = step_slots(pipeline)
+        self.steps = len(groups)
+        self.step_at = np.cumsum([0] + [len(group) for group in groups]).astype(np.int64)
+        self.step_slots = np.array([slot for group in groups for slot in group], dtype=np.int64)
+        self.free_at = np.cumsum([0] + [config.servers for config in configs]).astype(np.int64)
+        self.free = np.full(int(self.free_at[-1]), -np.inf)
+        self.queue_limit = np.array([-1 if c.queue_limit is None else c.queue_limit for c in configs], dtype=np.int64)
+        self.left_at = np.cumsum([0] + [max(0, int(limit)) for limit in self.queue_limit]).astype(np.int64)
+        self.left = np.empty(max(1, int(self.left_at[-1])))
+        self.left_n = np.zeros(len(configs), np.int64)
+        # the timeout exactly as sim.pools computes it (ms / 1000)
+        self.timeout_s = np.array([math.inf if c.timeout_ms is None else c.timeout_ms / 1000 for c in configs])
+
+    def advance(self, system: _Requests, limit: float) -> None:
+        advance(
+            self.step_at,
+            self.step_slots,
+            self.free_at,
+            self.free,
+            self.queue_limit,
+            self.left_at,
+            self.left,
+            self.left_n,
+            self.timeout_s,
+            system.column("arrive"),
+            system.column("step"),
+            system.column("service"),
+            system.column("times"),
+            system.column("outcome"),
+            system.column("end_s"),
+            limit,
+        )
+
+
+# --- accounting ------------------------------------------------------------------------------------------
+def _flush(recorder: Recorder, system: _Requests, before: float) -> float:
+    """Account the requests that finished before `before`, in the order they finished, and drop them; the
+    latest finish among them (-inf: none)."""
+    end_s = system.column("end_s")
+    done = end_s < before  # NaN (not finished) compares false
+    index = np.flatnonzero(done)
+    if len(index) == 0:
+        return -math.inf
+    order = index[np.argsort(end_s[index], kind="stable")]
+    columns = ("ids", "arrival_s", "users", "candidates", "measured", "times", "service", "outcome", "end_s")
+    ids, arrival_s, users, candidates, measured, times, service, outcome, end_s = (system.column(name)[order] for name in columns)
+    recorder.account(ids, arrival_s, users, candidates, measured, times, service, outcome, end_s)
+    recorder.finished(outcome, measured)
+    system.keep(~done)
+    return float(end_s[-1])
+
+
+def _close(recorder: Recorder, system: _Requests, end: float, clock: float) -> None:
+    """Close the recorder at `end` with the requests still in flight at the simulated time `clock`: the visits
+    they ended before it count."""
+    times = system.column("times").copy()
+    times[~(times[..., 2] < clock)] = np.nan
+    recorder.close(end, (times, system.column("measured").copy()))
+
+
+def _end(scenario: Scenario, last_event: float) -> tuple[float, float]:
+    """When `PipelineSimulation.run` stops, given its last event (the last arrival or finish): (its `now`, the
+    simulated clock then). It runs in steps `env.run(until=now)`, the clock moving to `clock + (now - clock)`
+    and processing the events before it; it stops at the horizon, or after the step whose clock passed the
+    last event."""
+    horizon = scenario.duration_s + scenario.drain_s
+    step = run_step_s(scenario)
+    now = clock = 0.0
+    while True:
+        now = min(now + step, horizon)
+        clock = clock + (now - clock)
+        if now >= horizon or last_event < clock:
+            return now, clock

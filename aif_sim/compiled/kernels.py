@@ -1,0 +1,199 @@
+"""Numba kernels of the compiled engine: the event times of the arrival process and the per-stage sweep.
+
+State of a stage pool (slot s), kept across calls in flat arrays:
+- `free[free_at[s] : free_at[s + 1]]`: a min-heap of its servers' free times (the end of the last visit
+  each was given; -inf at first);
+- `left[left_at[s] : left_at[s] + left_n[s]]`: with a queue limit, a min-heap of the times its live
+  waiters leave the queue (when they start, or when they time out); its capacity is the queue limit,
+  since a request only queues while fewer than `queue_limit` wait.
+
+A visit at t to a pool whose heap minimum m <= t starts at t; otherwise, with a queue limit, the waiters
+that have left by t are popped and it is rejected when `queue_limit` remain; otherwise it is given the
+server that frees at m (FIFO: every earlier waiter has been given its server already) unless m > t +
+timeout, when it leaves the queue at t + timeout without claiming one. This is `sim.pools.StagePool`
+exactly, up to events at exactly equal times (whose order simpy decides by scheduling order).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+COMPLETED, REJECTED, TIMED_OUT = 0, 1, 2  # core.request.Outcome
+
+
+@njit(cache=True)
+def event_times(arrival_s: np.ndarray, now: float) -> np.ndarray:
+    """The times simpy's arrival process wakes at: each `now + (arrival - now)` from the previous one."""
+    out = np.empty_like(arrival_s)
+    for i in range(len(arrival_s)):
+        now = now + (arrival_s[i] - now)
+        out[i] = now
+    return out
+
+
+@njit(cache=True)
+def _sift_down(heap: np.ndarray, base: int, size: int, pos: int) -> None:
+    x = heap[base + pos]
+    while True:
+        child = 2 * pos + 1
+        if child >= size:
+            break
+        right = child + 1
+        if right < size and heap[base + right] < heap[base + child]:
+            child = right
+        if heap[base + child] < x:
+            heap[base + pos] = heap[base + child]
+            pos = child
+        else:
+            break
+    heap[base + pos] = x
+
+
+@njit(cache=True)
+def _push(heap: np.ndarray, base: int, size: int, x: float) -> int:
+    """Push x on a heap of `size` entries; the new size."""
+    pos = size
+    while pos > 0:
+        parent = (pos - 1) >> 1
+        if heap[base + parent] > x:
+            heap[base + pos] = heap[base + parent]
+            pos = parent
+        else:
+            break
+    heap[base + pos] = x
+    return size + 1
+
+
+@njit(cache=True)
+def _pop(heap: np.ndarray, base: int, size: int) -> int:
+    """Remove the minimum of a heap of `size` entries; the new size."""
+    size -= 1
+    if size > 0:
+        heap[base] = heap[base + size]
+        _sift_down(heap, base, size, 0)
+    return size
+
+
+@njit(cache=True)
+def _stable_order(index: np.ndarray, key: np.ndarray, count: int) -> np.ndarray:
+    """`index[:count]` ordered by `key[:count]`, ties in index order. The arrivals at a step are the previous
+    step's ends of requests taken in order of arrival, so nearly sorted: an insertion sort, unless it has to
+    move them far (then a merge sort)."""
+    order = index[:count].copy()
+    keys = key[:count].copy()
+    moves, budget = 0, 16 * count + 64
+    for i in range(1, count):
+        k, x = keys[i], order[i]
+        j = i - 1
+        while j >= 0 and keys[j] > k:
+            keys[j + 1] = keys[j]
+            order[j + 1] = order[j]
+            j -= 1
+        moves += i - 1 - j
+        keys[j + 1] = k
+        order[j + 1] = x
+        if moves > budget:
+            return index[:count][np.argsort(key[:count], kind="mergesort")]
+    return order
+
+
+@njit(cache=True)
+def advance(
+    step_at: np.ndarray,
+    step_slots: np.ndarray,
+    free_at: np.ndarray,
+    free: np.ndarray,
+    queue_limit: np.ndarray,
+    left_at: np.ndarray,
+    left: np.ndarray,
+    left_n: np.ndarray,
+    timeout_s: np.ndarray,
+    arrive: np.ndarray,
+    step: np.ndarray,
+    service: np.ndarray,
+    times: np.ndarray,
+    outcome: np.ndarray,
+    end_s: np.ndarray,
+    limit: float,
+) -> None:
+    """Move the requests through the pipeline's steps as far as is known before `limit` (the next unseen
+    arrival): at step k, every request there that arrives before `limit`, in order of arrival.
+
+    Steps: step k calls the slots `step_slots[step_at[k] : step_at[k + 1]]` (several: a parallel group).
+    Per request: `arrive` its arrival time at its current step `step` (== number of steps: finished),
+    `service[i, slot]` its service times, `times[i, slot]` (enter, start, end) of its completed visits,
+    `outcome` and `end_s` how and when it finished. `timeout_s` is inf for a stage without a timeout,
+    `queue_limit` -1 for one without a limit.
+    """
+    n = len(arrive)
+    steps = len(step_at) - 1
+    index = np.empty(n, np.int64)
+    key = np.empty(n, np.float64)
+    for k in range(steps):
+        count = 0
+        for i in range(n):
+            if step[i] == k and arrive[i] < limit:
+                index[count] = i
+                key[count] = arrive[i]
+                count += 1
+        order = _stable_order(index, key, count)
+        last = k == steps - 1
+        for i in order:
+            t = arrive[i]
+            step_end = t
+            worst = COMPLETED
+            for p in range(step_at[k], step_at[k + 1]):
+                slot = step_slots[p]
+                base = free_at[slot]
+                servers = free_at[slot + 1] - base
+                m = free[base]
+                if m <= t:  # a free server
+                    e = t + service[i, slot]
+                    free[base] = e
+                    _sift_down(free, base, servers, 0)
+                    times[i, slot, 0] = t
+                    times[i, slot, 1] = t
+                    times[i, slot, 2] = e
+                    o = COMPLETED
+                else:
+                    limited = queue_limit[slot] >= 0
+                    waiting = 0
+                    lb = left_at[slot]
+                    if limited:
+                        waiting = left_n[slot]
+                        while waiting > 0 and left[lb] <= t:
+                            waiting = _pop(left, lb, waiting)
+                    if limited and waiting >= queue_limit[slot]:
+                        o = REJECTED
+                        e = t
+                    else:
+                        deadline = t + timeout_s[slot]
+                        if m > deadline:  # no server handed over before the timeout
+                            o = TIMED_OUT
+                            e = deadline
+                            if limited:
+                                waiting = _push(left, lb, waiting, deadline)
+                        else:
+                            o = COMPLETED
+                            e = m + service[i, slot]
+                            free[base] = e
+                            _sift_down(free, base, servers, 0)
+                            times[i, slot, 0] = t
+                            times[i, slot, 1] = m
+                            times[i, slot, 2] = e
+                            if limited:
+                                waiting = _push(left, lb, waiting, m)
+                    if limited:
+                        left_n[slot] = waiting
+                if e > step_end:
+                    step_end = e
+                if o > worst:
+                    worst = o
+            if worst != COMPLETED or last:
+                outcome[i] = worst
+                end_s[i] = step_end
+                step[i] = steps
+            else:
+                arrive[i] = step_end
+                step[i] = k + 1

@@ -1,0 +1,261 @@
+"""The compiled engine against the simpy engine: request for request, the same accounting, the same summary.
+
+Both engines are traced where they hand their requests to the recorder (`Recorder.account`: ids, arrival,
+outcome, finish time, stage times, service, in the groups and order simpy flushes them; `Recorder._visits`:
+also the finished visits of requests in flight at the end): the traces must be equal, exactly."""
+
+from __future__ import annotations
+
+import math
+from contextlib import ExitStack
+from typing import Any
+from unittest.mock import patch
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from simtools import MANY, make_scenario, negligible, small_stages
+
+import aif_sim.compiled.engine as compiled_engine
+import aif_sim.sim.engine as sim_engine
+from aif_sim.app.run import build_samplers
+from aif_sim.compiled import run_compiled, unsupported
+from aif_sim.core import traffic
+from aif_sim.core.pipelines import stages_of
+from aif_sim.core.system import RequestSource
+from aif_sim.metrics.recorder import Recorder
+from aif_sim.scenario import Scenario
+
+ALL = ["sequential", "aif", "uic"]
+ACCOUNTED = ("ids", "arrival_s", "users", "candidates", "measured", "times", "service_s", "outcome", "end_s")
+
+
+class BlockSink:
+    """Keeps every block of per-request rows the recorder writes."""
+
+    def __init__(self) -> None:
+        self.blocks: list[Any] = []
+
+    def write(self, pipeline: str, stages: list[str], caches: list[str], block: Any) -> None:
+        self.blocks.append(block)
+
+
+def _traced_run(run, chunk: int | None) -> tuple[Recorder, list[tuple[str, dict[str, np.ndarray]]], BlockSink]:
+    """Run an engine (`run(sink)` -> Recorder) with arrival blocks of `chunk` requests; the recorder, the
+    trace of what it was handed, and the per-request rows it wrote."""
+    trace: list[tuple[str, dict[str, np.ndarray]]] = []
+    account, visits = Recorder.account, Recorder._visits
+
+    def traced_account(self, *args, **kwargs):
+        trace.append(("account", {name: np.array(value, copy=True) for name, value in zip(ACCOUNTED, args)}))
+        return account(self, *args, **kwargs)
+
+    def traced_visits(self, times, measured):
+        trace.append(("visits", {"times": np.array(times, copy=True), "measured": np.array(measured, copy=True)}))
+        return visits(self, times, measured)
+
+    sink = BlockSink()
+    with ExitStack() as stack:
+        stack.enter_context(patch.object(Recorder, "account", traced_account))
+        stack.enter_context(patch.object(Recorder, "_visits", traced_visits))
+        if chunk is not None:
+            stack.enter_context(patch.object(traffic, "CHUNK", chunk))
+        recorder = run(sink)
+    return recorder, trace, sink
+
+
+def _same(a: Any, b: Any, where: str = "") -> None:
+    """Equal, NaN equal to NaN, recursively."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for key in a:
+            _same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{where}[{i}]")
+    elif isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and a.shape == b.shape, (where, a.dtype, b.dtype, a.shape, b.shape)
+        assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), where
+    elif isinstance(a, float) and math.isnan(a):
+        assert isinstance(b, float) and math.isnan(b), (where, a, b)
+    else:
+        assert a == b, (where, a, b)
+
+
+def assert_equivalent(scenario: Scenario, pipeline: str, chunk: int | None = None) -> Recorder:
+    """Run the pipeline with both engines and check they agree request for request; the compiled recorder."""
+    samplers = build_samplers(scenario, "<test>")
+    simpy_recorder, simpy_trace, simpy_sink = _traced_run(
+        lambda sink: sim_engine.PipelineSimulation(scenario, pipeline, samplers, sink).run(), chunk
+    )
+    recorder, trace, sink = _traced_run(lambda sink: run_compiled(scenario, pipeline, samplers, sink), chunk)
+    assert [kind for kind, _ in trace] == [kind for kind, _ in simpy_trace]
+    for i, ((kind, mine), (_, theirs)) in enumerate(zip(trace, simpy_trace)):
+        _same(mine, theirs, f"{kind} #{i}")
+    _same(recorder.summary(), simpy_recorder.summary(), "summary")
+    _same(recorder.timeseries.rows, simpy_recorder.timeseries.rows, "timeseries")
+    _same([vars(block) for block in sink.blocks], [vars(block) for block in simpy_sink.blocks], "rows")
+    return recorder
+
+
+# --- randomised equivalence ------------------------------------------------------------------------------
+@st.composite
+def latencies(draw: st.DrawFn) -> dict[str, Any]:
+    dist = draw(st.sampled_from(["exponential", "gamma", "lognormal"]))
+    mean = draw(st.floats(0.2, 12.0))
+    if dist == "exponential":
+        return {"dist": dist, "mean_ms": mean}
+    if dist == "gamma":
+        return {"dist": dist, "mean_ms": mean, "cv": draw(st.floats(0.1, 2.0))}
+    return {"dist": dist, "median_ms": mean, "p99_ms": mean * draw(st.floats(1.1, 6.0))}
+
+
+@st.composite
+def pools(draw: st.DrawFn) -> dict[str, Any]:
+    stage: dict[str, Any] = {"servers": draw(st.integers(1, 8)), "latency": draw(latencies())}
+    queue_limit = draw(st.none() | st.integers(0, 20))
+    if queue_limit is not None:
+        stage["queue_limit"] = queue_limit
+    timeout_ms = draw(st.none() | st.floats(0.5, 50.0))
+    if timeout_ms is not None:
+        stage["timeout_ms"] = timeout_ms
+    return stage
+
+
+@st.composite
+def cases(draw: st.DrawFn) -> tuple[Scenario, str, int]:
+    pipeline = draw(st.sampled_from(ALL))
+    stages = {name: draw(pools()) for name in stages_of(pipeline)}
+    if draw(st.booleans()):  # a constant service: no ties with continuous arrivals
+        stages["merger"]["latency"] = {"dist": "constant", "ms": draw(st.floats(0.05, 2.0))}
+    qps = draw(st.floats(50.0, 3000.0))
+    duration_s = draw(st.floats(1.0, max(1.0, min(5.0, 6000.0 / qps))))
+    kind = draw(st.sampled_from(["poisson", "poisson", "diurnal", "bursty"]))
+    arrival: dict[str, Any] = {"kind": "poisson", "qps": qps}
+    if kind == "diurnal":
+        arrival = {"kind": "diurnal", "mean_qps": qps, "peak_to_trough": draw(st.floats(1.0, 5.0)), "period_s": draw(st.floats(0.5, 5.0))}
+    elif kind == "bursty":
+        arrival = {"kind": "bursty", "qps": qps / 3, "burst_qps": qps * 2, "mean_burst_s": 0.2, "mean_calm_s": 0.5}
+    extra = {"slo": {"p99_ms": draw(st.floats(5.0, 100.0))}} if draw(st.booleans()) else {}
+    scenario = make_scenario(
+        stages,
+        pipelines=[pipeline],
+        arrival=arrival,
+        duration_s=duration_s,
+        warmup_s=draw(st.floats(0.0, duration_s / 2)),
+        drain_s=draw(st.sampled_from([0.0, 0.05, 0.5, 2.0])),
+        seed=draw(st.integers(0, 2**31)),
+        **extra,
+    )
+    return scenario, pipeline, draw(st.sampled_from([3, 16, 101, 8192]))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases())
+def test_random_scenarios_give_the_simpy_results_request_for_request(case):
+    scenario, pipeline, chunk = case
+    assert_equivalent(scenario, pipeline, chunk)
+
+
+# --- chosen cases ----------------------------------------------------------------------------------------
+def overload_stages() -> dict[str, dict[str, Any]]:
+    """Limited stages offered 2-3x their capacity with queue limits and timeouts (as in test_invariants, rtp unbatched)."""
+    return {
+        "merger": negligible(),
+        "retrieval": {"servers": MANY, "latency": {"dist": "lognormal", "median_ms": 5, "p99_ms": 12}},
+        "feature_fetch": {"servers": MANY, "latency": {"dist": "gamma", "mean_ms": 2, "cv": 0.5}},
+        "item_fetch": {"servers": MANY, "latency": {"dist": "gamma", "mean_ms": 1, "cv": 0.5}},
+        "prerank": {"servers": 4, "latency": {"dist": "exponential", "mean_ms": 10}, "queue_limit": 20, "timeout_ms": 25},
+        "user_inference": {"servers": 2, "latency": {"dist": "gamma", "mean_ms": 5, "cv": 0.4}, "queue_limit": 10, "timeout_ms": 12},
+        "rtp": {"servers": 1, "latency": {"dist": "exponential", "mean_ms": 2}, "queue_limit": 20, "timeout_ms": 20},
+        "light_prerank": {"servers": 2, "latency": {"dist": "gamma", "mean_ms": 6, "cv": 0.3}, "queue_limit": 10, "timeout_ms": 20},
+    }
+
+
+@pytest.mark.parametrize("pipeline", ALL)
+@pytest.mark.parametrize("drain_s,chunk", [(0.0, 7), (10.0, 50), (0.3, None)])
+def test_overload_with_losses_and_requests_in_flight(pipeline, drain_s, chunk):
+    scenario = make_scenario(overload_stages(), pipelines=ALL, qps=1000, duration_s=3.0, warmup_s=1.0, drain_s=drain_s, seed=5)
+    recorder = assert_equivalent(scenario, pipeline, chunk)
+    requests = recorder.summary()["requests"]
+    assert requests["rejected"] > 0 and requests["timed_out"] > 0
+    assert (requests["in_flight_at_end"] > 0) == (drain_s == 0.0)
+    assert requests["offered"] == requests["completed"] + requests["rejected"] + requests["timed_out"] + requests["in_flight_at_end"]
+
+
+def test_unbounded_queue_that_never_drains():
+    """One server at 3x its capacity, no limit, no timeout: the queue grows for the whole run."""
+    stages = {name: negligible() for name in ("merger", "retrieval", "feature_fetch")}
+    stages["prerank"] = {"servers": 1, "latency": {"dist": "gamma", "mean_ms": 6, "cv": 0.5}}
+    scenario = make_scenario(stages, qps=500, duration_s=3.0, drain_s=1.0, seed=11)
+    requests = assert_equivalent(scenario, "sequential", 64).summary()["requests"]
+    assert requests["in_flight_at_end"] > 500
+
+
+def test_trace_arrivals(tmp_path):
+    """A trace of distinct times at about 900 QPS, in blocks of 200 (the trace reader's CHUNK)."""
+    path = tmp_path / "trace.csv"
+    path.write_text("t\n" + "".join(f"{float(t)!r}\n" for t in np.random.default_rng(8).uniform(0, 3.0, 2700)))
+    assert_equivalent(
+        make_scenario(overload_stages(), pipelines=ALL, arrival={"kind": "trace", "path": str(path)}, duration_s=3.0), "aif", 200
+    )
+
+
+def test_the_draws_are_the_request_sources():
+    scenario = make_scenario(overload_stages(), pipelines=["aif"], qps=700, duration_s=2.0, seed=4)
+    samplers = build_samplers(scenario, "<test>")
+    mine = list(compiled_engine._blocks(scenario, "aif", samplers))
+    theirs = list(RequestSource(scenario, "aif", samplers, [], 0, 0).blocks(scenario.duration_s))
+    assert [len(block.arrival_s) for block, _ in mine] == [len(requests) for requests in theirs]
+    for (block, service), requests in zip(mine, theirs):
+        assert block.arrival_s.tolist() == [r.arrival_s for r in requests]
+        assert (block.first_id + np.arange(len(requests))).tolist() == [r.id for r in requests]
+        assert block.user.tolist() == [r.user for r in requests]
+        assert block.candidates.tolist() == [r.candidates for r in requests]
+        assert service.tolist() == [r.service_s for r in requests]
+
+
+def test_stop_ends_the_run_partial():
+    scenario = make_scenario(overload_stages(), pipelines=["uic"], qps=1000, duration_s=3.0, drain_s=1.0, seed=2)
+    asked, seen = [], []
+
+    def stop() -> bool:
+        asked.append(1)
+        return len(asked) > 5
+
+    with patch.object(traffic, "CHUNK", 100):
+        recorder = run_compiled(scenario, "uic", build_samplers(scenario, "<test>"), progress=seen.append, stop=stop)
+    summary = recorder.summary()
+    requests = summary["requests"]
+    assert summary["partial"] and len(seen) == 5 and seen == sorted(seen)
+    assert recorder.window.end_s == seen[-1] < scenario.duration_s
+    assert requests["offered"] == 500  # five blocks of 100
+    assert requests["offered"] == requests["completed"] + requests["rejected"] + requests["timed_out"] + requests["in_flight_at_end"]
+    assert requests["in_flight_at_end"] > 0
+
+
+# --- what it does not model ------------------------------------------------------------------------------
+def test_unsupported_names_what_it_does_not_model():
+    pool = {"servers": 4, "latency": {"dist": "exponential", "mean_ms": 1}}
+    plain = {name: pool for pipeline in ALL for name in stages_of(pipeline)}
+    assert all(unsupported(make_scenario(plain, pipelines=ALL), pipeline) is None for pipeline in ALL)
+    batching = make_scenario({**small_stages(pool), "light_prerank": pool}, pipelines=ALL)
+    assert "batching (rtp)" in unsupported(batching, "aif")
+    assert unsupported(batching, "sequential") is None  # rtp is AIF's only
+    caches = make_scenario(plain, pipelines=ALL, caches={"user_vector": {"capacity": 10}, "sim_features": {"capacity": 10}})
+    assert "caches (sim_features)" in unsupported(caches, "sequential")
+    assert "caches (user_vector, sim_features)" in unsupported(caches, "aif")
+    assert unsupported(caches, "uic") is None  # it consults no cache
+    nearline = make_scenario(plain, pipelines=ALL, nearline={"item_updates_per_s": 10, "refresh": {"mode": "periodic", "interval_s": 1}})
+    assert "nearline vectors (items)" in unsupported(nearline, "aif")
+    assert "nearline vectors (users)" in unsupported(nearline, "uic")
+    assert unsupported(nearline, "sequential") is None  # it reads no vectors
+    faults = make_scenario(
+        plain, pipelines=ALL, faults=[{"kind": "stage_slowdown", "at_s": 1, "stage": "merger", "factor": 2, "duration_s": 1}]
+    )
+    assert "faults (stage_slowdown)" in unsupported(faults, "sequential")
+    assert "\n" not in unsupported(faults, "aif")
+    with pytest.raises(ValueError, match="batching"):
+        run_compiled(batching, "aif", build_samplers(batching, "<test>"))
