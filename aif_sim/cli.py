@@ -20,7 +20,7 @@ from aif_sim.app.interrupt import StopSignal
 from aif_sim.app.outputs import OutputFolder, default_folder
 from aif_sim.app.point_cache import PointCache
 from aif_sim.app.quality import score_shadow_samples
-from aif_sim.app.run import build_samplers, simulate, summary_document, write_run
+from aif_sim.app.run import ENGINES, build_samplers, choose_engines, simulate, summary_document, write_run
 from aif_sim.app.sweep import SweepContext, find_capacity, grid_sweep, load_param, write_sweep
 from aif_sim.atomic import write_json
 from aif_sim.core.latency import Sampler
@@ -53,6 +53,15 @@ def _scenario_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no tables")
 
 
+def _engine_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="auto",
+        help="compiled: the exact compiled engine (plain pools); simpy: the reference; auto: compiled where supported",
+    )
+
+
 def _run_options(parser: argparse.ArgumentParser) -> None:
     _scenario_options(parser)
     parser.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="per-request file format")
@@ -73,10 +82,12 @@ def build_parser(with_model: bool = True) -> Parser:
 
     run = commands.add_parser("run", help="run every pipeline the scenario names (the default command)")
     _run_options(run)
+    _engine_option(run)
     run.set_defaults(func=cmd_run)
 
     compare = commands.add_parser("compare", help="run the scenario with the pipelines given here")
     _run_options(compare)
+    _engine_option(compare)
     compare.add_argument("--pipelines", required=True, help=f"comma-separated, from {', '.join(PIPELINES)}")
     compare.set_defaults(func=cmd_run)
 
@@ -94,6 +105,7 @@ def build_parser(with_model: bool = True) -> Parser:
     plan.add_argument("--cache", type=Path, default=Path("results/cache"), metavar="DIR", help="finished runs by scenario hash")
     plan.add_argument("--no-cache", action="store_true", help="run every configuration, keep none")
     plan.add_argument("--backend", choices=BACKENDS, default="process", help="worker processes here, or on Ray (RAY_ADDRESS)")
+    _engine_option(plan)
     plan.set_defaults(func=cmd_plan)
 
     validate = commands.add_parser("validate", help="the DES against the live engine on this scenario, at several loads")
@@ -118,6 +130,7 @@ def build_parser(with_model: bool = True) -> Parser:
     )
     sweep.add_argument("--no-cache", action="store_true", help="run every point, keep none")
     sweep.add_argument("--backend", choices=BACKENDS, default="process", help="worker processes here, or on Ray (RAY_ADDRESS)")
+    _engine_option(sweep)
     sweep.set_defaults(func=cmd_sweep)
 
     if with_model:
@@ -156,18 +169,23 @@ def _progress(console: Console, quiet: bool) -> Progress:
 Engine = Callable[[Scenario, dict[str, Sampler], RequestLog, Callable[[str, float], None], StopSignal], tuple[dict[str, Recorder], dict]]
 
 
-def _simulate(
-    scenario: Scenario, samplers: dict[str, Sampler], log: RequestLog, advance: Callable[[str, float], None], stop: StopSignal
-) -> tuple[dict[str, Recorder], dict]:
-    return simulate(scenario, samplers, log, advance, stop), {}
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     overrides = _overrides(args)
     if getattr(args, "pipelines", None):
         overrides.append(("pipelines", [p.strip() for p in args.pipelines.split(",") if p.strip()], "--pipelines"))
     scenario = load_scenario(args.scenario, overrides)
-    return _run(args, scenario, build_samplers(scenario, args.scenario), _simulate, "simulated")
+    samplers = build_samplers(scenario, args.scenario)
+    engines = choose_engines(scenario, args.engine)
+    if not args.quiet:
+        for pipeline, (engine, reason) in engines.items():
+            print(f"{pipeline}: {engine} engine" + (f" ({reason})" if reason else ""))
+
+    def engine(
+        scenario: Scenario, samplers: dict[str, Sampler], log: RequestLog, advance: Callable[[str, float], None], stop: StopSignal
+    ) -> tuple[dict[str, Recorder], dict]:
+        return simulate(scenario, samplers, log, advance, stop, args.engine), {}
+
+    return _run(args, scenario, samplers, engine, "simulated")
 
 
 def cmd_live(args: argparse.Namespace) -> int:
@@ -243,7 +261,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
     cache = PointCache(None if args.no_cache else args.cache)
     with StopSignal() as stop, _target(args, scenario) as folder:
         ctx = SweepContext(
-            args.scenario, planned, "servers", base, args.replications, args.jobs, console, args.quiet, stop, cache, args.backend
+            args.scenario,
+            planned,
+            "servers",
+            base,
+            args.replications,
+            args.jobs,
+            console,
+            args.quiet,
+            stop,
+            cache,
+            args.backend,
+            args.engine,
         )
         document = plan_pipelines(ctx, args.qps, load, samplers, lambda pipeline: None)
         write_json(folder.path / "plan.json", document)
@@ -331,7 +360,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     with StopSignal() as stop, _target(args, scenario) as folder:
         cache = PointCache(None if args.no_cache else args.cache)
         ctx = SweepContext(
-            args.scenario, scenario, param, base, args.replications, args.jobs, console, args.quiet, stop, cache, args.backend
+            args.scenario, scenario, param, base, args.replications, args.jobs, console, args.quiet, stop, cache, args.backend, args.engine
         )
         rows, results, extra = find_capacity(ctx, *values) if args.find_capacity else grid_sweep(ctx, values)
         write_sweep(ctx, folder.path, rows, results, extra)

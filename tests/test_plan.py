@@ -11,7 +11,7 @@ from aif_sim.cli import main
 from aif_sim.scenario import load_scenario
 from tests.simtools import write_yaml
 
-SLO_MS = 40.0
+SLO_MS = 35.0
 QPS = 400
 
 
@@ -19,7 +19,7 @@ def _scenario(tmp_path, slo_ms: float = SLO_MS):
     data = {
         "name": "plan-test",
         "seed": 5,
-        "duration_s": 5.0,
+        "duration_s": 10.0,
         "warmup_s": 1.0,
         "pipelines": ["sequential", "aif"],
         "slo": {"p99_ms": slo_ms},
@@ -31,7 +31,7 @@ def _scenario(tmp_path, slo_ms: float = SLO_MS):
         },
         "stages": {
             "merger": {"servers": 4, "latency": {"dist": "constant", "ms": 0.5}, "cost_per_server_hour": 0.1},
-            "retrieval": {"servers": 64, "latency": {"dist": "lognormal", "median_ms": 8, "p99_ms": 20}, "cost_per_server_hour": 0.2},
+            "retrieval": {"servers": 64, "latency": {"dist": "gamma", "mean_ms": 8, "cv": 0.5}, "cost_per_server_hour": 0.2},
             "feature_fetch": {"servers": 32, "latency": {"dist": "gamma", "mean_ms": 3, "cv": 0.5}, "cost_per_server_hour": 0.2},
             "item_fetch": {"servers": 32, "latency": {"dist": "gamma", "mean_ms": 2, "cv": 0.5}, "cost_per_server_hour": 0.2},
             "user_inference": {
@@ -39,14 +39,14 @@ def _scenario(tmp_path, slo_ms: float = SLO_MS):
                 "latency": {"dist": "gamma", "mean_ms": 4, "cv": 0.3},
                 "batch": {"max_size": 8, "max_wait_ms": 1},
             },
-            "prerank": {"servers": 8, "latency": {"dist": "gamma", "mean_ms": 6, "cv": 0.3}},
+            "prerank": {"servers": 8, "latency": {"dist": "gamma", "mean_ms": 6, "cv": 0.5}},
             "rtp": {"servers": 4, "latency": {"dist": "gamma", "mean_ms": 1.5, "cv": 0.3}},
         },
     }
     return write_yaml(tmp_path / "plan.yaml", data)
 
 
-def _p99s(path, servers: dict[str, int], pipeline: str, seeds: list[int], duration_s: float = 5.0) -> list[float]:
+def _p99s(path, servers: dict[str, int], pipeline: str, seeds: list[int], duration_s: float = 10.0) -> list[float]:
     p99s = []
     for seed in seeds:
         overrides = [(f"stages.{s}.servers", n, "test") for s, n in servers.items()]
@@ -76,18 +76,19 @@ def test_a_plan_meets_the_slo_on_other_seeds_and_no_pool_can_give_up_servers(tmp
         assert all(servers[s] >= design["lower_bounds"][s] for s in servers)
         assert design["cost_per_hour"] > 0 and design["p99_ms"] + (design["p99_ci95"] or 0) <= SLO_MS
         # simulated again, on seeds the search never ran, for longer: the SLO holds
-        assert np.mean(_p99s(path, servers, pipeline, [101, 102], duration_s=10.0)) <= SLO_MS, pipeline
+        assert np.mean(_p99s(path, servers, pipeline, [101, 102], duration_s=20.0)) <= SLO_MS, pipeline
         # and no pool can give up two servers (one may be the confidence margin's) without breaking it
         for stage, n in servers.items():
             if n - 2 >= design["lower_bounds"][stage]:
                 fewer = {**servers, stage: n - 2}
                 assert np.mean(_p99s(path, fewer, pipeline, [5, 6])) > SLO_MS, (pipeline, stage)
                 checked += 1
-    assert checked >= 2  # pools whose servers the SLO, not stability, decides    assert document["pipelines"]["aif"]["cost_per_hour"] < document["pipelines"]["sequential"]["cost_per_hour"]
+    assert checked >= 2  # pools whose servers the SLO, not stability, decides
+    assert document["pipelines"]["aif"]["cost_per_hour"] < document["pipelines"]["sequential"]["cost_per_hour"]
 
 
 def test_an_slo_below_the_service_times_is_infeasible(tmp_path, capsys):
-    path = _scenario(tmp_path, slo_ms=5.0)  # retrieval alone takes 8 ms at the median
+    path = _scenario(tmp_path, slo_ms=5.0)  # retrieval alone takes 8 ms on average
     out = tmp_path / "out"
     assert main(["plan", str(path), "--qps", str(QPS), "--out", str(out), "--no-cache", "--jobs", "2", "--pipelines", "aif"]) == 0
     design = json.loads((out / "plan.json").read_text())["pipelines"]["aif"]

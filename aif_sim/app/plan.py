@@ -6,8 +6,10 @@ The search:
    fewer requests: its bound is 1).
 2. Grow: simulate (with replications, as a sweep point: the p99's and the missed share's upper 95% bounds
    must meet the SLO); while the SLO is missed, add a server to the pool whose queue costs the most waiting
-   per unit of cost (mean wait x visits / cost_per_server_hour). The plan is infeasible when the requests'
-   no-contention p99 (their service times with no waiting at all) already misses the SLO, or nothing waits.
+   per unit of cost (mean wait x visits / cost_per_server_hour); a pool whose last server did not lower the
+   p99 (a batching pool's fill wait, say) is not grown again until another pool's server helps. The plan is
+   infeasible when the requests' no-contention p99 (their service times with no waiting at all) already
+   misses the SLO, or no pool's waiting is left to buy away.
 3. Prune: give back servers, most expensive pools first, while the SLO is still met.
 Every configuration is simulated once (results are kept by configuration), with the sweep's point cache.
 """
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -28,7 +30,8 @@ from aif_sim.core.traffic import candidate_counts
 from aif_sim.errors import InputError
 from aif_sim.scenario import Override, Scenario
 
-MAX_EVALUATIONS = 200  # configurations simulated per pipeline before the search gives up
+MAX_EVALUATIONS = 60  # configurations simulated per pipeline before the search gives up
+MIN_GAIN = 0.01  # a server that lowers the p99's upper bound by less than this share stops its pool's growth
 MEAN_DRAWS = 20_000
 
 Config = tuple[int, ...]
@@ -96,11 +99,9 @@ class Planner:
 
     def _context(self, plan: PipelinePlan) -> SweepContext:
         """A sweep context whose swept `value` is a configuration (servers of each pool)."""
-        ctx = self.ctx
-        base = ctx.base + [(self.load, self.qps, "--qps")]
-        return _ConfigSweep(
-            ctx.path, ctx.scenario, "servers", base, ctx.replications, ctx.jobs, ctx.console, ctx.quiet, ctx.stop, ctx.cache, plan.stages
-        )
+        shared = {f.name: getattr(self.ctx, f.name) for f in fields(SweepContext)}
+        shared |= {"param": "servers", "base": self.ctx.base + [(self.load, self.qps, "--qps")]}
+        return _ConfigSweep(**shared, stage_order=plan.stages)
 
     def meets(self, plan: PipelinePlan, config: Config) -> bool:
         return bool(plan.results[config]["row"]["slo_met"])
@@ -109,18 +110,27 @@ class Planner:
         """The cheapest configuration found that meets the SLO (None: infeasible or stopped)."""
         config = plan.bounds
         self.evaluate(plan, [config])
+        exhausted: set[int] = set()  # pools whose last added server did not lower the p99
         while config in plan.results and not self.meets(plan, config):
             if len(plan.results) >= MAX_EVALUATIONS or self.ctx.stop():
                 return None
             runs = plan.results[config]["runs"]
             if np.mean([m["no_contention_ms"]["p99"] for m in runs]) > self.slo_ms:
                 return None  # the service times alone, with no waiting, miss the SLO: no server count helps
-            pressure = [_waiting_ms(runs, stage) / cost if cost else math.inf for stage, cost in zip(plan.stages, plan.costs)]
+            pressure = [
+                0.0 if i in exhausted else _waiting_ms(runs, stage) / cost if cost else math.inf
+                for i, (stage, cost) in enumerate(zip(plan.stages, plan.costs))
+            ]
             if max(pressure) <= 0:
-                return None  # nothing waits, and the SLO is still missed
+                return None  # no pool's waiting is left to buy away, and the SLO is still missed
             grow = int(np.argmax(pressure))
-            config = tuple(n + (i == grow) for i, n in enumerate(config))
-            self.evaluate(plan, [config])
+            bigger = tuple(n + (i == grow) for i, n in enumerate(config))
+            self.evaluate(plan, [bigger])
+            if bigger in plan.results and _p99_upper(plan, bigger) >= (1 - MIN_GAIN) * _p99_upper(plan, config):
+                exhausted.add(grow)
+            else:
+                exhausted.clear()
+            config = bigger
         if config not in plan.results:
             return None
         for i in sorted(range(len(config)), key=lambda i: -plan.costs[i]):
@@ -131,6 +141,11 @@ class Planner:
                     break
                 config = fewer
         return config
+
+
+def _p99_upper(plan: PipelinePlan, config: Config) -> float:
+    row = plan.results[config]["row"]
+    return (row["p99_ms"] or math.inf) + (row.get("p99_ms_ci95") or 0.0)
 
 
 def _waiting_ms(runs: list[dict[str, Any]], stage: str) -> float:

@@ -9,6 +9,7 @@ from typing import Any
 from aif_sim import __version__
 from aif_sim.atomic import write_csv, write_json
 from aif_sim.core.latency import Sampler, build_sampler
+from aif_sim.errors import InputError
 from aif_sim.metrics.recorder import Recorder, RequestSink
 from aif_sim.report.fmt import run_title
 from aif_sim.report.plots import plot_latency_cdf, plot_stage_breakdown, plot_timeseries
@@ -33,22 +34,50 @@ def build_samplers(scenario: Scenario, source: str) -> dict[str, Sampler]:
     return samplers
 
 
+ENGINES = ("auto", "simpy", "compiled")
+
+
+def choose_engines(scenario: Scenario, requested: str = "auto") -> dict[str, tuple[str, str | None]]:
+    """Per pipeline, the DES engine that runs it and, when `auto` falls back to simpy, why (one line).
+    `compiled` for a pipeline the compiled engine does not support is an InputError."""
+    if requested == "simpy":
+        return {pipeline: ("simpy", None) for pipeline in scenario.pipelines}
+    from aif_sim.compiled.engine import unsupported  # numba: only when the compiled engine may run
+
+    engines: dict[str, tuple[str, str | None]] = {}
+    for pipeline in scenario.pipelines:
+        reason = unsupported(scenario, pipeline)
+        if reason is not None and requested == "compiled":
+            raise InputError(f"--engine compiled: {pipeline}: {reason}")
+        engines[pipeline] = ("simpy", reason) if reason else ("compiled", None)
+    return engines
+
+
 def simulate(
     scenario: Scenario,
     samplers: dict[str, Sampler],
     sink: RequestSink | None = None,
     progress: Callable[[str, float], None] | None = None,
     stop: Callable[[], bool] | None = None,
+    engine: str = "auto",
 ) -> dict[str, Recorder]:
-    """Run every pipeline of the scenario over the same arrivals and draws; a recorder per pipeline.
-    When `stop()` turns true the current pipeline ends partial and the later ones are not run."""
+    """Run every pipeline of the scenario over the same arrivals and draws, each on the engine `choose_engines`
+    picks; a recorder per pipeline. When `stop()` turns true the current pipeline ends partial and the later
+    ones are not run."""
+    engines = choose_engines(scenario, engine)
     results = {}
     for pipeline in scenario.pipelines:
         if stop is not None and stop():
             break
-        simulation = PipelineSimulation(scenario, pipeline, samplers, sink)
         report = (lambda now, p=pipeline: progress(p, now)) if progress else None
-        results[pipeline] = simulation.run(report, stop)
+        if engines[pipeline][0] == "compiled":
+            from aif_sim.compiled.engine import run_compiled
+
+            recorder = run_compiled(scenario, pipeline, samplers, sink, report, stop)
+            recorder.engine = "compiled"
+        else:
+            recorder = PipelineSimulation(scenario, pipeline, samplers, sink).run(report, stop)
+        results[pipeline] = recorder
     return results
 
 
@@ -62,6 +91,7 @@ def summary_document(scenario: Scenario, results: dict[str, Recorder], live: dic
         "seed": scenario.seed,
         "aif_sim_version": __version__,
         "engine": "live" if live else "des",
+        "engines": {name: recorder.engine for name, recorder in results.items()},
         "duration_s": scenario.duration_s,
         "warmup_s": scenario.warmup_s,
         "partial": any(recorder.partial for recorder in results.values()) or len(results) < len(scenario.pipelines),

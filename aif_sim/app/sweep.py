@@ -62,16 +62,17 @@ class SweepContext:
     stop: StopSignal
     cache: PointCache = field(default_factory=lambda: PointCache(None))
     backend: str = "process"
+    engine: str = "auto"
 
     def value_overrides(self, value: Any) -> list[Override]:
         """The overrides that set a swept value."""
         return [(self.param, value, "--param")]
 
 
-def simulate_job(path: str, overrides: list[Override]) -> dict[str, Any]:
+def simulate_job(path: str, overrides: list[Override], engine: str) -> dict[str, Any]:
     """Run one pipeline of one sweep point; its METRICS block as JSON has it (in a worker process)."""
     scenario = load_scenario(path, overrides)
-    results = simulate(scenario, build_samplers(scenario, path))
+    results = simulate(scenario, build_samplers(scenario, path), engine=engine)
     score_shadow_samples(scenario, results)
     return json_safe(results[scenario.pipelines[0]].summary())
 
@@ -101,9 +102,9 @@ def run_jobs(ctx: SweepContext, jobs: list[Job], label: str) -> dict[Job, dict[s
         return results
     pool = _pool(ctx, len(todo))
     try:
-        with Progress(console=ctx.console, disable=ctx.quiet, transient=True) as progress:
+        with Progress(console=ctx.console, disable=ctx.quiet or not ctx.console.is_terminal, transient=True) as progress:
             task = progress.add_task(label, total=len(jobs), completed=len(jobs) - len(todo))
-            pending = {job: pool.apply_async(simulate_job, (ctx.path, job_overrides(ctx, job))) for job in todo}
+            pending = {job: pool.apply_async(simulate_job, (ctx.path, job_overrides(ctx, job), ctx.engine)) for job in todo}
             while pending and not ctx.stop():
                 for job in [j for j, handle in pending.items() if handle.ready()]:
                     results[job] = pending.pop(job).get()

@@ -125,6 +125,7 @@ def run_live(
         loop = new_loop()
         try:
             results[pipeline] = loop.run_until_complete(live.run(scenario.duration_s, progress, stop))
+            results[pipeline].engine = "live"
         finally:
             loop.close()
         window_s = live.recorder.window.length_s
