@@ -284,3 +284,20 @@ def test_model_commands_are_the_registered_ones():
         return set(re.search(r"\{([^}]*)\}", parser.format_usage()).group(1).split(","))
 
     assert listed(build_parser(with_model=True)) - listed(build_parser(with_model=False)) == set(MODEL_COMMANDS)
+
+
+def test_the_engine_option_runs_the_compiled_engine_where_it_can_and_says_so(tiny, tmp_path, capsys):
+    """tiny's aif batches at rtp: auto runs sequential compiled and aif on simpy, and says why; --engine compiled
+    refuses the run (one line, exit 2); the compiled and simpy engines give the same summary."""
+    auto, simpy = tmp_path / "auto", tmp_path / "simpy"
+    assert main([str(tiny), "--out", str(auto)]) == 0
+    printed = capsys.readouterr().out
+    assert "sequential: compiled engine" in printed and "aif: simpy engine (the compiled engine does not model batching (rtp))" in printed
+    assert _summary(auto)["engines"] == {"sequential": "compiled", "aif": "simpy"}
+    assert main([str(tiny), "--out", str(simpy), "--quiet", "--engine", "simpy"]) == 0
+    assert _summary(simpy)["engines"] == {"sequential": "simpy", "aif": "simpy"}
+    assert _summary(auto)["pipelines"] == _summary(simpy)["pipelines"]
+    assert main([str(tiny), "--quiet", "--engine", "compiled", "--out", str(tmp_path / "no")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "aif-sim: error: --engine compiled: aif: the compiled engine does not model batching (rtp)"
+    assert not (tmp_path / "no").exists()
