@@ -20,7 +20,8 @@ from simtools import MANY, make_scenario, negligible, small_stages
 import aif_sim.compiled.engine as compiled_engine
 import aif_sim.sim.engine as sim_engine
 from aif_sim.app.run import build_samplers
-from aif_sim.compiled import run_compiled, unsupported
+from aif_sim.compiled.engine import run_compiled
+from aif_sim.compiled.support import unsupported
 from aif_sim.core import traffic
 from aif_sim.core.pipelines import stages_of
 from aif_sim.core.system import RequestSource

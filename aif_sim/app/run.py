@@ -42,7 +42,7 @@ def choose_engines(scenario: Scenario, requested: str = "auto") -> dict[str, tup
     `compiled` for a pipeline the compiled engine does not support is an InputError."""
     if requested == "simpy":
         return {pipeline: ("simpy", None) for pipeline in scenario.pipelines}
-    from aif_sim.compiled.engine import unsupported  # numba: only when the compiled engine may run
+    from aif_sim.compiled.support import unsupported
 
     engines: dict[str, tuple[str, str | None]] = {}
     for pipeline in scenario.pipelines:

@@ -4,7 +4,8 @@
 requests and draws as `sim.engine.PipelineSimulation` (`core.system.RequestSource`'s streams) and returns
 a `Recorder` whose `summary()`, time series and per-request rows equal the simpy run's. It covers the
 pipelines whose stages are all plain pools (servers, optional queue limit and timeout) with no cache,
-nearline store, fault or shadow scoring; `unsupported(scenario, pipeline)` names what stands in the way.
+nearline store, fault or shadow scoring; `support.unsupported(scenario, pipeline)` names what stands in the way
+(without importing numba).
 
 How (see `engine` and `kernels`): a FIFO pool of c servers with a queue limit and abandonment on timeout
 is a sweep over its visits in order of arrival with a min-heap of the servers' free times and one of the
@@ -14,7 +15,3 @@ so times agree exactly, up to the order of events at exactly equal times (probab
 service and arrival distributions; a trace with repeated arrival times or constant service times can make
 such ties, and then the order simpy gives them may differ).
 """
-
-from aif_sim.compiled.engine import run_compiled, unsupported
-
-__all__ = ["run_compiled", "unsupported"]

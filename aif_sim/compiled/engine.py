@@ -22,33 +22,13 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from aif_sim.compiled.kernels import advance, event_times
+from aif_sim.compiled.support import unsupported
 from aif_sim.core.latency import Sampler
-from aif_sim.core.pipelines import PIPELINES, stages_of, step_slots
-from aif_sim.core.system import RequestSource, cache_policies, run_step_s, vector_stores
+from aif_sim.core.pipelines import stages_of, step_slots
+from aif_sim.core.system import RequestSource, run_step_s
 from aif_sim.core.traffic import RequestBlock, request_blocks, stream
 from aif_sim.metrics.recorder import Recorder, RequestSink
 from aif_sim.scenario.schema import Scenario
-
-
-def unsupported(scenario: Scenario, pipeline: str) -> str | None:
-    """Why the compiled engine cannot run this pipeline of the scenario (one line), or None when it can."""
-    if pipeline not in PIPELINES:
-        return f"unknown pipeline {pipeline!r}"
-    reasons = []
-    batching = [name for name in stages_of(pipeline) if scenario.stages[name].batch is not None]
-    if batching:
-        reasons.append(f"batching ({', '.join(batching)})")
-    caches = list(cache_policies(scenario, pipeline))
-    if caches:
-        reasons.append(f"caches ({', '.join(caches)})")
-    stores = vector_stores(pipeline) if scenario.nearline is not None else []
-    if stores:
-        reasons.append(f"nearline vectors ({', '.join(stores)})")
-    if "items" in stores and scenario.model is not None and scenario.model.shadow_rate > 0:
-        reasons.append("shadow scoring")
-    if scenario.faults:
-        reasons.append(f"faults ({', '.join(dict.fromkeys(fault.kind for fault in scenario.faults))})")
-    return f"the compiled engine does not model {'; '.join(reasons)}" if reasons else None
 
 
 def run_compiled(
