@@ -139,7 +139,19 @@ def cases(draw: st.DrawFn) -> tuple[Scenario, str, int]:
         arrival = {"kind": "diurnal", "mean_qps": qps, "peak_to_trough": draw(st.floats(1.0, 5.0)), "period_s": draw(st.floats(0.5, 5.0))}
     elif kind == "bursty":
         arrival = {"kind": "bursty", "qps": qps / 3, "burst_qps": qps * 2, "mean_burst_s": 0.2, "mean_calm_s": 0.5}
-    extra = {"slo": {"p99_ms": draw(st.floats(5.0, 100.0))}} if draw(st.booleans()) else {}
+    extra: dict[str, Any] = {"slo": {"p99_ms": draw(st.floats(5.0, 100.0))}} if draw(st.booleans()) else {}
+    slowed = draw(st.lists(st.sampled_from(stages_of(pipeline)), max_size=3))
+    if slowed:  # stage slowdowns, possibly overlapping on one stage
+        extra["faults"] = [
+            {
+                "kind": "stage_slowdown",
+                "at_s": draw(st.floats(0.01, duration_s)),
+                "stage": stage,
+                "factor": draw(st.floats(1.1, 8.0)),
+                "duration_s": draw(st.floats(0.01, duration_s)),
+            }
+            for stage in slowed
+        ]
     scenario = make_scenario(
         stages,
         pipelines=[pipeline],
@@ -239,6 +251,8 @@ def test_stop_ends_the_run_partial():
 
 # --- what it does not model ------------------------------------------------------------------------------
 def test_unsupported_names_what_it_does_not_model():
+    """Batching, caches and nearline vectors are refused, each named; faults are modelled (a slowdown) or touch
+    nothing a supported pipeline has."""
     pool = {"servers": 4, "latency": {"dist": "exponential", "mean_ms": 1}}
     plain = {name: pool for pipeline in ALL for name in stages_of(pipeline)}
     assert all(unsupported(make_scenario(plain, pipelines=ALL), pipeline) is None for pipeline in ALL)
@@ -254,9 +268,23 @@ def test_unsupported_names_what_it_does_not_model():
     assert "nearline vectors (users)" in unsupported(nearline, "uic")
     assert unsupported(nearline, "sequential") is None  # it reads no vectors
     faults = make_scenario(
-        plain, pipelines=ALL, faults=[{"kind": "stage_slowdown", "at_s": 1, "stage": "merger", "factor": 2, "duration_s": 1}]
+        plain,
+        pipelines=ALL,
+        faults=[
+            {"kind": "stage_slowdown", "at_s": 1, "stage": "merger", "factor": 2, "duration_s": 1},
+            {"kind": "cache_flush", "at_s": 1, "cache": "user_vector"},
+            {"kind": "nearline_outage", "at_s": 1, "duration_s": 1},
+        ],
     )
-    assert "faults (stage_slowdown)" in unsupported(faults, "sequential")
-    assert "\n" not in unsupported(faults, "aif")
+    assert all(unsupported(faults, pipeline) is None for pipeline in ALL)  # a slowdown is modelled; the rest touch nothing here
+    everything = make_scenario(
+        {**small_stages(pool), "light_prerank": pool},
+        pipelines=ALL,
+        caches={"user_vector": {"capacity": 10}, "sim_features": {"capacity": 10}},
+        nearline={"item_updates_per_s": 10, "refresh": {"mode": "periodic", "interval_s": 1}},
+    )
+    assert unsupported(everything, "aif") == (
+        "the compiled engine does not model batching (rtp); caches (user_vector, sim_features); nearline vectors (items)"
+    )
     with pytest.raises(ValueError, match="batching"):
         run_compiled(batching, "aif", build_samplers(batching, "<test>"))

@@ -3,8 +3,8 @@
 `run_compiled(scenario, pipeline, samplers, sink, progress, stop)` simulates one pipeline over the same
 requests and draws as `sim.engine.PipelineSimulation` (`core.system.RequestSource`'s streams) and returns
 a `Recorder` whose `summary()`, time series and per-request rows equal the simpy run's. It covers the
-pipelines whose stages are all plain pools (servers, optional queue limit and timeout) with no cache,
-nearline store, fault or shadow scoring; `support.unsupported(scenario, pipeline)` names what stands in the way
+pipelines whose stages are all plain pools (servers, optional queue limit and timeout; stage slowdowns) with
+no cache, nearline store or shadow scoring; `support.unsupported(scenario, pipeline)` names what stands in the way
 (without importing numba).
 
 How (see `engine` and `kernels`): a FIFO pool of c servers with a queue limit and abandonment on timeout

@@ -28,7 +28,7 @@ from aif_sim.core.pipelines import stages_of, step_slots
 from aif_sim.core.system import RequestSource, run_step_s
 from aif_sim.core.traffic import RequestBlock, request_blocks, stream
 from aif_sim.metrics.recorder import Recorder, RequestSink
-from aif_sim.scenario.schema import Scenario
+from aif_sim.scenario.schema import Scenario, StageSlowdown
 
 
 def run_compiled(
@@ -174,6 +174,7 @@ class _Pools:
         self.left_n = np.zeros(len(configs), np.int64)
         # the timeout exactly as sim.pools computes it (ms / 1000)
         self.timeout_s = np.array([math.inf if c.timeout_ms is None else c.timeout_ms / 1000 for c in configs])
+        self.slow_at, self.slow_t, self.slow_v = _slowdowns(scenario, self.names)
 
     def advance(self, system: _Requests, limit: float) -> None:
         advance(
@@ -186,6 +187,9 @@ class _Pools:
             self.left,
             self.left_n,
             self.timeout_s,
+            self.slow_at,
+            self.slow_t,
+            self.slow_v,
             system.column("arrive"),
             system.column("step"),
             system.column("service"),
@@ -194,6 +198,26 @@ class _Pools:
             system.column("end_s"),
             limit,
         )
+
+
+def _slowdowns(scenario: Scenario, names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each stage's service multiplier over time, as `sim.background.fault` changes it: `*= factor` at `at_s`,
+    `/= factor` at `at_s + duration_s`, replayed in time order (faults in scenario order at equal times).
+    Returns `slow_at` (offsets per slot), `slow_t` (change times) and `slow_v` (the multiplier from then on)."""
+    changes: list[tuple[float, int, str, float, bool]] = []
+    for order, fault in enumerate(scenario.faults):
+        if isinstance(fault, StageSlowdown) and fault.stage in names:
+            changes.append((fault.at_s, order, fault.stage, fault.factor, True))
+            changes.append((fault.at_s + fault.duration_s, len(scenario.faults) + order, fault.stage, fault.factor, False))
+    value = dict.fromkeys(names, 1.0)
+    per_slot: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+    for at, _, stage, factor, starts in sorted(changes):
+        value[stage] = value[stage] * factor if starts else value[stage] / factor
+        per_slot[stage].append((at, value[stage]))
+    slow_at = np.cumsum([0] + [len(per_slot[name]) for name in names]).astype(np.int64)
+    slow_t = np.array([at for name in names for at, _ in per_slot[name]], dtype=np.float64)
+    slow_v = np.array([v for name in names for _, v in per_slot[name]], dtype=np.float64)
+    return slow_at, slow_t, slow_v
 
 
 # --- accounting ------------------------------------------------------------------------------------------

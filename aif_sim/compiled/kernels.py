@@ -99,6 +99,18 @@ def _stable_order(index: np.ndarray, key: np.ndarray, count: int) -> np.ndarray:
 
 
 @njit(cache=True)
+def _served(service: np.ndarray, i: int, slot: int, start: float, slow_at: np.ndarray, slow_t: np.ndarray, slow_v: np.ndarray) -> float:
+    """Request i's service at `slot` for a visit starting at `start`, slowed down as the stage then is (written back)."""
+    factor = 1.0
+    for j in range(slow_at[slot], slow_at[slot + 1]):
+        if slow_t[j] <= start:
+            factor = slow_v[j]
+    if factor != 1.0:
+        service[i, slot] = service[i, slot] * factor
+    return service[i, slot]
+
+
+@njit(cache=True)
 def advance(
     step_at: np.ndarray,
     step_slots: np.ndarray,
@@ -109,6 +121,9 @@ def advance(
     left: np.ndarray,
     left_n: np.ndarray,
     timeout_s: np.ndarray,
+    slow_at: np.ndarray,
+    slow_t: np.ndarray,
+    slow_v: np.ndarray,
     arrive: np.ndarray,
     step: np.ndarray,
     service: np.ndarray,
@@ -124,7 +139,9 @@ def advance(
     Per request: `arrive` its arrival time at its current step `step` (== number of steps: finished),
     `service[i, slot]` its service times, `times[i, slot]` (enter, start, end) of its completed visits,
     `outcome` and `end_s` how and when it finished. `timeout_s` is inf for a stage without a timeout,
-    `queue_limit` -1 for one without a limit.
+    `queue_limit` -1 for one without a limit. A stage's service multiplier (stage_slowdown faults) is
+    `slow_v[j]` from `slow_t[j]` on, for j in `slow_at[slot] : slow_at[slot + 1]` (1 before the first); a
+    visit's service is multiplied when it starts, and written back, as `sim.pools` does.
     """
     n = len(arrive)
     steps = len(step_at) - 1
@@ -149,7 +166,7 @@ def advance(
                 servers = free_at[slot + 1] - base
                 m = free[base]
                 if m <= t:  # a free server
-                    e = t + service[i, slot]
+                    e = t + _served(service, i, slot, t, slow_at, slow_t, slow_v)
                     free[base] = e
                     _sift_down(free, base, servers, 0)
                     times[i, slot, 0] = t
@@ -176,7 +193,7 @@ def advance(
                                 waiting = _push(left, lb, waiting, deadline)
                         else:
                             o = COMPLETED
-                            e = m + service[i, slot]
+                            e = m + _served(service, i, slot, m, slow_at, slow_t, slow_v)
                             free[base] = e
                             _sift_down(free, base, servers, 0)
                             times[i, slot, 0] = t
