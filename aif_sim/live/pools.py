@@ -14,6 +14,7 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+from aif_sim.core.batching import BatchQueue, Waiting
 from aif_sim.core.request import Outcome, Request
 from aif_sim.live.loop import Clock
 from aif_sim.metrics.recorder import Recorder
@@ -85,13 +86,14 @@ class LivePool:
         return COMPLETED
 
 
-class _Waiting:
+class _Waiting(Waiting):
     """A request waiting in a batching queue; `picked` is set when its batch starts, `done` when it ends."""
 
-    __slots__ = ("request", "arrived", "done", "picked", "abandoned")
+    __slots__ = ("done", "picked")
 
     def __init__(self, request: Request, arrived: float, done: asyncio.Future[Outcome]) -> None:
-        self.request, self.arrived, self.done, self.picked, self.abandoned = request, arrived, done, False, False
+        super().__init__(request, arrived)
+        self.done, self.picked = done, False
 
 
 class LiveBatchingPool(LivePool):
@@ -103,22 +105,20 @@ class LiveBatchingPool(LivePool):
         self.max_size = config.batch.max_size
         self.max_wait_s = config.batch.max_wait_ms / 1000
         self.recorder = recorder
-        self.queue: deque[_Waiting] = deque()
-        self.live = 0  # queued requests that have not timed out
+        self.waiting: BatchQueue[_Waiting] = BatchQueue()
         self.serving = 0  # servers serving a batch
         self.arrived = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()
         self.dispatcher = self.loop.create_task(self._dispatch())
 
     def full(self) -> bool:
-        return self.queue_limit is not None and self.serving >= self.servers and self.live >= self.queue_limit
+        return self.queue_limit is not None and self.serving >= self.servers and self.waiting.live >= self.queue_limit
 
     async def serve(self, request: Request) -> Outcome:
         if self.full():
             return Outcome.REJECTED
         waiting = _Waiting(request, self.clock(), self.loop.create_future())
-        self.queue.append(waiting)
-        self.live += 1
+        self.waiting.add(waiting)
         self.arrived.set()
         expiry = self.loop.call_later(self.timeout_s, self._abandon, waiting) if self.timeout_s is not None else None
         outcome = await waiting.done
@@ -128,23 +128,13 @@ class LiveBatchingPool(LivePool):
 
     def _abandon(self, waiting: _Waiting) -> None:
         if not waiting.picked and not waiting.abandoned:
-            waiting.abandoned = True
-            self.live -= 1
+            self.waiting.abandon(waiting)
             waiting.done.set_result(Outcome.TIMED_OUT)
 
-    def _oldest(self) -> _Waiting:
-        while self.queue[0].abandoned:
-            self.queue.popleft()
-        return self.queue[0]
-
     def _take_batch(self) -> list[_Waiting]:
-        batch: list[_Waiting] = []
-        while self.queue and len(batch) < self.max_size:
-            waiting = self.queue.popleft()
-            if not waiting.abandoned:
-                waiting.picked = True
-                batch.append(waiting)
-        self.live -= len(batch)
+        batch = self.waiting.take(self.max_size)
+        for waiting in batch:
+            waiting.picked = True
         return batch
 
     async def _next_arrival(self, timeout_s: float | None = None) -> None:
@@ -159,11 +149,11 @@ class LiveBatchingPool(LivePool):
 
     async def _dispatch(self) -> None:
         while True:
-            while not self.live:
+            while not self.waiting.live:
                 await self._next_arrival()
             await self.acquire(bounded=False)  # the dispatcher's own wait for a server
-            while 0 < self.live < self.max_size:
-                left = self._oldest().arrived + self.max_wait_s - self.clock()
+            while 0 < self.waiting.live < self.max_size:
+                left = self.waiting.oldest().arrived + self.max_wait_s - self.clock()
                 if left <= 0:
                     break
                 await self._next_arrival(left)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import simpy
 
+from aif_sim.core.batching import BatchQueue, Waiting
 from aif_sim.core.latency import Sampler
 from aif_sim.core.request import Outcome, Request
 from aif_sim.metrics.recorder import Recorder
@@ -108,13 +109,14 @@ class StagePool:
         return COMPLETED
 
 
-class _Waiting:
-    """A request waiting in a batching queue; `picked` fires when its batch starts (only with a timeout)."""
+class _Waiting(Waiting):
+    """A request waiting in a batching queue; `picked` fires when its batch starts (only with a timeout), `done` when it ends."""
 
-    __slots__ = ("request", "arrived", "picked", "done", "abandoned")
+    __slots__ = ("picked", "done")
 
     def __init__(self, request: Request, arrived: float, picked: simpy.Event | None, done: simpy.Event) -> None:
-        self.request, self.arrived, self.picked, self.done, self.abandoned = request, arrived, picked, done, False
+        super().__init__(request, arrived)
+        self.picked, self.done = picked, done
 
 
 class BatchingPool(StagePool):
@@ -143,29 +145,26 @@ class BatchingPool(StagePool):
         self.max_size = config.batch.max_size
         self.max_wait_s = config.batch.max_wait_ms / 1000
         self.sampler, self.rng = sampler, rng
-        self.queue: deque[_Waiting] = deque()
-        self.live = 0  # queued requests that have not timed out
+        self.waiting: BatchQueue[_Waiting] = BatchQueue()
         self.serving = 0  # servers serving a batch
         self._arrival = env.event()
         env.process(self._dispatch())
 
     def full(self) -> bool:
-        return self.queue_limit is not None and self.serving >= self.servers and self.live >= self.queue_limit
+        return self.queue_limit is not None and self.serving >= self.servers and self.waiting.live >= self.queue_limit
 
     def serve(self, request: Request) -> Generator[simpy.Event, Any, Outcome]:
         env = self.env
         if self.full():
             return Outcome.REJECTED
         waiting = _Waiting(request, env.now, env.event() if self.timeout_s is not None else None, env.event())
-        self.queue.append(waiting)
-        self.live += 1
+        self.waiting.add(waiting)
         if not self._arrival.triggered:
             self._arrival.succeed()
         if waiting.picked is not None:
             yield waiting.picked | env.timeout(self.timeout_s)
             if not waiting.picked.triggered:
-                waiting.abandoned = True
-                self.live -= 1
+                self.waiting.abandon(waiting)
                 return Outcome.TIMED_OUT
         return (yield waiting.done)
 
@@ -174,32 +173,23 @@ class BatchingPool(StagePool):
             self._arrival = self.env.event()
         return self._arrival
 
-    def _oldest(self) -> _Waiting:
-        while self.queue[0].abandoned:
-            self.queue.popleft()
-        return self.queue[0]
-
     def _take_batch(self) -> list[_Waiting]:
-        batch: list[_Waiting] = []
-        while self.queue and len(batch) < self.max_size:
-            waiting = self.queue.popleft()
-            if not waiting.abandoned:
-                batch.append(waiting)
-                if waiting.picked is not None:
-                    waiting.picked.succeed()
-        self.live -= len(batch)
+        batch = self.waiting.take(self.max_size)
+        for waiting in batch:
+            if waiting.picked is not None:
+                waiting.picked.succeed()
         return batch
 
     def _dispatch(self) -> Generator[simpy.Event, Any, None]:
         env = self.env
         while True:
-            while not self.live:
+            while not self.waiting.live:
                 yield self._next_arrival()
             waiter = self.pool.try_acquire()
             if waiter is not None:
                 yield waiter
-            while 0 < self.live < self.max_size:
-                left = self._oldest().arrived + self.max_wait_s - env.now
+            while 0 < self.waiting.live < self.max_size:
+                left = self.waiting.oldest().arrived + self.max_wait_s - env.now
                 if left <= 0:
                     break
                 yield self._next_arrival() | env.timeout(left)
