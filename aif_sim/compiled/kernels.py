@@ -165,15 +165,9 @@ def advance(
                 base = free_at[slot]
                 servers = free_at[slot + 1] - base
                 m = free[base]
-                if m <= t:  # a free server
-                    e = t + _served(service, i, slot, t, slow_at, slow_t, slow_v)
-                    free[base] = e
-                    _sift_down(free, base, servers, 0)
-                    times[i, slot, 0] = t
-                    times[i, slot, 1] = t
-                    times[i, slot, 2] = e
-                    o = COMPLETED
-                else:
+                o = COMPLETED
+                start = t
+                if m > t:  # every server held: queue, unless rejected or timed out
                     limited = queue_limit[slot] >= 0
                     waiting = 0
                     lb = left_at[slot]
@@ -192,17 +186,18 @@ def advance(
                             if limited:
                                 waiting = _push(left, lb, waiting, deadline)
                         else:
-                            o = COMPLETED
-                            e = m + _served(service, i, slot, m, slow_at, slow_t, slow_v)
-                            free[base] = e
-                            _sift_down(free, base, servers, 0)
-                            times[i, slot, 0] = t
-                            times[i, slot, 1] = m
-                            times[i, slot, 2] = e
+                            start = m
                             if limited:
                                 waiting = _push(left, lb, waiting, m)
                     if limited:
                         left_n[slot] = waiting
+                if o == COMPLETED:  # served from `start` on the server that frees first
+                    e = start + _served(service, i, slot, start, slow_at, slow_t, slow_v)
+                    free[base] = e
+                    _sift_down(free, base, servers, 0)
+                    times[i, slot, 0] = t
+                    times[i, slot, 1] = start
+                    times[i, slot, 2] = e
                 if e > step_end:
                     step_end = e
                 if o > worst:

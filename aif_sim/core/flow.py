@@ -125,12 +125,16 @@ class Flow:
             request.cache_hit[index] = 0.0
             outcome = yield from inner(request)
             if outcome is COMPLETED:
-                dropped = cache.insert(request.user, clock())
-                if storage:
-                    yield Save(name, dropped)
+                yield from self._insert(name, cache, request)
             return outcome
 
         return guarded
+
+    def _insert(self, name: str, cache: CachePolicy, request: Request) -> Generator[Op, Any, None]:
+        """A computation that missed has finished: its entry goes in, and an engine that keeps values stores it."""
+        dropped = cache.insert(request.user, self.clock())
+        if self.storage:
+            yield Save(name, dropped)
 
     def _read_through(self, name: str, slot: int, inner: Branch) -> Branch:
         """A miss adds the miss latency (drawn per request) to the visit's service and inserts when the visit ends."""
@@ -148,9 +152,7 @@ class Flow:
                 request.service_s[slot] += request.miss_s[slot]
             outcome = yield from inner(request)
             if not hit and outcome is COMPLETED:
-                dropped = cache.insert(request.user, clock())
-                if storage:
-                    yield Save(name, dropped)
+                yield from self._insert(name, cache, request)
             return outcome
 
         return read_through
