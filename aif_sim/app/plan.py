@@ -47,19 +47,26 @@ def guarded_stages(pipeline: str) -> set[str]:
     return guarded
 
 
-def lower_bounds(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler], qps: float) -> dict[str, int]:
-    """Per pool, the fewest servers that keep it stable at `qps` (see the module docstring)."""
+def server_rates(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler]) -> dict[str, float]:
+    """Per pool of the pipeline, the requests per second one busy server completes: its batch size over the mean
+    service of a full batch (at the scenario's candidate counts), from the samplers the DES uses."""
     rng = np.random.default_rng(0)
     candidates = candidate_counts(scenario.traffic.candidates, rng, MEAN_DRAWS)
-    guarded = guarded_stages(pipeline) if scenario.caches is not None else set()
-    bounds = {}
+    rates = {}
     for stage in stages_of(pipeline):
         config, sampler = scenario.stages[stage], samplers[stage]
         size = config.batch.max_size if config.batch is not None else 1
         work = float(size) if sampler.work_key == "batch" else candidates * size
-        mean_s = float(np.mean(sampler.sample(rng, MEAN_DRAWS, work))) / 1000
-        bounds[stage] = 1 if stage in guarded else math.floor(qps * mean_s / size) + 1
-    return bounds
+        rates[stage] = size / (float(np.mean(sampler.sample(rng, MEAN_DRAWS, work))) / 1000)
+    return rates
+
+
+def lower_bounds(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler], qps: float) -> dict[str, int]:
+    """Per pool, the fewest servers that keep it stable at `qps` (see the module docstring)."""
+    guarded = guarded_stages(pipeline) if scenario.caches is not None else set()
+    return {
+        stage: 1 if stage in guarded else math.floor(qps / rate) + 1 for stage, rate in server_rates(scenario, pipeline, samplers).items()
+    }
 
 
 @dataclass

@@ -19,11 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from aif_sim.app.plan import server_rates
 from aif_sim.app.run import build_samplers, simulate
 from aif_sim.atomic import write_json
 from aif_sim.core.latency import Sampler
-from aif_sim.core.pipelines import stages_of
-from aif_sim.core.traffic import candidate_range
 from aif_sim.errors import InputError
 from aif_sim.live.calibrate import calibrate_live, model_stages
 from aif_sim.live.run import LiveResources, check_live, live_resources, run_live
@@ -34,7 +33,6 @@ QUANTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0}
 LOAD_SHARES = (0.2, 0.4, 0.6, 0.8)  # default loads: these shares of the slowest pipeline's capacity
 BOOTSTRAP = 1000
 TOLERANCE = 0.10  # the fidelity target: DES within 10% of live on p50 and p99
-MEAN_DRAWS = 20_000
 
 
 class LatencySamples:
@@ -87,21 +85,12 @@ def des_overrides(scenario: Scenario, profile: Path) -> list[Override]:
 
 
 def capacity_qps(scenario: Scenario, samplers: dict[str, Sampler]) -> dict[str, float]:
-    """Per pipeline, the load its busiest pool saturates at: min over its stages of servers / mean service
-    (a batching stage at its largest batch), from the samplers the DES uses."""
-    work = float(np.mean(candidate_range(scenario.traffic.candidates)))
-    rng = np.random.default_rng(0)
-    capacity = {}
-    for pipeline in scenario.pipelines:
-        rates = []
-        for stage in stages_of(pipeline):
-            config, sampler = scenario.stages[stage], samplers[stage]
-            size = config.batch.max_size if config.batch is not None else 1
-            amount = size if sampler.work_key == "batch" else work * size
-            mean_s = float(np.mean(sampler.sample(rng, MEAN_DRAWS, amount))) / 1000
-            rates.append(config.servers * size / mean_s)
-        capacity[pipeline] = min(rates)
-    return capacity
+    """Per pipeline, the load its busiest pool saturates at: min over its stages of servers x one server's rate
+    (`plan.server_rates`)."""
+    return {
+        pipeline: min(scenario.stages[stage].servers * rate for stage, rate in server_rates(scenario, pipeline, samplers).items())
+        for pipeline in scenario.pipelines
+    }
 
 
 def _quantiles(latency: np.ndarray) -> dict[str, float]:
