@@ -65,6 +65,31 @@ def scenario_dict(
     return data
 
 
+def overload_stages() -> dict:
+    """Every pipeline has a limited stage offered about 2-3x its capacity, with a queue limit and a
+    timeout shorter than a full queue's wait (so both rejections and timeouts happen)."""
+    return {
+        "merger": negligible(),
+        "retrieval": {"servers": MANY, "latency": {"dist": "lognormal", "median_ms": 5, "p99_ms": 12}},
+        "feature_fetch": {"servers": MANY, "latency": {"dist": "gamma", "mean_ms": 2, "cv": 0.5}},
+        "item_fetch": {"servers": MANY, "latency": {"dist": "gamma", "mean_ms": 1, "cv": 0.5}},
+        # capacity 400/s; a full queue (20) waits ~50 ms > 25 ms timeout
+        "prerank": {"servers": 4, "latency": {"dist": "exponential", "mean_ms": 10}, "queue_limit": 20, "timeout_ms": 25},
+        # capacity 400/s; full queue (10) waits ~25 ms > 12 ms
+        "user_inference": {"servers": 2, "latency": {"dist": "gamma", "mean_ms": 5, "cv": 0.4}, "queue_limit": 10, "timeout_ms": 12},
+        # one batching server: 4 requests per 8 ms = 500/s; full queue (20) waits ~40 ms > 20 ms
+        "rtp": {
+            "servers": 1,
+            "latency": {"dist": "exponential", "mean_ms": 8},
+            "batch": {"max_size": 4, "max_wait_ms": 1},
+            "queue_limit": 20,
+            "timeout_ms": 20,
+        },
+        # capacity 333/s
+        "light_prerank": {"servers": 2, "latency": {"dist": "gamma", "mean_ms": 6, "cv": 0.3}, "queue_limit": 10, "timeout_ms": 20},
+    }
+
+
 def make_scenario(stages: dict[str, dict[str, Any]], **kwargs: Any) -> Scenario:
     """Build a scenario mapping (see `scenario_dict`) and validate it with `validate_scenario`."""
     return validate_scenario(scenario_dict(stages, **kwargs), source="<test>")

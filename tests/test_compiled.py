@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from simtools import MANY, make_scenario, negligible, small_stages
+from simtools import make_scenario, negligible, overload_stages, small_stages
 
 import aif_sim.compiled.engine as compiled_engine
 import aif_sim.sim.engine as sim_engine
@@ -173,24 +173,18 @@ def test_random_scenarios_give_the_simpy_results_request_for_request(case):
 
 
 # --- chosen cases ----------------------------------------------------------------------------------------
-def overload_stages() -> dict[str, dict[str, Any]]:
-    """Limited stages offered 2-3x their capacity with queue limits and timeouts (as in test_invariants, rtp unbatched)."""
+def unbatched_overload() -> dict[str, dict[str, Any]]:
+    """`simtools.overload_stages` with rtp unbatched (the compiled engine models no batching)."""
     return {
-        "merger": negligible(),
-        "retrieval": {"servers": MANY, "latency": {"dist": "lognormal", "median_ms": 5, "p99_ms": 12}},
-        "feature_fetch": {"servers": MANY, "latency": {"dist": "gamma", "mean_ms": 2, "cv": 0.5}},
-        "item_fetch": {"servers": MANY, "latency": {"dist": "gamma", "mean_ms": 1, "cv": 0.5}},
-        "prerank": {"servers": 4, "latency": {"dist": "exponential", "mean_ms": 10}, "queue_limit": 20, "timeout_ms": 25},
-        "user_inference": {"servers": 2, "latency": {"dist": "gamma", "mean_ms": 5, "cv": 0.4}, "queue_limit": 10, "timeout_ms": 12},
+        **overload_stages(),
         "rtp": {"servers": 1, "latency": {"dist": "exponential", "mean_ms": 2}, "queue_limit": 20, "timeout_ms": 20},
-        "light_prerank": {"servers": 2, "latency": {"dist": "gamma", "mean_ms": 6, "cv": 0.3}, "queue_limit": 10, "timeout_ms": 20},
     }
 
 
 @pytest.mark.parametrize("pipeline", ALL)
 @pytest.mark.parametrize("drain_s,chunk", [(0.0, 7), (10.0, 50), (0.3, None)])
 def test_overload_with_losses_and_requests_in_flight(pipeline, drain_s, chunk):
-    scenario = make_scenario(overload_stages(), pipelines=ALL, qps=1000, duration_s=3.0, warmup_s=1.0, drain_s=drain_s, seed=5)
+    scenario = make_scenario(unbatched_overload(), pipelines=ALL, qps=1000, duration_s=3.0, warmup_s=1.0, drain_s=drain_s, seed=5)
     recorder = assert_equivalent(scenario, pipeline, chunk)
     requests = recorder.summary()["requests"]
     assert requests["rejected"] > 0 and requests["timed_out"] > 0
@@ -212,12 +206,12 @@ def test_trace_arrivals(tmp_path):
     path = tmp_path / "trace.csv"
     path.write_text("t\n" + "".join(f"{float(t)!r}\n" for t in np.random.default_rng(8).uniform(0, 3.0, 2700)))
     assert_equivalent(
-        make_scenario(overload_stages(), pipelines=ALL, arrival={"kind": "trace", "path": str(path)}, duration_s=3.0), "aif", 200
+        make_scenario(unbatched_overload(), pipelines=ALL, arrival={"kind": "trace", "path": str(path)}, duration_s=3.0), "aif", 200
     )
 
 
 def test_the_draws_are_the_request_sources():
-    scenario = make_scenario(overload_stages(), pipelines=["aif"], qps=700, duration_s=2.0, seed=4)
+    scenario = make_scenario(unbatched_overload(), pipelines=["aif"], qps=700, duration_s=2.0, seed=4)
     samplers = build_samplers(scenario, "<test>")
     mine = list(compiled_engine._blocks(scenario, "aif", samplers))
     theirs = list(RequestSource(scenario, "aif", samplers, [], 0, 0).blocks(scenario.duration_s))
@@ -231,7 +225,7 @@ def test_the_draws_are_the_request_sources():
 
 
 def test_stop_ends_the_run_partial():
-    scenario = make_scenario(overload_stages(), pipelines=["uic"], qps=1000, duration_s=3.0, drain_s=1.0, seed=2)
+    scenario = make_scenario(unbatched_overload(), pipelines=["uic"], qps=1000, duration_s=3.0, drain_s=1.0, seed=2)
     asked, seen = [], []
 
     def stop() -> bool:
