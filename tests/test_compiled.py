@@ -17,7 +17,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from simtools import make_scenario, negligible, overload_stages, small_stages
 
-import aif_sim.compiled.engine as compiled_engine
 import aif_sim.sim.engine as sim_engine
 from aif_sim.app.run import build_samplers
 from aif_sim.compiled.engine import run_compiled
@@ -126,6 +125,18 @@ def pools(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @st.composite
+def cache_specs(draw: st.DrawFn) -> dict[str, Any]:
+    """A cache over the 1000 users of `simtools.scenario_dict`: small to large, with or without expiry and miss latency."""
+    spec: dict[str, Any] = {"capacity": draw(st.sampled_from([0, 1, 20, 200, 2000]))}
+    ttl_s = draw(st.none() | st.floats(0.05, 3.0))
+    if ttl_s is not None:
+        spec["ttl_s"] = ttl_s
+    if draw(st.booleans()):
+        spec["miss_latency"] = draw(latencies())
+    return spec
+
+
+@st.composite
 def cases(draw: st.DrawFn) -> tuple[Scenario, str, int]:
     pipeline = draw(st.sampled_from(ALL))
     stages = {name: draw(pools()) for name in stages_of(pipeline)}
@@ -152,6 +163,18 @@ def cases(draw: st.DrawFn) -> tuple[Scenario, str, int]:
             }
             for stage in slowed
         ]
+    if pipeline != "uic" and draw(st.booleans()):
+        extra["caches"] = {name: draw(cache_specs()) for name in ("user_vector", "sim_features") if draw(st.booleans())}
+        flushed = [name for name in extra["caches"] if draw(st.booleans())]
+        extra.setdefault("faults", []).extend(
+            {
+                "kind": "cache_flush",
+                "at_s": draw(st.floats(0.01, duration_s)),
+                "cache": name,
+                "fraction": draw(st.sampled_from([1.0, 0.5, 0.25])),
+            }
+            for name in flushed
+        )
     scenario = make_scenario(
         stages,
         pipelines=[pipeline],
@@ -192,6 +215,26 @@ def test_overload_with_losses_and_requests_in_flight(pipeline, drain_s, chunk):
     assert requests["offered"] == requests["completed"] + requests["rejected"] + requests["timed_out"] + requests["in_flight_at_end"]
 
 
+@pytest.mark.parametrize("pipeline", ["sequential", "aif"])
+def test_caches_with_expiry_evictions_and_a_flush_storm(pipeline):
+    """Small caches (evictions), expiry, miss latencies and node-loss flushes under overload: the same hits,
+    misses, evictions and latencies."""
+    caches = {
+        "user_vector": {"capacity": 50, "ttl_s": 0.5},
+        "sim_features": {"capacity": 30, "miss_latency": {"dist": "exponential", "mean_ms": 2}},
+    }
+    faults = [
+        {"kind": "cache_flush", "at_s": 1.0, "cache": "user_vector"},
+        {"kind": "cache_flush", "at_s": 1.5, "cache": "sim_features", "fraction": 0.25},
+    ]
+    scenario = make_scenario(
+        unbatched_overload(), pipelines=[pipeline], qps=800, duration_s=3.0, warmup_s=0.5, drain_s=0.3, seed=3, caches=caches, faults=faults
+    )
+    summary = assert_equivalent(scenario, pipeline, 101).summary()
+    for cache in summary["caches"].values():
+        assert cache["hits"] > 0 and cache["misses"] > 0 and cache["evictions"] > 0
+
+
 def test_unbounded_queue_that_never_drains():
     """One server at 3x its capacity, no limit, no timeout: the queue grows for the whole run."""
     stages = {name: negligible() for name in ("merger", "retrieval", "feature_fetch")}
@@ -210,13 +253,16 @@ def test_trace_arrivals(tmp_path):
     )
 
 
-def test_the_draws_are_the_request_sources():
+def test_the_array_draws_are_the_requests_draws():
     scenario = make_scenario(unbatched_overload(), pipelines=["aif"], qps=700, duration_s=2.0, seed=4)
     samplers = build_samplers(scenario, "<test>")
-    mine = list(compiled_engine._blocks(scenario, "aif", samplers))
-    theirs = list(RequestSource(scenario, "aif", samplers, [], 0, 0).blocks(scenario.duration_s))
-    assert [len(block.arrival_s) for block, _ in mine] == [len(requests) for requests in theirs]
-    for (block, service), requests in zip(mine, theirs):
+    source = RequestSource(scenario, "aif", samplers, [(1, "sim_features")], 1, 3)
+    mine, theirs = list(source.draws(scenario.duration_s)), list(source.blocks(scenario.duration_s))
+    assert [len(draws.block.arrival_s) for draws in mine] == [len(requests) for requests in theirs]
+    for draws, requests in zip(mine, theirs):
+        block, service = draws.block, draws.service_s
+        assert draws.miss_s.tolist() == [r.miss_s for r in requests]
+        assert draws.sample.tolist() == [r.sample.tolist() for r in requests]
         assert block.arrival_s.tolist() == [r.arrival_s for r in requests]
         assert (block.first_id + np.arange(len(requests))).tolist() == [r.id for r in requests]
         assert block.user.tolist() == [r.user for r in requests]
@@ -245,8 +291,8 @@ def test_stop_ends_the_run_partial():
 
 # --- what it does not model ------------------------------------------------------------------------------
 def test_unsupported_names_what_it_does_not_model():
-    """Batching, caches and nearline vectors are refused, each named; faults are modelled (a slowdown) or touch
-    nothing a supported pipeline has."""
+    """Batching and nearline vectors are refused, each named; faults are modelled (a slowdown, a cache flush) or
+    touch nothing a supported pipeline has."""
     pool = {"servers": 4, "latency": {"dist": "exponential", "mean_ms": 1}}
     plain = {name: pool for pipeline in ALL for name in stages_of(pipeline)}
     assert all(unsupported(make_scenario(plain, pipelines=ALL), pipeline) is None for pipeline in ALL)
@@ -254,9 +300,7 @@ def test_unsupported_names_what_it_does_not_model():
     assert "batching (rtp)" in unsupported(batching, "aif")
     assert unsupported(batching, "sequential") is None  # rtp is AIF's only
     caches = make_scenario(plain, pipelines=ALL, caches={"user_vector": {"capacity": 10}, "sim_features": {"capacity": 10}})
-    assert "caches (sim_features)" in unsupported(caches, "sequential")
-    assert "caches (user_vector, sim_features)" in unsupported(caches, "aif")
-    assert unsupported(caches, "uic") is None  # it consults no cache
+    assert all(unsupported(caches, pipeline) is None for pipeline in ALL)
     nearline = make_scenario(plain, pipelines=ALL, nearline={"item_updates_per_s": 10, "refresh": {"mode": "periodic", "interval_s": 1}})
     assert "nearline vectors (items)" in unsupported(nearline, "aif")
     assert "nearline vectors (users)" in unsupported(nearline, "uic")
@@ -277,8 +321,6 @@ def test_unsupported_names_what_it_does_not_model():
         caches={"user_vector": {"capacity": 10}, "sim_features": {"capacity": 10}},
         nearline={"item_updates_per_s": 10, "refresh": {"mode": "periodic", "interval_s": 1}},
     )
-    assert unsupported(everything, "aif") == (
-        "the compiled engine does not model batching (rtp); caches (user_vector, sim_features); nearline vectors (items)"
-    )
+    assert unsupported(everything, "aif") == "the compiled engine does not model batching (rtp); nearline vectors (items)"
     with pytest.raises(ValueError, match="batching"):
         run_compiled(batching, "aif", build_samplers(batching, "<test>"))

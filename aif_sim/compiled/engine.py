@@ -1,4 +1,4 @@
-"""Run one pipeline of plain stage pools with numba kernels, request by request as `sim.engine` would.
+"""Run one pipeline of plain stage pools and caches with numba kernels, request by request as `sim.engine` would.
 
 The run, block by block of arrivals (the blocks `core.traffic.request_blocks` yields, with the service
 draws of `core.system.RequestSource`):
@@ -6,7 +6,8 @@ draws of `core.system.RequestSource`):
 2. `kernels.advance` moves every request in the system through the pipeline's steps, step by step, each
    stage swept in order of arrival there, but only as far as is known: the next block's first arrival A
    reaches any step no earlier than A, so a request reaching step k at or after A waits (its arrival time
-   kept) and is merged into step k's sweep with the next block; each stage's heaps carry over;
+   kept) and is merged into step k's sweep with the next block; each stage's heaps carry over, and so do
+   the caches (`caches.CacheState`) with their inserts not yet due;
 3. the requests that finished before the block's last arrival are accounted (`Recorder.account`) in the
    order they finished, as one group: exactly what simpy's `recorder.flush()` after that block sees.
 At the end the run stops at the simulated time `PipelineSimulation.run` would stop at (the first of its
@@ -17,16 +18,16 @@ flight, with the visits they ended before it. Memory: the requests in the system
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 
+from aif_sim.compiled.caches import CacheState
 from aif_sim.compiled.kernels import advance, event_times
 from aif_sim.compiled.support import unsupported
 from aif_sim.core.latency import Sampler
-from aif_sim.core.pipelines import stages_of, step_slots
-from aif_sim.core.system import RequestSource, run_step_s
-from aif_sim.core.traffic import RequestBlock, request_blocks, stream
+from aif_sim.core.pipelines import PIPELINES, Cached, Parallel, calls_of, stages_of, step_slots
+from aif_sim.core.system import RequestDraws, RequestSource, cache_policies, run_step_s
 from aif_sim.metrics.recorder import Recorder, RequestSink
 from aif_sim.scenario.schema import Scenario, StageSlowdown
 
@@ -46,30 +47,33 @@ def run_compiled(
     reason = unsupported(scenario, pipeline)
     if reason is not None:
         raise ValueError(reason)
-    recorder = Recorder.for_pipeline(scenario, pipeline, sink, {}, [])
-    pools = _Pools(scenario, pipeline)
-    system = _Requests(len(pools.names))
-    blocks = _blocks(scenario, pipeline, samplers)
+    policies = cache_policies(scenario, pipeline)
+    recorder = Recorder.for_pipeline(scenario, pipeline, sink, policies, [])
+    caches = CacheState(scenario, policies, scenario.traffic.users.count)
+    pools = _Pools(scenario, pipeline, list(policies))
+    system = _Requests(len(pools.names), len(policies))
+    blocks = RequestSource.for_pipeline(scenario, pipeline, samplers, policies, {}).draws(scenario.duration_s)
     upcoming = next(blocks, None)
-    upcoming_t = event_times(upcoming[0].arrival_s, 0.0) if upcoming is not None else None
+    upcoming_t = event_times(upcoming.block.arrival_s, 0.0) if upcoming is not None else None
     now = 0.0  # the last arrival so far: everything before it is accounted
     last_end = -math.inf  # the latest finish so far
     while upcoming is not None:
         if stop is not None and stop():
             recorder.stop(now)
-            _close(recorder, system, now, now)
+            _close(recorder, system, caches, now, now)
             return recorder
-        (block, service), t = upcoming, upcoming_t
+        draws, t = upcoming, upcoming_t
         last = float(t[-1])
         upcoming = next(blocks, None)
         limit = math.inf
         if upcoming is not None:
-            upcoming_t = event_times(upcoming[0].arrival_s, last)
+            upcoming_t = event_times(upcoming.block.arrival_s, last)
             limit = float(upcoming_t[0])
-        measured = block.arrival_s >= scenario.warmup_s
-        system.extend(block, measured, service, t)
+        measured = draws.block.arrival_s >= scenario.warmup_s
+        system.extend(draws, measured, t)
         recorder.arrivals(int(np.count_nonzero(measured)))
-        pools.advance(system, limit)
+        caches.reserve(len(system))
+        pools.advance(system, caches, limit)
         last_end = max(last_end, _flush(recorder, system, last))
         now = last
         if progress is not None:
@@ -78,29 +82,19 @@ def run_compiled(
         last_end = max(last_end, float(system.column("end_s").max()))
     end, clock = _end(scenario, max(now, last_end))
     _flush(recorder, system, clock)
-    _close(recorder, system, end, clock)
+    _close(recorder, system, caches, end, clock)
     if progress is not None:
         progress(end)
     return recorder
 
 
 # --- the run's requests ----------------------------------------------------------------------------------
-def _blocks(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler]) -> Iterator[tuple[RequestBlock, np.ndarray]]:
-    """The blocks of requests `RequestSource.blocks` makes, as arrays: each block with its service times
-    [requests, stage slots] in seconds (the same streams and draws; no cache or nearline draws here)."""
-    source = RequestSource(scenario, pipeline, samplers, [], 0, 0)
-    rngs = [stream(scenario.seed, f"service:{name}") for name in source.stage_names]
-    for block in request_blocks(scenario.traffic, scenario.duration_s, scenario.seed):
-        draws = [source.draw(name, rng, block.candidates) for name, rng in zip(source.stage_names, rngs)]
-        yield block, np.column_stack(draws) / 1000
-
-
 class _Requests:
     """The requests in the system (arrived, not yet accounted), as columns in order of arrival (`column(name)`,
     views of buffers reused from block to block); `step` is the step each is at (the number of steps once
     finished), `arrive` when it arrived there."""
 
-    def __init__(self, stages: int, capacity: int = 1024) -> None:
+    def __init__(self, stages: int, caches: int, capacity: int = 1024) -> None:
         self.kinds: dict[str, tuple[tuple[int, ...], type]] = {
             "ids": ((), np.int64),
             "arrival_s": ((), np.float64),
@@ -108,6 +102,8 @@ class _Requests:
             "candidates": ((), np.int64),
             "measured": ((), np.bool_),
             "service": ((stages,), np.float64),
+            "miss": ((stages,), np.float64),
+            "cache_hit": ((caches,), np.float64),
             "times": ((stages, 3), np.float64),
             "outcome": ((), np.int64),
             "end_s": ((), np.float64),
@@ -123,8 +119,8 @@ class _Requests:
     def column(self, name: str) -> np.ndarray:
         return self.buffers[name][: self.n]
 
-    def extend(self, block: RequestBlock, measured: np.ndarray, service: np.ndarray, t: np.ndarray) -> None:
-        k = len(t)
+    def extend(self, draws: RequestDraws, measured: np.ndarray, t: np.ndarray) -> None:
+        block, k = draws.block, len(t)
         size = self.n + k
         capacity = len(self.buffers["ids"])
         if size > capacity:
@@ -140,7 +136,9 @@ class _Requests:
         b["users"][new] = block.user
         b["candidates"][new] = block.candidates
         b["measured"][new] = measured
-        b["service"][new] = service
+        b["service"][new] = draws.service_s
+        b["miss"][new] = 0.0 if draws.miss_s is None else draws.miss_s
+        b["cache_hit"][new] = np.nan
         b["times"][new] = np.nan
         b["outcome"][new] = 0
         b["end_s"][new] = np.nan
@@ -159,7 +157,7 @@ class _Requests:
 class _Pools:
     """The stage pools' state (see `kernels`) and the pipeline's steps as arrays."""
 
-    def __init__(self, scenario: Scenario, pipeline: str) -> None:
+    def __init__(self, scenario: Scenario, pipeline: str, caches: list[str]) -> None:
         self.names = stages_of(pipeline)
         configs = [scenario.stages[name] for name in self.names]
         groups = step_slots(pipeline)
@@ -175,8 +173,9 @@ class _Pools:
         # the timeout exactly as sim.pools computes it (ms / 1000)
         self.timeout_s = np.array([math.inf if c.timeout_ms is None else c.timeout_ms / 1000 for c in configs])
         self.slow_at, self.slow_t, self.slow_v = _slowdowns(scenario, self.names)
+        self.guard, self.reads = _cache_slots(pipeline, caches)
 
-    def advance(self, system: _Requests, limit: float) -> None:
+    def advance(self, system: _Requests, caches: CacheState, limit: float) -> None:
         advance(
             self.step_at,
             self.step_slots,
@@ -190,14 +189,36 @@ class _Pools:
             self.slow_at,
             self.slow_t,
             self.slow_v,
+            self.guard,
+            self.reads,
+            caches.state,
             system.column("arrive"),
             system.column("step"),
+            system.column("users"),
             system.column("service"),
+            system.column("miss"),
+            system.column("cache_hit"),
             system.column("times"),
             system.column("outcome"),
             system.column("end_s"),
             limit,
         )
+
+
+def _cache_slots(pipeline: str, caches: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per slot, the index in `caches` of the cache guarding its call and of the one it reads through (-1: none)."""
+    guard = np.full(len(stages_of(pipeline)), -1, np.int64)
+    reads = guard.copy()
+    slot = 0
+    for step in PIPELINES[pipeline]:
+        for branch in step.branches if isinstance(step, Parallel) else (step,):
+            if isinstance(branch, Cached) and branch.cache in caches:
+                guard[slot] = caches.index(branch.cache)
+            for call in calls_of(branch):
+                if call.reads in caches:
+                    reads[slot] = caches.index(call.reads)
+                slot += 1
+    return guard, reads
 
 
 def _slowdowns(scenario: Scenario, names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -230,17 +251,21 @@ def _flush(recorder: Recorder, system: _Requests, before: float) -> float:
     if len(index) == 0:
         return -math.inf
     order = index[np.argsort(end_s[index], kind="stable")]
-    columns = ("ids", "arrival_s", "users", "candidates", "measured", "times", "service", "outcome", "end_s")
-    ids, arrival_s, users, candidates, measured, times, service, outcome, end_s = (system.column(name)[order] for name in columns)
-    recorder.account(ids, arrival_s, users, candidates, measured, times, service, outcome, end_s)
+    columns = ("ids", "arrival_s", "users", "candidates", "measured", "times", "service", "outcome", "end_s", "cache_hit")
+    ids, arrival_s, users, candidates, measured, times, service, outcome, end_s, cache_hit = (
+        system.column(name)[order] for name in columns
+    )
+    recorder.account(ids, arrival_s, users, candidates, measured, times, service, outcome, end_s, cache_hit)
     recorder.finished(outcome, measured)
     system.keep(~done)
     return float(end_s[-1])
 
 
-def _close(recorder: Recorder, system: _Requests, end: float, clock: float) -> None:
+def _close(recorder: Recorder, system: _Requests, caches: CacheState, end: float, clock: float) -> None:
     """Close the recorder at `end` with the requests still in flight at the simulated time `clock`: the visits
-    they ended before it count."""
+    they ended before it count, and the cache inserts and flushes before it happen."""
+    caches.settle(clock)
+    caches.publish()
     times = system.column("times").copy()
     times[~(times[..., 2] < clock)] = np.nan
     recorder.close(end, (times, system.column("measured").copy()))

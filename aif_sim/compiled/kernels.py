@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from aif_sim.compiled.caches import lookup, push, settle
+
 COMPLETED, REJECTED, TIMED_OUT = 0, 1, 2  # core.request.Outcome
 
 
@@ -124,9 +126,15 @@ def advance(
     slow_at: np.ndarray,
     slow_t: np.ndarray,
     slow_v: np.ndarray,
+    guard: np.ndarray,
+    reads: np.ndarray,
+    caches: tuple,
     arrive: np.ndarray,
     step: np.ndarray,
+    users: np.ndarray,
     service: np.ndarray,
+    miss: np.ndarray,
+    cache_hit: np.ndarray,
     times: np.ndarray,
     outcome: np.ndarray,
     end_s: np.ndarray,
@@ -142,6 +150,12 @@ def advance(
     `queue_limit` -1 for one without a limit. A stage's service multiplier (stage_slowdown faults) is
     `slow_v[j]` from `slow_t[j]` on, for j in `slow_at[slot] : slow_at[slot + 1]` (1 before the first); a
     visit's service is multiplied when it starts, and written back, as `sim.pools` does.
+
+    Caches (`caches.CacheState.state`, keys `users`): `guard[slot]` is the cache whose hit skips the slot's
+    call, `reads[slot]` the cache it reads through (-1: none), looked up in that order at the request's
+    arrival at the step; a read-through miss adds `miss[i, slot]` to the service; a completed visit that
+    missed inserts into the read-through cache, then the guard's, when it ends. `cache_hit[i, c]` 1.0 / 0.0
+    (hit, miss) where the request consulted cache c, as `core.flow` marks it.
     """
     n = len(arrive)
     steps = len(step_at) - 1
@@ -162,6 +176,20 @@ def advance(
             worst = COMPLETED
             for p in range(step_at[k], step_at[k + 1]):
                 slot = step_slots[p]
+                g, r = guard[slot], reads[slot]
+                if g >= 0:
+                    settle(caches, g, t)
+                    if lookup(caches, g, users[i], t):
+                        cache_hit[i, g] = 1.0
+                        continue  # the call is skipped: this branch ends at t, completed
+                    cache_hit[i, g] = 0.0
+                read_miss = False
+                if r >= 0:
+                    settle(caches, r, t)
+                    read_miss = not lookup(caches, r, users[i], t)
+                    cache_hit[i, r] = 0.0 if read_miss else 1.0
+                    if read_miss:
+                        service[i, slot] += miss[i, slot]
                 base = free_at[slot]
                 servers = free_at[slot + 1] - base
                 m = free[base]
@@ -198,6 +226,10 @@ def advance(
                     times[i, slot, 0] = t
                     times[i, slot, 1] = start
                     times[i, slot, 2] = e
+                    if read_miss:
+                        push(caches, r, e, users[i])
+                    if g >= 0:
+                        push(caches, g, e, users[i])
                 if e > step_end:
                     step_end = e
                 if o > worst:

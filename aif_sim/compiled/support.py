@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from aif_sim.core.pipelines import PIPELINES, stages_of
-from aif_sim.core.system import cache_policies, vector_stores
+from aif_sim.core.system import vector_stores
 from aif_sim.scenario.schema import Scenario
 
 
@@ -15,13 +15,10 @@ def unsupported(scenario: Scenario, pipeline: str) -> str | None:
     batching = [name for name in stages_of(pipeline) if scenario.stages[name].batch is not None]
     if batching:
         reasons.append(f"batching ({', '.join(batching)})")
-    caches = list(cache_policies(scenario, pipeline))
-    if caches:
-        reasons.append(f"caches ({', '.join(caches)})")
     stores = vector_stores(pipeline) if scenario.nearline is not None else []
     if stores:
         reasons.append(f"nearline vectors ({', '.join(stores)})")
     if "items" in stores and scenario.model is not None and scenario.model.shadow_rate > 0:
         reasons.append("shadow scoring")
-    # faults: a stage slowdown is modelled; a cache flush or a nearline outage touches only what is refused above
+    # faults: stage slowdowns and cache flushes are modelled; a nearline outage touches only what is refused above
     return f"the compiled engine does not model {'; '.join(reasons)}" if reasons else None

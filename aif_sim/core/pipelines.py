@@ -74,9 +74,14 @@ def caches_of(pipeline: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def pipeline_calls(pipeline: str) -> list[Call]:
+    """The stage calls a pipeline makes when nothing is cached, in order: a call's position is its slot."""
+    return [call for step in PIPELINES[pipeline] for call in calls_of(step)]
+
+
 def stages_of(pipeline: str) -> list[str]:
     """Stage names a pipeline visits, in order of first use."""
-    return [call.stage for step in PIPELINES[pipeline] for call in calls_of(step)]
+    return [call.stage for call in pipeline_calls(pipeline)]
 
 
 def step_slots(pipeline: str) -> list[list[int]]:

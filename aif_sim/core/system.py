@@ -5,16 +5,17 @@ run and the engines see the same arrivals, candidates and service draws (common 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
 from aif_sim.core.cache import CachePolicy
 from aif_sim.core.latency import Sampler
 from aif_sim.core.nearline import NearlineStore
-from aif_sim.core.pipelines import PIPELINES, caches_of, calls_of, stages_of
+from aif_sim.core.pipelines import PIPELINES, caches_of, calls_of, pipeline_calls, stages_of
 from aif_sim.core.request import Request
 from aif_sim.core.shadow import ShadowSampling
-from aif_sim.core.traffic import ZipfSampler, mean_rate, request_blocks, stream
+from aif_sim.core.traffic import RequestBlock, ZipfSampler, mean_rate, request_blocks, stream
 from aif_sim.scenario.schema import Scenario
 
 PROGRESS_STEPS = 200
@@ -69,6 +70,18 @@ def shadow_sampling(scenario: Scenario, stores: dict[str, NearlineStore]) -> Sha
     return ShadowSampling(model.shadow_rate, model.shadow_candidates, model.shadow_requests, ZipfSampler(scenario.traffic.items), rng)
 
 
+@dataclass(frozen=True)
+class RequestDraws:
+    """A block of requests with their draws, as arrays: service times [requests, stage slots] (s), the latency
+    a cache miss would add at each slot (s; None without read-through caches) and the candidate items whose
+    vectors are measured [requests, sample size] (None: none)."""
+
+    block: RequestBlock
+    service_s: np.ndarray
+    miss_s: np.ndarray | None
+    sample: np.ndarray | None
+
+
 class RequestSource:
     """The requests offered to one pipeline, in blocks, each with its draws: its service time at every stage
     slot (alone on a server), the latency a cache miss would add at each read-through visit, and the candidate
@@ -92,20 +105,43 @@ class RequestSource:
         self.reads = bool(reads)
         self.miss_slots = [(slot, cache) for slot, cache in reads if f"cache:{cache}" in samplers]
 
-    def blocks(self, duration_s: float) -> Iterator[list[Request]]:
-        """The requests arriving in [0, duration_s), a block at a time, in order of arrival."""
+    @classmethod
+    def for_pipeline(
+        cls,
+        scenario: Scenario,
+        pipeline: str,
+        samplers: dict[str, Sampler],
+        caches: dict[str, CachePolicy],
+        stores: dict[str, NearlineStore],
+    ) -> RequestSource:
+        """The request source of a pipeline run with these cache policies and nearline stores."""
+        reads = [(slot, call.reads) for slot, call in enumerate(pipeline_calls(pipeline)) if call.reads in caches]
+        sample_size = scenario.nearline.staleness_sample if scenario.nearline is not None and "items" in stores else 0
+        return cls(scenario, pipeline, samplers, reads, len(caches), sample_size)
+
+    def draws(self, duration_s: float) -> Iterator[RequestDraws]:
+        """The requests arriving in [0, duration_s), a block at a time, in order of arrival, as arrays."""
         scenario = self.scenario
         seed = scenario.seed
         rngs = [stream(seed, f"service:{name}") for name in self.stage_names]
         miss_rngs = {cache: stream(seed, f"miss:{cache}") for _, cache in self.miss_slots}
         sample_rng, items = stream(seed, "candidate-sample"), ZipfSampler(scenario.traffic.items)
-        warmup, k = scenario.warmup_s, len(self.stage_names)
+        k = len(self.stage_names)
         for block in request_blocks(scenario.traffic, duration_s, seed):
             n = len(block.arrival_s)
             draws = [self.draw(name, rng, block.candidates) for name, rng in zip(self.stage_names, rngs)]
-            services = (np.column_stack(draws) / 1000).tolist()  # seconds, a row per request
-            miss_rows = self._miss_rows(miss_rngs, n, k) if self.reads else None
-            samples = items.sample(sample_rng, n * self.sample_size).reshape(n, self.sample_size) if self.sample_size else None
+            service_s = np.column_stack(draws) / 1000
+            miss_s = self._misses(miss_rngs, n, k) if self.reads else None
+            sample = items.sample(sample_rng, n * self.sample_size).reshape(n, self.sample_size) if self.sample_size else None
+            yield RequestDraws(block, service_s, miss_s, sample)
+
+    def blocks(self, duration_s: float) -> Iterator[list[Request]]:
+        """The requests arriving in [0, duration_s), a block at a time, in order of arrival."""
+        warmup = self.scenario.warmup_s
+        for draws in self.draws(duration_s):
+            block = draws.block
+            services = draws.service_s.tolist()  # seconds, a row per request
+            miss_rows = draws.miss_s.tolist() if draws.miss_s is not None else None
             requests = []
             for i, (arrival, user, candidates) in enumerate(zip(block.arrival_s.tolist(), block.user.tolist(), block.candidates.tolist())):
                 request = Request(block.first_id + i, arrival, user, candidates, arrival >= warmup, services[i])
@@ -113,17 +149,17 @@ class RequestSource:
                     request.cache_hit = [np.nan] * self.caches
                 if miss_rows is not None:
                     request.miss_s = miss_rows[i]
-                if samples is not None:
-                    request.sample = samples[i]
+                if draws.sample is not None:
+                    request.sample = draws.sample[i]
                 requests.append(request)
             yield requests
 
-    def _miss_rows(self, rngs: dict[str, np.random.Generator], n: int, k: int) -> list[list[float]]:
+    def _misses(self, rngs: dict[str, np.random.Generator], n: int, k: int) -> np.ndarray:
         """Per request and stage slot, the latency (s) a cache miss would add there (0 where no cache is read)."""
         misses = np.zeros((n, k))
         for slot, cache in self.miss_slots:
             misses[:, slot] = self.samplers[f"cache:{cache}"].sample(rngs[cache], n, 1.0) / 1000
-        return misses.tolist()
+        return misses
 
     def draw(self, name: str, rng: np.random.Generator, candidates: np.ndarray) -> np.ndarray:
         """Each request's service time (ms) at a stage, alone on a server: a profile measured by candidates

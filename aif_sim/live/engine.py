@@ -229,9 +229,7 @@ class LivePipeline:
     async def _generate(self, clock: Clock, flow: Flow, pools: list[LivePool], duration_s: float, stop: Callable[[], bool]) -> None:
         """Issue every request at its scheduled time, each as its own task (open loop)."""
         scenario, recorder, schedule = self.scenario, self.recorder, self.schedule
-        reads = [(slot, call.reads) for slot, call in enumerate(flow.calls) if call.reads in self.caches]
-        sample_size = scenario.nearline.staleness_sample if scenario.nearline is not None and "items" in self.stores else 0
-        source = RequestSource(scenario, self.pipeline, self.samplers, reads, len(self.caches), sample_size)
+        source = RequestSource.for_pipeline(scenario, self.pipeline, self.samplers, self.caches, self.stores)
         items, rng = ZipfSampler(scenario.traffic.items), stream(scenario.seed, "live-candidates")
         for requests in source.blocks(duration_s):
             counts = np.array([r.candidates for r in requests])

@@ -1,0 +1,225 @@
+"""The caches of the compiled engine: `core.cache.CachePolicy` (LRU, optional TTL, lazy expiry, node-loss
+flushes) on arrays, with the inserts and flushes that wait for their time.
+
+State, as one tuple `state` the kernels take (`CacheState.state`), for caches c = 0..C-1 over the key space
+(the users):
+- `at[c, key]`: the entry's insertion time, NaN when not held; `older[c, key]` / `newer[c, key]`: its
+  neighbours in recency order (-1: none); `ends[c] = (least recently used, most recently used, size)`;
+- `capacity[c]`, `ttl[c]` (inf: no expiry), `counts[c] = (hits, misses, evictions, expirations)`;
+- the inserts waiting for their time: a min-heap by time per cache (`pend_t[c]`, `pend_key[c]`, `pend_n[c]`);
+- the cache_flush faults: `flush_t[c, j]` (inf past the last), `flush_nodes[c, j]` (the cluster's node
+  count: 1 drops everything), `flush_next[c]` the next one.
+A stage sweep looks a key up at a request's arrival there and inserts when its visit ends, later; every
+pending insert and flush before a lookup's time is applied first, in time order (`settle`). A cache is
+consulted by one step of a pipeline, so its operations all happen in one sweep, in time order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from aif_sim.core.cache import CachePolicy
+from aif_sim.scenario.schema import CacheFlush, Scenario
+
+GOLDEN64 = np.uint64(0x9E3779B97F4A7C15)  # core.cache.cache_node's multiplier
+HITS, MISSES, EVICTIONS, EXPIRATIONS = range(4)
+OLDEST, NEWEST, SIZE = range(3)
+
+
+class CacheState:
+    """The arrays of a pipeline's cache policies (in `Recorder.caches` order) over `keys` keys."""
+
+    def __init__(self, scenario: Scenario, caches: dict[str, CachePolicy], keys: int) -> None:
+        self.policies = caches
+        c = len(caches)
+        keys = keys if c else 0
+        flushes = [
+            [(f.at_s, round(1 / f.fraction)) for f in scenario.faults if isinstance(f, CacheFlush) and f.cache == name] for name in caches
+        ]
+        width = max((len(f) for f in flushes), default=0) + 1
+        flush_t, flush_nodes = np.full((c, width), math.inf), np.ones((c, width), np.int64)
+        for i, cache_flushes in enumerate(flushes):
+            for j, (at_s, nodes) in enumerate(sorted(cache_flushes, key=lambda f: f[0])):  # stable: scenario order at a tie
+                flush_t[i, j], flush_nodes[i, j] = at_s, nodes
+        policies = list(caches.values())
+        self.state = (
+            np.full((c, keys), np.nan),
+            np.full((c, keys), -1, np.int32),
+            np.full((c, keys), -1, np.int32),
+            np.array([[-1, -1, 0]] * c, np.int64).reshape(c, 3),
+            np.array([p.capacity for p in policies], np.int64),
+            np.array([math.inf if p.ttl_s is None else p.ttl_s for p in policies]),
+            np.zeros((c, 4), np.int64),
+            np.empty((c, 64)),
+            np.empty((c, 64), np.int64),
+            np.zeros(c, np.int64),
+            flush_t,
+            flush_nodes,
+            np.zeros(c, np.int64),
+        )
+
+    def reserve(self, inserts: int) -> None:
+        """Room in every pending-insert heap for `inserts` more entries."""
+        at, older, newer, ends, capacity, ttl, counts, pend_t, pend_key, pend_n, *flushes = self.state
+        need = int(pend_n.max(initial=0)) + inserts
+        if need > pend_t.shape[1]:
+            size = max(need, 2 * pend_t.shape[1])
+            grown_t, grown_key = np.empty((len(pend_n), size)), np.empty((len(pend_n), size), np.int64)
+            grown_t[:, : pend_t.shape[1]], grown_key[:, : pend_t.shape[1]] = pend_t, pend_key
+            self.state = (at, older, newer, ends, capacity, ttl, counts, grown_t, grown_key, pend_n, *flushes)
+
+    def settle(self, before: float) -> None:
+        """Apply every pending insert and flush before `before` (the end of a run)."""
+        for c in range(len(self.policies)):
+            settle(self.state, c, before)
+
+    def publish(self) -> None:
+        """Copy the counters into the policies (the recorder reads `evictions` from them)."""
+        counts = self.state[6]
+        for c, policy in enumerate(self.policies.values()):
+            policy.hits, policy.misses, policy.evictions, policy.expirations = (int(x) for x in counts[c])
+
+
+@njit(cache=True)
+def _unlink(state, c: int, key: int) -> None:
+    older, newer, ends = state[1], state[2], state[3]
+    before, after = older[c, key], newer[c, key]
+    if before >= 0:
+        newer[c, before] = after
+    else:
+        ends[c, OLDEST] = after
+    if after >= 0:
+        older[c, after] = before
+    else:
+        ends[c, NEWEST] = before
+    ends[c, SIZE] -= 1
+
+
+@njit(cache=True)
+def _append(state, c: int, key: int) -> None:
+    """Link `key` in as the most recently used."""
+    older, newer, ends = state[1], state[2], state[3]
+    last = ends[c, NEWEST]
+    older[c, key] = last
+    newer[c, key] = -1
+    if last >= 0:
+        newer[c, last] = key
+    else:
+        ends[c, OLDEST] = key
+    ends[c, NEWEST] = key
+    ends[c, SIZE] += 1
+
+
+@njit(cache=True)
+def lookup(state, c: int, key: int, now: float) -> bool:
+    """`CachePolicy.lookup`: a hit makes the key most recently used; an expired entry found is removed."""
+    at, ttl, counts = state[0], state[5], state[6]
+    inserted = at[c, key]
+    if np.isnan(inserted):
+        counts[c, MISSES] += 1
+        return False
+    if now - inserted >= ttl[c]:
+        _unlink(state, c, key)
+        at[c, key] = np.nan
+        counts[c, MISSES] += 1
+        counts[c, EXPIRATIONS] += 1
+        return False
+    _unlink(state, c, key)
+    _append(state, c, key)
+    counts[c, HITS] += 1
+    return True
+
+
+@njit(cache=True)
+def _insert(state, c: int, key: int, now: float) -> None:
+    """`CachePolicy.insert`: (re)insert as most recently used; the least recently used beyond capacity goes."""
+    at, ends, capacity, ttl, counts = state[0], state[3], state[4], state[5], state[6]
+    if capacity[c] == 0:
+        return
+    if not np.isnan(at[c, key]):
+        _unlink(state, c, key)
+    _append(state, c, key)
+    at[c, key] = now
+    if ends[c, SIZE] <= capacity[c]:
+        return
+    dropped = ends[c, OLDEST]
+    if now - at[c, dropped] >= ttl[c]:
+        counts[c, EXPIRATIONS] += 1
+    else:
+        counts[c, EVICTIONS] += 1
+    _unlink(state, c, dropped)
+    at[c, dropped] = np.nan
+
+
+@njit(cache=True)
+def _flush(state, c: int, nodes: int) -> None:
+    """`CachePolicy.flush`: drop every entry (one node), or those `core.cache.cache_node` puts on node 0."""
+    at, newer, ends = state[0], state[2], state[3]
+    key = ends[c, OLDEST]
+    while key >= 0:
+        after = newer[c, key]
+        if nodes <= 1 or ((np.uint64(key) * GOLDEN64) >> np.uint64(32)) % np.uint64(nodes) == 0:
+            _unlink(state, c, key)
+            at[c, key] = np.nan
+        key = after
+
+
+@njit(cache=True)
+def push(state, c: int, t: float, key: int) -> None:
+    """An insert of `key` at time `t`, pending until a lookup at a later time (room reserved by `reserve`)."""
+    pend_t, pend_key, pend_n = state[7], state[8], state[9]
+    pos = pend_n[c]
+    pend_n[c] += 1
+    while pos > 0:
+        parent = (pos - 1) >> 1
+        if pend_t[c, parent] > t:
+            pend_t[c, pos], pend_key[c, pos] = pend_t[c, parent], pend_key[c, parent]
+            pos = parent
+        else:
+            break
+    pend_t[c, pos], pend_key[c, pos] = t, key
+
+
+@njit(cache=True)
+def _pop(state, c: int) -> None:
+    pend_t, pend_key, pend_n = state[7], state[8], state[9]
+    size = pend_n[c] - 1
+    pend_n[c] = size
+    t, key = pend_t[c, size], pend_key[c, size]
+    pos = 0
+    while True:
+        child = 2 * pos + 1
+        if child >= size:
+            break
+        if child + 1 < size and pend_t[c, child + 1] < pend_t[c, child]:
+            child += 1
+        if pend_t[c, child] < t:
+            pend_t[c, pos], pend_key[c, pos] = pend_t[c, child], pend_key[c, child]
+            pos = child
+        else:
+            break
+    if size > 0:
+        pend_t[c, pos], pend_key[c, pos] = t, key
+
+
+@njit(cache=True)
+def settle(state, c: int, before: float) -> None:
+    """Apply the pending inserts and flushes of cache c before time `before`, in time order."""
+    pend_t, pend_key, pend_n, flush_t, flush_nodes, flush_next = state[7], state[8], state[9], state[10], state[11], state[12]
+    while True:
+        t_insert = pend_t[c, 0] if pend_n[c] > 0 else np.inf
+        t_flush = flush_t[c, flush_next[c]]
+        if t_flush < t_insert:
+            if t_flush >= before:
+                return
+            _flush(state, c, flush_nodes[c, flush_next[c]])
+            flush_next[c] += 1
+        else:
+            if t_insert >= before:
+                return
+            key = pend_key[c, 0]
+            _pop(state, c)
+            _insert(state, c, key, t_insert)
