@@ -74,7 +74,7 @@ class CacheState:
     def settle(self, before: float) -> None:
         """Apply every pending insert and flush before `before` (the end of a run)."""
         for c in range(len(self.policies)):
-            settle(self.state, c, before)
+            settle(*self.state, c, before)
 
     def publish(self) -> None:
         """Copy the counters into the policies (the recorder reads `evictions` from them)."""
@@ -83,9 +83,8 @@ class CacheState:
             policy.hits, policy.misses, policy.evictions, policy.expirations = (int(x) for x in counts[c])
 
 
-@njit(cache=True)
-def _unlink(state, c: int, key: int) -> None:
-    older, newer, ends = state[1], state[2], state[3]
+@njit(cache=True, _nrt=False)
+def _unlink(older: np.ndarray, newer: np.ndarray, ends: np.ndarray, c: int, key: int) -> None:
     before, after = older[c, key], newer[c, key]
     if before >= 0:
         newer[c, before] = after
@@ -98,10 +97,9 @@ def _unlink(state, c: int, key: int) -> None:
     ends[c, SIZE] -= 1
 
 
-@njit(cache=True)
-def _append(state, c: int, key: int) -> None:
+@njit(cache=True, _nrt=False)
+def _append(older: np.ndarray, newer: np.ndarray, ends: np.ndarray, c: int, key: int) -> None:
     """Link `key` in as the most recently used."""
-    older, newer, ends = state[1], state[2], state[3]
     last = ends[c, NEWEST]
     older[c, key] = last
     newer[c, key] = -1
@@ -113,64 +111,37 @@ def _append(state, c: int, key: int) -> None:
     ends[c, SIZE] += 1
 
 
-@njit(cache=True)
-def lookup(state, c: int, key: int, now: float) -> bool:
+@njit(cache=True, _nrt=False)
+def lookup(
+    at: np.ndarray,
+    older: np.ndarray,
+    newer: np.ndarray,
+    ends: np.ndarray,
+    ttl: np.ndarray,
+    counts: np.ndarray,
+    c: int,
+    key: int,
+    now: float,
+) -> bool:
     """`CachePolicy.lookup`: a hit makes the key most recently used; an expired entry found is removed."""
-    at, ttl, counts = state[0], state[5], state[6]
     inserted = at[c, key]
     if np.isnan(inserted):
         counts[c, MISSES] += 1
         return False
+    _unlink(older, newer, ends, c, key)
     if now - inserted >= ttl[c]:
-        _unlink(state, c, key)
         at[c, key] = np.nan
         counts[c, MISSES] += 1
         counts[c, EXPIRATIONS] += 1
         return False
-    _unlink(state, c, key)
-    _append(state, c, key)
+    _append(older, newer, ends, c, key)
     counts[c, HITS] += 1
     return True
 
 
-@njit(cache=True)
-def _insert(state, c: int, key: int, now: float) -> None:
-    """`CachePolicy.insert`: (re)insert as most recently used; the least recently used beyond capacity goes."""
-    at, ends, capacity, ttl, counts = state[0], state[3], state[4], state[5], state[6]
-    if capacity[c] == 0:
-        return
-    if not np.isnan(at[c, key]):
-        _unlink(state, c, key)
-    _append(state, c, key)
-    at[c, key] = now
-    if ends[c, SIZE] <= capacity[c]:
-        return
-    dropped = ends[c, OLDEST]
-    if now - at[c, dropped] >= ttl[c]:
-        counts[c, EXPIRATIONS] += 1
-    else:
-        counts[c, EVICTIONS] += 1
-    _unlink(state, c, dropped)
-    at[c, dropped] = np.nan
-
-
-@njit(cache=True)
-def _flush(state, c: int, nodes: int) -> None:
-    """`CachePolicy.flush`: drop every entry (one node), or those `core.cache.cache_node` puts on node 0."""
-    at, newer, ends = state[0], state[2], state[3]
-    key = ends[c, OLDEST]
-    while key >= 0:
-        after = newer[c, key]
-        if nodes <= 1 or ((np.uint64(key) * GOLDEN64) >> np.uint64(32)) % np.uint64(nodes) == 0:
-            _unlink(state, c, key)
-            at[c, key] = np.nan
-        key = after
-
-
-@njit(cache=True)
-def push(state, c: int, t: float, key: int) -> None:
+@njit(cache=True, _nrt=False)
+def push(pend_t: np.ndarray, pend_key: np.ndarray, pend_n: np.ndarray, c: int, t: float, key: int) -> None:
     """An insert of `key` at time `t`, pending until a lookup at a later time (room reserved by `reserve`)."""
-    pend_t, pend_key, pend_n = state[7], state[8], state[9]
     pos = pend_n[c]
     pend_n[c] += 1
     while pos > 0:
@@ -183,9 +154,64 @@ def push(state, c: int, t: float, key: int) -> None:
     pend_t[c, pos], pend_key[c, pos] = t, key
 
 
-@njit(cache=True)
-def _pop(state, c: int) -> None:
-    pend_t, pend_key, pend_n = state[7], state[8], state[9]
+@njit(cache=True, _nrt=False)
+def settle(
+    at: np.ndarray,
+    older: np.ndarray,
+    newer: np.ndarray,
+    ends: np.ndarray,
+    capacity: np.ndarray,
+    ttl: np.ndarray,
+    counts: np.ndarray,
+    pend_t: np.ndarray,
+    pend_key: np.ndarray,
+    pend_n: np.ndarray,
+    flush_t: np.ndarray,
+    flush_nodes: np.ndarray,
+    flush_next: np.ndarray,
+    c: int,
+    before: float,
+) -> None:
+    """Apply the pending inserts and flushes of cache c before time `before`, in time order (`state` unpacked)."""
+    while True:
+        t_insert = pend_t[c, 0] if pend_n[c] > 0 else np.inf
+        t_flush = flush_t[c, flush_next[c]]
+        if min(t_insert, t_flush) >= before:
+            return
+        if t_flush < t_insert:  # `CachePolicy.flush`: drop every entry, or those `core.cache.cache_node` puts on node 0
+            nodes = flush_nodes[c, flush_next[c]]
+            flush_next[c] += 1
+            key = ends[c, OLDEST]
+            while key >= 0:
+                after = newer[c, key]
+                if nodes <= 1 or ((np.uint64(key) * GOLDEN64) >> np.uint64(32)) % np.uint64(nodes) == 0:
+                    _unlink(older, newer, ends, c, key)
+                    at[c, key] = np.nan
+                key = after
+            continue
+        key = pend_key[c, 0]
+        _pop_pending(pend_t, pend_key, pend_n, c)
+        # `CachePolicy.insert`: (re)insert as most recently used; the least recently used beyond capacity goes
+        if capacity[c] == 0:
+            continue
+        if not np.isnan(at[c, key]):
+            _unlink(older, newer, ends, c, key)
+        _append(older, newer, ends, c, key)
+        at[c, key] = t_insert
+        if ends[c, SIZE] <= capacity[c]:
+            continue
+        dropped = ends[c, OLDEST]
+        if t_insert - at[c, dropped] >= ttl[c]:
+            counts[c, EXPIRATIONS] += 1
+        else:
+            counts[c, EVICTIONS] += 1
+        _unlink(older, newer, ends, c, dropped)
+        at[c, dropped] = np.nan
+
+
+@njit(cache=True, _nrt=False)
+def _pop_pending(pend_t: np.ndarray, pend_key: np.ndarray, pend_n: np.ndarray, c: int) -> None:
+    """Remove the earliest pending insert of cache c."""
     size = pend_n[c] - 1
     pend_n[c] = size
     t, key = pend_t[c, size], pend_key[c, size]
@@ -203,23 +229,3 @@ def _pop(state, c: int) -> None:
             break
     if size > 0:
         pend_t[c, pos], pend_key[c, pos] = t, key
-
-
-@njit(cache=True)
-def settle(state, c: int, before: float) -> None:
-    """Apply the pending inserts and flushes of cache c before time `before`, in time order."""
-    pend_t, pend_key, pend_n, flush_t, flush_nodes, flush_next = state[7], state[8], state[9], state[10], state[11], state[12]
-    while True:
-        t_insert = pend_t[c, 0] if pend_n[c] > 0 else np.inf
-        t_flush = flush_t[c, flush_next[c]]
-        if t_flush < t_insert:
-            if t_flush >= before:
-                return
-            _flush(state, c, flush_nodes[c, flush_next[c]])
-            flush_next[c] += 1
-        else:
-            if t_insert >= before:
-                return
-            key = pend_key[c, 0]
-            _pop(state, c)
-            _insert(state, c, key, t_insert)

@@ -55,6 +55,7 @@ def run_compiled(
     blocks = RequestSource.for_pipeline(scenario, pipeline, samplers, policies, {}).draws(scenario.duration_s)
     upcoming = next(blocks, None)
     upcoming_t = event_times(upcoming.block.arrival_s, 0.0) if upcoming is not None else None
+    until = _end(scenario, math.inf)[1]  # the clock when a run stops at its horizon
     now = 0.0  # the last arrival so far: everything before it is accounted
     last_end = -math.inf  # the latest finish so far
     while upcoming is not None:
@@ -73,7 +74,7 @@ def run_compiled(
         system.extend(draws, measured, t)
         recorder.arrivals(int(np.count_nonzero(measured)))
         caches.reserve(len(system))
-        pools.advance(system, caches, limit)
+        pools.advance(system, caches, limit, until)
         last_end = max(last_end, _flush(recorder, system, last))
         now = last
         if progress is not None:
@@ -175,7 +176,7 @@ class _Pools:
         self.slow_at, self.slow_t, self.slow_v = _slowdowns(scenario, self.names)
         self.guard, self.reads = _cache_slots(pipeline, caches)
 
-    def advance(self, system: _Requests, caches: CacheState, limit: float) -> None:
+    def advance(self, system: _Requests, caches: CacheState, limit: float, until: float) -> None:
         advance(
             self.step_at,
             self.step_slots,
@@ -202,6 +203,7 @@ class _Pools:
             system.column("outcome"),
             system.column("end_s"),
             limit,
+            until,
         )
 
 

@@ -34,7 +34,7 @@ def event_times(arrival_s: np.ndarray, now: float) -> np.ndarray:
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _sift_down(heap: np.ndarray, base: int, size: int, pos: int) -> None:
     x = heap[base + pos]
     while True:
@@ -52,7 +52,7 @@ def _sift_down(heap: np.ndarray, base: int, size: int, pos: int) -> None:
     heap[base + pos] = x
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _push(heap: np.ndarray, base: int, size: int, x: float) -> int:
     """Push x on a heap of `size` entries; the new size."""
     pos = size
@@ -67,7 +67,7 @@ def _push(heap: np.ndarray, base: int, size: int, x: float) -> int:
     return size + 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _pop(heap: np.ndarray, base: int, size: int) -> int:
     """Remove the minimum of a heap of `size` entries; the new size."""
     size -= 1
@@ -100,7 +100,7 @@ def _stable_order(index: np.ndarray, key: np.ndarray, count: int) -> np.ndarray:
     return order
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _served(service: np.ndarray, i: int, slot: int, start: float, slow_at: np.ndarray, slow_t: np.ndarray, slow_v: np.ndarray) -> float:
     """Request i's service at `slot` for a visit starting at `start`, slowed down as the stage then is (written back)."""
     factor = 1.0
@@ -139,6 +139,7 @@ def advance(
     outcome: np.ndarray,
     end_s: np.ndarray,
     limit: float,
+    until: float,
 ) -> None:
     """Move the requests through the pipeline's steps as far as is known before `limit` (the next unseen
     arrival): at step k, every request there that arrives before `limit`, in order of arrival.
@@ -155,10 +156,13 @@ def advance(
     call, `reads[slot]` the cache it reads through (-1: none), looked up in that order at the request's
     arrival at the step; a read-through miss adds `miss[i, slot]` to the service; a completed visit that
     missed inserts into the read-through cache, then the guard's, when it ends. `cache_hit[i, c]` 1.0 / 0.0
-    (hit, miss) where the request consulted cache c, as `core.flow` marks it.
+    (hit, miss) where the request consulted cache c, as `core.flow` marks it. Nothing is looked up at or
+    after `until` (the simulated time at which a run stops at its horizon): such a request is still in
+    flight when the run ends, and the caches must not change after it.
     """
     n = len(arrive)
     steps = len(step_at) - 1
+    at, older, newer, ends, capacity, ttl, counts, pend_t, pend_key, pend_n = caches[:10]
     index = np.empty(n, np.int64)
     key = np.empty(n, np.float64)
     for k in range(steps):
@@ -176,17 +180,17 @@ def advance(
             worst = COMPLETED
             for p in range(step_at[k], step_at[k + 1]):
                 slot = step_slots[p]
-                g, r = guard[slot], reads[slot]
+                g, r = (guard[slot], reads[slot]) if t < until else (-1, -1)
                 if g >= 0:
-                    settle(caches, g, t)
-                    if lookup(caches, g, users[i], t):
+                    settle(*caches, g, t)
+                    if lookup(at, older, newer, ends, ttl, counts, g, users[i], t):
                         cache_hit[i, g] = 1.0
                         continue  # the call is skipped: this branch ends at t, completed
                     cache_hit[i, g] = 0.0
                 read_miss = False
                 if r >= 0:
-                    settle(caches, r, t)
-                    read_miss = not lookup(caches, r, users[i], t)
+                    settle(*caches, r, t)
+                    read_miss = not lookup(at, older, newer, ends, ttl, counts, r, users[i], t)
                     cache_hit[i, r] = 0.0 if read_miss else 1.0
                     if read_miss:
                         service[i, slot] += miss[i, slot]
@@ -227,9 +231,9 @@ def advance(
                     times[i, slot, 1] = start
                     times[i, slot, 2] = e
                     if read_miss:
-                        push(caches, r, e, users[i])
+                        push(pend_t, pend_key, pend_n, r, e, users[i])
                     if g >= 0:
-                        push(caches, g, e, users[i])
+                        push(pend_t, pend_key, pend_n, g, e, users[i])
                 if e > step_end:
                     step_end = e
                 if o > worst:
