@@ -137,6 +137,37 @@ def cache_specs(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @st.composite
+def refreshes(draw: st.DrawFn, duration_s: float) -> dict[str, Any]:
+    """Refresh on update by a few workers, or periodic sweeps (an interval of 0: always fresh)."""
+    latency = {"dist": "exponential", "mean_ms": draw(st.floats(0.001, 20.0))}
+    if draw(st.booleans()):
+        return {"mode": "on_update", "workers": draw(st.integers(1, 3)), "latency": latency}
+    return {
+        "mode": "periodic",
+        "interval_s": draw(st.sampled_from([0.0, duration_s / 3, duration_s / 1.5])),
+        "workers": 2,
+        "latency": latency,
+    }
+
+
+@st.composite
+def nearline_specs(draw: st.DrawFn, duration_s: float) -> dict[str, Any]:
+    """Item and user updates with their refresh, model publication under either version policy, a sample size."""
+    spec: dict[str, Any] = {
+        "item_updates_per_s": draw(st.floats(0.0, 500.0)),
+        "user_events_per_s": draw(st.floats(0.0, 500.0)),
+        "version_policy": draw(st.sampled_from(["consistent", "latest"])),
+        "staleness_sample": draw(st.integers(1, 8)),
+    }
+    for field in ("refresh", "user_refresh"):
+        if draw(st.booleans()):
+            spec[field] = draw(refreshes(duration_s))
+    if draw(st.booleans()):
+        spec["model_publish_interval_s"] = draw(st.floats(0.1, duration_s))
+    return spec
+
+
+@st.composite
 def cases(draw: st.DrawFn) -> tuple[Scenario, str, int]:
     pipeline = draw(st.sampled_from(ALL))
     stages = {name: draw(pools()) for name in stages_of(pipeline)}
@@ -175,6 +206,12 @@ def cases(draw: st.DrawFn) -> tuple[Scenario, str, int]:
             }
             for name in flushed
         )
+    if pipeline != "sequential" and draw(st.booleans()):
+        extra["nearline"] = draw(nearline_specs(duration_s))
+        if draw(st.booleans()):
+            extra.setdefault("faults", []).append(
+                {"kind": "nearline_outage", "at_s": draw(st.floats(0.01, duration_s)), "duration_s": draw(st.floats(0.01, duration_s))}
+            )
     scenario = make_scenario(
         stages,
         pipelines=[pipeline],
@@ -291,8 +328,7 @@ def test_stop_ends_the_run_partial():
 
 # --- what it does not model ------------------------------------------------------------------------------
 def test_unsupported_names_what_it_does_not_model():
-    """Batching and nearline vectors are refused, each named; faults are modelled (a slowdown, a cache flush) or
-    touch nothing a supported pipeline has."""
+    """Batching is refused, by stage; caches, nearline vectors and every fault are modelled."""
     pool = {"servers": 4, "latency": {"dist": "exponential", "mean_ms": 1}}
     plain = {name: pool for pipeline in ALL for name in stages_of(pipeline)}
     assert all(unsupported(make_scenario(plain, pipelines=ALL), pipeline) is None for pipeline in ALL)
@@ -302,9 +338,7 @@ def test_unsupported_names_what_it_does_not_model():
     caches = make_scenario(plain, pipelines=ALL, caches={"user_vector": {"capacity": 10}, "sim_features": {"capacity": 10}})
     assert all(unsupported(caches, pipeline) is None for pipeline in ALL)
     nearline = make_scenario(plain, pipelines=ALL, nearline={"item_updates_per_s": 10, "refresh": {"mode": "periodic", "interval_s": 1}})
-    assert "nearline vectors (items)" in unsupported(nearline, "aif")
-    assert "nearline vectors (users)" in unsupported(nearline, "uic")
-    assert unsupported(nearline, "sequential") is None  # it reads no vectors
+    assert all(unsupported(nearline, pipeline) is None for pipeline in ALL)
     faults = make_scenario(
         plain,
         pipelines=ALL,
@@ -321,6 +355,6 @@ def test_unsupported_names_what_it_does_not_model():
         caches={"user_vector": {"capacity": 10}, "sim_features": {"capacity": 10}},
         nearline={"item_updates_per_s": 10, "refresh": {"mode": "periodic", "interval_s": 1}},
     )
-    assert unsupported(everything, "aif") == "the compiled engine does not model batching (rtp); nearline vectors (items)"
+    assert unsupported(everything, "aif") == "the compiled engine does not model batching (rtp)"
     with pytest.raises(ValueError, match="batching"):
         run_compiled(batching, "aif", build_samplers(batching, "<test>"))

@@ -24,11 +24,12 @@ import numpy as np
 
 from aif_sim.compiled.caches import CacheState
 from aif_sim.compiled.kernels import advance, event_times
+from aif_sim.compiled.nearline import CompiledNearline
 from aif_sim.compiled.support import unsupported
 from aif_sim.core.latency import Sampler
-from aif_sim.core.pipelines import PIPELINES, Cached, Parallel, calls_of, stages_of, step_slots
-from aif_sim.core.system import RequestDraws, RequestSource, cache_policies, run_step_s
-from aif_sim.metrics.recorder import Recorder, RequestSink
+from aif_sim.core.pipelines import PIPELINES, Cached, Parallel, calls_of, pipeline_calls, stages_of, step_slots
+from aif_sim.core.system import RequestDraws, RequestSource, cache_policies, run_step_s, vector_stores
+from aif_sim.metrics.recorder import Recorder, RequestSink, VectorReads
 from aif_sim.scenario.schema import Scenario, StageSlowdown
 
 
@@ -48,11 +49,14 @@ def run_compiled(
     if reason is not None:
         raise ValueError(reason)
     policies = cache_policies(scenario, pipeline)
-    recorder = Recorder.for_pipeline(scenario, pipeline, sink, policies, [])
+    stores = vector_stores(pipeline) if scenario.nearline is not None else []
+    recorder = Recorder.for_pipeline(scenario, pipeline, sink, policies, stores)
     caches = CacheState(scenario, policies, scenario.traffic.users.count)
+    vectors = _Vectors(scenario, pipeline, samplers, recorder) if stores else None
     pools = _Pools(scenario, pipeline, list(policies))
-    system = _Requests(len(pools.names), len(policies))
-    blocks = RequestSource.for_pipeline(scenario, pipeline, samplers, policies, {}).draws(scenario.duration_s)
+    source = RequestSource.for_pipeline(scenario, pipeline, samplers, policies, vectors.nearline.stores if vectors else {})
+    system = _Requests(len(pools.names), len(policies), source.sample_size if vectors and vectors.name == "items" else 1)
+    blocks = source.draws(scenario.duration_s)
     upcoming = next(blocks, None)
     upcoming_t = event_times(upcoming.block.arrival_s, 0.0) if upcoming is not None else None
     until = _end(scenario, math.inf)[1]  # the clock when a run stops at its horizon
@@ -61,7 +65,7 @@ def run_compiled(
     while upcoming is not None:
         if stop is not None and stop():
             recorder.stop(now)
-            _close(recorder, system, caches, now, now)
+            _close(recorder, system, caches, vectors, now, now)
             return recorder
         draws, t = upcoming, upcoming_t
         last = float(t[-1])
@@ -75,15 +79,20 @@ def run_compiled(
         recorder.arrivals(int(np.count_nonzero(measured)))
         caches.reserve(len(system))
         pools.advance(system, caches, limit, until)
-        last_end = max(last_end, _flush(recorder, system, last))
+        if vectors is not None:
+            vectors.read(system, min(limit, until))
+            vectors.nearline.advance(last)
+        last_end = max(last_end, _flush(recorder, system, last, vectors))
         now = last
         if progress is not None:
             progress(now)
     if len(system):
         last_end = max(last_end, float(system.column("end_s").max()))
     end, clock = _end(scenario, max(now, last_end))
-    _flush(recorder, system, clock)
-    _close(recorder, system, caches, end, clock)
+    if vectors is not None:
+        vectors.nearline.advance(clock)
+    _flush(recorder, system, clock, vectors)
+    _close(recorder, system, caches, vectors, end, clock)
     if progress is not None:
         progress(end)
     return recorder
@@ -95,7 +104,7 @@ class _Requests:
     views of buffers reused from block to block); `step` is the step each is at (the number of steps once
     finished), `arrive` when it arrived there."""
 
-    def __init__(self, stages: int, caches: int, capacity: int = 1024) -> None:
+    def __init__(self, stages: int, caches: int, entities: int, capacity: int = 1024) -> None:
         self.kinds: dict[str, tuple[tuple[int, ...], type]] = {
             "ids": ((), np.int64),
             "arrival_s": ((), np.float64),
@@ -105,6 +114,11 @@ class _Requests:
             "service": ((stages,), np.float64),
             "miss": ((stages,), np.float64),
             "cache_hit": ((caches,), np.float64),
+            "entities": ((entities,), np.int64),  # whose nearline vectors it reads: its candidate sample, or its user
+            "read": ((), np.bool_),
+            "ages": ((entities,), np.float64),
+            "stale": ((), np.int64),
+            "mismatched": ((), np.int64),
             "times": ((stages, 3), np.float64),
             "outcome": ((), np.int64),
             "end_s": ((), np.float64),
@@ -140,6 +154,8 @@ class _Requests:
         b["service"][new] = draws.service_s
         b["miss"][new] = 0.0 if draws.miss_s is None else draws.miss_s
         b["cache_hit"][new] = np.nan
+        b["entities"][new] = draws.block.user[:, None] if draws.sample is None else draws.sample
+        b["read"][new] = False
         b["times"][new] = np.nan
         b["outcome"][new] = 0
         b["end_s"][new] = np.nan
@@ -207,6 +223,32 @@ class _Pools:
         )
 
 
+class _Vectors:
+    """The nearline reads of a pipeline that fetches vectors from one store: each completed visit to the stage
+    that fetches them reads the request's `entities` from the store when it ends (`core.flow`)."""
+
+    def __init__(self, scenario: Scenario, pipeline: str, samplers: dict[str, Sampler], recorder: Recorder) -> None:
+        calls = [(slot, call.vectors) for slot, call in enumerate(pipeline_calls(pipeline)) if call.vectors]
+        assert len(calls) == 1, "a pipeline reads one nearline store"
+        ((self.slot, self.name),) = calls
+        self.nearline = CompiledNearline(scenario, pipeline, samplers, recorder)
+        self.read_from = -math.inf  # visits ending before this have been read
+
+    def read(self, system: _Requests, before: float) -> None:
+        """Read for the visits that ended in [read_from, before), in time order."""
+        ends = system.column("times")[:, self.slot, 2]
+        index = np.flatnonzero((ends >= self.read_from) & (ends < before))  # NaN (no completed visit) compares false
+        self.read_from = before
+        if len(index) == 0:
+            return
+        index = index[np.argsort(ends[index], kind="stable")]
+        ages, stale, mismatched = self.nearline.read(self.name, ends[index], system.column("entities")[index])
+        system.column("ages")[index] = ages
+        system.column("stale")[index] = stale
+        system.column("mismatched")[index] = mismatched
+        system.column("read")[index] = True
+
+
 def _cache_slots(pipeline: str, caches: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Per slot, the index in `caches` of the cache guarding its call and of the one it reads through (-1: none)."""
     guard = np.full(len(stages_of(pipeline)), -1, np.int64)
@@ -244,7 +286,7 @@ def _slowdowns(scenario: Scenario, names: list[str]) -> tuple[np.ndarray, np.nda
 
 
 # --- accounting ------------------------------------------------------------------------------------------
-def _flush(recorder: Recorder, system: _Requests, before: float) -> float:
+def _flush(recorder: Recorder, system: _Requests, before: float, vectors: _Vectors | None) -> float:
     """Account the requests that finished before `before`, in the order they finished, and drop them; the
     latest finish among them (-inf: none)."""
     end_s = system.column("end_s")
@@ -257,16 +299,22 @@ def _flush(recorder: Recorder, system: _Requests, before: float) -> float:
     ids, arrival_s, users, candidates, measured, times, service, outcome, end_s, cache_hit = (
         system.column(name)[order] for name in columns
     )
-    recorder.account(ids, arrival_s, users, candidates, measured, times, service, outcome, end_s, cache_hit)
+    reads = None
+    if vectors is not None:
+        read, ages, stale, mismatched = (system.column(name)[order] for name in ("read", "ages", "stale", "mismatched"))
+        reads = {vectors.name: VectorReads(read, ages, stale, mismatched)}
+    recorder.account(ids, arrival_s, users, candidates, measured, times, service, outcome, end_s, cache_hit, reads)
     recorder.finished(outcome, measured)
     system.keep(~done)
     return float(end_s[-1])
 
 
-def _close(recorder: Recorder, system: _Requests, caches: CacheState, end: float, clock: float) -> None:
+def _close(recorder: Recorder, system: _Requests, caches: CacheState, vectors: _Vectors | None, end: float, clock: float) -> None:
     """Close the recorder at `end` with the requests still in flight at the simulated time `clock`: the visits
-    they ended before it count, and the cache inserts and flushes before it happen."""
+    they ended before it count, and the cache inserts and flushes and background events before it happen."""
     caches.settle(clock)
+    if vectors is not None:
+        vectors.nearline.advance(clock)
     caches.publish()
     times = system.column("times").copy()
     times[~(times[..., 2] < clock)] = np.nan

@@ -16,9 +16,6 @@ def unsupported(scenario: Scenario, pipeline: str) -> str | None:
     if batching:
         reasons.append(f"batching ({', '.join(batching)})")
     stores = vector_stores(pipeline) if scenario.nearline is not None else []
-    if stores:
-        reasons.append(f"nearline vectors ({', '.join(stores)})")
     if "items" in stores and scenario.model is not None and scenario.model.shadow_rate > 0:
         reasons.append("shadow scoring")
-    # faults: stage slowdowns and cache flushes are modelled; a nearline outage touches only what is refused above
     return f"the compiled engine does not model {'; '.join(reasons)}" if reasons else None

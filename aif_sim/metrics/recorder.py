@@ -64,6 +64,17 @@ class VectorRecord:
         self.mismatched = 0
 
 
+@dataclass(frozen=True)
+class VectorReads:
+    """The vectors finished requests read from one store: whether each read (rows where not are ignored), the
+    ages [requests, entities read] (s), and how many were stale and of another model version than the serving one."""
+
+    read: np.ndarray
+    ages: np.ndarray
+    stale: np.ndarray
+    mismatched: np.ndarray
+
+
 class RequestSink(Protocol):
     """Receives the completed measured requests (the per-request output file)."""
 
@@ -75,6 +86,24 @@ def _cache_flags(requests: list[Request], caches: int) -> np.ndarray:
     if caches == 0:
         return np.empty((len(requests), 0))
     return np.fromiter(chain.from_iterable(r.cache_hit for r in requests), float, caches * len(requests)).reshape(len(requests), caches)
+
+
+def _vector_reads(requests: list[Request], stores: list[str]) -> dict[str, VectorReads]:
+    """The vectors the requests read (`Request.vectors`), per store, as arrays."""
+    n, out = len(requests), {}
+    for name in stores:
+        index = [i for i, r in enumerate(requests) if r.vectors is not None and r.vectors[0] == name]
+        rows = [requests[i].vectors for i in index]
+        read = np.zeros(n, bool)
+        read[index] = True
+        ages = np.zeros((n, len(rows[0][1]) if rows else 0))
+        stale, mismatched = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        if rows:
+            ages[index] = [v[1] for v in rows]
+            stale[index] = [v[2] for v in rows]
+            mismatched[index] = [v[3] for v in rows]
+        out[name] = VectorReads(read, ages, stale, mismatched)
+    return out
 
 
 def _times(requests: list[Request], stages: int) -> np.ndarray:
@@ -235,7 +264,7 @@ class Recorder:
             np.array(self._outcome),
             np.array(self._end_s),
             _cache_flags(done, len(self.caches)),
-            [r.vectors for r in done] if self.vectors else None,
+            _vector_reads(done, list(self.vectors)) if self.vectors else None,
         )
         self._done, self._outcome, self._end_s = [], [], []
 
@@ -251,12 +280,12 @@ class Recorder:
         outcome: np.ndarray,
         end_s: np.ndarray,
         cache_hit: np.ndarray | None = None,
-        vectors: list[tuple[str, Any, int, int] | None] | None = None,
+        vectors: dict[str, VectorReads] | None = None,
     ) -> None:
         """Account finished requests, given as columns in the order they finished: ids, arrival times (s), users,
         candidate counts, whether measured, stage times [requests, stages, (enter, start, end)] (NaN where not
         visited), service times [requests, stages] (s), outcomes, finish times (s), cache flags [requests,
-        caches] (1.0 / 0.0 / NaN; None: no caches) and the vectors each read (`Request.vectors`; None: none)."""
+        caches] (1.0 / 0.0 / NaN; None: no caches) and the nearline vectors they read, per store (None: none)."""
         n = len(ids)
         if n == 0:
             return
@@ -280,22 +309,19 @@ class Recorder:
             ids[keep], arrival_s[keep], users[keep], candidates[keep], service_s[keep], times[keep], latency_ms[keep], flags[keep]
         )
 
-    def _vector_ages(self, vectors: list[tuple[str, Any, int, int] | None] | None, n: int, keep: np.ndarray) -> dict[str, np.ndarray]:
+    def _vector_ages(self, vectors: dict[str, VectorReads] | None, n: int, keep: np.ndarray) -> dict[str, np.ndarray]:
         """Account the vector ages completed measured requests read; per request, its mean age (for the time series)."""
         means = {}
         for name, record in self.vectors.items():
             mean_age = np.full(n, np.nan)
-            index = [i for i, v in enumerate(vectors or ()) if v is not None and v[0] == name]
-            if index:
-                assert vectors is not None
-                measured = [vectors[i] for i in index]
-                lengths = np.array([len(v[1]) for v in measured])
-                ages = np.concatenate([v[1] for v in measured])
-                mean_age[index] = np.add.reduceat(ages, np.cumsum(lengths) - lengths) / lengths
-                kept = keep[index]
-                record.age.add(ages[np.repeat(kept, lengths)])
-                record.stale += sum(v[2] for v, k in zip(measured, kept) if k)
-                record.mismatched += sum(v[3] for v, k in zip(measured, kept) if k)
+            reads = (vectors or {}).get(name)
+            if reads is not None and reads.read.any():
+                ages, k = reads.ages[reads.read], reads.ages.shape[1]
+                mean_age[reads.read] = np.add.reduceat(ages.ravel(), np.arange(0, ages.size, k)) / k
+                kept = reads.read & keep
+                record.age.add(reads.ages[kept].ravel())
+                record.stale += int(reads.stale[kept].sum())
+                record.mismatched += int(reads.mismatched[kept].sum())
             means[f"{STORE_LABEL[name]}_vector_age_mean_s"] = mean_age
         return means
 

@@ -12,9 +12,9 @@ import simpy
 from aif_sim.core.cache import CachePolicy
 from aif_sim.core.latency import Sampler
 from aif_sim.core.nearline import NearlineStore, sweep_rate
-from aif_sim.core.traffic import CHUNK, ZipfSampler
+from aif_sim.core.traffic import CHUNK, ZipfSampler, stream
 from aif_sim.metrics.recorder import Recorder
-from aif_sim.scenario.schema import CacheFlush, Fault, NearlineOutage, Refresh, StageSlowdown
+from aif_sim.scenario.schema import CacheFlush, Fault, NearlineOutage, Refresh, Scenario, StageSlowdown
 from aif_sim.sim.pools import StagePool
 
 
@@ -150,3 +150,60 @@ def gauges(env: simpy.Environment, recorder: Recorder, stores: dict[str, Nearlin
     while True:
         recorder.nearline_gauges(stores, env.now)
         yield env.timeout(1.0)
+
+
+def item_updates(scenario: Scenario) -> float | tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The item update rate, or the world's item changes when updates follow the model's world."""
+    nearline = scenario.nearline
+    assert nearline is not None
+    if nearline.updates_from == "rate":
+        return nearline.item_updates_per_s
+    from aif_sim.model.shadow import world_item_changes  # torch: only for a scenario that follows the world
+
+    assert scenario.model is not None
+    return world_item_changes(scenario.model.checkpoints[0], scenario.traffic.items.count, scenario.duration_s + scenario.drain_s)
+
+
+def start_background(
+    env: simpy.Environment,
+    scenario: Scenario,
+    samplers: dict[str, Sampler],
+    stores: dict[str, NearlineStore],
+    recorder: Recorder,
+    caches: dict[str, CachePolicy],
+    pools: dict[str, StagePool],
+) -> None:
+    """Start a pipeline run's background processes: each store's updates and refresh, model publication,
+    the faults (on these caches and pools) and the stores' gauges."""
+    nearline = scenario.nearline
+    outage = Outage(env)
+    for name, store in stores.items():
+        assert nearline is not None
+        items = name == "items"
+        population = scenario.traffic.items if items else scenario.traffic.users
+        refresh = NearlineRefresh(
+            env,
+            store,
+            ZipfSampler(population),
+            item_updates(scenario) if items else nearline.user_events_per_s,
+            nearline.refresh if items else nearline.user_refresh,
+            samplers.get(f"refresh:{name}"),
+            stream(scenario.seed, f"nearline:{name}"),
+            outage,
+        )
+        if items and nearline.model_publish_interval_s is not None:
+            env.process(publisher(env, store, nearline.model_publish_interval_s, sweep_rate(refresh.refresh, refresh.sampler), outage))
+    for spec in scenario.faults:
+        env.process(fault(env, spec, caches, pools, outage))
+    if stores:
+        env.process(gauges(env, recorder, stores))
+
+
+def background_only(
+    scenario: Scenario, samplers: dict[str, Sampler], stores: dict[str, NearlineStore], recorder: Recorder
+) -> simpy.Environment:
+    """An environment of its own holding only a run's background processes (no caches, no stage pools): their
+    events never depend on requests, so they happen as in the run's shared environment."""
+    env = simpy.Environment()
+    start_background(env, scenario, samplers, stores, recorder, {}, {})
+    return env

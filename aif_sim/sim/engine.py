@@ -10,19 +10,17 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from typing import Any
 
-import numpy as np
 import simpy
 
 from aif_sim.core.flow import Flow, FlowRun, Fork, Visit
 from aif_sim.core.latency import Sampler
-from aif_sim.core.nearline import sweep_rate
 from aif_sim.core.pipelines import stages_of
 from aif_sim.core.request import Outcome, Request
 from aif_sim.core.system import RequestSource, cache_policies, nearline_stores, run_step_s, shadow_sampling
-from aif_sim.core.traffic import ZipfSampler, stream
+from aif_sim.core.traffic import stream
 from aif_sim.metrics.recorder import Recorder, RequestSink
 from aif_sim.scenario.schema import Scenario
-from aif_sim.sim.background import NearlineRefresh, Outage, fault, gauges, publisher
+from aif_sim.sim.background import start_background
 from aif_sim.sim.pools import BatchingPool, StagePool
 
 
@@ -44,46 +42,9 @@ class PipelineSimulation:
         self.flow = Flow(pipeline, self.caches, self.stores, lambda: env.now, shadow)
         if shadow is not None:
             self.recorder.shadow_samples = shadow.samples
-        reads = [(slot, call.reads) for slot, call in enumerate(self.flow.calls) if call.reads in self.caches]  # read-through visits
-        sample_size = scenario.nearline.staleness_sample if scenario.nearline is not None and "items" in self.stores else 0
-        self.source = RequestSource(scenario, pipeline, samplers, reads, len(self.caches), sample_size)
+        self.source = RequestSource.for_pipeline(scenario, pipeline, samplers, self.caches, self.stores)
         self.arrivals_done = False
-        self._background()
-
-    def _item_updates(self) -> float | tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The item update rate, or the world's item changes when updates follow the model's world."""
-        scenario, nearline = self.scenario, self.scenario.nearline
-        assert nearline is not None
-        if nearline.updates_from == "rate":
-            return nearline.item_updates_per_s
-        from aif_sim.model.shadow import world_item_changes  # torch: only for a scenario that follows the world
-
-        assert scenario.model is not None
-        return world_item_changes(scenario.model.checkpoints[0], scenario.traffic.items.count, scenario.duration_s + scenario.drain_s)
-
-    def _background(self) -> None:
-        env, scenario, nearline = self.env, self.scenario, self.scenario.nearline
-        outage = Outage(env)
-        for name, store in self.stores.items():
-            assert nearline is not None
-            items = name == "items"
-            population = scenario.traffic.items if items else scenario.traffic.users
-            refresh = NearlineRefresh(
-                env,
-                store,
-                ZipfSampler(population),
-                self._item_updates() if items else nearline.user_events_per_s,
-                nearline.refresh if items else nearline.user_refresh,
-                self.samplers.get(f"refresh:{name}"),
-                stream(scenario.seed, f"nearline:{name}"),
-                outage,
-            )
-            if items and nearline.model_publish_interval_s is not None:
-                env.process(publisher(env, store, nearline.model_publish_interval_s, sweep_rate(refresh.refresh, refresh.sampler), outage))
-        for spec in scenario.faults:
-            env.process(fault(env, spec, self.caches, self.pools, outage))
-        if self.stores:
-            env.process(gauges(env, self.recorder, self.stores))
+        start_background(self.env, scenario, samplers, self.stores, self.recorder, self.caches, self.pools)
 
     def _pool(self, slot: int, name: str) -> StagePool:
         config = self.scenario.stages[name]
