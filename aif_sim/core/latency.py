@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from statistics import NormalDist
@@ -31,6 +31,7 @@ from aif_sim.scenario.schema import (
 )
 
 Z99 = NormalDist().inv_cdf(0.99)
+MEMO = 4096  # scalar works a profile remembers its median and sigma at
 
 
 class Sampler(Protocol):
@@ -104,6 +105,8 @@ class Profile:
     median_ms: np.ndarray
     p99_ms: np.ndarray
     scale: float = 1.0
+    # median and sigma at scalar works already seen (a refresh worker or batch draws one at a time): at most MEMO
+    _memo: dict[float, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, compare=False, repr=False)
 
     def _at(self, work: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Median (ms) and lognormal sigma at each `work`."""
@@ -114,7 +117,15 @@ class Profile:
         return self.scale * median, np.log(p99 / median) / Z99
 
     def sample(self, rng: np.random.Generator, size: int, work: float | np.ndarray) -> np.ndarray:
-        median, sigma = self._at(work)
+        if isinstance(work, float | int):
+            at = self._memo.get(work)
+            if at is None:
+                at = self._at(work)
+                if len(self._memo) < MEMO:
+                    self._memo[work] = at
+            median, sigma = at
+        else:
+            median, sigma = self._at(work)
         return median * np.exp(sigma * rng.standard_normal(size))
 
 
