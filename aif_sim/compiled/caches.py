@@ -111,7 +111,7 @@ def _append(older: np.ndarray, newer: np.ndarray, ends: np.ndarray, c: int, key:
     ends[c, SIZE] += 1
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, inline="always")
 def lookup(
     at: np.ndarray,
     older: np.ndarray,
@@ -152,6 +152,13 @@ def push(pend_t: np.ndarray, pend_key: np.ndarray, pend_n: np.ndarray, c: int, t
         else:
             break
     pend_t[c, pos], pend_key[c, pos] = t, key
+
+
+@njit(cache=True, inline="always")
+def due(pend_t: np.ndarray, pend_n: np.ndarray, flush_t: np.ndarray, flush_next: np.ndarray, c: int) -> float:
+    """When cache c's next pending insert or flush happens (inf: none): `settle` has work before a later time."""
+    t_insert = pend_t[c, 0] if pend_n[c] > 0 else np.inf
+    return min(t_insert, flush_t[c, flush_next[c]])
 
 
 @njit(cache=True, _nrt=False)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from aif_sim.compiled.caches import lookup, push, settle
+from aif_sim.compiled.caches import due, lookup, push, settle
 
 COMPLETED, REJECTED, TIMED_OUT = 0, 1, 2  # core.request.Outcome
 
@@ -162,7 +162,7 @@ def advance(
     """
     n = len(arrive)
     steps = len(step_at) - 1
-    at, older, newer, ends, capacity, ttl, counts, pend_t, pend_key, pend_n = caches[:10]
+    at, older, newer, ends, capacity, ttl, counts, pend_t, pend_key, pend_n, flush_t, flush_nodes, flush_next = caches
     index = np.empty(n, np.int64)
     key = np.empty(n, np.float64)
     for k in range(steps):
@@ -182,14 +182,16 @@ def advance(
                 slot = step_slots[p]
                 g, r = (guard[slot], reads[slot]) if t < until else (-1, -1)
                 if g >= 0:
-                    settle(*caches, g, t)
+                    if due(pend_t, pend_n, flush_t, flush_next, g) < t:
+                        settle(*caches, g, t)
                     if lookup(at, older, newer, ends, ttl, counts, g, users[i], t):
                         cache_hit[i, g] = 1.0
                         continue  # the call is skipped: this branch ends at t, completed
                     cache_hit[i, g] = 0.0
                 read_miss = False
                 if r >= 0:
-                    settle(*caches, r, t)
+                    if due(pend_t, pend_n, flush_t, flush_next, r) < t:
+                        settle(*caches, r, t)
                     read_miss = not lookup(at, older, newer, ends, ttl, counts, r, users[i], t)
                     cache_hit[i, r] = 0.0 if read_miss else 1.0
                     if read_miss:
