@@ -121,6 +121,9 @@ def pools(draw: st.DrawFn) -> dict[str, Any]:
     timeout_ms = draw(st.none() | st.floats(0.5, 50.0))
     if timeout_ms is not None:
         stage["timeout_ms"] = timeout_ms
+    if draw(st.integers(0, 3)) == 0:  # a batching stage (a waiter's timeout and the batch timer never tie)
+        max_wait_ms = draw(st.floats(0.05, 5.0).filter(lambda ms: timeout_ms is None or abs(ms - timeout_ms) > 1e-6))
+        stage["batch"] = {"max_size": draw(st.integers(1, 8)), "max_wait_ms": max_wait_ms}
     return stage
 
 
@@ -233,18 +236,10 @@ def test_random_scenarios_give_the_simpy_results_request_for_request(case):
 
 
 # --- chosen cases ----------------------------------------------------------------------------------------
-def unbatched_overload() -> dict[str, dict[str, Any]]:
-    """`simtools.overload_stages` with rtp unbatched (the compiled engine models no batching)."""
-    return {
-        **overload_stages(),
-        "rtp": {"servers": 1, "latency": {"dist": "exponential", "mean_ms": 2}, "queue_limit": 20, "timeout_ms": 20},
-    }
-
-
 @pytest.mark.parametrize("pipeline", ALL)
 @pytest.mark.parametrize("drain_s,chunk", [(0.0, 7), (10.0, 50), (0.3, None)])
 def test_overload_with_losses_and_requests_in_flight(pipeline, drain_s, chunk):
-    scenario = make_scenario(unbatched_overload(), pipelines=ALL, qps=1000, duration_s=3.0, warmup_s=1.0, drain_s=drain_s, seed=5)
+    scenario = make_scenario(overload_stages(), pipelines=ALL, qps=1000, duration_s=3.0, warmup_s=1.0, drain_s=drain_s, seed=5)
     recorder = assert_equivalent(scenario, pipeline, chunk)
     requests = recorder.summary()["requests"]
     assert requests["rejected"] > 0 and requests["timed_out"] > 0
@@ -265,7 +260,7 @@ def test_caches_with_expiry_evictions_and_a_flush_storm(pipeline):
         {"kind": "cache_flush", "at_s": 1.5, "cache": "sim_features", "fraction": 0.25},
     ]
     scenario = make_scenario(
-        unbatched_overload(), pipelines=[pipeline], qps=800, duration_s=3.0, warmup_s=0.5, drain_s=0.3, seed=3, caches=caches, faults=faults
+        overload_stages(), pipelines=[pipeline], qps=800, duration_s=3.0, warmup_s=0.5, drain_s=0.3, seed=3, caches=caches, faults=faults
     )
     summary = assert_equivalent(scenario, pipeline, 101).summary()
     for cache in summary["caches"].values():
@@ -286,12 +281,12 @@ def test_trace_arrivals(tmp_path):
     path = tmp_path / "trace.csv"
     path.write_text("t\n" + "".join(f"{float(t)!r}\n" for t in np.random.default_rng(8).uniform(0, 3.0, 2700)))
     assert_equivalent(
-        make_scenario(unbatched_overload(), pipelines=ALL, arrival={"kind": "trace", "path": str(path)}, duration_s=3.0), "aif", 200
+        make_scenario(overload_stages(), pipelines=ALL, arrival={"kind": "trace", "path": str(path)}, duration_s=3.0), "aif", 200
     )
 
 
 def test_the_array_draws_are_the_requests_draws():
-    scenario = make_scenario(unbatched_overload(), pipelines=["aif"], qps=700, duration_s=2.0, seed=4)
+    scenario = make_scenario(overload_stages(), pipelines=["aif"], qps=700, duration_s=2.0, seed=4)
     samplers = build_samplers(scenario, "<test>")
     source = RequestSource(scenario, "aif", samplers, [(1, "sim_features")], 1, 3)
     mine, theirs = list(source.draws(scenario.duration_s)), list(source.blocks(scenario.duration_s))
@@ -308,7 +303,7 @@ def test_the_array_draws_are_the_requests_draws():
 
 
 def test_stop_ends_the_run_partial():
-    scenario = make_scenario(unbatched_overload(), pipelines=["uic"], qps=1000, duration_s=3.0, drain_s=1.0, seed=2)
+    scenario = make_scenario(overload_stages(), pipelines=["uic"], qps=1000, duration_s=3.0, drain_s=1.0, seed=2)
     asked, seen = [], []
 
     def stop() -> bool:
@@ -327,14 +322,30 @@ def test_stop_ends_the_run_partial():
 
 
 # --- what it does not model ------------------------------------------------------------------------------
-def test_unsupported_names_what_it_does_not_model():
-    """Batching is refused, by stage; caches, nearline vectors and every fault are modelled."""
+def test_unsupported_names_what_it_does_not_model(tmp_path):
+    """Batching stages timed per batch by candidates or by empirical samples are refused, by stage; every other
+    batching stage, cache, nearline store and fault is modelled."""
     pool = {"servers": 4, "latency": {"dist": "exponential", "mean_ms": 1}}
     plain = {name: pool for pipeline in ALL for name in stages_of(pipeline)}
     assert all(unsupported(make_scenario(plain, pipelines=ALL), pipeline) is None for pipeline in ALL)
     batching = make_scenario({**small_stages(pool), "light_prerank": pool}, pipelines=ALL)
-    assert "batching (rtp)" in unsupported(batching, "aif")
-    assert unsupported(batching, "sequential") is None  # rtp is AIF's only
+    assert all(unsupported(batching, pipeline) is None for pipeline in ALL)
+    samples = tmp_path / "samples.csv"
+    samples.write_text("ms\n1.0\n2.0\n")
+    batch = {"max_size": 4, "max_wait_ms": 1}
+    drawn_per_batch = make_scenario(
+        {
+            **small_stages(pool),
+            "rtp": {"servers": 2, "latency": {"dist": "profile", "path": "profiles/cpu.json", "op": "realtime"}, "batch": batch},
+            "user_inference": {"servers": 2, "latency": {"dist": "empirical", "path": str(samples)}, "batch": batch},
+        },
+        pipelines=["aif"],
+    )
+    assert unsupported(drawn_per_batch, "aif") == (
+        "the compiled engine does not model batching stages timed by candidates or by empirical samples (user_inference, rtp)"
+    )
+    with pytest.raises(ValueError, match="batching stages timed by candidates"):
+        run_compiled(drawn_per_batch, "aif", build_samplers(drawn_per_batch, "<test>"))
     caches = make_scenario(plain, pipelines=ALL, caches={"user_vector": {"capacity": 10}, "sim_features": {"capacity": 10}})
     assert all(unsupported(caches, pipeline) is None for pipeline in ALL)
     nearline = make_scenario(plain, pipelines=ALL, nearline={"item_updates_per_s": 10, "refresh": {"mode": "periodic", "interval_s": 1}})
@@ -348,13 +359,4 @@ def test_unsupported_names_what_it_does_not_model():
             {"kind": "nearline_outage", "at_s": 1, "duration_s": 1},
         ],
     )
-    assert all(unsupported(faults, pipeline) is None for pipeline in ALL)  # a slowdown is modelled; the rest touch nothing here
-    everything = make_scenario(
-        {**small_stages(pool), "light_prerank": pool},
-        pipelines=ALL,
-        caches={"user_vector": {"capacity": 10}, "sim_features": {"capacity": 10}},
-        nearline={"item_updates_per_s": 10, "refresh": {"mode": "periodic", "interval_s": 1}},
-    )
-    assert unsupported(everything, "aif") == "the compiled engine does not model batching (rtp)"
-    with pytest.raises(ValueError, match="batching"):
-        run_compiled(batching, "aif", build_samplers(batching, "<test>"))
+    assert all(unsupported(faults, pipeline) is None for pipeline in ALL)

@@ -6,7 +6,9 @@ State, as one tuple `state` the kernels take (`CacheState.state`), for caches c 
 - `at[c, key]`: the entry's insertion time, NaN when not held; `older[c, key]` / `newer[c, key]`: its
   neighbours in recency order (-1: none); `ends[c] = (least recently used, most recently used, size)`;
 - `capacity[c]`, `ttl[c]` (inf: no expiry), `counts[c] = (hits, misses, evictions, expirations)`;
-- the inserts waiting for their time: a min-heap by time per cache (`pend_t[c]`, `pend_key[c]`, `pend_n[c]`);
+- the inserts waiting for their time: a min-heap per cache by time, then by the order they were made
+  (`pend_t[c]`, `pend_seq[c]`, `pend_key[c]`, `pend_n[c]`; `made[c]` counts them): the members of a batch
+  insert at the same time, in batch order, as simpy resumes them;
 - the cache_flush faults: `flush_t[c, j]` (inf past the last), `flush_nodes[c, j]` (the cluster's node
   count: 1 drops everything), `flush_next[c]` the next one.
 A stage sweep looks a key up at a request's arrival there and inserts when its visit ends, later; every
@@ -56,6 +58,8 @@ class CacheState:
             np.empty((c, 64)),
             np.empty((c, 64), np.int64),
             np.zeros(c, np.int64),
+            np.empty((c, 64), np.int64),
+            np.zeros(c, np.int64),
             flush_t,
             flush_nodes,
             np.zeros(c, np.int64),
@@ -63,13 +67,14 @@ class CacheState:
 
     def reserve(self, inserts: int) -> None:
         """Room in every pending-insert heap for `inserts` more entries."""
-        at, older, newer, ends, capacity, ttl, counts, pend_t, pend_key, pend_n, *flushes = self.state
+        at, older, newer, ends, capacity, ttl, counts, pend_t, pend_key, pend_n, pend_seq, made, *flushes = self.state
         need = int(pend_n.max(initial=0)) + inserts
         if need > pend_t.shape[1]:
-            size = max(need, 2 * pend_t.shape[1])
-            grown_t, grown_key = np.empty((len(pend_n), size)), np.empty((len(pend_n), size), np.int64)
-            grown_t[:, : pend_t.shape[1]], grown_key[:, : pend_t.shape[1]] = pend_t, pend_key
-            self.state = (at, older, newer, ends, capacity, ttl, counts, grown_t, grown_key, pend_n, *flushes)
+            size, old = max(need, 2 * pend_t.shape[1]), pend_t.shape[1]
+            grown = [np.empty((len(pend_n), size), a.dtype) for a in (pend_t, pend_key, pend_seq)]
+            for new, a in zip(grown, (pend_t, pend_key, pend_seq)):
+                new[:, :old] = a
+            self.state = (at, older, newer, ends, capacity, ttl, counts, grown[0], grown[1], pend_n, grown[2], made, *flushes)
 
     def settle(self, before: float) -> None:
         """Apply every pending insert and flush before `before` (the end of a run)."""
@@ -140,18 +145,22 @@ def lookup(
 
 
 @njit(cache=True, _nrt=False)
-def push(pend_t: np.ndarray, pend_key: np.ndarray, pend_n: np.ndarray, c: int, t: float, key: int) -> None:
+def push(
+    pend_t: np.ndarray, pend_key: np.ndarray, pend_n: np.ndarray, pend_seq: np.ndarray, made: np.ndarray, c: int, t: float, key: int
+) -> None:
     """An insert of `key` at time `t`, pending until a lookup at a later time (room reserved by `reserve`)."""
+    seq = made[c]
+    made[c] += 1
     pos = pend_n[c]
     pend_n[c] += 1
     while pos > 0:
         parent = (pos - 1) >> 1
-        if pend_t[c, parent] > t:
-            pend_t[c, pos], pend_key[c, pos] = pend_t[c, parent], pend_key[c, parent]
+        if pend_t[c, parent] > t or (pend_t[c, parent] == t and pend_seq[c, parent] > seq):
+            pend_t[c, pos], pend_key[c, pos], pend_seq[c, pos] = pend_t[c, parent], pend_key[c, parent], pend_seq[c, parent]
             pos = parent
         else:
             break
-    pend_t[c, pos], pend_key[c, pos] = t, key
+    pend_t[c, pos], pend_key[c, pos], pend_seq[c, pos] = t, key, seq
 
 
 @njit(cache=True, inline="always")
@@ -173,6 +182,8 @@ def settle(
     pend_t: np.ndarray,
     pend_key: np.ndarray,
     pend_n: np.ndarray,
+    pend_seq: np.ndarray,
+    made: np.ndarray,
     flush_t: np.ndarray,
     flush_nodes: np.ndarray,
     flush_next: np.ndarray,
@@ -197,7 +208,7 @@ def settle(
                 key = after
             continue
         key = pend_key[c, 0]
-        _pop_pending(pend_t, pend_key, pend_n, c)
+        _pop_pending(pend_t, pend_key, pend_n, pend_seq, c)
         # `CachePolicy.insert`: (re)insert as most recently used; the least recently used beyond capacity goes
         if capacity[c] == 0:
             continue
@@ -217,22 +228,25 @@ def settle(
 
 
 @njit(cache=True, _nrt=False)
-def _pop_pending(pend_t: np.ndarray, pend_key: np.ndarray, pend_n: np.ndarray, c: int) -> None:
-    """Remove the earliest pending insert of cache c."""
+def _pop_pending(pend_t: np.ndarray, pend_key: np.ndarray, pend_n: np.ndarray, pend_seq: np.ndarray, c: int) -> None:
+    """Remove the first pending insert of cache c."""
     size = pend_n[c] - 1
     pend_n[c] = size
-    t, key = pend_t[c, size], pend_key[c, size]
+    t, key, seq = pend_t[c, size], pend_key[c, size], pend_seq[c, size]
     pos = 0
     while True:
         child = 2 * pos + 1
         if child >= size:
             break
-        if child + 1 < size and pend_t[c, child + 1] < pend_t[c, child]:
-            child += 1
-        if pend_t[c, child] < t:
-            pend_t[c, pos], pend_key[c, pos] = pend_t[c, child], pend_key[c, child]
+        right = child + 1
+        if right < size and (
+            pend_t[c, right] < pend_t[c, child] or (pend_t[c, right] == pend_t[c, child] and pend_seq[c, right] < pend_seq[c, child])
+        ):
+            child = right
+        if pend_t[c, child] < t or (pend_t[c, child] == t and pend_seq[c, child] < seq):
+            pend_t[c, pos], pend_key[c, pos], pend_seq[c, pos] = pend_t[c, child], pend_key[c, child], pend_seq[c, child]
             pos = child
         else:
             break
     if size > 0:
-        pend_t[c, pos], pend_key[c, pos] = t, key
+        pend_t[c, pos], pend_key[c, pos], pend_seq[c, pos] = t, key, seq

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from aif_sim.compiled.batching import BatchState
 from aif_sim.compiled.caches import CacheState
 from aif_sim.compiled.kernels import advance, event_times
 from aif_sim.compiled.nearline import CompiledNearline
@@ -53,7 +54,7 @@ def run_compiled(
     recorder = Recorder.for_pipeline(scenario, pipeline, sink, policies, stores)
     caches = CacheState(scenario, policies, scenario.traffic.users.count)
     vectors = _Vectors(scenario, pipeline, samplers, recorder) if stores else None
-    pools = _Pools(scenario, pipeline, list(policies))
+    pools = _Pools(scenario, pipeline, list(policies), samplers)
     source = RequestSource.for_pipeline(scenario, pipeline, samplers, policies, vectors.nearline.stores if vectors else {})
     system = _Requests(len(pools.names), len(policies), source.sample_size if vectors and vectors.name == "items" else 1)
     blocks = source.draws(scenario.duration_s)
@@ -82,7 +83,7 @@ def run_compiled(
         if vectors is not None:
             vectors.read(system, min(limit, until))
             vectors.nearline.advance(last)
-        last_end = max(last_end, _flush(recorder, system, last, vectors))
+        last_end = max(last_end, _flush(recorder, system, last, vectors, pools.batches))
         now = last
         if progress is not None:
             progress(now)
@@ -91,7 +92,7 @@ def run_compiled(
     end, clock = _end(scenario, max(now, last_end))
     if vectors is not None:
         vectors.nearline.advance(clock)
-    _flush(recorder, system, clock, vectors)
+    _flush(recorder, system, clock, vectors, pools.batches)
     _close(recorder, system, caches, vectors, end, clock)
     if progress is not None:
         progress(end)
@@ -114,6 +115,11 @@ class _Requests:
             "service": ((stages,), np.float64),
             "miss": ((stages,), np.float64),
             "cache_hit": ((caches,), np.float64),
+            "missed": ((stages,), np.int64),
+            "pending": ((), np.int64),
+            "step_end": ((), np.float64),
+            "worst": ((), np.int64),
+            "rank": ((), np.int64),
             "entities": ((entities,), np.int64),  # whose nearline vectors it reads: its candidate sample, or its user
             "read": ((), np.bool_),
             "ages": ((entities,), np.float64),
@@ -154,6 +160,9 @@ class _Requests:
         b["service"][new] = draws.service_s
         b["miss"][new] = 0.0 if draws.miss_s is None else draws.miss_s
         b["cache_hit"][new] = np.nan
+        b["missed"][new] = -1
+        b["pending"][new] = 0
+        b["rank"][new] = b["ids"][new]
         b["entities"][new] = draws.block.user[:, None] if draws.sample is None else draws.sample
         b["read"][new] = False
         b["times"][new] = np.nan
@@ -163,18 +172,19 @@ class _Requests:
         b["step"][new] = 0
         self.n = size
 
-    def keep(self, mask: np.ndarray) -> None:
-        """Keep the requests where `mask` holds, in order."""
+    def keep(self, mask: np.ndarray) -> np.ndarray:
+        """Keep the requests where `mask` holds, in order; each kept request's new index, by its old one."""
         kept = int(np.count_nonzero(mask))
         for name in self.kinds:
             self.buffers[name][:kept] = self.column(name)[mask]
         self.n = kept
+        return np.cumsum(mask) - 1
 
 
 class _Pools:
     """The stage pools' state (see `kernels`) and the pipeline's steps as arrays."""
 
-    def __init__(self, scenario: Scenario, pipeline: str, caches: list[str]) -> None:
+    def __init__(self, scenario: Scenario, pipeline: str, caches: list[str], samplers: dict[str, Sampler]) -> None:
         self.names = stages_of(pipeline)
         configs = [scenario.stages[name] for name in self.names]
         groups = step_slots(pipeline)
@@ -191,8 +201,12 @@ class _Pools:
         self.timeout_s = np.array([math.inf if c.timeout_ms is None else c.timeout_ms / 1000 for c in configs])
         self.slow_at, self.slow_t, self.slow_v = _slowdowns(scenario, self.names)
         self.guard, self.reads = _cache_slots(pipeline, caches)
+        self.batches = BatchState(scenario, self.names, samplers)
+        self.ranked = np.zeros(1, np.int64)  # requests that have finished a step
 
     def advance(self, system: _Requests, caches: CacheState, limit: float, until: float) -> None:
+        self.batches.prepare(len(system))
+        columns = ("arrive", "step", "outcome", "end_s", "pending", "step_end", "worst", "rank")
         advance(
             self.step_at,
             self.step_slots,
@@ -209,15 +223,16 @@ class _Pools:
             self.guard,
             self.reads,
             caches.state,
-            system.column("arrive"),
-            system.column("step"),
+            self.batches.slot_batch,
+            self.batches.state,
+            (*(system.column(name) for name in columns), self.ranked),
             system.column("users"),
+            system.column("measured"),
             system.column("service"),
             system.column("miss"),
+            system.column("missed"),
             system.column("cache_hit"),
             system.column("times"),
-            system.column("outcome"),
-            system.column("end_s"),
             limit,
             until,
         )
@@ -286,15 +301,17 @@ def _slowdowns(scenario: Scenario, names: list[str]) -> tuple[np.ndarray, np.nda
 
 
 # --- accounting ------------------------------------------------------------------------------------------
-def _flush(recorder: Recorder, system: _Requests, before: float, vectors: _Vectors | None) -> float:
-    """Account the requests that finished before `before`, in the order they finished, and drop them; the
-    latest finish among them (-inf: none)."""
+def _flush(recorder: Recorder, system: _Requests, before: float, vectors: _Vectors | None, batches: BatchState) -> float:
+    """Account the batches and the requests that finished before `before`, in the order they finished, and drop
+    the requests; the latest finish among them (-inf: none)."""
+    for slot, start, service, size, members in batches.finished_batches(before).tolist():
+        recorder.batch(int(slot), start, service, int(members), int(size))
     end_s = system.column("end_s")
     done = end_s < before  # NaN (not finished) compares false
     index = np.flatnonzero(done)
     if len(index) == 0:
         return -math.inf
-    order = index[np.argsort(end_s[index], kind="stable")]
+    order = index[np.lexsort((system.column("rank")[index], end_s[index]))]  # a batch's members in batch order
     columns = ("ids", "arrival_s", "users", "candidates", "measured", "times", "service", "outcome", "end_s", "cache_hit")
     ids, arrival_s, users, candidates, measured, times, service, outcome, end_s, cache_hit = (
         system.column(name)[order] for name in columns
@@ -305,7 +322,7 @@ def _flush(recorder: Recorder, system: _Requests, before: float, vectors: _Vecto
         reads = {vectors.name: VectorReads(read, ages, stale, mismatched)}
     recorder.account(ids, arrival_s, users, candidates, measured, times, service, outcome, end_s, cache_hit, reads)
     recorder.finished(outcome, measured)
-    system.keep(~done)
+    batches.remap(system.keep(~done))
     return float(end_s[-1])
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from aif_sim.compiled.batching import run_until, visit_ended, wake
 from aif_sim.compiled.caches import due, lookup, push, settle
 
 COMPLETED, REJECTED, TIMED_OUT = 0, 1, 2  # core.request.Outcome
@@ -78,25 +79,29 @@ def _pop(heap: np.ndarray, base: int, size: int) -> int:
 
 
 @njit(cache=True)
-def _stable_order(index: np.ndarray, key: np.ndarray, count: int) -> np.ndarray:
-    """`index[:count]` ordered by `key[:count]`, ties in index order. The arrivals at a step are the previous
+def _stable_order(index: np.ndarray, key: np.ndarray, tie: np.ndarray, count: int) -> np.ndarray:
+    """`index[:count]` ordered by `key[:count]`, ties by `tie[:count]`. The arrivals at a step are the previous
     step's ends of requests taken in order of arrival, so nearly sorted: an insertion sort, unless it has to
     move them far (then a merge sort)."""
     order = index[:count].copy()
     keys = key[:count].copy()
+    ties = tie[:count].copy()
     moves, budget = 0, 16 * count + 64
     for i in range(1, count):
-        k, x = keys[i], order[i]
+        k, r, x = keys[i], ties[i], order[i]
         j = i - 1
-        while j >= 0 and keys[j] > k:
+        while j >= 0 and (keys[j] > k or (keys[j] == k and ties[j] > r)):
             keys[j + 1] = keys[j]
+            ties[j + 1] = ties[j]
             order[j + 1] = order[j]
             j -= 1
         moves += i - 1 - j
         keys[j + 1] = k
+        ties[j + 1] = r
         order[j + 1] = x
         if moves > budget:
-            return index[:count][np.argsort(key[:count], kind="mergesort")]
+            by_tie = np.argsort(tie[:count], kind="mergesort")
+            return index[:count][by_tie[np.argsort(key[:count][by_tie], kind="mergesort")]]
     return order
 
 
@@ -129,15 +134,16 @@ def advance(
     guard: np.ndarray,
     reads: np.ndarray,
     caches: tuple,
-    arrive: np.ndarray,
-    step: np.ndarray,
+    slot_batch: np.ndarray,
+    batches: tuple,
+    req: tuple,
     users: np.ndarray,
+    measured: np.ndarray,
     service: np.ndarray,
     miss: np.ndarray,
+    missed: np.ndarray,
     cache_hit: np.ndarray,
     times: np.ndarray,
-    outcome: np.ndarray,
-    end_s: np.ndarray,
     limit: float,
     until: float,
 ) -> None:
@@ -145,9 +151,11 @@ def advance(
     arrival): at step k, every request there that arrives before `limit`, in order of arrival.
 
     Steps: step k calls the slots `step_slots[step_at[k] : step_at[k + 1]]` (several: a parallel group).
-    Per request: `arrive` its arrival time at its current step `step` (== number of steps: finished),
-    `service[i, slot]` its service times, `times[i, slot]` (enter, start, end) of its completed visits,
-    `outcome` and `end_s` how and when it finished. `timeout_s` is inf for a stage without a timeout,
+    Per request (`req`, see `batching.visit_ended`): `arrive` its arrival time at its current step `step`
+    (== number of steps: finished), `outcome` and `end_s` how and when it finished, and while a step is in
+    progress its visits still `pending`, the latest `step_end` and `worst` outcome of those that ended, and
+    `rank`, the order of requests reaching a step at the same time; `service[i, slot]` its service times,
+    `times[i, slot]` (enter, start, end) of its completed visits. `timeout_s` is inf for a stage without a timeout,
     `queue_limit` -1 for one without a limit. A stage's service multiplier (stage_slowdown faults) is
     `slow_v[j]` from `slow_t[j]` on, for j in `slow_at[slot] : slow_at[slot + 1]` (1 before the first); a
     visit's service is multiplied when it starts, and written back, as `sim.pools` does.
@@ -159,26 +167,44 @@ def advance(
     (hit, miss) where the request consulted cache c, as `core.flow` marks it. Nothing is looked up at or
     after `until` (the simulated time at which a run stops at its horizon): such a request is still in
     flight when the run ends, and the caches must not change after it.
+
+    Batching stages (`slot_batch[slot]` >= 0, state `batches`, see `batching`): a request joins the queue (or
+    is rejected) and its step waits for the batch; `missed[i, slot]` the cache its visit read through and
+    missed (-1: none), inserted into when the batch ends.
     """
+    arrive, step, outcome, end_s, pending, step_end, worst, rank, ranked = req
     n = len(arrive)
     steps = len(step_at) - 1
-    at, older, newer, ends, capacity, ttl, counts, pend_t, pend_key, pend_n, flush_t, flush_nodes, flush_next = caches
+    at, older, newer, ends, capacity, ttl, counts, pend_t, pend_key, pend_n, pend_seq, made, flush_t, flush_nodes, flush_next = caches
+    inserts = (pend_t, pend_key, pend_n, pend_seq, made)
+    visits = (times, miss, missed, users, measured)
+    slow = (slow_at, slow_t, slow_v)
+    bslots, bservers, q_req, q_at, heads, serving = batches[0], batches[1], batches[4], batches[5], batches[6], batches[11]
+    joined = np.zeros(len(bslots), np.bool_)  # batching stages someone joined at the current time
     index = np.empty(n, np.int64)
     key = np.empty(n, np.float64)
+    tie = np.empty(n, np.int64)
     for k in range(steps):
+        first, stop = step_at[k], step_at[k + 1]
         count = 0
         for i in range(n):
-            if step[i] == k and arrive[i] < limit:
+            if step[i] == k and arrive[i] < limit and pending[i] == 0:  # not already waiting for a batch there
                 index[count] = i
                 key[count] = arrive[i]
+                tie[count] = rank[i]
                 count += 1
-        order = _stable_order(index, key, count)
-        last = k == steps - 1
-        for i in order:
+        order = _stable_order(index, key, tie, count)
+        for j in range(count):
+            i = order[j]
             t = arrive[i]
-            step_end = t
-            worst = COMPLETED
-            for p in range(step_at[k], step_at[k + 1]):
+            for p in range(first, stop):  # the step's batching stages: their events before this arrival
+                b = slot_batch[step_slots[p]]
+                if b >= 0:
+                    run_until(b, t, timeout_s[bslots[b]], k, steps, batches, req, visits, guard, reads, inserts, slow)
+            step_end[i] = t
+            worst[i] = COMPLETED
+            pending[i] = 1  # the step's own hold, released once every visit has started
+            for p in range(first, stop):
                 slot = step_slots[p]
                 g, r = (guard[slot], reads[slot]) if t < until else (-1, -1)
                 if g >= 0:
@@ -196,6 +222,20 @@ def advance(
                     cache_hit[i, r] = 0.0 if read_miss else 1.0
                     if read_miss:
                         service[i, slot] += miss[i, slot]
+                        missed[i, slot] = r
+                    else:
+                        miss[i, slot] = 0.0
+                b = slot_batch[slot]
+                if b >= 0:  # join the batching queue, unless every server serves a batch and the queue is full
+                    head, tail = heads[b, 0], heads[b, 1]
+                    if queue_limit[slot] >= 0 and serving[b] >= bservers[b] and tail - head >= queue_limit[slot]:
+                        worst[i] = max(worst[i], REJECTED)
+                    else:
+                        q_req[b, tail], q_at[b, tail] = i, t
+                        heads[b, 1] = tail + 1
+                        joined[b] = True
+                        pending[i] += 1
+                    continue
                 base = free_at[slot]
                 servers = free_at[slot + 1] - base
                 m = free[base]
@@ -233,17 +273,20 @@ def advance(
                     times[i, slot, 1] = start
                     times[i, slot, 2] = e
                     if read_miss:
-                        push(pend_t, pend_key, pend_n, r, e, users[i])
+                        push(pend_t, pend_key, pend_n, pend_seq, made, r, e, users[i])
                     if g >= 0:
-                        push(pend_t, pend_key, pend_n, g, e, users[i])
-                if e > step_end:
-                    step_end = e
-                if o > worst:
-                    worst = o
-            if worst != COMPLETED or last:
-                outcome[i] = worst
-                end_s[i] = step_end
-                step[i] = steps
-            else:
-                arrive[i] = step_end
-                step[i] = k + 1
+                        push(pend_t, pend_key, pend_n, pend_seq, made, g, e, users[i])
+                step_end[i] = max(step_end[i], e)
+                worst[i] = max(worst[i], o)
+            visit_ended(i, COMPLETED, t, k, steps, req)
+            if j + 1 < count and arrive[order[j + 1]] == t:
+                continue  # a batch's members arrive together: every one joins before a dispatcher looks (simpy)
+            for p in range(first, stop):  # the dispatchers of the step's queues see who joined
+                b = slot_batch[step_slots[p]]
+                if b >= 0 and joined[b]:
+                    joined[b] = False
+                    wake(b, t, k, steps, batches, req, visits, guard, reads, inserts, slow)
+        for p in range(first, stop):  # the batching stages' events before the next unseen arrival
+            b = slot_batch[step_slots[p]]
+            if b >= 0:
+                run_until(b, limit, timeout_s[bslots[b]], k, steps, batches, req, visits, guard, reads, inserts, slow)

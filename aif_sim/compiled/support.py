@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from aif_sim.core.latency import Constant, Exponential, Gamma, Lognormal, Profile, Sampler, build_sampler
 from aif_sim.core.pipelines import PIPELINES, stages_of
 from aif_sim.core.system import vector_stores
 from aif_sim.scenario.schema import Scenario
+
+
+def batch_draws_ahead(sampler: Sampler) -> bool:
+    """Whether a batching stage's services can be drawn ahead exactly as `sim.pools.BatchingPool` draws them, one
+    batch at a time: a sampler whose use of its stream does not depend on the batch (not one measured by
+    candidates; not an empirical one, whose integer draws NumPy buffers within a call)."""
+    if isinstance(sampler, Profile):
+        return sampler.work_key == "batch"
+    return isinstance(sampler, Constant | Exponential | Gamma | Lognormal)
 
 
 def unsupported(scenario: Scenario, pipeline: str) -> str | None:
@@ -13,8 +23,9 @@ def unsupported(scenario: Scenario, pipeline: str) -> str | None:
         return f"unknown pipeline {pipeline!r}"
     reasons = []
     batching = [name for name in stages_of(pipeline) if scenario.stages[name].batch is not None]
-    if batching:
-        reasons.append(f"batching ({', '.join(batching)})")
+    drawn_per_batch = [name for name in batching if not batch_draws_ahead(build_sampler(scenario.stages[name].latency, name))]
+    if drawn_per_batch:
+        reasons.append(f"batching stages timed by candidates or by empirical samples ({', '.join(drawn_per_batch)})")
     stores = vector_stores(pipeline) if scenario.nearline is not None else []
     if "items" in stores and scenario.model is not None and scenario.model.shadow_rate > 0:
         reasons.append("shadow scoring")

@@ -175,7 +175,7 @@ class LiveBatchingPool(LivePool):
             self.release()
         ended = self.clock()
         service = ended - started
-        self.recorder.batch(self.slot, started, service, [waiting.request for waiting in batch])
+        self.recorder.batch(self.slot, started, service, sum(w.request.measured for w in batch), len(batch))
         base = 3 * self.slot
         for waiting in batch:
             waiting.request.service_s[self.slot] = service

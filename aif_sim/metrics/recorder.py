@@ -202,11 +202,12 @@ class Recorder:
             self.offered += 1
             self.in_flight += 1
 
-    def batch(self, slot: int, started_s: float, service_s: float, members: list[Request]) -> None:
-        """A batching stage served `members` together for `service_s`: busy time, and compute split evenly."""
+    def batch(self, slot: int, started_s: float, service_s: float, measured: int, size: int) -> None:
+        """A batching stage served `size` requests (`measured` of them measured) together for `service_s`: busy
+        time, and compute split evenly."""
         stage = self.stages[slot]
         stage.busy_window_s += self.window.overlap(started_s, started_s + service_s)
-        stage.compute_s += service_s * sum(r.measured for r in members) / len(members)
+        stage.compute_s += service_s * measured / size
 
     def gauge(self, name: str, now_s: float, value: float) -> None:
         """A background process's per-second reading (refresh backlog, double buffering)."""

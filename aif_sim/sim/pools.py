@@ -210,7 +210,7 @@ class BatchingPool(StagePool):
         yield env.timeout(service)
         self.serving -= 1
         self.pool.release()
-        self.recorder.batch(self.slot, started, service, [waiting.request for waiting in batch])
+        self.recorder.batch(self.slot, started, service, sum(w.request.measured for w in batch), len(batch))
         base = 3 * self.slot
         for waiting in batch:
             waiting.request.times[base : base + 3] = (waiting.arrived, started, env.now)

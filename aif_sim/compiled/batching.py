@@ -1,0 +1,275 @@
+"""Batching stages in the compiled engine: `sim.pools.BatchingPool` as a state machine over arrays.
+
+Per batching stage b (`BatchState.state`, one tuple the kernels take):
+- the queue: request indices `q_req[b, head:tail]` and their arrival times `q_at[b, head:tail]`, in FIFO
+  order; every waiter of a stage has the same timeout, so waiters time out oldest first and the live
+  waiters are exactly `head:tail` (`heads[b] = (head, tail)`);
+- the dispatcher: `phase[b]` IDLE (waiting for an arrival), ACQUIRE (waiting for a server) or FILL
+  (holding a server until `max_size` wait or its timer `timer[b]` fires), `held[b]` whether it holds one;
+- the batches in service: a min-heap of their end times `ends[b, :serving[b]]`;
+- the batches' service times, drawn ahead: `table[b, j, size - 1]` is the next j-th batch's service (ms)
+  at `size` requests (`rows[b]` used so far this call), as `BatchingPool` draws them one at a time;
+- the finished batches for the recorder: `rec[m] = (slot, start, service, size, measured members)`.
+Events happen in time order: a batch ends (its server goes to the dispatcher if it waits for one), the
+oldest waiter times out, the dispatcher's timer fires; the sweep of the stage's step runs them up to each
+arrival (`run_until`) and, once the step's arrivals before the block limit are in, up to that limit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from aif_sim.compiled.caches import push
+from aif_sim.core.latency import Profile, Sampler
+from aif_sim.core.traffic import stream
+from aif_sim.scenario.schema import Scenario
+
+COMPLETED, TIMED_OUT = 0, 2  # core.request.Outcome
+IDLE, ACQUIRE, FILL = range(3)
+ROWS = 1024  # batch service rows drawn at a time
+
+
+def _table(sampler: Sampler, rng: np.random.Generator, rows: int, max_size: int) -> np.ndarray:
+    """`rows` batches' service times (ms) [rows, max_size], each at every size, each batch one draw from `rng`:
+    row j, column s - 1 is what `sampler.sample(rng, 1, s)` gives for the j-th batch."""
+    sizes = np.arange(1, max_size + 1, dtype=float)
+    if isinstance(sampler, Profile):
+        median, sigma = sampler._at(sizes)
+        return median[None, :] * np.exp(sigma[None, :] * rng.standard_normal(rows)[:, None])
+    return np.repeat(sampler.sample(rng, rows, 1.0)[:, None], max_size, axis=1)
+
+
+class BatchState:
+    """The batching stages of a pipeline (slots in `slots`) and their draws."""
+
+    def __init__(self, scenario: Scenario, names: list[str], samplers: dict[str, Sampler]) -> None:
+        self.slots = [slot for slot, name in enumerate(names) if scenario.stages[name].batch is not None]
+        self.slot_batch = np.full(len(names), -1, np.int64)
+        self.slot_batch[self.slots] = np.arange(len(self.slots))
+        configs = [scenario.stages[names[slot]] for slot in self.slots]
+        self.samplers = [samplers[names[slot]] for slot in self.slots]
+        self.rngs = [stream(scenario.seed, f"batch-service:{names[slot]}") for slot in self.slots]
+        b = len(self.slots)
+        sizes = [config.batch.max_size for config in configs if config.batch is not None]
+        self.tables = [np.empty((0, size)) for size in sizes]
+        width = max(sizes, default=1)
+        servers = max((config.servers for config in configs), default=1)
+        self.state = (
+            np.array(self.slots, np.int64),
+            np.array([config.servers for config in configs], np.int64),
+            np.array(sizes, np.int64),
+            np.array([config.batch.max_wait_ms / 1000 for config in configs if config.batch is not None]),
+            np.empty((b, 64), np.int64),  # q_req
+            np.empty((b, 64)),  # q_at
+            np.zeros((b, 2), np.int64),  # heads
+            np.zeros(b, np.int64),  # phase
+            np.full(b, math.inf),  # timer
+            np.zeros(b, np.int64),  # held
+            np.empty((b, servers)),  # ends
+            np.zeros(b, np.int64),  # serving
+            np.empty((b, 0, width)),  # table
+            np.zeros(b, np.int64),  # rows
+            np.empty((64, 5)),  # rec
+            np.zeros(1, np.int64),  # rec_n
+        )
+
+    def prepare(self, arrivals: int) -> None:
+        """Room for `arrivals` more waiters per stage, batch rows for every batch they and the waiters can make,
+        and records for those batches; each queue moved to the front of its buffer."""
+        slots, servers, sizes, waits, q_req, q_at, heads, phase, timer, held, ends, serving, table, rows, rec, rec_n = self.state
+        need = int((heads[:, 1] - heads[:, 0]).max(initial=0)) + arrivals
+        width = max(need, q_req.shape[1])
+        queue_req, queue_at = np.empty((len(slots), width), np.int64), np.empty((len(slots), width))
+        for b, (head, tail) in enumerate(heads.tolist()):
+            queue_req[b, : tail - head], queue_at[b, : tail - head] = q_req[b, head:tail], q_at[b, head:tail]
+        heads[:, 1] -= heads[:, 0]
+        heads[:, 0] = 0
+        for b in range(len(slots)):  # the rows the last call left unused come first
+            self.tables[b] = self.tables[b][rows[b] :]
+            while len(self.tables[b]) < need:
+                self.tables[b] = np.concatenate([self.tables[b], _table(self.samplers[b], self.rngs[b], ROWS, int(sizes[b]))])
+        rows[:] = 0
+        table = np.zeros((len(slots), max((len(t) for t in self.tables), default=0), table.shape[2]))
+        for b, drawn in enumerate(self.tables):
+            table[b, : len(drawn), : drawn.shape[1]] = drawn
+        if rec_n[0] + need * len(slots) > len(rec):
+            grown = np.empty((max(rec_n[0] + need * len(slots), 2 * len(rec)), 5))
+            grown[: rec_n[0]] = rec[: rec_n[0]]
+            rec = grown
+        self.state = (slots, servers, sizes, waits, queue_req, queue_at, heads, phase, timer, held, ends, serving, table, rows, rec, rec_n)
+
+    def remap(self, new_index: np.ndarray) -> None:
+        """The requests were compacted (`new_index[old]`): the waiters' indices follow."""
+        q_req, heads = self.state[4], self.state[6]
+        for b, (head, tail) in enumerate(heads):
+            q_req[b, head:tail] = new_index[q_req[b, head:tail]]
+
+    def finished_batches(self, before: float) -> np.ndarray:
+        """The batches that ended before `before`, in the order they ended, as rows (slot, start, service, size,
+        measured), taken out of the records."""
+        rec, rec_n = self.state[14], self.state[15]
+        rows = rec[: rec_n[0]]
+        done = rows[:, 1] + rows[:, 2] < before
+        out = rows[done]
+        out = out[np.argsort(out[:, 1] + out[:, 2], kind="stable")]
+        kept = rows[~done]
+        rec[: len(kept)] = kept
+        rec_n[0] = len(kept)
+        return out
+
+
+@njit(cache=True, _nrt=False)
+def _slowed(slot: int, x: float, slow_at: np.ndarray, slow_t: np.ndarray, slow_v: np.ndarray) -> float:
+    """The stage's service multiplier at time x (stage_slowdown faults)."""
+    factor = 1.0
+    for j in range(slow_at[slot], slow_at[slot + 1]):
+        if slow_t[j] <= x:
+            factor = slow_v[j]
+    return factor
+
+
+@njit(cache=True, _nrt=False)
+def visit_ended(i: int, o: int, e: float, k: int, steps: int, req: tuple) -> None:
+    """Request i's visit at its step k ended at `e` with outcome `o`: when it was the last one the step waited
+    for, the step is done (the request moves on, or leaves)."""
+    arrive, step, outcome, end_s, pending, step_end, worst, rank, ranked = req
+    if e > step_end[i]:
+        step_end[i] = e
+    if o > worst[i]:
+        worst[i] = o
+    pending[i] -= 1
+    if pending[i] > 0:
+        return
+    if step_end[i] != arrive[i]:  # it waited: requests moving on at the same time go in the order they moved on
+        rank[i] = ranked[0]
+        ranked[0] += 1
+    if worst[i] != COMPLETED or k == steps - 1:
+        outcome[i] = worst[i]
+        end_s[i] = step_end[i]
+        step[i] = steps
+    else:
+        arrive[i] = step_end[i]
+        step[i] = k + 1
+
+
+@njit(cache=True, _nrt=False)
+def wake(
+    b: int,
+    x: float,
+    k: int,
+    steps: int,
+    bs: tuple,
+    req: tuple,
+    visits: tuple,
+    guard: np.ndarray,
+    reads: np.ndarray,
+    caches: tuple,
+    slow: tuple,
+) -> None:
+    """The dispatcher of stage b runs at time x from where it waits (`BatchingPool._dispatch`)."""
+    slots, servers, sizes, waits, q_req, q_at, heads, phase, timer, held, ends, serving, table, rows, rec, rec_n = bs
+    times, miss, missed, users, measured = visits
+    pend_t, pend_key, pend_n, pend_seq, made = caches
+    slow_at, slow_t, slow_v = slow
+    slot = slots[b]
+    while True:
+        live = heads[b, 1] - heads[b, 0]
+        if phase[b] == IDLE:
+            if live == 0:
+                return
+            phase[b] = ACQUIRE
+        if phase[b] == ACQUIRE:
+            if serving[b] + held[b] >= servers[b]:
+                return
+            held[b] = 1
+            phase[b] = FILL
+        if 0 < live < sizes[b]:
+            left = q_at[b, heads[b, 0]] + waits[b] - x
+            if left > 0:
+                timer[b] = x + left
+                return
+        timer[b] = math.inf
+        held[b] = 0
+        phase[b] = IDLE
+        if live == 0:
+            continue  # an empty batch: the server goes back
+        size = min(live, sizes[b])
+        head = heads[b, 0]
+        s = table[b, rows[b], size - 1] / 1000 * _slowed(slot, x, slow_at, slow_t, slow_v)
+        rows[b] += 1
+        longest = 0.0  # the batch waits for its slowest cache miss
+        members = 0
+        for q in range(head, head + size):
+            longest = max(longest, miss[q_req[b, q], slot])
+            members += measured[q_req[b, q]]
+        s += longest
+        e = x + s
+        pos = serving[b]  # the batch's server frees at e
+        serving[b] += 1
+        while pos > 0 and ends[b, (pos - 1) >> 1] > e:
+            ends[b, pos] = ends[b, (pos - 1) >> 1]
+            pos = (pos - 1) >> 1
+        ends[b, pos] = e
+        m = rec_n[0]
+        rec[m, 0], rec[m, 1], rec[m, 2], rec[m, 3], rec[m, 4] = slot, x, s, size, members
+        rec_n[0] += 1
+        heads[b, 0] = head + size
+        for q in range(head, head + size):
+            i = q_req[b, q]
+            times[i, slot, 0], times[i, slot, 1], times[i, slot, 2] = q_at[b, q], x, e
+            if missed[i, slot] >= 0:
+                push(pend_t, pend_key, pend_n, pend_seq, made, missed[i, slot], e, users[i])
+            if guard[slot] >= 0:
+                push(pend_t, pend_key, pend_n, pend_seq, made, guard[slot], e, users[i])
+            visit_ended(i, COMPLETED, e, k, steps, req)
+
+
+@njit(cache=True, _nrt=False)
+def run_until(
+    b: int,
+    x: float,
+    timeout_s: float,
+    k: int,
+    steps: int,
+    bs: tuple,
+    req: tuple,
+    visits: tuple,
+    guard: np.ndarray,
+    reads: np.ndarray,
+    caches: tuple,
+    slow: tuple,
+) -> None:
+    """Stage b's events before time x, in time order: batches ending, the oldest waiter timing out, the
+    dispatcher's timer."""
+    slots, servers, sizes, waits, q_req, q_at, heads, phase, timer, held, ends, serving, table, rows, rec, rec_n = bs
+    while True:
+        t_end = ends[b, 0] if serving[b] > 0 else math.inf
+        t_out = q_at[b, heads[b, 0]] + timeout_s if heads[b, 1] > heads[b, 0] else math.inf
+        t_timer = timer[b] if phase[b] == FILL else math.inf
+        now = min(t_end, t_out, t_timer)
+        if now >= x:
+            return
+        if now == t_out:
+            i = q_req[b, heads[b, 0]]
+            heads[b, 0] += 1
+            visit_ended(i, TIMED_OUT, now, k, steps, req)
+        elif now == t_end:
+            size = serving[b] - 1  # pop the heap
+            serving[b] = size
+            last, pos = ends[b, size], 0
+            while 2 * pos + 1 < size:
+                child = 2 * pos + 1
+                if child + 1 < size and ends[b, child + 1] < ends[b, child]:
+                    child += 1
+                if ends[b, child] >= last:
+                    break
+                ends[b, pos] = ends[b, child]
+                pos = child
+            ends[b, pos] = last
+            if phase[b] == ACQUIRE:
+                wake(b, now, k, steps, bs, req, visits, guard, reads, caches, slow)
+        else:
+            wake(b, now, k, steps, bs, req, visits, guard, reads, caches, slow)
