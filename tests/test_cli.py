@@ -287,17 +287,20 @@ def test_model_commands_are_the_registered_ones():
 
 
 def test_the_engine_option_runs_the_compiled_engine_where_it_can_and_says_so(tiny, tmp_path, capsys):
-    """tiny's aif batches at rtp: auto runs sequential compiled and aif on simpy, and says why; --engine compiled
-    refuses the run (one line, exit 2); the compiled and simpy engines give the same summary."""
+    """tiny's aif batches at rtp; timed per batch by candidates (a profile measured by candidates), its batch
+    services cannot be drawn ahead: auto runs sequential compiled and aif on simpy, and says why; --engine
+    compiled refuses the run (one line, exit 2); the compiled and simpy engines give the same summary."""
     auto, simpy = tmp_path / "auto", tmp_path / "simpy"
-    assert main([str(tiny), "--out", str(auto)]) == 0
+    by_candidates = ["--set", "stages.rtp.latency={dist: profile, path: profiles/cpu.json, op: realtime}"]
+    assert main([str(tiny), "--out", str(auto), *by_candidates]) == 0
     printed = capsys.readouterr().out
-    assert "sequential: compiled engine" in printed and "aif: simpy engine (the compiled engine does not model batching (rtp))" in printed
+    reason = "the compiled engine does not model batching stages timed by candidates or by empirical samples (rtp)"
+    assert "sequential: compiled engine" in printed and f"aif: simpy engine ({reason})" in printed
     assert _summary(auto)["engines"] == {"sequential": "compiled", "aif": "simpy"}
-    assert main([str(tiny), "--out", str(simpy), "--quiet", "--engine", "simpy"]) == 0
+    assert main([str(tiny), "--out", str(simpy), "--quiet", "--engine", "simpy", *by_candidates]) == 0
     assert _summary(simpy)["engines"] == {"sequential": "simpy", "aif": "simpy"}
     assert _summary(auto)["pipelines"] == _summary(simpy)["pipelines"]
-    assert main([str(tiny), "--quiet", "--engine", "compiled", "--out", str(tmp_path / "no")]) == 2
+    assert main([str(tiny), "--quiet", "--engine", "compiled", "--out", str(tmp_path / "no"), *by_candidates]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "aif-sim: error: --engine compiled: aif: the compiled engine does not model batching (rtp)"
+    assert err == f"aif-sim: error: --engine compiled: aif: {reason}"
     assert not (tmp_path / "no").exists()

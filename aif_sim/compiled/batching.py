@@ -132,20 +132,30 @@ def _slowed(slot: int, x: float, slow_at: np.ndarray, slow_t: np.ndarray, slow_v
 
 
 @njit(cache=True, _nrt=False)
-def visit_ended(i: int, o: int, e: float, k: int, steps: int, req: tuple) -> None:
-    """Request i's visit at its step k ended at `e` with outcome `o`: when it was the last one the step waited
-    for, the step is done (the request moves on, or leaves)."""
-    arrive, step, outcome, end_s, pending, step_end, worst, rank, ranked = req
+def visit_over(i: int, o: int, e: float, req: tuple) -> None:
+    """Request i's visit at its step ended at `e` with outcome `o`: the step's latest end so far, the order of the
+    event that ended it (visits are numbered as their ends are decided: a batch's members in batch order, the
+    order simpy resumes them in) and its worst outcome."""
+    arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, ranked = req
+    order = ranked[0]
+    ranked[0] += 1
     if e > step_end[i]:
         step_end[i] = e
+        end_order[i] = order
     if o > worst[i]:
         worst[i] = o
+
+
+@njit(cache=True, _nrt=False)
+def visit_ended(i: int, o: int, e: float, k: int, steps: int, req: tuple) -> None:
+    """`visit_over`, and when it was the last visit request i's step k waited for, the step is done: the
+    request moves on (ranked among those moving on at the same time by the event that ended its step), or leaves."""
+    arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, ranked = req
+    visit_over(i, o, e, req)
     pending[i] -= 1
     if pending[i] > 0:
         return
-    if step_end[i] != arrive[i]:  # it waited: requests moving on at the same time go in the order they moved on
-        rank[i] = ranked[0]
-        ranked[0] += 1
+    rank[i] = end_order[i]
     if worst[i] != COMPLETED or k == steps - 1:
         outcome[i] = worst[i]
         end_s[i] = step_end[i]

@@ -119,6 +119,7 @@ class _Requests:
             "pending": ((), np.int64),
             "step_end": ((), np.float64),
             "worst": ((), np.int64),
+            "end_order": ((), np.int64),
             "rank": ((), np.int64),
             "entities": ((entities,), np.int64),  # whose nearline vectors it reads: its candidate sample, or its user
             "read": ((), np.bool_),
@@ -202,11 +203,11 @@ class _Pools:
         self.slow_at, self.slow_t, self.slow_v = _slowdowns(scenario, self.names)
         self.guard, self.reads = _cache_slots(pipeline, caches)
         self.batches = BatchState(scenario, self.names, samplers)
-        self.ranked = np.zeros(1, np.int64)  # requests that have finished a step
+        self.ranked = np.zeros(1, np.int64)  # visit ends numbered so far (`batching.visit_over`)
 
     def advance(self, system: _Requests, caches: CacheState, limit: float, until: float) -> None:
         self.batches.prepare(len(system))
-        columns = ("arrive", "step", "outcome", "end_s", "pending", "step_end", "worst", "rank")
+        columns = ("arrive", "step", "outcome", "end_s", "pending", "step_end", "worst", "end_order", "rank")
         advance(
             self.step_at,
             self.step_slots,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from aif_sim.compiled.batching import run_until, visit_ended, wake
+from aif_sim.compiled.batching import run_until, visit_ended, visit_over, wake
 from aif_sim.compiled.caches import due, lookup, push, settle
 
 COMPLETED, REJECTED, TIMED_OUT = 0, 1, 2  # core.request.Outcome
@@ -172,7 +172,7 @@ def advance(
     is rejected) and its step waits for the batch; `missed[i, slot]` the cache its visit read through and
     missed (-1: none), inserted into when the batch ends.
     """
-    arrive, step, outcome, end_s, pending, step_end, worst, rank, ranked = req
+    arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, ranked = req
     n = len(arrive)
     steps = len(step_at) - 1
     at, older, newer, ends, capacity, ttl, counts, pend_t, pend_key, pend_n, pend_seq, made, flush_t, flush_nodes, flush_next = caches
@@ -203,6 +203,7 @@ def advance(
                     run_until(b, t, timeout_s[bslots[b]], k, steps, batches, req, visits, guard, reads, inserts, slow)
             step_end[i] = t
             worst[i] = COMPLETED
+            end_order[i] = rank[i]  # a step that ends as it starts keeps the request's place
             pending[i] = 1  # the step's own hold, released once every visit has started
             for p in range(first, stop):
                 slot = step_slots[p]
@@ -276,8 +277,7 @@ def advance(
                         push(pend_t, pend_key, pend_n, pend_seq, made, r, e, users[i])
                     if g >= 0:
                         push(pend_t, pend_key, pend_n, pend_seq, made, g, e, users[i])
-                step_end[i] = max(step_end[i], e)
-                worst[i] = max(worst[i], o)
+                visit_over(i, o, e, req)
             visit_ended(i, COMPLETED, t, k, steps, req)
             if j + 1 < count and arrive[order[j + 1]] == t:
                 continue  # a batch's members arrive together: every one joins before a dispatcher looks (simpy)
