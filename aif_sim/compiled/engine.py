@@ -18,7 +18,9 @@ flight, with the visits they ended before it. Memory: the requests in the system
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from queue import Full, Queue
 
 import numpy as np
 
@@ -57,7 +59,7 @@ def run_compiled(
     pools = _Pools(scenario, pipeline, list(policies), samplers)
     source = RequestSource.for_pipeline(scenario, pipeline, samplers, policies, vectors.nearline.stores if vectors else {})
     system = _Requests(len(pools.names), len(policies), source.sample_size if vectors and vectors.name == "items" else 1)
-    blocks = source.draws(scenario.duration_s)
+    blocks = _ahead(source.draws(scenario.duration_s))
     upcoming = next(blocks, None)
     upcoming_t = event_times(upcoming.block.arrival_s, 0.0) if upcoming is not None else None
     until = _end(scenario, math.inf)[1]  # the clock when a run stops at its horizon
@@ -100,6 +102,38 @@ def run_compiled(
 
 
 # --- the run's requests ----------------------------------------------------------------------------------
+def _ahead(blocks: Iterator[RequestDraws], depth: int = 2) -> Iterator[RequestDraws]:
+    """The blocks, drawn by a thread of their own up to `depth` ahead, so the draws (NumPy, which releases the
+    GIL) overlap the kernels (which release it too) on a second core. The same blocks, in the same order."""
+    queue: Queue[RequestDraws | BaseException | None] = Queue(depth)
+    done = threading.Event()
+
+    def draw() -> None:
+        try:
+            for block in blocks:
+                while not done.is_set():
+                    try:
+                        queue.put(block, timeout=0.1)
+                        break
+                    except Full:
+                        continue
+                if done.is_set():
+                    return
+            queue.put(None)
+        except BaseException as error:  # handed to the consumer, raised there
+            queue.put(error)
+
+    thread = threading.Thread(target=draw, daemon=True)
+    thread.start()
+    try:
+        while (item := queue.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        done.set()
+
+
 class _Requests:
     """The requests in the system (arrived, not yet accounted), as columns in order of arrival (`column(name)`,
     views of buffers reused from block to block); `step` is the step each is at (the number of steps once

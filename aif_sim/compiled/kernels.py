@@ -117,7 +117,7 @@ def _served(service: np.ndarray, i: int, slot: int, start: float, slow_at: np.nd
     return service[i, slot]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def advance(
     step_at: np.ndarray,
     step_slots: np.ndarray,
