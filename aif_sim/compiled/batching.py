@@ -122,8 +122,9 @@ class BatchState:
 
 
 @njit(cache=True, _nrt=False)
-def _slowed(slot: int, x: float, slow_at: np.ndarray, slow_t: np.ndarray, slow_v: np.ndarray) -> float:
-    """The stage's service multiplier at time x (stage_slowdown faults)."""
+def slowdown_at(slot: int, x: float, slow_at: np.ndarray, slow_t: np.ndarray, slow_v: np.ndarray) -> float:
+    """The service multiplier of the stage in `slot` at time x: `slow_v[j]` from `slow_t[j]` on, for j in
+    `slow_at[slot] : slow_at[slot + 1]`, 1 before the first (stage_slowdown faults)."""
     factor = 1.0
     for j in range(slow_at[slot], slow_at[slot + 1]):
         if slow_t[j] <= x:
@@ -136,9 +137,9 @@ def visit_over(i: int, o: int, e: float, req: tuple) -> None:
     """Request i's visit at its step ended at `e` with outcome `o`: the step's latest end so far, the order of the
     event that ended it (visits are numbered as their ends are decided: a batch's members in batch order, the
     order simpy resumes them in) and its worst outcome."""
-    arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, ranked = req
-    order = ranked[0]
-    ranked[0] += 1
+    arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, numbered = req
+    order = numbered[0]
+    numbered[0] += 1
     if e > step_end[i]:
         step_end[i] = e
         end_order[i] = order
@@ -150,7 +151,7 @@ def visit_over(i: int, o: int, e: float, req: tuple) -> None:
 def visit_ended(i: int, o: int, e: float, k: int, steps: int, req: tuple) -> None:
     """`visit_over`, and when it was the last visit request i's step k waited for, the step is done: the
     request moves on (ranked among those moving on at the same time by the event that ended its step), or leaves."""
-    arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, ranked = req
+    arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, numbered = req
     visit_over(i, o, e, req)
     pending[i] -= 1
     if pending[i] > 0:
@@ -175,7 +176,6 @@ def wake(
     req: tuple,
     visits: tuple,
     guard: np.ndarray,
-    reads: np.ndarray,
     caches: tuple,
     slow: tuple,
 ) -> None:
@@ -208,7 +208,7 @@ def wake(
             continue  # an empty batch: the server goes back
         size = min(live, sizes[b])
         head = heads[b, 0]
-        s = table[b, rows[b], size - 1] / 1000 * _slowed(slot, x, slow_at, slow_t, slow_v)
+        s = table[b, rows[b], size - 1] / 1000 * slowdown_at(slot, x, slow_at, slow_t, slow_v)
         rows[b] += 1
         longest = 0.0  # the batch waits for its slowest cache miss
         members = 0
@@ -248,7 +248,6 @@ def run_until(
     req: tuple,
     visits: tuple,
     guard: np.ndarray,
-    reads: np.ndarray,
     caches: tuple,
     slow: tuple,
 ) -> None:
@@ -280,6 +279,6 @@ def run_until(
                 pos = child
             ends[b, pos] = last
             if phase[b] == ACQUIRE:
-                wake(b, now, k, steps, bs, req, visits, guard, reads, caches, slow)
+                wake(b, now, k, steps, bs, req, visits, guard, caches, slow)
         else:
-            wake(b, now, k, steps, bs, req, visits, guard, reads, caches, slow)
+            wake(b, now, k, steps, bs, req, visits, guard, caches, slow)

@@ -237,7 +237,7 @@ class _Pools:
         self.slow_at, self.slow_t, self.slow_v = _slowdowns(scenario, self.names)
         self.guard, self.reads = _cache_slots(pipeline, caches)
         self.batches = BatchState(scenario, self.names, samplers)
-        self.ranked = np.zeros(1, np.int64)  # visit ends numbered so far (`batching.visit_over`)
+        self.numbered = np.zeros(1, np.int64)  # visit ends numbered so far (`batching.visit_over`)
 
     def advance(self, system: _Requests, caches: CacheState, limit: float, until: float) -> None:
         self.batches.prepare(len(system))
@@ -260,7 +260,7 @@ class _Pools:
             caches.state,
             self.batches.slot_batch,
             self.batches.state,
-            (*(system.column(name) for name in columns), self.ranked),
+            (*(system.column(name) for name in columns), self.numbered),
             system.column("users"),
             system.column("measured"),
             system.column("service"),

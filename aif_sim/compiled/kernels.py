@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from aif_sim.compiled.batching import run_until, visit_ended, visit_over, wake
+from aif_sim.compiled.batching import run_until, slowdown_at, visit_ended, visit_over, wake
 from aif_sim.compiled.caches import due, lookup, push, settle
 
 COMPLETED, REJECTED, TIMED_OUT = 0, 1, 2  # core.request.Outcome
@@ -108,10 +108,7 @@ def _stable_order(index: np.ndarray, key: np.ndarray, tie: np.ndarray, count: in
 @njit(cache=True, _nrt=False)
 def _served(service: np.ndarray, i: int, slot: int, start: float, slow_at: np.ndarray, slow_t: np.ndarray, slow_v: np.ndarray) -> float:
     """Request i's service at `slot` for a visit starting at `start`, slowed down as the stage then is (written back)."""
-    factor = 1.0
-    for j in range(slow_at[slot], slow_at[slot + 1]):
-        if slow_t[j] <= start:
-            factor = slow_v[j]
+    factor = slowdown_at(slot, start, slow_at, slow_t, slow_v)
     if factor != 1.0:
         service[i, slot] = service[i, slot] * factor
     return service[i, slot]
@@ -172,7 +169,7 @@ def advance(
     is rejected) and its step waits for the batch; `missed[i, slot]` the cache its visit read through and
     missed (-1: none), inserted into when the batch ends.
     """
-    arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, ranked = req
+    arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, numbered = req
     n = len(arrive)
     steps = len(step_at) - 1
     at, older, newer, ends, capacity, ttl, counts, pend_t, pend_key, pend_n, pend_seq, made, flush_t, flush_nodes, flush_next = caches
@@ -200,7 +197,7 @@ def advance(
             for p in range(first, stop):  # the step's batching stages: their events before this arrival
                 b = slot_batch[step_slots[p]]
                 if b >= 0:
-                    run_until(b, t, timeout_s[bslots[b]], k, steps, batches, req, visits, guard, reads, inserts, slow)
+                    run_until(b, t, timeout_s[bslots[b]], k, steps, batches, req, visits, guard, inserts, slow)
             step_end[i] = t
             worst[i] = COMPLETED
             end_order[i] = rank[i]  # a step that ends as it starts keeps the request's place
@@ -285,8 +282,8 @@ def advance(
                 b = slot_batch[step_slots[p]]
                 if b >= 0 and joined[b]:
                     joined[b] = False
-                    wake(b, t, k, steps, batches, req, visits, guard, reads, inserts, slow)
+                    wake(b, t, k, steps, batches, req, visits, guard, inserts, slow)
         for p in range(first, stop):  # the batching stages' events before the next unseen arrival
             b = slot_batch[step_slots[p]]
             if b >= 0:
-                run_until(b, limit, timeout_s[bslots[b]], k, steps, batches, req, visits, guard, reads, inserts, slow)
+                run_until(b, limit, timeout_s[bslots[b]], k, steps, batches, req, visits, guard, inserts, slow)
