@@ -1,18 +1,21 @@
-"""Run one pipeline of plain stage pools and caches with numba kernels, request by request as `sim.engine` would.
+"""Run one pipeline with numba kernels, request by request as `sim.engine` would.
 
-The run, block by block of arrivals (the blocks `core.traffic.request_blocks` yields, with the service
-draws of `core.system.RequestSource`):
+The run, block by block of arrivals (the blocks of `core.system.RequestSource.draws`, drawn a block or two
+ahead by a thread of their own):
 1. the block's event times are simpy's: the arrival process wakes at `now + (arrival - now)`;
 2. `kernels.advance` moves every request in the system through the pipeline's steps, step by step, each
    stage swept in order of arrival there, but only as far as is known: the next block's first arrival A
    reaches any step no earlier than A, so a request reaching step k at or after A waits (its arrival time
-   kept) and is merged into step k's sweep with the next block; each stage's heaps carry over, and so do
-   the caches (`caches.CacheState`) with their inserts not yet due;
-3. the requests that finished before the block's last arrival are accounted (`Recorder.account`) in the
-   order they finished, as one group: exactly what simpy's `recorder.flush()` after that block sees.
+   kept) and is merged into step k's sweep with the next block; each stage's state carries over (server
+   heaps, batching queues and dispatchers, `batching.BatchState`), and so do the caches
+   (`caches.CacheState`) with their inserts not yet due;
+3. the vector fetches that ended before A read the nearline stores, in time order (`nearline`);
+4. the batches and requests that finished before the block's last arrival are accounted (`Recorder.batch`,
+   `Recorder.account`) in the order they finished, as one group: exactly what simpy's `recorder.flush()`
+   after that block sees.
 At the end the run stops at the simulated time `PipelineSimulation.run` would stop at (the first of its
 progress steps by which every request has finished, or the horizon); requests finishing later stay in
-flight, with the visits they ended before it. Memory: the requests in the system and one block ahead.
+flight, with the visits they ended before it. Memory: the requests in the system and two blocks ahead.
 """
 
 from __future__ import annotations
