@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 from unittest.mock import patch
 
@@ -25,9 +26,11 @@ from aif_sim.core import traffic
 from aif_sim.core.pipelines import stages_of
 from aif_sim.core.system import RequestSource
 from aif_sim.metrics.recorder import Recorder
-from aif_sim.scenario import Scenario
+from aif_sim.scenario import Scenario, load_scenario
+from aif_sim.scenario.loading import parse_overrides
 
 ALL = ["sequential", "aif", "uic"]
+REPO = Path(__file__).resolve().parents[1]
 ACCOUNTED = ("ids", "arrival_s", "users", "candidates", "measured", "times", "service_s", "outcome", "end_s")
 
 
@@ -319,6 +322,20 @@ def test_stop_ends_the_run_partial():
     assert requests["offered"] == 500  # five blocks of 100
     assert requests["offered"] == requests["completed"] + requests["rejected"] + requests["timed_out"] + requests["in_flight_at_end"]
     assert requests["in_flight_at_end"] > 0
+
+
+def test_the_default_scenario_shortened_gives_the_simpy_results():
+    """The shipped default (bursty traffic, a micro-batched user side timed by a measured profile, every
+    pipeline) on the compiled engine, request for request."""
+    scenario = load_scenario(REPO / "scenarios" / "default.yaml", parse_overrides(["duration_s=3", "warmup_s=0.5"]))
+    for pipeline in scenario.pipelines:
+        assert_equivalent(scenario, pipeline)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "scenarios").glob("*.yaml")), ids=lambda path: path.stem)
+def test_every_shipped_scenario_runs_on_the_compiled_engine(path):
+    scenario = load_scenario(path)
+    assert [unsupported(scenario, pipeline) for pipeline in scenario.pipelines] == [None] * len(scenario.pipelines)
 
 
 # --- what it does not model ------------------------------------------------------------------------------
