@@ -94,7 +94,8 @@ def _check_replay(scenario: Scenario, pipeline: str, parts: int = 5) -> int:
                 nearline.advance(float(times[index[0]]))
             results.append(nearline.read(store, times[index], entities[index]))
         nearline.advance(end)
-    ages, stale, mismatched = (np.concatenate(columns) for columns in zip(*results))
+    made, _, stale, mismatched = (np.concatenate(columns) for columns in zip(*results))
+    ages = times[:, None] - made  # as the engine takes them
     assert ages.dtype == np.float64 and stale.dtype == mismatched.dtype == np.int64
     np.testing.assert_array_equal(ages, np.array([r.vectors[1] for r in reads]))
     np.testing.assert_array_equal(stale, [r.vectors[2] for r in reads])

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from simtools import negligible, scenario_dict
 
@@ -79,3 +80,33 @@ def test_a_cached_user_vector_is_scored_at_its_age(checkpoint):
     assert len(cached) > 100 and all(s.user_vector_s < s.t_s for s in cached)
     assert sum(s.t_s - s.user_vector_s for s in cached) / len(cached) > 600  # vectors made long before use
     assert recorder.summary()["quality"]["scored_requests"] == len(samples)
+
+
+def test_the_compiled_engine_takes_the_simpy_engines_shadow_samples(checkpoint):
+    """Shadow sampling with item updates, periodic refresh, a cached user vector and a micro-batched user side:
+    the compiled engine takes the same requests, candidates, vector times and versions and user-vector ages."""
+    stages = {
+        name: {"servers": 2, "latency": {"dist": "exponential", "mean_ms": 2}} for name in ("merger", "retrieval", "item_fetch", "rtp")
+    }
+    stages["user_inference"] = {"servers": 1, "latency": {"dist": "exponential", "mean_ms": 3}, "batch": {"max_size": 4, "max_wait_ms": 2}}
+    model = {"checkpoint": str(checkpoint), "shadow_rate": 0.3, "shadow_candidates": 100, "shadow_requests": 60}
+    refresh = {"mode": "periodic", "interval_s": 4, "workers": 2, "latency": {"dist": "constant", "ms": 1}}
+    nearline = {"item_updates_per_s": 50, "refresh": refresh}
+    caches = {"user_vector": {"capacity": 200, "ttl_s": 3}}
+    data = scenario_dict(stages, pipelines=["aif"], qps=30, duration_s=20, seed=4, nearline=nearline, model=model, caches=caches)
+    scenario = validate_scenario(data, "<test>")
+    samplers = build_samplers(scenario, "<test>")
+    simpy = simulate(scenario, samplers, engine="simpy")["aif"].shadow_samples
+    compiled = simulate(scenario, samplers, engine="compiled")["aif"].shadow_samples
+    assert len(simpy) == 60 and any(s.user_vector_s is not None for s in simpy)
+    assert len(compiled) == len(simpy)
+    for mine, theirs in zip(compiled, simpy):
+        assert (mine.user, mine.t_s, mine.serving_version, mine.user_vector_s) == (
+            theirs.user,
+            theirs.t_s,
+            theirs.serving_version,
+            theirs.user_vector_s,
+        )
+        for field in ("items", "made_s", "versions"):
+            a, b = getattr(mine, field), getattr(theirs, field)
+            assert a.dtype == b.dtype and np.array_equal(a, b), field

@@ -34,7 +34,9 @@ from aif_sim.compiled.nearline import CompiledNearline
 from aif_sim.compiled.support import unsupported
 from aif_sim.core.latency import Sampler
 from aif_sim.core.pipelines import PIPELINES, Cached, Parallel, calls_of, pipeline_calls, stages_of, step_slots
-from aif_sim.core.system import RequestDraws, RequestSource, cache_policies, run_step_s, vector_stores
+from aif_sim.core.sampling import sampled
+from aif_sim.core.shadow import ShadowSample
+from aif_sim.core.system import RequestDraws, RequestSource, cache_policies, run_step_s, shadow_sampling, vector_stores
 from aif_sim.metrics.recorder import Recorder, RequestSink, VectorReads
 from aif_sim.scenario.schema import Scenario, StageSlowdown
 
@@ -158,6 +160,7 @@ class _Requests:
             "worst": ((), np.int64),
             "end_order": ((), np.int64),
             "rank": ((), np.int64),
+            "user_vector_s": ((), np.float64),  # when the user vector it took from the cache was made (NaN: none)
             "entities": ((entities,), np.int64),  # whose nearline vectors it reads: its candidate sample, or its user
             "read": ((), np.bool_),
             "ages": ((entities,), np.float64),
@@ -199,6 +202,7 @@ class _Requests:
         b["miss"][new] = 0.0 if draws.miss_s is None else draws.miss_s
         b["cache_hit"][new] = np.nan
         b["missed"][new] = -1
+        b["user_vector_s"][new] = np.nan
         b["pending"][new] = 0
         b["rank"][new] = b["ids"][new]
         b["entities"][new] = draws.block.user[:, None] if draws.sample is None else draws.sample
@@ -270,6 +274,7 @@ class _Pools:
             system.column("miss"),
             system.column("missed"),
             system.column("cache_hit"),
+            system.column("user_vector_s"),
             system.column("times"),
             limit,
             until,
@@ -278,13 +283,17 @@ class _Pools:
 
 class _Vectors:
     """The nearline reads of a pipeline that fetches vectors from one store: each completed visit to the stage
-    that fetches them reads the request's `entities` from the store when it ends (`core.flow`)."""
+    that fetches them reads the request's `entities` from the store when it ends, and for a request shadow
+    scoring takes, the vectors of a larger candidate set (`core.flow`)."""
 
     def __init__(self, scenario: Scenario, pipeline: str, samplers: dict[str, Sampler], recorder: Recorder) -> None:
         calls = [(slot, call.vectors) for slot, call in enumerate(pipeline_calls(pipeline)) if call.vectors]
         assert len(calls) == 1, "a pipeline reads one nearline store"
         ((self.slot, self.name),) = calls
         self.nearline = CompiledNearline(scenario, pipeline, samplers, recorder)
+        self.shadow = shadow_sampling(scenario, self.nearline.stores)
+        if self.shadow is not None:
+            recorder.shadow_samples = self.shadow.samples
         self.read_from = -math.inf  # visits ending before this have been read
 
     def read(self, system: _Requests, before: float) -> None:
@@ -295,11 +304,47 @@ class _Vectors:
         if len(index) == 0:
             return
         index = index[np.argsort(ends[index], kind="stable")]
-        ages, stale, mismatched = self.nearline.read(self.name, ends[index], system.column("entities")[index])
-        system.column("ages")[index] = ages
-        system.column("stale")[index] = stale
-        system.column("mismatched")[index] = mismatched
-        system.column("read")[index] = True
+        first = 0
+        for taken in self._shadowed(system, index):  # each shadow read right after its request's own read
+            self._read(system, index[first : taken + 1], ends)
+            self._shadow_read(system, index[taken], ends[index[taken]])
+            first = taken + 1
+        self._read(system, index[first:], ends)
+
+    def _read(self, system: _Requests, index: np.ndarray, ends: np.ndarray) -> None:
+        if len(index):
+            made, _, stale, mismatched = self.nearline.read(self.name, ends[index], system.column("entities")[index])
+            system.column("ages")[index] = ends[index, None] - made
+            system.column("stale")[index] = stale
+            system.column("mismatched")[index] = mismatched
+            system.column("read")[index] = True
+
+    def _shadowed(self, system: _Requests, index: np.ndarray) -> list[int]:
+        """Which of these reads (positions in `index`) shadow scoring takes: measured requests its hash samples, up
+        to its limit (`ShadowSampling.wants`)."""
+        shadow = self.shadow
+        if shadow is None:
+            return []
+        wanted = system.column("measured")[index] & sampled(system.column("ids")[index], shadow.rate)
+        return np.flatnonzero(wanted)[: max(0, shadow.limit - len(shadow.samples))].tolist()
+
+    def _shadow_read(self, system: _Requests, i: int, now: float) -> None:
+        """The vectors of the shadow candidates of request i, read at `now`."""
+        shadow, store = self.shadow, self.nearline.stores[self.name]
+        assert shadow is not None
+        items = shadow.popularity.sample(shadow.rng, shadow.candidates)
+        made, versions, _, _ = self.nearline.read(self.name, np.array([now]), items[None, :])
+        user_vector_s = float(system.column("user_vector_s")[i])
+        sample = ShadowSample(
+            int(system.column("users")[i]),
+            float(now),
+            items,
+            made[0],
+            versions[0].astype(np.int32),
+            store.serving_version,
+            None if math.isnan(user_vector_s) else user_vector_s,
+        )
+        shadow.samples.append(sample)
 
 
 def _cache_slots(pipeline: str, caches: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -140,6 +140,7 @@ def advance(
     miss: np.ndarray,
     missed: np.ndarray,
     cache_hit: np.ndarray,
+    user_vector_s: np.ndarray,
     times: np.ndarray,
     limit: float,
     until: float,
@@ -161,7 +162,8 @@ def advance(
     call, `reads[slot]` the cache it reads through (-1: none), looked up in that order at the request's
     arrival at the step; a read-through miss adds `miss[i, slot]` to the service; a completed visit that
     missed inserts into the read-through cache, then the guard's, when it ends. `cache_hit[i, c]` 1.0 / 0.0
-    (hit, miss) where the request consulted cache c, as `core.flow` marks it. Nothing is looked up at or
+    (hit, miss) where the request consulted cache c, as `core.flow` marks it, and `user_vector_s[i]` when the
+    entry a guard hit took was inserted. Nothing is looked up at or
     after `until` (the simulated time at which a run stops at its horizon): such a request is still in
     flight when the run ends, and the caches must not change after it.
 
@@ -210,6 +212,7 @@ def advance(
                         settle(*caches, g, t)
                     if lookup(at, older, newer, ends, ttl, counts, g, users[i], t):
                         cache_hit[i, g] = 1.0
+                        user_vector_s[i] = at[g, users[i]]
                         continue  # the call is skipped: this branch ends at t, completed
                     cache_hit[i, g] = 0.0
                 read_miss = False

@@ -35,12 +35,14 @@ def _read(
     serving: int,
     consistent: bool,
     always_fresh: bool,
-    ages: np.ndarray,
+    made_s: np.ndarray,
+    versions: np.ndarray,
     stale: np.ndarray,
     mismatched: np.ndarray,
 ) -> None:
-    """`NearlineStore.read` of rows `first`..`stop`-1 of `entities`, each at its time, with the stale and mismatched
-    counts of `core.flow`: the same float operations, entity by entity."""
+    """`NearlineStore.read` of rows `first`..`stop`-1 of `entities`, each at its time (when each vector was made,
+    by which version), with the stale and mismatched counts of `core.flow`: the same float operations, entity
+    by entity."""
     for i in range(first, stop):
         now = times[i]
         n_stale = n_mismatched = 0
@@ -58,7 +60,8 @@ def _read(
                         made, v = at, sweep_version[s]
                 if consistent and v > serving:
                     v = serving
-            ages[i, j] = now - made
+            made_s[i, j] = made
+            versions[i, j] = v
             if changed_s[e] > made:
                 n_stale += 1
             if v != serving:
@@ -83,21 +86,21 @@ class CompiledNearline:
             env.step()
         self._clock = max(self._clock, until)
 
-    def read(self, store_name: str, times: np.ndarray, entities: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def read(self, store_name: str, times: np.ndarray, entities: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Read the store at nondecreasing `times` [n] (none before an earlier call's), each row of `entities`
-        [n, k] at its time, seeing every background event before it: the vectors' ages [n, k] (s) and, per row,
-        how many were stale (their entity changed after the vector was made) and of another version than the
-        serving one. Raises ValueError for reads out of time order."""
+        [n, k] at its time, seeing every background event before it: when each vector was made [n, k] (s), by
+        which model version [n, k], and, per row, how many were stale (their entity changed after the vector
+        was made) and of another version than the serving one. Raises ValueError for reads out of time order."""
         store, env = self.stores[store_name], self.env
         times = np.ascontiguousarray(times, dtype=np.float64)
         entities = np.ascontiguousarray(entities, dtype=np.int64)
         n = len(times)
         if n == 0:
-            return np.empty(entities.shape), np.empty(0, np.int64), np.empty(0, np.int64)
+            return np.empty(entities.shape), np.empty(entities.shape, np.int64), np.empty(0, np.int64), np.empty(0, np.int64)
         if times[0] < self._clock or np.any(times[1:] < times[:-1]):
             raise ValueError("nearline reads must come in time order, none before an earlier read or advance")
         self._clock = float(times[-1])
-        ages = np.empty(entities.shape)
+        made_s, versions = np.empty(entities.shape), np.empty(entities.shape, np.int64)
         stale, mismatched = np.empty(n, np.int64), np.empty(n, np.int64)
         i = 0
         while i < n:
@@ -119,12 +122,13 @@ class CompiledNearline:
                 store.serving_version,
                 store.consistent,
                 store.always_fresh,
-                ages,
+                made_s,
+                versions,
                 stale,
                 mismatched,
             )
             i = j
-        return ages, stale, mismatched
+        return made_s, versions, stale, mismatched
 
     def _sweep_arrays(self, name: str, store: NearlineStore) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The store's sweeps as arrays (start, rate, version), rebuilt only when its list of sweeps changed."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from aif_sim.core.latency import Constant, Exponential, Gamma, Lognormal, Profile, Sampler, build_sampler
 from aif_sim.core.pipelines import PIPELINES, stages_of
-from aif_sim.core.system import vector_stores
 from aif_sim.scenario.schema import Scenario
 
 
@@ -26,7 +25,4 @@ def unsupported(scenario: Scenario, pipeline: str) -> str | None:
     drawn_per_batch = [name for name in batching if not batch_draws_ahead(build_sampler(scenario.stages[name].latency, name))]
     if drawn_per_batch:
         reasons.append(f"batching stages timed by candidates or by empirical samples ({', '.join(drawn_per_batch)})")
-    stores = vector_stores(pipeline) if scenario.nearline is not None else []
-    if "items" in stores and scenario.model is not None and scenario.model.shadow_rate > 0:
-        reasons.append("shadow scoring")
     return f"the compiled engine does not model {'; '.join(reasons)}" if reasons else None
