@@ -2,10 +2,10 @@
 
 `run_compiled(scenario, pipeline, samplers, sink, progress, stop)` simulates one pipeline over the same
 requests and draws as `sim.engine.PipelineSimulation` (`core.system.RequestSource`'s streams) and returns
-a `Recorder` whose `summary()`, time series and per-request rows equal the simpy run's. It covers plain and
-batching stage pools (servers, queue limits, timeouts, stage slowdowns), caches and nearline stores;
-`support.unsupported(scenario, pipeline)` names what stands in the way (batching stages whose batch services
-cannot be drawn ahead, shadow scoring) without importing numba.
+a `Recorder` whose `summary()`, time series, per-request rows and shadow samples equal the simpy run's. It
+covers plain and batching stage pools (servers, queue limits, timeouts, stage slowdowns), caches and nearline
+stores; `support.unsupported(scenario, pipeline)` names what stands in the way (batching stages whose batch
+services cannot be drawn ahead) without importing numba.
 
 How (see `engine` and `kernels`): a FIFO pool of c servers with a queue limit and abandonment on timeout
 is a sweep over its visits in order of arrival with a min-heap of the servers' free times and one of the
