@@ -175,7 +175,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides.append(("pipelines", [p.strip() for p in args.pipelines.split(",") if p.strip()], "--pipelines"))
     scenario = load_scenario(args.scenario, overrides)
     samplers = build_samplers(scenario, args.scenario)
-    engines = choose_engines(scenario, args.engine)
+    engines = choose_engines(scenario, samplers, args.engine)
     if not args.quiet:
         for pipeline, (engine, reason) in engines.items():
             print(f"{pipeline}: {engine} engine" + (f" ({reason})" if reason else ""))

@@ -335,18 +335,23 @@ def test_the_default_scenario_shortened_gives_the_simpy_results():
 @pytest.mark.parametrize("path", sorted((REPO / "scenarios").glob("*.yaml")), ids=lambda path: path.stem)
 def test_every_shipped_scenario_runs_on_the_compiled_engine(path):
     scenario = load_scenario(path)
-    assert [unsupported(scenario, pipeline) for pipeline in scenario.pipelines] == [None] * len(scenario.pipelines)
+    assert [why_not(scenario, pipeline) for pipeline in scenario.pipelines] == [None] * len(scenario.pipelines)
 
 
 # --- what it does not model ------------------------------------------------------------------------------
+def why_not(scenario: Scenario, pipeline: str) -> str | None:
+    """`unsupported` with the scenario's own samplers."""
+    return unsupported(scenario, pipeline, build_samplers(scenario, "<test>"))
+
+
 def test_unsupported_names_what_it_does_not_model(tmp_path):
     """Batching stages timed per batch by candidates or by empirical samples are refused, by stage; every other
     batching stage, cache, nearline store and fault is modelled."""
     pool = {"servers": 4, "latency": {"dist": "exponential", "mean_ms": 1}}
     plain = {name: pool for pipeline in ALL for name in stages_of(pipeline)}
-    assert all(unsupported(make_scenario(plain, pipelines=ALL), pipeline) is None for pipeline in ALL)
+    assert all(why_not(make_scenario(plain, pipelines=ALL), pipeline) is None for pipeline in ALL)
     batching = make_scenario({**small_stages(pool), "light_prerank": pool}, pipelines=ALL)
-    assert all(unsupported(batching, pipeline) is None for pipeline in ALL)
+    assert all(why_not(batching, pipeline) is None for pipeline in ALL)
     samples = tmp_path / "samples.csv"
     samples.write_text("ms\n1.0\n2.0\n")
     batch = {"max_size": 4, "max_wait_ms": 1}
@@ -358,15 +363,15 @@ def test_unsupported_names_what_it_does_not_model(tmp_path):
         },
         pipelines=["aif"],
     )
-    assert unsupported(drawn_per_batch, "aif") == (
+    assert why_not(drawn_per_batch, "aif") == (
         "the compiled engine does not model batching stages timed by candidates or by empirical samples (user_inference, rtp)"
     )
     with pytest.raises(ValueError, match="batching stages timed by candidates"):
         run_compiled(drawn_per_batch, "aif", build_samplers(drawn_per_batch, "<test>"))
     caches = make_scenario(plain, pipelines=ALL, caches={"user_vector": {"capacity": 10}, "sim_features": {"capacity": 10}})
-    assert all(unsupported(caches, pipeline) is None for pipeline in ALL)
+    assert all(why_not(caches, pipeline) is None for pipeline in ALL)
     nearline = make_scenario(plain, pipelines=ALL, nearline={"item_updates_per_s": 10, "refresh": {"mode": "periodic", "interval_s": 1}})
-    assert all(unsupported(nearline, pipeline) is None for pipeline in ALL)
+    assert all(why_not(nearline, pipeline) is None for pipeline in ALL)
     faults = make_scenario(
         plain,
         pipelines=ALL,
@@ -376,4 +381,4 @@ def test_unsupported_names_what_it_does_not_model(tmp_path):
             {"kind": "nearline_outage", "at_s": 1, "duration_s": 1},
         ],
     )
-    assert all(unsupported(faults, pipeline) is None for pipeline in ALL)
+    assert all(why_not(faults, pipeline) is None for pipeline in ALL)

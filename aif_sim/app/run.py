@@ -37,7 +37,7 @@ def build_samplers(scenario: Scenario, source: str) -> dict[str, Sampler]:
 ENGINES = ("auto", "simpy", "compiled")
 
 
-def choose_engines(scenario: Scenario, requested: str = "auto") -> dict[str, tuple[str, str | None]]:
+def choose_engines(scenario: Scenario, samplers: dict[str, Sampler], requested: str = "auto") -> dict[str, tuple[str, str | None]]:
     """Per pipeline, the DES engine that runs it and, when `auto` falls back to simpy, why (one line).
     `compiled` for a pipeline the compiled engine does not support is an InputError."""
     if requested == "simpy":
@@ -46,7 +46,7 @@ def choose_engines(scenario: Scenario, requested: str = "auto") -> dict[str, tup
 
     engines: dict[str, tuple[str, str | None]] = {}
     for pipeline in scenario.pipelines:
-        reason = unsupported(scenario, pipeline)
+        reason = unsupported(scenario, pipeline, samplers)
         if reason is not None and requested == "compiled":
             raise InputError(f"--engine compiled: {pipeline}: {reason}")
         engines[pipeline] = ("simpy", reason) if reason else ("compiled", None)
@@ -64,7 +64,7 @@ def simulate(
     """Run every pipeline of the scenario over the same arrivals and draws, each on the engine `choose_engines`
     picks; a recorder per pipeline. When `stop()` turns true the current pipeline ends partial and the later
     ones are not run."""
-    engines = choose_engines(scenario, engine)
+    engines = choose_engines(scenario, samplers, engine)
     results = {}
     for pipeline in scenario.pipelines:
         if stop is not None and stop():

@@ -53,7 +53,7 @@ def run_compiled(
     and return its recorder. `progress(now)` is called after each block of arrivals and at the end; `stop()` is
     asked before each block: when it turns true the run ends there, partial. Raises ValueError when
     `unsupported` gives a reason."""
-    reason = unsupported(scenario, pipeline)
+    reason = unsupported(scenario, pipeline, samplers)
     if reason is not None:
         raise ValueError(reason)
     policies = cache_policies(scenario, pipeline)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aif_sim.core.latency import Constant, Exponential, Gamma, Lognormal, Profile, Sampler, build_sampler
+from aif_sim.core.latency import Constant, Exponential, Gamma, Lognormal, Profile, Sampler
 from aif_sim.core.pipelines import PIPELINES, stages_of
 from aif_sim.scenario.schema import Scenario
 
@@ -16,13 +16,15 @@ def batch_draws_ahead(sampler: Sampler) -> bool:
     return isinstance(sampler, Constant | Exponential | Gamma | Lognormal)
 
 
-def unsupported(scenario: Scenario, pipeline: str) -> str | None:
-    """Why the compiled engine cannot run this pipeline of the scenario (one line), or None when it can."""
+def unsupported(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler]) -> str | None:
+    """Why the compiled engine cannot run this pipeline of the scenario with these stage samplers (one line), or
+    None when it can."""
     if pipeline not in PIPELINES:
         return f"unknown pipeline {pipeline!r}"
-    reasons = []
     batching = [name for name in stages_of(pipeline) if scenario.stages[name].batch is not None]
-    drawn_per_batch = [name for name in batching if not batch_draws_ahead(build_sampler(scenario.stages[name].latency, name))]
+    drawn_per_batch = [name for name in batching if not batch_draws_ahead(samplers[name])]
     if drawn_per_batch:
-        reasons.append(f"batching stages timed by candidates or by empirical samples ({', '.join(drawn_per_batch)})")
-    return f"the compiled engine does not model {'; '.join(reasons)}" if reasons else None
+        return (
+            f"the compiled engine does not model batching stages timed by candidates or by empirical samples ({', '.join(drawn_per_batch)})"
+        )
+    return None

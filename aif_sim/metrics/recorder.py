@@ -280,25 +280,22 @@ class Recorder:
         service_s: np.ndarray,
         outcome: np.ndarray,
         end_s: np.ndarray,
-        cache_hit: np.ndarray | None = None,
+        cache_hit: np.ndarray,
         vectors: dict[str, VectorReads] | None = None,
     ) -> None:
         """Account finished requests, given as columns in the order they finished: ids, arrival times (s), users,
         candidate counts, whether measured, stage times [requests, stages, (enter, start, end)] (NaN where not
         visited), service times [requests, stages] (s), outcomes, finish times (s), cache flags [requests,
-        caches] (1.0 / 0.0 / NaN; None: no caches) and the nearline vectors they read, per store (None: none)."""
+        caches] (1.0 / 0.0 / NaN) and the nearline vectors they read, per store (None: none)."""
         n = len(ids)
         if n == 0:
             return
-        if cache_hit is None:
-            cache_hit = np.full((n, len(self.caches)), np.nan)
         self._visits(times, measured)
         completed = outcome == Outcome.COMPLETED
         latency_ms = (end_s - arrival_s) * 1000
-        flags = cache_hit
-        means = {f"{name}_hit_ratio": flags[:, i] for i, name in enumerate(self.caches)}
+        means = {f"{name}_hit_ratio": cache_hit[:, i] for i, name in enumerate(self.caches)}
         for i, counts in enumerate(self.cache_counts.values()):
-            mine = flags[measured, i]
+            mine = cache_hit[measured, i]
             counts[0] += int(np.count_nonzero(mine == 1.0))
             counts[1] += int(np.count_nonzero(mine == 0.0))
         means.update(self._vector_ages(vectors, n, completed & measured))
@@ -307,7 +304,7 @@ class Recorder:
         self.completed_in_window += int(np.count_nonzero(completed & inside))
         keep = completed & measured
         self._completed(
-            ids[keep], arrival_s[keep], users[keep], candidates[keep], service_s[keep], times[keep], latency_ms[keep], flags[keep]
+            ids[keep], arrival_s[keep], users[keep], candidates[keep], service_s[keep], times[keep], latency_ms[keep], cache_hit[keep]
         )
 
     def _vector_ages(self, vectors: dict[str, VectorReads] | None, n: int, keep: np.ndarray) -> dict[str, np.ndarray]:
