@@ -176,12 +176,13 @@ def wake(
     req: tuple,
     visits: tuple,
     guard: np.ndarray,
+    reads: np.ndarray,
     caches: tuple,
     slow: tuple,
 ) -> None:
     """The dispatcher of stage b runs at time x from where it waits (`BatchingPool._dispatch`)."""
     slots, servers, sizes, waits, q_req, q_at, heads, phase, timer, held, ends, serving, table, rows, rec, rec_n = bs
-    times, miss, missed, users, measured = visits
+    times, miss, cache_hit, users, measured = visits
     pend_t, pend_key, pend_n, pend_seq, made = caches
     slow_at, slow_t, slow_v = slow
     slot = slots[b]
@@ -230,8 +231,9 @@ def wake(
         for q in range(head, head + size):
             i = q_req[b, q]
             times[i, slot, 0], times[i, slot, 1], times[i, slot, 2] = q_at[b, q], x, e
-            if missed[i, slot] >= 0:
-                push(pend_t, pend_key, pend_n, pend_seq, made, missed[i, slot], e, users[i])
+            r = reads[slot]
+            if r >= 0 and cache_hit[i, r] == 0.0:  # its read missed: the entry goes in now
+                push(pend_t, pend_key, pend_n, pend_seq, made, r, e, users[i])
             if guard[slot] >= 0:
                 push(pend_t, pend_key, pend_n, pend_seq, made, guard[slot], e, users[i])
             visit_ended(i, COMPLETED, e, k, steps, req)
@@ -248,6 +250,7 @@ def run_until(
     req: tuple,
     visits: tuple,
     guard: np.ndarray,
+    reads: np.ndarray,
     caches: tuple,
     slow: tuple,
 ) -> None:
@@ -279,6 +282,6 @@ def run_until(
                 pos = child
             ends[b, pos] = last
             if phase[b] == ACQUIRE:
-                wake(b, now, k, steps, bs, req, visits, guard, caches, slow)
+                wake(b, now, k, steps, bs, req, visits, guard, reads, caches, slow)
         else:
-            wake(b, now, k, steps, bs, req, visits, guard, caches, slow)
+            wake(b, now, k, steps, bs, req, visits, guard, reads, caches, slow)

@@ -154,7 +154,6 @@ class _Requests:
             "service": ((stages,), np.float64),
             "miss": ((stages,), np.float64),
             "cache_hit": ((caches,), np.float64),
-            "missed": ((stages,), np.int64),
             "pending": ((), np.int64),
             "step_end": ((), np.float64),
             "worst": ((), np.int64),
@@ -201,7 +200,6 @@ class _Requests:
         b["service"][new] = draws.service_s
         b["miss"][new] = 0.0 if draws.miss_s is None else draws.miss_s
         b["cache_hit"][new] = np.nan
-        b["missed"][new] = -1
         b["user_vector_s"][new] = np.nan
         b["pending"][new] = 0
         b["rank"][new] = b["ids"][new]
@@ -272,7 +270,6 @@ class _Pools:
             system.column("measured"),
             system.column("service"),
             system.column("miss"),
-            system.column("missed"),
             system.column("cache_hit"),
             system.column("user_vector_s"),
             system.column("times"),

@@ -138,7 +138,6 @@ def advance(
     measured: np.ndarray,
     service: np.ndarray,
     miss: np.ndarray,
-    missed: np.ndarray,
     cache_hit: np.ndarray,
     user_vector_s: np.ndarray,
     times: np.ndarray,
@@ -168,15 +167,14 @@ def advance(
     flight when the run ends, and the caches must not change after it.
 
     Batching stages (`slot_batch[slot]` >= 0, state `batches`, see `batching`): a request joins the queue (or
-    is rejected) and its step waits for the batch; `missed[i, slot]` the cache its visit read through and
-    missed (-1: none), inserted into when the batch ends.
+    is rejected) and its step waits for the batch; a read-through miss inserts when the batch ends.
     """
     arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, numbered = req
     n = len(arrive)
     steps = len(step_at) - 1
     at, older, newer, ends, capacity, ttl, counts, pend_t, pend_key, pend_n, pend_seq, made, flush_t, flush_nodes, flush_next = caches
     inserts = (pend_t, pend_key, pend_n, pend_seq, made)
-    visits = (times, miss, missed, users, measured)
+    visits = (times, miss, cache_hit, users, measured)
     slow = (slow_at, slow_t, slow_v)
     bslots, bservers, q_req, q_at, heads, serving = batches[0], batches[1], batches[4], batches[5], batches[6], batches[11]
     joined = np.zeros(len(bslots), np.bool_)  # batching stages someone joined at the current time
@@ -199,7 +197,7 @@ def advance(
             for p in range(first, stop):  # the step's batching stages: their events before this arrival
                 b = slot_batch[step_slots[p]]
                 if b >= 0:
-                    run_until(b, t, timeout_s[bslots[b]], k, steps, batches, req, visits, guard, inserts, slow)
+                    run_until(b, t, timeout_s[bslots[b]], k, steps, batches, req, visits, guard, reads, inserts, slow)
             step_end[i] = t
             worst[i] = COMPLETED
             end_order[i] = rank[i]  # a step that ends as it starts keeps the request's place
@@ -223,7 +221,6 @@ def advance(
                     cache_hit[i, r] = 0.0 if read_miss else 1.0
                     if read_miss:
                         service[i, slot] += miss[i, slot]
-                        missed[i, slot] = r
                     else:
                         miss[i, slot] = 0.0
                 b = slot_batch[slot]
@@ -285,8 +282,8 @@ def advance(
                 b = slot_batch[step_slots[p]]
                 if b >= 0 and joined[b]:
                     joined[b] = False
-                    wake(b, t, k, steps, batches, req, visits, guard, inserts, slow)
+                    wake(b, t, k, steps, batches, req, visits, guard, reads, inserts, slow)
         for p in range(first, stop):  # the batching stages' events before the next unseen arrival
             b = slot_batch[step_slots[p]]
             if b >= 0:
-                run_until(b, limit, timeout_s[bslots[b]], k, steps, batches, req, visits, guard, inserts, slow)
+                run_until(b, limit, timeout_s[bslots[b]], k, steps, batches, req, visits, guard, reads, inserts, slow)
