@@ -129,7 +129,7 @@ class RequestSource:
         k = len(self.stage_names)
         for block in request_blocks(scenario.traffic, duration_s, seed):
             n = len(block.arrival_s)
-            draws = [self.draw(name, rng, block.candidates) for name, rng in zip(self.stage_names, rngs)]
+            draws = [self._draw(name, rng, block.candidates) for name, rng in zip(self.stage_names, rngs)]
             service_s = np.column_stack(draws) / 1000
             miss_s = self._misses(miss_rngs, n, k) if self.reads else None
             sample = items.sample(sample_rng, n * self.sample_size).reshape(n, self.sample_size) if self.sample_size else None
@@ -161,7 +161,7 @@ class RequestSource:
             misses[:, slot] = self.samplers[f"cache:{cache}"].sample(rngs[cache], n, 1.0) / 1000
         return misses
 
-    def draw(self, name: str, rng: np.random.Generator, candidates: np.ndarray) -> np.ndarray:
+    def _draw(self, name: str, rng: np.random.Generator, candidates: np.ndarray) -> np.ndarray:
         """Each request's service time (ms) at a stage, alone on a server: a profile measured by candidates
         reads the request's own count, one measured by batch a batch of one."""
         sampler = self.samplers[name]
