@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from simtools import scenario_dict, small_stages, write_yaml
 
 from aif_sim.app.run import build_samplers
 from aif_sim.cli import main
 from aif_sim.core.sampling import sampled
 from aif_sim.scenario import load_scenario
+from tests.simtools import scenario_dict, small_stages, write_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"

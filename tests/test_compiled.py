@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from simtools import make_scenario, negligible, overload_stages, small_stages
 
 import aif_sim.sim.engine as sim_engine
 from aif_sim.app.run import build_samplers
@@ -28,6 +27,7 @@ from aif_sim.core.system import RequestSource
 from aif_sim.metrics.recorder import Recorder
 from aif_sim.scenario import Scenario, load_scenario
 from aif_sim.scenario.loading import parse_overrides
+from tests.simtools import make_scenario, negligible, overload_stages, small_stages
 
 ALL = ["sequential", "aif", "uic"]
 REPO = Path(__file__).resolve().parents[1]

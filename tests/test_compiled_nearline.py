@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from simtools import negligible, scenario_dict
 
 from aif_sim.app.run import build_samplers
 from aif_sim.compiled.nearline import CompiledNearline
@@ -21,6 +20,7 @@ from aif_sim.core.request import Request
 from aif_sim.metrics.recorder import Recorder
 from aif_sim.scenario import Scenario, validate_scenario
 from aif_sim.sim.engine import PipelineSimulation
+from tests.simtools import negligible, scenario_dict
 
 STORE = {"aif": "items", "uic": "users"}
 

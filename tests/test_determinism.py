@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from simtools import make_scenario, run_summaries, scenario_dict, write_yaml
 
 from aif_sim.cli import main
 from aif_sim.core.traffic import ZipfSampler
 from aif_sim.scenario.schema import Population
+from tests.simtools import make_scenario, run_summaries, scenario_dict, write_yaml
 
 
 def crn_stages() -> dict:

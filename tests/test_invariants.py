@@ -9,7 +9,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from scipy.stats import norm
-from simtools import (
+
+from aif_sim.cli import main
+from aif_sim.core.pipelines import stages_of, step_slots
+from aif_sim.core.traffic import request_blocks
+from tests.simtools import (
     MANY,
     RowSink,
     make_scenario,
@@ -20,10 +24,6 @@ from simtools import (
     single_queue_scenario,
     write_yaml,
 )
-
-from aif_sim.cli import main
-from aif_sim.core.pipelines import stages_of, step_slots
-from aif_sim.core.traffic import request_blocks
 
 ALL = ["sequential", "aif", "uic"]
 

@@ -6,11 +6,11 @@ import math
 
 import numpy as np
 import pytest
-from simtools import MANY, make_scenario, negligible, run_summaries
 
 from aif_sim.app.run import build_samplers, simulate
 from aif_sim.core.traffic import request_blocks
 from aif_sim.metrics.histogram import LogHistogram
+from tests.simtools import MANY, make_scenario, negligible, run_summaries
 
 QUANTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
 

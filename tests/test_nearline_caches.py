@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 from cachetools import LRUCache
 from scipy.optimize import brentq
-from simtools import negligible, run_summaries, scenario_dict, write_yaml
 
 from aif_sim.cli import main
 from aif_sim.scenario import validate_scenario
+from tests.simtools import negligible, run_summaries, scenario_dict, write_yaml
 
 SEQUENTIAL = ("merger", "retrieval", "feature_fetch", "prerank")
 AIF = ("merger", "retrieval", "user_inference", "item_fetch", "rtp")

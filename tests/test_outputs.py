@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from simtools import negligible, scenario_dict, small_stages, write_yaml
 
 from aif_sim import cli
 from aif_sim.cli import main
+from tests.simtools import negligible, scenario_dict, small_stages, write_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 

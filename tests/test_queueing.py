@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 
 import pytest
-from simtools import run_summaries, single_queue_scenario
+
+from tests.simtools import run_summaries, single_queue_scenario
 
 
 def erlang_c(servers: int, offered_load: float) -> float:

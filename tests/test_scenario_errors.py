@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from simtools import scenario_dict, small_stages, write_yaml
 
 from aif_sim.cli import main
+from tests.simtools import scenario_dict, small_stages, write_yaml
 
 TINY_STAGES = small_stages({"servers": 16, "latency": {"dist": "gamma", "mean_ms": 10, "cv": 0.3}, "queue_limit": 100, "timeout_ms": 100})
 

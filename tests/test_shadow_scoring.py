@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from simtools import negligible, scenario_dict
 
 from aif_sim.app.quality import score_shadow_samples
 from aif_sim.app.run import build_samplers, simulate
 from aif_sim.cli import main
 from aif_sim.scenario import validate_scenario
+from tests.simtools import negligible, scenario_dict
 
 
 @pytest.fixture(scope="module")

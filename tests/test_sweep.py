@@ -10,9 +10,9 @@ import statistics
 import pytest
 import yaml
 from scipy.stats import t as student_t
-from simtools import negligible, scenario_dict, write_yaml
 
 from aif_sim.cli import main
+from tests.simtools import negligible, scenario_dict, write_yaml
 
 
 def _mm1(tmp_path, slo_ms: float = 10.0, duration_s: float = 20.0):

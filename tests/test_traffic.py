@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 from scipy import stats
-from simtools import RowSink, make_scenario, negligible, run_summaries
 
 from aif_sim.core.traffic import ZipfSampler, arrival_times, mean_rate, request_blocks
 from aif_sim.scenario.schema import Population
+from tests.simtools import RowSink, make_scenario, negligible, run_summaries
 
 SEQ_STAGES = {name: negligible() for name in ("merger", "retrieval", "feature_fetch", "prerank")}
 
