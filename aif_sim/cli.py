@@ -45,7 +45,10 @@ class Parser(argparse.ArgumentParser):
 
 def _scenario_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scenario", help="scenario YAML file")
-    parser.add_argument("--out", type=Path, help="output folder (default results/<scenario>/<UTC time>/); an existing one is replaced")
+    parser.add_argument(
+        "--out", type=Path, help="output folder (default results/<scenario>/<UTC time>/); an earlier output folder there is replaced"
+    )
+    parser.add_argument("--force", action="store_true", help="replace an existing --out folder even if aif-sim did not write it")
     parser.add_argument("--seed", type=int, help="override the scenario's seed")
     parser.add_argument(
         "--set", dest="overrides", action="append", metavar="PATH=VALUE", help="override a scenario field, e.g. traffic.arrival.qps=3000"
@@ -150,7 +153,9 @@ def _overrides(args: argparse.Namespace) -> list[Override]:
 
 
 def _target(args: argparse.Namespace, scenario: Scenario) -> OutputFolder:
-    return OutputFolder(args.out, explicit=True) if args.out is not None else OutputFolder(default_folder(scenario.name), explicit=False)
+    if args.out is not None:
+        return OutputFolder(args.out, explicit=True, force=args.force)
+    return OutputFolder(default_folder(scenario.name), explicit=False)
 
 
 def _progress(console: Console, quiet: bool) -> Progress:

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from aif_sim import cli
+from aif_sim.app.outputs import MARKER
 from aif_sim.cli import main
 from tests.simtools import negligible, scenario_dict, small_stages, write_yaml
 
@@ -40,11 +41,11 @@ def test_runs_started_in_the_same_second_never_share_a_folder(tmp_path, monkeypa
 
 def test_reusing_out_keeps_no_file_of_the_older_run(tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
+    assert main([str(_tiny(tmp_path)), "--out", str(out), "--quiet", "--format", "csv"]) == 0
     (out / "from_an_older_run.txt").write_text("old")
-    (out / "requests.csv").write_text("old rows")
     assert main([str(_tiny(tmp_path)), "--out", str(out), "--quiet"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
+        MARKER,
         "latency_cdf.png",
         "requests.parquet",
         "stage_breakdown.png",
@@ -53,6 +54,39 @@ def test_reusing_out_keeps_no_file_of_the_older_run(tmp_path):
         "timeseries.png",
     ]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left beside it
+
+
+def test_out_refuses_a_folder_aif_sim_did_not_write(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    assert main([str(_tiny(tmp_path)), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "notes.txt" in err and "--force" in err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "my notes"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert main([str(_tiny(tmp_path)), "--out", str(out), "--quiet", "--force"]) == 0
+    assert not (out / "notes.txt").exists() and (out / "summary.json").exists() and (out / MARKER).exists()
+
+
+def test_out_takes_an_empty_folder(tmp_path):
+    out = tmp_path / "empty"
+    out.mkdir()
+    assert main([str(_tiny(tmp_path)), "--out", str(out), "--quiet"]) == 0
+    assert (out / "summary.json").exists()
+
+
+@pytest.mark.parametrize("out", [".", "..", "sub/.."])
+def test_out_refuses_the_current_folder_and_its_parents(tmp_path, monkeypatch, capsys, out):
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    scenario = _tiny(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir()), sorted(p.name for p in work.iterdir())
+    assert main([str(scenario), "--out", out, "--quiet", "--force"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "current folder" in err
+    assert (sorted(p.name for p in tmp_path.iterdir()), sorted(p.name for p in work.iterdir())) == before
 
 
 def test_bad_input_creates_no_folder(tmp_path, monkeypatch, capsys):

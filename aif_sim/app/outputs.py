@@ -2,8 +2,10 @@
 
 Files are written into a temporary folder beside the target and the folder is renamed into place
 when complete: a failed run leaves nothing, an interrupted one what it validly wrote, and a reused
-`--out` keeps no file of the older run. Without `--out` the folder is `results/<scenario>/<UTC time>`,
-suffixed `-2`, `-3`, … when that name is taken (two runs never share a folder).
+`--out` keeps no file of the older run. Every output folder holds a marker file (`MARKER`); an existing
+`--out` is replaced only when it is empty or holds the marker (an aif-sim output), or with `--force`, and
+never when it is the current folder or one that contains it. Without `--out` the folder is
+`results/<scenario>/<UTC time>`, suffixed `-2`, `-3`, … when that name is taken (two runs never share a folder).
 """
 
 from __future__ import annotations
@@ -16,7 +18,28 @@ from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 
+from aif_sim import __version__
 from aif_sim.errors import InputError
+
+MARKER = ".aif-sim-output"
+
+
+def check_replaceable(target: Path, force: bool) -> None:
+    """Refuse an `--out` whose replacement would lose what aif-sim did not write, or that cannot be replaced."""
+    where = target.absolute()
+    if Path.cwd().resolve().is_relative_to(where.resolve()):
+        raise InputError(f"--out {target}: is the current folder or contains it; give a new folder or an earlier output folder")
+    if not where.exists():
+        return
+    if not where.is_dir():
+        raise InputError(f"--out {target}: exists and is not a folder")
+    entries = sorted(p.name for p in where.iterdir())
+    if entries and MARKER not in entries and not force:
+        shown = ", ".join(entries[:3]) + (", …" if len(entries) > 3 else "")
+        raise InputError(
+            f"--out {target}: exists and holds files aif-sim did not write ({shown}); "
+            "give a new folder, or --force to replace it with everything in it"
+        )
 
 
 def default_folder(scenario_name: str) -> Path:
@@ -26,9 +49,9 @@ def default_folder(scenario_name: str) -> Path:
 class OutputFolder:
     """`with OutputFolder(target, explicit) as folder:` write under `folder.path`, then `folder.commit()`."""
 
-    def __init__(self, target: Path, explicit: bool) -> None:
-        if target.exists() and not target.is_dir():
-            raise InputError(f"--out {target}: exists and is not a folder")
+    def __init__(self, target: Path, explicit: bool, force: bool = False) -> None:
+        if explicit:
+            check_replaceable(target, force)
         self.target, self.explicit = target, explicit
         self.created: list[Path] = []  # parent folders this run made (removed again if nothing lands)
         self.path = Path()
@@ -40,6 +63,7 @@ class OutputFolder:
         parent.mkdir(parents=True, exist_ok=True)
         self.created = missing
         self.path = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=parent))
+        (self.path / MARKER).write_text(f"written by aif-sim {__version__}; a later run with --out here replaces this folder\n")
         return self
 
     def commit(self) -> Path:
