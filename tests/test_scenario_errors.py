@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from aif_sim.app.outputs import MARKER
 from aif_sim.cli import main
 from tests.simtools import scenario_dict, small_stages, write_yaml
 
@@ -117,6 +118,16 @@ SCHEMA_CASES = {
     "flush of an unknown cache": (_set("faults", [{"at_s": 0.5, "kind": "cache_flush", "cache": "l2"}]), ["faults.0.cache", "l2"]),
     "periodic refresh without interval": (_set("nearline", {"refresh": {"mode": "periodic"}}), ["nearline.refresh", "interval_s"]),
     "negative cache capacity": (_set("caches", {"user_vector": {"capacity": -1}}), ["caches.user_vector.capacity"]),
+    "negative seed": (_set("seed", -1), ["seed", "greater than or equal to 0"]),
+    "arrival written without its kind": (
+        _set("traffic.arrival", {"poisson": {"qps": 2000}}),
+        ["traffic.arrival: kind: required key is missing", "poisson, diurnal, bursty, trace", "{kind: poisson, qps: 2000}"],
+    ),
+    "latency written without its dist": (
+        _set("stages.merger.latency", {"constant": {"ms": 0.5}}),
+        ["stages.merger.latency: dist: required key is missing", "constant, exponential", "{dist: constant, ms: 0.5}"],
+    ),
+    "fault without its kind": (_set("faults", [{"at_s": 0.5}]), ["faults.0: kind: required key is missing", "cache_flush"]),
 }
 
 
@@ -173,6 +184,9 @@ SET_CASES = {
     "index past list": (["--set", "pipelines.5=aif"], ["--set", "pipelines"]),
     "shadow scoring without checkpoint": (["--set", "model.shadow_rate=0.5"], ["--set model.shadow_rate=0.5", "checkpoint"]),
     "seed not a number": (["--seed", "abc"], ["--seed"]),
+    "negative seed": (["--seed", "-1"], ["--seed -1", "seed"]),
+    "unknown stage with fields": (["--set", "stages.foo.servers=3"], ["--set stages.foo.servers=3", "stages: unknown stage 'foo'"]),
+    "misspelt stage": (["--set", "stages.retreival.servers=3"], ["unknown stage 'retreival'; did you mean retrieval?"]),
     "requests sample above 1": (["--requests-sample", "1.5"], ["--requests-sample"]),
     "requests sample negative": (["--requests-sample", "-0.1"], ["--requests-sample"]),
     "requests sample not a number": (["--requests-sample", "half"], ["--requests-sample"]),
@@ -209,6 +223,11 @@ def test_bad_compare_and_sweep_arguments(tmp_path, capsys):
     _assert_names(
         run_bad(capsys, ["sweep", str(path), "--param", "seed", "--values", "1,2", "--jobs", "0", "--out", out, "--quiet"]), "--jobs"
     )
+    _assert_names(run_bad(capsys, ["sweep", str(path), "--param", "seed", "--values", "1,-2", "--out", out, "--quiet"]), "--param seed=-2")
+    _assert_names(
+        run_bad(capsys, ["sweep", str(path), "--seed", "-1", "--param", "traffic.arrival.qps", "--values", "1", "--out", out, "--quiet"]),
+        "--seed -1",
+    )
     assert not Path(out).exists()  # nothing is created for bad input
 
 
@@ -237,7 +256,7 @@ def test_bad_data_file_contents(tmp_path, capsys):
 def test_bad_input_leaves_existing_output_untouched(tmp_path, capsys):
     out = tmp_path / "results"
     out.mkdir()
-    kept = {name: out / name for name in ("summary.json", "requests.parquet", "notes.txt")}
+    kept = {name: out / name for name in (MARKER, "summary.json", "requests.parquet", "notes.txt")}  # an earlier run's folder
     for i, file in enumerate(kept.values()):
         file.write_bytes(f"earlier run {i}\n".encode())
         os.utime(file, (1_000_000_000, 1_000_000_000))
@@ -282,6 +301,14 @@ def test_missing_data_file_lists_where_it_looked(tmp_path, capsys, monkeypatch):
     data["stages"]["prerank"]["latency"] = {"dist": "profile", "path": "profiles/gpu.json", "op": "sequential_prerank"}
     line = run_bad(capsys, [str(write_yaml(tmp_path / "p.yaml", data)), "--quiet"])
     _assert_names(line, "stages.prerank.latency.path", str(tmp_path / "profiles/gpu.json"), str(elsewhere / "profiles/gpu.json"), "aif_sim")
+
+
+def test_a_missing_data_file_names_each_place_once(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the scenario's folder is the current folder
+    data = base()
+    data["stages"]["prerank"]["latency"] = {"dist": "profile", "path": "gpu.json", "op": "sequential_prerank"}
+    line = run_bad(capsys, [str(write_yaml(tmp_path / "p.yaml", data)), "--quiet"])
+    assert line.count(str(tmp_path / "gpu.json")) == 1, line
 
 
 def test_candidates_distribution_is_validated(tmp_path, capsys):

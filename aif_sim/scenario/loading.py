@@ -153,14 +153,35 @@ def _describe(error: dict[str, Any], data: dict[str, Any]) -> str:
         return "unknown key" + (f"; did you mean {close[0]}?" if close else "")
     if kind == "missing":
         return "required field is missing"
+    if kind == "union_tag_not_found":
+        return _missing_tag(error["loc"], data, error["ctx"]["discriminator"].strip("'"))
     message = error["msg"].removeprefix("Value error, ")
-    if kind in ("value_error", "union_tag_invalid", "union_tag_not_found"):
+    if kind in ("value_error", "union_tag_invalid"):
         return message
     return f"{message} (got {error['input']!r})"
 
 
+def _missing_tag(loc: tuple[Any, ...], data: Any, tag: str) -> str:
+    """A union member written without its tag: name the tag, its values, and the form meant when the value is a tag."""
+    annotation, node = _annotation_at(loc, data)
+    members = [m for m in typing.get_args(_strip(annotation)) if isinstance(m, type) and issubclass(m, BaseModel) and tag in m.model_fields]
+    values = [str(v) for m in members for v in typing.get_args(m.model_fields[tag].annotation)]
+    message = f"{tag}: required key is missing; expected {tag}: one of {', '.join(values)}"
+    if isinstance(node, dict) and len(node) == 1 and next(iter(node)) in values:
+        name, fields = next(iter(node.items()))
+        inner = "".join(f", {k}: {v}" for k, v in fields.items()) if isinstance(fields, dict) else ""
+        message += f" (write {{{tag}: {name}{inner}}}, not {{{name}: ...}})"
+    return message
+
+
 def _allowed_keys(loc: tuple[Any, ...], data: Any) -> list[str]:
     """Field names of the model at an error location (following the input through unions by their tag)."""
+    model = _model_of(*_annotation_at(loc, data))
+    return list(model.model_fields) if model is not None else []
+
+
+def _annotation_at(loc: tuple[Any, ...], data: Any) -> tuple[Any, Any]:
+    """The schema's annotation at an error location, and the input there (following unions by their tag)."""
     annotation: Any = Scenario
     node = data
     for part in loc:
@@ -178,8 +199,7 @@ def _allowed_keys(loc: tuple[Any, ...], data: Any) -> list[str]:
                 if isinstance(node, list) and isinstance(part, int) and part < len(node)
                 else (node.get(part) if isinstance(node, dict) else None)
             )
-    model = _model_of(annotation, node)
-    return list(model.model_fields) if model is not None else []
+    return annotation, node
 
 
 def _strip(annotation: Any) -> Any:

@@ -8,6 +8,7 @@ scenario still finds `profiles/cpu.json`); a missing file's error lists every pl
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -31,7 +32,8 @@ def lookup_places(value: str, base_dir: str | Path | None) -> list[Path]:
     path = Path(value).expanduser()
     if path.is_absolute():
         return [path]
-    return ([Path(base_dir) / path] if base_dir else []) + [Path.cwd() / path, SHIPPED_DATA / path]
+    places = ([Path(base_dir) / path] if base_dir else []) + [Path.cwd() / path, SHIPPED_DATA / path]
+    return list(dict.fromkeys(place.resolve() for place in places))  # each place once (the scenario's folder may be the current one)
 
 
 def _resolve_path(value: str, info: ValidationInfo) -> Path:
@@ -338,7 +340,7 @@ class ModelSection(Strict):
 # --- the scenario ----------------------------------------------------------------------------------
 class Scenario(Strict):
     name: str = Field(min_length=1)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
     duration_s: float = Field(gt=0)
     warmup_s: float = Field(default=0.0, ge=0)
     drain_s: float = Field(default=5.0, ge=0)
@@ -366,12 +368,20 @@ class Scenario(Strict):
             raise ValueError(f"expected warmup_s < duration_s, got {value} >= {duration}")
         return value
 
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _stages_known(cls, value: Any) -> Any:
+        """Unknown stage names first: a misspelt stage is reported as such, not by the fields it lacks."""
+        unknown = sorted(set(value) - set(STAGE_NAMES)) if isinstance(value, dict) else []
+        if unknown:
+            close = difflib.get_close_matches(str(unknown[0]), STAGE_NAMES, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ValueError(f"unknown stage {unknown[0]!r}; {hint}expected one of {', '.join(STAGE_NAMES)}")
+        return value
+
     @field_validator("stages")
     @classmethod
-    def _stages_known_and_complete(cls, value: dict[str, Stage], info: ValidationInfo) -> dict[str, Stage]:
-        unknown = sorted(set(value) - set(STAGE_NAMES))
-        if unknown:
-            raise ValueError(f"unknown stage {unknown[0]!r}, expected one of {', '.join(STAGE_NAMES)}")
+    def _stages_complete(cls, value: dict[str, Stage], info: ValidationInfo) -> dict[str, Stage]:
         for pipeline in info.data.get("pipelines") or []:
             missing = [name for name in stages_of(pipeline) if name not in value]
             if missing:
