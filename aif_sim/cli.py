@@ -23,6 +23,7 @@ from aif_sim.app.quality import score_shadow_samples
 from aif_sim.app.run import ENGINES, build_samplers, choose_engines, simulate, summary_document, write_run
 from aif_sim.app.sweep import SweepContext, find_capacity, grid_sweep, load_param, write_sweep
 from aif_sim.atomic import write_json
+from aif_sim.compiled import kernels_cached
 from aif_sim.core.latency import Sampler
 from aif_sim.core.pipelines import PIPELINES
 from aif_sim.errors import InputError
@@ -61,7 +62,8 @@ def _engine_option(parser: argparse.ArgumentParser) -> None:
         "--engine",
         choices=ENGINES,
         default="auto",
-        help="compiled: the exact compiled engine (plain pools); simpy: the reference; auto: compiled where supported",
+        help="simpy: the reference engine; compiled: the exact compiled engine (same results, refuses what it cannot run); "
+        "auto: compiled wherever it supports the pipeline, saying which engine ran",
     )
 
 
@@ -184,6 +186,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.quiet:
         for pipeline, (engine, reason) in engines.items():
             print(f"{pipeline}: {engine} engine" + (f" ({reason})" if reason else ""))
+        if any(engine == "compiled" for engine, _ in engines.values()) and not kernels_cached():
+            print("compiling the compiled engine's kernels, once for this version of aif-sim (about 20 s; cached on disk)")
 
     def engine(
         scenario: Scenario, samplers: dict[str, Sampler], log: RequestLog, advance: Callable[[str, float], None], stop: StopSignal

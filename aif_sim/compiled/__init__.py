@@ -40,3 +40,9 @@ if "NUMBA_CACHE_DIR" not in os.environ:
     os.environ["NUMBA_CACHE_DIR"] = _cache_dir()
     if "numba" in sys.modules:  # read at numba's import: tell an imported numba too
         sys.modules["numba"].config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
+
+
+def kernels_cached() -> bool:
+    """Whether this version's kernels are already compiled on disk (a first run compiles them: tens of seconds)."""
+    folder = Path(os.environ["NUMBA_CACHE_DIR"])
+    return folder.is_dir() and any(folder.rglob("*.nbi"))
