@@ -21,14 +21,16 @@ from aif_sim.core.nearline import NearlineStore
 from aif_sim.core.pipelines import stages_of, step_slots
 from aif_sim.core.request import Outcome, Request, Window
 from aif_sim.core.shadow import ShadowSample
+from aif_sim.core.system import touches
 from aif_sim.metrics.histogram import LogHistogram
 from aif_sim.metrics.timeseries import Timeseries
 from aif_sim.scenario.schema import Scenario
 
 SLO_MISS_BUDGET = 0.01  # a run meets its SLO when at most 1% of offered requests miss it
-RECOVERY_MARGIN = 0.10  # a storm is over when p99 is back within 10% of its level before the fault
+RECOVERY_MARGIN = 0.10  # a fault's band: p99 up to 10% above its level before the fault
 BASELINE_S = 10  # seconds before a fault whose median p99 is that level
 STORE_LABEL = {"items": "item", "users": "user"}
+STORE_CHANGES = {"items": "item_updates", "users": "user_events"}  # what changes a store's entities
 STORE_GAUGES = {"items": ["refresh_backlog", "double_buffered"], "users": ["user_refresh_backlog"]}
 
 
@@ -48,9 +50,10 @@ class CompletedBlock:
 
 @dataclass(frozen=True)
 class FaultWindow:
-    """A fault's start and end (the end of its effect; its start for an instantaneous fault)."""
+    """A fault as the scenario states it (`fields`: its kind, `at_s` and its own fields), its start and the end
+    of its effect (its start for an instantaneous fault)."""
 
-    kind: str
+    fields: dict[str, Any]
     at_s: float
     end_s: float
 
@@ -62,6 +65,7 @@ class VectorRecord:
         self.age = LogHistogram()
         self.stale = 0
         self.mismatched = 0
+        self.changes = True  # whether the store's entities change during the run (else none of its vectors can be stale)
 
 
 @dataclass(frozen=True)
@@ -141,7 +145,7 @@ class Recorder:
     ) -> None:
         """`stages`: per stage of the pipeline, its servers and whether it batches; `caches`: the cache
         policies the pipeline consults (in the order of `Request.cache_hit`); `stores`: the nearline
-        stores it reads (`items`, `users`); `faults`: when faults strike, for the storm report."""
+        stores it reads (`items`, `users`); `faults`: the faults that touch the pipeline, for the storm report."""
         self.pipeline = pipeline
         self.stage_names = stages_of(pipeline)
         self.window = window
@@ -181,13 +185,26 @@ class Recorder:
         caches: dict[str, CachePolicy],
         stores: list[str],
     ) -> Recorder:
-        """The recorder of one pipeline of a scenario's run, with the pipeline's caches and the stores it reads."""
+        """The recorder of one pipeline of a scenario's run, with the pipeline's caches, the stores it reads and
+        the faults that touch it (`core.system.touches`)."""
         stages = {name: (scenario.stages[name].servers, scenario.stages[name].batch is not None) for name in stages_of(pipeline)}
         window = Window(scenario.warmup_s, scenario.duration_s)
-        faults = [FaultWindow(f.kind, f.at_s, f.at_s + getattr(f, "duration_s", 0.0)) for f in scenario.faults]
+        faults = [
+            FaultWindow({"kind": f.kind, **f.model_dump(exclude={"kind"})}, f.at_s, f.at_s + getattr(f, "duration_s", 0.0))
+            for f in scenario.faults
+            if touches(f, scenario, pipeline)
+        ]
         recorder = cls(pipeline, stages, window, scenario.slo_p99_ms, sink, caches, stores, faults)
-        if "items" in stores and scenario.nearline is not None:
-            recorder.index_bytes = scenario.traffic.items.count * scenario.nearline.vector_bytes
+        nearline = scenario.nearline
+        if nearline is not None:
+            changes = {
+                "items": nearline.updates_from == "world" or nearline.item_updates_per_s > 0,
+                "users": nearline.user_events_per_s > 0,
+            }
+            for name, record in recorder.vectors.items():
+                record.changes = changes[name]
+            if "items" in stores:
+                recorder.index_bytes = scenario.traffic.items.count * nearline.vector_bytes
         return recorder
 
     @property
@@ -402,18 +419,22 @@ class Recorder:
 
     # --- results -------------------------------------------------------------------------------------
     def _staleness(self) -> dict[str, Any]:
-        """Ages of the vectors read, the share of them whose entity changed after its vector was made, and
-        the share made by another model version than the one serving."""
+        """Ages of the vectors read; whether each store's entities change (`item_updates`, `user_events`: on or
+        off); the share of the vectors read from stores whose entities change whose entity changed after the
+        vector was made (NaN when none change: nothing could be stale); the share made by another model version
+        than the one serving."""
         out: dict[str, Any] = {}
-        read = stale = mismatched = 0
+        read = stale = mismatched = changing = 0
         for name, record in self.vectors.items():
             age = record.age.summary()
             out[f"{STORE_LABEL[name]}_vector_age_s"] = {key: age[key] for key in ("mean", "p50", "p99", "max")}
+            out[STORE_CHANGES[name]] = "on" if record.changes else "off"
             read += record.age.count
+            changing += record.age.count if record.changes else 0
             stale += record.stale
             mismatched += record.mismatched
         out["vectors_measured"] = read
-        out["stale_fraction"] = stale / read if read else math.nan
+        out["stale_fraction"] = stale / changing if changing else math.nan
         out["version_mismatch_fraction"] = mismatched / read if read else math.nan
         rows = self.timeseries.rows
         if "refresh_backlog" in self.timeseries.gauges:
@@ -427,19 +448,31 @@ class Recorder:
         return out
 
     def _storm(self, fault: FaultWindow) -> dict[str, Any]:
-        """p99 before a fault, its peak after, and how long until it is back within 10% of its level before."""
-        rows = self.timeseries.rows
-        before = [r["p99_ms"] for r in rows if fault.at_s - BASELINE_S <= r["t_s"] < fault.at_s and r["p99_ms"] == r["p99_ms"]]
-        after = [r for r in rows if r["t_s"] >= int(fault.at_s) and r["p99_ms"] == r["p99_ms"]]
+        """What a fault did to the per-second p99. Its level is the median p99 of the `BASELINE_S` seconds before the
+        fault, its band up to `RECOVERY_MARGIN` above that level. The storm lasts from the fault's second to the
+        first second, once the fault has ended, whose p99 is within the band: `recovery_s` is from the fault to the
+        end of that second (None if it never comes), `peak_p99_ms` the storm's highest p99. A fault is `affected`
+        when some second of its storm is above the band; one that is not reports `recovery_s` 0. Without a p99
+        before the fault, `affected` and `recovery_s` are None."""
+        rows = [r for r in self.timeseries.rows if r["p99_ms"] == r["p99_ms"]]
+        before = [r["p99_ms"] for r in rows if fault.at_s - BASELINE_S <= r["t_s"] < fault.at_s]
         level = float(np.median(before)) if before else math.nan
-        peak = max((r["p99_ms"] for r in after), default=math.nan)
-        recovered = next((r["t_s"] for r in after if r["t_s"] >= fault.end_s and r["p99_ms"] <= level * (1 + RECOVERY_MARGIN)), None)
+        band = level * (1 + RECOVERY_MARGIN)
+        after = [r for r in rows if r["t_s"] >= int(fault.at_s)]
+        end = next((i for i, r in enumerate(after) if r["t_s"] >= fault.end_s and r["p99_ms"] <= band), None)
+        storm = after if end is None else after[: end + 1]
+        affected: bool | None = None
+        recovery_s: float | None = None
+        if before:
+            affected = any(r["p99_ms"] > band for r in storm)
+            recovered_s = after[end]["t_s"] + 1 - fault.at_s if end is not None else None
+            recovery_s = recovered_s if affected else 0.0
         return {
-            "kind": fault.kind,
-            "at_s": fault.at_s,
+            **fault.fields,
+            "affected": affected,
             "p99_before_ms": level,
-            "peak_p99_ms": peak,
-            "recovery_s": recovered + 1 - fault.at_s if recovered is not None else None,
+            "peak_p99_ms": max((r["p99_ms"] for r in storm), default=math.nan),
+            "recovery_s": recovery_s,
         }
 
     def summary(self) -> dict[str, Any]:

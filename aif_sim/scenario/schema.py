@@ -253,7 +253,9 @@ class Refresh(Strict):
 
 
 class Nearline(Strict):
-    """Item feature updates, their refresh, model versions; users' behaviour events for UIC's embedding."""
+    """Item feature updates, their refresh, model versions; users' behaviour events for UIC's embedding.
+    A change rate of 0 (the default) means those entities never change: no vector can be stale, and the summary
+    says so (`staleness.item_updates` / `user_events`: off) instead of giving a stale share."""
 
     item_updates_per_s: float = Field(default=0.0, ge=0)
     updates_from: Literal["rate", "world"] = "rate"
