@@ -325,7 +325,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             run = ValidateRun(args.scenario, overrides, args.duration, progress, stop)
             document = validate(run, loads, folder.path)
         write_json(folder.path / "validate.json", document)
-        plot_validate_cdf(folder.path / "validate_cdf.png", run.curves, run_title(scenario))
+        plot_validate_cdf(folder.path / "validate_cdf.png", run.curves, run_title(scenario, with_load=False))
         out = folder.commit()
     if not args.quiet:
         console.print(validate_table(document["points"], TOLERANCE))

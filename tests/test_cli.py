@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from aif_sim.app.outputs import MARKER
 from aif_sim.app.run import build_samplers
 from aif_sim.cli import main
 from aif_sim.core.sampling import sampled
@@ -49,7 +50,7 @@ def test_default_run_writes_every_output(tiny, tmp_path):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     for name in ("latency_cdf.png", "stage_breakdown.png"):
         assert (out / name).read_bytes()[:8] == PNG
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [MARKER]  # no temporary files left, only the marker
 
     summary = _summary(out)
     assert summary["scenario"] == "tiny" and summary["seed"] == 7 and isinstance(summary["aif_sim_version"], str)

@@ -212,6 +212,8 @@ def _design(plan: PipelinePlan, best: Config | None) -> dict[str, Any]:
         "cost_per_hour": plan.cost(best),
         "p99_ms": row["p99_ms"],
         "p99_ci95": row.get("p99_ms_ci95"),
+        "p99_lo": row.get("p99_ms_lo"),
+        "p99_hi": row.get("p99_ms_hi"),
         "utilization": utilization,
         "lower_bounds": bounds,
         "evaluated": evaluated,

@@ -105,8 +105,8 @@ def write_run(folder: Path, scenario: Scenario, results: dict[str, Recorder], su
     rows = [{"pipeline": pipeline, **row} for pipeline, recorder in results.items() for row in recorder.timeseries.rows]
     columns = ["t_s", "pipeline", *dict.fromkeys(c for r in results.values() for c in r.timeseries.columns if c != "t_s")]
     write_csv(folder / "timeseries.csv", rows, columns)
-    title = run_title(scenario)
+    title = run_title(scenario, with_load=False)  # the plots give the offered load the run measured
     plot_latency_cdf(folder / "latency_cdf.png", results, scenario.slo_p99_ms, title)
-    plot_timeseries(folder / "timeseries.png", results, [f.at_s for f in scenario.faults], title)
+    plot_timeseries(folder / "timeseries.png", results, scenario.faults, title)
     if results:
         plot_stage_breakdown(folder / "stage_breakdown.png", summary, title)

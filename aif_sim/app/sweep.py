@@ -2,13 +2,18 @@
 or a bisection of the offered load for the capacity under the SLO.
 
 With N replications a point runs with seeds seed, seed+1, …, seed+N−1 and every metric is reported
-as the mean and the 95% confidence half-width of the mean (Student's t). A point meets the SLO when
-the upper bounds of its p99 and of its missed share (lost or over the bound) meet `slo.p99_ms` and
-the 1% budget; with one replication the bounds are the values themselves.
+as the mean, the 95% confidence half-width of the mean (Student's t) and the interval's bounds clipped
+to what the metric can be (a latency percentile not below its no-contention counterpart's interval, a
+share within [0, 1], a count or a time not negative). A point meets the SLO when the upper bounds of
+its p99 and of its missed share (lost or over the bound) meet `slo.p99_ms` and the 1% budget; with one
+replication the bounds are the values themselves. With fewer than 5 replications an interval wider
+than its mean is reported in `warnings`: at 2 or 3 runs the t quantile (12.7, 4.3) makes intervals too
+wide to decide on.
 """
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import statistics
 import time
@@ -27,7 +32,7 @@ from aif_sim.app.run import build_samplers, simulate
 from aif_sim.atomic import json_safe, write_csv, write_json
 from aif_sim.errors import InputError
 from aif_sim.metrics.recorder import SLO_MISS_BUDGET
-from aif_sim.metrics.summary import HEADLINES, NUMERIC, headline_values
+from aif_sim.metrics.summary import HEADLINES, NUMERIC, Metric, headline_values
 from aif_sim.report.fmt import param_label, run_title
 from aif_sim.report.plots import plot_sweep
 from aif_sim.report.tables import sweep_table
@@ -36,6 +41,16 @@ from aif_sim.scenario import Override, Scenario, load_scenario
 LOAD_PARAMS = ("traffic.arrival.qps", "traffic.arrival.mean_qps")
 CAPACITY_TOLERANCE = 0.02  # bisection stops when the bracket is within 2% of the load
 P99 = next(m for m in HEADLINES if m.key == "p99_ms")
+FEW_REPLICATIONS = 5  # below this, an interval wider than its mean is reported as a warning
+# a request's latency is at least its critical path with no waiting: each latency figure's floor
+LATENCY_FLOORS = {
+    "p50_ms": "no_contention_p50_ms",
+    "p90_ms": "no_contention_p50_ms",
+    "p99_ms": "no_contention_p99_ms",
+    "p999_ms": "no_contention_p99_ms",
+    "max_ms": "no_contention_p99_ms",
+}
+DIFFERENCES = ("gauc_loss", "hr_at_100_loss")  # differences of two shares: within [-1, 1]
 
 
 @dataclass(frozen=True)
@@ -133,20 +148,50 @@ def _pool(ctx: SweepContext, jobs: int) -> Any:
 
 
 def aggregate(value: Any, pipeline: str, runs: list[dict[str, Any]], slo_ms: float | None) -> dict[str, Any]:
-    """One sweep.csv row: means and 95% half-widths of the headline metrics over the replications."""
+    """One sweep.csv row: per headline metric its mean over the replications, the 95% half-width (`_ci95`) and the
+    interval's bounds clipped to the metric's feasible range (`_lo`, `_hi`); None without an interval."""
     flats = [headline_values(metrics) for metrics in runs]
-    row: dict[str, Any] = {"value": value, "pipeline": pipeline, "replications": len(runs)}
+    means: dict[str, Any] = {}
+    halves: dict[str, float | None] = {}
     for metric in HEADLINES:
         values = [flat[metric.key] for flat in flats]
         if metric.unit == "text":
-            row[metric.key] = Counter(values).most_common(1)[0][0]
+            means[metric.key] = Counter(values).most_common(1)[0][0]
             continue
         finite = [v for v in values if v is not None and v == v]
-        row[metric.key] = statistics.fmean(finite) if finite else None
-        row[f"{metric.key}_ci95"] = _half_width(finite) if len(runs) > 1 else None
+        means[metric.key] = statistics.fmean(finite) if finite else None
+        halves[metric.key] = _half_width(finite) if len(runs) > 1 else None
+    row: dict[str, Any] = {"value": value, "pipeline": pipeline, "replications": len(runs)}
+    for metric in HEADLINES:
+        row[metric.key] = mean = means[metric.key]
+        if metric.unit == "text":
+            continue
+        half = halves[metric.key]
+        row[f"{metric.key}_ci95"] = half
+        if mean is None or half is None:
+            row[f"{metric.key}_lo"] = row[f"{metric.key}_hi"] = None
+            continue
+        floor, ceiling = feasible_range(metric, means, halves)
+        row[f"{metric.key}_lo"] = min(max(mean - half, floor), mean)
+        row[f"{metric.key}_hi"] = max(min(mean + half, ceiling), mean)
     if slo_ms is not None:
         row["slo_met"] = meets_slo(row, slo_ms)
     return row
+
+
+def feasible_range(metric: Metric, means: dict[str, Any], halves: dict[str, float | None]) -> tuple[float, float]:
+    """Where a metric's mean can lie, given the point's means and half-widths: a latency percentile not below the
+    lower bound of its no-contention counterpart (each run's percentile is at least that of the same requests with no
+    waiting, so their means are ordered too), a share or a GAUC within [0, 1], a loss of one within [-1, 1], anything
+    else (loads, counts, times) not negative."""
+    if metric.key in DIFFERENCES:
+        return -1.0, 1.0
+    if metric.unit in ("share", "ratio"):
+        return 0.0, 1.0
+    floor = LATENCY_FLOORS.get(metric.key)
+    if floor is None or means.get(floor) is None:
+        return 0.0, math.inf
+    return max(means[floor] - (halves.get(floor) or 0.0), 0.0), math.inf
 
 
 def _half_width(values: list[float]) -> float | None:
@@ -155,6 +200,29 @@ def _half_width(values: list[float]) -> float | None:
     from scipy.stats import t as student_t  # imported here: scipy.stats takes half a second to import
 
     return float(student_t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5)
+
+
+def wide_intervals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per point and metric, an interval wider than its mean from fewer than 5 replications: sweep.json `warnings`."""
+    found = []
+    for row in rows:
+        if row["replications"] >= FEW_REPLICATIONS:
+            continue
+        for metric in NUMERIC:
+            mean, half = row.get(metric.key), row.get(f"{metric.key}_ci95")
+            if mean is not None and half is not None and half > abs(mean):
+                found.append(
+                    {
+                        "kind": "wide_interval",
+                        "value": row["value"],
+                        "pipeline": row["pipeline"],
+                        "metric": metric.key,
+                        "replications": row["replications"],
+                        "mean": mean,
+                        "ci95": half,
+                    }
+                )
+    return found
 
 
 def upper(row: dict[str, Any], key: str) -> float:
@@ -185,19 +253,30 @@ def grid_sweep(ctx: SweepContext, values: list[Any]) -> tuple[list[dict[str, Any
     rows = rows_of(ctx, values, results)
     extra: dict[str, Any] = {}
     if ctx.scenario.slo_p99_ms is not None and ctx.param in LOAD_PARAMS:
-        extra["capacity_qps"] = {
-            p: max((r["value"] for r in rows if r["pipeline"] == p and r["slo_met"]), default=None) for p in ctx.scenario.pipelines
-        }
+        capacity: dict[str, float | None] = {}
+        bound: dict[str, str] = {}
+        for pipeline in ctx.scenario.pipelines:
+            tried = [r["value"] for r in rows if r["pipeline"] == pipeline]
+            met = [r["value"] for r in rows if r["pipeline"] == pipeline and r["slo_met"]]
+            capacity[pipeline] = max(met, default=None)
+            if not tried:
+                bound[pipeline] = "unknown"
+            elif not met:
+                bound[pipeline] = "none"
+            else:
+                bound[pipeline] = "at_least" if max(met) == max(tried) else "found"
+        extra |= {"capacity_qps": capacity, "capacity_bound": bound}
     return rows, results, extra
 
 
 def find_capacity(ctx: SweepContext, low: float, high: float) -> tuple[list[dict[str, Any]], dict[Job, dict[str, Any]], dict[str, Any]]:
     """Per pipeline, bisect the load in [low, high] for the highest load that meets the SLO, to 2% of the
-    load: None when `low` already misses it, `high` when even `high` meets it."""
+    load: None when `low` already misses it, `high` when even `high` meets it (`capacity_bound` says which)."""
     slo_ms = ctx.scenario.slo_p99_ms
     assert slo_ms is not None
     bracket = {p: [low, high] for p in ctx.scenario.pipelines}
     capacity: dict[str, float | None] = {}
+    bound: dict[str, str] = {}
     results: dict[Job, dict[str, Any]] = {}
     probes = {p: [low, high] for p in ctx.scenario.pipelines}
     while probes and not ctx.stop():
@@ -214,22 +293,30 @@ def find_capacity(ctx: SweepContext, low: float, high: float) -> tuple[list[dict
             }
             lo, hi = bracket[pipeline]
             if len(loads) == 2 and not met[low]:
-                capacity[pipeline] = None
+                capacity[pipeline], bound[pipeline] = None, "none"
                 continue
             if len(loads) == 2 and met[high]:
-                capacity[pipeline] = high
+                capacity[pipeline], bound[pipeline] = high, "at_least"
                 continue
             if len(loads) == 1:
                 lo, hi = (loads[0], hi) if met[loads[0]] else (lo, loads[0])
                 bracket[pipeline] = [lo, hi]
             if hi - lo <= CAPACITY_TOLERANCE * lo:
-                capacity[pipeline] = lo
+                capacity[pipeline], bound[pipeline] = lo, "found"
             else:
                 following[pipeline] = [round((lo + hi) / 2, 3)]
         probes = following
     rows = rows_of(ctx, sorted({job.value for job in results}), results)
     search = {"low": low, "high": high, "tolerance": CAPACITY_TOLERANCE, "bracket": bracket}
-    return rows, results, {"capacity_qps": {p: capacity.get(p) for p in ctx.scenario.pipelines}, "capacity_search": search}
+    return (
+        rows,
+        results,
+        {
+            "capacity_qps": {p: capacity.get(p) for p in ctx.scenario.pipelines},
+            "capacity_bound": {p: bound.get(p, "unknown") for p in ctx.scenario.pipelines},
+            "capacity_search": search,
+        },
+    )
 
 
 def write_sweep(
@@ -246,6 +333,7 @@ def write_sweep(
         "replications": ctx.replications,
         "partial": partial,
         **extra,
+        "warnings": wide_intervals(rows),
         "rows": rows,
         "points": [
             {"value": j.value, "pipeline": j.pipeline, "seed": scenario.seed + j.replication, "metrics": results[j]}
@@ -259,11 +347,13 @@ def write_sweep(
     x_label = param_label(ctx.param)
     for metric in NUMERIC:
         if metric.plot and any(row.get(metric.key) is not None for row in rows):
-            plot_sweep(folder / f"sweep_{metric.key}.png", rows, "value", x_label, metric, slo_ms, title)
+            plot_sweep(folder / f"sweep_{metric.key}.png", rows, "value", x_label, metric, slo_ms, title, extra.get("capacity_qps"))
     if ctx.param in LOAD_PARAMS:
-        plot_sweep(folder / "latency_throughput.png", rows, "throughput_qps", "throughput (QPS)", P99, slo_ms, title)
+        plot_sweep(
+            folder / "latency_throughput.png", rows, "throughput_qps", "throughput (QPS)", P99, slo_ms, title, extra.get("capacity_qps")
+        )
     if not ctx.quiet:
-        ctx.console.print(sweep_table(rows, ctx.param, extra.get("capacity_qps"), partial, load=ctx.param in LOAD_PARAMS))
+        ctx.console.print(sweep_table(document, load=ctx.param in LOAD_PARAMS))
 
 
 def load_param(scenario: Scenario) -> str:

@@ -84,7 +84,7 @@ def run_compiled(
             limit = float(upcoming_t[0])
         measured = draws.block.arrival_s >= scenario.warmup_s
         system.extend(draws, measured, t)
-        recorder.arrivals(int(np.count_nonzero(measured)))
+        recorder.arrivals(draws.block.arrival_s, measured)
         caches.reserve(len(system))
         pools.advance(system, caches, limit, until)
         if vectors is not None:

@@ -215,6 +215,7 @@ class Recorder:
     # --- events --------------------------------------------------------------------------------------
     def arrival(self, request: Request) -> None:
         self._inside[request.id] = request
+        self.timeseries.arrive(request.arrival_s)
         if request.measured:
             self.offered += 1
             self.in_flight += 1
@@ -254,10 +255,13 @@ class Recorder:
         self._end_s.append(now_s)
 
     # --- accounting ----------------------------------------------------------------------------------
-    def arrivals(self, measured: int) -> None:
-        """`measured` measured requests arrived (the counts `arrival` keeps, for an engine without Request objects)."""
-        self.offered += measured
-        self.in_flight += measured
+    def arrivals(self, arrival_s: np.ndarray, measured: np.ndarray) -> None:
+        """Requests arrived at these times, `measured` of them after warm-up (what `arrival` keeps, for an engine
+        without Request objects)."""
+        count = int(np.count_nonzero(measured))
+        self.offered += count
+        self.in_flight += count
+        self.timeseries.arrive_many(arrival_s)
 
     def finished(self, outcome: np.ndarray, measured: np.ndarray) -> None:
         """Requests left the system with these outcomes (the counts `finish` keeps, for an engine without Request objects)."""

@@ -80,7 +80,9 @@ HEADLINES: tuple[Metric, ...] = (
     Metric("max_ms", "max ms", "ms", _latency("max"), axis="maximum latency (ms)"),
     Metric("no_contention_p50_ms", "no-contention p50", "ms", lambda m: m["no_contention_ms"]["p50"], axis="no-contention p50 (ms)"),
     Metric("no_contention_p99_ms", "no-contention p99", "ms", lambda m: m["no_contention_ms"]["p99"], axis="no-contention p99 (ms)"),
-    Metric("compute_ms_per_request", "compute ms/req", "ms", total_compute_ms, ratio=True, plot=True, axis="compute per request (ms)"),
+    Metric(
+        "compute_ms_per_request", "compute ms/req", "ms", total_compute_ms, ratio=True, plot=True, axis="compute per completed request (ms)"
+    ),
     Metric("bottleneck", "bottleneck", "text", lambda m: m["bottleneck"]),
     Metric(
         "bottleneck_utilization",

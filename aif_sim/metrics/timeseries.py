@@ -1,4 +1,4 @@
-"""Per simulated second: completions and their p50/p99, per-second means of per-request figures (cache hit
+"""Per simulated second: arrivals (the offered load), completions and their p50/p99, per-second means of per-request figures (cache hit
 ratios, vector ages) and gauges sampled by background processes (refresh backlog); one second is
 buffered at a time, plus the gauges of seconds not yet closed."""
 
@@ -12,7 +12,7 @@ from aif_sim.core.request import Window
 
 
 class Timeseries:
-    """Rows `t_s, phase, completed, p50_ms, p99_ms, <means...>, <gauges...>` for every second of a run,
+    """Rows `t_s, phase, offered, completed, p50_ms, p99_ms, <means...>, <gauges...>` for every second of a run,
     warm-up and drain included."""
 
     def __init__(self, window: Window, means: list[str] | None = None, gauges: list[str] | None = None) -> None:
@@ -25,10 +25,11 @@ class Timeseries:
         self._sums = dict.fromkeys(self.means, 0.0)
         self._counts = dict.fromkeys(self.means, 0)
         self._gauge_values: dict[int, dict[str, float]] = {}
+        self._offered: dict[int, int] = {}  # arrivals per second not yet closed
 
     @property
     def columns(self) -> list[str]:
-        return ["t_s", "phase", "completed", "p50_ms", "p99_ms", *self.means, *self.gauges]
+        return ["t_s", "phase", "offered", "completed", "p50_ms", "p99_ms", *self.means, *self.gauges]
 
     def phase(self, second: int) -> str:
         """warmup, measured or drain: where a second falls against the measurement window."""
@@ -51,6 +52,17 @@ class Timeseries:
                 self._sums[name] += float(chunk.sum())
                 self._counts[name] += len(chunk)
 
+    def arrive(self, arrival_s: float) -> None:
+        """A request arrived at `arrival_s`."""
+        second = int(arrival_s)
+        self._offered[second] = self._offered.get(second, 0) + 1
+
+    def arrive_many(self, arrival_s: np.ndarray) -> None:
+        """Requests arrived at these times."""
+        seconds, counts = np.unique(arrival_s.astype(np.int64), return_counts=True)
+        for second, count in zip(seconds.tolist(), counts.tolist()):
+            self._offered[second] = self._offered.get(second, 0) + count
+
     def gauge(self, name: str, now_s: float, value: float) -> None:
         """A background process's reading for the second `now_s` falls in."""
         self._gauge_values.setdefault(int(now_s), {})[name] = value
@@ -63,6 +75,7 @@ class Timeseries:
             row: dict[str, float | str] = {
                 "t_s": self._second,
                 "phase": self.phase(self._second),
+                "offered": self._offered.pop(self._second, 0),
                 "completed": len(values),
                 "p50_ms": float(p50),
                 "p99_ms": float(p99),

@@ -6,19 +6,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from rich.console import Console
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from rich.console import Console  # noqa: E402
-
-from aif_sim.atomic import atomic_path, write_csv  # noqa: E402
-from aif_sim.errors import InputError  # noqa: E402
-from aif_sim.model.evaluate import evaluate  # noqa: E402
-from aif_sim.model.factory import model_config  # noqa: E402
-from aif_sim.model.train import TrainConfig, held_out_requests, load_checkpoint, timed_train  # noqa: E402
-from aif_sim.model.world import World, WorldConfig  # noqa: E402
+from aif_sim.atomic import write_csv
+from aif_sim.errors import InputError
+from aif_sim.model.evaluate import evaluate
+from aif_sim.model.factory import model_config
+from aif_sim.model.train import TrainConfig, held_out_requests, load_checkpoint, timed_train
+from aif_sim.model.world import World, WorldConfig
+from aif_sim.report.plots import plot_model_sweep
 
 
 def _lsh_mode(text: str) -> str:
@@ -88,24 +85,5 @@ def run_sweep(
             rows.append({sweep.column: value, **evaluate(model, world, test), "train_seconds": seconds})
             console.print(f"{sweep.column}={value}: gauc={rows[-1]['gauc']:.4f} auc={rows[-1]['auc']:.4f}")
     write_csv(out / "sweep.csv", rows)
-    plot(out / "sweep.png", rows, sweep.column)
+    plot_model_sweep(out / "sweep.png", rows, sweep.column)
     return rows
-
-
-def plot(path: Path, rows: list[dict], column: str) -> None:
-    """GAUC and AUC against the swept value; the oracle's (the ceiling) in the title."""
-    x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for metric in ("gauc", "auc"):
-        ax.plot(x, [r[metric] for r in rows], "o-", label=f"AIF {metric.upper()}")
-    ax.set_xticks(x, [str(r[column]) for r in rows])
-    ax.set_xlabel(column)
-    ax.set_ylabel("held-out metric")
-    oracle = rows[0]
-    ax.set_title(f"oracle GAUC {oracle['oracle_gauc']:.3f}, AUC {oracle['oracle_auc']:.3f}", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)

@@ -35,6 +35,28 @@ def number(value: Any, unit: str = "ms") -> str:
     return f"{value:,.1f}" if abs(value) >= 100 else f"{value:,.2f}"
 
 
+def spread(value: float, unit: str = "ms") -> str:
+    """A half-width in its unit's precision, with one significant digit where that precision would show 0."""
+    text = number(value, unit)
+    if value > 0 and not any(digit in text for digit in "123456789"):
+        return f"{100 * value:.1g}%" if unit == "share" else f"{value:.1g}"
+    return text
+
+
+def interval(value: Any, unit: str, half: float | None, low: float | None, high: float | None, runs: int) -> str:
+    """A mean and its 95% confidence interval: 'mean ± half-width'; 'mean [low, high]' when the interval was clipped
+    to what the metric can be; 'mean (all N agree)' when the N runs gave the same value (agreement, not certainty);
+    the mean alone without an interval."""
+    text = number(value, unit)
+    if half is None or text == "–":
+        return text
+    if half == 0:
+        return f"{text} (all {runs} agree)"
+    if low is not None and high is not None and (low > value - half or high < value + half):
+        return f"{text} [{number(low, unit)}, {number(high, unit)}]"
+    return f"{text} ± {spread(half, unit)}"
+
+
 def param_label(param: str) -> str:
     """A swept scenario field as an axis label."""
     return PARAM_LABELS.get(param, param)

@@ -1,29 +1,42 @@
-"""Rich tables that fit 80 columns: metrics as rows, pipelines as columns."""
+"""Rich tables: metrics as rows, pipelines as columns. A table is never cut: off a terminal (files, pipes, CI logs)
+it prints at its full width, or at `COLUMNS` when that is set, and a cell too wide for its column wraps."""
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import Any
+from typing import IO, Any
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from aif_sim.metrics.summary import NUMERIC
-from aif_sim.report.fmt import number
+from aif_sim.report.fmt import interval, number
 
 BASELINE = "sequential"
 SHORT = {"sequential": "seq", "aif": "aif", "uic": "uic"}
+UNBOUNDED = 10_000  # the console width off a terminal without COLUMNS: wider than any table, which sizes itself
 
 
-def make_console() -> Console:
-    """A console for results: 80 columns when the output is not a terminal (files, pipes, CI logs)."""
-    return Console() if sys.stdout.isatty() else Console(width=80)
+def make_console(file: IO[str] | None = None) -> Console:
+    """A console for results (on stdout, or `file`): a terminal's width, or `COLUMNS` when set; off a terminal without
+    `COLUMNS`, no width limit: tables print whole."""
+    stream = sys.stdout if file is None else file
+    if stream.isatty() or os.environ.get("COLUMNS", "").isdigit():
+        return Console(file=file)
+    return Console(file=file, width=UNBOUNDED)
 
 
 def plain_table(title: str) -> Table:
     """A compact table: a rule under the header, no outer frame."""
-    return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+    return Table(title=title, title_justify="left", caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+
+
+def add_columns(table: Table, *headers: str, left: tuple[str, ...] = ()) -> None:
+    """Right-aligned columns (those in `left` left-aligned) whose cells wrap, never cut, when the width is short."""
+    for header in headers:
+        table.add_column(header, justify="left" if header in left else "right", overflow="fold")
 
 
 def comparison_table(summary: dict[str, Any], title: str) -> Table:
@@ -31,11 +44,9 @@ def comparison_table(summary: dict[str, Any], title: str) -> Table:
     pipelines = summary["pipelines"]
     others = [name for name in pipelines if name != BASELINE] if BASELINE in pipelines else []
     table = plain_table(title)
-    table.add_column("metric", no_wrap=True)
-    for name in pipelines:
-        table.add_column(name, justify="right", no_wrap=True)
+    add_columns(table, "metric", *pipelines, left=("metric",))
     for name in others:
-        table.add_column(f"{SHORT[name]}/seq", justify="right", style="cyan", no_wrap=True)
+        table.add_column(f"{SHORT[name]}/seq", justify="right", style="cyan", overflow="fold")
     for metric in NUMERIC:  # the stage names (bottleneck, critical stage) are marked in the stage tables
         values = [metric.get(m) for m in pipelines.values()]
         if all(v is None for v in values):
@@ -65,8 +76,7 @@ def comparison_table(summary: dict[str, Any], title: str) -> Table:
 def stage_table(pipeline: str, metrics: dict[str, Any]) -> Table:
     """One pipeline's stages: time, wait, utilisation, share of the critical path, compute."""
     table = plain_table(f"{pipeline} stages (ms; ▲ busiest pool, ● most time on the critical path)")
-    for column in ("stage", "mean", "p99", "wait", "wait p99", "util", "on path", "compute"):
-        table.add_column(column, justify="left" if column == "stage" else "right", no_wrap=True)
+    add_columns(table, "stage", "mean", "p99", "wait", "wait p99", "util", "on path", "compute", left=("stage",))
     for stage, stats in metrics["stages"].items():
         marks = (" ▲" if stage == metrics["bottleneck"] else "") + (" ●" if stage == metrics["critical_stage"] else "")
         table.add_row(
@@ -92,58 +102,93 @@ SWEEP_EXTRAS = (
 )
 
 
-def sweep_table(rows: list[dict[str, Any]], param: str, capacities: dict[str, float | None] | None, partial: bool, load: bool) -> Table:
-    """value, pipeline, throughput (for a load sweep), p99 (± 95% CI with replications), shed share, SLO, and
-    the staleness and cache figures the sweep has (those not all zero)."""
-    table = plain_table(f"sweep of {param}")
+def sweep_table(document: dict[str, Any], load: bool) -> Table:
+    """A sweep.json document: value, pipeline, throughput (for a load sweep), p99 (with its 95% interval with
+    replications), shed share, SLO, and the staleness and cache figures the sweep has (those not all zero); the
+    capacity under the SLO and the warnings in the caption."""
+    rows = document["rows"]
+    table = plain_table(f"sweep of {document['param']}")
     by_key = {m.key: m for m in NUMERIC}
     extras = [by_key[key] for key in SWEEP_EXTRAS if any(row.get(key) for row in rows)][: 3 if load else 2]
     slo = any("slo_met" in row for row in rows)
     shed = any(row.get("shed_share") for row in rows)
-    columns = [
-        "value",
-        "pipeline",
-        *(["thru QPS"] if load else []),
-        "p99 ms",
-        *(["shed"] if shed else []),
-        *(["SLO"] if slo else []),
-        *(m.label for m in extras),
-    ]
-    for column in columns:
-        table.add_column(column, justify="left" if column == "pipeline" else "right", no_wrap=True)
+    headers = ["value", "pipeline", *(["thru QPS"] if load else []), "p99 ms", *(["shed"] if shed else []), *(["SLO"] if slo else [])]
+    add_columns(table, *headers, *(m.label for m in extras), left=("pipeline",))
+    intervals = []
     for row in rows:
         verdict = "" if "slo_met" not in row else ("[green]met[/]" if row["slo_met"] else "[red]missed[/]")
-        value = row["value"]
+        shown = [_with_ci(row, "p99_ms", "ms"), *(_with_ci(row, m.key, m.unit) for m in extras)]
+        intervals += shown
         cells = [
-            f"{value:,.0f}" if isinstance(value, float) and abs(value) >= 100 else str(value),
+            _value(row["value"]),
             row["pipeline"],
             *([number(row["throughput_qps"], "qps")] if load else []),
-            _with_ci(row, "p99_ms", "ms"),
+            shown[0],
             *([number(row["shed_share"], "share")] if shed else []),
             *([verdict] if slo else []),
         ]
-        table.add_row(*cells, *(_with_ci(row, m.key, m.unit) for m in extras))
+        table.add_row(*cells, *shown[1:])
     notes = []
-    if capacities:
+    if "capacity_qps" in document:
+        capacities = ", ".join(f"{p} {_capacity(document, p)}" for p in document["capacity_qps"])
+        notes.append(f"capacity under the SLO: {capacities}")
+    if document.get("warnings"):
+        notes.append(f"[yellow]{_wide_note(document['warnings'])}[/]")
+    if any(cell.endswith(" agree)") for cell in intervals):
         notes.append(
-            "capacity under the SLO: " + ", ".join(f"{p} {number(c, 'qps') if c is not None else 'none'}" for p, c in capacities.items())
+            "(all N agree): the N replications gave the same value (percentiles to their histogram bucket, 0.5% wide): "
+            "their spread is below that resolution, not zero"
         )
-    if partial:
+    if any(cell.endswith("]") for cell in intervals):
+        notes.append(
+            "\\[low, high]: the 95% interval clipped to what the metric can be "
+            "(a share within 0–100%, a latency percentile not below its no-contention one)"
+        )
+    if document.get("partial"):
         notes.append("[yellow]partial: interrupted[/]")
-    table.caption = "; ".join(notes) or None
+    table.caption = "\n".join(notes) or None
     return table
 
 
+def _value(value: Any) -> str:
+    return f"{value:,.0f}" if isinstance(value, float) and abs(value) >= 100 else str(value)
+
+
 def _with_ci(row: dict[str, Any], key: str, unit: str) -> str:
-    ci = row.get(f"{key}_ci95")
-    return number(row.get(key), unit) + (f" ±{number(ci, unit)}" if ci is not None else "")
+    return interval(row.get(key), unit, row.get(f"{key}_ci95"), row.get(f"{key}_lo"), row.get(f"{key}_hi"), row["replications"])
+
+
+def _capacity(document: dict[str, Any], pipeline: str) -> str:
+    """A pipeline's capacity as the search bounds it: found, at least the highest load tried, below the lowest."""
+    capacity, bound = document["capacity_qps"][pipeline], document["capacity_bound"][pipeline]
+    tried = [row["value"] for row in document["rows"] if row["pipeline"] == pipeline]
+    if bound == "at_least":
+        return f"≥ {number(capacity, 'qps')} (the highest load tried)"
+    if bound == "none":
+        return f"< {number(min(tried), 'qps')} (the lowest load tried)"
+    if bound == "unknown":
+        return "unknown (interrupted)"
+    return number(capacity, "qps")
+
+
+def _wide_note(warnings: list[dict[str, Any]]) -> str:
+    """One line naming every point and metric whose interval is wider than its mean."""
+    labels = {m.key: m.label for m in NUMERIC}
+    points: dict[tuple[str, str], list[str]] = {}
+    for warning in warnings:
+        points.setdefault((_value(warning["value"]), warning["pipeline"]), []).append(labels[warning["metric"]])
+    runs = "/".join(str(n) for n in sorted({w["replications"] for w in warnings}))
+    where = "; ".join(f"{value} {pipeline}: {', '.join(metrics)}" for (value, pipeline), metrics in points.items())
+    return (
+        f"95% intervals wider than their means from {runs} replications: {where}. Too wide to decide on: run 5 or more "
+        "(the t quantile is 12.7 at 2 runs, 4.3 at 3, 2.8 at 5)"
+    )
 
 
 def schedule_table(summary: dict[str, Any]) -> Table:
     """How well a live run's load generator kept its schedule, per pipeline."""
     table = plain_table("load generator (open loop; latency is measured from each request's scheduled time)")
-    for column in ("pipeline", "sched QPS", "issued QPS", "lag p50", "lag p99", "lag max", "schedule"):
-        table.add_column(column, justify="left" if column == "pipeline" else "right", no_wrap=True)
+    add_columns(table, "pipeline", "sched QPS", "issued QPS", "lag p50", "lag p99", "lag max", "schedule", left=("pipeline",))
     for name, metrics in summary["pipelines"].items():
         live = metrics["live"]
         lag = live["schedule_lag_ms"]
@@ -166,8 +211,7 @@ def schedule_warning(pipeline: str, live: dict[str, Any]) -> str:
 def validate_table(points: list[dict[str, Any]], tolerance: float) -> Table:
     """Per pipeline and load: p50 and p99 of the DES and the live run, the error with its 95% interval."""
     table = plain_table(f"DES against live: error DES/live - 1 ± its 95% CI half-width; target ±{100 * tolerance:g}%")
-    for column in ("pipe", "QPS", "util", "n", "p50 DES/live", "error", "p99 DES/live", "error"):
-        table.add_column(column, justify="left" if column == "pipe" else "right", no_wrap=True)
+    add_columns(table, "pipe", "QPS", "util", "n", "p50 DES/live", "error", "p99 DES/live", "error", left=("pipe",))
     for point in points:
         row = [
             SHORT.get(point["pipeline"], point["pipeline"]),
@@ -189,14 +233,13 @@ def plan_table(document: dict[str, Any], title: str) -> Table:
     """The designs side by side: servers per pool, cost per hour, the p99 the plan gives (± its 95% half-width)."""
     designs = document["pipelines"]
     table = plain_table(f"plan at {document['qps']:g} QPS, SLO p99 ≤ {document['slo_p99_ms']:g} ms — {title}")
-    table.add_column("", no_wrap=True)
-    for name in designs:
-        table.add_column(name, justify="right", no_wrap=True)
+    add_columns(table, "", *designs, left=("",))
     stages = list(dict.fromkeys(stage for d in designs.values() for stage in d.get("servers", d["lower_bounds"])))
     for stage in stages:
         table.add_row(f"{stage} servers", *[_servers(d, stage) for d in designs.values()])
     table.add_row("cost / hour", *[f"{d['cost_per_hour']:,.1f}" if d["feasible"] else "[red]infeasible[/]" for d in designs.values()])
-    p99 = [f"{d['p99_ms']:.1f} ± {d['p99_ci95'] or 0:.1f}" if d["feasible"] else "–" for d in designs.values()]
+    runs = document["replications"]
+    p99 = [interval(d["p99_ms"], "ms", d["p99_ci95"], d["p99_lo"], d["p99_hi"], runs) if d["feasible"] else "–" for d in designs.values()]
     table.add_row("p99 ms", *p99)
     table.add_row("configurations run", *[str(d["evaluated"]) for d in designs.values()])
     base = designs.get(BASELINE)
