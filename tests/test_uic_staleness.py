@@ -47,3 +47,17 @@ def test_item_vectors_without_updates_say_so_too():
     assert staleness["item_updates"] == "off" and math.isnan(staleness["stale_fraction"])
     staleness = _staleness(_scenario("aif", {"item_updates_per_s": 100, "refresh": PERIODIC}), "compiled")
     assert staleness["item_updates"] == "on" and 0 < staleness["stale_fraction"] < 1
+
+
+def test_the_run_table_says_when_a_store_never_changes():
+    from rich.console import Console
+
+    from aif_sim.app.run import summary_document
+    from aif_sim.report.tables import comparison_table
+
+    scenario = _scenario("uic", {"user_refresh": PERIODIC})
+    summary = summary_document(scenario, simulate(scenario, build_samplers(scenario, "<test>")), {})
+    console = Console(width=300, record=True)
+    console.print(comparison_table(summary, "t"))
+    text = " ".join(console.export_text().split())  # the caption wraps at the table's width
+    assert "uic: user vectors never change (nearline.user_events_per_s is 0): no user vector can be stale" in text

@@ -16,6 +16,8 @@ from aif_sim.report.fmt import interval, number
 
 BASELINE = "sequential"
 SHORT = {"sequential": "seq", "aif": "aif", "uic": "uic"}
+STALENESS_OFF = {"item_updates": "item vectors", "user_events": "user vectors"}
+FIELD_OF = {"item_updates": "nearline.item_updates_per_s", "user_events": "nearline.user_events_per_s"}
 UNBOUNDED = 10_000  # the console width off a terminal without COLUMNS: wider than any table, which sizes itself
 
 
@@ -66,6 +68,12 @@ def comparison_table(summary: dict[str, Any], title: str) -> Table:
         f"{m['requests']['in_flight_at_end']:,} still in flight)"
         for name, m in pipelines.items()
         if m["requests"]["completed"] == 0
+    ]
+    notes += [
+        f"{name}: {STALENESS_OFF[switch]} never change ({FIELD_OF[switch]} is 0): no {STALENESS_OFF[switch][:-1]} can be stale"
+        for name, m in pipelines.items()
+        for switch in ("item_updates", "user_events")
+        if m.get("staleness", {}).get(switch) == "off"
     ]
     if summary.get("partial"):
         notes.append("[yellow]partial: the run was interrupted[/]")
