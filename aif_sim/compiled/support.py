@@ -21,7 +21,15 @@ def unsupported(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler])
     None when it can."""
     if pipeline not in PIPELINES:
         return f"unknown pipeline {pipeline!r}"
+    if scenario.deadline_ms is not None:
+        return "the compiled engine does not model request deadlines yet (deadline_ms)"
+    fleets = [name for name in stages_of(pipeline) if scenario.stages[name].nodes > 1]
+    if fleets:
+        return f"the compiled engine does not model stages of several nodes yet ({', '.join(fleets)})"
     batching = [name for name in stages_of(pipeline) if scenario.stages[name].batch is not None]
+    per_candidate = [name for name in batching if scenario.stages[name].per_candidate_us]
+    if per_candidate:
+        return f"the compiled engine does not model per_candidate_us on batching stages ({', '.join(per_candidate)})"
     drawn_per_batch = [name for name in batching if not batch_draws_ahead(samplers[name])]
     if drawn_per_batch:
         return (

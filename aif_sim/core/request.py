@@ -35,6 +35,7 @@ class Request:
     (store name, ages in seconds, how many had changed since made, how many of another model version).
     `user_vector_s` is when the user vector it took from the user-vector cache was made (None: it computed one).
     `payload` is what a live engine carries between stages (candidate ids, model inputs and outputs); None in the DES.
+    `shard_s[slot]` are the shard services (s) of a sharded stage's visit (`service_s[slot]` is the slowest's).
     """
 
     __slots__ = (
@@ -51,6 +52,7 @@ class Request:
         "vectors",
         "user_vector_s",
         "payload",
+        "shard_s",
     )
 
     def __init__(self, rid: int, arrival_s: float, user: int, candidates: int, measured: bool, service_s: list[float]) -> None:
@@ -67,6 +69,7 @@ class Request:
         self.vectors: tuple[str, Any, int, int] | None = None
         self.user_vector_s: float | None = None
         self.payload: dict[str, Any] | None = None
+        self.shard_s: dict[int, list[float]] | None = None
 
 
 class Window:

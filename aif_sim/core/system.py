@@ -22,6 +22,13 @@ PROGRESS_STEPS = 200
 STEP_REQUESTS = 5000  # at most about this many arrivals between progress reports and stop checks
 
 
+def shard_sizes(candidates: np.ndarray, shards: int) -> np.ndarray:
+    """Per request, the candidates of each of its shards [requests, shards]: sizes that differ by at most 1, the
+    larger first (a shard of no candidate is still a visit)."""
+    base, extra = np.divmod(candidates, shards)
+    return base[:, None] + (np.arange(shards)[None, :] < extra[:, None])
+
+
 def run_step_s(scenario: Scenario) -> float:
     """The simulated time a DES run advances between progress reports and stop checks (where it may end)."""
     horizon = scenario.duration_s + scenario.drain_s
@@ -91,12 +98,14 @@ def shadow_sampling(scenario: Scenario, stores: dict[str, NearlineStore]) -> Sha
 
 @dataclass(frozen=True)
 class RequestDraws:
-    """A block of requests with their draws, as arrays: service times [requests, stage slots] (s), the latency
-    a cache miss would add at each slot (s; None without read-through caches) and the candidate items whose
-    vectors are measured [requests, sample size] (None: none)."""
+    """A block of requests with their draws, as arrays: service times [requests, stage slots] (s; at a sharded
+    stage, its slowest shard's), each sharded slot's shard services [requests, shards] (s), the latency a cache
+    miss would add at each slot (s; None without read-through caches) and the candidate items whose vectors are
+    measured [requests, sample size] (None: none)."""
 
     block: RequestBlock
     service_s: np.ndarray
+    shard_s: dict[int, np.ndarray]
     miss_s: np.ndarray | None
     sample: np.ndarray | None
 
@@ -121,6 +130,7 @@ class RequestSource:
     ) -> None:
         self.scenario, self.samplers, self.caches, self.sample_size = scenario, samplers, caches, sample_size
         self.stage_names = stages_of(pipeline)
+        self.sharded = [(slot, name) for slot, name in enumerate(self.stage_names) if scenario.stages[name].shards > 1]
         self.reads = bool(reads)
         self.miss_slots = [(slot, cache) for slot, cache in reads if f"cache:{cache}" in samplers]
 
@@ -148,11 +158,17 @@ class RequestSource:
         k = len(self.stage_names)
         for block in request_blocks(scenario.traffic, duration_s, seed):
             n = len(block.arrival_s)
-            draws = [self._draw(name, rng, block.candidates) for name, rng in zip(self.stage_names, rngs)]
+            shard_s = {slot: self._shards(name, rngs[slot], block.candidates) / 1000 for slot, name in self.sharded}
+            draws = [
+                np.zeros(n) if slot in shard_s else self._draw(name, rng, block.candidates)
+                for slot, (name, rng) in enumerate(zip(self.stage_names, rngs))
+            ]
             service_s = np.column_stack(draws) / 1000
+            for slot, shards in shard_s.items():
+                service_s[:, slot] = shards.max(axis=1)  # a sharded visit takes its slowest shard, with no waiting
             miss_s = self._misses(miss_rngs, n, k) if self.reads else None
             sample = items.sample(sample_rng, n * self.sample_size).reshape(n, self.sample_size) if self.sample_size else None
-            yield RequestDraws(block, service_s, miss_s, sample)
+            yield RequestDraws(block, service_s, shard_s, miss_s, sample)
 
     def blocks(self, duration_s: float) -> Iterator[list[Request]]:
         """The requests arriving in [0, duration_s), a block at a time, in order of arrival."""
@@ -170,6 +186,8 @@ class RequestSource:
                     request.miss_s = miss_rows[i]
                 if draws.sample is not None:
                     request.sample = draws.sample[i]
+                if draws.shard_s:
+                    request.shard_s = {slot: shards[i].tolist() for slot, shards in draws.shard_s.items()}
                 requests.append(request)
             yield requests
 
@@ -180,9 +198,18 @@ class RequestSource:
             misses[:, slot] = self.samplers[f"cache:{cache}"].sample(rngs[cache], n, 1.0) / 1000
         return misses
 
+    def _shards(self, name: str, rng: np.random.Generator, candidates: np.ndarray) -> np.ndarray:
+        """Each request's shard services (ms) at a sharded stage [requests, shards]: its candidates split into
+        `shards` parts whose sizes differ by at most 1, each drawn at its own count."""
+        shards = self.scenario.stages[name].shards
+        sizes = shard_sizes(candidates, shards)
+        return self._draw(name, rng, sizes.ravel()).reshape(len(candidates), shards)
+
     def _draw(self, name: str, rng: np.random.Generator, candidates: np.ndarray) -> np.ndarray:
         """Each request's service time (ms) at a stage, alone on a server: a profile measured by candidates
-        reads the request's own count, one measured by batch a batch of one."""
+        reads the request's own count, one measured by batch a batch of one; plus the stage's cost per candidate."""
         sampler = self.samplers[name]
         work = 1.0 if sampler.work_key == "batch" else candidates
-        return sampler.sample(rng, len(candidates), work)
+        per_candidate_us = self.scenario.stages[name].per_candidate_us
+        drawn = sampler.sample(rng, len(candidates), work)
+        return drawn + candidates * (per_candidate_us / 1000) if per_candidate_us else drawn

@@ -126,7 +126,8 @@ class LivePipeline:
             config = self.scenario.stages[call.stage]
             rng = stream(self.scenario.seed, f"batch-service:{call.stage}")
             vectors = self.storage.get(call.vectors) if call.vectors else None
-            work = LiveStage(clock, slot, call, self.samplers[call.stage], rng, self.model, self.executor, vectors)
+            sampler = self.samplers[call.stage]
+            work = LiveStage(clock, slot, call, sampler, rng, self.model, self.executor, vectors, config.per_candidate_us)
             pool = (
                 LivePool(clock, slot, config, work) if config.batch is None else LiveBatchingPool(clock, slot, config, work, self.recorder)
             )

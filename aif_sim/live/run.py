@@ -46,6 +46,11 @@ Progress = Callable[[str, float, float], None]
 def check_live(scenario: Scenario, source: str) -> None:
     """InputError (one line) when the live engine cannot run this scenario as given."""
     nearline, traffic = scenario.nearline, scenario.traffic
+    fleets = [name for name in scenario.stage_names if scenario.stages[name].nodes > 1]
+    if fleets:
+        raise InputError(f"{source}: stages.{fleets[0]}.nodes: the live engine runs each stage as one pool; expected nodes: 1")
+    if scenario.deadline_ms is not None:
+        raise InputError(f"{source}: deadline_ms: the live engine does not abandon requests at a deadline yet; leave it out")
     if nearline is not None and nearline.updates_from == "world":
         raise InputError(f"{source}: nearline.updates_from: the live engine takes `rate` (the world's changes serve DES shadow scoring)")
     reads = {store for pipeline in scenario.pipelines for store in vector_stores(pipeline)}

@@ -41,8 +41,10 @@ class LiveStage:
         model: LiveModel,
         executor: Executor,
         vectors: VectorStorage | None,
+        per_candidate_us: float = 0.0,
     ) -> None:
         self.clock, self.slot, self.call, self.sampler, self.rng = clock, slot, call, sampler, rng
+        self.per_candidate_s = per_candidate_us / 1e6
         self.model, self.executor, self.vectors = model, executor, vectors
         self.op = MODEL_OPS.get(call.stage)
         self.needs_behaviour = call.reads == "sim_features" or self.op in BEHAVIOUR_OPS
@@ -64,8 +66,10 @@ class LiveStage:
         """The visit's drawn time: the request's own draw, or a batch's, drawn at its size as the DES does."""
         if len(requests) == 1:
             return requests[0].service_s[self.slot]
-        work = len(requests) if self.sampler.work_key == "batch" else sum(r.candidates for r in requests)
-        return float(self.sampler.sample(self.rng, 1, work)[0]) / 1000 + self._miss_s(requests)
+        candidates = sum(r.candidates for r in requests)
+        work = len(requests) if self.sampler.work_key == "batch" else candidates
+        drawn_s = float(self.sampler.sample(self.rng, 1, work)[0]) / 1000 + self.per_candidate_s * candidates
+        return drawn_s + self._miss_s(requests)
 
     def _miss_s(self, requests: list[Request]) -> float:
         """The cache-miss latency the visit waits for (a batch waits for its slowest miss)."""

@@ -45,7 +45,10 @@ class LogHistogram:
         """Value at quantile q in [0, 1]: the geometric middle of its bucket, clamped to [min, max]."""
         if self.count == 0:
             return math.nan
-        rank = max(1, math.ceil(q * self.count))
+        return self.at_rank(max(1, math.ceil(q * self.count)))
+
+    def at_rank(self, rank: int) -> float:
+        """The `rank`-th smallest value (1-based, at most `count`), as `quantile` gives it."""
         index = int(np.searchsorted(np.cumsum(self.counts), rank))
         if index == 0:
             return self.min

@@ -22,7 +22,7 @@ from aif_sim.core.pipelines import stages_of, step_slots
 from aif_sim.core.request import Outcome, Request, Window
 from aif_sim.core.shadow import ShadowSample
 from aif_sim.core.system import touches
-from aif_sim.metrics.histogram import LogHistogram
+from aif_sim.metrics.histogram import PERCENTILES, LogHistogram
 from aif_sim.metrics.timeseries import Timeseries
 from aif_sim.scenario.schema import Scenario
 
@@ -116,12 +116,25 @@ def _times(requests: list[Request], stages: int) -> np.ndarray:
     return flat.reshape(len(requests), stages, 3)
 
 
+def _node_utilization(stage: StageRecord, per_s: float) -> list[float]:
+    """Each node's utilisation (its busy share of its threads): the stage's own with one node."""
+    if stage.nodes == 1:
+        return [stage.busy_window_s / stage.servers * per_s]
+    threads = stage.servers // stage.nodes
+    return [busy / threads * per_s for busy in stage.node_busy_window_s]
+
+
 class StageRecord:
     """One stage pool in one pipeline run."""
 
-    def __init__(self, servers: int, batching: bool) -> None:
+    def __init__(self, servers: int, batching: bool, nodes: int = 1) -> None:
         self.servers = servers
         self.batching = batching  # busy time and compute come per batch, not per visit
+        self.nodes = nodes
+        self.node_busy_window_s = [0.0] * nodes  # per node, server-seconds busy inside the window (with several nodes)
+        self.wasted_busy_s = 0.0  # service of visits whose result nobody used (cut off by the request's deadline)
+        self.shard_skew_s = 0.0  # summed over measured sharded visits: slowest shard's end - median shard's end
+        self.sharded_visits = 0
         self.latency = LogHistogram()
         self.wait = LogHistogram()
         self.busy_window_s = 0.0  # server-seconds busy inside the measurement window
@@ -135,7 +148,7 @@ class Recorder:
     def __init__(
         self,
         pipeline: str,
-        stages: dict[str, tuple[int, bool]],
+        stages: dict[str, tuple[int, bool, int]],
         window: Window,
         slo_ms: float | None,
         sink: RequestSink | None = None,
@@ -143,7 +156,7 @@ class Recorder:
         stores: list[str] | None = None,
         faults: list[FaultWindow] | None = None,
     ) -> None:
-        """`stages`: per stage of the pipeline, its servers and whether it batches; `caches`: the cache
+        """`stages`: per stage of the pipeline, its servers, whether it batches and its nodes; `caches`: the cache
         policies the pipeline consults (in the order of `Request.cache_hit`); `stores`: the nearline
         stores it reads (`items`, `users`); `faults`: the faults that touch the pipeline, for the storm report."""
         self.pipeline = pipeline
@@ -187,7 +200,10 @@ class Recorder:
     ) -> Recorder:
         """The recorder of one pipeline of a scenario's run, with the pipeline's caches, the stores it reads and
         the faults that touch it (`core.system.touches`)."""
-        stages = {name: (scenario.stages[name].servers, scenario.stages[name].batch is not None) for name in stages_of(pipeline)}
+        stages = {
+            name: (config.servers, config.batch is not None, config.nodes)
+            for name, config in ((name, scenario.stages[name]) for name in stages_of(pipeline))
+        }
         window = Window(scenario.warmup_s, scenario.duration_s)
         faults = [
             FaultWindow({"kind": f.kind, **f.model_dump(exclude={"kind"})}, f.at_s, f.at_s + getattr(f, "duration_s", 0.0))
@@ -220,12 +236,40 @@ class Recorder:
             self.offered += 1
             self.in_flight += 1
 
-    def batch(self, slot: int, started_s: float, service_s: float, measured: int, size: int) -> None:
-        """A batching stage served `size` requests (`measured` of them measured) together for `service_s`: busy
-        time, and compute split evenly."""
+    def batch(self, slot: int, started_s: float, service_s: float, measured: int, size: int, node: int | None = None) -> None:
+        """A batching stage (node `node` of it, with several nodes) served `size` requests (`measured` of them
+        measured) together for `service_s`: busy time, and compute split evenly."""
         stage = self.stages[slot]
-        stage.busy_window_s += self.window.overlap(started_s, started_s + service_s)
+        busy = self.window.overlap(started_s, started_s + service_s)
+        stage.busy_window_s += busy
         stage.compute_s += service_s * measured / size
+        if node is not None:
+            stage.node_busy_window_s[node] += busy
+
+    def node_busy(self, slot: int, node: int, started_s: float, service_s: float, measured: bool) -> None:
+        """Node `node` of a stage of several nodes served a visit, or one shard of it, from `started_s` for
+        `service_s`: the node's and the stage's busy time, and compute (a stage of several nodes is accounted
+        here, not from its visits' times: a sharded visit keeps several nodes busy)."""
+        stage = self.stages[slot]
+        busy = self.window.overlap(started_s, started_s + service_s)
+        stage.node_busy_window_s[node] += busy
+        stage.busy_window_s += busy
+        if measured:
+            stage.compute_s += service_s
+
+    def wasted(self, slot: int, started_s: float, service_s: float, node: int | None) -> None:
+        """A visit whose request was abandoned while it was in service runs to its end for nothing: wasted work,
+        and busy time (already counted at its start on a node of a stage of several nodes)."""
+        stage = self.stages[slot]
+        stage.wasted_busy_s += service_s
+        if node is None:
+            stage.busy_window_s += self.window.overlap(started_s, started_s + service_s)
+
+    def shard_skew(self, slot: int, skew_s: float) -> None:
+        """A measured sharded visit completed: the gap between its slowest and its median shard."""
+        stage = self.stages[slot]
+        stage.shard_skew_s += skew_s
+        stage.sharded_visits += 1
 
     def gauge(self, name: str, now_s: float, value: float) -> None:
         """A background process's per-second reading (refresh backlog, double buffering)."""
@@ -353,7 +397,7 @@ class Recorder:
             mine = visited[:, slot] & measured
             stage.latency.add((end[mine, slot] - enter[mine, slot]) * 1000)
             stage.wait.add((start[mine, slot] - enter[mine, slot]) * 1000)
-            if not stage.batching:
+            if not stage.batching and stage.nodes == 1:  # otherwise accounted per batch or per node (`batch`, `node_busy`)
                 seen = visited[:, slot]
                 inside = np.minimum(end[seen, slot], hi) - np.maximum(start[seen, slot], lo)
                 stage.busy_window_s += float(np.clip(inside, 0.0, None).sum())
@@ -479,6 +523,17 @@ class Recorder:
             "recovery_s": recovery_s,
         }
 
+    def _offered_tail(self) -> dict[str, float | None]:
+        """Percentiles over every offered (measured) request, a request that did not complete (rejected, timed out,
+        still in flight) counting as slower than any that did: None where the percentile falls among those; and
+        `failed_share`, their share."""
+        out: dict[str, float | None] = {}
+        for key, percent in PERCENTILES.items():
+            rank = max(1, math.ceil(percent / 100 * self.offered))
+            out[key] = (self.latency.at_rank(rank) if rank <= self.completed else None) if self.offered else math.nan
+        out["failed_share"] = 1 - self.completed / self.offered if self.offered else math.nan
+        return out
+
     def summary(self) -> dict[str, Any]:
         """The METRICS block of summary.json."""
         window_s = self.window.length_s
@@ -489,6 +544,10 @@ class Recorder:
                 "latency_ms": stage.latency.summary(),
                 "wait_ms": stage.wait.summary(),
                 "utilization": stage.busy_window_s / stage.servers * per_s,
+                "nodes": stage.nodes,
+                "node_utilization": _node_utilization(stage, per_s),
+                "wasted_busy_s": stage.wasted_busy_s,
+                "shard_skew_ms": 1000 * stage.shard_skew_s / stage.sharded_visits if stage.sharded_visits else math.nan,
                 "visits": stage.latency.count,
                 "critical_path_share": stage.critical_ms / critical_total if critical_total else math.nan,
             }
@@ -507,6 +566,7 @@ class Recorder:
             "offered_qps": self.offered * per_s,
             "throughput_qps": self.completed_in_window * per_s,
             "latency_ms": self.latency.summary(),
+            "latency_offered_ms": self._offered_tail(),
             "no_contention_ms": {key: nc[key] for key in ("mean", "p50", "p99")},
             "stages": stages,
             "compute": {

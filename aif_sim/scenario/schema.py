@@ -204,15 +204,49 @@ class Batching(Strict):
     max_wait_ms: float = Field(default=0.0, ge=0)
 
 
+BALANCERS = ("random", "round_robin", "least_outstanding", "p2c")
+
+
 class Stage(Strict):
-    """A pool of identical servers behind one FIFO queue."""
+    """A pool of `servers` identical threads: one FIFO queue over all of them (`nodes: 1`), or `nodes` machines of
+    `servers / nodes` threads, each with its own queue (its own `queue_limit`, `timeout_ms` and batching), behind a
+    balancer (`balance`). With `shards`, a visit's candidates are split into that many shard visits on distinct
+    nodes, each timed at its own candidate count; the visit ends with its slowest shard. `per_candidate_us` is
+    added to each visit's (or shard's) service per candidate it handles."""
 
     servers: int = Field(ge=1)
     latency: LatencySpec
     queue_limit: int | None = Field(default=None, ge=0)
     timeout_ms: float | None = Field(default=None, gt=0)
     batch: Batching | None = None
+    nodes: int = Field(default=1, ge=1)
+    balance: Literal["random", "round_robin", "least_outstanding", "p2c"] = "p2c"
+    shards: int = Field(default=1, ge=1)
+    per_candidate_us: float = Field(default=0.0, ge=0)
     cost_per_server_hour: float = Field(default=1.0, ge=0)  # what `plan` minimises (any currency; default 1)
+
+    @field_validator("balance", mode="before")
+    @classmethod
+    def _known_balancer(cls, value: Any) -> Any:
+        if isinstance(value, str) and value not in BALANCERS:
+            close = difflib.get_close_matches(value, BALANCERS, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ValueError(f"unknown balancer {value!r}; {hint}expected one of {', '.join(BALANCERS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _whole_nodes(self) -> Stage:
+        if self.servers % self.nodes:
+            raise ValueError(f"servers: expected a multiple of nodes ({self.nodes}), got {self.servers}")
+        if self.shards > self.nodes:
+            raise ValueError(f"shards: expected at most nodes ({self.nodes}): each shard goes to a distinct node, got {self.shards}")
+        if self.shards > 1 and self.batch is not None:
+            raise ValueError("shards: a batching stage takes whole visits; expected shards: 1 with batch")
+        return self
+
+    @property
+    def threads_per_node(self) -> int:
+        return self.servers // self.nodes
 
 
 class Slo(Strict):
@@ -348,6 +382,7 @@ class Scenario(Strict):
     drain_s: float = Field(default=5.0, ge=0)
     pipelines: list[Literal["sequential", "aif", "uic"]] = Field(min_length=1)
     slo: Slo | None = None
+    deadline_ms: float | None = Field(default=None, gt=0)  # a request not finished this long after arrival is abandoned
     traffic: Traffic
     stages: dict[str, Stage]
     caches: Caches | None = None

@@ -15,6 +15,7 @@ from aif_sim.core.nearline import NearlineStore, sweep_rate
 from aif_sim.core.traffic import CHUNK, ZipfSampler, stream
 from aif_sim.metrics.recorder import Recorder
 from aif_sim.scenario.schema import CacheFlush, Fault, NearlineOutage, Refresh, Scenario, StageSlowdown
+from aif_sim.sim.fleet import Fleet
 from aif_sim.sim.pools import StagePool
 
 
@@ -129,7 +130,7 @@ def fault(
     env: simpy.Environment,
     spec: Fault,
     caches: dict[str, CachePolicy],
-    pools: dict[str, StagePool],
+    pools: dict[str, StagePool | Fleet],
     outage: Outage,
 ) -> Generator[simpy.Event, Any, None]:
     """Apply one fault at its time (a fault on a cache or stage this pipeline lacks does nothing)."""
@@ -171,7 +172,7 @@ def start_background(
     stores: dict[str, NearlineStore],
     recorder: Recorder,
     caches: dict[str, CachePolicy],
-    pools: dict[str, StagePool],
+    pools: dict[str, StagePool | Fleet],
 ) -> None:
     """Start a pipeline run's background processes: each store's updates and refresh, model publication,
     the faults (on these caches and pools) and the stores' gauges."""

@@ -21,6 +21,7 @@ from aif_sim.core.traffic import stream
 from aif_sim.metrics.recorder import Recorder, RequestSink
 from aif_sim.scenario.schema import Scenario
 from aif_sim.sim.background import start_background
+from aif_sim.sim.fleet import Fleet
 from aif_sim.sim.pools import BatchingPool, StagePool
 
 
@@ -44,14 +45,23 @@ class PipelineSimulation:
             self.recorder.shadow_samples = shadow.samples
         self.source = RequestSource.for_pipeline(scenario, pipeline, samplers, self.caches, self.stores)
         self.arrivals_done = False
+        self.deadline_s = scenario.deadline_ms / 1000 if scenario.deadline_ms is not None else None
+        self.processes: dict[int, list[simpy.Process]] = {}  # with a deadline: the processes of each request in flight
         start_background(self.env, scenario, samplers, self.stores, self.recorder, self.caches, self.pools)
 
-    def _pool(self, slot: int, name: str) -> StagePool:
+    def _pool(self, slot: int, name: str) -> StagePool | Fleet:
+        """The stage's pool, or its nodes behind its balancer."""
         config = self.scenario.stages[name]
-        if config.batch is None:
-            return StagePool(self.env, slot, config, self.recorder)
-        rng = stream(self.scenario.seed, f"batch-service:{name}")
-        return BatchingPool(self.env, slot, config, self.recorder, self.samplers[name], rng)
+        rng = stream(self.scenario.seed, f"batch-service:{name}") if config.batch is not None else None
+
+        def node(index: int | None) -> StagePool:
+            if rng is None:
+                return StagePool(self.env, slot, config, self.recorder, index)
+            return BatchingPool(self.env, slot, config, self.recorder, self.samplers[name], rng, index)
+
+        if config.nodes == 1:
+            return node(None)
+        return Fleet(self.env, name, [node(i) for i in range(config.nodes)], config.balance, self.scenario.seed, self.recorder, self.spawn)
 
     # --- processes ---------------------------------------------------------------------------------
     def _arrivals(self) -> Generator[simpy.Event, Any, None]:
@@ -65,8 +75,34 @@ class PipelineSimulation:
         self.arrivals_done = True
 
     def _handle(self, request: Request) -> Generator[simpy.Event, Any, None]:
-        outcome = yield from self._drive(request, self.flow.run(request))
+        if self.deadline_s is None:
+            outcome = yield from self._drive(request, self.flow.run(request))
+        else:
+            outcome = yield from self._within_deadline(request)
         self.recorder.finish(request, outcome, self.env.now)
+
+    def spawn(self, request: Request, work: Generator[simpy.Event, Any, Outcome]) -> simpy.Process:
+        """A process doing part of a request's work (a parallel branch, a shard), abandoned with the request."""
+        if self.deadline_s is None:
+            return self.env.process(work)
+        process = self.env.process(_abandonable(work))
+        self.processes[request.id].append(process)
+        return process
+
+    def _within_deadline(self, request: Request) -> Generator[simpy.Event, Any, Outcome]:
+        """The request's flow, abandoned `deadline_ms` after its arrival: its queued visits leave their queues,
+        the ones in service run to their end as wasted work, and it ends timed out."""
+        self.processes[request.id] = []
+        main = self.spawn(request, self._drive(request, self.flow.run(request)))
+        expiry = self.env.timeout(request.arrival_s + self.deadline_s - self.env.now)
+        yield main | expiry
+        processes = self.processes.pop(request.id)
+        if main.triggered:
+            return main.value
+        for process in processes:
+            if process.is_alive:
+                process.interrupt()
+        return Outcome.TIMED_OUT
 
     def _drive(self, request: Request, flow: FlowRun) -> Generator[simpy.Event, Any, Outcome]:
         """Carry out what the request's flow asks (`core.flow`) until it ends; its outcome."""
@@ -80,7 +116,7 @@ class PipelineSimulation:
                 answer = yield from slots[op.slot].serve(request)
             else:  # a Fork (the DES keeps no values, so its flows yield no Load or Save)
                 assert type(op) is Fork
-                branches = [self.env.process(self._drive(request, branch)) for branch in op.flows[:-1]]
+                branches = [self.spawn(request, self._drive(request, branch)) for branch in op.flows[:-1]]
                 answer = yield from self._drive(request, op.flows[-1])  # the last branch runs in this process
                 for branch in branches:
                     answer = max(answer, (yield branch))
@@ -103,3 +139,11 @@ class PipelineSimulation:
                 progress(now)
         self.recorder.close(now)
         return self.recorder
+
+
+def _abandonable(work: Generator[simpy.Event, Any, Outcome]) -> Generator[simpy.Event, Any, Outcome]:
+    """A request's work in a process of its own: abandoned (interrupted at its deadline), it ends timed out."""
+    try:
+        return (yield from work)
+    except simpy.Interrupt:
+        return Outcome.TIMED_OUT

@@ -1,4 +1,5 @@
-"""Stage pools: servers behind one FIFO queue, with optional queue limit, timeout and batching.
+"""Stage pools: servers behind one FIFO queue, with optional queue limit, timeout and batching (a stage's pool,
+or one node of a fleet: `sim.fleet`).
 
 `serve(request)` is a simpy generator that returns the visit's `Outcome`. A request arriving when
 every server is busy and `queue_limit` requests wait is rejected. The timeout bounds a request's
@@ -7,6 +8,7 @@ wait in the stage's queue: one not started within `timeout_ms` leaves it.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Generator
 from typing import Any
@@ -21,6 +23,16 @@ from aif_sim.metrics.recorder import Recorder
 from aif_sim.scenario.schema import Stage
 
 COMPLETED = Outcome.COMPLETED
+
+
+class Part:
+    """One shard of a visit (`sim.fleet`): its service (s; slowed down when it starts), and when it started and
+    ended on its node."""
+
+    __slots__ = ("service", "started", "ended")
+
+    def __init__(self, service: float) -> None:
+        self.service, self.started, self.ended = service, math.nan, math.nan
 
 
 class ServerPool:
@@ -69,17 +81,26 @@ class ServerPool:
 class StagePool:
     """A pool of `servers` serving one request at a time each."""
 
-    def __init__(self, env: simpy.Environment, slot: int, config: Stage, recorder: Recorder) -> None:
+    def __init__(self, env: simpy.Environment, slot: int, config: Stage, recorder: Recorder, node: int | None = None) -> None:
+        """A stage's pool, or node `node` of a stage of several nodes (its `servers / nodes` threads; its busy time
+        is also accounted per node)."""
         self.env = env
         self.slot = slot
-        self.servers = config.servers
-        self.pool = ServerPool(env, config.servers)
+        self.node = node
+        self.servers = config.threads_per_node
+        self.pool = ServerPool(env, self.servers)
         self.queue_limit = config.queue_limit
         self.timeout_s = config.timeout_ms / 1000 if config.timeout_ms is not None else None
         self.recorder = recorder
         self.slowdown = 1.0  # service-time multiplier (a stage_slowdown fault)
 
-    def serve(self, request: Request) -> Generator[simpy.Event, Any, Outcome]:
+    @property
+    def outstanding(self) -> int:
+        """Requests at the pool: queued and in service (a node's load, as a balancer sees it)."""
+        return self.pool.busy + self.pool.queued
+
+    def serve(self, request: Request, part: Part | None = None) -> Generator[simpy.Event, Any, Outcome]:
+        """The request's visit (its times written to the request), or one `part` of it (its times to the part)."""
         env, pool = self.env, self.pool
         arrived = started = env.now
         if pool.busy < pool.servers:  # a free server: taken without an event
@@ -90,33 +111,57 @@ class StagePool:
             waiter = env.event()
             pool.queue.append(waiter)
             pool.queued += 1
-            if self.timeout_s is None:
-                yield waiter
-            else:
-                yield waiter | env.timeout(self.timeout_s)
-                if not waiter.triggered:
+            try:
+                if self.timeout_s is None:
+                    yield waiter
+                else:
+                    yield waiter | env.timeout(self.timeout_s)
+                    if not waiter.triggered:
+                        pool.abandon(waiter)
+                        return Outcome.TIMED_OUT
+            except simpy.Interrupt:  # the request was abandoned (its deadline) while it waited here
+                if waiter.triggered:
+                    pool.release()  # a server was just handed over: pass it on
+                else:
                     pool.abandon(waiter)
-                    return Outcome.TIMED_OUT
+                raise
             started = env.now
-        service = request.service_s[self.slot]
+        service = request.service_s[self.slot] if part is None else part.service
         if self.slowdown != 1.0:
             service *= self.slowdown
-            request.service_s[self.slot] = service  # the request's own work, as no-contention sees it
-        yield env.timeout(service)
+            if part is None:
+                request.service_s[self.slot] = service  # the request's own work, as no-contention sees it
+            else:
+                part.service = service
+        if self.node is not None:
+            self.recorder.node_busy(self.slot, self.node, started, service, request.measured)
+        try:
+            yield env.timeout(service)
+        except simpy.Interrupt:  # abandoned in service: the server finishes the work, which nobody uses
+            self.recorder.wasted(self.slot, started, service, self.node)
+            env.process(self._release_at(started + service))
+            raise
         pool.release()
-        base = 3 * self.slot
-        request.times[base : base + 3] = (arrived, started, started + service)  # started + service is env.now
+        if part is None:
+            base = 3 * self.slot
+            request.times[base : base + 3] = (arrived, started, started + service)  # started + service is env.now
+        else:
+            part.started, part.ended = started, env.now
         return COMPLETED
+
+    def _release_at(self, end_s: float) -> Generator[simpy.Event, Any, None]:
+        yield self.env.timeout(end_s - self.env.now)
+        self.pool.release()
 
 
 class _Waiting(Waiting):
     """A request waiting in a batching queue; `picked` fires when its batch starts (only with a timeout), `done` when it ends."""
 
-    __slots__ = ("picked", "done")
+    __slots__ = ("picked", "done", "taken")
 
     def __init__(self, request: Request, arrived: float, picked: simpy.Event | None, done: simpy.Event) -> None:
         super().__init__(request, arrived)
-        self.picked, self.done = picked, done
+        self.picked, self.done, self.taken = picked, done, False
 
 
 class BatchingPool(StagePool):
@@ -139,19 +184,26 @@ class BatchingPool(StagePool):
         recorder: Recorder,
         sampler: Sampler,
         rng: np.random.Generator,
+        node: int | None = None,
     ) -> None:
-        super().__init__(env, slot, config, recorder)
+        super().__init__(env, slot, config, recorder, node)
         assert config.batch is not None
         self.max_size = config.batch.max_size
         self.max_wait_s = config.batch.max_wait_ms / 1000
+        self.per_candidate_s = config.per_candidate_us / 1e6
         self.sampler, self.rng = sampler, rng
         self.waiting: BatchQueue[_Waiting] = BatchQueue()
         self.serving = 0  # servers serving a batch
+        self.members = 0  # requests in the batches being served
         self._arrival = env.event()
         env.process(self._dispatch())
 
     def full(self) -> bool:
         return self.queue_limit is not None and self.serving >= self.servers and self.waiting.live >= self.queue_limit
+
+    @property
+    def outstanding(self) -> int:
+        return self.waiting.live + self.members
 
     def serve(self, request: Request) -> Generator[simpy.Event, Any, Outcome]:
         env = self.env
@@ -161,12 +213,17 @@ class BatchingPool(StagePool):
         self.waiting.add(waiting)
         if not self._arrival.triggered:
             self._arrival.succeed()
-        if waiting.picked is not None:
-            yield waiting.picked | env.timeout(self.timeout_s)
-            if not waiting.picked.triggered:
+        try:
+            if waiting.picked is not None:
+                yield waiting.picked | env.timeout(self.timeout_s)
+                if not waiting.picked.triggered:
+                    self.waiting.abandon(waiting)
+                    return Outcome.TIMED_OUT
+            return (yield waiting.done)
+        except simpy.Interrupt:  # abandoned (its deadline): it leaves the queue; a batch already taken carries on
+            if not waiting.taken:
                 self.waiting.abandon(waiting)
-                return Outcome.TIMED_OUT
-        return (yield waiting.done)
+            raise
 
     def _next_arrival(self) -> simpy.Event:
         if self._arrival.triggered:
@@ -176,6 +233,7 @@ class BatchingPool(StagePool):
     def _take_batch(self) -> list[_Waiting]:
         batch = self.waiting.take(self.max_size)
         for waiting in batch:
+            waiting.taken = True
             if waiting.picked is not None:
                 waiting.picked.succeed()
         return batch
@@ -202,15 +260,18 @@ class BatchingPool(StagePool):
     def _serve(self, batch: list[_Waiting]) -> Generator[simpy.Event, Any, None]:
         env = self.env
         started = env.now
-        work = len(batch) if self.sampler.work_key == "batch" else sum(w.request.candidates for w in batch)
-        service = float(self.sampler.sample(self.rng, 1, work)[0]) / 1000 * self.slowdown
+        candidates = sum(w.request.candidates for w in batch)
+        work = len(batch) if self.sampler.work_key == "batch" else candidates
+        service = (float(self.sampler.sample(self.rng, 1, work)[0]) / 1000 + self.per_candidate_s * candidates) * self.slowdown
         if batch[0].request.miss_s is not None:  # the batch waits for its slowest cache miss
             service += max(w.request.miss_s[self.slot] for w in batch)
         self.serving += 1
+        self.members += len(batch)
         yield env.timeout(service)
         self.serving -= 1
+        self.members -= len(batch)
         self.pool.release()
-        self.recorder.batch(self.slot, started, service, sum(w.request.measured for w in batch), len(batch))
+        self.recorder.batch(self.slot, started, service, sum(w.request.measured for w in batch), len(batch), self.node)
         base = 3 * self.slot
         for waiting in batch:
             waiting.request.times[base : base + 3] = (waiting.arrived, started, env.now)
