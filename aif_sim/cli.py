@@ -251,7 +251,7 @@ def _run(args: argparse.Namespace, scenario: Scenario, samplers: dict[str, Sampl
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from aif_sim.app.plan import plan_pipelines
+    from aif_sim.app.plan import load_overrides, plan_pipelines
 
     if args.replications < 1:
         raise InputError(f"--replications: expected a positive integer, got {args.replications}")
@@ -263,8 +263,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.pipelines:
         base.append(("pipelines", [p.strip() for p in args.pipelines.split(",") if p.strip()], "--pipelines"))
     scenario = load_scenario(args.scenario, base)
-    load = load_param(scenario)
-    planned = load_scenario(args.scenario, base + [(load, args.qps, "--qps")])
+    load = load_overrides(scenario, args.qps, args.scenario)
+    planned = load_scenario(args.scenario, base + load)
     samplers = build_samplers(planned, args.scenario)
     console = make_console()
     cache = PointCache(None if args.no_cache else args.cache)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from aif_sim.app.run import build_samplers, simulate
 from aif_sim.cli import main
@@ -94,3 +95,61 @@ def test_an_slo_below_the_service_times_is_infeasible(tmp_path, capsys):
     design = json.loads((out / "plan.json").read_text())["pipelines"]["aif"]
     assert design["feasible"] is False and design["evaluated"] >= 1
     assert "infeasible" in capsys.readouterr().out
+
+
+def _fleet_scenario(tmp_path, arrival: dict) -> dict:
+    tiny = {"servers": 64, "latency": {"dist": "constant", "ms": 0.01}, "cost_per_server_hour": 0.0}
+    return {
+        "name": "plan-fleet",
+        "seed": 3,
+        "duration_s": 20.0,
+        "warmup_s": 2.0,
+        "pipelines": ["sequential"],
+        "slo": {"p99_ms": 60},
+        "traffic": {"arrival": arrival, "candidates": 100},
+        "stages": {
+            "merger": tiny,
+            "retrieval": tiny,
+            "feature_fetch": tiny,
+            "prerank": {"servers": 4, "nodes": 2, "balance": "p2c", "latency": {"dist": "exponential", "mean_ms": 10}},
+        },
+    }
+
+
+def test_a_plan_over_a_fleet_buys_the_fewest_whole_nodes_a_brute_force_search_finds(tmp_path):
+    path = write_yaml(tmp_path / "fleet.yaml", _fleet_scenario(tmp_path, {"kind": "poisson", "qps": 100}))
+    out = tmp_path / "plan"
+    assert main(["plan", str(path), "--qps", "300", "--replications", "1", "--no-cache", "--out", str(out), "--quiet"]) == 0
+    design = json.loads((out / "plan.json").read_text())["pipelines"]["sequential"]
+    assert design["feasible"] and design["servers"]["prerank"] == 2 * design["nodes"]["prerank"]  # 2 threads a node
+    met = {}
+    for nodes in range(2, 9):  # 300 QPS at 10 ms needs more than 3 threads: 2 nodes at least
+        overrides = [("stages.prerank.nodes", nodes, "t"), ("stages.prerank.servers", 2 * nodes, "t"), ("traffic.arrival.qps", 300, "t")]
+        scenario = load_scenario(path, overrides)
+        metrics = simulate(scenario, build_samplers(scenario, str(path)))["sequential"].summary()
+        met[nodes] = metrics["slo"]["valid"]
+    assert design["nodes"]["prerank"] == min(n for n, ok in met.items() if ok), met
+
+
+def test_plan_scales_any_arrival_process_to_the_planned_load(tmp_path):
+    from aif_sim.app.plan import load_overrides
+    from aif_sim.core.traffic import mean_rate
+
+    trace = tmp_path / "trace.csv"
+    trace.write_text("t\n" + "\n".join(f"{0.01 * i:.2f}" for i in range(1, 1001)))  # 100 QPS over 10 s
+    arrivals = [
+        {"kind": "poisson", "qps": 100},
+        {"kind": "diurnal", "mean_qps": 100, "peak_to_trough": 3, "period_s": 10},
+        {"kind": "bursty", "qps": 50, "burst_qps": 400, "mean_burst_s": 1, "mean_calm_s": 4},
+        {"kind": "trace", "path": "trace.csv", "time_scale": 2.0},
+    ]
+    for arrival in arrivals:
+        path = write_yaml(tmp_path / f"{arrival['kind']}.yaml", _fleet_scenario(tmp_path, arrival))
+        base = load_scenario(path)
+        scaled = load_scenario(path, load_overrides(base, 250.0, str(path))).traffic.arrival
+        if arrival["kind"] == "trace":
+            assert scaled.time_scale == pytest.approx(2.0 * 50 / 250)  # played at 50 QPS, stretched to 250
+        else:
+            assert mean_rate(scaled) == pytest.approx(250.0)
+        if arrival["kind"] == "bursty":
+            assert scaled.burst_qps / scaled.qps == pytest.approx(8.0)  # the bursts keep their shape

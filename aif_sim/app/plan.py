@@ -12,6 +12,10 @@ The search:
    misses the SLO, or no pool's waiting is left to buy away.
 3. Prune: give back servers, most expensive pools first, while the SLO is still met.
 Every configuration is simulated once (results are kept by configuration), with the sweep's point cache.
+A pool of several nodes grows and shrinks by whole nodes (its threads per node as the scenario says). The
+scenario's arrival process is scaled to the planned load (`load_overrides`), whatever its kind. A search
+that finds nothing says why (`reason`): the service times alone miss the SLO, no pool's waiting is left to
+buy away, the evaluation budget is spent, or the run was interrupted.
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ from typing import Any
 import numpy as np
 
 from aif_sim.app.sweep import Job, SweepContext, aggregate, run_jobs
+from aif_sim.core.datafiles import read_csv_column
 from aif_sim.core.latency import Sampler
 from aif_sim.core.pipelines import PIPELINES, Cached, Parallel, stages_of
-from aif_sim.core.traffic import candidate_counts
+from aif_sim.core.traffic import candidate_counts, mean_rate
 from aif_sim.errors import InputError
 from aif_sim.scenario import Override, Scenario
+from aif_sim.scenario.schema import BurstyArrival, DiurnalArrival, PoissonArrival, TraceArrival
 
 MAX_EVALUATIONS = 60  # configurations simulated per pipeline before the search gives up
 MIN_GAIN = 0.01  # a server that lowers the p99's upper bound by less than this share stops its pool's growth
@@ -69,12 +75,36 @@ def lower_bounds(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler]
     }
 
 
+def load_overrides(scenario: Scenario, qps: float, source: str) -> list[Override]:
+    """The overrides that make the scenario's arrival process offer `qps` on average: a Poisson or diurnal rate set,
+    a bursty process's two rates scaled together (its bursts keep their shape), a trace's times stretched."""
+    spec = scenario.traffic.arrival
+    if isinstance(spec, PoissonArrival):
+        return [("traffic.arrival.qps", qps, "--qps")]
+    if isinstance(spec, DiurnalArrival):
+        return [("traffic.arrival.mean_qps", qps, "--qps")]
+    if isinstance(spec, BurstyArrival):
+        factor = qps / (mean_rate(spec) or qps)
+        return [("traffic.arrival.qps", spec.qps * factor, "--qps"), ("traffic.arrival.burst_qps", spec.burst_qps * factor, "--qps")]
+    assert isinstance(spec, TraceArrival)
+    times = read_csv_column(spec.path, spec.column, f"{source}: traffic.arrival.path", minimum=0.0)
+    rate = len(times) / (float(times.max()) * spec.time_scale)  # the trace's mean rate as the scenario plays it
+    return [("traffic.arrival.time_scale", spec.time_scale * rate / qps, "--qps")]
+
+
+def node_units(scenario: Scenario, stages: list[str]) -> list[int]:
+    """Per pool, the servers plan adds or removes at once: a node's threads for a pool of several nodes, else 1."""
+    return [scenario.stages[s].threads_per_node if scenario.stages[s].nodes > 1 else 1 for s in stages]
+
+
 @dataclass
 class PipelinePlan:
-    """The search of one pipeline: every configuration simulated, and where it stands."""
+    """The search of one pipeline: every configuration simulated, and where it stands. A configuration counts each
+    pool's units (`units`: servers, or whole nodes of that many threads); `costs` are per unit."""
 
     pipeline: str
     stages: list[str]
+    units: list[int]
     costs: list[float]
     bounds: Config
     results: dict[Config, dict[str, Any]] = field(default_factory=dict)  # configuration -> aggregated row + runs
@@ -86,7 +116,7 @@ class PipelinePlan:
 class Planner:
     """Runs the configurations of a search as sweep points (process pool, replications, point cache)."""
 
-    def __init__(self, ctx: SweepContext, qps: float, load: str, slo_ms: float) -> None:
+    def __init__(self, ctx: SweepContext, qps: float, load: list[Override], slo_ms: float) -> None:
         self.ctx, self.qps, self.load, self.slo_ms = ctx, qps, load, slo_ms
         self.evaluations = 0
 
@@ -107,29 +137,32 @@ class Planner:
     def _context(self, plan: PipelinePlan) -> SweepContext:
         """A sweep context whose swept `value` is a configuration (servers of each pool)."""
         shared = {f.name: getattr(self.ctx, f.name) for f in fields(SweepContext)}
-        shared |= {"param": "servers", "base": self.ctx.base + [(self.load, self.qps, "--qps")]}
-        return _ConfigSweep(**shared, stage_order=plan.stages)
+        shared |= {"param": "servers", "base": self.ctx.base + self.load}
+        fleets = [self.ctx.scenario.stages[stage].nodes > 1 for stage in plan.stages]
+        return _ConfigSweep(**shared, stage_order=plan.stages, units=plan.units, fleets=fleets)
 
     def meets(self, plan: PipelinePlan, config: Config) -> bool:
         return bool(plan.results[config]["row"]["slo_met"])
 
-    def search(self, plan: PipelinePlan) -> Config | None:
-        """The cheapest configuration found that meets the SLO (None: infeasible or stopped)."""
+    def search(self, plan: PipelinePlan) -> tuple[Config | None, str | None]:
+        """The cheapest configuration found that meets the SLO, or None and why the search stopped."""
         config = plan.bounds
         self.evaluate(plan, [config])
-        exhausted: set[int] = set()  # pools whose last added server did not lower the p99
+        exhausted: set[int] = set()  # pools whose last added unit did not lower the p99
         while config in plan.results and not self.meets(plan, config):
-            if len(plan.results) >= MAX_EVALUATIONS or self.ctx.stop():
-                return None
+            if self.ctx.stop():
+                return None, "interrupted"
+            if len(plan.results) >= MAX_EVALUATIONS:
+                return None, f"budget: {MAX_EVALUATIONS} configurations simulated without meeting the SLO"
             runs = plan.results[config]["runs"]
             if np.mean([m["no_contention_ms"]["p99"] for m in runs]) > self.slo_ms:
-                return None  # the service times alone, with no waiting, miss the SLO: no server count helps
+                return None, "service: the service times alone, with no waiting, miss the SLO (no server count helps)"
             pressure = [
                 0.0 if i in exhausted else _waiting_ms(runs, stage) / cost if cost else math.inf
                 for i, (stage, cost) in enumerate(zip(plan.stages, plan.costs))
             ]
             if max(pressure) <= 0:
-                return None  # no pool's waiting is left to buy away, and the SLO is still missed
+                return None, "exhausted: no pool's waiting is left to buy away, and the SLO is still missed"
             grow = int(np.argmax(pressure))
             bigger = tuple(n + (i == grow) for i, n in enumerate(config))
             self.evaluate(plan, [bigger])
@@ -139,7 +172,7 @@ class Planner:
                 exhausted.clear()
             config = bigger
         if config not in plan.results:
-            return None
+            return None, "interrupted"
         for i in sorted(range(len(config)), key=lambda i: -plan.costs[i]):
             while config[i] > plan.bounds[i] and not self.ctx.stop():
                 fewer = tuple(n - (j == i) for j, n in enumerate(config))
@@ -147,7 +180,7 @@ class Planner:
                 if fewer not in plan.results or not self.meets(plan, fewer):
                     break
                 config = fewer
-        return config
+        return config, None
 
 
 def _p99_upper(plan: PipelinePlan, config: Config) -> float:
@@ -166,13 +199,20 @@ class _ConfigSweep(SweepContext):
     """A sweep context whose jobs set every pool's servers from the job's value."""
 
     stage_order: list[str] = field(default_factory=list)
+    units: list[int] = field(default_factory=list)
+    fleets: list[bool] = field(default_factory=list)
 
     def value_overrides(self, value: Any) -> list[Override]:
-        return [(f"stages.{stage}.servers", int(n), "plan") for stage, n in zip(self.stage_order, value)]
+        overrides: list[Override] = []
+        for stage, n, unit, fleet in zip(self.stage_order, value, self.units, self.fleets):
+            overrides.append((f"stages.{stage}.servers", int(n) * unit, "plan"))
+            if fleet:
+                overrides.append((f"stages.{stage}.nodes", int(n), "plan"))
+        return overrides
 
 
 def plan_pipelines(
-    ctx: SweepContext, qps: float, load: str, samplers: dict[str, Sampler], progress: Callable[[str], None]
+    ctx: SweepContext, qps: float, load: list[Override], samplers: dict[str, Sampler], progress: Callable[[str], None]
 ) -> dict[str, Any]:
     """The plan.json document (see DESIGN: plan)."""
     scenario = ctx.scenario
@@ -184,11 +224,13 @@ def plan_pipelines(
         if ctx.stop():
             break
         stages = stages_of(pipeline)
+        units = node_units(scenario, stages)
         bounds = lower_bounds(scenario, pipeline, samplers, qps)
-        plan = PipelinePlan(pipeline, stages, [scenario.stages[s].cost_per_server_hour for s in stages], tuple(bounds[s] for s in stages))
+        costs = [scenario.stages[s].cost_per_server_hour * unit for s, unit in zip(stages, units)]
+        plan = PipelinePlan(pipeline, stages, units, costs, tuple(-(-bounds[s] // unit) for s, unit in zip(stages, units)))
         progress(pipeline)
-        best = planner.search(plan)
-        designs[pipeline] = _design(plan, best)
+        best, reason = planner.search(plan)
+        designs[pipeline] = _design(plan, best, reason)
     return {
         "qps": qps,
         "slo_p99_ms": scenario.slo_p99_ms,
@@ -198,17 +240,18 @@ def plan_pipelines(
     }
 
 
-def _design(plan: PipelinePlan, best: Config | None) -> dict[str, Any]:
-    """One pipeline's entry of plan.json."""
+def _design(plan: PipelinePlan, best: Config | None, reason: str | None) -> dict[str, Any]:
+    """One pipeline's entry of plan.json (servers and lower bounds in threads; `nodes` for pools of several nodes)."""
     evaluated = len(plan.results)
-    bounds = dict(zip(plan.stages, plan.bounds))
+    bounds = {stage: n * unit for stage, n, unit in zip(plan.stages, plan.bounds, plan.units)}
     if best is None:
-        return {"feasible": False, "lower_bounds": bounds, "evaluated": evaluated}
+        return {"feasible": False, "reason": reason, "lower_bounds": bounds, "evaluated": evaluated}
     row, runs = plan.results[best]["row"], plan.results[best]["runs"]
     utilization = {stage: float(np.mean([m["stages"][stage]["utilization"] for m in runs])) for stage in plan.stages}
     return {
         "feasible": True,
-        "servers": dict(zip(plan.stages, best)),
+        "servers": {stage: n * unit for stage, n, unit in zip(plan.stages, best, plan.units)},
+        "nodes": {stage: n for stage, n, unit in zip(plan.stages, best, plan.units) if unit > 1},
         "cost_per_hour": plan.cost(best),
         "p99_ms": row["p99_ms"],
         "p99_ci95": row.get("p99_ms_ci95"),

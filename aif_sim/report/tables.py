@@ -255,6 +255,8 @@ def plan_table(document: dict[str, Any], title: str) -> Table:
         table.add_row(
             "cost / sequential", *[f"{d['cost_per_hour'] / base['cost_per_hour']:.2f}×" if d["feasible"] else "–" for d in designs.values()]
         )
+    reasons = [f"[red]{name} infeasible[/] ({d['reason']})" for name, d in designs.items() if not d["feasible"]]
+    table.caption = "\n".join(reasons) or None
     return table
 
 
@@ -264,4 +266,5 @@ def _servers(design: dict[str, Any], stage: str) -> str:
     if stage not in design["servers"]:
         return ""
     utilization = design["utilization"][stage]
-    return f"{design['servers'][stage]} ({100 * utilization:.0f}%)"
+    nodes = design.get("nodes", {}).get(stage)
+    return f"{design['servers'][stage]} ({f'{nodes} nodes, ' if nodes else ''}{100 * utilization:.0f}%)"
