@@ -3,6 +3,8 @@ cost per candidate. The queueing theory of the balancers is in test_fleet_theory
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -104,6 +106,9 @@ def test_fleets_run_on_simpy_and_say_why():
         ({"per_candidate_us": -1}, ["stages.prerank.per_candidate_us"]),
         ({"shards": 5}, ["stages.prerank", "shards", "at most nodes (4)"]),
         ({"shards": 2, "batch": {"max_size": 4}}, ["stages.prerank", "shards", "batch"]),
+        ({"hedge_after_ms": 0}, ["stages.prerank.hedge_after_ms"]),
+        ({"nodes": 1, "retries": 1}, ["stages.prerank", "retries", "nodes of 2 or more"]),
+        ({"nodes": 1, "hedge_after_ms": 5}, ["stages.prerank", "hedge_after_ms", "nodes of 2 or more"]),
     ],
 )
 def test_bad_fleet_fields_are_one_line_errors(tmp_path, capsys, change, expected):
@@ -113,6 +118,23 @@ def test_bad_fleet_fields_are_one_line_errors(tmp_path, capsys, change, expected
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and all(part in err for part in expected), err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "fault,expected",
+    [
+        ({"stage": "prerank", "nodes": 5}, ["faults.0.nodes", "4 nodes"]),
+        ({"stage": "merger", "nodes": 1}, ["faults.0.stage", "one pool"]),
+        ({"stage": "ranker", "nodes": 1}, ["faults.0.stage", "'ranker'"]),
+    ],
+)
+def test_a_node_loss_names_nodes_the_stage_has(tmp_path, capsys, fault, expected):
+    stages = small_stages({"servers": 8, "nodes": 4, "latency": {"dist": "constant", "ms": 1}})
+    faults = [{"kind": "node_loss", "at_s": 0.5, "duration_s": 1} | fault]
+    path = write_yaml(tmp_path / "bad.yaml", scenario_dict(stages, duration_s=1.0, faults=faults))
+    assert main([str(path), "--quiet", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and all(part in err for part in expected), err
 
 
 def test_a_deadline_must_be_positive(tmp_path, capsys):
@@ -219,3 +241,47 @@ def test_the_offered_tail_counts_failures_as_slower_than_any_completion():
     assert (
         tail["p90"] is None and tail["p99"] is None and summary["latency_ms"]["p99"] == pytest.approx(9.0, rel=0.003)
     )  # completed ones all took 9 ms
+
+
+def test_a_hedge_with_no_queueing_takes_the_first_of_two_copies():
+    """A hedge after d: min(X1, d + X2) when X1 > d; for exponential X of mean m, E = m(1 - e^(-d/m)) + (m/2) e^(-d/m),
+    and the hedged share is P(X1 > d) = e^(-d/m)."""
+    mean, delay = 10.0, 10.0
+    summary = _one_stage(
+        {"servers": 64, "nodes": 8, "hedge_after_ms": delay, "latency": {"dist": "exponential", "mean_ms": mean}},
+        qps=5,
+        duration_s=4000,
+        seed=5,
+    )
+    prerank = summary["stages"]["prerank"]
+    share = math.exp(-delay / mean)
+    assert prerank["latency_ms"]["mean"] == pytest.approx(mean * (1 - share) + mean / 2 * share, rel=0.03)
+    assert prerank["hedges"] / prerank["visits"] == pytest.approx(share, rel=0.05)
+    assert summary["no_contention_ms"]["mean"] == pytest.approx(prerank["latency_ms"]["mean"], rel=1e-9)  # nothing waited
+    assert prerank["wasted_busy_s"] > 0  # the losing copies ran to their end
+
+
+def test_retries_send_failed_visits_to_another_node():
+    stage = {"servers": 8, "nodes": 4, "queue_limit": 0, "latency": {"dist": "exponential", "mean_ms": 10}}
+    once = _one_stage(stage, qps=300, duration_s=20, seed=5)
+    twice = _one_stage(stage | {"retries": 1}, qps=300, duration_s=20, seed=5)
+    assert once["requests"]["rejected"] > 100 and once["stages"]["prerank"]["retries"] == 0
+    assert twice["requests"]["rejected"] < once["requests"]["rejected"] / 2
+    assert twice["stages"]["prerank"]["retries"] >= once["requests"]["rejected"] / 2
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+def test_a_lost_node_fails_what_it_holds_and_gets_no_visit_until_it_returns(retries):
+    losses = [{"kind": "node_loss", "at_s": t, "stage": "prerank", "nodes": 2, "duration_s": 0.5} for t in (10.0, 15.3, 20.7, 25.1)]
+    stage = {"servers": 8, "nodes": 4, "retries": retries, "latency": {"dist": "exponential", "mean_ms": 10}}
+    summary = _one_stage(stage, qps=700, duration_s=40, warmup_s=2, seed=5, faults=losses)
+    req, prerank = summary["requests"], summary["stages"]["prerank"]
+    assert req["offered"] == req["completed"] + req["rejected"] + req["timed_out"] + req["in_flight_at_end"]  # nothing lost
+    if retries:
+        assert req["rejected"] == 0 and prerank["retries"] > 0
+    else:
+        assert req["rejected"] > 0
+    assert summary["faults"][0]["kind"] == "node_loss" and len(summary["faults"]) == 4
+    long_loss = [{"kind": "node_loss", "at_s": 5, "stage": "prerank", "nodes": 1, "duration_s": 20}]
+    lost = _one_stage(stage, qps=300, duration_s=30, seed=5, faults=long_loss)["stages"]["prerank"]["node_utilization"]
+    assert lost[0] < 0.6 * min(lost[1:])  # down for 2/3 of the window

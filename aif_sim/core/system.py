@@ -16,7 +16,7 @@ from aif_sim.core.pipelines import PIPELINES, caches_of, calls_of, pipeline_call
 from aif_sim.core.request import Request
 from aif_sim.core.shadow import ShadowSampling
 from aif_sim.core.traffic import RequestBlock, ZipfSampler, mean_rate, request_blocks, stream
-from aif_sim.scenario.schema import CacheFlush, Fault, NearlineOutage, Scenario, StageSlowdown
+from aif_sim.scenario.schema import CacheFlush, Fault, NearlineOutage, NodeLoss, Scenario, StageSlowdown
 
 PROGRESS_STEPS = 200
 STEP_REQUESTS = 5000  # at most about this many arrivals between progress reports and stop checks
@@ -53,10 +53,10 @@ def vector_stores(pipeline: str) -> list[str]:
 
 
 def touches(fault: Fault, scenario: Scenario, pipeline: str) -> bool:
-    """Whether a fault acts on something this pipeline has: a `stage_slowdown` a stage it visits, a `cache_flush`
+    """Whether a fault acts on something this pipeline has: a `stage_slowdown` or `node_loss` a stage it visits, a `cache_flush`
     a configured cache it consults, a `nearline_outage` the refresh of a nearline store it reads (item vectors:
     `refresh` or model publication; user vectors: `user_refresh`)."""
-    if isinstance(fault, StageSlowdown):
+    if isinstance(fault, StageSlowdown | NodeLoss):
         return fault.stage in stages_of(pipeline)
     if isinstance(fault, CacheFlush):
         return fault.cache in caches_of(pipeline) and scenario.caches is not None and getattr(scenario.caches, fault.cache) is not None

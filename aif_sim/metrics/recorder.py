@@ -132,7 +132,8 @@ class StageRecord:
         self.batching = batching  # busy time and compute come per batch, not per visit
         self.nodes = nodes
         self.node_busy_window_s = [0.0] * nodes  # per node, server-seconds busy inside the window (with several nodes)
-        self.wasted_busy_s = 0.0  # service of visits whose result nobody used (cut off by the request's deadline)
+        self.hedges = self.retries = 0  # copies sent by hedging, visits sent again after a failure
+        self.wasted_busy_s = 0.0  # service of visits whose result nobody used (cut off by a deadline, losing hedge copies)
         self.shard_skew_s = 0.0  # summed over measured sharded visits: slowest shard's end - median shard's end
         self.sharded_visits = 0
         self.latency = LogHistogram()
@@ -264,6 +265,22 @@ class Recorder:
         stage.wasted_busy_s += service_s
         if node is None:
             stage.busy_window_s += self.window.overlap(started_s, started_s + service_s)
+
+    def cut(self, slot: int, node: int | None, from_s: float, to_s: float) -> None:
+        """A visit counted busy on a node until `to_s` stopped at `from_s` (its node went down)."""
+        stage = self.stages[slot]
+        lost = self.window.overlap(from_s, to_s)
+        stage.busy_window_s -= lost
+        if node is not None:
+            stage.node_busy_window_s[node] -= lost
+
+    def hedge(self, slot: int) -> None:
+        """A visit (or shard) unfinished after the stage's hedge delay was sent to a second node."""
+        self.stages[slot].hedges += 1
+
+    def retry(self, slot: int) -> None:
+        """A failed visit (or shard) was sent again to another node."""
+        self.stages[slot].retries += 1
 
     def shard_skew(self, slot: int, skew_s: float) -> None:
         """A measured sharded visit completed: the gap between its slowest and its median shard."""
@@ -546,6 +563,8 @@ class Recorder:
                 "utilization": stage.busy_window_s / stage.servers * per_s,
                 "nodes": stage.nodes,
                 "node_utilization": _node_utilization(stage, per_s),
+                "hedges": stage.hedges,
+                "retries": stage.retries,
                 "wasted_busy_s": stage.wasted_busy_s,
                 "shard_skew_ms": 1000 * stage.shard_skew_s / stage.sharded_visits if stage.sharded_visits else math.nan,
                 "visits": stage.latency.count,

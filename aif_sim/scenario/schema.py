@@ -211,8 +211,10 @@ class Stage(Strict):
     """A pool of `servers` identical threads: one FIFO queue over all of them (`nodes: 1`), or `nodes` machines of
     `servers / nodes` threads, each with its own queue (its own `queue_limit`, `timeout_ms` and batching), behind a
     balancer (`balance`). With `shards`, a visit's candidates are split into that many shard visits on distinct
-    nodes, each timed at its own candidate count; the visit ends with its slowest shard. `per_candidate_us` is
-    added to each visit's (or shard's) service per candidate it handles."""
+    nodes, each timed at its own candidate count; the visit ends with its slowest shard. A visit (or shard)
+    unfinished `hedge_after_ms` after it was sent is sent again to another node (the first copy to complete wins);
+    one rejected, timed out or lost with its node is sent again to another node, at most `retries` times.
+    `per_candidate_us` is added to each visit's (or shard's) service per candidate it handles."""
 
     servers: int = Field(ge=1)
     latency: LatencySpec
@@ -222,6 +224,8 @@ class Stage(Strict):
     nodes: int = Field(default=1, ge=1)
     balance: Literal["random", "round_robin", "least_outstanding", "p2c"] = "p2c"
     shards: int = Field(default=1, ge=1)
+    hedge_after_ms: float | None = Field(default=None, gt=0)
+    retries: int = Field(default=0, ge=0)
     per_candidate_us: float = Field(default=0.0, ge=0)
     cost_per_server_hour: float = Field(default=1.0, ge=0)  # what `plan` minimises (any currency; default 1)
 
@@ -242,6 +246,11 @@ class Stage(Strict):
             raise ValueError(f"shards: expected at most nodes ({self.nodes}): each shard goes to a distinct node, got {self.shards}")
         if self.shards > 1 and self.batch is not None:
             raise ValueError("shards: a batching stage takes whole visits; expected shards: 1 with batch")
+        for field, value in (("hedge_after_ms", self.hedge_after_ms), ("retries", self.retries)):
+            if value and self.nodes == 1:
+                raise ValueError(f"{field}: sends a visit again to another node; expected nodes of 2 or more")
+            if value and self.batch is not None:
+                raise ValueError(f"{field}: a batching stage takes whole visits; expected no {field} with batch")
         return self
 
     @property
@@ -339,7 +348,17 @@ class StageSlowdown(FaultAt):
         return value
 
 
-Fault = Annotated[CacheFlush | NearlineOutage | StageSlowdown, Field(discriminator="kind")]
+class NodeLoss(FaultAt):
+    """Nodes 0..nodes-1 of the stage are down for `duration_s`: their queued and running visits fail (and are sent
+    again where the stage's `retries` allow); balancers skip them until they return."""
+
+    kind: Literal["node_loss"]
+    stage: str
+    nodes: int = Field(ge=1)
+    duration_s: float = Field(gt=0)
+
+
+Fault = Annotated[CacheFlush | NearlineOutage | StageSlowdown | NodeLoss, Field(discriminator="kind")]
 
 
 class ModelSection(Strict):
@@ -424,6 +443,26 @@ class Scenario(Strict):
             if missing:
                 raise ValueError(f"missing stage {missing[0]!r}, which pipeline {pipeline!r} uses")
         return value
+
+    @model_validator(mode="after")
+    def _lost_nodes_exist(self) -> Scenario:
+        """A node loss names a stage of the scenario with at least that many nodes, none of them batching."""
+        for index, fault in enumerate(self.faults):
+            if not isinstance(fault, NodeLoss):
+                continue
+            stage = self.stages.get(fault.stage)
+            where = f"faults.{index}"
+            if stage is None:
+                raise ValueError(f"{where}.stage: {fault.stage!r} is not a stage of the scenario; expected one of {', '.join(self.stages)}")
+            if stage.nodes == 1:
+                raise ValueError(f"{where}.stage: stage {fault.stage} is one pool (nodes: 1); node loss takes nodes of a stage of several")
+            if fault.nodes > stage.nodes:
+                raise ValueError(
+                    f"{where}.nodes: stage {fault.stage} has {stage.nodes} nodes; expected at most that many, got {fault.nodes}"
+                )
+            if stage.batch is not None:
+                raise ValueError(f"{where}: node loss on a batching stage ({fault.stage}) is not modelled")
+        return self
 
     @model_validator(mode="after")
     def _world_updates_need_the_world(self) -> Scenario:

@@ -14,7 +14,7 @@ from aif_sim.core.latency import Sampler
 from aif_sim.core.nearline import NearlineStore, sweep_rate
 from aif_sim.core.traffic import CHUNK, ZipfSampler, stream
 from aif_sim.metrics.recorder import Recorder
-from aif_sim.scenario.schema import CacheFlush, Fault, NearlineOutage, Refresh, Scenario, StageSlowdown
+from aif_sim.scenario.schema import CacheFlush, Fault, NearlineOutage, NodeLoss, Refresh, Scenario, StageSlowdown
 from aif_sim.sim.fleet import Fleet
 from aif_sim.sim.pools import StagePool
 
@@ -144,6 +144,10 @@ def fault(
         pool.slowdown *= spec.factor
         yield env.timeout(spec.duration_s)
         pool.slowdown /= spec.factor
+    elif isinstance(spec, NodeLoss) and spec.stage in pools:
+        fleet = pools[spec.stage]
+        assert isinstance(fleet, Fleet)  # the schema allows node loss only on stages of several nodes
+        yield from fleet.lose(spec.nodes, spec.duration_s)
 
 
 def gauges(env: simpy.Environment, recorder: Recorder, stores: dict[str, NearlineStore]) -> Generator[simpy.Event, Any, None]:

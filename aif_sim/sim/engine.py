@@ -22,7 +22,7 @@ from aif_sim.metrics.recorder import Recorder, RequestSink
 from aif_sim.scenario.schema import Scenario
 from aif_sim.sim.background import start_background
 from aif_sim.sim.fleet import Fleet
-from aif_sim.sim.pools import BatchingPool, StagePool
+from aif_sim.sim.pools import BatchingPool, StagePool, cancellable
 
 
 class PipelineSimulation:
@@ -61,7 +61,8 @@ class PipelineSimulation:
 
         if config.nodes == 1:
             return node(None)
-        return Fleet(self.env, name, [node(i) for i in range(config.nodes)], config.balance, self.scenario.seed, self.recorder, self.spawn)
+        nodes = [node(i) for i in range(config.nodes)]
+        return Fleet(self.env, name, config, nodes, self.samplers[name], self.scenario.seed, self.recorder, self.spawn)
 
     # --- processes ---------------------------------------------------------------------------------
     def _arrivals(self) -> Generator[simpy.Event, Any, None]:
@@ -85,7 +86,7 @@ class PipelineSimulation:
         """A process doing part of a request's work (a parallel branch, a shard), abandoned with the request."""
         if self.deadline_s is None:
             return self.env.process(work)
-        process = self.env.process(_abandonable(work))
+        process = self.env.process(cancellable(work))
         self.processes[request.id].append(process)
         return process
 
@@ -139,11 +140,3 @@ class PipelineSimulation:
                 progress(now)
         self.recorder.close(now)
         return self.recorder
-
-
-def _abandonable(work: Generator[simpy.Event, Any, Outcome]) -> Generator[simpy.Event, Any, Outcome]:
-    """A request's work in a process of its own: abandoned (interrupted at its deadline), it ends timed out."""
-    try:
-        return (yield from work)
-    except simpy.Interrupt:
-        return Outcome.TIMED_OUT

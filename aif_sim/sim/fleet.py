@@ -1,12 +1,20 @@
 """A stage of several nodes: machines, each a pool with its own FIFO queue, behind a load balancer.
 
-`Fleet.serve(request)` picks a node with the stage's balancer (`core.balance`) from every node's outstanding
-count (the requests at the node, queued and in service), then serves the visit there; the node's queue limit,
-timeout and batching are its own. A sharded stage splits the visit into its shards (`Request.shard_s`), each
-sent at once to a distinct node (picked in turn among the nodes not holding another of its shards); the visit ends
-when its last shard ends, with the largest of their outcomes (as a parallel step joins). Its times are (sent,
-the last shard's start, the last shard's end). A stage of one node is a plain pool (`sim.pools`), with no
-fleet around it.
+`Fleet.serve(request)` sends the visit to a node its balancer (`core.balance`) picks from every live node's
+outstanding count (queued and in service); the node's queue limit, timeout and batching are its own. Then:
+- shards: a sharded stage splits the visit into its shards (`Request.shard_s`), each sent at once to a
+  distinct node (picked in turn among the nodes not holding another of its shards); the visit ends when its
+  last shard ends, with the largest of their outcomes (as a parallel step joins);
+- hedging (`hedge_after_ms`): a visit or shard unfinished that long after it was sent is sent again to another
+  node, with a service drawn anew; the first copy to complete wins, the other leaves its queue or, if running,
+  finishes as wasted work. Without waiting, a hedged visit takes min(X1, d + X2) when X1 > d: its no-contention
+  time;
+- retries (`retries`): a visit or shard rejected, timed out or lost with its node is sent again to another node
+  (the same work, so the same service time), at most that many times;
+- node loss (`lose`): the nodes' queued and running visits fail at once (and are retried where allowed); the
+  balancer skips the nodes until they return.
+The visit's times are (sent, the start and end of the copy that completed last among its shards). A stage of
+one node is a plain pool (`sim.pools`), with no fleet around it.
 """
 
 from __future__ import annotations
@@ -18,11 +26,15 @@ import numpy as np
 import simpy
 
 from aif_sim.core.balance import BALANCERS, Uniforms
+from aif_sim.core.latency import Sampler
 from aif_sim.core.request import Outcome, Request
+from aif_sim.core.system import shard_sizes
 from aif_sim.core.traffic import stream
 from aif_sim.metrics.recorder import Recorder
-from aif_sim.sim.pools import Part, StagePool
+from aif_sim.scenario.schema import Stage
+from aif_sim.sim.pools import Part, StagePool, cancellable
 
+COMPLETED = Outcome.COMPLETED
 Spawn = Callable[[Request, Generator[simpy.Event, Any, Outcome]], simpy.Process]
 
 
@@ -44,13 +56,25 @@ class Fleet:
     `spawn` starts a process for a request (the engine keeps them, to abandon them at the request's deadline)."""
 
     def __init__(
-        self, env: simpy.Environment, name: str, nodes: list[StagePool], balance: str, seed: int, recorder: Recorder, spawn: Spawn
+        self,
+        env: simpy.Environment,
+        name: str,
+        config: Stage,
+        nodes: list[StagePool],
+        sampler: Sampler,
+        seed: int,
+        recorder: Recorder,
+        spawn: Spawn,
     ) -> None:
         self.env, self.nodes, self.recorder, self.spawn = env, nodes, recorder, spawn
         self.slot = nodes[0].slot
         self.outstanding = Outstanding(nodes)
         self.live = list(range(len(nodes)))
-        self.balancer = BALANCERS[balance](len(nodes), Uniforms(stream(seed, f"balance:{name}")))
+        self.balancer = BALANCERS[config.balance](len(nodes), Uniforms(stream(seed, f"balance:{name}")))
+        self.hedge_s = config.hedge_after_ms / 1000 if config.hedge_after_ms is not None else None
+        self.retries = config.retries
+        self.sampler, self.copies = sampler, stream(seed, f"copies:{name}")
+        self.per_candidate_s = config.per_candidate_us / 1e6
 
     @property
     def slowdown(self) -> float:
@@ -61,26 +85,85 @@ class Fleet:
         for node in self.nodes:
             node.slowdown = factor
 
-    def serve(self, request: Request) -> Generator[simpy.Event, Any, Outcome]:
-        if request.shard_s is not None and self.slot in request.shard_s:
-            return (yield from self._sharded(request, request.shard_s[self.slot]))
-        node = self.balancer.choose(self.outstanding, self.live)
-        return (yield from self.nodes[node].serve(request))
+    def lose(self, count: int, duration_s: float) -> Generator[simpy.Event, Any, None]:
+        """Nodes 0..count-1 go down for `duration_s`: what they hold fails, and no visit is sent to them."""
+        down = range(count)
+        self.live = [n for n in self.live if n not in down]
+        for node in down:
+            self.nodes[node].lose()
+        yield self.env.timeout(duration_s)
+        self.live = sorted({*self.live, *down})
 
-    def _sharded(self, request: Request, services: list[float]) -> Generator[simpy.Event, Any, Outcome]:
+    def serve(self, request: Request) -> Generator[simpy.Event, Any, Outcome]:
         sent = self.env.now
-        parts = [Part(service) for service in services]
-        nodes: list[int] = []
+        sharded = request.shard_s is not None and self.slot in request.shard_s
+        services = request.shard_s[self.slot] if sharded else [request.service_s[self.slot]]  # type: ignore[index]
+        sizes = shard_sizes(np.array([request.candidates]), len(services))[0].tolist()
+        parts = [Part(service, candidates) for service, candidates in zip(services, sizes)]
+        holding: list[int] = []  # nodes holding a shard or copy of this visit
+        first = []
         for _ in parts:
-            nodes.append(self.balancer.choose(self.outstanding, [n for n in self.live if n not in nodes]))
-        others = [self.spawn(request, self.nodes[node].serve(request, part)) for node, part in zip(nodes[:-1], parts[:-1])]
-        outcome = yield from self.nodes[nodes[-1]].serve(request, parts[-1])  # the last shard runs in this process
+            node = self._pick(holding)
+            first.append(node)
+            if node is not None:
+                holding.append(node)
+        others = [self.spawn(request, cancellable(self._deliver(request, p, n, holding))) for p, n in zip(parts[:-1], first[:-1])]
+        outcome = yield from self._deliver(request, parts[-1], first[-1], holding)  # the last shard runs in this process
         for other in others:
             outcome = max(outcome, (yield other))
-        if outcome is Outcome.COMPLETED:
+        if outcome is COMPLETED:
             last = max(parts, key=lambda part: part.ended)
             request.times[3 * self.slot : 3 * self.slot + 3] = (sent, last.started, last.ended)
-            request.service_s[self.slot] = max(part.service for part in parts)  # the slowest shard, with no waiting
-            if request.measured:
+            request.service_s[self.slot] = max(part.alone for part in parts)  # the slowest shard, with no waiting
+            if request.measured and len(parts) > 1:
                 self.recorder.shard_skew(self.slot, last.ended - float(np.median([part.ended for part in parts])))
         return outcome
+
+    def _pick(self, holding: list[int]) -> int | None:
+        """A live node not holding another shard or copy of the visit (None: there is none)."""
+        eligible = [n for n in self.live if n not in holding]
+        return self.balancer.choose(self.outstanding, eligible) if eligible else None
+
+    def _deliver(self, request: Request, part: Part, node: int | None, holding: list[int]) -> Generator[simpy.Event, Any, Outcome]:
+        """A shard (or the whole visit) sent to `node`, hedged, and sent again on failure while retries last."""
+        retries = self.retries
+        while True:
+            outcome = Outcome.REJECTED if node is None else (yield from self._hedged(request, part, node, holding))
+            if outcome is COMPLETED or retries == 0:
+                return outcome
+            node = self._pick(holding)
+            if node is None:
+                return outcome
+            holding.append(node)
+            retries -= 1
+            self.recorder.retry(self.slot)
+
+    def _hedged(self, request: Request, part: Part, node: int, holding: list[int]) -> Generator[simpy.Event, Any, Outcome]:
+        if self.hedge_s is None:
+            return (yield from self.nodes[node].serve_part(request, part))
+        primary = self.spawn(request, cancellable(self.nodes[node].serve_part(request, part)))
+        yield primary | self.env.timeout(self.hedge_s)
+        spare = None if primary.triggered else self._pick(holding)
+        if spare is None:
+            return (yield primary)
+        holding.append(spare)
+        self.recorder.hedge(self.slot)
+        copy = Part(self._draw(part.candidates), part.candidates)
+        second = self.spawn(request, cancellable(self.nodes[spare].serve_part(request, copy)))
+        yield primary | second
+        ended, other = (primary, second) if primary.triggered else (second, primary)
+        if ended.value is not COMPLETED:
+            ended, other = other, ended
+            yield ended
+        if other.is_alive:
+            other.interrupt()  # the losing copy leaves its queue, or finishes as wasted work
+        if ended is second:
+            part.started, part.ended = copy.started, copy.ended
+        if part.alone > self.hedge_s:
+            part.alone = min(part.alone, self.hedge_s + copy.alone)
+        return ended.value
+
+    def _draw(self, candidates: int) -> float:
+        """A copy's service (s), drawn anew at the part's candidates, as the request's own draws are made."""
+        work = 1.0 if self.sampler.work_key == "batch" else float(candidates)
+        return float(self.sampler.sample(self.copies, 1, work)[0]) / 1000 + self.per_candidate_s * candidates

@@ -25,14 +25,28 @@ from aif_sim.scenario.schema import Stage
 COMPLETED = Outcome.COMPLETED
 
 
+LOST = "node lost"  # the cause of the interrupt that fails the visits of a node that goes down
+
+
 class Part:
-    """One shard of a visit (`sim.fleet`): its service (s; slowed down when it starts), and when it started and
-    ended on its node."""
+    """One shard, or copy, of a visit on a node of a fleet (`sim.fleet`): its candidates, its service (s; slowed
+    down when it starts), the time it would take alone with no waiting (`alone`), and when it started and ended."""
 
-    __slots__ = ("service", "started", "ended")
+    __slots__ = ("service", "alone", "candidates", "started", "ended")
 
-    def __init__(self, service: float) -> None:
-        self.service, self.started, self.ended = service, math.nan, math.nan
+    def __init__(self, service: float, candidates: int) -> None:
+        self.service = self.alone = service
+        self.candidates = candidates
+        self.started = self.ended = math.nan
+
+
+def cancellable(work: Generator[simpy.Event, Any, Outcome]) -> Generator[simpy.Event, Any, Outcome]:
+    """A request's work in a process of its own: abandoned (interrupted: a deadline, a losing hedge copy), it ends
+    timed out; where it waited or ran, the pool has already let it go."""
+    try:
+        return (yield from work)
+    except simpy.Interrupt:
+        return Outcome.TIMED_OUT
 
 
 class ServerPool:
@@ -93,6 +107,23 @@ class StagePool:
         self.timeout_s = config.timeout_ms / 1000 if config.timeout_ms is not None else None
         self.recorder = recorder
         self.slowdown = 1.0  # service-time multiplier (a stage_slowdown fault)
+        self.visiting: set[simpy.Process] = set()  # on a fleet's node: the processes of the visits it holds
+
+    def serve_part(self, request: Request, part: Part) -> Generator[simpy.Event, Any, Outcome]:
+        """A part of a visit on a node of a fleet, failed (rejected) if the node is lost meanwhile (`lose`)."""
+        process = self.env.active_process
+        assert process is not None
+        self.visiting.add(process)
+        try:
+            return (yield from self.serve(request, part))
+        finally:
+            self.visiting.discard(process)
+
+    def lose(self) -> None:
+        """The node goes down: every visit it holds, queued or in service, fails at once; it comes back empty."""
+        for process in list(self.visiting):
+            process.interrupt(LOST)
+        self.pool = ServerPool(self.env, self.servers)
 
     @property
     def outstanding(self) -> int:
@@ -119,7 +150,9 @@ class StagePool:
                     if not waiter.triggered:
                         pool.abandon(waiter)
                         return Outcome.TIMED_OUT
-            except simpy.Interrupt:  # the request was abandoned (its deadline) while it waited here
+            except simpy.Interrupt as stop:  # the request was abandoned (its deadline) while it waited here
+                if stop.cause is LOST:
+                    return Outcome.REJECTED  # the queue went down with the node
                 if waiter.triggered:
                     pool.release()  # a server was just handed over: pass it on
                 else:
@@ -132,14 +165,17 @@ class StagePool:
             if part is None:
                 request.service_s[self.slot] = service  # the request's own work, as no-contention sees it
             else:
-                part.service = service
+                part.service = part.alone = service
         if self.node is not None:
             self.recorder.node_busy(self.slot, self.node, started, service, request.measured)
         try:
             yield env.timeout(service)
-        except simpy.Interrupt:  # abandoned in service: the server finishes the work, which nobody uses
-            self.recorder.wasted(self.slot, started, service, self.node)
-            env.process(self._release_at(started + service))
+        except simpy.Interrupt as stop:
+            if stop.cause is LOST:  # the node went down with the work: its busy time ends here
+                self.recorder.cut(self.slot, self.node, env.now, started + service)
+                return Outcome.REJECTED
+            self.recorder.wasted(self.slot, started, service, self.node)  # abandoned: the server finishes it for nothing
+            env.process(self._release_at(pool, started + service))
             raise
         pool.release()
         if part is None:
@@ -149,9 +185,9 @@ class StagePool:
             part.started, part.ended = started, env.now
         return COMPLETED
 
-    def _release_at(self, end_s: float) -> Generator[simpy.Event, Any, None]:
+    def _release_at(self, pool: ServerPool, end_s: float) -> Generator[simpy.Event, Any, None]:
         yield self.env.timeout(end_s - self.env.now)
-        self.pool.release()
+        pool.release()
 
 
 class _Waiting(Waiting):
