@@ -3,6 +3,7 @@ cost per candidate. The queueing theory of the balancers is in test_fleet_theory
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -285,3 +286,34 @@ def test_a_lost_node_fails_what_it_holds_and_gets_no_visit_until_it_returns(retr
     long_loss = [{"kind": "node_loss", "at_s": 5, "stage": "prerank", "nodes": 1, "duration_s": 20}]
     lost = _one_stage(stage, qps=300, duration_s=30, seed=5, faults=long_loss)["stages"]["prerank"]["node_utilization"]
     assert lost[0] < 0.6 * min(lost[1:])  # down for 2/3 of the window
+
+
+def test_idealised_runs_every_fleet_as_one_shared_queue_beside_the_fleet(tmp_path):
+    stages = {
+        "merger": negligible(),
+        "retrieval": negligible(),
+        "feature_fetch": negligible(),
+        "prerank": {"servers": 16, "nodes": 16, "balance": "random", "latency": {"dist": "exponential", "mean_ms": 10}},
+    }
+    path = write_yaml(tmp_path / "f.yaml", scenario_dict(stages, qps=1200, duration_s=20, warmup_s=2))
+    out = tmp_path / "out"
+    assert main([str(path), "--idealised", "--quiet", "--out", str(out)]) == 0
+    metrics = json.loads((out / "summary.json").read_text())["pipelines"]["sequential"]
+    shared = make_scenario(
+        {**stages, "prerank": {"servers": 16, "latency": {"dist": "exponential", "mean_ms": 10}}}, qps=1200, duration_s=20, warmup_s=2
+    )
+    assert metrics["idealised_latency_ms"] == run_summaries(shared)["sequential"]["latency_ms"]  # the same scenario, one queue
+    assert metrics["latency_ms"]["p99"] > 2 * metrics["idealised_latency_ms"]["p99"]  # random routing at 75%: M/M/1s vs M/M/16
+
+
+def test_every_shard_waits_for_the_visits_cache_miss():
+    stages = {
+        "merger": negligible(),
+        "retrieval": negligible(),
+        "feature_fetch": {"servers": 64, "nodes": 4, "shards": 2, "latency": {"dist": "constant", "ms": 1.0}},
+        "prerank": negligible(),
+    }
+    caches = {"sim_features": {"capacity": 0, "miss_latency": {"dist": "constant", "ms": 5.0}}}  # every read misses
+    summary = run_summaries(make_scenario(stages, qps=50, duration_s=4, caches=caches))["sequential"]
+    fetch = summary["stages"]["feature_fetch"]["latency_ms"]
+    assert fetch["p50"] == pytest.approx(6.0, rel=0.003) and fetch["max"] == pytest.approx(6.0, rel=1e-9)

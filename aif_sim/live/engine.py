@@ -8,13 +8,15 @@ aiocache storage (`live.storage`), nearline refresh that runs the model (`live.n
 The load generator is open loop: each request is issued at its scheduled arrival time on the loop's clock
 as its own task, whatever the state of the system, and its latency is measured from the *scheduled* time,
 so a late generator cannot hide queueing (coordinated omission); how late each request was issued (the
-schedule lag) is reported beside the results.
+schedule lag) is reported beside the results. With `deadline_ms`, a request not finished that long after its
+scheduled arrival is abandoned: its task is cancelled (queued visits leave their queues, running ones finish as
+wasted work, parallel branches and shards likewise) and it ends timed out.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +30,7 @@ from aif_sim.core.pipelines import stages_of
 from aif_sim.core.request import Outcome, Request
 from aif_sim.core.system import RequestSource, cache_policies, nearline_stores, vector_stores
 from aif_sim.core.traffic import ZipfSampler, stream
+from aif_sim.live.fleet import LiveFleet
 from aif_sim.live.loop import Clock, measure_wake
 from aif_sim.live.model import LiveModel
 from aif_sim.live.nearline import LiveRefresh, Outage, fill, publisher
@@ -36,11 +39,12 @@ from aif_sim.live.stages import LiveStage
 from aif_sim.live.storage import VectorStorage, open_storage
 from aif_sim.metrics.histogram import LogHistogram
 from aif_sim.metrics.recorder import Recorder, RequestSink
-from aif_sim.scenario.schema import CacheFlush, Fault, NearlineOutage, Scenario, StageSlowdown
+from aif_sim.scenario.schema import CacheFlush, Fault, NearlineOutage, Scenario, Stage, StageSlowdown
 
 PAYLOAD_FIELD = {"user_vector": "user_vector", "sim_features": "behaviour"}  # what a cache's value is in a request's payload
 DRAIN_POLL_S = 0.05
 STOP_DRAIN_S = 2.0  # how long an interrupted run waits for its requests in flight
+Slot = LivePool | LiveFleet  # a stage slot: one pool, or nodes behind a balancer
 
 
 @dataclass
@@ -86,6 +90,7 @@ class LivePipeline:
         self.storage: dict[str, VectorStorage] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self.failure: BaseException | None = None  # the first error of a request or background task
+        self.deadline_s = scenario.deadline_ms / 1000 if scenario.deadline_ms is not None else None
 
     # --- setting up ----------------------------------------------------------------------------------
     def _open_storage(self) -> None:
@@ -120,21 +125,29 @@ class LivePipeline:
         model = self.model
         return model.item_side if name == "items" else lambda ids: model.user_interest(ids.tolist())
 
-    def _pools(self, clock: Clock, flow: Flow) -> list[LivePool]:
-        pools: list[LivePool] = []
+    def _pools(self, clock: Clock, flow: Flow) -> list[Slot]:
+        """Each stage slot's pool, or its nodes behind its balancer (the nodes share the stage's work)."""
+        pools: list[Slot] = []
         for slot, call in enumerate(flow.calls):
             config = self.scenario.stages[call.stage]
             rng = stream(self.scenario.seed, f"batch-service:{call.stage}")
             vectors = self.storage.get(call.vectors) if call.vectors else None
             sampler = self.samplers[call.stage]
             work = LiveStage(clock, slot, call, sampler, rng, self.model, self.executor, vectors, config.per_candidate_us)
-            pool = (
-                LivePool(clock, slot, config, work) if config.batch is None else LiveBatchingPool(clock, slot, config, work, self.recorder)
-            )
-            pools.append(pool)
+            if config.nodes == 1:
+                pools.append(self._node(clock, slot, config, work, None))
+            else:
+                nodes = [self._node(clock, slot, config, work, index) for index in range(config.nodes)]
+                pools.append(LiveFleet(clock, call.stage, config, nodes, self.scenario.seed, self.recorder))
         return pools
 
-    def _background(self, clock: Clock, pools: list[LivePool]) -> None:
+    def _node(self, clock: Clock, slot: int, config: Stage, work: LiveStage, index: int | None) -> LivePool:
+        """A stage's pool, or its node `index`."""
+        if config.batch is None:
+            return LivePool(clock, slot, config, work, self.recorder, index, abandonable=self.deadline_s is not None)
+        return LiveBatchingPool(clock, slot, config, work, self.recorder, index)
+
+    def _background(self, clock: Clock, pools: list[Slot]) -> None:
         scenario, nearline, loop = self.scenario, self.scenario.nearline, clock.loop
         outage = Outage(clock)
         for name, store in self.stores.items():
@@ -196,11 +209,24 @@ class LivePipeline:
             await clock.until(int(clock()) + 1.0)
 
     # --- requests ------------------------------------------------------------------------------------
-    async def _handle(self, request: Request, flow: Flow, pools: list[LivePool], clock: Clock) -> None:
-        outcome = await self._drive(request, flow.run(request), pools)
+    async def _handle(self, request: Request, flow: Flow, pools: list[Slot], clock: Clock) -> None:
+        work = self._drive(request, flow.run(request), pools)
+        outcome = await (work if self.deadline_s is None else self._within_deadline(request, work, clock))
         self.recorder.finish(request, outcome, clock())
 
-    async def _drive(self, request: Request, flow: FlowRun, pools: list[LivePool]) -> Outcome:
+    async def _within_deadline(self, request: Request, work: Coroutine[Any, Any, Outcome], clock: Clock) -> Outcome:
+        """The request's flow, abandoned `deadline_ms` after its scheduled arrival (its task cancelled): it ends
+        timed out."""
+        assert self.deadline_s is not None
+        task = self._spawn(clock.loop, work)
+        done, _ = await asyncio.wait((task,), timeout=max(0.0, request.arrival_s + self.deadline_s - clock()))
+        if done:
+            return task.result()
+        task.cancel()
+        await asyncio.wait((task,))  # its queued visits have left their queues
+        return Outcome.TIMED_OUT
+
+    async def _drive(self, request: Request, flow: FlowRun, pools: list[Slot]) -> Outcome:
         """Carry out what the request's flow asks (`core.flow`) until it ends; its outcome."""
         answer: Any = None
         while True:
@@ -221,13 +247,19 @@ class LivePipeline:
                 answer = None
             else:
                 assert isinstance(op, Save)
-                storage = self.storage[op.cache]
-                await storage.set(request.user, request.payload[PAYLOAD_FIELD[op.cache]])
-                if op.dropped is not None:
-                    await storage.delete_many([op.dropped])
+                save = self._save(request, op)
+                await (save if self.deadline_s is None else asyncio.shield(self._spawn(asyncio.get_running_loop(), save)))
                 answer = None
 
-    async def _generate(self, clock: Clock, flow: Flow, pools: list[LivePool], duration_s: float, stop: Callable[[], bool]) -> None:
+    async def _save(self, request: Request, op: Save) -> None:
+        """Store a computed value the cache policy has taken in (with a deadline, in a task of its own that finishes
+        even if the request is abandoned meanwhile: the storage must hold what the policy holds)."""
+        storage = self.storage[op.cache]
+        await storage.set(request.user, request.payload[PAYLOAD_FIELD[op.cache]])
+        if op.dropped is not None:
+            await storage.delete_many([op.dropped])
+
+    async def _generate(self, clock: Clock, flow: Flow, pools: list[Slot], duration_s: float, stop: Callable[[], bool]) -> None:
         """Issue every request at its scheduled time, each as its own task (open loop)."""
         scenario, recorder, schedule = self.scenario, self.recorder, self.schedule
         source = RequestSource.for_pipeline(scenario, self.pipeline, self.samplers, self.caches, self.stores)
@@ -264,7 +296,7 @@ class LivePipeline:
         `drain_s` (or until `stop()` says so); the recorder, marked partial when stopped early."""
         loop = asyncio.get_running_loop()
         self._open_storage()
-        pools: list[LivePool] = []
+        pools: list[Slot] = []
         try:
             await self._fill(lambda name, done, total: progress(f"{self.pipeline}: {name} index", done, total))
             clock = Clock(loop, await measure_wake())
@@ -283,12 +315,10 @@ class LivePipeline:
             self.recorder.close(now)
             return self.recorder
         finally:
-            for pool in pools:
-                if isinstance(pool, LiveBatchingPool):
-                    pool.close()
+            stopped = [task for pool in pools for task in pool.close()]
             for task in list(self.tasks):
                 task.cancel()
-            await asyncio.gather(*self.tasks, return_exceptions=True)
+            await asyncio.gather(*stopped, *self.tasks, return_exceptions=True)
             for storage in self.storage.values():
                 await storage.clear()
                 await storage.close()

@@ -1,18 +1,24 @@
-"""Stage pools in wall-clock time: `servers` concurrent services behind one FIFO queue, with the DES's rules
-(`sim.pools`): a request arriving when every server is busy and `queue_limit` requests wait is rejected;
-one not started within `timeout_ms` leaves the queue; a batching pool claims a server, then fills a batch
-until `max_size` requests or the oldest has waited `max_wait_ms`.
+"""Stage pools in wall-clock time: servers behind one FIFO queue, with the DES's rules (`sim.pools`): a request
+arriving when every server is busy and `queue_limit` requests wait is rejected; one not started within
+`timeout_ms` leaves the queue; a batching pool claims a server, then fills a batch until `max_size` requests or
+the oldest has waited `max_wait_ms`. A pool is a stage's (its `servers`) or one node of a fleet's (`live.fleet`:
+its `servers / nodes`, its busy time also accounted per node).
 
 A pool does not know what its service is: `work(requests)` is the stage's work for one request (a plain
 pool) or one batch, awaited while the server is held. The time a request spends in service, as measured,
 becomes its `service_s` at the stage (what the no-contention latency adds up).
+
+A visit whose request is abandoned (its task cancelled: the request's deadline) leaves the queue if it waits; if
+it is in service, its work goes on to its end and keeps the server until then, accounted as wasted; a batch
+already taken is served for its other members.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from aif_sim.core.batching import BatchQueue, Waiting
 from aif_sim.core.request import Outcome, Request
@@ -25,21 +31,40 @@ COMPLETED = Outcome.COMPLETED
 
 
 class LivePool:
-    """`servers` servers each serving one request at a time."""
+    """`threads_per_node` servers each serving one request at a time. `recorder` receives the busy time the visits'
+    times do not carry (a node's, and a wasted visit's); a pool on its own, without one, accounts nothing. When
+    visits may be `abandonable` (the scenario has a deadline), work in service runs as a task of its own, which
+    outlives its visit; otherwise in the visit's task (a loop hop less per visit)."""
 
-    def __init__(self, clock: Clock, slot: int, config: Stage, work: Work) -> None:
-        self.clock, self.slot, self.work = clock, slot, work
+    def __init__(
+        self,
+        clock: Clock,
+        slot: int,
+        config: Stage,
+        work: Work,
+        recorder: Recorder | None = None,
+        node: int | None = None,
+        abandonable: bool = False,
+    ) -> None:
+        self.clock, self.slot, self.work, self.recorder, self.node = clock, slot, work, recorder, node
+        self.abandonable = abandonable
         self.loop = clock.loop
-        self.servers = config.servers
+        self.servers = config.threads_per_node
         self.busy = 0
         self.waiters: deque[asyncio.Future[bool]] = deque()
         self.queued = 0  # live waiters
         self.queue_limit = config.queue_limit
         self.timeout_s = config.timeout_ms / 1000 if config.timeout_ms is not None else None
+        self.tasks: set[asyncio.Task[Any]] = set()  # work in service, in tasks of its own
+
+    @property
+    def outstanding(self) -> int:
+        """Requests at the pool: queued and in service (a node's load, as a balancer sees it)."""
+        return self.busy + self.queued
 
     async def acquire(self, bounded: bool = True) -> Outcome:
         """Hold a server: at once when one is free, else after waiting in FIFO order; a `bounded` wait
-        obeys the queue limit and the timeout."""
+        obeys the queue limit and the timeout. Cancelled while it waits, it leaves the queue."""
         if self.busy < self.servers:
             self.busy += 1
             return COMPLETED
@@ -49,9 +74,17 @@ class LivePool:
         self.waiters.append(waiter)
         self.queued += 1
         expiry = self.loop.call_later(self.timeout_s, self._expire, waiter) if bounded and self.timeout_s is not None else None
-        served = await waiter
-        if expiry is not None:
-            expiry.cancel()
+        try:
+            served = await waiter
+        except asyncio.CancelledError:
+            if waiter.cancelled():  # it left the queue (`release` skips it)
+                self.queued -= 1
+            elif waiter.result():  # a server was just handed over: pass it on
+                self.release()
+            raise
+        finally:
+            if expiry is not None:
+                expiry.cancel()
         return COMPLETED if served else Outcome.TIMED_OUT
 
     def _expire(self, waiter: asyncio.Future[bool]) -> None:
@@ -69,21 +102,57 @@ class LivePool:
                 return
         self.busy -= 1
 
+    def _start(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run work in service as a task of the pool's own (it outlives an abandoned request; `close` stops it)."""
+        task = self.loop.create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
     async def serve(self, request: Request) -> Outcome:
         arrived = self.clock()
         outcome = await self.acquire()
         if outcome:
             return outcome
+        if not self.abandonable:
+            started, ended = await self._hold(request)
+        else:
+            held = self._start(self._hold(request))
+            try:
+                started, ended = await asyncio.shield(held)
+            except asyncio.CancelledError:
+                held.add_done_callback(self._wasted)
+                raise
+        request.service_s[self.slot] = ended - started
+        base = 3 * self.slot
+        request.times[base : base + 3] = (arrived, started, ended)
+        return COMPLETED
+
+    async def _hold(self, request: Request) -> tuple[float, float]:
+        """The request's work on the server it holds, released when the work ends; when it started and ended."""
         started = self.clock()
         try:
             await self.work([request])
         finally:
             self.release()
         ended = self.clock()
-        request.service_s[self.slot] = ended - started
-        base = 3 * self.slot
-        request.times[base : base + 3] = (arrived, started, ended)
-        return COMPLETED
+        if self.node is not None and self.recorder is not None:
+            self.recorder.node_busy(self.slot, self.node, started, ended - started, request.measured)
+        return started, ended
+
+    def _wasted(self, held: asyncio.Task[tuple[float, float]]) -> None:
+        """The work of an abandoned visit ended: wasted (an error it raised goes to the loop's handler)."""
+        if held.cancelled() or self.recorder is None:
+            return
+        started, ended = held.result()
+        self.recorder.wasted(self.slot, started, ended - started, self.node)
+
+    def close(self) -> list[asyncio.Task[Any]]:
+        """Stop the pool's tasks (the run is over); the tasks stopped, to await."""
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        return tasks
 
 
 class _Waiting(Waiting):
@@ -99,20 +168,23 @@ class _Waiting(Waiting):
 class LiveBatchingPool(LivePool):
     """Servers that take up to `max_size` requests at once (an asyncio micro-batcher)."""
 
-    def __init__(self, clock: Clock, slot: int, config: Stage, work: Work, recorder: Recorder) -> None:
-        super().__init__(clock, slot, config, work)
+    def __init__(self, clock: Clock, slot: int, config: Stage, work: Work, recorder: Recorder, node: int | None = None) -> None:
+        super().__init__(clock, slot, config, work, recorder, node)
         assert config.batch is not None
         self.max_size = config.batch.max_size
         self.max_wait_s = config.batch.max_wait_ms / 1000
-        self.recorder = recorder
         self.waiting: BatchQueue[_Waiting] = BatchQueue()
         self.serving = 0  # servers serving a batch
+        self.members = 0  # requests in the batches being served
         self.arrived = asyncio.Event()
-        self.tasks: set[asyncio.Task[None]] = set()
         self.dispatcher = self.loop.create_task(self._dispatch())
 
     def full(self) -> bool:
         return self.queue_limit is not None and self.serving >= self.servers and self.waiting.live >= self.queue_limit
+
+    @property
+    def outstanding(self) -> int:
+        return self.waiting.live + self.members
 
     async def serve(self, request: Request) -> Outcome:
         if self.full():
@@ -121,10 +193,15 @@ class LiveBatchingPool(LivePool):
         self.waiting.add(waiting)
         self.arrived.set()
         expiry = self.loop.call_later(self.timeout_s, self._abandon, waiting) if self.timeout_s is not None else None
-        outcome = await waiting.done
-        if expiry is not None:
-            expiry.cancel()
-        return outcome
+        try:
+            return await waiting.done
+        except asyncio.CancelledError:  # abandoned: it leaves the queue; a batch already taken carries on
+            if not waiting.picked and not waiting.abandoned:
+                self.waiting.abandon(waiting)
+            raise
+        finally:
+            if expiry is not None:
+                expiry.cancel()
 
     def _abandon(self, waiting: _Waiting) -> None:
         if not waiting.picked and not waiting.abandoned:
@@ -159,29 +236,32 @@ class LiveBatchingPool(LivePool):
                 await self._next_arrival(left)
             batch = self._take_batch()
             if batch:
-                task = self.loop.create_task(self._serve(batch))
-                self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
+                self._start(self._serve(batch))
             else:
                 self.release()
 
     async def _serve(self, batch: list[_Waiting]) -> None:
         started = self.clock()
         self.serving += 1
+        self.members += len(batch)
         try:
             await self.work([waiting.request for waiting in batch])
         finally:
             self.serving -= 1
+            self.members -= len(batch)
             self.release()
         ended = self.clock()
         service = ended - started
-        self.recorder.batch(self.slot, started, service, sum(w.request.measured for w in batch), len(batch))
+        self.recorder.batch(self.slot, started, service, sum(w.request.measured for w in batch), len(batch), self.node)
         base = 3 * self.slot
         for waiting in batch:
+            if waiting.done.cancelled():  # its request was abandoned while the batch ran
+                continue
             waiting.request.service_s[self.slot] = service
             waiting.request.times[base : base + 3] = (waiting.arrived, started, ended)
             waiting.done.set_result(COMPLETED)
 
-    def close(self) -> None:
-        """Stop the dispatcher."""
+    def close(self) -> list[asyncio.Task[Any]]:
+        """Stop the dispatcher and the batches in service."""
         self.dispatcher.cancel()
+        return [self.dispatcher, *super().close()]

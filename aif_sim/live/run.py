@@ -2,8 +2,10 @@
 pipelines live, one after another, each on a fresh event loop, with one model and one executor.
 
 What the live engine runs and what it does not:
-- every pipeline, stage kind (plain, batching, queue limit, timeout), cache (LRU/TTL policy, values in
-  aiocache memory or Redis), nearline refresh (on update, periodic, model publication) and fault;
+- every pipeline, stage kind (plain, batching, queue limit, timeout; nodes behind a balancer, shards), request
+  deadline, cache (LRU/TTL policy, values in aiocache memory or Redis), nearline refresh (on update, periodic,
+  model publication) and fault but `node_loss`;
+- not hedging or retries (`hedge_after_ms`, `retries`: a live visit goes to one node, once);
 - not `nearline.updates_from: world` (the world's item changes serve shadow scoring, a DES analysis) and
   no shadow scoring (the live engine measures time; quality comes from the DES);
 - populations whose vectors it can precompute before the run (`MAX_ITEMS`, `MAX_USERS`).
@@ -30,7 +32,7 @@ from aif_sim.live.loop import new_loop
 from aif_sim.live.model import MODEL_OPS, LiveModel
 from aif_sim.live.storage import redis_reachable
 from aif_sim.metrics.recorder import Recorder, RequestSink
-from aif_sim.scenario.schema import Scenario
+from aif_sim.scenario.schema import NodeLoss, Scenario
 
 MAX_ITEMS = 200_000  # item vectors the index is filled with before the run (about 10 s of work on one core)
 MAX_USERS = 50_000  # user-interest vectors likewise (UIC)
@@ -46,11 +48,16 @@ Progress = Callable[[str, float, float], None]
 def check_live(scenario: Scenario, source: str) -> None:
     """InputError (one line) when the live engine cannot run this scenario as given."""
     nearline, traffic = scenario.nearline, scenario.traffic
-    fleets = [name for name in scenario.stage_names if scenario.stages[name].nodes > 1]
-    if fleets:
-        raise InputError(f"{source}: stages.{fleets[0]}.nodes: the live engine runs each stage as one pool; expected nodes: 1")
-    if scenario.deadline_ms is not None:
-        raise InputError(f"{source}: deadline_ms: the live engine does not abandon requests at a deadline yet; leave it out")
+    for name in scenario.stage_names:
+        stage = scenario.stages[name]
+        if stage.hedge_after_ms is not None or stage.retries:
+            field = "hedge_after_ms" if stage.hedge_after_ms is not None else "retries"
+            raise InputError(
+                f"{source}: stages.{name}.{field}: the live engine sends each visit (or shard) once, to one node; leave it out"
+            )
+    losses = [i for i, fault in enumerate(scenario.faults) if isinstance(fault, NodeLoss)]
+    if losses:
+        raise InputError(f"{source}: faults[{losses[0]}]: the live engine does not take nodes down (node_loss); leave it out")
     if nearline is not None and nearline.updates_from == "world":
         raise InputError(f"{source}: nearline.updates_from: the live engine takes `rate` (the world's changes serve DES shadow scoring)")
     reads = {store for pipeline in scenario.pipelines for store in vector_stores(pipeline)}

@@ -97,7 +97,11 @@ class Fleet:
     def serve(self, request: Request) -> Generator[simpy.Event, Any, Outcome]:
         sent = self.env.now
         sharded = request.shard_s is not None and self.slot in request.shard_s
-        services = request.shard_s[self.slot] if sharded else [request.service_s[self.slot]]  # type: ignore[index]
+        if sharded:  # every shard waits for the visit's cache miss, if it had one
+            miss_s = request.miss_s[self.slot] if request.miss_s is not None else 0.0
+            services = [service + miss_s for service in request.shard_s[self.slot]]  # type: ignore[index]
+        else:
+            services = [request.service_s[self.slot]]
         sizes = shard_sizes(np.array([request.candidates]), len(services))[0].tolist()
         parts = [Part(service, candidates) for service, candidates in zip(services, sizes)]
         holding: list[int] = []  # nodes holding a shard or copy of this visit
