@@ -20,7 +20,7 @@ from aif_sim.app.interrupt import StopSignal
 from aif_sim.app.outputs import OutputFolder, default_folder
 from aif_sim.app.point_cache import PointCache
 from aif_sim.app.quality import score_shadow_samples
-from aif_sim.app.run import ENGINES, build_samplers, choose_engines, simulate, summary_document, write_run
+from aif_sim.app.run import ENGINES, build_samplers, choose_engines, idealised_latency, simulate, summary_document, write_run
 from aif_sim.app.sweep import SweepContext, find_capacity, grid_sweep, load_param, write_sweep
 from aif_sim.atomic import write_json
 from aif_sim.compiled import kernels_cached
@@ -69,6 +69,11 @@ def _engine_option(parser: argparse.ArgumentParser) -> None:
 
 def _run_options(parser: argparse.ArgumentParser) -> None:
     _scenario_options(parser)
+    parser.add_argument(
+        "--idealised",
+        action="store_true",
+        help="also run every stage of several nodes as one shared queue: the cost of real load balancing beside each p99",
+    )
     parser.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="per-request file format")
     parser.add_argument(
         "--requests-sample", type=float, default=1.0, metavar="FRACTION", help="share of completed requests written to the per-request file"
@@ -233,6 +238,8 @@ def _run(args: argparse.Namespace, scenario: Scenario, samplers: dict[str, Sampl
         if not stop() and not live:
             score_shadow_samples(scenario, results, None if args.quiet else console)
         summary = summary_document(scenario, results, live)
+        if args.idealised and not stop():
+            _add_idealised(args, summary, console)
         write_run(folder.path, scenario, results, summary)
         out = folder.commit()
     if not args.quiet:
@@ -248,6 +255,18 @@ def _run(args: argparse.Namespace, scenario: Scenario, samplers: dict[str, Sampl
     if stop():
         print(f"aif-sim: interrupted; partial results in {out}", file=sys.stderr)
     return stop.exit_code
+
+
+def _add_idealised(args: argparse.Namespace, summary: dict[str, Any], console: Console) -> None:
+    """Each pipeline's latency with every stage of several nodes as one shared queue (`idealised_latency_ms`)."""
+    overrides = _overrides(args) + ([("pipelines", list(summary["pipelines"]), "--pipelines")] if getattr(args, "pipelines", None) else [])
+    latency = idealised_latency(args.scenario, overrides, getattr(args, "engine", "auto"))
+    if latency is None:
+        if not args.quiet:
+            console.print("--idealised: no stage has several nodes; every pool is already one shared queue")
+        return
+    for pipeline, block in latency.items():
+        summary["pipelines"][pipeline]["idealised_latency_ms"] = block
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

@@ -13,7 +13,8 @@ from aif_sim.errors import InputError
 from aif_sim.metrics.recorder import Recorder, RequestSink
 from aif_sim.report.fmt import run_title
 from aif_sim.report.plots import plot_latency_cdf, plot_stage_breakdown, plot_timeseries
-from aif_sim.scenario import Scenario
+from aif_sim.scenario import Override, Scenario, load_scenario
+from aif_sim.scenario.schema import NodeLoss
 from aif_sim.sim.engine import PipelineSimulation
 
 
@@ -79,6 +80,32 @@ def simulate(
             recorder = PipelineSimulation(scenario, pipeline, samplers, sink).run(report, stop)
         results[pipeline] = recorder
     return results
+
+
+def idealised_overrides(scenario: Scenario) -> list[Override]:
+    """The same scenario with every stage of several nodes as one pool of its threads behind one FIFO queue (the
+    central dispatcher no fleet has): no shards, hedges or retries, and no node loss."""
+    overrides: list[Override] = []
+    for name, stage in scenario.stages.items():
+        if stage.nodes > 1:
+            fields = {"nodes": 1, "shards": 1, "hedge_after_ms": None, "retries": 0}
+            overrides += [(f"stages.{name}.{field}", value, "--idealised") for field, value in fields.items()]
+    if any(isinstance(fault, NodeLoss) for fault in scenario.faults):
+        kept = [fault.model_dump(mode="json") for fault in scenario.faults if not isinstance(fault, NodeLoss)]
+        overrides.append(("faults", kept, "--idealised"))
+    return overrides
+
+
+def idealised_latency(source: str, overrides: list[Override], engine: str = "auto") -> dict[str, dict[str, float]] | None:
+    """Per pipeline, the latency (`latency_ms`) of the scenario's idealisation (`idealised_overrides`), or None when
+    no stage has several nodes (the scenario is its own idealisation)."""
+    scenario = load_scenario(source, overrides)
+    extra = idealised_overrides(scenario)
+    if not extra:
+        return None
+    idealised = load_scenario(source, overrides + extra)
+    results = simulate(idealised, build_samplers(idealised, source), engine=engine)
+    return {pipeline: recorder.summary()["latency_ms"] for pipeline, recorder in results.items()}
 
 
 def summary_document(scenario: Scenario, results: dict[str, Recorder], live: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:

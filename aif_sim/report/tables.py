@@ -87,6 +87,7 @@ def stage_table(pipeline: str, metrics: dict[str, Any]) -> Table:
     add_columns(table, "stage", "mean", "p99", "wait", "wait p99", "util", "on path", "compute", left=("stage",))
     for stage, stats in metrics["stages"].items():
         marks = (" ▲" if stage == metrics["bottleneck"] else "") + (" ●" if stage == metrics["critical_stage"] else "")
+        marks += f" ({stats['nodes']} nodes)" if stats.get("nodes", 1) > 1 else ""
         table.add_row(
             stage + marks,
             number(stats["latency_ms"]["mean"]),
