@@ -111,6 +111,12 @@ def build_parser(with_model: bool = True) -> Parser:
     plan.add_argument("--qps", type=float, required=True, help="the load to plan for")
     plan.add_argument("--pipelines", help=f"comma-separated, from {', '.join(PIPELINES)} (default: the scenario's)")
     plan.add_argument("--replications", type=int, default=3, metavar="N", help="runs per configuration (default 3)")
+    plan.add_argument(
+        "--max-utilization",
+        type=float,
+        metavar="U",
+        help="headroom: leave no pool busier than this share (a pool's stages.NAME.max_utilization takes precedence)",
+    )
     plan.add_argument("--jobs", type=int, default=None, help="parallel processes (default: CPU count)")
     plan.add_argument("--cache", type=Path, default=Path("results/cache"), metavar="DIR", help="finished runs by scenario hash")
     plan.add_argument("--no-cache", action="store_true", help="run every configuration, keep none")
@@ -278,6 +284,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         raise InputError(f"--jobs: expected a positive integer, got {args.jobs}")
     if args.qps <= 0:
         raise InputError(f"--qps: expected a positive load, got {args.qps:g}")
+    if args.max_utilization is not None and not 0 < args.max_utilization <= 1:
+        raise InputError(f"--max-utilization: expected a share in (0, 1], got {args.max_utilization:g}")
     base = _overrides(args)
     if args.pipelines:
         base.append(("pipelines", [p.strip() for p in args.pipelines.split(",") if p.strip()], "--pipelines"))
@@ -302,7 +310,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             args.backend,
             args.engine,
         )
-        document = plan_pipelines(ctx, args.qps, load, samplers, lambda pipeline: None)
+        document = plan_pipelines(ctx, args.qps, load, samplers, lambda pipeline: None, args.max_utilization)
         write_json(folder.path / "plan.json", document)
         out = folder.commit()
     if not args.quiet:

@@ -153,3 +153,20 @@ def test_plan_scales_any_arrival_process_to_the_planned_load(tmp_path):
             assert mean_rate(scaled) == pytest.approx(250.0)
         if arrival["kind"] == "bursty":
             assert scaled.burst_qps / scaled.qps == pytest.approx(8.0)  # the bursts keep their shape
+
+
+def test_a_plan_with_headroom_leaves_no_pool_busier_than_its_cap(tmp_path):
+    data = _fleet_scenario(tmp_path, {"kind": "poisson", "qps": 100})
+    data["stages"]["prerank"]["max_utilization"] = 0.5  # this pool's own cap wins over --max-utilization
+    path = write_yaml(tmp_path / "fleet.yaml", data)
+    designs = {}
+    for cap in (None, 0.9):
+        out = tmp_path / f"plan-{cap}"
+        argv = ["plan", str(path), "--qps", "300", "--replications", "1", "--no-cache", "--out", str(out), "--quiet"]
+        assert main(argv + (["--max-utilization", str(cap)] if cap else [])) == 0
+        designs[cap] = json.loads((out / "plan.json").read_text())["pipelines"]["sequential"]
+    for design in designs.values():
+        assert design["feasible"] and design["utilization"]["prerank"] <= 0.5 and design["max_utilization"]["prerank"] == 0.5
+    assert designs[0.9]["max_utilization"]["retrieval"] == 0.9 and all(u <= 0.9 for u in designs[0.9]["utilization"].values())
+    # 300 QPS at 10 ms is 3 threads' work: at most 50% busy needs 6 threads, 3 nodes of 2
+    assert designs[None]["servers"]["prerank"] >= 6

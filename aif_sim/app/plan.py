@@ -12,7 +12,9 @@ The search:
    misses the SLO, or no pool's waiting is left to buy away.
 3. Prune: give back servers, most expensive pools first, while the SLO is still met.
 Every configuration is simulated once (results are kept by configuration), with the sweep's point cache.
-A pool of several nodes grows and shrinks by whole nodes (its threads per node as the scenario says). The
+A pool of several nodes grows and shrinks by whole nodes (its threads per node as the scenario says). A pool
+with a utilisation cap (headroom: `stages.NAME.max_utilization`, or `--max-utilization` for every pool) starts
+above the servers that cap needs and is grown first while a configuration leaves it busier. The
 scenario's arrival process is scaled to the planned load (`load_overrides`), whatever its kind. A search
 that finds nothing says why (`reason`): the service times alone miss the SLO, no pool's waiting is left to
 buy away, the evaluation budget is spent, or the run was interrupted.
@@ -67,12 +69,19 @@ def server_rates(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler]
     return rates
 
 
-def lower_bounds(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler], qps: float) -> dict[str, int]:
-    """Per pool, the fewest servers that keep it stable at `qps` (see the module docstring)."""
+def lower_bounds(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler], qps: float, caps: dict[str, float]) -> dict[str, int]:
+    """Per pool, the fewest servers that keep it stable at `qps`, below its utilisation cap (see the module
+    docstring)."""
     guarded = guarded_stages(pipeline) if scenario.caches is not None else set()
     return {
-        stage: 1 if stage in guarded else math.floor(qps / rate) + 1 for stage, rate in server_rates(scenario, pipeline, samplers).items()
+        stage: 1 if stage in guarded else math.floor(qps / (rate * caps[stage])) + 1
+        for stage, rate in server_rates(scenario, pipeline, samplers).items()
     }
+
+
+def utilization_caps(scenario: Scenario, stages: list[str], default: float | None) -> dict[str, float]:
+    """Per pool, the highest mean utilisation a plan may leave it at: its `max_utilization`, else `default`, else 1."""
+    return {stage: scenario.stages[stage].max_utilization or default or 1.0 for stage in stages}
 
 
 def load_overrides(scenario: Scenario, qps: float, source: str) -> list[Override]:
@@ -107,6 +116,7 @@ class PipelinePlan:
     units: list[int]
     costs: list[float]
     bounds: Config
+    caps: list[float]  # per pool, the highest mean utilisation a plan may leave it at (1: no headroom asked)
     results: dict[Config, dict[str, Any]] = field(default_factory=dict)  # configuration -> aggregated row + runs
 
     def cost(self, config: Config) -> float:
@@ -142,7 +152,7 @@ class Planner:
         return _ConfigSweep(**shared, stage_order=plan.stages, units=plan.units, fleets=fleets)
 
     def meets(self, plan: PipelinePlan, config: Config) -> bool:
-        return bool(plan.results[config]["row"]["slo_met"])
+        return bool(plan.results[config]["row"]["slo_met"]) and not _over_cap(plan, config)
 
     def search(self, plan: PipelinePlan) -> tuple[Config | None, str | None]:
         """The cheapest configuration found that meets the SLO, or None and why the search stopped."""
@@ -157,13 +167,14 @@ class Planner:
             runs = plan.results[config]["runs"]
             if np.mean([m["no_contention_ms"]["p99"] for m in runs]) > self.slo_ms:
                 return None, "service: the service times alone, with no waiting, miss the SLO (no server count helps)"
+            over = _over_cap(plan, config)
             pressure = [
                 0.0 if i in exhausted else _waiting_ms(runs, stage) / cost if cost else math.inf
                 for i, (stage, cost) in enumerate(zip(plan.stages, plan.costs))
             ]
-            if max(pressure) <= 0:
+            if not over and max(pressure) <= 0:
                 return None, "exhausted: no pool's waiting is left to buy away, and the SLO is still missed"
-            grow = int(np.argmax(pressure))
+            grow = max(over, key=lambda i: over[i]) if over else int(np.argmax(pressure))  # headroom first
             bigger = tuple(n + (i == grow) for i, n in enumerate(config))
             self.evaluate(plan, [bigger])
             if bigger in plan.results and _p99_upper(plan, bigger) >= (1 - MIN_GAIN) * _p99_upper(plan, config):
@@ -181,6 +192,17 @@ class Planner:
                     break
                 config = fewer
         return config, None
+
+
+def _over_cap(plan: PipelinePlan, config: Config) -> dict[int, float]:
+    """The pools the configuration leaves busier than their cap, each with its utilisation over the cap."""
+    runs = plan.results[config]["runs"]
+    over = {}
+    for i, (stage, cap) in enumerate(zip(plan.stages, plan.caps)):
+        utilization = float(np.mean([m["stages"][stage]["utilization"] for m in runs]))
+        if utilization > cap:
+            over[i] = utilization / cap
+    return over
 
 
 def _p99_upper(plan: PipelinePlan, config: Config) -> float:
@@ -212,7 +234,12 @@ class _ConfigSweep(SweepContext):
 
 
 def plan_pipelines(
-    ctx: SweepContext, qps: float, load: list[Override], samplers: dict[str, Sampler], progress: Callable[[str], None]
+    ctx: SweepContext,
+    qps: float,
+    load: list[Override],
+    samplers: dict[str, Sampler],
+    progress: Callable[[str], None],
+    max_utilization: float | None = None,
 ) -> dict[str, Any]:
     """The plan.json document (see DESIGN: plan)."""
     scenario = ctx.scenario
@@ -225,9 +252,11 @@ def plan_pipelines(
             break
         stages = stages_of(pipeline)
         units = node_units(scenario, stages)
-        bounds = lower_bounds(scenario, pipeline, samplers, qps)
+        caps = utilization_caps(scenario, stages, max_utilization)
+        bounds = lower_bounds(scenario, pipeline, samplers, qps, caps)
         costs = [scenario.stages[s].cost_per_server_hour * unit for s, unit in zip(stages, units)]
-        plan = PipelinePlan(pipeline, stages, units, costs, tuple(-(-bounds[s] // unit) for s, unit in zip(stages, units)))
+        units_bounds = tuple(-(-bounds[s] // unit) for s, unit in zip(stages, units))
+        plan = PipelinePlan(pipeline, stages, units, costs, units_bounds, [caps[s] for s in stages])
         progress(pipeline)
         best, reason = planner.search(plan)
         designs[pipeline] = _design(plan, best, reason)
@@ -258,6 +287,7 @@ def _design(plan: PipelinePlan, best: Config | None, reason: str | None) -> dict
         "p99_lo": row.get("p99_ms_lo"),
         "p99_hi": row.get("p99_ms_hi"),
         "utilization": utilization,
+        "max_utilization": {stage: cap for stage, cap in zip(plan.stages, plan.caps) if cap < 1},
         "lower_bounds": bounds,
         "evaluated": evaluated,
     }

@@ -228,6 +228,7 @@ class Stage(Strict):
     retries: int = Field(default=0, ge=0)
     per_candidate_us: float = Field(default=0.0, ge=0)
     cost_per_server_hour: float = Field(default=1.0, ge=0)  # what `plan` minimises (any currency; default 1)
+    max_utilization: float | None = Field(default=None, gt=0, le=1)  # the headroom `plan` keeps: the busiest it may leave the pool
 
     @field_validator("balance", mode="before")
     @classmethod
