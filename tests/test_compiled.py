@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import aif_sim.sim.engine as sim_engine
-from aif_sim.app.run import build_samplers
+from aif_sim.app.run import build_samplers, choose_engines
 from aif_sim.compiled.engine import run_compiled
 from aif_sim.compiled.support import unsupported
 from aif_sim.core import traffic
@@ -127,6 +127,9 @@ def pools(draw: st.DrawFn) -> dict[str, Any]:
     if draw(st.integers(0, 3)) == 0:  # a batching stage (a waiter's timeout and the batch timer never tie)
         max_wait_ms = draw(st.floats(0.05, 5.0).filter(lambda ms: timeout_ms is None or abs(ms - timeout_ms) > 1e-6))
         stage["batch"] = {"max_size": draw(st.integers(1, 8)), "max_wait_ms": max_wait_ms}
+    elif draw(st.booleans()):  # several nodes, each a pool of its own, behind a balancer
+        stage["nodes"] = draw(st.sampled_from([n for n in range(2, 9) if stage["servers"] % n == 0] or [1]))
+        stage["balance"] = draw(st.sampled_from(["random", "round_robin", "least_outstanding", "p2c"]))
     return stage
 
 
@@ -382,3 +385,37 @@ def test_unsupported_names_what_it_does_not_model(tmp_path):
         ],
     )
     assert all(why_not(faults, pipeline) is None for pipeline in ALL)
+
+
+def test_ties_likely_at_queueing_stages_fall_back_to_simpy(tmp_path):
+    """Millisecond trace times (many repeated) into constant services at stages with queue limits: visits leave
+    a stage exactly as others arrive, which simpy orders as scheduled, so the engines differ; auto runs simpy and
+    says why. It does too for constant services at a queueing stage after another constant stage (sums of
+    services that can coincide); continuous arrivals into a constant first stage stay compiled."""
+    times = np.round(np.sort(np.random.default_rng(3).uniform(0, 3.0, 6000)), 3)
+    path = tmp_path / "trace.csv"
+    path.write_text("t\n" + "".join(f"{float(t)!r}\n" for t in times))
+    stages = {
+        "merger": {"servers": 3, "latency": {"dist": "constant", "ms": 1}, "queue_limit": 2},
+        "retrieval": {"servers": 9, "latency": {"dist": "constant", "ms": 2}, "queue_limit": 3, "timeout_ms": 2},
+        "feature_fetch": {"servers": 3, "latency": {"dist": "constant", "ms": 1}, "queue_limit": 1},
+        "prerank": {"servers": 12, "latency": {"dist": "constant", "ms": 3}, "queue_limit": 2},
+    }
+    scenario = make_scenario(stages, arrival={"kind": "trace", "path": str(path)}, duration_s=3.0)
+    samplers = build_samplers(scenario, "<test>")
+    simpy_requests = sim_engine.PipelineSimulation(scenario, "sequential", samplers).run().summary()["requests"]
+    with patch("aif_sim.compiled.engine.unsupported", return_value=None):  # run it anyway
+        compiled_requests = run_compiled(scenario, "sequential", samplers).summary()["requests"]
+    assert simpy_requests["rejected"] != compiled_requests["rejected"]
+    reason = (
+        "the compiled engine may order events at equal times unlike simpy: trace arrivals into constant or empirical services "
+        "(merger, retrieval, feature_fetch, prerank)"
+    )
+    assert choose_engines(scenario, samplers, "auto") == {"sequential": ("simpy", reason)}
+    poisson = make_scenario(stages, qps=2000, duration_s=1.0)
+    assert why_not(poisson, "sequential") == (
+        "the compiled engine may order events at equal times unlike simpy: retrieval queues with constant or empirical services "
+        "after constant, empirical or batched services at merger"
+    )
+    continuous = {name: {**stage, "latency": {"dist": "exponential", "mean_ms": 1}} for name, stage in stages.items()}
+    assert why_not(make_scenario({**continuous, "merger": stages["merger"]}, qps=2000, duration_s=1.0), "sequential") is None

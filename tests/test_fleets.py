@@ -91,11 +91,14 @@ def test_node_utilization_adds_up_to_the_stage_and_one_node_is_the_stage():
     assert stages["retrieval"]["nodes"] == 1 and stages["retrieval"]["node_utilization"] == [stages["retrieval"]["utilization"]]
 
 
-def test_fleets_run_on_simpy_and_say_why():
+def test_fleets_run_compiled_and_what_the_compiled_engine_lacks_runs_on_simpy_saying_why():
     scenario = make_scenario(_fleet_stages(), pipelines=["sequential"], qps=100, duration_s=1.0)
-    engines = choose_engines(scenario, build_samplers(scenario, "<test>"), "auto")
-    engine, reason = engines["sequential"]
-    assert engine == "simpy" and "several nodes" in reason and "merger" in reason
+    assert choose_engines(scenario, build_samplers(scenario, "<test>"), "auto")["sequential"] == ("compiled", None)
+    stages = _fleet_stages()
+    stages["prerank"]["shards"] = 2
+    scenario = make_scenario(stages, pipelines=["sequential"], qps=100, duration_s=1.0)
+    engine, reason = choose_engines(scenario, build_samplers(scenario, "<test>"), "auto")["sequential"]
+    assert engine == "simpy" and "shards" in reason and "prerank" in reason
 
 
 @pytest.mark.parametrize(
@@ -144,12 +147,14 @@ def test_a_deadline_must_be_positive(tmp_path, capsys):
     assert "deadline_ms" in capsys.readouterr().err
 
 
-def test_the_compiled_engine_and_the_live_engine_refuse_fleets_in_one_line(tmp_path, capsys):
-    path = write_yaml(tmp_path / "fleet.yaml", scenario_dict(_fleet_stages(), duration_s=1.0))
-    for argv in (["run", str(path), "--engine", "compiled"], ["live", str(path)]):
+def test_the_compiled_engine_and_the_live_engine_refuse_what_they_lack_in_one_line(tmp_path, capsys):
+    stages = _fleet_stages()
+    stages["prerank"] |= {"shards": 2, "hedge_after_ms": 20}
+    path = write_yaml(tmp_path / "fleet.yaml", scenario_dict(stages, duration_s=1.0))
+    for argv, word in ((["run", str(path), "--engine", "compiled"], "shards"), (["live", str(path)], "hedge_after_ms")):
         assert main([*argv, "--quiet", "--out", str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "nodes" in err, err
+        assert err.count("\n") == 1 and word in err, err
 
 
 @pytest.mark.parametrize("engine", ["simpy", "compiled"])

@@ -3,13 +3,15 @@
 `run_compiled(scenario, pipeline, samplers, sink, progress, stop)` simulates one pipeline over the same
 requests and draws as `sim.engine.PipelineSimulation` (`core.system.RequestSource`'s streams) and returns
 a `Recorder` whose `summary()`, time series, per-request rows and shadow samples equal the simpy run's. It
-covers plain and batching stage pools (servers, queue limits, timeouts, stage slowdowns), caches and nearline
-stores; `support.unsupported(scenario, pipeline)` names what stands in the way (batching stages whose batch
-services cannot be drawn ahead) without importing numba.
+covers plain and batching stage pools (servers, queue limits, timeouts, stage slowdowns), stages of several
+nodes behind a balancer, caches and nearline stores; `support.unsupported(scenario, pipeline)` names what stands
+in the way (batching stages whose batch services cannot be drawn ahead; shards, hedges, retries, batching nodes,
+node loss, deadlines; exact ties between events likely where their order matters) without importing numba.
 
 How (see `engine` and `kernels`): a FIFO pool of c servers with a queue limit and abandonment on timeout
 is a sweep over its visits in order of arrival with a min-heap of the servers' free times and one of the
-live waiters' leave times; a batching pool is its dispatcher's state machine (`batching`); caches and
+live waiters' leave times; a stage of several nodes is one such pool per node, the balancer picking a node
+from their counts at each arrival (`fleets`); a batching pool is its dispatcher's state machine (`batching`); caches and
 nearline reads are applied in time order within those sweeps (`caches`, `nearline`); the pipeline's steps
 are swept in turn, a block of arrivals at a time, each stage's state carried from block to block. The float
 arithmetic is simpy's (`now + delay` at every event), so times agree exactly, up to the order of events at

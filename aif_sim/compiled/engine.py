@@ -7,8 +7,9 @@ ahead by a thread of their own):
    stage swept in order of arrival there, but only as far as is known: the next block's first arrival A
    reaches any step no earlier than A, so a request reaching step k at or after A waits (its arrival time
    kept) and is merged into step k's sweep with the next block; each stage's state carries over (server
-   heaps, batching queues and dispatchers, `batching.BatchState`), and so do the caches
-   (`caches.CacheState`) with their inserts not yet due;
+   heaps, batching queues and dispatchers, `batching.BatchState`, the nodes' waiters and balancers,
+   `fleets.FleetState`), and so do the caches (`caches.CacheState`) with their inserts not yet due; the
+   fleet visits that started before A are accounted per node (`Recorder.node_busy`) in the order they started;
 3. the vector fetches that ended before A read the nearline stores, in time order (`nearline`);
 4. the batches and requests that finished before the block's last arrival are accounted (`Recorder.batch`,
    `Recorder.account`) in the order they finished, as one group: exactly what simpy's `recorder.flush()`
@@ -29,6 +30,7 @@ import numpy as np
 
 from aif_sim.compiled.batching import BatchState
 from aif_sim.compiled.caches import CacheState
+from aif_sim.compiled.fleets import FleetState
 from aif_sim.compiled.kernels import advance, event_times
 from aif_sim.compiled.nearline import CompiledNearline
 from aif_sim.compiled.support import unsupported
@@ -73,7 +75,7 @@ def run_compiled(
     while upcoming is not None:
         if stop is not None and stop():
             recorder.stop(now)
-            _close(recorder, system, caches, vectors, now, now)
+            _close(recorder, system, caches, vectors, pools.fleets, now, now)
             return recorder
         draws, t = upcoming, upcoming_t
         last = float(t[-1])
@@ -87,6 +89,7 @@ def run_compiled(
         recorder.arrivals(draws.block.arrival_s, measured)
         caches.reserve(len(system))
         pools.advance(system, caches, limit, until)
+        pools.fleets.emit(recorder, min(limit, until))
         if vectors is not None:
             vectors.read(system, min(limit, until))
             vectors.nearline.advance(last)
@@ -100,7 +103,7 @@ def run_compiled(
     if vectors is not None:
         vectors.nearline.advance(clock)
     _flush(recorder, system, clock, vectors, pools.batches)
-    _close(recorder, system, caches, vectors, end, clock)
+    _close(recorder, system, caches, vectors, pools.fleets, end, clock)
     if progress is not None:
         progress(end)
     return recorder
@@ -234,7 +237,8 @@ class _Pools:
         self.free_at = np.cumsum([0] + [config.servers for config in configs]).astype(np.int64)
         self.free = np.full(int(self.free_at[-1]), -np.inf)
         self.queue_limit = np.array([-1 if c.queue_limit is None else c.queue_limit for c in configs], dtype=np.int64)
-        self.left_at = np.cumsum([0] + [max(0, int(limit)) for limit in self.queue_limit]).astype(np.int64)
+        waiters = [max(0, int(limit)) if c.nodes == 1 else 0 for limit, c in zip(self.queue_limit, configs)]  # a fleet's: per node
+        self.left_at = np.cumsum([0, *waiters]).astype(np.int64)
         self.left = np.empty(max(1, int(self.left_at[-1])))
         self.left_n = np.zeros(len(configs), np.int64)
         # the timeout exactly as sim.pools computes it (ms / 1000)
@@ -242,10 +246,12 @@ class _Pools:
         self.slow_at, self.slow_t, self.slow_v = _slowdowns(scenario, self.names)
         self.guard, self.reads = _cache_slots(pipeline, caches)
         self.batches = BatchState(scenario, self.names, samplers)
+        self.fleets = FleetState(scenario, pipeline)
         self.numbered = np.zeros(1, np.int64)  # visit ends numbered so far (`batching.visit_over`)
 
     def advance(self, system: _Requests, caches: CacheState, limit: float, until: float) -> None:
         self.batches.prepare(len(system))
+        self.fleets.prepare(len(system))
         columns = ("arrive", "step", "outcome", "end_s", "pending", "step_end", "worst", "end_order", "rank")
         advance(
             self.step_at,
@@ -265,6 +271,8 @@ class _Pools:
             caches.state,
             self.batches.slot_batch,
             self.batches.state,
+            self.fleets.fleet_of,
+            self.fleets.state,
             (*(system.column(name) for name in columns), self.numbered),
             system.column("users"),
             system.column("measured"),
@@ -406,9 +414,13 @@ def _flush(recorder: Recorder, system: _Requests, before: float, vectors: _Vecto
     return float(end_s[-1])
 
 
-def _close(recorder: Recorder, system: _Requests, caches: CacheState, vectors: _Vectors | None, end: float, clock: float) -> None:
+def _close(
+    recorder: Recorder, system: _Requests, caches: CacheState, vectors: _Vectors | None, fleets: FleetState, end: float, clock: float
+) -> None:
     """Close the recorder at `end` with the requests still in flight at the simulated time `clock`: the visits
-    they ended before it count, and the cache inserts and flushes and background events before it happen."""
+    they ended before it count, the fleet visits they started before it are busy time, and the cache inserts and
+    flushes and background events before it happen."""
+    fleets.emit(recorder, clock)
     caches.settle(clock)
     if vectors is not None:
         vectors.nearline.advance(clock)

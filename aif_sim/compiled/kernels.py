@@ -6,6 +6,8 @@ State of a stage pool (slot s), kept across calls in flat arrays:
 - `left[left_at[s] : left_at[s] + left_n[s]]`: with a queue limit, a min-heap of the times its live
   waiters leave the queue (when they start, or when they time out); its capacity is the queue limit,
   since a request only queues while fewer than `queue_limit` wait.
+A stage of several nodes (`fleets`) splits its region of `free` into one heap per node and keeps each node's
+waiters in `fleets`' state instead of `left`.
 
 A visit at t to a pool whose heap minimum m <= t starts at t; otherwise, with a queue limit, the waiters
 that have left by t are popped and it is rejected when `queue_limit` remain; otherwise it is given the
@@ -21,6 +23,7 @@ from numba import njit
 
 from aif_sim.compiled.batching import run_until, slowdown_at, visit_ended, visit_over, wake
 from aif_sim.compiled.caches import due, lookup, push, settle
+from aif_sim.compiled.fleets import pick, served_at_node, visit_node
 
 COMPLETED, REJECTED, TIMED_OUT = 0, 1, 2  # core.request.Outcome
 
@@ -133,6 +136,8 @@ def advance(
     caches: tuple,
     slot_batch: np.ndarray,
     batches: tuple,
+    fleet_of: np.ndarray,
+    fleets: tuple,
     req: tuple,
     users: np.ndarray,
     measured: np.ndarray,
@@ -168,6 +173,9 @@ def advance(
 
     Batching stages (`slot_batch[slot]` >= 0, state `batches`, see `batching`): a request joins the queue (or
     is rejected) and its step waits for the batch; a read-through miss inserts when the batch ends.
+
+    Stages of several nodes (`fleet_of[slot]` >= 0, state `fleets`, see `fleets`): the balancer picks a node at
+    the visit's arrival, whose pool (its servers' region of `free`, its own waiters) serves it as above.
     """
     arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, numbered = req
     n = len(arrive)
@@ -239,7 +247,14 @@ def advance(
                 m = free[base]
                 o = COMPLETED
                 start = t
-                if m > t:  # every server held: queue, unless rejected or timed out
+                f = fleet_of[slot]
+                node = 0
+                if f >= 0:  # a node of the stage's fleet: a pool of its own
+                    servers //= fleets[0][f]
+                    node = pick(f, t, base, servers, free, fleets)
+                    base += node * servers
+                    o, start, e = visit_node(f, node, t, free[base], queue_limit[slot], timeout_s[slot], fleets)
+                elif m > t:  # every server held: queue, unless rejected or timed out
                     limited = queue_limit[slot] >= 0
                     waiting = 0
                     lb = left_at[slot]
@@ -270,6 +285,8 @@ def advance(
                     times[i, slot, 0] = t
                     times[i, slot, 1] = start
                     times[i, slot, 2] = e
+                    if f >= 0:
+                        served_at_node(f, node, slot, start, service[i, slot], measured[i], fleets)
                     if read_miss:
                         push(pend_t, pend_key, pend_n, pend_seq, made, r, e, users[i])
                     if g >= 0:

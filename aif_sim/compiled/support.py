@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from aif_sim.core.latency import Constant, Exponential, Gamma, Lognormal, Profile, Sampler
-from aif_sim.core.pipelines import PIPELINES, stages_of
-from aif_sim.scenario.schema import Scenario
+from aif_sim.core.latency import Constant, Empirical, Exponential, Gamma, Lognormal, Profile, Sampler
+from aif_sim.core.pipelines import PIPELINES, calls_of, stages_of
+from aif_sim.scenario.schema import NodeLoss, Scenario, TraceArrival
 
 
 def batch_draws_ahead(sampler: Sampler) -> bool:
@@ -23,9 +23,18 @@ def unsupported(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler])
         return f"unknown pipeline {pipeline!r}"
     if scenario.deadline_ms is not None:
         return "the compiled engine does not model request deadlines yet (deadline_ms)"
-    fleets = [name for name in stages_of(pipeline) if scenario.stages[name].nodes > 1]
-    if fleets:
-        return f"the compiled engine does not model stages of several nodes yet ({', '.join(fleets)})"
+    for what, has in (
+        ("shards", lambda stage: stage.shards > 1),
+        ("hedges (hedge_after_ms)", lambda stage: stage.hedge_after_ms is not None),
+        ("retries", lambda stage: stage.retries > 0),
+        ("batching", lambda stage: stage.batch is not None),
+    ):
+        named = [name for name in stages_of(pipeline) if scenario.stages[name].nodes > 1 and has(scenario.stages[name])]
+        if named:
+            return f"the compiled engine does not model {what} on stages of several nodes yet ({', '.join(named)})"
+    lost = sorted({fault.stage for fault in scenario.faults if isinstance(fault, NodeLoss) and fault.stage in stages_of(pipeline)})
+    if lost:
+        return f"the compiled engine does not model node loss yet ({', '.join(lost)})"
     batching = [name for name in stages_of(pipeline) if scenario.stages[name].batch is not None]
     per_candidate = [name for name in batching if scenario.stages[name].per_candidate_us]
     if per_candidate:
@@ -35,4 +44,38 @@ def unsupported(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler])
         return (
             f"the compiled engine does not model batching stages timed by candidates or by empirical samples ({', '.join(drawn_per_batch)})"
         )
+    return _ties_likely(scenario, pipeline, samplers)
+
+
+def _ties_likely(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler]) -> str | None:
+    """Why events at exactly equal times are likely where their order changes the results (one line), or None.
+
+    The compiled engine orders a visit leaving a stage before an arrival there at the same instant, and equal
+    ends by its own rule; simpy orders them as they were scheduled. Exact ties need services that take few
+    values (constant, empirical) meeting arrivals that do too: trace times (rounded, repeated), or, at a queueing
+    stage (a queue limit, a timeout, batching, several nodes), the ends of an earlier step of such services or of
+    batches (sums that coincide, members that end together)."""
+    names = stages_of(pipeline)
+    discrete = [name for name in names if _few_values(samplers[name], scenario.stages[name].per_candidate_us)]
+    if discrete and isinstance(scenario.traffic.arrival, TraceArrival):
+        return f"the compiled engine may order events at equal times unlike simpy: trace arrivals into constant or empirical services ({', '.join(discrete)})"
+    earlier: list[str] = []  # the stages of earlier steps whose ends can coincide
+    for step in PIPELINES[pipeline]:
+        stages = [call.stage for call in calls_of(step)]
+        for name in stages:
+            config = scenario.stages[name]
+            queueing = config.queue_limit is not None or config.timeout_ms is not None or config.batch is not None or config.nodes > 1
+            if earlier and queueing and name in discrete:
+                return (
+                    f"the compiled engine may order events at equal times unlike simpy: {name} queues with constant or empirical "
+                    f"services after constant, empirical or batched services at {', '.join(earlier)}"
+                )
+        earlier += [name for name in stages if name in discrete or scenario.stages[name].batch is not None]
     return None
+
+
+def _few_values(sampler: Sampler, per_candidate_us: float) -> bool:
+    """Whether a stage's services take few distinct values, other than a stage that takes no time."""
+    if isinstance(sampler, Constant):
+        return sampler.ms > 0 or per_candidate_us > 0
+    return isinstance(sampler, Empirical)
