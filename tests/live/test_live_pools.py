@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
 from aif_sim.core.request import Outcome, Request
 from aif_sim.live.loop import Clock, new_loop
 from aif_sim.live.pools import LiveBatchingPool, LivePool
 from aif_sim.metrics.recorder import Recorder
 from aif_sim.scenario.schema import Stage
 from tests.simtools import make_scenario, negligible
+
+LATE_S = 0.1  # how late a busy host's event loop may wake: these tests check order and rules, not timing precision
+EARLY_S = 0.005  # the clock wakes the loop its measured idle lateness early
 
 
 def _request(rid: int) -> Request:
@@ -61,8 +62,8 @@ def test_a_plain_pool_serves_in_arrival_order_on_its_servers():
     assert outcomes == [Outcome.COMPLETED] * 4
     starts = [start for _, start, _ in times]
     assert starts == sorted(starts)
-    assert starts[2] == pytest.approx(times[0][2], abs=0.005)  # the third starts when the first server frees
-    assert starts[3] == pytest.approx(times[1][2], abs=0.005)
+    for waiting, freed in ((2, 0), (3, 1)):  # the third starts when the first server frees, the fourth the second
+        assert times[freed][2] <= starts[waiting] < times[freed][2] + LATE_S
 
 
 def test_the_queue_limit_rejects_only_when_every_server_is_busy():
@@ -79,11 +80,11 @@ def test_a_request_not_started_within_the_timeout_leaves_the_queue():
 
 
 def test_a_batching_pool_dispatches_full_batches_at_once_and_partial_ones_after_the_wait():
-    stage = Stage(servers=1, latency={"dist": "constant", "ms": 1}, batch={"max_size": 3, "max_wait_ms": 20})
+    stage = Stage(servers=1, latency={"dist": "constant", "ms": 1}, batch={"max_size": 3, "max_wait_ms": 300})
     recorder = _recorder()
     arrivals = [0.0, 0.001, 0.002, 0.100]
     outcomes, times, batches = _run(lambda clock, work: LiveBatchingPool(clock, 0, stage, work, recorder), arrivals, 0.01)
     assert outcomes == [Outcome.COMPLETED] * 4
     assert batches == [[0, 1, 2], [3]]
-    assert times[0][1] == pytest.approx(0.002, abs=0.003)  # full at the third arrival: no wait for max_wait
-    assert times[3][1] == pytest.approx(0.120, abs=0.005)  # alone: dispatched when it has waited max_wait
+    assert 0.002 <= times[0][1] < 0.002 + LATE_S  # full at the third arrival: no wait for max_wait
+    assert 0.400 - EARLY_S <= times[3][1] < 0.400 + LATE_S  # alone: dispatched when it has waited max_wait
