@@ -6,6 +6,7 @@ import io
 from typing import Any
 
 import pytest
+from rich.console import Console
 from rich.table import Table
 
 from aif_sim.report.fmt import interval
@@ -190,3 +191,16 @@ def test_an_interval_says_when_the_runs_agreed_or_it_was_clipped():
     printed = " ".join(_printed(sweep_table(document, load=True)).split())
     assert "31.25 (all 3 agree)" in printed and "(all N agree): the N replications gave the same value" in printed
     assert "[low, high]: the 95% interval clipped" in printed
+
+
+def test_the_run_table_gives_the_tail_over_every_offered_request_when_some_failed():
+    from aif_sim.report.tables import comparison_table
+    from tests.simtools import make_scenario, negligible, run_summaries
+
+    stages = {"merger": negligible(), "retrieval": negligible(), "feature_fetch": negligible()}
+    stages["prerank"] = {"servers": 1, "latency": {"dist": "constant", "ms": 9.0}, "queue_limit": 0}  # about half rejected
+    summary = {"pipelines": run_summaries(make_scenario(stages, qps=100, duration_s=5))}
+    console = Console(width=300, record=True, file=io.StringIO())
+    console.print(comparison_table(summary, "t"))
+    rows = {line.split("  ")[0].strip(): line for line in console.export_text().splitlines() if "  " in line}
+    assert "9.0" in rows["p99 ms"] and "failed" in rows["p99 ms, all offered"]

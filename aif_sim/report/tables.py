@@ -60,6 +60,8 @@ def comparison_table(summary: dict[str, Any], title: str) -> Table:
             ok = metric.ratio and base and value is not None and value == value
             row.append(f"{value / base:.2f}×" if ok else "")
         table.add_row(*row)
+        if metric.key == "p99_ms" and any(_failed_share(m) for m in pipelines.values()):
+            table.add_row("p99 ms, all offered", *[_offered_p99(m) for m in pipelines.values()], *[""] * len(others))
     if all("slo" in m for m in pipelines.values()):
         verdicts = ["[green]MET[/]" if m["slo"]["valid"] else "[red]MISSED[/]" for m in pipelines.values()]
         table.add_row(f"SLO p99 ≤ {next(iter(pipelines.values()))['slo']['p99_ms']:g} ms", *verdicts, *[""] * len(others))
@@ -79,6 +81,18 @@ def comparison_table(summary: dict[str, Any], title: str) -> Table:
         notes.append("[yellow]partial: the run was interrupted[/]")
     table.caption = "\n".join(notes) or None
     return table
+
+
+def _failed_share(metrics: dict[str, Any]) -> float:
+    share = metrics.get("latency_offered_ms", {}).get("failed_share")
+    return share if share is not None and share == share else 0.0
+
+
+def _offered_p99(metrics: dict[str, Any]) -> str:
+    """The p99 over every offered request, a failed one counting as slower than any completed: 'failed' where the
+    percentile falls among the failures."""
+    p99 = metrics.get("latency_offered_ms", {}).get("p99")
+    return "[red]failed[/]" if p99 is None and _failed_share(metrics) else number(p99)
 
 
 def stage_table(pipeline: str, metrics: dict[str, Any]) -> Table:
