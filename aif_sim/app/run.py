@@ -84,11 +84,14 @@ def simulate(
 
 def idealised_overrides(scenario: Scenario) -> list[Override]:
     """The same scenario with every stage of several nodes as one pool of its threads behind one FIFO queue (the
-    central dispatcher no fleet has): no shards, hedges or retries, and no node loss."""
+    central dispatcher no fleet has) holding what its nodes' queues held together: no shards, hedges or retries,
+    and no node loss."""
     overrides: list[Override] = []
     for name, stage in scenario.stages.items():
         if stage.nodes > 1:
             fields = {"nodes": 1, "shards": 1, "hedge_after_ms": None, "retries": 0}
+            if stage.queue_limit is not None:
+                fields["queue_limit"] = stage.queue_limit * stage.nodes
             overrides += [(f"stages.{name}.{field}", value, "--idealised") for field, value in fields.items()]
     if any(isinstance(fault, NodeLoss) for fault in scenario.faults):
         kept = [fault.model_dump(mode="json") for fault in scenario.faults if not isinstance(fault, NodeLoss)]

@@ -232,9 +232,12 @@ def schedule_warning(pipeline: str, live: dict[str, Any]) -> str:
 
 
 def validate_table(points: list[dict[str, Any]], tolerance: float) -> Table:
-    """Per pipeline and load: p50 and p99 of the DES and the live run, the error with its 95% interval."""
+    """Per pipeline and load: p50 and p99 of the DES and the live run, the error with its 95% interval, and the stage
+    whose mean latency diverges most (its DES/live means, ms)."""
     table = plain_table(f"DES against live: error DES/live - 1 ± its 95% CI half-width; target ±{100 * tolerance:g}%")
-    add_columns(table, "pipe", "QPS", "util", "n", "p50 DES/live", "error", "p99 DES/live", "error", left=("pipe",))
+    add_columns(
+        table, "pipe", "QPS", "util", "n", "p50 DES/live", "error", "p99 DES/live", "error", "diverges most", left=("pipe", "diverges most")
+    )
     for point in points:
         row = [
             SHORT.get(point["pipeline"], point["pipeline"]),
@@ -248,6 +251,8 @@ def validate_table(points: list[dict[str, Any]], tolerance: float) -> Table:
             colour = "green" if point["within_tolerance"][name] else "red"
             spread = f"±{50 * (interval[1] - interval[0]):.0f}" if interval else ""
             row.append(f"[{colour}]{100 * point['error'][name]:+.1f}%[/]{spread}")
+        stage = point["diverging_stage"]
+        row.append(f"{stage['stage']} {stage['des_ms']:.1f}/{stage['live_ms']:.1f} ({100 * stage['error']:+.0f}%)")
         table.add_row(*row)
     return table
 
@@ -282,4 +287,5 @@ def _servers(design: dict[str, Any], stage: str) -> str:
         return ""
     utilization = design["utilization"][stage]
     nodes = design.get("nodes", {}).get(stage)
-    return f"{design['servers'][stage]} ({f'{nodes} nodes, ' if nodes else ''}{100 * utilization:.0f}%)"
+    machines = f"{nodes} node{'' if nodes == 1 else 's'}, " if nodes else ""
+    return f"{design['servers'][stage]} ({machines}{100 * utilization:.0f}%)"
