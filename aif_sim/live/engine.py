@@ -10,7 +10,8 @@ as its own task, whatever the state of the system, and its latency is measured f
 so a late generator cannot hide queueing (coordinated omission); how late each request was issued (the
 schedule lag) is reported beside the results. With `deadline_ms`, a request not finished that long after its
 scheduled arrival is abandoned: its task is cancelled (queued visits leave their queues, running ones finish as
-wasted work, parallel branches and shards likewise) and it ends timed out.
+wasted work, parallel branches, shards and hedge copies likewise) and it ends timed out. Faults act at their time
+as in the DES: a cache flush, a nearline outage, a stage slowdown, a node loss (`LiveFleet.lose`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from aif_sim.live.stages import LiveStage
 from aif_sim.live.storage import VectorStorage, open_storage
 from aif_sim.metrics.histogram import LogHistogram
 from aif_sim.metrics.recorder import Recorder, RequestSink
-from aif_sim.scenario.schema import CacheFlush, Fault, NearlineOutage, Scenario, Stage, StageSlowdown
+from aif_sim.scenario.schema import CacheFlush, Fault, NearlineOutage, NodeLoss, Scenario, Stage, StageSlowdown
 
 PAYLOAD_FIELD = {"user_vector": "user_vector", "sim_features": "behaviour"}  # what a cache's value is in a request's payload
 DRAIN_POLL_S = 0.05
@@ -91,6 +92,7 @@ class LivePipeline:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.failure: BaseException | None = None  # the first error of a request or background task
         self.deadline_s = scenario.deadline_ms / 1000 if scenario.deadline_ms is not None else None
+        self.lost = {fault.stage for fault in scenario.faults if isinstance(fault, NodeLoss)}  # stages whose nodes go down
 
     # --- setting up ----------------------------------------------------------------------------------
     def _open_storage(self) -> None:
@@ -138,13 +140,15 @@ class LivePipeline:
                 pools.append(self._node(clock, slot, config, work, None))
             else:
                 nodes = [self._node(clock, slot, config, work, index) for index in range(config.nodes)]
-                pools.append(LiveFleet(clock, call.stage, config, nodes, self.scenario.seed, self.recorder))
+                copies = sampler if work.op is None else None  # an awaited stage's hedge copies draw their service
+                pools.append(LiveFleet(clock, call.stage, config, nodes, self.scenario.seed, self.recorder, copies))
         return pools
 
     def _node(self, clock: Clock, slot: int, config: Stage, work: LiveStage, index: int | None) -> LivePool:
-        """A stage's pool, or its node `index`."""
+        """A stage's pool, or its node `index` (its visits abandonable with a deadline or hedging, or lost with it)."""
         if config.batch is None:
-            return LivePool(clock, slot, config, work, self.recorder, index, abandonable=self.deadline_s is not None)
+            abandonable = self.deadline_s is not None or config.hedge_after_ms is not None or work.call.stage in self.lost
+            return LivePool(clock, slot, config, work, self.recorder, index, abandonable)
         return LiveBatchingPool(clock, slot, config, work, self.recorder, index)
 
     def _background(self, clock: Clock, pools: list[Slot]) -> None:
@@ -173,8 +177,9 @@ class LivePipeline:
             if items and nearline.model_publish_interval_s is not None:
                 self._spawn(loop, publisher(clock, refresh, nearline.model_publish_interval_s))
         works = {pool.work.call.stage: pool.work for pool in pools if isinstance(pool.work, LiveStage)}
+        fleets = {pool.work.call.stage: pool for pool in pools if isinstance(pool, LiveFleet) and isinstance(pool.work, LiveStage)}
         for spec in scenario.faults:
-            self._spawn(loop, self._fault(clock, spec, works, outage))
+            self._spawn(loop, self._fault(clock, spec, works, fleets, outage))
         if self.stores:
             self._spawn(loop, self._gauges(clock))
 
@@ -189,7 +194,7 @@ class LivePipeline:
         if not task.cancelled() and task.exception() is not None and self.failure is None:
             self.failure = task.exception()
 
-    async def _fault(self, clock: Clock, spec: Fault, works: dict[str, LiveStage], outage: Outage) -> None:
+    async def _fault(self, clock: Clock, spec: Fault, works: dict[str, LiveStage], fleets: dict[str, LiveFleet], outage: Outage) -> None:
         """Apply one fault at its time (a fault on a cache or stage this pipeline lacks does nothing)."""
         await clock.until(spec.at_s)
         if isinstance(spec, CacheFlush) and spec.cache in self.caches:
@@ -202,6 +207,8 @@ class LivePipeline:
             work.slowdown *= spec.factor
             await asyncio.sleep(spec.duration_s)
             work.slowdown /= spec.factor
+        elif isinstance(spec, NodeLoss) and spec.stage in fleets:
+            await fleets[spec.stage].lose(spec.nodes, spec.duration_s)
 
     async def _gauges(self, clock: Clock) -> None:
         while True:

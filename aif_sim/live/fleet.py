@@ -5,12 +5,23 @@ from the same stream as the DES, so both engines make the same random choices).
 A visit goes to the node the balancer picks from every live node's outstanding count (queued and in service). A
 sharded stage splits the visit into its shards, each sent at once to a distinct node (picked in turn among the nodes
 not holding another of its shards), where it takes its own drawn service (`Request.shard_s`): an awaited stage
-awaits it; a model stage runs the model on the shard's candidates. The visit ends with its last shard, with the
-largest of their outcomes; its times are (sent, the last shard's start and end), its service the slowest shard's.
-A shard is a view of its request: the request's payload, with its arrays along the candidates (`PER_CANDIDATE`)
-cut to the shard's slice, and the visit's cache-miss latency (as in the DES, every shard waits for it); when every
-shard has completed, those arrays are joined back in candidate order (the shards' scores become the request's)
-and any other value a shard made is the first shard's.
+awaits it; a model stage runs the model on the shard's candidates. Then, as in the DES:
+- hedging (`hedge_after_ms`): a visit or shard unfinished that long after it was sent is sent again to another live
+  node not holding a shard or copy of it: an awaited stage's copy takes a service drawn anew from the stage's
+  `copies:<stage>` stream, a model stage's copy runs the model again on the same candidates. The first copy to
+  complete wins; the other is cancelled: it leaves its queue or, if running, finishes as wasted work;
+- retries (`retries`): a visit or shard rejected, timed out or lost with its node is sent again to another node
+  (the same work: an awaited stage's same drawn service), at most that many times;
+- node loss (`lose`): the nodes' queued and running visits fail at once (and are retried where allowed); the
+  balancer skips the nodes until they return.
+Each send is a view of its shard (or of the whole visit): the request's payload, with its arrays along the
+candidates (`PER_CANDIDATE`) cut to the shard's slice, and the visit's cache-miss latency (as in the DES, every shard
+waits for it). The copy that completes gives its shard its times and what it made; when every shard has completed,
+the arrays along the candidates are joined back in candidate order (the shards' scores become the request's) and any
+other value a shard made is the first shard's. The visit ends with its last shard, with the largest of their
+outcomes; its times are (sent, the last shard's start and end), its service the slowest shard's: the measured
+service of the copy that completed, or, for an awaited stage that sent a copy, the DES's no-contention time from the
+drawn services, min(X1, d + X2) when X1 > d (a model stage's copies do the same work: X1 = X2, the measured one).
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from aif_sim.core.balance import BALANCERS, Uniforms
+from aif_sim.core.latency import Sampler
 from aif_sim.core.request import Outcome, Request
 from aif_sim.core.system import shard_sizes
 from aif_sim.core.traffic import stream
@@ -34,43 +46,137 @@ PER_CANDIDATE = ("candidates", "items", "scores")  # payload arrays with one row
 
 
 class LiveFleet:
-    """`nodes` pools (of one stage slot, sharing its work) behind the stage `name`'s balancer."""
+    """`nodes` pools (of one stage slot, sharing its work) behind the stage `name`'s balancer. `sampler` draws an
+    awaited stage's hedge copies; None for a model stage, whose copies run the model again."""
 
-    def __init__(self, clock: Clock, name: str, config: Stage, nodes: list[LivePool], seed: int, recorder: Recorder) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        name: str,
+        config: Stage,
+        nodes: list[LivePool],
+        seed: int,
+        recorder: Recorder,
+        sampler: Sampler | None = None,
+    ) -> None:
         self.clock, self.nodes, self.recorder = clock, nodes, recorder
         self.slot = nodes[0].slot
         self.live = list(range(len(nodes)))
         self.balancer = BALANCERS[config.balance](len(nodes), Uniforms(stream(seed, f"balance:{name}")))
+        self.hedge_s = config.hedge_after_ms / 1000 if config.hedge_after_ms is not None else None
+        self.retries = config.retries
+        self.sampler, self.copies = sampler, stream(seed, f"copies:{name}")
+        self.per_candidate_s = config.per_candidate_us / 1e6
 
     @property
     def work(self) -> Work:
         """The stage's work, which every node does."""
         return self.nodes[0].work
 
-    def _pick(self, holding: list[int]) -> int:
-        """A live node not holding another shard of the visit."""
+    async def lose(self, count: int, duration_s: float) -> None:
+        """Nodes 0..count-1 go down for `duration_s`: what they hold fails, and no visit is sent to them."""
+        down = range(count)
+        self.live = [n for n in self.live if n not in down]
+        for node in down:
+            self.nodes[node].lose()
+        await asyncio.sleep(duration_s)
+        self.live = sorted({*self.live, *down})
+
+    def _pick(self, holding: list[int]) -> int | None:
+        """A live node not holding another shard or copy of the visit (None: there is none)."""
         eligible = [n for n in self.live if n not in holding]
-        return self.balancer.choose([node.outstanding for node in self.nodes], eligible)
+        return self.balancer.choose([node.outstanding for node in self.nodes], eligible) if eligible else None
 
     async def serve(self, request: Request) -> Outcome:
-        if request.shard_s is None or self.slot not in request.shard_s:
-            return await self.nodes[self._pick([])].serve(request)
         sent = self.clock()
-        holding: list[int] = []
-        for _ in request.shard_s[self.slot]:
-            holding.append(self._pick(holding))
-        shards = self._shards(request, request.shard_s[self.slot])
-        outcome = max(await asyncio.gather(*(self.nodes[node].serve(shard) for node, shard in zip(holding, shards))))
+        sharded = request.shard_s is not None and self.slot in request.shard_s
+        parts = self._shards(request, request.shard_s[self.slot]) if sharded else [self._view(request)]  # type: ignore[index]
+        holding: list[int] = []  # nodes holding a shard or copy of this visit
+        first = []
+        for _ in parts:
+            node = self._pick(holding)
+            first.append(node)
+            if node is not None:
+                holding.append(node)
+        if len(parts) == 1:
+            outcome = await self._deliver(parts[0], first[0], holding)
+        else:
+            outcome = max(await asyncio.gather(*(self._deliver(part, node, holding) for part, node in zip(parts, first))))
         if outcome is COMPLETED:
             base = 3 * self.slot
-            ends = [shard.times[base + 2] for shard in shards]
-            last = shards[int(np.argmax(ends))]
+            ends = [part.times[base + 2] for part in parts]
+            last = parts[int(np.argmax(ends))]
             request.times[base : base + 3] = (sent, last.times[base + 1], last.times[base + 2])
-            request.service_s[self.slot] = max(shard.service_s[self.slot] for shard in shards)  # the slowest shard, measured
-            self._join(request, shards)
-            if request.measured:
+            request.service_s[self.slot] = max(part.service_s[self.slot] for part in parts)  # the slowest shard
+            self._join(request, parts)
+            if request.measured and len(parts) > 1:
                 self.recorder.shard_skew(self.slot, max(ends) - float(np.median(ends)))
         return outcome
+
+    async def _deliver(self, part: Request, node: int | None, holding: list[int]) -> Outcome:
+        """A shard (or the whole visit) sent to `node`, hedged, and sent again on failure while retries last."""
+        retries = self.retries
+        while True:
+            outcome = Outcome.REJECTED if node is None else await self._hedged(part, node, holding)
+            if outcome is COMPLETED or retries == 0:
+                return outcome
+            node = self._pick(holding)
+            if node is None:
+                return outcome
+            holding.append(node)
+            retries -= 1
+            self.recorder.retry(self.slot)
+
+    async def _hedged(self, part: Request, node: int, holding: list[int]) -> Outcome:
+        """The part on `node` and, unfinished after the hedge delay, a copy on another node: the first to complete
+        gives the part its results; the other is cancelled (it leaves its queue, or finishes as wasted work)."""
+        first = self._view(part)
+        if self.hedge_s is None:
+            return self._won(part, first, await self.nodes[node].serve(first), None)
+        loop = asyncio.get_running_loop()
+        primary = loop.create_task(self.nodes[node].serve(first))
+        sends = {primary: first}
+        try:
+            await asyncio.wait((primary,), timeout=self.hedge_s)
+            spare = None if primary.done() else self._pick(holding)
+            if spare is None:
+                return self._won(part, first, await primary, None)
+            holding.append(spare)
+            self.recorder.hedge(self.slot)
+            drawn_s = self._draw(part.candidates) if self.sampler is not None else None
+            copy = self._view(part, drawn_s)
+            second = loop.create_task(self.nodes[spare].serve(copy))
+            sends[second] = copy
+            done, _ = await asyncio.wait(sends, return_when=asyncio.FIRST_COMPLETED)
+            ended = primary if primary in done else second
+            if ended.result() is not COMPLETED:
+                ended = second if ended is primary else primary
+                await asyncio.wait((ended,))
+            return self._won(part, sends[ended], ended.result(), drawn_s)
+        finally:
+            for send in sends:
+                send.cancel()
+
+    def _won(self, part: Request, send: Request, outcome: Outcome, copy_s: float | None) -> Outcome:
+        """The part's results from the send that completed: its times, what it made, and its service alone (see the
+        module docstring; `copy_s`: an awaited stage's copy's drawn service, when one was sent)."""
+        if outcome is COMPLETED:
+            base, slot = 3 * self.slot, self.slot
+            part.times[base : base + 3] = send.times[base : base + 3]
+            part.payload = send.payload
+            if copy_s is None:
+                part.service_s[slot] = send.service_s[slot]  # measured
+            else:
+                assert self.hedge_s is not None
+                drawn_s = part.service_s[slot]
+                part.service_s[slot] = min(drawn_s, self.hedge_s + copy_s) if drawn_s > self.hedge_s else drawn_s
+        return outcome
+
+    def _draw(self, candidates: int) -> float:
+        """A copy's service (s), drawn anew at the part's candidates, as the request's own draws are made."""
+        assert self.sampler is not None
+        work = 1.0 if self.sampler.work_key == "batch" else float(candidates)
+        return float(self.sampler.sample(self.copies, 1, work)[0]) / 1000 + self.per_candidate_s * candidates
 
     def _shards(self, request: Request, services: list[float]) -> list[Request]:
         """The request's shards at this slot: each with its drawn service and its slice of the candidates."""
@@ -78,22 +184,32 @@ class LiveFleet:
         payload: dict[str, Any] = request.payload
         cuts = np.cumsum(sizes)[:-1]
         split = {key: np.split(payload[key], cuts) for key in PER_CANDIDATE if key in payload}
-        shards = []
         miss_s = request.miss_s[self.slot] if request.miss_s is not None else 0.0
+        shards = []
         for i, (service, size) in enumerate(zip(services, sizes.tolist())):
-            service_s = list(request.service_s)
-            service_s[self.slot] = service + miss_s
-            shard = Request(request.id, request.arrival_s, request.user, size, request.measured, service_s)
-            shard.miss_s = request.miss_s
-            shard.payload = payload | {key: parts[i] for key, parts in split.items()}
+            shard = self._view(request, service + miss_s, size)
+            shard.payload.update({key: parts[i] for key, parts in split.items()})
             shards.append(shard)
         return shards
 
-    def _join(self, request: Request, shards: list[Request]) -> None:
+    def _join(self, request: Request, parts: list[Request]) -> None:
         """What the shards made, back into the request's payload (see the module docstring)."""
-        made = shards[0].payload
+        made = parts[0].payload
         request.payload.update(made)
-        request.payload.update({key: np.concatenate([shard.payload[key] for shard in shards]) for key in PER_CANDIDATE if key in made})
+        if len(parts) > 1:
+            request.payload.update({key: np.concatenate([part.payload[key] for part in parts]) for key in PER_CANDIDATE if key in made})
+
+    def _view(self, request: Request, service_s: float | None = None, candidates: int | None = None) -> Request:
+        """The request, a shard or a copy of its visit as a request of its own: its own payload, service and stage
+        times, so that what one send makes or measures never reaches another (`service_s`: its service here, where
+        it differs from the request's: a shard's, an awaited stage's copy's)."""
+        count = request.candidates if candidates is None else candidates
+        view = Request(request.id, request.arrival_s, request.user, count, request.measured, list(request.service_s))
+        if service_s is not None:
+            view.service_s[self.slot] = service_s
+        view.miss_s = request.miss_s
+        view.payload = dict(request.payload)
+        return view
 
     def close(self) -> list[asyncio.Task[Any]]:
         """Stop every node's tasks (the run is over); the tasks stopped, to await."""

@@ -8,9 +8,11 @@ A pool does not know what its service is: `work(requests)` is the stage's work f
 pool) or one batch, awaited while the server is held. The time a request spends in service, as measured,
 becomes its `service_s` at the stage (what the no-contention latency adds up).
 
-A visit whose request is abandoned (its task cancelled: the request's deadline) leaves the queue if it waits; if
-it is in service, its work goes on to its end and keeps the server until then, accounted as wasted; a batch
-already taken is served for its other members.
+A visit abandoned (its task cancelled: the request's deadline, or a hedge copy that lost) leaves the queue if it
+waits; if it is in service, its work goes on to its end and keeps the server until then, accounted as wasted; a
+batch already taken is served for its other members. A node that goes down (`lose`) rejects its queued and running
+visits at once: a running visit's work stops there (a model call in the executor runs on in its thread, unseen),
+its busy time ends at the loss, and the node comes back empty.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ COMPLETED = Outcome.COMPLETED
 class LivePool:
     """`threads_per_node` servers each serving one request at a time. `recorder` receives the busy time the visits'
     times do not carry (a node's, and a wasted visit's); a pool on its own, without one, accounts nothing. When
-    visits may be `abandonable` (the scenario has a deadline), work in service runs as a task of its own, which
-    outlives its visit; otherwise in the visit's task (a loop hop less per visit)."""
+    visits may be `abandonable` (a deadline, hedging) or lost (a node loss), work in service runs as a task of its
+    own, which outlives its visit or is stopped with its node; otherwise in the visit's task (a loop hop less per
+    visit)."""
 
     def __init__(
         self,
@@ -51,11 +54,13 @@ class LivePool:
         self.loop = clock.loop
         self.servers = config.threads_per_node
         self.busy = 0
-        self.waiters: deque[asyncio.Future[bool]] = deque()
+        self.waiters: deque[asyncio.Future[Outcome]] = deque()
         self.queued = 0  # live waiters
+        self.epoch = 0  # how many times the node went down: a visit of an earlier epoch has no server to give back
         self.queue_limit = config.queue_limit
         self.timeout_s = config.timeout_ms / 1000 if config.timeout_ms is not None else None
         self.tasks: set[asyncio.Task[Any]] = set()  # work in service, in tasks of its own
+        self.running: set[asyncio.Task[Any]] = set()  # those whose visit awaits them (not abandoned)
 
     @property
     def outstanding(self) -> int:
@@ -64,32 +69,35 @@ class LivePool:
 
     async def acquire(self, bounded: bool = True) -> Outcome:
         """Hold a server: at once when one is free, else after waiting in FIFO order; a `bounded` wait
-        obeys the queue limit and the timeout. Cancelled while it waits, it leaves the queue."""
+        obeys the queue limit and the timeout. Cancelled while it waits, it leaves the queue; rejected when the
+        node goes down meanwhile."""
         if self.busy < self.servers:
             self.busy += 1
             return COMPLETED
         if bounded and self.queue_limit is not None and self.queued >= self.queue_limit:
             return Outcome.REJECTED
-        waiter: asyncio.Future[bool] = self.loop.create_future()
+        waiter: asyncio.Future[Outcome] = self.loop.create_future()
         self.waiters.append(waiter)
         self.queued += 1
+        epoch = self.epoch
         expiry = self.loop.call_later(self.timeout_s, self._expire, waiter) if bounded and self.timeout_s is not None else None
         try:
-            served = await waiter
+            outcome = await waiter
         except asyncio.CancelledError:
-            if waiter.cancelled():  # it left the queue (`release` skips it)
-                self.queued -= 1
-            elif waiter.result():  # a server was just handed over: pass it on
-                self.release()
+            if self.epoch == epoch:
+                if waiter.cancelled():  # it left the queue (`release` skips it)
+                    self.queued -= 1
+                elif waiter.result() is COMPLETED:  # a server was just handed over: pass it on
+                    self.release()
             raise
         finally:
             if expiry is not None:
                 expiry.cancel()
-        return COMPLETED if served else Outcome.TIMED_OUT
+        return outcome if self.epoch == epoch else Outcome.REJECTED  # handed a server, then the node went down
 
-    def _expire(self, waiter: asyncio.Future[bool]) -> None:
+    def _expire(self, waiter: asyncio.Future[Outcome]) -> None:
         if not waiter.done():
-            waiter.set_result(False)
+            waiter.set_result(Outcome.TIMED_OUT)
             self.queued -= 1
 
     def release(self) -> None:
@@ -98,9 +106,21 @@ class LivePool:
             waiter = self.waiters.popleft()
             if not waiter.done():
                 self.queued -= 1
-                waiter.set_result(True)
+                waiter.set_result(COMPLETED)
                 return
         self.busy -= 1
+
+    def lose(self) -> None:
+        """The node goes down: its queued visits are rejected, its running ones fail (their work stops), and it
+        comes back empty; work of abandoned visits runs on to its end, as wasted."""
+        self.epoch += 1
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_result(Outcome.REJECTED)
+        self.waiters.clear()
+        self.busy = self.queued = 0
+        for held in self.running:
+            held.cancel()
 
     def _start(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run work in service as a task of the pool's own (it outlives an abandoned request; `close` stops it)."""
@@ -114,31 +134,48 @@ class LivePool:
         outcome = await self.acquire()
         if outcome:
             return outcome
+        epoch = self.epoch
         if not self.abandonable:
-            started, ended = await self._hold(request)
+            started, ended = await self._hold(request, epoch)
         else:
-            held = self._start(self._hold(request))
+            held = self._start(self._hold(request, epoch))
+            self.running.add(held)
             try:
                 started, ended = await asyncio.shield(held)
             except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if self.epoch != epoch and task is not None and not task.cancelling():
+                    return Outcome.REJECTED  # its work stopped with its node
                 held.add_done_callback(self._wasted)
                 raise
+            finally:
+                self.running.discard(held)
         request.service_s[self.slot] = ended - started
         base = 3 * self.slot
         request.times[base : base + 3] = (arrived, started, ended)
         return COMPLETED
 
-    async def _hold(self, request: Request) -> tuple[float, float]:
-        """The request's work on the server it holds, released when the work ends; when it started and ended."""
+    async def _hold(self, request: Request, epoch: int) -> tuple[float, float]:
+        """The request's work on the server it took in `epoch`, released when the work ends (a node that went down
+        meanwhile has no server to give back); when it started and ended."""
         started = self.clock()
         try:
             await self.work([request])
+        except asyncio.CancelledError:
+            if self.epoch != epoch:  # stopped with its node: busy until the loss
+                self._busy(request, started, self.clock())
+            raise
         finally:
-            self.release()
+            if self.epoch == epoch:
+                self.release()
         ended = self.clock()
+        self._busy(request, started, ended)
+        return started, ended
+
+    def _busy(self, request: Request, started: float, ended: float) -> None:
+        """A node's busy time (a pool of a stage of one node is accounted from its visits' times)."""
         if self.node is not None and self.recorder is not None:
             self.recorder.node_busy(self.slot, self.node, started, ended - started, request.measured)
-        return started, ended
 
     def _wasted(self, held: asyncio.Task[tuple[float, float]]) -> None:
         """The work of an abandoned visit ended: wasted (an error it raised goes to the loop's handler)."""

@@ -2,10 +2,9 @@
 pipelines live, one after another, each on a fresh event loop, with one model and one executor.
 
 What the live engine runs and what it does not:
-- every pipeline, stage kind (plain, batching, queue limit, timeout; nodes behind a balancer, shards), request
-  deadline, cache (LRU/TTL policy, values in aiocache memory or Redis), nearline refresh (on update, periodic,
-  model publication) and fault but `node_loss`;
-- not hedging or retries (`hedge_after_ms`, `retries`: a live visit goes to one node, once);
+- every pipeline, stage kind (plain, batching, queue limit, timeout; nodes behind a balancer, shards, hedging,
+  retries), request deadline, cache (LRU/TTL policy, values in aiocache memory or Redis), nearline refresh (on
+  update, periodic, model publication) and fault;
 - not `nearline.updates_from: world` (the world's item changes serve shadow scoring, a DES analysis) and
   no shadow scoring (the live engine measures time; quality comes from the DES);
 - populations whose vectors it can precompute before the run (`MAX_ITEMS`, `MAX_USERS`).
@@ -48,16 +47,6 @@ Progress = Callable[[str, float, float], None]
 def check_live(scenario: Scenario, source: str) -> None:
     """InputError (one line) when the live engine cannot run this scenario as given."""
     nearline, traffic = scenario.nearline, scenario.traffic
-    for name in scenario.stage_names:
-        stage = scenario.stages[name]
-        if stage.hedge_after_ms is not None or stage.retries:
-            field = "hedge_after_ms" if stage.hedge_after_ms is not None else "retries"
-            raise InputError(
-                f"{source}: stages.{name}.{field}: the live engine sends each visit (or shard) once, to one node; leave it out"
-            )
-    losses = [i for i, fault in enumerate(scenario.faults) if isinstance(fault, NodeLoss)]
-    if losses:
-        raise InputError(f"{source}: faults[{losses[0]}]: the live engine does not take nodes down (node_loss); leave it out")
     if nearline is not None and nearline.updates_from == "world":
         raise InputError(f"{source}: nearline.updates_from: the live engine takes `rate` (the world's changes serve DES shadow scoring)")
     reads = {store for pipeline in scenario.pipelines for store in vector_stores(pipeline)}
@@ -77,8 +66,14 @@ def check_live(scenario: Scenario, source: str) -> None:
 
 
 def executor_threads(scenario: Scenario) -> int:
-    """Threads enough for every model server and nearline worker to run at once, and one for the index fill."""
+    """Threads enough for every model server and nearline worker to run at once, and one for the index fill; a node
+    loss on a model stage adds the lost nodes' threads (their model calls run on, unseen, while the node is down)."""
     model_servers = sum(scenario.stages[name].servers for name in scenario.stage_names if name in MODEL_OPS)
+    model_servers += sum(
+        scenario.stages[fault.stage].threads_per_node * fault.nodes
+        for fault in scenario.faults
+        if isinstance(fault, NodeLoss) and fault.stage in MODEL_OPS
+    )
     nearline = scenario.nearline
     workers = sum(r.workers for r in (nearline.refresh, nearline.user_refresh) if r is not None) if nearline is not None else 0
     return model_servers + workers + 1

@@ -1,6 +1,6 @@
 """Fleets and deadlines in the live engine keep the DES's rules: nodes behind a balancer (the same random choices
 as the DES), sharded visits joined in candidate order, abandoned requests that leave their queues and whose work
-in service ends as wasted."""
+in service ends as wasted, hedge copies whose loser is cancelled, retries on another node, nodes that go down."""
 
 from __future__ import annotations
 
@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 
 from aif_sim.app.run import build_samplers, simulate
-from aif_sim.cli import main
+from aif_sim.core.latency import Constant
 from aif_sim.core.request import Outcome, Request
 from aif_sim.live.fleet import LiveFleet
 from aif_sim.live.loop import Clock, new_loop
 from aif_sim.live.pools import LiveBatchingPool, LivePool
-from aif_sim.live.run import run_live
+from aif_sim.live.run import check_live, run_live
 from aif_sim.metrics.recorder import Recorder
 from aif_sim.scenario.schema import Stage
-from tests.live.test_live_engine import live_dict, live_scenario
-from tests.simtools import RowSink, make_scenario, negligible, write_yaml
+from tests.live.test_live_engine import live_scenario
+from tests.simtools import RowSink, make_scenario, negligible
 
 FLEET = {"stages.retrieval.nodes": 4, "stages.retrieval.shards": 2}  # 16 servers: 4 nodes of 4 threads
 
@@ -223,19 +223,145 @@ def test_no_request_completes_after_its_deadline_and_abandoned_ones_leave_nothin
     assert all(latency <= deadline_ms + slack_ms for _, _, _, latency, _ in sink.rows)
 
 
-@pytest.mark.parametrize(
-    ("changes", "field"),
-    [
-        ({"stages.retrieval.nodes": 2, "stages.retrieval.hedge_after_ms": 5}, "stages.retrieval.hedge_after_ms"),
-        ({"stages.retrieval.nodes": 2, "stages.retrieval.retries": 1}, "stages.retrieval.retries"),
-        (
-            {"stages.retrieval.nodes": 2, "faults": [{"kind": "node_loss", "at_s": 1, "stage": "retrieval", "nodes": 1, "duration_s": 1}]},
-            "faults[0]",
-        ),
-    ],
-)
-def test_live_refuses_hedging_retries_and_node_loss(changes, field, tmp_path, capsys):
-    path = write_yaml(tmp_path / "fleet.yaml", live_dict(**changes))
-    assert main(["live", str(path), "--quiet"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and field in err
+HEDGED = {"stages.retrieval.nodes": 4, "stages.retrieval.latency": {"dist": "constant", "ms": 30}}
+
+
+def _fleet(clock: Clock, config: dict[str, Any], recorder: Recorder, sampler: Any = None) -> tuple[LiveFleet, list[LivePool], list[int]]:
+    """A fleet at slot 0 whose work awaits each send's own service (an awaited stage's); the ids of the sends whose
+    work ended, in order."""
+    ended: list[int] = []
+
+    async def work(requests: list[Request]) -> None:
+        (send,) = requests
+        await asyncio.sleep(send.service_s[0])
+        ended.append(send.id)
+
+    stage = Stage(**config)
+    nodes = [LivePool(clock, 0, stage, work, recorder, i, abandonable=True) for i in range(stage.nodes)]
+    return LiveFleet(clock, "merger", stage, nodes, 7, recorder, sampler), nodes, ended
+
+
+def _timed(rid: int, service_s: float) -> Request:
+    request = _request(rid)
+    request.service_s = [service_s]
+    return request
+
+
+def test_a_hedge_copy_that_completes_first_wins_and_the_primary_finishes_as_wasted_work():
+    config = {"servers": 2, "nodes": 2, "hedge_after_ms": 5, "latency": {"dist": "constant", "ms": 20}}
+    recorder = _recorder(config)
+
+    async def scenario(clock: Clock) -> dict[str, Any]:
+        fleet, nodes, ended = _fleet(clock, config, recorder, Constant(20.0))
+        request = _timed(0, 0.1)  # the primary takes 100 ms; the copy, sent after 5 ms, 20 ms
+        outcome = await fleet.serve(request)
+        held = sum(node.outstanding for node in nodes)  # the primary still runs, for nothing
+        ended_at_win = list(ended)
+        await asyncio.sleep(0.15)
+        return {"outcome": outcome, "request": request, "held": held, "won": ended_at_win, "nodes": nodes}
+
+    result = _on_loop(scenario)
+    request = result["request"]
+    assert result["outcome"] is Outcome.COMPLETED and result["held"] == 1 and result["won"] == [0]
+    sent, started, ended = request.times[:3]
+    assert started - sent >= 0.005 and ended - sent < 0.1  # the copy's times
+    assert request.service_s[0] == pytest.approx(0.025)  # alone: min(X1, d + X2) with the drawn services
+    assert all(node.outstanding == 0 for node in result["nodes"])
+    stage = recorder.stages[0]
+    assert stage.hedges == 1 and stage.retries == 0
+    assert stage.wasted_busy_s == pytest.approx(0.1, abs=0.05)
+
+
+def test_a_losing_copy_still_queued_leaves_its_queue_unserved():
+    config = {"servers": 2, "nodes": 2, "balance": "round_robin", "hedge_after_ms": 5, "latency": {"dist": "constant", "ms": 20}}
+    recorder = _recorder(config)
+
+    async def scenario(clock: Clock) -> dict[str, Any]:
+        fleet, nodes, ended = _fleet(clock, config, recorder, Constant(20.0))
+        blocker = clock.loop.create_task(nodes[0].serve(_timed(9, 0.2)))  # node 0's one thread, busy for 200 ms
+        await asyncio.sleep(0)
+        request = _timed(0, 0.03)
+        outcome = await fleet.serve(request)  # queued on node 0 (round robin), hedged to node 1
+        await asyncio.sleep(0)
+        queued = nodes[0].queued
+        await blocker
+        return {"outcome": outcome, "request": request, "queued": queued, "ended": ended}
+
+    result = _on_loop(scenario)
+    assert result["outcome"] is Outcome.COMPLETED and result["queued"] == 0
+    assert result["ended"] == [0, 9]  # the copy, then the blocker: the primary never reached a server
+    assert result["request"].service_s[0] == pytest.approx(0.025)
+    assert recorder.stages[0].hedges == 1 and recorder.stages[0].wasted_busy_s == 0
+
+
+def test_a_hedge_on_an_idle_fleet_sends_a_copy_per_visit_and_every_request_completes():
+    scenario = live_scenario(pipelines=["sequential"], warmup_s=0.0, **HEDGED, **{"stages.retrieval.hedge_after_ms": 2})
+    check_live(scenario, "<test>")
+    live, _ = run_live(scenario, build_samplers(scenario, "<test>"), None, lambda *a: None, lambda: False)
+    summary = live["sequential"].summary()
+    req, retrieval = summary["requests"], summary["stages"]["retrieval"]
+    assert req["completed"] == req["offered"] > 60 and req["in_flight_at_end"] == 0
+    assert retrieval["hedges"] == retrieval["visits"] == req["completed"]  # every visit outlived the hedge delay
+    assert retrieval["wasted_busy_s"] > 0 and retrieval["retries"] == 0
+
+
+@pytest.mark.parametrize("retries", [0, 3])
+def test_retries_send_a_visit_rejected_by_a_full_node_to_another(retries):
+    config = {"servers": 4, "nodes": 4, "balance": "random", "queue_limit": 0, "retries": retries, "latency": {"dist": "constant", "ms": 1}}
+    recorder = _recorder(config)
+
+    async def scenario(clock: Clock) -> list[Outcome]:
+        fleet, _, _ = _fleet(clock, config, recorder)
+        return await asyncio.gather(*(fleet.serve(_timed(i, 0.05)) for i in range(4)))  # one thread a node, 4 visits
+
+    outcomes = _on_loop(scenario)
+    rejected = outcomes.count(Outcome.REJECTED)
+    if retries:  # a visit tries every node in turn: one is free
+        assert rejected == 0 and recorder.stages[0].retries > 0
+    else:
+        assert rejected > 0 and recorder.stages[0].retries == 0
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_a_lost_node_fails_its_running_and_queued_visits_at_once_and_they_are_retried_elsewhere(retries):
+    config = {"servers": 2, "nodes": 2, "balance": "round_robin", "retries": retries, "latency": {"dist": "constant", "ms": 1}}
+    recorder = _recorder(config)
+
+    async def scenario(clock: Clock) -> dict[str, Any]:
+        fleet, nodes, ended = _fleet(clock, config, recorder)
+        requests = [_timed(i, 0.2) for i in range(3)]  # nodes 0, 1, 0 in turn: 2 queues behind 0
+        tasks = [clock.loop.create_task(fleet.serve(r)) for r in requests]
+        await asyncio.sleep(0.01)
+        loss = clock.loop.create_task(fleet.lose(1, 0.5))
+        await asyncio.sleep(0)
+        down = {"outstanding": nodes[0].outstanding, "live": list(fleet.live)}
+        outcomes = await asyncio.gather(*tasks)
+        loss.cancel()
+        return down | {"outcomes": outcomes, "requests": requests, "ended": ended}
+
+    result = _on_loop(scenario)
+    assert result["outstanding"] == 0 and result["live"] == [1]
+    stage = recorder.stages[0]
+    node_0, node_1 = stage.node_busy_window_s
+    assert node_0 < 0.1 < node_1  # node 0's work stopped at the loss
+    if retries:
+        assert result["outcomes"] == [Outcome.COMPLETED] * 3 and stage.retries == 2
+        assert result["ended"][0] == 1 and sorted(result["ended"]) == [0, 1, 2]  # both sent again to node 1, behind it
+        assert all(r.times[1] >= 0.2 for r in (result["requests"][0], result["requests"][2]))
+    else:
+        assert result["outcomes"] == [Outcome.REJECTED, Outcome.COMPLETED, Outcome.REJECTED] and result["ended"] == [1]
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+def test_a_node_lost_mid_run_conserves_requests_and_with_retries_rejects_none(retries):
+    loss = {"kind": "node_loss", "at_s": 1.0, "stage": "retrieval", "nodes": 1, "duration_s": 1.5}
+    scenario = live_scenario(pipelines=["sequential"], faults=[loss], **HEDGED, **{"stages.retrieval.retries": retries})
+    check_live(scenario, "<test>")
+    summary = run_live(scenario, build_samplers(scenario, "<test>"), None, lambda *a: None, lambda: False)[0]["sequential"].summary()
+    req, retrieval = summary["requests"], summary["stages"]["retrieval"]
+    assert req["offered"] == req["completed"] + req["rejected"] + req["timed_out"] + req["in_flight_at_end"] > 60
+    lost, *others = retrieval["node_utilization"]
+    assert lost < min(others)
+    assert summary["faults"][0]["kind"] == "node_loss"
+    if retries:
+        assert req["rejected"] == 0
