@@ -2,6 +2,7 @@
 
     python bench/bench_sim.py                              # 10^6 requests
     python bench/bench_sim.py --requests 100000 1000000 --repeat 3
+    python bench/bench_sim.py --requests 10000000 --fleet  # every pool as machines behind p2c (aif-sim's side)
 
 The system: the aif pipeline, merger -> (retrieval || user_inference) -> item_fetch -> rtp, every
 stage a pool of servers behind one FIFO queue with exponential service times (STAGES), Poisson
@@ -25,6 +26,10 @@ Targets: CLI / lean >= 0.7, and peak RSS flat in the request count. The mean lat
 show that both models simulate the same system: they use different random streams, so they agree
 within sampling noise (about 0.05 ms at 10^5 requests), near the no-queueing value of 16.67 ms.
 The "fixed cost" line is a 100-request CLI run: the start-up and output overhead of any run.
+
+With --fleet, aif-sim's runs make every pool a fleet of machines, each with its own queue, behind p2c
+(FLEET_NODES); the lean model stays the shared-queue system, the reference for speed (the mean latencies then
+differ by what balancing adds, a few hundredths of a millisecond here).
 """
 
 from __future__ import annotations
@@ -56,10 +61,13 @@ STAGES = {  # servers, mean service (ms): exponential, the same in both models
     "item_fetch": (128, 1.5),
     "rtp": (32, 3.0),
 }
+FLEET_NODES = {"merger": 4, "retrieval": 16, "user_inference": 4, "item_fetch": 8, "rtp": 4}  # machines, with --fleet
 FIXED_COST_REQUESTS = 100
 
 
-def scenario_dict(requests: int) -> dict:
+def scenario_dict(requests: int, fleet: bool = False) -> dict:
+    """The bench's scenario; with `fleet`, every pool as FLEET_NODES machines behind p2c."""
+    machines = FLEET_NODES if fleet else {}
     return {
         "name": "bench",
         "seed": 1,
@@ -68,7 +76,13 @@ def scenario_dict(requests: int) -> dict:
         "pipelines": ["aif"],
         "traffic": {"arrival": {"kind": "poisson", "qps": QPS}, "candidates": CANDIDATES},
         "stages": {
-            name: {"servers": servers, "latency": {"dist": "exponential", "mean_ms": mean}} for name, (servers, mean) in STAGES.items()
+            name: {
+                "servers": servers,
+                "nodes": machines.get(name, 1),
+                "balance": "p2c",
+                "latency": {"dist": "exponential", "mean_ms": mean},
+            }
+            for name, (servers, mean) in STAGES.items()
         },
     }
 
@@ -86,12 +100,12 @@ def engine_api():
     return validate_scenario, build_samplers, simulate, summary_document
 
 
-def run_engine(requests: int, engine: str) -> dict:
+def run_engine(requests: int, engine: str, fleet: bool = False) -> dict:
     validate_scenario, build_samplers, simulate, summary_document = engine_api()
-    scenario = validate_scenario(scenario_dict(requests), "bench")
+    scenario = validate_scenario(scenario_dict(requests, fleet), "bench")
     samplers = build_samplers(scenario, "bench")
     if engine == "compiled":  # compile (or load numba's on-disk cache) before the clock starts
-        simulate(validate_scenario(scenario_dict(1000), "bench"), samplers, engine=engine)
+        simulate(validate_scenario(scenario_dict(1000, fleet), "bench"), samplers, engine=engine)
     start = time.perf_counter()
     results = simulate(scenario, samplers, engine=engine)
     wall = time.perf_counter() - start
@@ -205,9 +219,9 @@ def run_lean_simpy(requests: int) -> dict:
     return {"wall_s": wall, "completed": completed, "mean_latency_ms": 1000 * latency_sum / completed}
 
 
-def child(model: str, requests: int) -> None:
+def child(model: str, requests: int, fleet: bool) -> None:
     try:
-        result = run_lean_simpy(requests) if model == "lean" else run_engine(requests, model)
+        result = run_lean_simpy(requests) if model == "lean" else run_engine(requests, model, fleet)
     except ImportError as exc:  # the package is being moved around: report, let the rest run
         result = {"error": f"{type(exc).__name__}: {exc}"}
     print(json.dumps(result))
@@ -231,15 +245,15 @@ def spawn(command: list[str]) -> tuple[str, float, float]:
     return out, wall, usage.ru_maxrss / 1024  # Linux reports KiB
 
 
-def measure_child(model: str, requests: int) -> dict:
-    out, _, peak = spawn([sys.executable, __file__, "--child", model, "--requests", str(requests)])
+def measure_child(model: str, requests: int, fleet: bool = False) -> dict:
+    out, _, peak = spawn([sys.executable, __file__, "--child", model, "--requests", str(requests), *(["--fleet"] if fleet else [])])
     return json.loads(out.strip().splitlines()[-1]) | {"peak_rss_mib": peak}
 
 
-def measure_cli(requests: int, engine: str, sample: float | None = None) -> dict:
+def measure_cli(requests: int, engine: str, sample: float | None = None, fleet: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-sim-") as tmp:
         scenario = Path(tmp) / "scenario.yaml"
-        scenario.write_text(yaml.safe_dump(scenario_dict(requests), sort_keys=False))
+        scenario.write_text(yaml.safe_dump(scenario_dict(requests, fleet), sort_keys=False))
         out = Path(tmp) / "out"
         command = [sys.executable, str(CLI), str(scenario), "--quiet", "--out", str(out), "--engine", engine]
         if sample is not None:
@@ -282,25 +296,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, nargs="+", default=[1_000_000], metavar="N", help="request counts (default 10^6)")
     parser.add_argument("--repeat", type=int, default=1, metavar="K", help="runs per measurement; the median is reported (default 1)")
+    parser.add_argument("--fleet", action="store_true", help="aif-sim's pools as machines behind p2c (FLEET_NODES)")
     parser.add_argument("--child", choices=("compiled", "simpy", "lean"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.requests[0])
+        child(args.child, args.requests[0], args.fleet)
         return
 
     from rich.console import Console
     from rich.table import Table
 
+    fleet = args.fleet
     measure = {
-        "compiled CLI": lambda n: measure_cli(n, "compiled"),
-        "compiled no rows": lambda n: measure_cli(n, "compiled", 0.0),
-        "compiled engine": lambda n: measure_child("compiled", n),
-        "simpy CLI": lambda n: measure_cli(n, "simpy"),
-        "simpy engine": lambda n: measure_child("simpy", n),
+        "compiled CLI": lambda n: measure_cli(n, "compiled", fleet=fleet),
+        "compiled no rows": lambda n: measure_cli(n, "compiled", 0.0, fleet),
+        "compiled engine": lambda n: measure_child("compiled", n, fleet),
+        "simpy CLI": lambda n: measure_cli(n, "simpy", fleet=fleet),
+        "simpy engine": lambda n: measure_child("simpy", n, fleet),
         "lean": lambda n: measure_child("lean", n),
     }
     console = Console(width=max(Console().width, 150))  # the tables are wide: never folded into unreadable columns
-    system = f"aif pipeline, {CANDIDATES:,} candidates/request, {QPS:,.0f} QPS"
+    system = f"aif pipeline{', pools as machines behind p2c' if fleet else ''}, {CANDIDATES:,} candidates/request, {QPS:,.0f} QPS"
     runs = f"median of {args.repeat} runs" if args.repeat > 1 else "1 run each"
     speed = Table(title=f"Simulated requests per wall-second: {system} ({runs})")
     short = ("compiled\nCLI", "compiled\nno rows", "compiled\nengine", "simpy\nCLI", "simpy\nengine")

@@ -87,8 +87,10 @@ class FleetState:
         rows = rec[: rec_n[0]]
         done = rows[:, 2] < before
         out = rows[done]
-        for slot, node, start, service, measured in out[np.argsort(out[:, 2], kind="stable")].tolist():
-            recorder.node_busy(int(slot), int(node), start, service, bool(measured))
+        out = out[np.argsort(out[:, 2], kind="stable")]
+        for slot in np.unique(out[:, 0]).tolist():
+            mine = out[out[:, 0] == slot]
+            recorder.node_busy_many(int(slot), mine[:, 1].astype(np.int64), mine[:, 2], mine[:, 3], mine[:, 4] != 0)
         kept = rows[~done]
         rec[: len(kept)] = kept
         rec_n[0] = len(kept)

@@ -116,6 +116,11 @@ def _times(requests: list[Request], stages: int) -> np.ndarray:
     return flat.reshape(len(requests), stages, 3)
 
 
+def _running_sum(total: float, values: np.ndarray) -> float:
+    """`total` plus each value in turn, as a loop of `+=` would add them."""
+    return float(np.add.accumulate(np.concatenate(([total], values)))[-1]) if len(values) else total
+
+
 def _node_utilization(stage: StageRecord, per_s: float) -> list[float]:
     """Each node's utilisation (its busy share of its threads): the stage's own with one node."""
     if stage.nodes == 1:
@@ -265,6 +270,16 @@ class Recorder:
         stage.wasted_busy_s += service_s
         if node is None:
             stage.busy_window_s += self.window.overlap(started_s, started_s + service_s)
+
+    def node_busy_many(self, slot: int, nodes: np.ndarray, started_s: np.ndarray, service_s: np.ndarray, measured: np.ndarray) -> None:
+        """`node_busy` for visits of one stage given as arrays, in the order they started: the same sums, added in
+        the same order (running sums, not pairwise ones), so the totals are those of one call per visit."""
+        stage, (lo, hi) = self.stages[slot], (self.window.start_s, self.window.end_s)
+        busy = np.maximum(0.0, np.minimum(started_s + service_s, hi) - np.maximum(started_s, lo))
+        stage.busy_window_s = _running_sum(stage.busy_window_s, busy)
+        stage.compute_s = _running_sum(stage.compute_s, service_s[measured])
+        for node in np.unique(nodes).tolist():
+            stage.node_busy_window_s[node] = _running_sum(stage.node_busy_window_s[node], busy[nodes == node])
 
     def cut(self, slot: int, node: int | None, from_s: float, to_s: float) -> None:
         """A visit counted busy on a node until `to_s` stopped at `from_s` (its node went down)."""
