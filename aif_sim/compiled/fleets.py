@@ -87,9 +87,9 @@ class FleetState:
         rows = rec[: rec_n[0]]
         done = rows[:, 2] < before
         out = rows[done]
-        out = out[np.argsort(out[:, 2], kind="stable")]
-        for slot in np.unique(out[:, 0]).tolist():
-            mine = out[out[:, 0] == slot]
+        out = out[np.lexsort((out[:, 2], out[:, 0]))]  # by slot, then in the order they started (stable)
+        slots, firsts = np.unique(out[:, 0], return_index=True)
+        for slot, mine in zip(slots.tolist(), np.split(out, firsts[1:])):
             recorder.node_busy_many(int(slot), mine[:, 1].astype(np.int64), mine[:, 2], mine[:, 3], mine[:, 4] != 0)
         kept = rows[~done]
         rec[: len(kept)] = kept
