@@ -2,15 +2,19 @@
 
 1. At each load, time the scenario's model stages on this host through the live engine's own calls, paced
    as a server sees them at that load (`live.calibrate`); the DES times those stages from that profile
-   (written beside the results as profile_<qps>qps.json).
+   (written beside the results as profile_<qps>qps.json). A stage that fetches item vectors live runs longer
+   than its draw (the fetch of thousands of vectors per request): the calibration also times that fetch through
+   the live engine's storage, and the DES adds it to the stage as `per_candidate_us` (`live.calibrate`).
 2. At each load, run the DES and the live engine on the same arrivals and the same draws for the other
    stages (the same scenario and seed), collecting every completed measured request's latency.
-3. Per pipeline and load: p50/p90/p99 and throughput of both, the relative error DES/live − 1, and 95%
-   bootstrap confidence intervals of each (the two runs resampled independently).
+3. Per pipeline and load: p50/p90/p99 and throughput of both, the relative error DES/live − 1, 95% confidence
+   intervals of each by batch means over time windows (`batch_intervals`), and the stage whose mean latency
+   differs most between the two runs (`diverging_stage`).
 """
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,34 +22,40 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from aif_sim.app.plan import server_rates
 from aif_sim.app.run import build_samplers, simulate
 from aif_sim.atomic import write_json
 from aif_sim.core.latency import Sampler
 from aif_sim.errors import InputError
-from aif_sim.live.calibrate import calibrate_live, model_stages
+from aif_sim.live.calibrate import calibrate_live, fetch_stages, model_stages
 from aif_sim.live.run import LiveResources, check_live, live_resources, run_live
 from aif_sim.metrics.recorder import CompletedBlock, Recorder
 from aif_sim.scenario import Override, Scenario, load_scenario
 
 QUANTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0}
 LOAD_SHARES = (0.2, 0.4, 0.6, 0.8)  # default loads: these shares of the slowest pipeline's capacity
-BOOTSTRAP = 1000
+BATCHES = 20  # time windows of a run for its confidence intervals
 TOLERANCE = 0.10  # the fidelity target: DES within 10% of live on p50 and p99
 
 
 class LatencySamples:
-    """A request sink that keeps the latency of every completed measured request, per pipeline."""
+    """A request sink that keeps the latency and arrival time of every completed measured request, per pipeline."""
 
     def __init__(self) -> None:
         self.blocks: dict[str, list[np.ndarray]] = defaultdict(list)
+        self.arrivals: dict[str, list[np.ndarray]] = defaultdict(list)
 
     def write(self, pipeline: str, stages: list[str], caches: list[str], block: CompletedBlock) -> None:
         self.blocks[pipeline].append(block.latency_ms)
+        self.arrivals[pipeline].append(block.arrival_s)
 
-    def of(self, pipeline: str) -> np.ndarray:
-        return np.concatenate(self.blocks[pipeline]) if self.blocks[pipeline] else np.empty(0)
+    def of(self, pipeline: str) -> tuple[np.ndarray, np.ndarray]:
+        """The pipeline's latencies (ms) and arrival times (s)."""
+        if not self.blocks[pipeline]:
+            return np.empty(0), np.empty(0)
+        return np.concatenate(self.blocks[pipeline]), np.concatenate(self.arrivals[pipeline])
 
 
 @dataclass
@@ -66,22 +76,28 @@ def _scenario(run: ValidateRun, extra: list[Override]) -> Scenario:
     return load_scenario(run.source, base + extra)
 
 
-def _calibrate(run: ValidateRun, scenario: Scenario, resources: LiveResources, folder: Path, qps: float) -> Path:
-    """The host's profile of the model stages, calls paced as at this load (`live.calibrate`), as a file in `folder`."""
+def _calibrate(
+    run: ValidateRun, scenario: Scenario, samplers: dict[str, Sampler], resources: LiveResources, folder: Path, qps: float
+) -> Path:
+    """The host's profile of the model stages and of item-vector fetches, calls paced as at this load (`live.calibrate`),
+    as a file in `folder`."""
     label = f"calibrating at {qps:g} QPS"
     run.progress(label, 0, 1)
     path = folder / f"profile_{qps:g}qps.json"
-    write_json(path, calibrate_live(scenario, resources.model, resources.executor, qps))
+    write_json(path, calibrate_live(scenario, samplers, resources.model, resources.executor, qps))
     run.progress(label, 1, 1)
     return path
 
 
 def des_overrides(scenario: Scenario, profile: Path) -> list[Override]:
-    """The model stages timed from the host's profile."""
-    return [
+    """The model stages timed from the host's profile; the stages that fetch item vectors given the per-candidate
+    cost it measured (its `per_candidate_us`)."""
+    latency: list[Override] = [
         (f"stages.{stage}.latency", {"dist": "profile", "path": str(profile.resolve()), "op": op}, "validate")
         for stage, op in model_stages(scenario).items()
     ]
+    fetch = json.loads(profile.read_text()).get("per_candidate_us", {})
+    return latency + [(f"stages.{stage}.per_candidate_us", us, "validate") for stage, us in fetch.items()]
 
 
 def capacity_qps(scenario: Scenario, samplers: dict[str, Sampler]) -> dict[str, float]:
@@ -97,25 +113,76 @@ def _quantiles(latency: np.ndarray) -> dict[str, float]:
     return {f"{name}_ms": float(np.percentile(latency, q)) if len(latency) else float("nan") for name, q in QUANTILES.items()}
 
 
-def _bootstrap(des: np.ndarray, live: np.ndarray, rng: np.random.Generator) -> dict[str, dict[str, list[float]]]:
-    """95% intervals of each quantile of both runs and of their relative error, resampling each run."""
-    if len(des) < 2 or len(live) < 2:
+def _run_intervals(latency: np.ndarray, window: np.ndarray, batches: int, t: float) -> tuple[np.ndarray, np.ndarray]:
+    """One run's 95% intervals of its quantiles [quantiles, 2] (ms), and per window the deviation of its linearised
+    log quantile [batches, quantiles] (see `batch_intervals`)."""
+    levels = np.array(list(QUANTILES.values())) / 100
+    whole = np.quantile(latency, levels)
+    below = np.array([(latency[window == b][:, None] <= whole).mean(axis=0) for b in range(batches)])
+    half = t * below.std(axis=0, ddof=1)
+    low, high = np.clip(levels - half, 0, 1), np.clip(levels + half, 0, 1)
+    interval = np.stack([np.quantile(latency, low), np.quantile(latency, high)], axis=1)
+    spread = np.log(interval[:, 1]) - np.log(interval[:, 0])
+    slope = np.divide(spread, high - low, out=np.zeros_like(spread), where=high > low)  # d log(quantile) / d level
+    return interval, -(below - below.mean(axis=0)) * slope
+
+
+def batch_intervals(
+    des: np.ndarray, des_arrival: np.ndarray, live: np.ndarray, live_arrival: np.ndarray, batches: int = BATCHES
+) -> dict[str, dict[str, list[float]]]:
+    """95% intervals of each quantile of both runs and of their relative error, by batch means over time windows.
+
+    Queueing delays are autocorrelated (a busy period delays many requests in a row), so an i.i.d. bootstrap over
+    requests takes n correlated latencies for n independent ones and gives intervals far too narrow. Instead the
+    span of arrival times is cut into `batches` equal windows, common to both runs; windows long against the
+    queue's memory give nearly independent, identically distributed batch statistics, whose spread is measured.
+
+    The batch statistic is a mean, as batch means require: the share of a window's requests at or below the whole
+    run's quantile q. Its t-interval (batches − 1 degrees of freedom) around the level p, inverted through the
+    run's empirical quantile function, is q's interval (Seila's indicator batch means). The batch-quantile method
+    (a t-interval over each window's own quantile) was tried and rejected: a p99 of a window of a few hundred requests
+    is a biased, skewed statistic: on M/M/1 sojourns (tests/test_validate_stats.py) its p99 intervals covered
+    70-78% where these cover 86-92%; a moving-block bootstrap would need a block length tuned to the correlation.
+
+    The relative error DES/live − 1 pairs the windows: both runs serve the same arrivals with the same draws
+    (common random numbers), so window b of the DES and of the live run share their bursts. Each run's log quantile
+    is linearised in its windows' shares (Bahadur: log q moves by −(p_b − p) times the slope of log quantile by level,
+    read off the interval), and the t-interval of the paired differences, around log(DES/live), gives the error's:
+    it counts the runs' correlation, where combining them as independent would count their shared bursts twice.
+    Runs too short for `2 x batches` requests, or with a window without any, get no interval ({})."""
+    if min(len(des), len(live)) < 2 * batches:
         return {}
-    qs = list(QUANTILES.values())
-    d = np.percentile(des[rng.integers(0, len(des), (BOOTSTRAP, len(des)))], qs, axis=1)
-    v = np.percentile(live[rng.integers(0, len(live), (BOOTSTRAP, len(live)))], qs, axis=1)
-    out: dict[str, dict[str, list[float]]] = {"des": {}, "live": {}, "error": {}}
-    for i, name in enumerate(QUANTILES):
-        for key, values in (("des", d[i]), ("live", v[i]), ("error", d[i] / v[i] - 1)):
-            lo, hi = np.percentile(values, [2.5, 97.5])
-            out[key][f"{name}_ms" if key != "error" else name] = [float(lo), float(hi)]
-    return out
+    low, high = min(des_arrival.min(), live_arrival.min()), max(des_arrival.max(), live_arrival.max())
+    span = max(high - low, 1e-12)
+    windows = [np.minimum(((arrival - low) / span * batches).astype(int), batches - 1) for arrival in (des_arrival, live_arrival)]
+    if any(len(np.unique(window)) < batches for window in windows):
+        return {}
+    t = float(stats.t.ppf(0.975, batches - 1)) / np.sqrt(batches)
+    (des_interval, des_dev), (live_interval, live_dev) = (
+        _run_intervals(latency, window, batches, t) for latency, window in zip((des, live), windows)
+    )
+    levels = list(QUANTILES.values())
+    ratio = np.log(np.percentile(des, levels)) - np.log(np.percentile(live, levels))
+    half = t * (des_dev - live_dev).std(axis=0, ddof=1)
+    return {
+        "des": {f"{name}_ms": des_interval[i].tolist() for i, name in enumerate(QUANTILES)},
+        "live": {f"{name}_ms": live_interval[i].tolist() for i, name in enumerate(QUANTILES)},
+        "error": {name: [float(np.exp(ratio[i] - half[i]) - 1), float(np.exp(ratio[i] + half[i]) - 1)] for i, name in enumerate(QUANTILES)},
+    }
+
+
+def diverging_stage(stage_mean_ms: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """The stage whose mean latency differs most, relatively, between the DES and the live run (of those both ran)."""
+    errors = {name: means["des"] / means["live"] - 1 for name, means in stage_mean_ms.items() if means["live"] > 0 and means["des"] > 0}
+    stage = max(errors, key=lambda name: abs(errors[name]))
+    return {"stage": stage, "des_ms": stage_mean_ms[stage]["des"], "live_ms": stage_mean_ms[stage]["live"], "error": errors[stage]}
 
 
 def compare(
-    pipeline: str, qps: float, des: Recorder, live: Recorder, des_ms: np.ndarray, live_ms: np.ndarray, rng: np.random.Generator
+    pipeline: str, qps: float, des: Recorder, live: Recorder, des_samples: LatencySamples, live_samples: LatencySamples
 ) -> dict[str, Any]:
     """One point of validate.json."""
+    (des_ms, des_arrival), (live_ms, live_arrival) = des_samples.of(pipeline), live_samples.of(pipeline)
     des_summary, live_summary = des.summary(), live.summary()
     des_stats = {**_quantiles(des_ms), "throughput_qps": des_summary["throughput_qps"]}
     live_stats = {**_quantiles(live_ms), "throughput_qps": live_summary["throughput_qps"]}
@@ -123,6 +190,9 @@ def compare(
     busiest = max(stages, key=lambda name: stages[name]["utilization"])
     error = {name: des_stats[f"{name}_ms"] / live_stats[f"{name}_ms"] - 1 for name in QUANTILES}
     error["throughput"] = des_stats["throughput_qps"] / live_stats["throughput_qps"] - 1
+    stage_means = {
+        stage: {"des": des_summary["stages"][stage]["latency_ms"]["mean"], "live": stages[stage]["latency_ms"]["mean"]} for stage in stages
+    }
     return {
         "pipeline": pipeline,
         "qps": qps,
@@ -133,12 +203,10 @@ def compare(
         "des": des_stats,
         "live": live_stats,
         "error": error,
-        "ci95": _bootstrap(des_ms, live_ms, rng),
+        "ci95": batch_intervals(des_ms, des_arrival, live_ms, live_arrival),
         "within_tolerance": {name: bool(abs(error[name]) <= TOLERANCE) for name in ("p50", "p99")},
-        "stage_mean_ms": {
-            stage: {"des": des_summary["stages"][stage]["latency_ms"]["mean"], "live": stages[stage]["latency_ms"]["mean"]}
-            for stage in stages
-        },
+        "stage_mean_ms": stage_means,
+        "diverging_stage": diverging_stage(stage_means),
     }
 
 
@@ -150,14 +218,13 @@ def validate(run: ValidateRun, qps: list[float] | None, folder: Path) -> dict[st
             f"{run.source}: traffic.arrival.kind: validate sets the load of a poisson arrival; got {scenario.traffic.arrival.kind}"
         )
     check_live(scenario, run.source)
-    build_samplers(scenario, run.source)
-    rng = np.random.default_rng(scenario.seed)
+    samplers = build_samplers(scenario, run.source)
     profiles: dict[float, Path] = {}
     with live_resources(scenario) as resources:
 
         def profile_at(q: float) -> Path:
             if q not in profiles:
-                profiles[q] = _calibrate(run, scenario, resources, folder, q)
+                profiles[q] = _calibrate(run, scenario, samplers, resources, folder, q)
             return profiles[q]
 
         # the pipelines' capacities, from a profile at the first load (or at the scenario's own)
@@ -176,8 +243,13 @@ def validate(run: ValidateRun, qps: list[float] | None, folder: Path) -> dict[st
                 live_scenario, build_samplers(live_scenario, run.source), live_samples, run.progress, run.stop, resources
             )
             for pipeline, recorder in live.items():
-                point = compare(pipeline, q, des[pipeline], recorder, des_samples.of(pipeline), live_samples.of(pipeline), rng)
+                point = compare(pipeline, q, des[pipeline], recorder, des_samples, live_samples)
                 point["live_schedule"] = blocks[pipeline]
+                point["per_candidate_us"] = {
+                    stage: des_scenario.stages[stage].per_candidate_us
+                    for stage in fetch_stages(scenario)
+                    if stage in point["stage_mean_ms"]
+                }
                 run.points.append(point)
             run.curves.append({"qps": q, "des": dict(des_samples.blocks), "live": dict(live_samples.blocks)})
     return {

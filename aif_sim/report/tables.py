@@ -251,8 +251,8 @@ def validate_table(points: list[dict[str, Any]], tolerance: float) -> Table:
             colour = "green" if point["within_tolerance"][name] else "red"
             spread = f"±{50 * (interval[1] - interval[0]):.0f}" if interval else ""
             row.append(f"[{colour}]{100 * point['error'][name]:+.1f}%[/]{spread}")
-        stage = point["diverging_stage"]
-        row.append(f"{stage['stage']} {stage['des_ms']:.1f}/{stage['live_ms']:.1f} ({100 * stage['error']:+.0f}%)")
+        stage = point.get("diverging_stage")  # absent from validate.json written before it was added
+        row.append(f"{stage['stage']} {stage['des_ms']:.1f}/{stage['live_ms']:.1f} ({100 * stage['error']:+.0f}%)" if stage else "")
         table.add_row(*row)
     return table
 

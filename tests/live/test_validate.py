@@ -44,3 +44,13 @@ def test_validate_writes_every_field_and_computes_its_errors(tmp_path):
         assert point["bottleneck"] in point["stage_mean_ms"] and 0 < point["utilization"] < 1
         assert all(v["des"] > 0 and v["live"] > 0 for v in point["stage_mean_ms"].values())
         assert {"scheduled_qps", "achieved_qps", "schedule_lag_ms"} <= set(point["live_schedule"])
+        means = point["stage_mean_ms"]
+        errors = {stage: v["des"] / v["live"] - 1 for stage, v in means.items()}
+        diverging = point["diverging_stage"]
+        assert diverging["stage"] in means and abs(diverging["error"]) == pytest.approx(max(abs(e) for e in errors.values()))
+        assert (diverging["des_ms"], diverging["live_ms"]) == (means[diverging["stage"]]["des"], means[diverging["stage"]]["live"])
+        assert diverging["error"] == pytest.approx(errors[diverging["stage"]])
+    # the DES of the aif pipeline gives item_fetch the per-candidate cost its live fetches measured (the profile's)
+    measured = json.loads((out / "profile_30qps.json").read_text())["per_candidate_us"]
+    assert set(measured) == {"item_fetch"} and measured["item_fetch"] >= 0
+    assert [p["per_candidate_us"] for p in document["points"]] == [{}, measured]
