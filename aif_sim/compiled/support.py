@@ -56,6 +56,12 @@ def _ties_likely(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler]
     stage (a queue limit, a timeout, batching, several nodes), the ends of an earlier step of such services or of
     batches (sums that coincide, members that end together)."""
     names = stages_of(pipeline)
+    tiny = [name for name in names if isinstance(samplers[name], Gamma) and samplers[name].cv > 1]
+    if tiny:
+        return (
+            "the compiled engine may order events at equal times unlike simpy: gamma services with cv above 1 often draw "
+            f"times below the clock's resolution, so a visit ends at the instant it starts ({', '.join(tiny)})"
+        )
     discrete = [name for name in names if _few_values(samplers[name], scenario.stages[name].per_candidate_us)]
     if discrete and isinstance(scenario.traffic.arrival, TraceArrival):
         return f"the compiled engine may order events at equal times unlike simpy: trace arrivals into constant or empirical services ({', '.join(discrete)})"
