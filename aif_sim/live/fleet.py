@@ -31,11 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from aif_sim.core.balance import BALANCERS, Uniforms
+from aif_sim.core.fleet import FleetPolicy
 from aif_sim.core.latency import Sampler
 from aif_sim.core.request import Outcome, Request
 from aif_sim.core.system import shard_sizes
-from aif_sim.core.traffic import stream
 from aif_sim.live.loop import Clock
 from aif_sim.live.pools import LivePool, Work
 from aif_sim.metrics.recorder import Recorder
@@ -61,12 +60,7 @@ class LiveFleet:
     ) -> None:
         self.clock, self.nodes, self.recorder = clock, nodes, recorder
         self.slot = nodes[0].slot
-        self.live = list(range(len(nodes)))
-        self.balancer = BALANCERS[config.balance](len(nodes), Uniforms(stream(seed, f"balance:{name}")))
-        self.hedge_s = config.hedge_after_ms / 1000 if config.hedge_after_ms is not None else None
-        self.retries = config.retries
-        self.sampler, self.copies = sampler, stream(seed, f"copies:{name}")
-        self.per_candidate_s = config.per_candidate_us / 1e6
+        self.policy = FleetPolicy(name, config, seed, sampler)
 
     @property
     def work(self) -> Work:
@@ -75,17 +69,14 @@ class LiveFleet:
 
     async def lose(self, count: int, duration_s: float) -> None:
         """Nodes 0..count-1 go down for `duration_s`: what they hold fails, and no visit is sent to them."""
-        down = range(count)
-        self.live = [n for n in self.live if n not in down]
-        for node in down:
+        lost = self.policy.down(count)
+        for node in lost:
             self.nodes[node].lose()
         await asyncio.sleep(duration_s)
-        self.live = sorted({*self.live, *down})
+        self.policy.up(lost)
 
     def _pick(self, holding: list[int]) -> int | None:
-        """A live node not holding another shard or copy of the visit (None: there is none)."""
-        eligible = [n for n in self.live if n not in holding]
-        return self.balancer.choose([node.outstanding for node in self.nodes], eligible) if eligible else None
+        return self.policy.pick([node.outstanding for node in self.nodes], holding)
 
     async def serve(self, request: Request) -> Outcome:
         sent = self.clock()
@@ -115,7 +106,7 @@ class LiveFleet:
 
     async def _deliver(self, part: Request, node: int | None, holding: list[int]) -> Outcome:
         """A shard (or the whole visit) sent to `node`, hedged, and sent again on failure while retries last."""
-        retries = self.retries
+        retries = self.policy.retries
         while True:
             outcome = Outcome.REJECTED if node is None else await self._hedged(part, node, holding)
             if outcome is COMPLETED or retries == 0:
@@ -131,19 +122,19 @@ class LiveFleet:
         """The part on `node` and, unfinished after the hedge delay, a copy on another node: the first to complete
         gives the part its results; the other is cancelled (it leaves its queue, or finishes as wasted work)."""
         first = self._view(part)
-        if self.hedge_s is None:
+        if self.policy.hedge_s is None:
             return self._won(part, first, await self.nodes[node].serve(first), None)
         loop = asyncio.get_running_loop()
         primary = loop.create_task(self.nodes[node].serve(first))
         sends = {primary: first}
         try:
-            await asyncio.wait((primary,), timeout=self.hedge_s)
+            await asyncio.wait((primary,), timeout=self.policy.hedge_s)
             spare = None if primary.done() else self._pick(holding)
             if spare is None:
                 return self._won(part, first, await primary, None)
             holding.append(spare)
             self.recorder.hedge(self.slot)
-            drawn_s = self._draw(part.candidates) if self.sampler is not None else None
+            drawn_s = self.policy.draw_copy(part.candidates) if self.policy.sampler is not None else None
             copy = self._view(part, drawn_s)
             second = loop.create_task(self.nodes[spare].serve(copy))
             sends[second] = copy
@@ -167,16 +158,8 @@ class LiveFleet:
             if copy_s is None:
                 part.service_s[slot] = send.service_s[slot]  # measured
             else:
-                assert self.hedge_s is not None
-                drawn_s = part.service_s[slot]
-                part.service_s[slot] = min(drawn_s, self.hedge_s + copy_s) if drawn_s > self.hedge_s else drawn_s
+                part.service_s[slot] = self.policy.alone(part.service_s[slot], copy_s)
         return outcome
-
-    def _draw(self, candidates: int) -> float:
-        """A copy's service (s), drawn anew at the part's candidates, as the request's own draws are made."""
-        assert self.sampler is not None
-        work = 1.0 if self.sampler.work_key == "batch" else float(candidates)
-        return float(self.sampler.sample(self.copies, 1, work)[0]) / 1000 + self.per_candidate_s * candidates
 
     def _shards(self, request: Request, services: list[float]) -> list[Request]:
         """The request's shards at this slot: each with its drawn service and its slice of the candidates."""

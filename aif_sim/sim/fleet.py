@@ -25,11 +25,10 @@ from typing import Any
 import numpy as np
 import simpy
 
-from aif_sim.core.balance import BALANCERS, Uniforms
+from aif_sim.core.fleet import FleetPolicy
 from aif_sim.core.latency import Sampler
 from aif_sim.core.request import Outcome, Request
 from aif_sim.core.system import shard_sizes
-from aif_sim.core.traffic import stream
 from aif_sim.metrics.recorder import Recorder
 from aif_sim.scenario.schema import Stage
 from aif_sim.sim.pools import Part, StagePool, cancellable
@@ -69,12 +68,7 @@ class Fleet:
         self.env, self.nodes, self.recorder, self.spawn = env, nodes, recorder, spawn
         self.slot = nodes[0].slot
         self.outstanding = Outstanding(nodes)
-        self.live = list(range(len(nodes)))
-        self.balancer = BALANCERS[config.balance](len(nodes), Uniforms(stream(seed, f"balance:{name}")))
-        self.hedge_s = config.hedge_after_ms / 1000 if config.hedge_after_ms is not None else None
-        self.retries = config.retries
-        self.sampler, self.copies = sampler, stream(seed, f"copies:{name}")
-        self.per_candidate_s = config.per_candidate_us / 1e6
+        self.policy = FleetPolicy(name, config, seed, sampler)
 
     @property
     def slowdown(self) -> float:
@@ -87,12 +81,11 @@ class Fleet:
 
     def lose(self, count: int, duration_s: float) -> Generator[simpy.Event, Any, None]:
         """Nodes 0..count-1 go down for `duration_s`: what they hold fails, and no visit is sent to them."""
-        down = range(count)
-        self.live = [n for n in self.live if n not in down]
-        for node in down:
+        lost = self.policy.down(count)
+        for node in lost:
             self.nodes[node].lose()
         yield self.env.timeout(duration_s)
-        self.live = sorted({*self.live, *down})
+        self.policy.up(lost)
 
     def serve(self, request: Request) -> Generator[simpy.Event, Any, Outcome]:
         sent = self.env.now
@@ -124,13 +117,11 @@ class Fleet:
         return outcome
 
     def _pick(self, holding: list[int]) -> int | None:
-        """A live node not holding another shard or copy of the visit (None: there is none)."""
-        eligible = [n for n in self.live if n not in holding]
-        return self.balancer.choose(self.outstanding, eligible) if eligible else None
+        return self.policy.pick(self.outstanding, holding)
 
     def _deliver(self, request: Request, part: Part, node: int | None, holding: list[int]) -> Generator[simpy.Event, Any, Outcome]:
         """A shard (or the whole visit) sent to `node`, hedged, and sent again on failure while retries last."""
-        retries = self.retries
+        retries = self.policy.retries
         while True:
             outcome = Outcome.REJECTED if node is None else (yield from self._hedged(request, part, node, holding))
             if outcome is COMPLETED or retries == 0:
@@ -143,16 +134,17 @@ class Fleet:
             self.recorder.retry(self.slot)
 
     def _hedged(self, request: Request, part: Part, node: int, holding: list[int]) -> Generator[simpy.Event, Any, Outcome]:
-        if self.hedge_s is None:
+        hedge_s = self.policy.hedge_s
+        if hedge_s is None:
             return (yield from self.nodes[node].serve_part(request, part))
         primary = self.spawn(request, cancellable(self.nodes[node].serve_part(request, part)))
-        yield primary | self.env.timeout(self.hedge_s)
+        yield primary | self.env.timeout(hedge_s)
         spare = None if primary.triggered else self._pick(holding)
         if spare is None:
             return (yield primary)
         holding.append(spare)
         self.recorder.hedge(self.slot)
-        copy = Part(self._draw(part.candidates), part.candidates)
+        copy = Part(self.policy.draw_copy(part.candidates), part.candidates)
         second = self.spawn(request, cancellable(self.nodes[spare].serve_part(request, copy)))
         yield primary | second
         ended, other = (primary, second) if primary.triggered else (second, primary)
@@ -163,11 +155,5 @@ class Fleet:
             other.interrupt()  # the losing copy leaves its queue, or finishes as wasted work
         if ended is second:
             part.started, part.ended = copy.started, copy.ended
-        if part.alone > self.hedge_s:
-            part.alone = min(part.alone, self.hedge_s + copy.alone)
+        part.alone = self.policy.alone(part.alone, copy.alone)
         return ended.value
-
-    def _draw(self, candidates: int) -> float:
-        """A copy's service (s), drawn anew at the part's candidates, as the request's own draws are made."""
-        work = 1.0 if self.sampler.work_key == "batch" else float(candidates)
-        return float(self.sampler.sample(self.copies, 1, work)[0]) / 1000 + self.per_candidate_s * candidates

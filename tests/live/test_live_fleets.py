@@ -334,7 +334,7 @@ def test_a_lost_node_fails_its_running_and_queued_visits_at_once_and_they_are_re
         await asyncio.sleep(0.01)
         loss = clock.loop.create_task(fleet.lose(1, 0.5))
         await asyncio.sleep(0)
-        down = {"outstanding": nodes[0].outstanding, "live": list(fleet.live)}
+        down = {"outstanding": nodes[0].outstanding, "live": list(fleet.policy.live)}
         outcomes = await asyncio.gather(*tasks)
         loss.cancel()
         return down | {"outcomes": outcomes, "requests": requests, "ended": ended}
