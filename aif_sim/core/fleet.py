@@ -28,6 +28,18 @@ class FleetPolicy:
         eligible = [n for n in self.live if n not in holding]
         return self.balancer.choose(outstanding, eligible) if eligible else None
 
+    def first_nodes(self, outstanding: Sequence[int], parts: int) -> tuple[list[int | None], list[int]]:
+        """The nodes a visit's parts (its shards, or itself) are first sent to, picked in turn among distinct live
+        nodes (None: none was left), and the list of the nodes holding them (which later picks avoid)."""
+        first: list[int | None] = []
+        holding: list[int] = []
+        for _ in range(parts):
+            node = self.pick(outstanding, holding)
+            first.append(node)
+            if node is not None:
+                holding.append(node)
+        return first, holding
+
     def down(self, count: int) -> range:
         """Nodes 0..count-1 go down: no send goes to them until `up`."""
         lost = range(count)

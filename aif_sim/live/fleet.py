@@ -82,13 +82,9 @@ class LiveFleet:
         sent = self.clock()
         sharded = request.shard_s is not None and self.slot in request.shard_s
         parts = self._shards(request, request.shard_s[self.slot]) if sharded else [self._view(request)]  # type: ignore[index]
-        holding: list[int] = []  # nodes holding a shard or copy of this visit
-        first = []
-        for _ in parts:
-            node = self._pick(holding)
-            first.append(node)
-            if node is not None:
-                holding.append(node)
+        first, holding = self.policy.first_nodes(
+            [node.outstanding for node in self.nodes], len(parts)
+        )  # holding: the nodes a shard or copy is at
         if len(parts) == 1:
             outcome = await self._deliver(parts[0], first[0], holding)
         else:

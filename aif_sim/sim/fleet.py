@@ -97,13 +97,7 @@ class Fleet:
             services = [request.service_s[self.slot]]
         sizes = shard_sizes(np.array([request.candidates]), len(services))[0].tolist()
         parts = [Part(service, candidates) for service, candidates in zip(services, sizes)]
-        holding: list[int] = []  # nodes holding a shard or copy of this visit
-        first = []
-        for _ in parts:
-            node = self._pick(holding)
-            first.append(node)
-            if node is not None:
-                holding.append(node)
+        first, holding = self.policy.first_nodes(self.outstanding, len(parts))  # holding: the nodes a shard or copy is at
         others = [self.spawn(request, cancellable(self._deliver(request, p, n, holding))) for p, n in zip(parts[:-1], first[:-1])]
         outcome = yield from self._deliver(request, parts[-1], first[-1], holding)  # the last shard runs in this process
         for other in others:
