@@ -65,7 +65,13 @@ def run_compiled(
     vectors = _Vectors(scenario, pipeline, samplers, recorder) if stores else None
     pools = _Pools(scenario, pipeline, list(policies), samplers)
     source = RequestSource.for_pipeline(scenario, pipeline, samplers, policies, vectors.nearline.stores if vectors else {})
-    system = _Requests(len(pools.names), len(policies), source.sample_size if vectors and vectors.name == "items" else 1)
+    system = _Requests(
+        len(pools.names),
+        len(policies),
+        source.sample_size if vectors and vectors.name == "items" else 1,
+        pools.fleets.shard_at,
+        pools.fleets.shard_columns,
+    )
     blocks = _ahead(source.draws(scenario.duration_s))
     upcoming = next(blocks, None)
     upcoming_t = event_times(upcoming.block.arrival_s, 0.0) if upcoming is not None else None
@@ -147,7 +153,8 @@ class _Requests:
     views of buffers reused from block to block); `step` is the step each is at (the number of steps once
     finished), `arrive` when it arrived there."""
 
-    def __init__(self, stages: int, caches: int, entities: int, capacity: int = 1024) -> None:
+    def __init__(self, stages: int, caches: int, entities: int, shard_at: np.ndarray, shard_columns: int, capacity: int = 1024) -> None:
+        self.shard_at = shard_at  # each sharded slot's first column of `shard_s` (-1: not sharded)
         self.kinds: dict[str, tuple[tuple[int, ...], type]] = {
             "ids": ((), np.int64),
             "arrival_s": ((), np.float64),
@@ -155,6 +162,7 @@ class _Requests:
             "candidates": ((), np.int64),
             "measured": ((), np.bool_),
             "service": ((stages,), np.float64),
+            "shard_s": ((shard_columns,), np.float64),  # the shard services of its sharded visits
             "miss": ((stages,), np.float64),
             "cache_hit": ((caches,), np.float64),
             "pending": ((), np.int64),
@@ -201,6 +209,9 @@ class _Requests:
         b["candidates"][new] = block.candidates
         b["measured"][new] = measured
         b["service"][new] = draws.service_s
+        for slot, shards in draws.shard_s.items():
+            at = self.shard_at[slot]
+            b["shard_s"][new, at : at + shards.shape[1]] = shards
         b["miss"][new] = 0.0 if draws.miss_s is None else draws.miss_s
         b["cache_hit"][new] = np.nan
         b["user_vector_s"][new] = np.nan
@@ -273,6 +284,7 @@ class _Pools:
             self.batches.state,
             self.fleets.fleet_of,
             self.fleets.state,
+            system.column("shard_s"),
             (*(system.column(name) for name in columns), self.numbered),
             system.column("users"),
             system.column("measured"),

@@ -1,4 +1,4 @@
-"""Stages of several nodes in the compiled engine: `sim.fleet.Fleet` without shards, hedges, retries or node loss.
+"""Stages of several nodes in the compiled engine: `sim.fleet.Fleet` with shards, without hedges, retries or node loss.
 
 Each node of a fleet stage is a FIFO pool of its own (`servers / nodes` servers, the stage's queue limit and
 timeout): its servers' free times are a heap of the stage's region of the kernels' `free` (node j's at
@@ -10,6 +10,15 @@ Per fleet f (`FleetState.state`): the balancer (`kind`, round robin's last pick,
 drawn ahead as `core.balance.Uniforms` draws them), and the visits it served, `rec[m] = (slot, node, start,
 service, measured)` in order of arrival at the stage, handed to `Recorder.node_busy` in the order they started
 (`emit`), as simpy calls it when each starts.
+
+A sharded stage (`shards[f]` > 1) picks a distinct node for each of a visit's shards, every pick from the counts
+before any of them joins, as `core.fleet.FleetPolicy.first_nodes` does; each shard joins its node's pool at the
+visit's arrival with its own service (its request's `shard_s[i, shard_at[f] + j]`, plus a cache miss), the last
+shard first, then the others in order (simpy serves the last in the visit's own process, the others in
+processes started after it). The visit ends with its last shard, with the largest of their outcomes; completed,
+its times are those of its first shard to end last, its service the slowest shard's with no waiting, and, for a
+measured request, `skew[m] = (slot, end, slowest end - median end)`, handed to `Recorder.shard_skew_many` in the
+order the visits ended.
 """
 
 from __future__ import annotations
@@ -41,6 +50,14 @@ class FleetState:
         self.rngs = [stream(scenario.seed, f"balance:{names[slot]}") for slot in slots]
         self.drawn = [np.empty(0) for _ in slots]  # uniforms drawn, not yet taken
         nodes = [config.nodes for config in configs]
+        shards = [config.shards for config in configs]
+        self.shard_at = np.full(len(names), -1, np.int64)  # each sharded slot's first column of the shard services
+        columns = 0
+        for slot, config in zip(slots, configs):
+            if config.shards > 1:
+                self.shard_at[slot] = columns
+                columns += config.shards
+        self.shard_columns = max(1, columns)
         self.state = (
             np.array(nodes, np.int64),
             np.array([KINDS[config.balance] for config in configs], np.int64),
@@ -52,11 +69,17 @@ class FleetState:
             np.zeros((max(1, sum(nodes)), 2), np.int64),  # (head, tail) per row
             np.empty((64, 5)),  # rec
             np.zeros(1, np.int64),  # rec_n
+            np.array(shards, np.int64),
+            self.shard_at[slots],
+            np.empty((64, 3)),  # skew
+            np.zeros(1, np.int64),  # skew_n
+            np.zeros(max(nodes, default=1), np.bool_),  # holding: the nodes a visit's shards were sent to
+            np.empty((max(nodes, default=1), 6)),  # parts: per shard (node, outcome, start, end, service; a sorted end)
         )
 
     def prepare(self, arrivals: int) -> None:
         """Room for `arrivals` more visits per fleet: waiters, uniforms and records; each FIFO moved to the front."""
-        nodes, kind, last, uniforms, taken, row_at, waits, heads, rec, rec_n = self.state
+        nodes, kind, last, uniforms, taken, row_at, waits, heads, rec, rec_n, shards, shard_at, skew, skew_n, holding, parts = self.state
         if not len(nodes):
             return
         width = max(int((heads[:, 1] - heads[:, 0]).max()) + arrivals, waits.shape[1])
@@ -67,18 +90,15 @@ class FleetState:
         heads[:, 0] = 0
         for f in range(len(nodes)):
             self.drawn[f] = self.drawn[f][taken[f] :]
-            while len(self.drawn[f]) < DRAWS[kind[f]] * arrivals:
+            while len(self.drawn[f]) < DRAWS[kind[f]] * shards[f] * arrivals:
                 self.drawn[f] = np.concatenate([self.drawn[f], self.rngs[f].random(BLOCK)])  # as `Uniforms` draws them
         taken[:] = 0
         uniforms = np.zeros((len(nodes), max(len(drawn) for drawn in self.drawn)))
         for f, drawn in enumerate(self.drawn):
             uniforms[f, : len(drawn)] = drawn
-        need = int(rec_n[0]) + arrivals * len(nodes)
-        if need > len(rec):
-            grown = np.empty((max(need, 2 * len(rec)), 5))
-            grown[: rec_n[0]] = rec[: rec_n[0]]
-            rec = grown
-        self.state = (nodes, kind, last, uniforms, taken, row_at, moved, heads, rec, rec_n)
+        rec = _room(rec, int(rec_n[0]) + arrivals * int(shards.sum()))
+        skew = _room(skew, int(skew_n[0]) + arrivals * len(nodes))
+        self.state = (nodes, kind, last, uniforms, taken, row_at, moved, heads, rec, rec_n, shards, shard_at, skew, skew_n, holding, parts)
 
     def emit(self, recorder: Recorder, before: float) -> None:
         """Account the visits that started before `before` (`Recorder.node_busy`) in the order they started, and
@@ -94,6 +114,26 @@ class FleetState:
         kept = rows[~done]
         rec[: len(kept)] = kept
         rec_n[0] = len(kept)
+        skew, skew_n = self.state[12], self.state[13]
+        rows = skew[: skew_n[0]]
+        done = rows[:, 1] < before
+        out = rows[done]
+        out = out[np.lexsort((out[:, 1], out[:, 0]))]  # by slot, then in the order they ended (stable)
+        slots, firsts = np.unique(out[:, 0], return_index=True)
+        for slot, mine in zip(slots.tolist(), np.split(out, firsts[1:])):
+            recorder.shard_skew_many(int(slot), mine[:, 2])
+        kept = rows[~done]
+        skew[: len(kept)] = kept
+        skew_n[0] = len(kept)
+
+
+def _room(rows: np.ndarray, need: int) -> np.ndarray:
+    """`rows`, or a larger copy of it with room for `need` rows."""
+    if need <= len(rows):
+        return rows
+    grown = np.empty((max(need, 2 * len(rows)), rows.shape[1]))
+    grown[: len(rows)] = rows
+    return grown
 
 
 @njit(cache=True, _nrt=False)
@@ -111,35 +151,57 @@ def _outstanding(free: np.ndarray, base: int, threads: int, waits: np.ndarray, h
 
 
 @njit(cache=True, _nrt=False)
-def pick(f: int, t: float, base: int, threads: int, free: np.ndarray, fleets: tuple) -> int:
-    """The node fleet f's balancer picks for a visit arriving at t (`core.balance`, every node live); the
-    stage's servers start at `free[base]`, `threads` per node."""
-    nodes, kind, last, uniforms, taken, row_at, waits, heads, rec, rec_n = fleets
-    count, row = nodes[f], row_at[f]
+def _eligible(j: int, holding: np.ndarray, held: int) -> int:
+    """The j-th node (ascending) not in `holding`, where `held` nodes are."""
+    if held == 0:
+        return j
+    node = -1
+    while j >= 0:
+        node += 1
+        if not holding[node]:
+            j -= 1
+    return node
+
+
+@njit(cache=True, _nrt=False)
+def pick(f: int, t: float, base: int, threads: int, free: np.ndarray, fleets: tuple, held: int) -> int:
+    """The node fleet f's balancer picks for a visit or shard arriving at t (`core.balance`, every node live) among
+    the nodes not holding another shard of the visit (`holding`, `held` of them); the stage's servers start at
+    `free[base]`, `threads` per node."""
+    nodes, kind, last, uniforms, taken, row_at, waits, heads = fleets[:8]
+    holding = fleets[14]
+    count, row = nodes[f] - held, row_at[f]
     k = kind[f]
     if k == RANDOM:
         u = uniforms[f, taken[f]]
         taken[f] += 1
-        return int(u * count)
+        return _eligible(int(u * count), holding, held)
     if k == ROUND_ROBIN:
-        node = last[f] + 1 if last[f] + 1 < count else 0
+        node = last[f] + 1
+        while node < nodes[f] and held and holding[node]:
+            node += 1
+        if node >= nodes[f]:
+            node = _eligible(0, holding, held)
         last[f] = node
         return node
     if k == LEAST_OUTSTANDING:
-        best, fewest = 0, _outstanding(free, base, threads, waits, heads, row, t)
-        for node in range(1, count):
+        best, fewest = -1, 0
+        for node in range(nodes[f]):
+            if held and holding[node]:
+                continue
             load = _outstanding(free, base + node * threads, threads, waits, heads, row + node, t)
-            if load < fewest:
+            if best < 0 or load < fewest:
                 best, fewest = node, load
         return best
     u, v = uniforms[f, taken[f]], uniforms[f, taken[f] + 1]
     taken[f] += 2
     first = int(u * count)
     if count == 1:
-        return 0
+        return _eligible(0, holding, held)
     second = int(v * (count - 1))
     if second >= first:
         second += 1
+    first, second = _eligible(first, holding, held), _eligible(second, holding, held)
     a = _outstanding(free, base + first * threads, threads, waits, heads, row + first, t)
     b = _outstanding(free, base + second * threads, threads, waits, heads, row + second, t)
     return second if b < a else first
@@ -177,3 +239,35 @@ def served_at_node(f: int, node: int, slot: int, start: float, service: float, m
     m = rec_n[0]
     rec[m, 0], rec[m, 1], rec[m, 2], rec[m, 3], rec[m, 4] = slot, node, start, service, measured
     rec_n[0] = m + 1
+
+
+@njit(cache=True, _nrt=False)
+def shards_over(
+    f: int, i: int, slot: int, t: float, service: np.ndarray, times: np.ndarray, measured: bool, fleets: tuple
+) -> tuple[int, float]:
+    """Request i's sharded visit sent at t, its shards decided (`parts`): its outcome and end, as `sim.fleet.Fleet`
+    ends it (completed: its times, its slowest shard's service, and, measured, its skew record)."""
+    shards, parts, skew, skew_n = fleets[10], fleets[15], fleets[12], fleets[13]
+    k = shards[f]
+    o, end, last, alone = COMPLETED, parts[0, 3], 0, parts[0, 4]
+    for j in range(k):
+        o = max(o, int(parts[j, 1]))
+        if parts[j, 3] > end:
+            end, last = parts[j, 3], j
+        alone = max(alone, parts[j, 4])
+    if o != COMPLETED:
+        return o, end
+    times[i, slot, 0], times[i, slot, 1], times[i, slot, 2] = t, parts[last, 2], end
+    service[i, slot] = alone
+    if measured:
+        for j in range(k):  # the ends, sorted, for their median (np.median's arithmetic)
+            x, q = parts[j, 3], j
+            while q > 0 and parts[q - 1, 5] > x:
+                parts[q, 5] = parts[q - 1, 5]
+                q -= 1
+            parts[q, 5] = x
+        median = parts[k // 2, 5] if k % 2 else (parts[k // 2 - 1, 5] + parts[k // 2, 5]) / 2
+        m = skew_n[0]
+        skew[m, 0], skew[m, 1], skew[m, 2] = slot, end, end - median
+        skew_n[0] = m + 1
+    return o, end

@@ -23,7 +23,7 @@ from numba import njit
 
 from aif_sim.compiled.batching import run_until, slowdown_at, visit_ended, visit_over, wake
 from aif_sim.compiled.caches import due, lookup, push, settle
-from aif_sim.compiled.fleets import pick, served_at_node, visit_node
+from aif_sim.compiled.fleets import pick, served_at_node, shards_over, visit_node
 
 COMPLETED, REJECTED, TIMED_OUT = 0, 1, 2  # core.request.Outcome
 
@@ -117,6 +117,52 @@ def _served(service: np.ndarray, i: int, slot: int, start: float, slow_at: np.nd
     return service[i, slot]
 
 
+@njit(cache=True, _nrt=False)
+def _sharded(
+    f: int,
+    i: int,
+    slot: int,
+    t: float,
+    base: int,
+    threads: int,
+    free: np.ndarray,
+    limits: tuple,
+    shard_s: np.ndarray,
+    service: np.ndarray,
+    times: np.ndarray,
+    measured: bool,
+    slow: tuple,
+    fleets: tuple,
+) -> tuple[int, float]:
+    """Request i's visit at t to fleet f's sharded stage (`fleets`): a node picked for each shard, then each shard
+    served at its node, the last first; the visit's outcome and end (`fleets.shards_over`). `limits`: the stage's
+    queue limit and timeout, and the cache miss each shard waits for."""
+    limit, timeout, miss_s = limits
+    shards, shard_at, holding, parts = fleets[10], fleets[11], fleets[14], fleets[15]
+    k = shards[f]
+    for j in range(k):  # every pick sees the counts before any shard joins
+        node = pick(f, t, base, threads, free, fleets, j)
+        holding[node] = True
+        parts[j, 0] = node
+    for q in range(k):
+        j = k - 1 if q == 0 else q - 1
+        node = int(parts[j, 0])
+        holding[node] = False
+        at = base + node * threads
+        o, start, e = visit_node(f, node, t, free[at], limit, timeout, fleets)
+        s = shard_s[i, shard_at[f] + j] + miss_s
+        if o == COMPLETED:
+            factor = slowdown_at(slot, start, slow[0], slow[1], slow[2])
+            if factor != 1.0:
+                s = s * factor
+            e = start + s
+            free[at] = e
+            _sift_down(free, at, threads, 0)
+            served_at_node(f, node, slot, start, s, measured, fleets)
+        parts[j, 1], parts[j, 2], parts[j, 3], parts[j, 4] = o, start, e, s
+    return shards_over(f, i, slot, t, service, times, measured, fleets)
+
+
 @njit(cache=True, nogil=True)
 def advance(
     step_at: np.ndarray,
@@ -138,6 +184,7 @@ def advance(
     batches: tuple,
     fleet_of: np.ndarray,
     fleets: tuple,
+    shard_s: np.ndarray,
     req: tuple,
     users: np.ndarray,
     measured: np.ndarray,
@@ -175,7 +222,8 @@ def advance(
     is rejected) and its step waits for the batch; a read-through miss inserts when the batch ends.
 
     Stages of several nodes (`fleet_of[slot]` >= 0, state `fleets`, see `fleets`): the balancer picks a node at
-    the visit's arrival, whose pool (its servers' region of `free`, its own waiters) serves it as above.
+    the visit's arrival, whose pool (its servers' region of `free`, its own waiters) serves it as above; a
+    sharded stage's visit is one such visit per shard, on distinct nodes, with the shard services `shard_s[i]`.
     """
     arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, numbered = req
     n = len(arrive)
@@ -248,12 +296,16 @@ def advance(
                 o = COMPLETED
                 start = t
                 f = fleet_of[slot]
-                node = 0
-                if f >= 0:  # a node of the stage's fleet: a pool of its own
+                node = -1
+                if f >= 0:  # a node of the stage's fleet: a pool of its own (or one per shard)
                     servers //= fleets[0][f]
-                    node = pick(f, t, base, servers, free, fleets)
-                    base += node * servers
-                    o, start, e = visit_node(f, node, t, free[base], queue_limit[slot], timeout_s[slot], fleets)
+                    if fleets[10][f] > 1:
+                        limits = (queue_limit[slot], timeout_s[slot], miss[i, slot] if read_miss else 0.0)
+                        o, e = _sharded(f, i, slot, t, base, servers, free, limits, shard_s, service, times, measured[i], slow, fleets)
+                    else:
+                        node = pick(f, t, base, servers, free, fleets, 0)
+                        base += node * servers
+                        o, start, e = visit_node(f, node, t, free[base], queue_limit[slot], timeout_s[slot], fleets)
                 elif m > t:  # every server held: queue, unless rejected or timed out
                     limited = queue_limit[slot] >= 0
                     waiting = 0
@@ -278,7 +330,7 @@ def advance(
                                 waiting = _push(left, lb, waiting, m)
                     if limited:
                         left_n[slot] = waiting
-                if o == COMPLETED:  # served from `start` on the server that frees first
+                if o == COMPLETED and (f < 0 or node >= 0):  # served from `start` on the server that frees first
                     e = start + _served(service, i, slot, start, slow_at, slow_t, slow_v)
                     free[base] = e
                     _sift_down(free, base, servers, 0)
@@ -287,6 +339,7 @@ def advance(
                     times[i, slot, 2] = e
                     if f >= 0:
                         served_at_node(f, node, slot, start, service[i, slot], measured[i], fleets)
+                if o == COMPLETED:
                     if read_miss:
                         push(pend_t, pend_key, pend_n, pend_seq, made, r, e, users[i])
                     if g >= 0:

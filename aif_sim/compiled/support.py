@@ -24,7 +24,6 @@ def unsupported(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler])
     if scenario.deadline_ms is not None:
         return "the compiled engine does not model request deadlines yet (deadline_ms)"
     for what, has in (
-        ("shards", lambda stage: stage.shards > 1),
         ("hedges (hedge_after_ms)", lambda stage: stage.hedge_after_ms is not None),
         ("retries", lambda stage: stage.retries > 0),
         ("batching", lambda stage: stage.batch is not None),
@@ -54,7 +53,8 @@ def _ties_likely(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler]
     ends by its own rule; simpy orders them as they were scheduled. Exact ties need services that take few
     values (constant, empirical) meeting arrivals that do too: trace times (rounded, repeated), or, at a queueing
     stage (a queue limit, a timeout, batching, several nodes), the ends of an earlier step of such services or of
-    batches (sums that coincide, members that end together)."""
+    batches (sums that coincide, members that end together); a sharded stage of such services ends the shards of
+    a visit together, and the shards queued behind them on several nodes start at one instant."""
     names = stages_of(pipeline)
     tiny = [name for name in names if isinstance(samplers[name], Gamma) and samplers[name].cv > 1]
     if tiny:
@@ -63,6 +63,12 @@ def _ties_likely(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler]
             f"times below the clock's resolution, so a visit ends at the instant it starts ({', '.join(tiny)})"
         )
     discrete = [name for name in names if _few_values(samplers[name], scenario.stages[name].per_candidate_us)]
+    sharded = [name for name in discrete if scenario.stages[name].shards > 1]
+    if sharded:
+        return (
+            "the compiled engine may order events at equal times unlike simpy: sharded visits of constant or empirical services "
+            f"end together on several nodes, starting the shards queued behind them at one instant ({', '.join(sharded)})"
+        )
     if discrete and isinstance(scenario.traffic.arrival, TraceArrival):
         return f"the compiled engine may order events at equal times unlike simpy: trace arrivals into constant or empirical services ({', '.join(discrete)})"
     earlier: list[str] = []  # the stages of earlier steps whose ends can coincide

@@ -303,6 +303,12 @@ class Recorder:
         stage.shard_skew_s += skew_s
         stage.sharded_visits += 1
 
+    def shard_skew_many(self, slot: int, skews_s: np.ndarray) -> None:
+        """`shard_skew` for visits of one stage given as an array, in the order they ended: the same running sum."""
+        stage = self.stages[slot]
+        stage.shard_skew_s = _running_sum(stage.shard_skew_s, skews_s)
+        stage.sharded_visits += len(skews_s)
+
     def gauge(self, name: str, now_s: float, value: float) -> None:
         """A background process's per-second reading (refresh backlog, double buffering)."""
         self.timeseries.gauge(name, now_s, value)
