@@ -23,6 +23,8 @@ order the visits ended.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 from numba import njit
 
@@ -101,30 +103,73 @@ class FleetState:
         self.state = (nodes, kind, last, uniforms, taken, row_at, moved, heads, rec, rec_n, shards, shard_at, skew, skew_n, holding, parts)
 
     def emit(self, recorder: Recorder, before: float) -> None:
-        """Account the visits that started before `before` (`Recorder.node_busy`) in the order they started, and
-        drop them."""
-        rec, rec_n = self.state[8], self.state[9]
-        rows = rec[: rec_n[0]]
-        done = rows[:, 2] < before
-        out = rows[done]
-        out = out[np.lexsort((out[:, 2], out[:, 0]))]  # by slot, then in the order they started (stable)
-        slots, firsts = np.unique(out[:, 0], return_index=True)
-        for slot, mine in zip(slots.tolist(), np.split(out, firsts[1:])):
-            recorder.node_busy_many(int(slot), mine[:, 1].astype(np.int64), mine[:, 2], mine[:, 3], mine[:, 4] != 0)
-        kept = rows[~done]
-        rec[: len(kept)] = kept
-        rec_n[0] = len(kept)
-        skew, skew_n = self.state[12], self.state[13]
-        rows = skew[: skew_n[0]]
-        done = rows[:, 1] < before
-        out = rows[done]
-        out = out[np.lexsort((out[:, 1], out[:, 0]))]  # by slot, then in the order they ended (stable)
-        slots, firsts = np.unique(out[:, 0], return_index=True)
-        for slot, mine in zip(slots.tolist(), np.split(out, firsts[1:])):
-            recorder.shard_skew_many(int(slot), mine[:, 2])
-        kept = rows[~done]
-        skew[: len(kept)] = kept
-        skew_n[0] = len(kept)
+        """Account the visits that started before `before` (`Recorder.node_busy`) in the order they started, and the
+        sharded visits that ended before it (`Recorder.shard_skew`) in the order they ended, and drop them."""
+        rec, rec_n, skew, skew_n = self.state[8], self.state[9], self.state[12], self.state[13]
+        slots = len(self.shard_at)
+        for slot, mine in _by_slot(_taken(rec, rec_n, 2, before, slots)):
+            recorder.node_busy_many(slot, mine[:, 1].astype(np.int64), mine[:, 2], mine[:, 3], mine[:, 4] != 0)
+        for slot, mine in _by_slot(_taken(skew, skew_n, 1, before, slots)):
+            recorder.shard_skew_many(slot, mine[:, 2])
+
+
+def _by_slot(rows: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """Rows ordered by slot (column 0): each slot's, with the slot."""
+    if len(rows):
+        slots = rows[:, 0]
+        for mine in np.split(rows, np.flatnonzero(slots[1:] != slots[:-1]) + 1):
+            yield int(mine[0, 0]), mine
+
+
+@njit(cache=True)
+def _taken(rows: np.ndarray, count: np.ndarray, column: int, before: float, slots: int) -> np.ndarray:
+    """The first `count[0]` rows whose `column` is below `before`, taken out (the others kept, in order, at the
+    front), ordered by slot (column 0, below `slots`), then by `column`, ties in their order (`np.lexsort`'s)."""
+    firsts = np.zeros(slots + 1, np.int64)
+    for r in range(count[0]):
+        if rows[r, column] < before:
+            firsts[int(rows[r, 0]) + 1] += 1
+    for slot in range(slots):
+        firsts[slot + 1] += firsts[slot]
+    out = np.empty((firsts[slots], rows.shape[1]))
+    at = firsts[:-1].copy()
+    kept = 0
+    for r in range(count[0]):
+        if rows[r, column] < before:
+            slot = int(rows[r, 0])
+            out[at[slot]] = rows[r]
+            at[slot] += 1
+        else:
+            rows[kept] = rows[r]
+            kept += 1
+    count[0] = kept
+    for slot in range(slots):
+        _sort_rows(out, firsts[slot], firsts[slot + 1], column)
+    return out
+
+
+@njit(cache=True)
+def _sort_rows(rows: np.ndarray, lo: int, hi: int, column: int) -> None:
+    """Rows lo:hi ordered by `column`, stable: nearly in order already (a stage's visits start, and end, about in
+    the order they arrive), so an insertion sort, unless it has to move them far (then a merge sort)."""
+    moves, budget = 0, 16 * (hi - lo) + 64
+    row = np.empty(rows.shape[1])
+    for i in range(lo + 1, hi):
+        key = rows[i, column]
+        j = i
+        while j > lo and rows[j - 1, column] > key:
+            j -= 1
+        if j == i:
+            continue
+        moves += i - j
+        if moves > budget:  # the rows before i are a stable sort of theirs: a stable sort of all keeps it so
+            order = np.argsort(rows[lo:hi, column], kind="mergesort")
+            rows[lo:hi] = rows[lo:hi][order]
+            return
+        row[:] = rows[i]
+        for q in range(i, j, -1):
+            rows[q] = rows[q - 1]
+        rows[j] = row
 
 
 def _room(rows: np.ndarray, need: int) -> np.ndarray:

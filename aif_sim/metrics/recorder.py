@@ -278,7 +278,7 @@ class Recorder:
         busy = np.maximum(0.0, np.minimum(started_s + service_s, hi) - np.maximum(started_s, lo))
         stage.busy_window_s = _running_sum(stage.busy_window_s, busy)
         stage.compute_s = _running_sum(stage.compute_s, service_s[measured])
-        for node in np.unique(nodes).tolist():
+        for node in np.flatnonzero(np.bincount(nodes)).tolist():
             stage.node_busy_window_s[node] = _running_sum(stage.node_busy_window_s[node], busy[nodes == node])
 
     def cut(self, slot: int, node: int | None, from_s: float, to_s: float) -> None:
