@@ -27,9 +27,8 @@ import numpy as np
 from aif_sim.core.flow import Flow, FlowRun, Fork, Load, Save, Visit
 from aif_sim.core.latency import Sampler
 from aif_sim.core.nearline import sweep_rate
-from aif_sim.core.pipelines import stages_of
 from aif_sim.core.request import Outcome, Request
-from aif_sim.core.system import RequestSource, cache_policies, nearline_stores, vector_stores
+from aif_sim.core.system import RequestSource, cache_policies, nearline_stores
 from aif_sim.core.traffic import ZipfSampler, stream
 from aif_sim.live.fleet import LiveFleet
 from aif_sim.live.loop import Clock, measure_wake
@@ -43,6 +42,7 @@ from aif_sim.metrics.recorder import Recorder, RequestSink
 from aif_sim.scenario.schema import CacheFlush, Fault, NearlineOutage, NodeLoss, Scenario, Stage, StageSlowdown
 
 PAYLOAD_FIELD = {"user_vector": "user_vector", "sim_features": "behaviour"}  # what a cache's value is in a request's payload
+MARKER = np.dtype(np.uint8)  # the value of a cache of another name: that the entry is there (the model reads nothing from it)
 DRAIN_POLL_S = 0.05
 STOP_DRAIN_S = 2.0  # how long an interrupted run waits for its requests in flight
 Slot = LivePool | LiveFleet  # a stage slot: one pool, or nodes behind a balancer
@@ -83,7 +83,7 @@ class LivePipeline:
     ) -> None:
         self.scenario, self.pipeline, self.samplers, self.model, self.executor = scenario, pipeline, samplers, model, executor
         self.namespace = namespace
-        self.stage_names = stages_of(pipeline)
+        self.stage_names = scenario.pipeline(pipeline).stages
         self.caches = cache_policies(scenario, pipeline)
         self.stores = nearline_stores(scenario, pipeline)
         self.recorder = Recorder.for_pipeline(scenario, pipeline, sink, self.caches, list(self.stores))
@@ -104,14 +104,14 @@ class LivePipeline:
             "items": model.item_dtype,
             "users": model.interest_dtype,
         }
-        for name in [*self.caches, *vector_stores(self.pipeline)]:
-            dtype = dtypes[name]  # a record, or an array (a sub-array dtype: its base and shape)
+        for name in [*self.caches, *self.scenario.pipeline(self.pipeline).vector_stores]:
+            dtype = dtypes.get(name, MARKER)  # a record, or an array (a sub-array dtype: its base and shape)
             self.storage[name] = open_storage(backend, url, f"{self.namespace}.{self.pipeline}.{name}", dtype.base, dtype.shape)
 
     async def _fill(self, progress: Callable[[str, int, int], None]) -> None:
         """The nearline vectors as they stand when the run starts (made at time 0 by version 0)."""
         traffic = self.scenario.traffic
-        for name in vector_stores(self.pipeline):
+        for name in self.scenario.pipeline(self.pipeline).vector_stores:
             count = traffic.items.count if name == "items" else traffic.users.count
             done = 0
 
@@ -250,7 +250,8 @@ class LivePipeline:
                 value = await self.storage[op.cache].get(request.user)
                 if value is None:
                     raise RuntimeError(f"{op.cache}: the policy holds user {request.user} but its storage has no value")
-                request.payload[PAYLOAD_FIELD[op.cache]] = value
+                if op.cache in PAYLOAD_FIELD:
+                    request.payload[PAYLOAD_FIELD[op.cache]] = value
                 answer = None
             else:
                 assert isinstance(op, Save)
@@ -262,7 +263,8 @@ class LivePipeline:
         """Store a computed value the cache policy has taken in (with a deadline, in a task of its own that finishes
         even if the request is abandoned meanwhile: the storage must hold what the policy holds)."""
         storage = self.storage[op.cache]
-        await storage.set(request.user, request.payload[PAYLOAD_FIELD[op.cache]])
+        field = PAYLOAD_FIELD.get(op.cache)
+        await storage.set(request.user, request.payload[field] if field is not None else np.ones((), MARKER))
         if op.dropped is not None:
             await storage.delete_many([op.dropped])
 
@@ -307,7 +309,7 @@ class LivePipeline:
         try:
             await self._fill(lambda name, done, total: progress(f"{self.pipeline}: {name} index", done, total))
             clock = Clock(loop, await measure_wake())
-            flow = Flow(self.pipeline, self.caches, self.stores, clock, storage=True)
+            flow = Flow(self.scenario.pipeline(self.pipeline), self.caches, self.stores, clock, storage=True)
             pools = self._pools(clock, flow)
             self._background(clock, pools)
             self._spawn(loop, self._progress(clock, duration_s, progress))

@@ -19,11 +19,11 @@ from concurrent.futures import Executor
 import numpy as np
 
 from aif_sim.core.latency import Sampler
-from aif_sim.core.pipelines import Call
 from aif_sim.core.request import Request
 from aif_sim.live.loop import Clock
 from aif_sim.live.model import MODEL_OPS, LiveModel
 from aif_sim.live.storage import VectorStorage
+from aif_sim.scenario.pipelines import Call
 
 BEHAVIOUR_OPS = ("user_side", "sequential_prerank")  # operators that read the user's long-term behaviours
 
