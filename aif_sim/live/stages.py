@@ -5,8 +5,8 @@
 - Any other stage stands for an external service (merger, retrieval, feature and item fetch): it takes
   the request's drawn service time (the DES's draw, miss latency included), measured from the visit's
   start. A stage that reads nearline vectors really fetches them from their storage within that time
-  (the visit ends when both the fetch and the drawn time are over); a stage that reads the SIM features
-  takes the user's long-term behaviours from the feature source when the cache missed.
+  (the visit ends when both the fetch and the drawn time are over); a stage that reads through a cache (the
+  SIM features) takes the user's long-term behaviours from the feature source when the cache missed.
 A batching stage serves a batch: a model operator over all of it; an external one for the batch's drawn
 time, as the DES draws it. `slowdown` stretches the visit (a stage_slowdown fault).
 """
@@ -47,7 +47,7 @@ class LiveStage:
         self.per_candidate_s = per_candidate_us / 1e6
         self.model, self.executor, self.vectors = model, executor, vectors
         self.op = MODEL_OPS.get(call.stage)
-        self.needs_behaviour = call.reads == "sim_features" or self.op in BEHAVIOUR_OPS
+        self.needs_behaviour = call.reads is not None or self.op in BEHAVIOUR_OPS
         self.slowdown = 1.0
 
     async def __call__(self, requests: list[Request]) -> None:
