@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,8 @@ from aif_sim.scenario import load_scenario, validate_scenario
 from aif_sim.scenario.pipelines import shipped_designs
 from tests.simtools import MANY, negligible, run_summaries, scenario_dict, write_yaml
 from tests.test_nearline_caches import _che_hit_ratio
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def constant(ms: float, servers: int = MANY) -> dict[str, Any]:
@@ -177,3 +180,14 @@ def test_the_live_engine_runs_a_pipeline_of_its_own(tmp_path):
     assert live["caches"]["embedding"]["hits"] == des["caches"]["embedding"]["hits"] > 0
     assert live["caches"]["embedding"]["misses"] == des["caches"]["embedding"]["misses"] > 0
     assert live["latency_ms"]["mean"] >= 1 + 2 + 2  # gateway, the group (i2i's 2 ms at the least) and rank
+
+
+@pytest.mark.parametrize("name", ["cascade", "default", "staleness_day"])
+def test_the_scenario_as_run_is_a_scenario_with_its_pipelines_written_out(name):
+    """A validated scenario's dump names each pipeline with its steps in full (a shipped design's, as it runs with
+    the scenario's caches), and reads back as the same scenario."""
+    scenario = load_scenario(ROOT / "scenarios" / f"{name}.yaml")
+    dumped = scenario.model_dump(mode="json")
+    assert [entry["name"] for entry in dumped["pipelines"]] == scenario.pipelines
+    assert all(entry["steps"] for entry in dumped["pipelines"])
+    assert validate_scenario(dumped, "<dump>") == scenario

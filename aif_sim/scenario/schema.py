@@ -399,6 +399,10 @@ class ModelSection(Strict):
 
 # --- the scenario ----------------------------------------------------------------------------------
 class Scenario(Strict):
+    """A scenario as validated; its dump (`model_dump`) is a scenario too, with the pipelines written out in full."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, serialize_by_alias=True)
+
     name: str = Field(min_length=1)
     seed: int = Field(default=0, ge=0)
     duration_s: float = Field(gt=0)
