@@ -149,7 +149,8 @@ def test_compare_and_sweep_take_the_scenarios_own_pipelines_by_name(tmp_path):
 def test_the_live_engine_runs_a_pipeline_of_its_own(tmp_path):
     """Stages and a cache of the user's names, a parallel group of three and the item vectors, live: requests 100 ms
     apart (each over before the next) make the same cache decisions as the DES, every request completes, and takes
-    at least its constant stages' time."""
+    at least its constant stages' time; a model stage that reads the vectors itself, with no user side before it,
+    runs too."""
     trace = tmp_path / "arrivals.csv"
     trace.write_text("t_s\n" + "\n".join(f"{0.1 * (i + 1):.1f}" for i in range(30)) + "\n")
     stages = {
@@ -168,7 +169,9 @@ def test_the_live_engine_runs_a_pipeline_of_its_own(tmp_path):
         "rtp",
         "rank",
     ]
-    data = scenario_dict(stages, pipelines=[own(steps)], duration_s=3.5, drain_s=2.0, seed=3, arrival={"kind": "trace", "path": str(trace)})
+    direct = own(["gateway", {"stage": "rtp", "vectors": "items"}], "direct")  # the real-time part with no user side before it
+    arrival = {"kind": "trace", "path": str(trace)}
+    data = scenario_dict(stages, pipelines=[own(steps), direct], duration_s=3.5, drain_s=2.0, seed=3, arrival=arrival)
     data["traffic"]["users"] = {"count": 10, "zipf_s": 1.0}
     data["caches"] = {"embedding": {"capacity": 5}}
     scenario = validate_scenario(data, "<test>")
@@ -177,6 +180,7 @@ def test_the_live_engine_runs_a_pipeline_of_its_own(tmp_path):
     live_results, _ = run_live(scenario, samplers, None, lambda *a: None, lambda: False)
     live = live_results["own"].summary()
     assert live["requests"]["completed"] == live["requests"]["offered"] == 30
+    assert live_results["direct"].summary()["requests"]["completed"] == 30
     assert live["caches"]["embedding"]["hits"] == des["caches"]["embedding"]["hits"] > 0
     assert live["caches"]["embedding"]["misses"] == des["caches"]["embedding"]["misses"] > 0
     assert live["latency_ms"]["mean"] >= 1 + 2 + 2  # gateway, the group (i2i's 2 ms at the least) and rank

@@ -1,7 +1,8 @@
 """What a visit to a stage does in the live engine, while its pool holds a server.
 
 - A model stage (`live.model.MODEL_OPS`: user_inference, rtp, prerank, light_prerank) runs the real
-  operator in the executor, after the cache-miss latency its requests drew, if they missed.
+  operator in the executor, after the cache-miss latency its requests drew, if they missed (and after
+  fetching the nearline vectors the step reads, if it reads any).
 - Any other stage stands for an external service (merger, retrieval, feature and item fetch): it takes
   the request's drawn service time (the DES's draw, miss latency included), measured from the visit's
   start. A stage that reads nearline vectors really fetches them from their storage within that time
@@ -52,14 +53,14 @@ class LiveStage:
 
     async def __call__(self, requests: list[Request]) -> None:
         started = self.clock()
+        if self.vectors is not None:
+            for request in requests:
+                await self._fetch(request)
         if self.op is not None:
             await self._model(requests, started)
             return
         if self.needs_behaviour:
             self._behaviours(requests)
-        if self.vectors is not None:
-            for request in requests:
-                await self._fetch(request)
         await self.clock.until(started + self._drawn_s(requests) * self.slowdown)
 
     def _drawn_s(self, requests: list[Request]) -> float:
