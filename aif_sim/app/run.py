@@ -23,8 +23,8 @@ def build_samplers(scenario: Scenario, source: str) -> dict[str, Sampler]:
     nearline refresh (`refresh:items`, `refresh:users`); raises InputError for bad data files."""
     samplers = {name: build_sampler(stage.latency, f"{source}: stages.{name}.latency") for name, stage in scenario.stages.items()}
     caches = scenario.caches
-    for name in ("user_vector", "sim_features"):
-        cache = getattr(caches, name) if caches is not None else None
+    for name in caches.names if caches is not None else []:
+        cache = caches.get(name)
         if cache is not None and cache.miss_latency is not None:
             samplers[f"cache:{name}"] = build_sampler(cache.miss_latency, f"{source}: caches.{name}.miss_latency")
     nearline = scenario.nearline
@@ -139,4 +139,4 @@ def write_run(folder: Path, scenario: Scenario, results: dict[str, Recorder], su
     plot_latency_cdf(folder / "latency_cdf.png", results, scenario.slo_p99_ms, title)
     plot_timeseries(folder / "timeseries.png", results, scenario.faults, title)
     if results:
-        plot_stage_breakdown(folder / "stage_breakdown.png", summary, title)
+        plot_stage_breakdown(folder / "stage_breakdown.png", summary, title, {name: scenario.pipeline(name) for name in results})

@@ -35,11 +35,11 @@ from aif_sim.compiled.kernels import advance, event_times
 from aif_sim.compiled.nearline import CompiledNearline
 from aif_sim.compiled.support import unsupported
 from aif_sim.core.latency import Sampler
-from aif_sim.core.pipelines import PIPELINES, Cached, Parallel, calls_of, pipeline_calls, stages_of, step_slots
 from aif_sim.core.sampling import sampled
 from aif_sim.core.shadow import ShadowSample
-from aif_sim.core.system import RequestDraws, RequestSource, cache_policies, run_step_s, shadow_sampling, vector_stores
+from aif_sim.core.system import RequestDraws, RequestSource, cache_policies, run_step_s, shadow_sampling
 from aif_sim.metrics.recorder import Recorder, RequestSink, VectorReads
+from aif_sim.scenario.pipelines import Cached, Pipeline, branches_of, calls_of
 from aif_sim.scenario.schema import Scenario, StageSlowdown
 
 
@@ -59,7 +59,7 @@ def run_compiled(
     if reason is not None:
         raise ValueError(reason)
     policies = cache_policies(scenario, pipeline)
-    stores = vector_stores(pipeline) if scenario.nearline is not None else []
+    stores = scenario.pipeline(pipeline).vector_stores if scenario.nearline is not None else []
     recorder = Recorder.for_pipeline(scenario, pipeline, sink, policies, stores)
     caches = CacheState(scenario, policies, scenario.traffic.users.count)
     vectors = _Vectors(scenario, pipeline, samplers, recorder) if stores else None
@@ -239,9 +239,9 @@ class _Pools:
     """The stage pools' state (see `kernels`) and the pipeline's steps as arrays."""
 
     def __init__(self, scenario: Scenario, pipeline: str, caches: list[str], samplers: dict[str, Sampler]) -> None:
-        self.names = stages_of(pipeline)
+        self.names = scenario.pipeline(pipeline).stages
         configs = [scenario.stages[name] for name in self.names]
-        groups = step_slots(pipeline)
+        groups = scenario.pipeline(pipeline).step_slots
         self.steps = len(groups)
         self.step_at = np.cumsum([0] + [len(group) for group in groups]).astype(np.int64)
         self.step_slots = np.array([slot for group in groups for slot in group], dtype=np.int64)
@@ -255,7 +255,7 @@ class _Pools:
         # the timeout exactly as sim.pools computes it (ms / 1000)
         self.timeout_s = np.array([math.inf if c.timeout_ms is None else c.timeout_ms / 1000 for c in configs])
         self.slow_at, self.slow_t, self.slow_v = _slowdowns(scenario, self.names)
-        self.guard, self.reads = _cache_slots(pipeline, caches)
+        self.guard, self.reads = _cache_slots(scenario.pipeline(pipeline), caches)
         self.batches = BatchState(scenario, self.names, samplers)
         self.fleets = FleetState(scenario, pipeline)
         self.numbered = np.zeros(1, np.int64)  # visit ends numbered so far (`batching.visit_over`)
@@ -304,7 +304,7 @@ class _Vectors:
     scoring takes, the vectors of a larger candidate set (`core.flow`)."""
 
     def __init__(self, scenario: Scenario, pipeline: str, samplers: dict[str, Sampler], recorder: Recorder) -> None:
-        calls = [(slot, call.vectors) for slot, call in enumerate(pipeline_calls(pipeline)) if call.vectors]
+        calls = [(slot, call.vectors) for slot, call in enumerate(scenario.pipeline(pipeline).calls) if call.vectors]
         assert len(calls) == 1, "a pipeline reads one nearline store"
         ((self.slot, self.name),) = calls
         self.nearline = CompiledNearline(scenario, pipeline, samplers, recorder)
@@ -364,13 +364,13 @@ class _Vectors:
         shadow.samples.append(sample)
 
 
-def _cache_slots(pipeline: str, caches: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _cache_slots(pipeline: Pipeline, caches: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Per slot, the index in `caches` of the cache guarding its call and of the one it reads through (-1: none)."""
-    guard = np.full(len(stages_of(pipeline)), -1, np.int64)
+    guard = np.full(len(pipeline.stages), -1, np.int64)
     reads = guard.copy()
     slot = 0
-    for step in PIPELINES[pipeline]:
-        for branch in step.branches if isinstance(step, Parallel) else (step,):
+    for step in pipeline.steps:
+        for branch in branches_of(step):
             if isinstance(branch, Cached) and branch.cache in caches:
                 guard[slot] = caches.index(branch.cache)
             for call in calls_of(branch):

@@ -29,7 +29,6 @@ import numpy as np
 from numba import njit
 
 from aif_sim.core.balance import BLOCK
-from aif_sim.core.pipelines import stages_of
 from aif_sim.core.traffic import stream
 from aif_sim.metrics.recorder import Recorder
 from aif_sim.scenario.schema import Scenario
@@ -44,7 +43,7 @@ class FleetState:
     """The fleet stages of a pipeline: `fleet_of[slot]` (-1: one pool) and the state the kernels take."""
 
     def __init__(self, scenario: Scenario, pipeline: str) -> None:
-        names = stages_of(pipeline)
+        names = scenario.pipeline(pipeline).stages
         slots = [slot for slot, name in enumerate(names) if scenario.stages[name].nodes > 1]
         configs = [scenario.stages[names[slot]] for slot in slots]
         self.fleet_of = np.full(len(names), -1, np.int64)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from aif_sim.core.latency import Constant, Empirical, Exponential, Gamma, Lognormal, Profile, Sampler
-from aif_sim.core.pipelines import PIPELINES, calls_of, stages_of
+from aif_sim.scenario.pipelines import calls_of
 from aif_sim.scenario.schema import NodeLoss, Scenario, TraceArrival
 
 
@@ -19,8 +19,9 @@ def batch_draws_ahead(sampler: Sampler) -> bool:
 def unsupported(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler]) -> str | None:
     """Why the compiled engine cannot run this pipeline of the scenario with these stage samplers (one line), or
     None when it can."""
-    if pipeline not in PIPELINES:
+    if pipeline not in scenario.pipelines:
         return f"unknown pipeline {pipeline!r}"
+    stages = scenario.pipeline(pipeline).stages
     if scenario.deadline_ms is not None:
         return "the compiled engine does not model request deadlines yet (deadline_ms)"
     for what, has in (
@@ -28,13 +29,13 @@ def unsupported(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler])
         ("retries", lambda stage: stage.retries > 0),
         ("batching", lambda stage: stage.batch is not None),
     ):
-        named = [name for name in stages_of(pipeline) if scenario.stages[name].nodes > 1 and has(scenario.stages[name])]
+        named = [name for name in stages if scenario.stages[name].nodes > 1 and has(scenario.stages[name])]
         if named:
             return f"the compiled engine does not model {what} on stages of several nodes yet ({', '.join(named)})"
-    lost = sorted({fault.stage for fault in scenario.faults if isinstance(fault, NodeLoss) and fault.stage in stages_of(pipeline)})
+    lost = sorted({fault.stage for fault in scenario.faults if isinstance(fault, NodeLoss) and fault.stage in stages})
     if lost:
         return f"the compiled engine does not model node loss yet ({', '.join(lost)})"
-    batching = [name for name in stages_of(pipeline) if scenario.stages[name].batch is not None]
+    batching = [name for name in stages if scenario.stages[name].batch is not None]
     per_candidate = [name for name in batching if scenario.stages[name].per_candidate_us]
     if per_candidate:
         return f"the compiled engine does not model per_candidate_us on batching stages ({', '.join(per_candidate)})"
@@ -55,7 +56,7 @@ def _ties_likely(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler]
     stage (a queue limit, a timeout, batching, several nodes), the ends of an earlier step of such services or of
     batches (sums that coincide, members that end together); a sharded stage of such services ends the shards of
     a visit together, and the shards queued behind them on several nodes start at one instant."""
-    names = stages_of(pipeline)
+    names = scenario.pipeline(pipeline).stages
     tiny = [name for name in names if isinstance(samplers[name], Gamma) and samplers[name].cv > 1]
     if tiny:
         return (
@@ -72,7 +73,7 @@ def _ties_likely(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler]
     if discrete and isinstance(scenario.traffic.arrival, TraceArrival):
         return f"the compiled engine may order events at equal times unlike simpy: trace arrivals into constant or empirical services ({', '.join(discrete)})"
     earlier: list[str] = []  # the stages of earlier steps whose ends can coincide
-    for step in PIPELINES[pipeline]:
+    for step in scenario.pipeline(pipeline).steps:
         stages = [call.stage for call in calls_of(step)]
         for name in stages:
             config = scenario.stages[name]

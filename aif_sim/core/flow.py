@@ -1,6 +1,6 @@
 """The request flow, written once for every engine.
 
-`Flow.run(request)` is a generator that walks a pipeline's steps (`core.pipelines`) and yields to its
+`Flow.run(request)` is a generator that walks a pipeline's steps (`scenario.pipelines`) and yields to its
 engine what only an engine can do, receiving the answer through `send`:
 - `Visit(slot)`: serve the request at the pipeline's stage in `slot` (its queue, servers and service);
   the engine sends back the visit's `Outcome`.
@@ -24,9 +24,9 @@ import numpy as np
 
 from aif_sim.core.cache import CachePolicy
 from aif_sim.core.nearline import NearlineStore
-from aif_sim.core.pipelines import PIPELINES, Cached, Call, Parallel
 from aif_sim.core.request import Outcome, Request
 from aif_sim.core.shadow import ShadowSample, ShadowSampling
+from aif_sim.scenario.pipelines import Cached, Call, Pipeline, branches_of
 
 COMPLETED = Outcome.COMPLETED
 
@@ -65,7 +65,7 @@ class Flow:
 
     def __init__(
         self,
-        pipeline: str,
+        pipeline: Pipeline,
         caches: dict[str, CachePolicy],
         stores: dict[str, NearlineStore],
         clock: Callable[[], float],
@@ -76,8 +76,8 @@ class Flow:
         self.cache_index = {name: i for i, name in enumerate(caches)}
         self.calls: list[Call] = []
         self.steps: list[tuple[Branch, ...]] = []
-        for step in PIPELINES[pipeline]:
-            self.steps.append(tuple(self._branch(branch) for branch in (step.branches if isinstance(step, Parallel) else (step,))))
+        for step in pipeline.steps:
+            self.steps.append(tuple(self._branch(branch) for branch in branches_of(step)))
 
     def run(self, request: Request) -> FlowRun:
         """The request's way through the pipeline: each step in turn, until one fails."""

@@ -12,7 +12,6 @@ import numpy as np
 from aif_sim.core.cache import CachePolicy
 from aif_sim.core.latency import Sampler
 from aif_sim.core.nearline import NearlineStore
-from aif_sim.core.pipelines import PIPELINES, caches_of, calls_of, pipeline_calls, stages_of
 from aif_sim.core.request import Request
 from aif_sim.core.shadow import ShadowSampling
 from aif_sim.core.traffic import RequestBlock, ZipfSampler, mean_rate, request_blocks, stream
@@ -40,16 +39,11 @@ def cache_policies(scenario: Scenario, pipeline: str) -> dict[str, CachePolicy]:
     """The cache policies of the caches this pipeline consults and the scenario configures."""
     config = scenario.caches
     caches = {}
-    for name in caches_of(pipeline):
-        spec = getattr(config, name) if config is not None else None
+    for name in scenario.pipeline(pipeline).caches:
+        spec = config.get(name) if config is not None else None
         if spec is not None:
             caches[name] = CachePolicy(spec.capacity, spec.ttl_s)
     return caches
-
-
-def vector_stores(pipeline: str) -> list[str]:
-    """The nearline stores (`items`, `users`) this pipeline reads vectors from."""
-    return sorted({call.vectors for step in PIPELINES[pipeline] for call in calls_of(step) if call.vectors})
 
 
 def touches(fault: Fault, scenario: Scenario, pipeline: str) -> bool:
@@ -57,9 +51,13 @@ def touches(fault: Fault, scenario: Scenario, pipeline: str) -> bool:
     a configured cache it consults, a `nearline_outage` the refresh of a nearline store it reads (item vectors:
     `refresh` or model publication; user vectors: `user_refresh`)."""
     if isinstance(fault, StageSlowdown | NodeLoss):
-        return fault.stage in stages_of(pipeline)
+        return fault.stage in scenario.pipeline(pipeline).stages
     if isinstance(fault, CacheFlush):
-        return fault.cache in caches_of(pipeline) and scenario.caches is not None and getattr(scenario.caches, fault.cache) is not None
+        return (
+            fault.cache in scenario.pipeline(pipeline).caches
+            and scenario.caches is not None
+            and scenario.caches.get(fault.cache) is not None
+        )
     assert isinstance(fault, NearlineOutage)
     nearline = scenario.nearline
     if nearline is None:
@@ -68,7 +66,7 @@ def touches(fault: Fault, scenario: Scenario, pipeline: str) -> bool:
         "items": nearline.refresh is not None or nearline.model_publish_interval_s is not None,
         "users": nearline.user_refresh is not None,
     }
-    return any(refreshed[store] for store in vector_stores(pipeline))
+    return any(refreshed[store] for store in scenario.pipeline(pipeline).vector_stores)
 
 
 def nearline_stores(scenario: Scenario, pipeline: str) -> dict[str, NearlineStore]:
@@ -78,7 +76,7 @@ def nearline_stores(scenario: Scenario, pipeline: str) -> dict[str, NearlineStor
         return {}
     traffic = scenario.traffic
     stores = {}
-    for name in vector_stores(pipeline):
+    for name in scenario.pipeline(pipeline).vector_stores:
         refresh = nearline.refresh if name == "items" else nearline.user_refresh
         count = traffic.items.count if name == "items" else traffic.users.count
         store = NearlineStore(count, always_fresh=refresh is not None and refresh.mode == "periodic" and refresh.interval_s == 0)
@@ -129,7 +127,7 @@ class RequestSource:
         sample_size: int,
     ) -> None:
         self.scenario, self.samplers, self.caches, self.sample_size = scenario, samplers, caches, sample_size
-        self.stage_names = stages_of(pipeline)
+        self.stage_names = scenario.pipeline(pipeline).stages
         self.sharded = [(slot, name) for slot, name in enumerate(self.stage_names) if scenario.stages[name].shards > 1]
         self.reads = bool(reads)
         self.miss_slots = [(slot, cache) for slot, cache in reads if f"cache:{cache}" in samplers]
@@ -144,7 +142,7 @@ class RequestSource:
         stores: dict[str, NearlineStore],
     ) -> RequestSource:
         """The request source of a pipeline run with these cache policies and nearline stores."""
-        reads = [(slot, call.reads) for slot, call in enumerate(pipeline_calls(pipeline)) if call.reads in caches]
+        reads = [(slot, call.reads) for slot, call in enumerate(scenario.pipeline(pipeline).calls) if call.reads in caches]
         sample_size = scenario.nearline.staleness_sample if scenario.nearline is not None and "items" in stores else 0
         return cls(scenario, pipeline, samplers, reads, len(caches), sample_size)
 

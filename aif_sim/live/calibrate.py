@@ -35,7 +35,6 @@ import numpy as np
 import torch
 
 from aif_sim.core.latency import Sampler
-from aif_sim.core.pipelines import PIPELINES, calls_of
 from aif_sim.core.traffic import ZipfSampler, candidate_range
 from aif_sim.live.loop import new_loop
 from aif_sim.live.model import MODEL_OPS, LiveModel
@@ -57,15 +56,7 @@ def model_stages(scenario: Scenario) -> dict[str, str]:
 
 def fetch_stages(scenario: Scenario) -> list[str]:
     """The scenario's stages that fetch their candidates' item vectors live."""
-    return sorted(
-        {
-            call.stage
-            for pipeline in scenario.pipelines
-            for step in PIPELINES[pipeline]
-            for call in calls_of(step)
-            if call.vectors == "items"
-        }
-    )
+    return sorted({call.stage for pipeline in scenario.pipeline_defs for call in pipeline.calls if call.vectors == "items"})
 
 
 def grid(scenario: Scenario, stage: str) -> tuple[str, list[int]]:

@@ -27,22 +27,22 @@ import numpy as np
 from aif_sim.core.flow import Flow, FlowRun, Fork, Load, Save, Visit
 from aif_sim.core.latency import Sampler
 from aif_sim.core.nearline import sweep_rate
-from aif_sim.core.pipelines import stages_of
 from aif_sim.core.request import Outcome, Request
-from aif_sim.core.system import RequestSource, cache_policies, nearline_stores, vector_stores
+from aif_sim.core.system import RequestSource, cache_policies, nearline_stores
 from aif_sim.core.traffic import ZipfSampler, stream
 from aif_sim.live.fleet import LiveFleet
 from aif_sim.live.loop import Clock, measure_wake
-from aif_sim.live.model import LiveModel
+from aif_sim.live.model import MODEL_OPS, OUTPUTS, LiveModel
 from aif_sim.live.nearline import LiveRefresh, Outage, fill, publisher
 from aif_sim.live.pools import LiveBatchingPool, LivePool
 from aif_sim.live.stages import LiveStage
 from aif_sim.live.storage import VectorStorage, open_storage
 from aif_sim.metrics.histogram import LogHistogram
 from aif_sim.metrics.recorder import Recorder, RequestSink
+from aif_sim.scenario.pipelines import Cached, Pipeline, branches_of
 from aif_sim.scenario.schema import CacheFlush, Fault, NearlineOutage, NodeLoss, Scenario, Stage, StageSlowdown
 
-PAYLOAD_FIELD = {"user_vector": "user_vector", "sim_features": "behaviour"}  # what a cache's value is in a request's payload
+MARKER = np.dtype(np.uint8)  # the value of a cache that holds nothing the model reads: that the entry is there
 DRAIN_POLL_S = 0.05
 STOP_DRAIN_S = 2.0  # how long an interrupted run waits for its requests in flight
 Slot = LivePool | LiveFleet  # a stage slot: one pool, or nodes behind a balancer
@@ -68,6 +68,20 @@ class Schedule:
         }
 
 
+def cache_fields(pipeline: Pipeline) -> dict[str, str | None]:
+    """What each cache of a pipeline holds, as the request payload's field: a cache guarding a model stage, what that
+    stage's operator makes for the user (`model.OUTPUTS`: the user side's vector); a read-through cache, the user's
+    long-term behaviours (the features the model reads); a cache guarding any other stage, nothing (None)."""
+    fields: dict[str, str | None] = {}
+    for step in pipeline.steps:
+        for branch in branches_of(step):
+            if isinstance(branch, Cached):
+                fields[branch.cache] = OUTPUTS.get(MODEL_OPS.get(branch.stage, ""))
+            if branch.reads is not None:
+                fields[branch.reads] = "behaviour"
+    return fields
+
+
 class LivePipeline:
     """One pipeline over one scenario, live: storage, pools, flow, background tasks, recorder."""
 
@@ -83,8 +97,9 @@ class LivePipeline:
     ) -> None:
         self.scenario, self.pipeline, self.samplers, self.model, self.executor = scenario, pipeline, samplers, model, executor
         self.namespace = namespace
-        self.stage_names = stages_of(pipeline)
+        self.stage_names = scenario.pipeline(pipeline).stages
         self.caches = cache_policies(scenario, pipeline)
+        self.cache_fields = cache_fields(scenario.pipeline(pipeline))
         self.stores = nearline_stores(scenario, pipeline)
         self.recorder = Recorder.for_pipeline(scenario, pipeline, sink, self.caches, list(self.stores))
         self.schedule = Schedule(LogHistogram())
@@ -100,18 +115,19 @@ class LivePipeline:
         backend, url = (caches.backend, caches.redis_url) if caches is not None else ("memory", None)
         dtypes = {
             "user_vector": model.user_dtype,
-            "sim_features": model.behaviour_dtype,
+            "behaviour": model.behaviour_dtype,
             "items": model.item_dtype,
             "users": model.interest_dtype,
         }
-        for name in [*self.caches, *vector_stores(self.pipeline)]:
+        dtypes |= {cache: dtypes[field] if field is not None else MARKER for cache, field in self.cache_fields.items()}
+        for name in [*self.caches, *self.scenario.pipeline(self.pipeline).vector_stores]:
             dtype = dtypes[name]  # a record, or an array (a sub-array dtype: its base and shape)
             self.storage[name] = open_storage(backend, url, f"{self.namespace}.{self.pipeline}.{name}", dtype.base, dtype.shape)
 
     async def _fill(self, progress: Callable[[str, int, int], None]) -> None:
         """The nearline vectors as they stand when the run starts (made at time 0 by version 0)."""
         traffic = self.scenario.traffic
-        for name in vector_stores(self.pipeline):
+        for name in self.scenario.pipeline(self.pipeline).vector_stores:
             count = traffic.items.count if name == "items" else traffic.users.count
             done = 0
 
@@ -250,7 +266,9 @@ class LivePipeline:
                 value = await self.storage[op.cache].get(request.user)
                 if value is None:
                     raise RuntimeError(f"{op.cache}: the policy holds user {request.user} but its storage has no value")
-                request.payload[PAYLOAD_FIELD[op.cache]] = value
+                field = self.cache_fields[op.cache]
+                if field is not None:
+                    request.payload[field] = value
                 answer = None
             else:
                 assert isinstance(op, Save)
@@ -262,7 +280,8 @@ class LivePipeline:
         """Store a computed value the cache policy has taken in (with a deadline, in a task of its own that finishes
         even if the request is abandoned meanwhile: the storage must hold what the policy holds)."""
         storage = self.storage[op.cache]
-        await storage.set(request.user, request.payload[PAYLOAD_FIELD[op.cache]])
+        field = self.cache_fields[op.cache]
+        await storage.set(request.user, request.payload[field] if field is not None else np.ones((), MARKER))
         if op.dropped is not None:
             await storage.delete_many([op.dropped])
 
@@ -307,7 +326,7 @@ class LivePipeline:
         try:
             await self._fill(lambda name, done, total: progress(f"{self.pipeline}: {name} index", done, total))
             clock = Clock(loop, await measure_wake())
-            flow = Flow(self.pipeline, self.caches, self.stores, clock, storage=True)
+            flow = Flow(self.scenario.pipeline(self.pipeline), self.caches, self.stores, clock, storage=True)
             pools = self._pools(clock, flow)
             self._background(clock, pools)
             self._spawn(loop, self._progress(clock, duration_s, progress))

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from aif_sim.core.latency import Sampler
-from aif_sim.core.system import vector_stores
 from aif_sim.core.traffic import candidate_range
 from aif_sim.errors import InputError
 from aif_sim.live.engine import LivePipeline
@@ -49,7 +48,7 @@ def check_live(scenario: Scenario, source: str) -> None:
     nearline, traffic = scenario.nearline, scenario.traffic
     if nearline is not None and nearline.updates_from == "world":
         raise InputError(f"{source}: nearline.updates_from: the live engine takes `rate` (the world's changes serve DES shadow scoring)")
-    reads = {store for pipeline in scenario.pipelines for store in vector_stores(pipeline)}
+    reads = {store for pipeline in scenario.pipeline_defs for store in pipeline.vector_stores}
     if "items" in reads and traffic.items.count > MAX_ITEMS:
         raise InputError(
             f"{source}: traffic.items.count: {traffic.items.count:,} item vectors to precompute live; expected at most {MAX_ITEMS:,}"

@@ -18,12 +18,12 @@ import numpy as np
 
 from aif_sim.core.cache import CachePolicy
 from aif_sim.core.nearline import NearlineStore
-from aif_sim.core.pipelines import stages_of, step_slots
 from aif_sim.core.request import Outcome, Request, Window
 from aif_sim.core.shadow import ShadowSample
 from aif_sim.core.system import touches
 from aif_sim.metrics.histogram import PERCENTILES, LogHistogram
 from aif_sim.metrics.timeseries import Timeseries
+from aif_sim.scenario.pipelines import Pipeline
 from aif_sim.scenario.schema import Scenario
 
 SLO_MISS_BUDGET = 0.01  # a run meets its SLO when at most 1% of offered requests miss it
@@ -153,7 +153,7 @@ class Recorder:
 
     def __init__(
         self,
-        pipeline: str,
+        pipeline: Pipeline,
         stages: dict[str, tuple[int, bool, int]],
         window: Window,
         slo_ms: float | None,
@@ -165,13 +165,13 @@ class Recorder:
         """`stages`: per stage of the pipeline, its servers, whether it batches and its nodes; `caches`: the cache
         policies the pipeline consults (in the order of `Request.cache_hit`); `stores`: the nearline
         stores it reads (`items`, `users`); `faults`: the faults that touch the pipeline, for the storm report."""
-        self.pipeline = pipeline
-        self.stage_names = stages_of(pipeline)
+        self.pipeline = pipeline.name
+        self.stage_names = pipeline.stages
         self.window = window
         self.slo_ms = slo_ms
         self.sink = sink
         self.stages = [StageRecord(*stages[name]) for name in self.stage_names]
-        self._groups = step_slots(pipeline)
+        self._groups = pipeline.step_slots
         self.offered = self.completed = self.rejected = self.timed_out = 0
         self.in_flight = 0  # measured requests that arrived and have not finished
         self.completed_in_window = 0
@@ -208,7 +208,7 @@ class Recorder:
         the faults that touch it (`core.system.touches`)."""
         stages = {
             name: (config.servers, config.batch is not None, config.nodes)
-            for name, config in ((name, scenario.stages[name]) for name in stages_of(pipeline))
+            for name, config in ((name, scenario.stages[name]) for name in scenario.pipeline(pipeline).stages)
         }
         window = Window(scenario.warmup_s, scenario.duration_s)
         faults = [
@@ -216,7 +216,7 @@ class Recorder:
             for f in scenario.faults
             if touches(f, scenario, pipeline)
         ]
-        recorder = cls(pipeline, stages, window, scenario.slo_p99_ms, sink, caches, stores, faults)
+        recorder = cls(scenario.pipeline(pipeline), stages, window, scenario.slo_p99_ms, sink, caches, stores, faults)
         nearline = scenario.nearline
         if nearline is not None:
             changes = {

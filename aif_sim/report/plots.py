@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from aif_sim.atomic import atomic_path
-from aif_sim.core.pipelines import PIPELINES, Parallel, calls_of
 from aif_sim.metrics.histogram import LogHistogram
 from aif_sim.metrics.recorder import Recorder
 from aif_sim.metrics.summary import Metric
+from aif_sim.scenario.pipelines import Parallel, Pipeline, calls_of
 from aif_sim.scenario.schema import Fault
 
 if TYPE_CHECKING:
@@ -130,9 +130,10 @@ def plot_latency_cdf(path: Path, results: dict[str, Recorder], slo_ms: float | N
     return _save(fig, path)
 
 
-def plot_stage_breakdown(path: Path, summary: dict[str, Any], title: str) -> Figure:
-    """Mean timeline of each pipeline: a bar per stage (queue wait, then service), parallel stages
-    starting together and overlapping, each step starting when the longest branch of the previous ends."""
+def plot_stage_breakdown(path: Path, summary: dict[str, Any], title: str, pipelines_run: dict[str, Pipeline]) -> Figure:
+    """Mean timeline of each pipeline (`pipelines_run`: their steps, by name): a bar per stage (queue wait, then
+    service), parallel stages starting together and overlapping, each step starting when the longest branch of the
+    previous ends."""
     pipelines = summary["pipelines"]
     height = sum(1.0 + 0.35 * len(m["stages"]) for m in pipelines.values())
     fig, axes = _figure(len(pipelines), height)
@@ -140,7 +141,7 @@ def plot_stage_breakdown(path: Path, summary: dict[str, Any], title: str) -> Fig
     for ax, (pipeline, metrics) in zip(axes[:, 0], pipelines.items()):
         names, starts, waits, services = [], [], [], []
         offset = 0.0
-        for step in PIPELINES[pipeline]:
+        for step in pipelines_run[pipeline].steps:
             longest = 0.0
             for call in calls_of(step):
                 stats = metrics["stages"][call.stage]
@@ -159,7 +160,7 @@ def plot_stage_breakdown(path: Path, summary: dict[str, Any], title: str) -> Fig
         ax.set_xlim(0, limit * 1.05)
         mean, p99 = metrics["latency_ms"]["mean"], metrics["latency_ms"]["p99"]
         done = f"mean {mean:.1f} ms, p99 {p99:.1f} ms" if metrics["requests"]["completed"] else "completed nothing"
-        parallel = " (∥: in parallel)" if any(isinstance(step, Parallel) for step in PIPELINES[pipeline]) else ""
+        parallel = " (∥: in parallel)" if any(isinstance(step, Parallel) for step in pipelines_run[pipeline].steps) else ""
         ax.set_title(f"{pipeline}: {done}{parallel}", fontsize=9)
         ax.grid(True, axis="x", alpha=0.3)
     axes[0, 0].legend(loc="lower left", bbox_to_anchor=(0.0, 1.12), ncol=2, fontsize=8, frameon=False)

@@ -14,7 +14,6 @@ import simpy
 
 from aif_sim.core.flow import Flow, FlowRun, Fork, Visit
 from aif_sim.core.latency import Sampler
-from aif_sim.core.pipelines import stages_of
 from aif_sim.core.request import Outcome, Request
 from aif_sim.core.system import RequestSource, cache_policies, nearline_stores, run_step_s, shadow_sampling
 from aif_sim.core.traffic import stream
@@ -32,7 +31,7 @@ class PipelineSimulation:
         self.scenario = scenario
         self.samplers = samplers
         self.env = simpy.Environment()
-        self.stage_names = stages_of(pipeline)
+        self.stage_names = scenario.pipeline(pipeline).stages
         self.caches = cache_policies(scenario, pipeline)
         self.stores = nearline_stores(scenario, pipeline)
         self.recorder = Recorder.for_pipeline(scenario, pipeline, sink, self.caches, list(self.stores))
@@ -40,7 +39,7 @@ class PipelineSimulation:
         self.slots = list(self.pools.values())
         shadow = shadow_sampling(scenario, self.stores)
         env = self.env
-        self.flow = Flow(pipeline, self.caches, self.stores, lambda: env.now, shadow)
+        self.flow = Flow(scenario.pipeline(pipeline), self.caches, self.stores, lambda: env.now, shadow)
         if shadow is not None:
             self.recorder.shadow_samples = shadow.samples
         self.source = RequestSource.for_pipeline(scenario, pipeline, samplers, self.caches, self.stores)
