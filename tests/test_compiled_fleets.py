@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aif_sim.app.run import build_samplers, choose_engines
-from aif_sim.core.pipelines import stages_of
 from aif_sim.scenario import Scenario
+from aif_sim.scenario.pipelines import shipped_designs
 from tests.simtools import make_scenario, overload_stages, small_stages
 from tests.test_compiled import ALL, assert_equivalent, latencies, why_not
 
@@ -81,11 +81,11 @@ def fleet_cases(draw: st.DrawFn) -> tuple[Scenario, str, int]:
     """A pipeline of fleets (every stage drawn by `fleet_stages`) under light to overloading Poisson traffic, with
     caches in front of some (a miss adding latency to each shard) and slowdowns of some."""
     pipeline = draw(st.sampled_from(ALL))
-    stages = {name: draw(fleet_stages()) for name in stages_of(pipeline)}
+    stages = {name: draw(fleet_stages()) for name in shipped_designs()[pipeline].stages}
     qps = draw(st.floats(100.0, 2500.0))
     duration_s = draw(st.floats(0.5, max(0.5, min(3.0, 4000.0 / qps))))
     extra: dict[str, Any] = {}
-    slowed = draw(st.lists(st.sampled_from(stages_of(pipeline)), max_size=2))
+    slowed = draw(st.lists(st.sampled_from(shipped_designs()[pipeline].stages), max_size=2))
     extra["faults"] = [
         {
             "kind": "stage_slowdown",
