@@ -118,6 +118,8 @@ SCHEMA_CASES = {
     "flush of an unknown cache": (_set("faults", [{"at_s": 0.5, "kind": "cache_flush", "cache": "l2"}]), ["faults.0.cache", "l2"]),
     "periodic refresh without interval": (_set("nearline", {"refresh": {"mode": "periodic"}}), ["nearline.refresh", "interval_s"]),
     "negative cache capacity": (_set("caches", {"user_vector": {"capacity": -1}}), ["caches.user_vector.capacity"]),
+    "misspelt cache field": (_set("caches", {"user_vector": {"capacty": 5}}), ["caches.user_vector.capacty", "did you mean capacity?"]),
+    "misspelt caches field": (_set("caches", {"backnd": "redis"}), ["caches.backnd: a cache is a mapping", "did you mean backend?"]),
     "negative seed": (_set("seed", -1), ["seed", "greater than or equal to 0"]),
     "arrival written without its kind": (
         _set("traffic.arrival", {"poisson": {"qps": 2000}}),

@@ -215,6 +215,11 @@ def _annotation_at(loc: tuple[Any, ...], data: Any) -> tuple[Any, Any]:
         if model is None and part in _STEP_FORMS:
             annotation = _STEP_FORMS[part]  # the form of a step, by the tag pydantic puts in the location
             continue
+        if model is not None and isinstance(part, str) and part not in _fields_of(model) and model.model_config.get("extra") == "allow":
+            extra = typing.get_type_hints(model).get("__pydantic_extra__")  # a key of the user's naming (a cache)
+            annotation = typing.get_args(extra)[1] if typing.get_args(extra) else Any
+            node = node.get(part) if isinstance(node, dict) else None
+            continue
         if model is not None and isinstance(part, str) and part not in _fields_of(model):
             continue  # a union tag pydantic puts in the location
         if model is not None and isinstance(part, str):

@@ -278,6 +278,17 @@ class Caches(BaseModel):
     backend: Literal["memory", "redis"] = "memory"
     redis_url: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _caches_are_mappings(cls, data: Any) -> Any:
+        """A key that is not a field names a cache, whose value is a mapping: a scalar there is a misspelt field."""
+        for key, value in data.items() if isinstance(data, dict) else ():
+            if key not in cls.model_fields and value is not None and not isinstance(value, dict):
+                close = difflib.get_close_matches(str(key), list(cls.model_fields), n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]}?" if close else ""
+                raise ValueError(f"{key}: a cache is a mapping {{capacity, ttl_s, miss_latency}}, got {value!r}{hint}")
+        return data
+
     def get(self, name: str) -> Cache | None:
         """The cache of that name, None when it is not configured."""
         return (self.__pydantic_extra__ or {}).get(name)
