@@ -58,7 +58,7 @@ def test_every_balancer_under_overload_with_caches_and_slowdowns(balance):
 @st.composite
 def fleet_stages(draw: st.DrawFn) -> dict[str, Any]:
     """A stage of several nodes behind any balancer: sharded or not, a cost per candidate, a queue limit and a
-    timeout per node or none, or, now and then, one pool."""
+    timeout per node or none, retries where there is no timeout, or, now and then, one pool."""
     nodes = draw(st.sampled_from([1, 2, 3, 4, 6]))
     stage: dict[str, Any] = {
         "servers": nodes * draw(st.integers(1, 3)),
@@ -73,6 +73,8 @@ def fleet_stages(draw: st.DrawFn) -> dict[str, Any]:
         stage["queue_limit"] = draw(st.integers(0, 6))
     if draw(st.booleans()):
         stage["timeout_ms"] = draw(st.floats(0.5, 30.0))
+    elif nodes > 1 and draw(st.booleans()):  # retries of rejected visits (a timed-out one's retry stays on simpy)
+        stage["retries"] = draw(st.integers(1, 3))
     return stage
 
 
@@ -116,8 +118,9 @@ def fleet_cases(draw: st.DrawFn) -> tuple[Scenario, str, int]:
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(fleet_cases())
 def test_random_fleets_give_the_simpy_results_request_for_request(case):
-    """Nodes, balancers, shards (fewer candidates than shards too), costs per candidate, limits, caches and
-    slowdowns drawn at random: the compiled engine's requests, visits, node busy time and shard skew are simpy's."""
+    """Nodes, balancers, shards (fewer candidates than shards too), costs per candidate, limits, retries, caches and
+    slowdowns drawn at random: the compiled engine's requests, visits, node busy time, shard skew and retries are
+    simpy's."""
     scenario, pipeline, chunk = case
     assert why_not(scenario, pipeline) is None
     assert_equivalent(scenario, pipeline, chunk)
@@ -141,12 +144,26 @@ def test_sharded_visits_under_overload(balance):
             assert summary["requests"]["rejected"] > 0 and summary["requests"]["timed_out"] > 0
 
 
+@pytest.mark.parametrize("balance", BALANCERS)
+def test_rejected_visits_and_shards_retried_on_other_nodes(balance):
+    """Queue limits of 0 and 1 reject often: each rejected visit or shard is sent at once to a node not holding a
+    part of its visit, while its retries last, the balancer drawing again; the same requests, picks and retries."""
+    stages = small_stages(_fleet(8, 4, balance, {"dist": "exponential", "mean_ms": 5}, queue_limit=0, retries=2, shards=2))
+    stages["item_fetch"] = _fleet(6, 3, balance, {"dist": "gamma", "mean_ms": 4, "cv": 0.5}, queue_limit=1, retries=1)
+    for pipeline in ("sequential", "aif"):
+        scenario = make_scenario(stages, pipelines=[pipeline], qps=900, duration_s=1.5, warmup_s=0.2, drain_s=0.0, seed=5)
+        summary = assert_equivalent(scenario, pipeline, 101).summary()
+        retrying = summary["stages"]["prerank" if pipeline == "sequential" else "item_fetch"]
+        assert retrying["retries"] > 0 and summary["requests"]["rejected"] > 0
+
+
 def test_what_it_does_not_model_on_several_nodes():
-    """Hedges, retries, batching nodes, node loss and deadlines stay on simpy, said in one line, and so do sharded
-    stages of constant services (a visit's shards end together, and the shards queued behind them on several
-    nodes start at one instant, in an order simpy decides by scheduling); plain and sharded nodes run compiled."""
+    """Hedges, retries after a timeout, batching nodes, node loss and deadlines stay on simpy, said in one line, and
+    so do sharded stages of constant services (a visit's shards end together, and the shards queued behind them on
+    several nodes start at one instant, in an order simpy decides by scheduling); plain and sharded nodes, and
+    retries of rejected visits, run compiled."""
     pool = _fleet(8, 4, "p2c", {"dist": "exponential", "mean_ms": 2})
-    for compiled in (pool, pool | {"shards": 4}):
+    for compiled in (pool, pool | {"shards": 4}, pool | {"shards": 2, "retries": 2, "queue_limit": 1}):
         scenario = make_scenario(small_stages(compiled), pipelines=["sequential"])
         assert choose_engines(scenario, build_samplers(scenario, "<test>"), "auto") == {"sequential": ("compiled", None)}
     cases = [
@@ -157,7 +174,11 @@ def test_what_it_does_not_model_on_several_nodes():
             "end together on several nodes, starting the shards queued behind them at one instant (prerank)",
         ),
         ({"hedge_after_ms": 5}, {}, "the compiled engine does not model hedges (hedge_after_ms) on stages of several nodes yet (prerank)"),
-        ({"retries": 1}, {}, "the compiled engine does not model retries on stages of several nodes yet (prerank)"),
+        (
+            {"retries": 1, "timeout_ms": 5},
+            {},
+            "the compiled engine does not model retries of timed-out visits (retries with timeout_ms) on stages of several nodes yet (prerank)",
+        ),
         ({"batch": {"max_size": 4}}, {}, "the compiled engine does not model batching on stages of several nodes yet (prerank)"),
         (
             {},

@@ -1,4 +1,5 @@
-"""Stages of several nodes in the compiled engine: `sim.fleet.Fleet` with shards, without hedges, retries or node loss.
+"""Stages of several nodes in the compiled engine: `sim.fleet.Fleet` with shards and retries of rejected visits,
+without hedges, retries after a timeout, or node loss.
 
 Each node of a fleet stage is a FIFO pool of its own (`servers / nodes` servers, the stage's queue limit and
 timeout): its servers' free times are a heap of the stage's region of the kernels' `free` (node j's at
@@ -10,6 +11,10 @@ Per fleet f (`FleetState.state`): the balancer (`kind`, round robin's last pick,
 drawn ahead as `core.balance.Uniforms` draws them), and the visits it served, `rec[m] = (slot, node, start,
 service, measured)` in order of arrival at the stage, handed to `Recorder.node_busy` in the order they started
 (`emit`), as simpy calls it when each starts.
+
+A stage that retries (`retries[f]` > 0, without a timeout: a visit fails only by rejection, at the instant it is
+sent) sends a rejected visit or shard at once to another node not holding a part of the visit, as simpy does in
+the same process, while its retries last (each recorded as `tried[m] = (slot, time)`).
 
 A sharded stage (`shards[f]` > 1) picks a distinct node for each of a visit's shards, every pick from the counts
 before any of them joins, as `core.fleet.FleetPolicy.first_nodes` does; each shard joins its node's pool at the
@@ -76,11 +81,34 @@ class FleetState:
             np.zeros(1, np.int64),  # skew_n
             np.zeros(max(nodes, default=1), np.bool_),  # holding: the nodes a visit's shards were sent to
             np.empty((max(nodes, default=1), 6)),  # parts: per shard (node, outcome, start, end, service; a sorted end)
+            np.array([config.retries for config in configs], np.int64),
+            np.empty((64, 2)),  # tried: (slot, time) of each retry
+            np.zeros(1, np.int64),  # tried_n
         )
 
     def prepare(self, arrivals: int) -> None:
         """Room for `arrivals` more visits per fleet: waiters, uniforms and records; each FIFO moved to the front."""
-        nodes, kind, last, uniforms, taken, row_at, waits, heads, rec, rec_n, shards, shard_at, skew, skew_n, holding, parts = self.state
+        (
+            nodes,
+            kind,
+            last,
+            uniforms,
+            taken,
+            row_at,
+            waits,
+            heads,
+            rec,
+            rec_n,
+            shards,
+            shard_at,
+            skew,
+            skew_n,
+            holding,
+            parts,
+            retries,
+            tried,
+            tried_n,
+        ) = self.state
         if not len(nodes):
             return
         width = max(int((heads[:, 1] - heads[:, 0]).max()) + arrivals, waits.shape[1])
@@ -91,7 +119,7 @@ class FleetState:
         heads[:, 0] = 0
         for f in range(len(nodes)):
             self.drawn[f] = self.drawn[f][taken[f] :]
-            while len(self.drawn[f]) < DRAWS[kind[f]] * shards[f] * arrivals:
+            while len(self.drawn[f]) < DRAWS[kind[f]] * shards[f] * (1 + retries[f]) * arrivals:
                 self.drawn[f] = np.concatenate([self.drawn[f], self.rngs[f].random(BLOCK)])  # as `Uniforms` draws them
         taken[:] = 0
         uniforms = np.zeros((len(nodes), max(len(drawn) for drawn in self.drawn)))
@@ -99,17 +127,22 @@ class FleetState:
             uniforms[f, : len(drawn)] = drawn
         rec = _room(rec, int(rec_n[0]) + arrivals * int(shards.sum()))
         skew = _room(skew, int(skew_n[0]) + arrivals * len(nodes))
+        tried = _room(tried, int(tried_n[0]) + arrivals * int((shards * retries).sum()))
         self.state = (nodes, kind, last, uniforms, taken, row_at, moved, heads, rec, rec_n, shards, shard_at, skew, skew_n, holding, parts)
+        self.state += (retries, tried, tried_n)
 
     def emit(self, recorder: Recorder, before: float) -> None:
-        """Account the visits that started before `before` (`Recorder.node_busy`) in the order they started, and the
-        sharded visits that ended before it (`Recorder.shard_skew`) in the order they ended, and drop them."""
+        """Account the visits that started before `before` (`Recorder.node_busy`) in the order they started, the
+        sharded visits that ended before it (`Recorder.shard_skew`) in the order they ended, and the retries sent
+        before it, and drop them."""
         rec, rec_n, skew, skew_n = self.state[8], self.state[9], self.state[12], self.state[13]
         slots = len(self.shard_at)
         for slot, mine in _by_slot(_taken(rec, rec_n, 2, before, slots)):
             recorder.node_busy_many(slot, mine[:, 1].astype(np.int64), mine[:, 2], mine[:, 3], mine[:, 4] != 0)
         for slot, mine in _by_slot(_taken(skew, skew_n, 1, before, slots)):
             recorder.shard_skew_many(slot, mine[:, 2])
+        for slot, mine in _by_slot(_taken(self.state[17], self.state[18], 1, before, slots)):
+            recorder.retry(slot, len(mine))
 
 
 def _by_slot(rows: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
@@ -286,11 +319,11 @@ def served_at_node(f: int, node: int, slot: int, start: float, service: float, m
 
 
 @njit(cache=True, _nrt=False)
-def shards_over(
+def parts_over(
     f: int, i: int, slot: int, t: float, service: np.ndarray, times: np.ndarray, measured: bool, fleets: tuple
 ) -> tuple[int, float]:
-    """Request i's sharded visit sent at t, its shards decided (`parts`): its outcome and end, as `sim.fleet.Fleet`
-    ends it (completed: its times, its slowest shard's service, and, measured, its skew record)."""
+    """Request i's visit sent at t, its shards (or itself) decided (`parts`): its outcome and end, as `sim.fleet.Fleet`
+    ends it (completed: its times, its slowest shard's service, and, measured and sharded, its skew record)."""
     shards, parts, skew, skew_n = fleets[10], fleets[15], fleets[12], fleets[13]
     k = shards[f]
     o, end, last, alone = COMPLETED, parts[0, 3], 0, parts[0, 4]
@@ -303,7 +336,7 @@ def shards_over(
         return o, end
     times[i, slot, 0], times[i, slot, 1], times[i, slot, 2] = t, parts[last, 2], end
     service[i, slot] = alone
-    if measured:
+    if measured and k > 1:
         for j in range(k):  # the ends, sorted, for their median (np.median's arithmetic)
             x, q = parts[j, 3], j
             while q > 0 and parts[q - 1, 5] > x:
@@ -315,3 +348,12 @@ def shards_over(
         skew[m, 0], skew[m, 1], skew[m, 2] = slot, end, end - median
         skew_n[0] = m + 1
     return o, end
+
+
+@njit(cache=True, _nrt=False)
+def retried(f: int, slot: int, t: float, fleets: tuple) -> None:
+    """A part of a visit to fleet f was sent again at t: a retry to account."""
+    tried, tried_n = fleets[17], fleets[18]
+    m = tried_n[0]
+    tried[m, 0], tried[m, 1] = slot, t
+    tried_n[0] = m + 1

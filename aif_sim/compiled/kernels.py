@@ -23,7 +23,7 @@ from numba import njit
 
 from aif_sim.compiled.batching import run_until, slowdown_at, visit_ended, visit_over, wake
 from aif_sim.compiled.caches import due, lookup, push, settle
-from aif_sim.compiled.fleets import pick, served_at_node, shards_over, visit_node
+from aif_sim.compiled.fleets import parts_over, pick, retried, served_at_node, visit_node
 
 COMPLETED, REJECTED, TIMED_OUT = 0, 1, 2  # core.request.Outcome
 
@@ -118,7 +118,7 @@ def _served(service: np.ndarray, i: int, slot: int, start: float, slow_at: np.nd
 
 
 @njit(cache=True, _nrt=False)
-def _sharded(
+def _fleet_visit(
     f: int,
     i: int,
     slot: int,
@@ -134,33 +134,44 @@ def _sharded(
     slow: tuple,
     fleets: tuple,
 ) -> tuple[int, float]:
-    """Request i's visit at t to fleet f's sharded stage (`fleets`): a node picked for each shard, then each shard
-    served at its node, the last first; the visit's outcome and end (`fleets.shards_over`). `limits`: the stage's
-    queue limit and timeout, and the cache miss each shard waits for."""
+    """Request i's visit at t to fleet f's stage, sharded or retrying (`fleets`): a node picked for each shard (or the
+    visit), then each served at its node, the last first, a rejected one sent at once to another node while the
+    stage's retries last; the visit's outcome and end (`fleets.parts_over`). `limits`: the stage's queue limit and
+    timeout, and the cache miss each shard waits for."""
     limit, timeout, miss_s = limits
-    shards, shard_at, holding, parts = fleets[10], fleets[11], fleets[14], fleets[15]
+    nodes, shards, shard_at, holding, parts, retries = fleets[0], fleets[10], fleets[11], fleets[14], fleets[15], fleets[16]
     k = shards[f]
     for j in range(k):  # every pick sees the counts before any shard joins
         node = pick(f, t, base, threads, free, fleets, j)
         holding[node] = True
         parts[j, 0] = node
+    held = k
     for q in range(k):
         j = k - 1 if q == 0 else q - 1
         node = int(parts[j, 0])
-        holding[node] = False
-        at = base + node * threads
-        o, start, e = visit_node(f, node, t, free[at], limit, timeout, fleets)
-        s = shard_s[i, shard_at[f] + j] + miss_s
-        if o == COMPLETED:
-            factor = slowdown_at(slot, start, slow[0], slow[1], slow[2])
-            if factor != 1.0:
-                s = s * factor
-            e = start + s
-            free[at] = e
-            _sift_down(free, at, threads, 0)
-            served_at_node(f, node, slot, start, s, measured, fleets)
+        s = service[i, slot] if k == 1 else shard_s[i, shard_at[f] + j] + miss_s
+        for attempt in range(retries[f] + 1):
+            if attempt:
+                if held == nodes[f]:
+                    break  # no node left to send it to
+                node = pick(f, t, base, threads, free, fleets, held)
+                holding[node] = True
+                held += 1
+                retried(f, slot, t, fleets)
+            at = base + node * threads
+            o, start, e = visit_node(f, node, t, free[at], limit, timeout, fleets)
+            if o == COMPLETED:
+                factor = slowdown_at(slot, start, slow[0], slow[1], slow[2])
+                if factor != 1.0:
+                    s = s * factor
+                e = start + s
+                free[at] = e
+                _sift_down(free, at, threads, 0)
+                served_at_node(f, node, slot, start, s, measured, fleets)
+                break
         parts[j, 1], parts[j, 2], parts[j, 3], parts[j, 4] = o, start, e, s
-    return shards_over(f, i, slot, t, service, times, measured, fleets)
+    holding[:] = False
+    return parts_over(f, i, slot, t, service, times, measured, fleets)
 
 
 @njit(cache=True, nogil=True)
@@ -223,7 +234,8 @@ def advance(
 
     Stages of several nodes (`fleet_of[slot]` >= 0, state `fleets`, see `fleets`): the balancer picks a node at
     the visit's arrival, whose pool (its servers' region of `free`, its own waiters) serves it as above; a
-    sharded stage's visit is one such visit per shard, on distinct nodes, with the shard services `shard_s[i]`.
+    sharded stage's visit is one such visit per shard, on distinct nodes, with the shard services `shard_s[i]`,
+    and a stage that retries sends a rejected one on to another node.
     """
     arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, numbered = req
     n = len(arrive)
@@ -299,9 +311,9 @@ def advance(
                 node = -1
                 if f >= 0:  # a node of the stage's fleet: a pool of its own (or one per shard)
                     servers //= fleets[0][f]
-                    if fleets[10][f] > 1:
+                    if fleets[10][f] > 1 or fleets[16][f] > 0:
                         limits = (queue_limit[slot], timeout_s[slot], miss[i, slot] if read_miss else 0.0)
-                        o, e = _sharded(f, i, slot, t, base, servers, free, limits, shard_s, service, times, measured[i], slow, fleets)
+                        o, e = _fleet_visit(f, i, slot, t, base, servers, free, limits, shard_s, service, times, measured[i], slow, fleets)
                     else:
                         node = pick(f, t, base, servers, free, fleets, 0)
                         base += node * servers

@@ -26,7 +26,7 @@ def unsupported(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler])
         return "the compiled engine does not model request deadlines yet (deadline_ms)"
     for what, has in (
         ("hedges (hedge_after_ms)", lambda stage: stage.hedge_after_ms is not None),
-        ("retries", lambda stage: stage.retries > 0),
+        ("retries of timed-out visits (retries with timeout_ms)", lambda stage: stage.retries > 0 and stage.timeout_ms is not None),
         ("batching", lambda stage: stage.batch is not None),
     ):
         named = [name for name in stages if scenario.stages[name].nodes > 1 and has(scenario.stages[name])]

@@ -293,9 +293,9 @@ class Recorder:
         """A visit (or shard) unfinished after the stage's hedge delay was sent to a second node."""
         self.stages[slot].hedges += 1
 
-    def retry(self, slot: int) -> None:
-        """A failed visit (or shard) was sent again to another node."""
-        self.stages[slot].retries += 1
+    def retry(self, slot: int, count: int = 1) -> None:
+        """A failed visit (or shard) was sent again to another node (`count` such sends)."""
+        self.stages[slot].retries += count
 
     def shard_skew(self, slot: int, skew_s: float) -> None:
         """A measured sharded visit completed: the gap between its slowest and its median shard."""
