@@ -112,8 +112,9 @@ class ChangeLog:
         if chunk is None:
             self._more = False
             return
-        spans = chunk.stop - chunk.first
-        entities = np.repeat(chunk.first - np.cumsum(spans) + spans, spans) + np.arange(int(spans.sum()))
+        first = np.asarray(chunk.first, np.int64)
+        spans = np.asarray(chunk.stop, np.int64) - first
+        entities = np.repeat(first - np.cumsum(spans) + spans, spans) + np.arange(int(spans.sum()))
         done = self.applied if self.taken < 0 else min(self.applied, self.taken)
         self.times = np.concatenate([self.times[done:], np.repeat(chunk.times_s, spans)])
         self.entities = np.concatenate([self.entities[done:], entities])

@@ -11,8 +11,8 @@ One pool of `refresh.workers` threads per store serves all of its nearline work,
 (rollouts, then periodic passes, then on-update refresh), the rule of a batch scheduler's priority classes:
 - a model rollout starts when it is published, once the on-update refreshes in flight have finished (no new
   one starts while a rollout waits); a periodic pass in progress is cut short (the entities it reached keep
-  their new vectors) since the rollout re-infers every entity anyway. A rollout published while another runs
-  starts when it ends. It takes every worker: `count / (workers / mean latency)` seconds.
+  their new vectors) since the rollout re-infers every entity anyway. A version published while a rollout runs
+  waits for it to end (of several published meanwhile, the newest is rolled out). It takes every worker: `count / (workers / mean latency)` seconds.
 - a periodic pass is due `interval_s` after the last full sweep (pass or rollout) started and starts when it is
   due and the workers are free: a pass longer than its interval is followed at once by the next (a continuous
   sweep, vector age ~ pass / 2), and reported (`sweep_overrun_s`).
@@ -119,7 +119,7 @@ class RefreshPool:
         self.running: list[tuple[float, int, int, int, float]] = []  # in flight: (end, order, entity, version, read at)
         self._order = 0  # refreshes started so far (ties between equal ends go in start order)
         self.publications = 0  # rollouts published so far
-        self.rollouts_waiting = 0
+        self.rollout_waiting = False
         self.next_pass_s = self.interval_s  # when the next pass is due (None: not scheduled)
         self.pass_waiting = False
         self.busy_s = 0.0  # worker-seconds of refresh finished
@@ -199,7 +199,7 @@ class RefreshPool:
         interval = self.publish_interval_s
         while interval is not None and (self.publications + 1) * interval <= now:
             self.publications += 1
-            self.rollouts_waiting += 1
+            self.rollout_waiting = True
         if self.next_pass_s is not None and self.next_pass_s <= now:
             self.pass_waiting = True
 
@@ -208,14 +208,14 @@ class RefreshPool:
         if self._outage_end(now) is not None:
             return None
         store = self.store
-        if self.rollouts_waiting:
+        if self.rollout_waiting:
             if store.sweep is not None and not store.sweep.rollout:
                 self._close_sweep(store.sweep, now)  # the pass is cut short
             if store.sweep is not None or self.running:
                 return None
-            self.rollouts_waiting -= 1
+            self.rollout_waiting = False
             self.pass_waiting, self.next_pass_s = False, None  # rescheduled when the rollout ends
-            store.latest_version += 1
+            store.latest_version = self.publications
             if not store.consistent:
                 store.serving_version = store.latest_version
             return self._sweep(now, rollout=True)
@@ -264,7 +264,7 @@ class RefreshPool:
             self.on_update
             and self.store.sweep is None
             and len(self.running) < self.workers
-            and not self.rollouts_waiting
+            and not self.rollout_waiting
             and not self.pass_waiting
         )
 
