@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 
+from aif_sim.app.run import build_samplers, simulate
 from aif_sim.core.changes import ChangeChunk
 from aif_sim.core.latency import build_sampler
 from aif_sim.core.nearline import NearlineStore, Sweep
@@ -189,3 +190,20 @@ def test_overlapping_passes_no_longer_exceed_the_catalogue_rate():
     sweeps = driven.heard.sweeps
     assert [s.start_s for s in sweeps] == pytest.approx([10.0, 110.0, 210.0])
     assert all(math.isclose(s.rate, 1000.0) for s in sweeps)
+
+
+@pytest.mark.parametrize("policy", ["latest", "consistent"])
+def test_cached_user_vectors_of_an_old_version_are_invalidated_at_the_switch(policy):
+    """50 users, a user-vector cache that holds them all, a new model version every 10 s (rolled out at once:
+    no refresh workers): each user misses once at the start and once after each switch of the serving version
+    (10 s and 20 s), on both engines alike. A request arriving while its user's inference runs misses too."""
+    stages = {name: negligible() for name in AIF}
+    stages["user_inference"] = {"servers": 1000, "latency": {"dist": "constant", "ms": 5}}
+    data = scenario_dict(stages, pipelines=["aif"], qps=300, duration_s=30.0, caches={"user_vector": {"capacity": 100_000}})
+    data["traffic"]["users"] = {"count": 50, "zipf_s": 0.5}
+    data["nearline"] = {"model_publish_interval_s": 10, "version_policy": policy}
+    scenario = validate_scenario(data, "<test>")
+    samplers = build_samplers(scenario, "<test>")
+    caches = [simulate(scenario, samplers, engine=engine)["aif"].summary()["caches"]["user_vector"] for engine in ("simpy", "compiled")]
+    assert caches[0] == caches[1]
+    assert 150 <= caches[0]["misses"] < 210

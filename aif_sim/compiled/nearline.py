@@ -114,8 +114,8 @@ class CompiledNearline:
 
     def __init__(self, scenario: Scenario, pipeline: str, samplers: dict[str, Sampler], recorder: Recorder) -> None:
         self.stores = nearline_stores(scenario, pipeline)
-        world = world_changes(scenario, _world_item_changes)
-        self.pools = store_backgrounds(scenario, samplers, self.stores, recorder.gauge, world)
+        self.world = world_changes(scenario, _world_item_changes)  # the world's item changes, when updates follow it
+        self.pools = store_backgrounds(scenario, samplers, self.stores, recorder.gauge, self.world)
         self.background = _Driver([pool.run() for pool in self.pools.values()])
         self._clock = 0.0  # the background has run up to here: no read may come before it
 

@@ -66,7 +66,7 @@ def item_changes(scenario: Scenario) -> Iterator[ChangeChunk]:
 WorldLister = Callable[[str, int, float], tuple[np.ndarray, np.ndarray, np.ndarray]]  # model.shadow.world_item_changes
 
 
-def world_changes(scenario: Scenario, lister: WorldLister) -> Iterator[ChangeChunk] | None:
+def world_changes(scenario: Scenario, lister: WorldLister) -> list[ChangeChunk] | None:
     """The world's item changes when item updates follow the model's world (`updates_from: world`), listed by
     `lister` (checkpoint, items, duration: times, first and stop rank); None otherwise."""
     nearline = scenario.nearline
@@ -74,7 +74,7 @@ def world_changes(scenario: Scenario, lister: WorldLister) -> Iterator[ChangeChu
         return None
     assert scenario.model is not None
     until_s = scenario.duration_s + scenario.drain_s
-    return listed_changes(*lister(str(scenario.model.checkpoints[0]), scenario.traffic.items.count, until_s))
+    return list(listed_changes(*lister(str(scenario.model.checkpoints[0]), scenario.traffic.items.count, until_s)))
 
 
 def user_changes(scenario: Scenario) -> Iterator[ChangeChunk]:

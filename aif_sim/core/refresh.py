@@ -302,12 +302,35 @@ class RefreshPool:
         return busy
 
 
+def version_switches(scenario: Scenario, samplers: dict[str, Sampler], world_changes: list[ChangeChunk] | None = None) -> list[float]:
+    """When the serving model version changes during the run (at a rollout's start under `latest`, at its end
+    under `consistent`), from a run of the item store's refresh pool of its own (its events never depend on
+    requests). A cached user vector belongs to the version that made it, as serving systems key such caches by
+    model version: at each switch the cached user vectors of the old version are invalid, and every engine drops
+    them (the whole `user_vector` cache, as a flush)."""
+    nearline = scenario.nearline
+    if nearline is None or nearline.model_publish_interval_s is None:
+        return []
+    store = NearlineStore(scenario.traffic.items.count, consistent=nearline.version_policy == "consistent")
+    pool = store_backgrounds(scenario, samplers, {"items": store}, lambda *_: None, world_changes)["items"]
+    horizon, switches, now = scenario.duration_s + scenario.drain_s, [], 0.0
+    serving = store.serving_version
+    for until in pool.run():
+        if store.serving_version != serving:
+            serving = store.serving_version
+            switches.append(now)
+        if until.time_s >= horizon:
+            return switches
+        now = until.time_s
+    return switches
+
+
 def store_backgrounds(
     scenario: Scenario,
     samplers: dict[str, Sampler],
     stores: dict[str, NearlineStore],
     gauge: Gauge,
-    world_changes: Iterable[ChangeChunk] | None = None,
+    world_changes: list[ChangeChunk] | None = None,
     listeners: dict[str, Listener] | None = None,
 ) -> dict[str, RefreshPool]:
     """Each store's refresh pool over the run's changes (`core.changes`; the world's item changes, given, when

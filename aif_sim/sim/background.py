@@ -13,7 +13,7 @@ from aif_sim.core.cache import CachePolicy
 from aif_sim.core.changes import world_changes
 from aif_sim.core.latency import Sampler
 from aif_sim.core.nearline import NearlineStore
-from aif_sim.core.refresh import Background, store_backgrounds
+from aif_sim.core.refresh import Background, store_backgrounds, version_switches
 from aif_sim.metrics.recorder import Recorder
 from aif_sim.scenario.schema import CacheFlush, Fault, NodeLoss, Scenario, StageSlowdown
 from aif_sim.sim.fleet import Fleet
@@ -24,6 +24,12 @@ def drive(env: simpy.Environment, background: Background) -> Generator[simpy.Eve
     """Resume a core background process (`core.refresh`) at each time it asks for."""
     for until in background:
         yield env.timeout(until.time_s - env.now)
+
+
+def invalidate(env: simpy.Environment, at_s: float, cache: CachePolicy) -> Generator[simpy.Event, Any, None]:
+    """At a switch of the serving model version, drop the cached user vectors of the old version (all of them)."""
+    yield env.timeout(at_s)
+    cache.flush()
 
 
 def fault(
@@ -64,8 +70,13 @@ def start_background(
     pools: dict[str, StagePool | Fleet],
 ) -> None:
     """Start a pipeline run's background processes: each store's refresh pool (`core.refresh`: changes, refresh,
-    model versions, nearline outages, gauges) and the faults on these caches and pools."""
-    for pool in store_backgrounds(scenario, samplers, stores, recorder.gauge, world_changes(scenario, _world_item_changes)).values():
+        model versions, nearline outages, gauges), the invalidation of cached user vectors when the serving model
+    version changes, and the faults on these caches and pools."""
+    world = world_changes(scenario, _world_item_changes)
+    for pool in store_backgrounds(scenario, samplers, stores, recorder.gauge, world).values():
         env.process(drive(env, pool.run()))
+    if "user_vector" in caches:
+        for at_s in version_switches(scenario, samplers, world):
+            env.process(invalidate(env, at_s, caches["user_vector"]))
     for spec in scenario.faults:
         env.process(fault(env, spec, caches, pools))
