@@ -45,7 +45,8 @@ def test_layering_rules():
                 broken.append(f"{file}: simpy outside aif_sim/sim/")
             if _uses(module, ("asyncio", "aiocache")) and area != "live":
                 broken.append(f"{file}: {module} outside aif_sim/live/")
-            if area == "sim" and _uses(module, ("aif_sim.live",)) or area == "live" and _uses(module, ("aif_sim.sim",)):
+            engines = {"sim", "compiled", "live"}
+            if area in engines and _uses(module, tuple(f"aif_sim.{other}" for other in engines - {area})):
                 broken.append(f"{file}: the engines import each other ({module})")
             if area == "model" and _uses(module, ("aif_sim.sim", "aif_sim.live", "aif_sim.app", "simpy", "asyncio")):
                 broken.append(f"{file}: the model imports an engine ({module})")

@@ -35,6 +35,7 @@ from aif_sim.compiled.kernels import advance, event_times
 from aif_sim.compiled.nearline import CompiledNearline
 from aif_sim.compiled.support import unsupported
 from aif_sim.core.latency import Sampler
+from aif_sim.core.refresh import version_switches
 from aif_sim.core.sampling import sampled
 from aif_sim.core.shadow import ShadowSample
 from aif_sim.core.system import RequestDraws, RequestSource, cache_policies, run_step_s, shadow_sampling
@@ -61,8 +62,9 @@ def run_compiled(
     policies = cache_policies(scenario, pipeline)
     stores = scenario.pipeline(pipeline).vector_stores if scenario.nearline is not None else []
     recorder = Recorder.for_pipeline(scenario, pipeline, sink, policies, stores)
-    caches = CacheState(scenario, policies, scenario.traffic.users.count)
     vectors = _Vectors(scenario, pipeline, samplers, recorder) if stores else None
+    switches = version_switches(scenario, samplers, vectors.nearline.world if vectors else None) if "user_vector" in policies else []
+    caches = CacheState(scenario, policies, scenario.traffic.users.count, switches)
     pools = _Pools(scenario, pipeline, list(policies), samplers)
     source = RequestSource.for_pipeline(scenario, pipeline, samplers, policies, vectors.nearline.stores if vectors else {})
     system = _Requests(

@@ -24,23 +24,25 @@ from typing import Any
 
 import numpy as np
 
+from aif_sim.core.changes import world_changes
 from aif_sim.core.flow import Flow, FlowRun, Fork, Load, Save, Visit
 from aif_sim.core.latency import Sampler
-from aif_sim.core.nearline import sweep_rate
+from aif_sim.core.refresh import store_backgrounds, version_switches
 from aif_sim.core.request import Outcome, Request
 from aif_sim.core.system import RequestSource, cache_policies, nearline_stores
 from aif_sim.core.traffic import ZipfSampler, stream
 from aif_sim.live.fleet import LiveFleet
 from aif_sim.live.loop import Clock, measure_wake
 from aif_sim.live.model import MODEL_OPS, OUTPUTS, LiveModel
-from aif_sim.live.nearline import LiveRefresh, Outage, fill, publisher
+from aif_sim.live.nearline import LiveRefresh, drive, fill
 from aif_sim.live.pools import LiveBatchingPool, LivePool
 from aif_sim.live.stages import LiveStage
 from aif_sim.live.storage import VectorStorage, open_storage
 from aif_sim.metrics.histogram import LogHistogram
 from aif_sim.metrics.recorder import Recorder, RequestSink
+from aif_sim.model.shadow import world_item_changes
 from aif_sim.scenario.pipelines import Cached, Pipeline, branches_of
-from aif_sim.scenario.schema import CacheFlush, Fault, NearlineOutage, NodeLoss, Scenario, Stage, StageSlowdown
+from aif_sim.scenario.schema import CacheFlush, Fault, NodeLoss, Scenario, Stage, StageSlowdown
 
 MARKER = np.dtype(np.uint8)  # the value of a cache that holds nothing the model reads: that the entry is there
 DRAIN_POLL_S = 0.05
@@ -168,36 +170,21 @@ class LivePipeline:
         return LiveBatchingPool(clock, slot, config, work, self.recorder, index)
 
     def _background(self, clock: Clock, pools: list[Slot]) -> None:
-        scenario, nearline, loop = self.scenario, self.scenario.nearline, clock.loop
-        outage = Outage(clock)
-        for name, store in self.stores.items():
-            assert nearline is not None
-            items = name == "items"
-            refresh_spec = nearline.refresh if items else nearline.user_refresh
-            sampler = self.samplers.get(f"refresh:{name}")
-            refresh = LiveRefresh(
-                clock,
-                store,
-                self.storage[name],
-                self._compute(name),
-                self.executor,
-                ZipfSampler(scenario.traffic.items if items else scenario.traffic.users),
-                nearline.item_updates_per_s if items else nearline.user_events_per_s,
-                refresh_spec,
-                sampler,
-                sweep_rate(refresh_spec, sampler),
-                stream(scenario.seed, f"nearline:{name}"),
-                outage,
-                lambda work: self._spawn(loop, work),
-            )
-            if items and nearline.model_publish_interval_s is not None:
-                self._spawn(loop, publisher(clock, refresh, nearline.model_publish_interval_s))
+        scenario, loop = self.scenario, clock.loop
+        listeners = {
+            name: LiveRefresh(clock, self.storage[name], self._compute(name), self.executor, lambda work: self._spawn(loop, work))
+            for name in self.stores
+        }
+        world = world_changes(scenario, world_item_changes)
+        for pool in store_backgrounds(scenario, self.samplers, self.stores, self.recorder.gauge, world, listeners).values():
+            self._spawn(loop, drive(clock, pool.run()))
+        if "user_vector" in self.caches:
+            for at_s in version_switches(scenario, self.samplers, world):
+                self._spawn(loop, self._invalidate(clock, at_s))
         works = {pool.work.call.stage: pool.work for pool in pools if isinstance(pool.work, LiveStage)}
         fleets = {pool.work.call.stage: pool for pool in pools if isinstance(pool, LiveFleet) and isinstance(pool.work, LiveStage)}
         for spec in scenario.faults:
-            self._spawn(loop, self._fault(clock, spec, works, fleets, outage))
-        if self.stores:
-            self._spawn(loop, self._gauges(clock))
+            self._spawn(loop, self._fault(clock, spec, works, fleets))
 
     def _spawn(self, loop: asyncio.AbstractEventLoop, work: Any) -> asyncio.Task[Any]:
         task = loop.create_task(work)
@@ -210,14 +197,18 @@ class LivePipeline:
         if not task.cancelled() and task.exception() is not None and self.failure is None:
             self.failure = task.exception()
 
-    async def _fault(self, clock: Clock, spec: Fault, works: dict[str, LiveStage], fleets: dict[str, LiveFleet], outage: Outage) -> None:
-        """Apply one fault at its time (a fault on a cache or stage this pipeline lacks does nothing)."""
+    async def _invalidate(self, clock: Clock, at_s: float) -> None:
+        """At a switch of the serving model version, drop the cached user vectors of the old version (all of them)."""
+        await clock.until(at_s)
+        await self.storage["user_vector"].delete_many(self.caches["user_vector"].flush())
+
+    async def _fault(self, clock: Clock, spec: Fault, works: dict[str, LiveStage], fleets: dict[str, LiveFleet]) -> None:
+        """Apply one fault at its time (a fault on a cache or stage this pipeline lacks does nothing; nearline outages
+        are the refresh pools' own, `core.refresh`)."""
         await clock.until(spec.at_s)
         if isinstance(spec, CacheFlush) and spec.cache in self.caches:
             lost = self.caches[spec.cache].flush(spec.fraction)
             await self.storage[spec.cache].delete_many(lost)
-        elif isinstance(spec, NearlineOutage):
-            outage.until_s = max(outage.until_s, clock() + spec.duration_s)
         elif isinstance(spec, StageSlowdown) and spec.stage in works:
             work = works[spec.stage]
             work.slowdown *= spec.factor
@@ -225,11 +216,6 @@ class LivePipeline:
             work.slowdown /= spec.factor
         elif isinstance(spec, NodeLoss) and spec.stage in fleets:
             await fleets[spec.stage].lose(spec.nodes, spec.duration_s)
-
-    async def _gauges(self, clock: Clock) -> None:
-        while True:
-            self.recorder.nearline_gauges(self.stores, clock())
-            await clock.until(int(clock()) + 1.0)
 
     # --- requests ------------------------------------------------------------------------------------
     async def _handle(self, request: Request, flow: Flow, pools: list[Slot], clock: Clock) -> None:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from aif_sim.core.cache import CachePolicy
-from aif_sim.core.nearline import NearlineStore
+from aif_sim.core.refresh import PREFIX, store_gauges
 from aif_sim.core.request import Outcome, Request, Window
 from aif_sim.core.shadow import ShadowSample
 from aif_sim.core.system import touches
@@ -31,7 +31,6 @@ RECOVERY_MARGIN = 0.10  # a fault's band: p99 up to 10% above its level before t
 BASELINE_S = 10  # seconds before a fault whose median p99 is that level
 STORE_LABEL = {"items": "item", "users": "user"}
 STORE_CHANGES = {"items": "item_updates", "users": "user_events"}  # what changes a store's entities
-STORE_GAUGES = {"items": ["refresh_backlog", "double_buffered"], "users": ["user_refresh_backlog"]}
 
 
 @dataclass(frozen=True)
@@ -184,7 +183,7 @@ class Recorder:
         self.vectors = {name: VectorRecord() for name in stores or []}
         self.faults = faults or []
         means = [f"{name}_hit_ratio" for name in self.caches] + [f"{STORE_LABEL[name]}_vector_age_mean_s" for name in stores or []]
-        gauges = [g for name in stores or [] for g in STORE_GAUGES[name]]
+        gauges = [g for name in stores or [] for g in store_gauges(name)]
         self.timeseries = Timeseries(window, means, gauges)
         self.index_bytes = 0  # size of the served item-vector index (the engine sets it)
         self.shadow_samples: list[ShadowSample] = []  # requests shadow scoring takes (filled by the engine)
@@ -312,16 +311,6 @@ class Recorder:
     def gauge(self, name: str, now_s: float, value: float) -> None:
         """A background process's per-second reading (refresh backlog, double buffering)."""
         self.timeseries.gauge(name, now_s, value)
-
-    def nearline_gauges(self, stores: dict[str, NearlineStore], now_s: float) -> None:
-        """The per-second readings of the nearline stores: each one's refresh backlog and, for item vectors under
-        the consistent policy, whether two buffers are held (a rollout in progress)."""
-        for name, store in stores.items():
-            if name == "items":
-                self.gauge("refresh_backlog", now_s, store.backlog)
-                self.gauge("double_buffered", now_s, float(store.consistent and store.rolling_out(now_s)))
-            else:
-                self.gauge("user_refresh_backlog", now_s, store.backlog)
 
     def finish(self, request: Request, outcome: Outcome, now_s: float) -> None:
         """The request left the system (completed, rejected or timed out)."""
@@ -523,6 +512,8 @@ class Recorder:
         out["stale_fraction"] = stale / changing if changing else math.nan
         out["version_mismatch_fraction"] = mismatched / read if read else math.nan
         rows = self.timeseries.rows
+        for name in self.vectors:
+            out.update(self._refresh_work(PREFIX[name], rows))
         if "refresh_backlog" in self.timeseries.gauges:
             backlog = [r["refresh_backlog"] for r in rows if r["refresh_backlog"] == r["refresh_backlog"]]
             out["refresh_backlog_max"] = max(backlog, default=0)
@@ -532,6 +523,20 @@ class Recorder:
                 out["index_bytes"] = self.index_bytes
                 out["index_peak_bytes"] = self.index_bytes * (2 if double else 1)
         return out
+
+    @staticmethod
+    def _refresh_work(prefix: str, rows: list[dict[str, Any]]) -> dict[str, float]:
+        """A store's refresh pool over the run: the share of its workers' time spent re-inferring (the mean of the
+        per-second readings) and the most a periodic pass ran past its interval (s)."""
+
+        def readings(key: str) -> list[float]:
+            return [float(row[key]) for row in rows if row[key] == row[key]]
+
+        used = readings(f"{prefix}refresh_utilization")
+        if not used:
+            return {}
+        overrun = readings(f"{prefix}sweep_overrun_s")
+        return {f"{prefix}refresh_utilization": sum(used) / len(used), f"{prefix}sweep_overrun_s": max(overrun, default=0.0)}
 
     def _storm(self, fault: FaultWindow) -> dict[str, Any]:
         """What a fault did to the per-second p99. Its level is the median p99 of the `BASELINE_S` seconds before the
