@@ -36,6 +36,7 @@ from aif_sim.compiled.nearline import CompiledNearline
 from aif_sim.compiled.support import unsupported
 from aif_sim.core.latency import Sampler
 from aif_sim.core.pipelines import PIPELINES, Cached, Parallel, calls_of, pipeline_calls, stages_of, step_slots
+from aif_sim.core.replay import ServiceTrace
 from aif_sim.core.sampling import sampled
 from aif_sim.core.shadow import ShadowSample
 from aif_sim.core.system import RequestDraws, RequestSource, cache_policies, run_step_s, shadow_sampling, vector_stores
@@ -50,8 +51,9 @@ def run_compiled(
     sink: RequestSink | None = None,
     progress: Callable[[float], None] | None = None,
     stop: Callable[[], bool] | None = None,
+    trace: ServiceTrace | None = None,
 ) -> Recorder:
-    """Simulate the pipeline as `PipelineSimulation(scenario, pipeline, samplers, sink).run(progress, stop)` does
+    """Simulate the pipeline as `PipelineSimulation(scenario, pipeline, samplers, sink, trace).run(progress, stop)` does
     and return its recorder. `progress(now)` is called after each block of arrivals and at the end; `stop()` is
     asked before each block: when it turns true the run ends there, partial. Raises ValueError when
     `unsupported` gives a reason."""
@@ -63,8 +65,8 @@ def run_compiled(
     recorder = Recorder.for_pipeline(scenario, pipeline, sink, policies, stores)
     caches = CacheState(scenario, policies, scenario.traffic.users.count)
     vectors = _Vectors(scenario, pipeline, samplers, recorder) if stores else None
-    pools = _Pools(scenario, pipeline, list(policies), samplers)
-    source = RequestSource.for_pipeline(scenario, pipeline, samplers, policies, vectors.nearline.stores if vectors else {})
+    pools = _Pools(scenario, pipeline, list(policies), samplers, trace is not None)
+    source = RequestSource.for_pipeline(scenario, pipeline, samplers, policies, vectors.nearline.stores if vectors else {}, trace)
     system = _Requests(len(pools.names), len(policies), source.sample_size if vectors and vectors.name == "items" else 1)
     blocks = _ahead(source.draws(scenario.duration_s))
     upcoming = next(blocks, None)
@@ -227,7 +229,7 @@ class _Requests:
 class _Pools:
     """The stage pools' state (see `kernels`) and the pipeline's steps as arrays."""
 
-    def __init__(self, scenario: Scenario, pipeline: str, caches: list[str], samplers: dict[str, Sampler]) -> None:
+    def __init__(self, scenario: Scenario, pipeline: str, caches: list[str], samplers: dict[str, Sampler], traced: bool) -> None:
         self.names = stages_of(pipeline)
         configs = [scenario.stages[name] for name in self.names]
         groups = step_slots(pipeline)
@@ -245,7 +247,7 @@ class _Pools:
         self.timeout_s = np.array([math.inf if c.timeout_ms is None else c.timeout_ms / 1000 for c in configs])
         self.slow_at, self.slow_t, self.slow_v = _slowdowns(scenario, self.names)
         self.guard, self.reads = _cache_slots(pipeline, caches)
-        self.batches = BatchState(scenario, self.names, samplers)
+        self.batches = BatchState(scenario, self.names, samplers, traced)
         self.fleets = FleetState(scenario, pipeline)
         self.numbered = np.zeros(1, np.int64)  # visit ends numbered so far (`batching.visit_over`)
 

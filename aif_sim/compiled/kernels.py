@@ -182,7 +182,7 @@ def advance(
     steps = len(step_at) - 1
     at, older, newer, ends, capacity, ttl, counts, pend_t, pend_key, pend_n, pend_seq, made, flush_t, flush_nodes, flush_next = caches
     inserts = (pend_t, pend_key, pend_n, pend_seq, made)
-    visits = (times, miss, cache_hit, users, measured)
+    visits = (times, miss, cache_hit, users, measured, service)
     slow = (slow_at, slow_t, slow_v)
     bslots, bservers, q_req, q_at, heads, serving = batches[0], batches[1], batches[4], batches[5], batches[6], batches[11]
     joined = np.zeros(len(bslots), np.bool_)  # batching stages someone joined at the current time

@@ -13,6 +13,7 @@ from aif_sim.core.cache import CachePolicy
 from aif_sim.core.latency import Sampler
 from aif_sim.core.nearline import NearlineStore
 from aif_sim.core.pipelines import PIPELINES, caches_of, calls_of, pipeline_calls, stages_of
+from aif_sim.core.replay import ServiceTrace
 from aif_sim.core.request import Request
 from aif_sim.core.shadow import ShadowSampling
 from aif_sim.core.traffic import RequestBlock, ZipfSampler, mean_rate, request_blocks, stream
@@ -116,7 +117,8 @@ class RequestSource:
     items whose vectors are measured.
 
     `reads`: (slot, cache) of the pipeline's read-through visits to a configured cache; `caches`: how many
-    caches the pipeline consults; `sample_size`: candidates measured per request (0: none).
+    caches the pipeline consults; `sample_size`: candidates measured per request (0: none); `trace`: arrival and
+    service times that replace the drawn ones where it has them (`core.replay`).
     """
 
     def __init__(
@@ -127,8 +129,10 @@ class RequestSource:
         reads: list[tuple[int, str]],
         caches: int,
         sample_size: int,
+        trace: ServiceTrace | None = None,
     ) -> None:
         self.scenario, self.samplers, self.caches, self.sample_size = scenario, samplers, caches, sample_size
+        self.trace = trace
         self.stage_names = stages_of(pipeline)
         self.sharded = [(slot, name) for slot, name in enumerate(self.stage_names) if scenario.stages[name].shards > 1]
         self.reads = bool(reads)
@@ -142,11 +146,12 @@ class RequestSource:
         samplers: dict[str, Sampler],
         caches: dict[str, CachePolicy],
         stores: dict[str, NearlineStore],
+        trace: ServiceTrace | None = None,
     ) -> RequestSource:
-        """The request source of a pipeline run with these cache policies and nearline stores."""
+        """The request source of a pipeline run with these cache policies and nearline stores (and a trace to replay)."""
         reads = [(slot, call.reads) for slot, call in enumerate(pipeline_calls(pipeline)) if call.reads in caches]
         sample_size = scenario.nearline.staleness_sample if scenario.nearline is not None and "items" in stores else 0
-        return cls(scenario, pipeline, samplers, reads, len(caches), sample_size)
+        return cls(scenario, pipeline, samplers, reads, len(caches), sample_size, trace)
 
     def draws(self, duration_s: float) -> Iterator[RequestDraws]:
         """The requests arriving in [0, duration_s), a block at a time, in order of arrival, as arrays."""
@@ -156,7 +161,8 @@ class RequestSource:
         miss_rngs = {cache: stream(seed, f"miss:{cache}") for _, cache in self.miss_slots}
         sample_rng, items = stream(seed, "candidate-sample"), ZipfSampler(scenario.traffic.items)
         k = len(self.stage_names)
-        for block in request_blocks(scenario.traffic, duration_s, seed):
+        arrivals = self.trace.arrivals(duration_s) if self.trace is not None else None
+        for block in request_blocks(scenario.traffic, duration_s, seed, arrivals):
             n = len(block.arrival_s)
             shard_s = {slot: self._shards(name, rngs[slot], block.candidates) / 1000 for slot, name in self.sharded}
             draws = [
@@ -168,7 +174,8 @@ class RequestSource:
                 service_s[:, slot] = shards.max(axis=1)  # a sharded visit takes its slowest shard, with no waiting
             miss_s = self._misses(miss_rngs, n, k) if self.reads else None
             sample = items.sample(sample_rng, n * self.sample_size).reshape(n, self.sample_size) if self.sample_size else None
-            yield RequestDraws(block, service_s, shard_s, miss_s, sample)
+            draws = RequestDraws(block, service_s, shard_s, miss_s, sample)
+            yield draws if self.trace is None else self.trace.apply(draws)
 
     def blocks(self, duration_s: float) -> Iterator[list[Request]]:
         """The requests arriving in [0, duration_s), a block at a time, in order of arrival."""

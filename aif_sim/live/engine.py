@@ -28,6 +28,7 @@ from aif_sim.core.flow import Flow, FlowRun, Fork, Load, Save, Visit
 from aif_sim.core.latency import Sampler
 from aif_sim.core.nearline import sweep_rate
 from aif_sim.core.pipelines import stages_of
+from aif_sim.core.replay import ServiceTrace
 from aif_sim.core.request import Outcome, Request
 from aif_sim.core.system import RequestSource, cache_policies, nearline_stores, vector_stores
 from aif_sim.core.traffic import ZipfSampler, stream
@@ -88,6 +89,7 @@ class LivePipeline:
         self.stores = nearline_stores(scenario, pipeline)
         self.recorder = Recorder.for_pipeline(scenario, pipeline, sink, self.caches, list(self.stores))
         self.schedule = Schedule(LogHistogram())
+        self.trace = ServiceTrace(len(self.stage_names))  # every request's arrival and measured service times
         self.storage: dict[str, VectorStorage] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self.failure: BaseException | None = None  # the first error of a request or background task
@@ -220,6 +222,7 @@ class LivePipeline:
         work = self._drive(request, flow.run(request), pools)
         outcome = await (work if self.deadline_s is None else self._within_deadline(request, work, clock))
         self.recorder.finish(request, outcome, clock())
+        self.trace.record(request)
 
     async def _within_deadline(self, request: Request, work: Coroutine[Any, Any, Outcome], clock: Clock) -> Outcome:
         """The request's flow, abandoned `deadline_ms` after its scheduled arrival (its task cancelled): it ends
@@ -272,6 +275,7 @@ class LivePipeline:
         source = RequestSource.for_pipeline(scenario, self.pipeline, self.samplers, self.caches, self.stores)
         items, rng = ZipfSampler(scenario.traffic.items), stream(scenario.seed, "live-candidates")
         for requests in source.blocks(duration_s):
+            self.trace.arrive(requests)
             counts = np.array([r.candidates for r in requests])
             candidates = np.split(items.sample(rng, int(counts.sum())), np.cumsum(counts)[:-1])
             lags = []

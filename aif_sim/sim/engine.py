@@ -15,6 +15,7 @@ import simpy
 from aif_sim.core.flow import Flow, FlowRun, Fork, Visit
 from aif_sim.core.latency import Sampler
 from aif_sim.core.pipelines import stages_of
+from aif_sim.core.replay import ServiceTrace
 from aif_sim.core.request import Outcome, Request
 from aif_sim.core.system import RequestSource, cache_policies, nearline_stores, run_step_s, shadow_sampling
 from aif_sim.core.traffic import stream
@@ -28,8 +29,17 @@ from aif_sim.sim.pools import BatchingPool, StagePool, cancellable
 class PipelineSimulation:
     """One pipeline over one scenario: stage pools, request flow, recorder."""
 
-    def __init__(self, scenario: Scenario, pipeline: str, samplers: dict[str, Sampler], sink: RequestSink | None = None) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        pipeline: str,
+        samplers: dict[str, Sampler],
+        sink: RequestSink | None = None,
+        trace: ServiceTrace | None = None,
+    ) -> None:
+        """`trace`: arrival and service times to replay in place of the draws where it has them (`core.replay`)."""
         self.scenario = scenario
+        self.traced = trace is not None
         self.samplers = samplers
         self.env = simpy.Environment()
         self.stage_names = stages_of(pipeline)
@@ -43,7 +53,7 @@ class PipelineSimulation:
         self.flow = Flow(pipeline, self.caches, self.stores, lambda: env.now, shadow)
         if shadow is not None:
             self.recorder.shadow_samples = shadow.samples
-        self.source = RequestSource.for_pipeline(scenario, pipeline, samplers, self.caches, self.stores)
+        self.source = RequestSource.for_pipeline(scenario, pipeline, samplers, self.caches, self.stores, trace)
         self.arrivals_done = False
         self.deadline_s = scenario.deadline_ms / 1000 if scenario.deadline_ms is not None else None
         self.processes: dict[int, list[simpy.Process]] = {}  # with a deadline: the processes of each request in flight
@@ -57,7 +67,7 @@ class PipelineSimulation:
         def node(index: int | None) -> StagePool:
             if rng is None:
                 return StagePool(self.env, slot, config, self.recorder, index)
-            return BatchingPool(self.env, slot, config, self.recorder, self.samplers[name], rng, index)
+            return BatchingPool(self.env, slot, config, self.recorder, self.samplers[name], rng, index, self.traced)
 
         if config.nodes == 1:
             return node(None)
