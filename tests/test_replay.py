@@ -115,6 +115,34 @@ def test_a_batch_takes_its_members_mean_traced_time(engine):
     assert latency == pytest.approx(started + 0.00325 - arrival, abs=1e-9)
 
 
+def test_a_sharded_stage_replays_each_shards_traced_time():
+    """Two shards per visit on two single-thread nodes: p2c picks the first shard's node (two uniforms), the second
+    shard goes to the other (two uniforms taken all the same); each node serves its shards FIFO for their traced
+    times and the visit ends with its last shard. (Shards run on simpy: the compiled engine does not model them.)"""
+    rng = np.random.default_rng(3)
+    trace = _trace(rng, mean_service_s=0.004)
+    shards = rng.exponential(0.004, (REQUESTS, 2))
+    trace = ServiceTrace.of(trace.arrival_s, trace.service_s, {PRERANK: shards})
+    prerank = {"servers": 2, "nodes": 2, "shards": 2, "latency": {"dist": "constant", "ms": 50}}
+    _, latency = _replayed(_scenario(prerank, trace), trace, "simpy")
+    uniforms = stream(SEED, "balance:prerank").random(4 * REQUESTS)
+    free = [-np.inf, -np.inf]  # each node's last end
+    ends = [[], []]
+    expected = np.empty(REQUESTS)
+    for i, a in enumerate(trace.arrival_s):
+        outstanding = [sum(end > a for end in node) for node in ends]
+        first = int(uniforms[4 * i] * 2)
+        second = 1 - first
+        node = second if outstanding[second] < outstanding[first] else first
+        finish = []
+        for shard, at in enumerate((node, 1 - node)):
+            free[at] = max(a, free[at]) + shards[i, shard]
+            ends[at].append(free[at])
+            finish.append(free[at])
+        expected[i] = max(finish) - a
+    assert latency == pytest.approx(expected, abs=1e-9)
+
+
 def test_untraced_visits_keep_their_draws_and_arrivals_come_in_chunks():
     """A NaN in the trace leaves the draw (here a constant 50 ms); the arrivals are cut as the traffic's are."""
     arrival = np.arange(1, CHUNK + 3) * 1e-4
@@ -133,15 +161,16 @@ def test_a_trace_records_arrivals_and_the_visits_that_ended():
     """What an engine records: the arrival of each issued request, and the service of each visit it ended."""
     from aif_sim.core.request import Request
 
-    trace = ServiceTrace(slots=2, capacity=1)
+    trace = ServiceTrace(slots=2, shards={0: 2}, capacity=1)
     requests = [Request(i, 0.1 * i, 0, 10, True, [0.0, 0.0]) for i in range(3)]
     trace.arrive(requests)
     done = requests[1]
     done.service_s = [0.004, 0.009]
+    done.shard_s = {0: [0.003, 0.004]}
     done.times = [0.1, 0.1, 0.104, float("nan"), float("nan"), float("nan")]  # the second visit never ended
     trace.record(done)
     assert trace.arrival_s.tolist() == [0.0, 0.1, 0.2]
-    assert np.isnan(trace.service_s[[0, 2]]).all()
-    assert trace.service_s[1, 0] == 0.004 and np.isnan(trace.service_s[1, 1])
+    assert np.isnan(trace.service_s[[0, 2]]).all() and np.isnan(trace.shard_s(0)[[0, 2]]).all()
+    assert trace.service_s[1, 0] == 0.004 and np.isnan(trace.service_s[1, 1]) and trace.shard_s(0)[1].tolist() == [0.003, 0.004]
     with pytest.raises(ValueError, match="ascending"):
         ServiceTrace.of(np.array([0.2, 0.1]), np.zeros((2, 1)))

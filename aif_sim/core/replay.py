@@ -3,15 +3,16 @@ through a DES in place of the samplers' draws.
 
 A trace is indexed by request id (the ids `core.system.RequestSource` gives, 0, 1, … in arrival order) and by the
 pipeline's stage slots. `service_s[id, slot]` is the time the visit held its server, cache-miss latency included
-(NaN: the request made no such visit, or was not traced; the draw stands there). An engine that measures service
-times (the live engine) records into one (`arrive`, `record`); a DES takes one through `RequestSource`, which
-replaces each traced request's arrival time and its draws at traced slots (`apply`), and its pools then read those
+(NaN: the request made no such visit, or was not traced; the draw stands there); at a sharded stage, `shard_s[slot]`
+[requests, shards] holds each shard's time on its node (the served copy's) and `service_s` the slowest's. An engine
+that measures service times (the live engine) records into one (`arrive`, `record`); a DES takes one through
+`RequestSource`, which replaces each traced request's draws at traced slots (`apply`), and its pools then read those
 times as they read draws: the trace's arrivals are the run's (its users and candidates drawn as usual), and a
 batching stage serves a batch for its members' mean traced time (the same time for each, when the replay forms
 the batches the traced run formed; otherwise an estimate).
 
-Not traced: the shard services of a sharded stage and the services of hedge copies (a DES draws those).
-Memory: two arrays of the run's requests (8 bytes per request and slot), grown by doubling.
+Not traced: a hedged visit's copy (a DES draws the copy it sends; the trace holds the time of the copy that won).
+Memory: arrays of the run's requests (8 bytes per request and slot, and per shard), grown by doubling.
 """
 
 from __future__ import annotations
@@ -30,26 +31,31 @@ if TYPE_CHECKING:
 
 
 class ServiceTrace:
-    """Arrival times [requests] (s) and service times [requests, slots] (s, NaN where not traced), by request id."""
+    """Arrival times [requests] (s), service times [requests, slots] and, per sharded slot, shard times [requests,
+    shards] (s, NaN where not traced), by request id. `shards`: {slot: shards} of the pipeline's sharded stages."""
 
-    def __init__(self, slots: int, capacity: int = 1024) -> None:
+    def __init__(self, slots: int, shards: dict[int, int] | None = None, capacity: int = 1024) -> None:
         self._arrival_s = np.full(capacity, np.nan)
         self._service_s = np.full((capacity, slots), np.nan)
+        self._shard_s = {slot: np.full((capacity, count), np.nan) for slot, count in (shards or {}).items()}
         self.count = 0  # ids below this have been given an arrival time
 
     @classmethod
-    def of(cls, arrival_s: np.ndarray, service_s: np.ndarray) -> ServiceTrace:
-        """A trace of requests 0..n-1 with these arrival times [n] (s, ascending) and service times [n, slots] (s;
-        NaN: the draw stands)."""
+    def of(cls, arrival_s: np.ndarray, service_s: np.ndarray, shard_s: dict[int, np.ndarray] | None = None) -> ServiceTrace:
+        """A trace of requests 0..n-1 with these arrival times [n] (s, ascending), service times [n, slots] and shard
+        times {slot: [n, shards]} (s; NaN: the draw stands)."""
         arrival_s, service_s = np.asarray(arrival_s, float), np.asarray(service_s, float)
-        if service_s.ndim != 2 or len(service_s) != len(arrival_s):
-            raise ValueError(f"service_s: expected [{len(arrival_s)}, slots], got shape {service_s.shape}")
+        shard_s = {slot: np.asarray(times, float) for slot, times in (shard_s or {}).items()}
+        n = len(arrival_s)
+        if service_s.ndim != 2 or len(service_s) != n or any(times.ndim != 2 or len(times) != n for times in shard_s.values()):
+            raise ValueError(f"service_s, shard_s: expected [{n}, slots] and [{n}, shards], got {service_s.shape}")
         if np.any(np.diff(arrival_s) < 0):
             raise ValueError("arrival_s: expected ascending arrival times")
-        trace = cls(service_s.shape[1], max(1, len(arrival_s)))
-        trace._arrival_s[: len(arrival_s)] = arrival_s
-        trace._service_s[: len(arrival_s)] = service_s
-        trace.count = len(arrival_s)
+        trace = cls(service_s.shape[1], {slot: times.shape[1] for slot, times in shard_s.items()}, max(1, n))
+        trace._arrival_s[:n], trace._service_s[:n] = arrival_s, service_s
+        for slot, times in shard_s.items():
+            trace._shard_s[slot][:n] = times
+        trace.count = n
         return trace
 
     @property
@@ -60,13 +66,22 @@ class ServiceTrace:
     def service_s(self) -> np.ndarray:
         return self._service_s[: self.count]
 
+    def shard_s(self, slot: int) -> np.ndarray:
+        """The shard times of a sharded slot [requests, shards]."""
+        return self._shard_s[slot][: self.count]
+
     def _grow(self, size: int) -> None:
         if size <= len(self._arrival_s):
             return
         capacity = max(size, 2 * len(self._arrival_s))
-        arrival, service = np.full(capacity, np.nan), np.full((capacity, self._service_s.shape[1]), np.nan)
-        arrival[: self.count], service[: self.count] = self.arrival_s, self.service_s
-        self._arrival_s, self._service_s = arrival, service
+
+        def grown(array: np.ndarray) -> np.ndarray:
+            bigger = np.full((capacity, *array.shape[1:]), np.nan)
+            bigger[: self.count] = array[: self.count]
+            return bigger
+
+        self._arrival_s, self._service_s = grown(self._arrival_s), grown(self._service_s)
+        self._shard_s = {slot: grown(times) for slot, times in self._shard_s.items()}
 
     def arrive(self, requests: list[Request]) -> None:
         """Consecutive requests were issued (their ids follow the last ones'): their arrival times."""
@@ -78,11 +93,14 @@ class ServiceTrace:
         self.count = max(self.count, first + len(requests))
 
     def record(self, request: Request) -> None:
-        """A request left the system: its service time at each slot it was served at (`Request.times` ended there)."""
+        """A request left the system: its service time at each slot it was served at (`Request.times` ended there),
+        and at a sharded slot its shards' (`Request.shard_s`)."""
         row = self._service_s[request.id]
         for slot, service in enumerate(request.service_s):
             if request.times[3 * slot + 2] == request.times[3 * slot + 2]:  # not NaN: the visit ended
                 row[slot] = service
+                if slot in self._shard_s and request.shard_s is not None:
+                    self._shard_s[slot][request.id] = request.shard_s[slot]
 
     def arrivals(self, until_s: float) -> Iterator[np.ndarray]:
         """The trace's arrival times before `until_s`, in chunks as `core.traffic.arrival_times` gives them."""
@@ -93,9 +111,12 @@ class ServiceTrace:
     def apply(self, draws: RequestDraws) -> RequestDraws:
         """The block's draws with this trace's service times where it has them; a traced visit gets no cache-miss
         latency on top (its time includes what it waited for)."""
-        first = draws.block.first_id
-        rows = self._service_s[first : first + len(draws.block.arrival_s)]
-        traced = ~np.isnan(rows)
-        service = np.where(traced, rows, draws.service_s)
+        rows = slice(draws.block.first_id, draws.block.first_id + len(draws.block.arrival_s))
+        traced = ~np.isnan(self._service_s[rows])
+        service = np.where(traced, self._service_s[rows], draws.service_s)
+        shard_s = {
+            slot: np.where(traced[:, slot, None], self._shard_s[slot][rows], shards) if slot in self._shard_s else shards
+            for slot, shards in draws.shard_s.items()
+        }
         miss = None if draws.miss_s is None else np.where(traced, 0.0, draws.miss_s)
-        return dataclasses.replace(draws, service_s=service, miss_s=miss)
+        return dataclasses.replace(draws, service_s=service, shard_s=shard_s, miss_s=miss)

@@ -89,7 +89,8 @@ class LivePipeline:
         self.stores = nearline_stores(scenario, pipeline)
         self.recorder = Recorder.for_pipeline(scenario, pipeline, sink, self.caches, list(self.stores))
         self.schedule = Schedule(LogHistogram())
-        self.trace = ServiceTrace(len(self.stage_names))  # every request's arrival and measured service times
+        sharded = {slot: scenario.stages[name].shards for slot, name in enumerate(self.stage_names) if scenario.stages[name].shards > 1}
+        self.trace = ServiceTrace(len(self.stage_names), sharded)  # every request's arrival and measured service times
         self.storage: dict[str, VectorStorage] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self.failure: BaseException | None = None  # the first error of a request or background task
