@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from aif_sim.app.run import build_samplers, simulate
-from aif_sim.core.pipelines import stages_of
+from aif_sim.core.pipelines import stages_of, step_slots
 from aif_sim.core.replay import ServiceTrace
 from aif_sim.core.traffic import CHUNK, stream
 from aif_sim.scenario import Scenario
@@ -24,6 +24,7 @@ REQUESTS = 400
 QPS = 150.0
 SEED = 5
 PRERANK = stages_of("sequential").index("prerank")
+STEPS = step_slots("sequential")  # one slot per step: merger, retrieval, feature_fetch, prerank
 
 
 def _trace(rng: np.random.Generator, mean_service_s: float, requests: int = REQUESTS) -> ServiceTrace:
@@ -31,7 +32,7 @@ def _trace(rng: np.random.Generator, mean_service_s: float, requests: int = REQU
     arrival = np.cumsum(rng.exponential(1 / QPS, requests))
     service = np.zeros((requests, len(stages_of("sequential"))))
     service[:, PRERANK] = rng.exponential(mean_service_s, requests)
-    return ServiceTrace.of(arrival, service)
+    return ServiceTrace.of(STEPS, arrival, service)
 
 
 def _scenario(prerank: dict, trace: ServiceTrace) -> Scenario:
@@ -108,7 +109,7 @@ def test_a_batch_takes_its_members_mean_traced_time(engine):
     arrival = np.array([0.010, 0.0101, 0.0102, 0.0103])
     service = np.zeros((4, len(stages_of("sequential"))))
     service[:, PRERANK] = [0.002, 0.007, 0.003, 0.001]
-    trace = ServiceTrace.of(arrival, service)
+    trace = ServiceTrace.of(STEPS, arrival, service)
     prerank = {"servers": 1, "latency": {"dist": "constant", "ms": 50}, "batch": {"max_size": 4, "max_wait_ms": 5}}
     _, latency = _replayed(_scenario(prerank, trace), trace, engine)
     started = arrival[-1]  # the fourth member fills the batch
@@ -122,7 +123,7 @@ def test_a_sharded_stage_replays_each_shards_traced_time():
     rng = np.random.default_rng(3)
     trace = _trace(rng, mean_service_s=0.004)
     shards = rng.exponential(0.004, (REQUESTS, 2))
-    trace = ServiceTrace.of(trace.arrival_s, trace.service_s, {PRERANK: shards})
+    trace = ServiceTrace.of(STEPS, trace.arrival_s, trace.service_s, {PRERANK: shards})
     prerank = {"servers": 2, "nodes": 2, "shards": 2, "latency": {"dist": "constant", "ms": 50}}
     _, latency = _replayed(_scenario(prerank, trace), trace, "simpy")
     uniforms = stream(SEED, "balance:prerank").random(4 * REQUESTS)
@@ -148,10 +149,10 @@ def test_untraced_visits_keep_their_draws_and_arrivals_come_in_chunks():
     arrival = np.arange(1, CHUNK + 3) * 1e-4
     service = np.zeros((len(arrival), len(stages_of("sequential"))))
     service[::2, PRERANK] = np.nan
-    trace = ServiceTrace.of(arrival, service)
+    trace = ServiceTrace.of(STEPS, arrival, service)
     assert [len(chunk) for chunk in trace.arrivals(1.0)] == [CHUNK, 2]
     assert sum(len(chunk) for chunk in trace.arrivals(arrival[9])) == 9
-    small = ServiceTrace.of(arrival[:6], service[:6])
+    small = ServiceTrace.of(STEPS, arrival[:6], service[:6])
     scenario = _scenario({"servers": 100, "latency": {"dist": "constant", "ms": 50}}, small)
     _, latency = _replayed(scenario, small, "simpy")
     assert latency == pytest.approx([0.05, 0.0, 0.05, 0.0, 0.05, 0.0], abs=1e-9)
@@ -161,7 +162,7 @@ def test_a_trace_records_arrivals_and_the_visits_that_ended():
     """What an engine records: the arrival of each issued request, and the service of each visit it ended."""
     from aif_sim.core.request import Request
 
-    trace = ServiceTrace(slots=2, shards={0: 2}, capacity=1)
+    trace = ServiceTrace([[0], [1]], shards={0: 2}, capacity=1)
     requests = [Request(i, 0.1 * i, 0, 10, True, [0.0, 0.0]) for i in range(3)]
     trace.arrive(requests)
     done = requests[1]
@@ -172,5 +173,47 @@ def test_a_trace_records_arrivals_and_the_visits_that_ended():
     assert trace.arrival_s.tolist() == [0.0, 0.1, 0.2]
     assert np.isnan(trace.service_s[[0, 2]]).all() and np.isnan(trace.shard_s(0)[[0, 2]]).all()
     assert trace.service_s[1, 0] == 0.004 and np.isnan(trace.service_s[1, 1]) and trace.shard_s(0)[1].tolist() == [0.003, 0.004]
+    # the pause before its first step: from its arrival (0.1) to its first visit (0.1); it never finished the second
+    assert trace.hop_s[1, 0] == 0.0 and np.isnan(trace.hop_s[1, 1]) and np.isnan(trace.hop_s[0]).all()
+
+
+def test_a_trace_records_the_pauses_between_steps_outside_any_stage():
+    """aif's steps: merger, (retrieval || user_inference), item_fetch, rtp. A step's pause runs from the end of the
+    one before (its last visit's; for the first, the arrival) to its first visit's entry."""
+    from aif_sim.core.request import Request
+
+    steps = step_slots("aif")
+    trace = ServiceTrace(steps)
+    request = Request(0, 1.0, 0, 10, True, [0.0] * 5)
+    trace.arrive([request])
+    nan = float("nan")
+    visits = [(1.002, 1.002, 1.003), (1.0035, 1.004, 1.020), (1.0034, 1.0034, 1.010), (1.0211, 1.0211, 1.023), (1.024, 1.024, 1.030)]
+    request.times = [t for visit in visits for t in visit]
+    trace.record(request)
+    assert trace.hop_s[0] == pytest.approx([0.002, 0.0004, 0.0011, 0.001])
+    skipped = Request(1, 2.0, 0, 10, True, [0.0] * 5)  # a user-vector hit: no user_inference visit
+    trace.arrive([skipped])
+    skipped.times = [2.0, 2.0, 2.001, 2.001, 2.001, 2.002, nan, nan, nan, 2.0025, 2.0025, 2.003, 2.003, 2.003, 2.004]
+    trace.record(skipped)
+    assert trace.hop_s[1] == pytest.approx([0.0, 0.0, 0.0005, 0.0])
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_pauses_between_steps_delay_the_arrival_at_the_next_stage(engine):
+    """A pause before the first step and one before prerank: the request reaches prerank at arrival + both pauses,
+    queues there FIFO in order of that time, and its latency counts the pauses from its arrival."""
+    rng = np.random.default_rng(4)
+    base = _trace(rng, mean_service_s=0.005)
+    hops = np.zeros((REQUESTS, len(STEPS)))
+    hops[:, 0], hops[:, PRERANK] = rng.exponential(0.003, REQUESTS), rng.exponential(0.002, REQUESTS)
+    trace = ServiceTrace.of(STEPS, base.arrival_s, base.service_s, hop_s=hops)
+    _, latency = _replayed(_scenario({"servers": 1, "latency": {"dist": "constant", "ms": 50}}, trace), trace, engine)
+    reach = trace.arrival_s + hops[:, 0] + hops[:, PRERANK]
+    order = np.argsort(reach, kind="stable")
+    ends = np.empty(REQUESTS)
+    ends[order] = fifo_ends(reach[order], trace.service_s[order, PRERANK])
+    assert latency == pytest.approx(ends - trace.arrival_s, abs=1e-9)
     with pytest.raises(ValueError, match="ascending"):
-        ServiceTrace.of(np.array([0.2, 0.1]), np.zeros((2, 1)))
+        ServiceTrace.of([[0]], np.array([0.2, 0.1]), np.zeros((2, 1)))
+    with pytest.raises(ValueError, match="hop_s"):
+        ServiceTrace.of([[0]], np.array([0.1, 0.2]), np.zeros((2, 1)), hop_s=np.array([[0.0], [-1.0]]))

@@ -7,9 +7,10 @@
    the live engine's storage, and the DES adds it to the stage as `per_candidate_us` (`live.calibrate`).
 2. At each load, run the DES and the live engine on the same arrivals and the same draws for the other
    stages (the same scenario and seed), collecting every completed measured request's latency.
-3. Then the replay: the DES again, on the live run's own arrivals and each request's measured service time at
-   each stage visit (`core.replay`: the time the live engine held a server for it), so that only the queueing
-   model stands between the replay and the live run.
+3. Then the replay: the DES again, on the live run's own arrivals, each request's measured service time at
+   each stage visit (`core.replay`: the time the live engine held a server for it) and its time between steps
+   outside any stage (the load generator's lag, the loop's hand-offs at a parallel step), so that only the
+   queueing model stands between the replay and the live run.
 4. Per pipeline and load: p50/p90/p99 and throughput of the profile DES, the replay and the live run; the relative
    errors DES/live − 1 and replay/live − 1 with 95% confidence intervals by batch means over time windows
    (`batch_intervals`); per stage the mean wait of each, the service-time model's error (`service_error`: the
@@ -256,6 +257,7 @@ def replay_point(
         "ci95": {"replay": intervals.get("des", {}), "error": intervals.get("error", {})},
         "within_tolerance": {name: bool(abs(error[name]) <= TOLERANCE) for name in ("p50", "p99")},
         "outside_stages_ms": replay_samples.outside_ms(pipeline),
+        "engine": replay.engine,
     }
 
 

@@ -142,7 +142,7 @@ def visit_over(i: int, o: int, e: float, req: tuple) -> None:
     """Request i's visit at its step ended at `e` with outcome `o`: the step's latest end so far, the order of the
     event that ended it (visits are numbered as their ends are decided: a batch's members in batch order, the
     order simpy resumes them in) and its worst outcome."""
-    arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, numbered = req
+    arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, numbered, hop = req
     order = numbered[0]
     numbered[0] += 1
     if e > step_end[i]:
@@ -156,7 +156,7 @@ def visit_over(i: int, o: int, e: float, req: tuple) -> None:
 def visit_ended(i: int, o: int, e: float, k: int, steps: int, req: tuple) -> None:
     """`visit_over`, and when it was the last visit request i's step k waited for, the step is done: the
     request moves on (ranked among those moving on at the same time by the event that ended its step), or leaves."""
-    arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, numbered = req
+    arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, numbered, hop = req
     visit_over(i, o, e, req)
     pending[i] -= 1
     if pending[i] > 0:
@@ -167,7 +167,7 @@ def visit_ended(i: int, o: int, e: float, k: int, steps: int, req: tuple) -> Non
         end_s[i] = step_end[i]
         step[i] = steps
     else:
-        arrive[i] = step_end[i]
+        arrive[i] = step_end[i] + hop[i, k + 1]  # after its pause before the next step (a replayed trace's; else 0)
         step[i] = k + 1
 
 

@@ -67,7 +67,7 @@ def run_compiled(
     vectors = _Vectors(scenario, pipeline, samplers, recorder) if stores else None
     pools = _Pools(scenario, pipeline, list(policies), samplers, trace is not None)
     source = RequestSource.for_pipeline(scenario, pipeline, samplers, policies, vectors.nearline.stores if vectors else {}, trace)
-    system = _Requests(len(pools.names), len(policies), source.sample_size if vectors and vectors.name == "items" else 1)
+    system = _Requests(len(pools.names), len(policies), source.sample_size if vectors and vectors.name == "items" else 1, pools.steps)
     blocks = _ahead(source.draws(scenario.duration_s))
     upcoming = next(blocks, None)
     upcoming_t = event_times(upcoming.block.arrival_s, 0.0) if upcoming is not None else None
@@ -149,7 +149,7 @@ class _Requests:
     views of buffers reused from block to block); `step` is the step each is at (the number of steps once
     finished), `arrive` when it arrived there."""
 
-    def __init__(self, stages: int, caches: int, entities: int, capacity: int = 1024) -> None:
+    def __init__(self, stages: int, caches: int, entities: int, steps: int, capacity: int = 1024) -> None:
         self.kinds: dict[str, tuple[tuple[int, ...], type]] = {
             "ids": ((), np.int64),
             "arrival_s": ((), np.float64),
@@ -175,6 +175,7 @@ class _Requests:
             "end_s": ((), np.float64),
             "arrive": ((), np.float64),
             "step": ((), np.int64),
+            "hop": ((steps,), np.float64),  # its pause before each step (a replayed trace's; else 0)
         }
         self.n = 0
         self.buffers = {name: np.empty((capacity, *shape), dtype) for name, (shape, dtype) in self.kinds.items()}
@@ -213,7 +214,8 @@ class _Requests:
         b["times"][new] = np.nan
         b["outcome"][new] = 0
         b["end_s"][new] = np.nan
-        b["arrive"][new] = t
+        b["hop"][new] = 0.0 if draws.hop_s is None else draws.hop_s
+        b["arrive"][new] = t + b["hop"][new, 0]  # simpy's `now + delay` after the pause (none: + 0)
         b["step"][new] = 0
         self.n = size
 
@@ -275,7 +277,7 @@ class _Pools:
             self.batches.state,
             self.fleets.fleet_of,
             self.fleets.state,
-            (*(system.column(name) for name in columns), self.numbered),
+            (*(system.column(name) for name in columns), self.numbered, system.column("hop")),
             system.column("users"),
             system.column("measured"),
             system.column("service"),

@@ -154,6 +154,7 @@ def advance(
 
     Steps: step k calls the slots `step_slots[step_at[k] : step_at[k + 1]]` (several: a parallel group).
     Per request (`req`, see `batching.visit_ended`): `arrive` its arrival time at its current step `step`
+    (after `hop[i, step]`, its pause before the step: a replayed trace's, else 0)
     (== number of steps: finished), `outcome` and `end_s` how and when it finished, and while a step is in
     progress its visits still `pending`, the latest `step_end` and `worst` outcome of those that ended, and
     `rank`, the order of requests reaching a step at the same time; `service[i, slot]` its service times,
@@ -177,7 +178,7 @@ def advance(
     Stages of several nodes (`fleet_of[slot]` >= 0, state `fleets`, see `fleets`): the balancer picks a node at
     the visit's arrival, whose pool (its servers' region of `free`, its own waiters) serves it as above.
     """
-    arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, numbered = req
+    arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, numbered, hop = req
     n = len(arrive)
     steps = len(step_at) - 1
     at, older, newer, ends, capacity, ttl, counts, pend_t, pend_key, pend_n, pend_seq, made, flush_t, flush_nodes, flush_next = caches

@@ -4,7 +4,10 @@ through a DES in place of the samplers' draws.
 A trace is indexed by request id (the ids `core.system.RequestSource` gives, 0, 1, … in arrival order) and by the
 pipeline's stage slots. `service_s[id, slot]` is the time the visit held its server, cache-miss latency included
 (NaN: the request made no such visit, or was not traced; the draw stands there); at a sharded stage, `shard_s[slot]`
-[requests, shards] holds each shard's time on its node (the served copy's) and `service_s` the slowest's. An engine
+[requests, shards] holds each shard's time on its node (the served copy's) and `service_s` the slowest's;
+`hop_s[id, k]` is the time between the end of step k − 1 (for k = 0, the request's arrival) and its first visit of
+step k: time outside any stage (live, the load generator's lag, the event loop's delay in starting the tasks of a
+parallel step's branches and in resuming the request when they join), which a DES replays as a pause. An engine
 that measures service times (the live engine) records into one (`arrive`, `record`); a DES takes one through
 `RequestSource`, which replaces each traced request's draws at traced slots (`apply`), and its pools then read those
 times as they read draws: the trace's arrivals are the run's (its users and candidates drawn as usual), and a
@@ -31,28 +34,44 @@ if TYPE_CHECKING:
 
 
 class ServiceTrace:
-    """Arrival times [requests] (s), service times [requests, slots] and, per sharded slot, shard times [requests,
-    shards] (s, NaN where not traced), by request id. `shards`: {slot: shards} of the pipeline's sharded stages."""
+    """Arrival times [requests] (s), service times [requests, slots], per sharded slot shard times [requests,
+    shards], and pauses before each step [requests, steps] (s, NaN where not traced), by request id. `steps`: the
+    pipeline's steps, each the slots it visits (`core.pipelines.step_slots`); `shards`: {slot: shards} of its
+    sharded stages."""
 
-    def __init__(self, slots: int, shards: dict[int, int] | None = None, capacity: int = 1024) -> None:
+    def __init__(self, steps: list[list[int]], shards: dict[int, int] | None = None, capacity: int = 1024) -> None:
+        self.steps = steps
+        slots = sum(len(step) for step in steps)
         self._arrival_s = np.full(capacity, np.nan)
         self._service_s = np.full((capacity, slots), np.nan)
+        self._hop_s = np.full((capacity, len(steps)), np.nan)
         self._shard_s = {slot: np.full((capacity, count), np.nan) for slot, count in (shards or {}).items()}
         self.count = 0  # ids below this have been given an arrival time
 
     @classmethod
-    def of(cls, arrival_s: np.ndarray, service_s: np.ndarray, shard_s: dict[int, np.ndarray] | None = None) -> ServiceTrace:
-        """A trace of requests 0..n-1 with these arrival times [n] (s, ascending), service times [n, slots] and shard
-        times {slot: [n, shards]} (s; NaN: the draw stands)."""
+    def of(
+        cls,
+        steps: list[list[int]],
+        arrival_s: np.ndarray,
+        service_s: np.ndarray,
+        shard_s: dict[int, np.ndarray] | None = None,
+        hop_s: np.ndarray | None = None,
+    ) -> ServiceTrace:
+        """A trace of requests 0..n-1 of a pipeline of these `steps`, with these arrival times [n] (s, ascending),
+        service times [n, slots], shard times {slot: [n, shards]} and pauses [n, steps] (s; NaN: the draw stands, or
+        no pause)."""
         arrival_s, service_s = np.asarray(arrival_s, float), np.asarray(service_s, float)
         shard_s = {slot: np.asarray(times, float) for slot, times in (shard_s or {}).items()}
         n = len(arrival_s)
+        hops = np.full((n, len(steps)), np.nan) if hop_s is None else np.asarray(hop_s, float)
         if service_s.ndim != 2 or len(service_s) != n or any(times.ndim != 2 or len(times) != n for times in shard_s.values()):
             raise ValueError(f"service_s, shard_s: expected [{n}, slots] and [{n}, shards], got {service_s.shape}")
+        if hops.shape != (n, len(steps)) or np.any(hops < 0):
+            raise ValueError(f"hop_s: expected [{n}, {len(steps)}] pauses of at least 0, got shape {hops.shape}")
         if np.any(np.diff(arrival_s) < 0):
             raise ValueError("arrival_s: expected ascending arrival times")
-        trace = cls(service_s.shape[1], {slot: times.shape[1] for slot, times in shard_s.items()}, max(1, n))
-        trace._arrival_s[:n], trace._service_s[:n] = arrival_s, service_s
+        trace = cls(steps, {slot: times.shape[1] for slot, times in shard_s.items()}, max(1, n))
+        trace._arrival_s[:n], trace._service_s[:n], trace._hop_s[:n] = arrival_s, service_s, hops
         for slot, times in shard_s.items():
             trace._shard_s[slot][:n] = times
         trace.count = n
@@ -65,6 +84,10 @@ class ServiceTrace:
     @property
     def service_s(self) -> np.ndarray:
         return self._service_s[: self.count]
+
+    @property
+    def hop_s(self) -> np.ndarray:
+        return self._hop_s[: self.count]
 
     def shard_s(self, slot: int) -> np.ndarray:
         """The shard times of a sharded slot [requests, shards]."""
@@ -80,7 +103,7 @@ class ServiceTrace:
             bigger[: self.count] = array[: self.count]
             return bigger
 
-        self._arrival_s, self._service_s = grown(self._arrival_s), grown(self._service_s)
+        self._arrival_s, self._service_s, self._hop_s = grown(self._arrival_s), grown(self._service_s), grown(self._hop_s)
         self._shard_s = {slot: grown(times) for slot, times in self._shard_s.items()}
 
     def arrive(self, requests: list[Request]) -> None:
@@ -94,13 +117,21 @@ class ServiceTrace:
 
     def record(self, request: Request) -> None:
         """A request left the system: its service time at each slot it was served at (`Request.times` ended there),
-        and at a sharded slot its shards' (`Request.shard_s`)."""
+        at a sharded slot its shards' (`Request.shard_s`), and the pause before each step it reached."""
         row = self._service_s[request.id]
         for slot, service in enumerate(request.service_s):
             if request.times[3 * slot + 2] == request.times[3 * slot + 2]:  # not NaN: the visit ended
                 row[slot] = service
                 if slot in self._shard_s and request.shard_s is not None:
                     self._shard_s[slot][request.id] = request.shard_s[slot]
+        times = request.times
+        last = request.arrival_s  # the end of the steps so far
+        for k, slots in enumerate(self.steps):
+            entered = [times[3 * slot] for slot in slots if times[3 * slot + 2] == times[3 * slot + 2]]
+            if not entered:
+                continue  # a step it skipped (or did not finish): the next one's pause counts from the same end
+            self._hop_s[request.id, k] = max(0.0, min(entered) - last)
+            last = max(times[3 * slot + 2] for slot in slots if times[3 * slot + 2] == times[3 * slot + 2])
 
     def arrivals(self, until_s: float) -> Iterator[np.ndarray]:
         """The trace's arrival times before `until_s`, in chunks as `core.traffic.arrival_times` gives them."""
@@ -109,8 +140,8 @@ class ServiceTrace:
             yield times[start : start + CHUNK]
 
     def apply(self, draws: RequestDraws) -> RequestDraws:
-        """The block's draws with this trace's service times where it has them; a traced visit gets no cache-miss
-        latency on top (its time includes what it waited for)."""
+        """The block's draws with this trace's service times and pauses where it has them; a traced visit gets no
+        cache-miss latency on top (its time includes what it waited for)."""
         rows = slice(draws.block.first_id, draws.block.first_id + len(draws.block.arrival_s))
         traced = ~np.isnan(self._service_s[rows])
         service = np.where(traced, self._service_s[rows], draws.service_s)
@@ -119,4 +150,5 @@ class ServiceTrace:
             for slot, shards in draws.shard_s.items()
         }
         miss = None if draws.miss_s is None else np.where(traced, 0.0, draws.miss_s)
-        return dataclasses.replace(draws, service_s=service, shard_s=shard_s, miss_s=miss)
+        hops = np.nan_to_num(self._hop_s[rows], nan=0.0)
+        return dataclasses.replace(draws, service_s=service, shard_s=shard_s, miss_s=miss, hop_s=hops)

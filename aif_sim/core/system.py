@@ -101,14 +101,16 @@ def shadow_sampling(scenario: Scenario, stores: dict[str, NearlineStore]) -> Sha
 class RequestDraws:
     """A block of requests with their draws, as arrays: service times [requests, stage slots] (s; at a sharded
     stage, its slowest shard's), each sharded slot's shard services [requests, shards] (s), the latency a cache
-    miss would add at each slot (s; None without read-through caches) and the candidate items whose vectors are
-    measured [requests, sample size] (None: none)."""
+    miss would add at each slot (s; None without read-through caches), the candidate items whose vectors are
+    measured [requests, sample size] (None: none) and the pauses before each step [requests, steps] (s; None:
+    none; a replayed trace's, `core.replay`)."""
 
     block: RequestBlock
     service_s: np.ndarray
     shard_s: dict[int, np.ndarray]
     miss_s: np.ndarray | None
     sample: np.ndarray | None
+    hop_s: np.ndarray | None = None
 
 
 class RequestSource:
@@ -184,6 +186,7 @@ class RequestSource:
             block = draws.block
             services = draws.service_s.tolist()  # seconds, a row per request
             miss_rows = draws.miss_s.tolist() if draws.miss_s is not None else None
+            hop_rows = draws.hop_s.tolist() if draws.hop_s is not None else None
             requests = []
             for i, (arrival, user, candidates) in enumerate(zip(block.arrival_s.tolist(), block.user.tolist(), block.candidates.tolist())):
                 request = Request(block.first_id + i, arrival, user, candidates, arrival >= warmup, services[i])
@@ -195,6 +198,8 @@ class RequestSource:
                     request.sample = draws.sample[i]
                 if draws.shard_s:
                     request.shard_s = {slot: shards[i].tolist() for slot, shards in draws.shard_s.items()}
+                if hop_rows is not None:
+                    request.hop_s = hop_rows[i]
                 requests.append(request)
             yield requests
 

@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from aif_sim.core.flow import Flow, FlowRun, Fork, Load, Save, Visit
+from aif_sim.core.flow import Flow, FlowRun, Fork, Load, Pause, Save, Visit
 from aif_sim.core.latency import Sampler
 from aif_sim.core.nearline import sweep_rate
-from aif_sim.core.pipelines import stages_of
+from aif_sim.core.pipelines import stages_of, step_slots
 from aif_sim.core.replay import ServiceTrace
 from aif_sim.core.request import Outcome, Request
 from aif_sim.core.system import RequestSource, cache_policies, nearline_stores, vector_stores
@@ -90,7 +90,7 @@ class LivePipeline:
         self.recorder = Recorder.for_pipeline(scenario, pipeline, sink, self.caches, list(self.stores))
         self.schedule = Schedule(LogHistogram())
         sharded = {slot: scenario.stages[name].shards for slot, name in enumerate(self.stage_names) if scenario.stages[name].shards > 1}
-        self.trace = ServiceTrace(len(self.stage_names), sharded)  # every request's arrival and measured service times
+        self.trace = ServiceTrace(step_slots(pipeline), sharded)  # every request's arrival, measured services and hops
         self.storage: dict[str, VectorStorage] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self.failure: BaseException | None = None  # the first error of a request or background task
@@ -250,6 +250,9 @@ class LivePipeline:
                 answer = await pools[op.slot].serve(request)
             elif kind is Fork:
                 answer = max(await asyncio.gather(*(self._drive(request, branch, pools) for branch in op.flows)))
+            elif kind is Pause:
+                await asyncio.sleep(op.s)
+                answer = None
             elif kind is Load:
                 value = await self.storage[op.cache].get(request.user)
                 if value is None:

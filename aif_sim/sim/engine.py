@@ -12,7 +12,7 @@ from typing import Any
 
 import simpy
 
-from aif_sim.core.flow import Flow, FlowRun, Fork, Visit
+from aif_sim.core.flow import Flow, FlowRun, Fork, Pause, Visit
 from aif_sim.core.latency import Sampler
 from aif_sim.core.pipelines import stages_of
 from aif_sim.core.replay import ServiceTrace
@@ -125,6 +125,9 @@ class PipelineSimulation:
                 return end.value
             if type(op) is Visit:
                 answer = yield from slots[op.slot].serve(request)
+            elif type(op) is Pause:
+                yield self.env.timeout(op.s)
+                answer = None
             else:  # a Fork (the DES keeps no values, so its flows yield no Load or Save)
                 assert type(op) is Fork
                 branches = [self.spawn(request, self._drive(request, branch)) for branch in op.flows[:-1]]

@@ -73,7 +73,8 @@ def test_validate_writes_every_field_and_computes_its_errors(tmp_path):
 def _check_replay(point: dict) -> None:
     """The replay DES's fields, and its errors computed from the figures it reports."""
     replay, live = point["replay"], point["live"]
-    assert {*FIGURES, "samples", "wait_ms", "error", "ci95", "within_tolerance", "outside_stages_ms"} == set(replay)
+    assert {*FIGURES, "samples", "wait_ms", "error", "ci95", "within_tolerance", "outside_stages_ms", "engine"} == set(replay)
+    assert replay["engine"] in ("simpy", "compiled")
     assert replay["samples"] == point["samples"]  # every request the live run completed, replayed
     assert replay["p50_ms"] <= replay["p90_ms"] <= replay["p99_ms"]
     for name in QUANTILES:
@@ -90,5 +91,6 @@ def _check_replay(point: dict) -> None:
             assert error is None  # no wait on either side: no relative error (NaN, written as null)
         else:
             assert error == pytest.approx(model_ms / live_ms - 1)
-    # a DES spends no time outside stage visits; the live run does (its issue lag and the loop's hand-offs)
-    assert abs(replay["outside_stages_ms"]["mean"]) < 1e-9 and live["outside_stages_ms"]["mean"] > 0
+    # live spends time outside stage visits (its issue lag, the loop's hand-offs); the replay pauses for the part of
+    # it between steps (its trace's hops), at most all of it (live also counts a parallel step's later branch's start)
+    assert 0 < replay["outside_stages_ms"]["mean"] <= live["outside_stages_ms"]["mean"] + 1e-6
