@@ -1,18 +1,20 @@
 """The simulator's fidelity on this host: `validate` at each load, the DES against the live run, against the 10% target.
 
 Per pipeline and load, three rows: the profile DES (service times from the host's profile and the scenario's draws),
-the replay DES (the live run's own arrivals and measured service times: only the queueing model differs from live)
+the replay DES (the live run's own arrivals, measured service times and pauses between steps: only the queueing
+model differs from live)
 and the live run, with p50 and p99, each model's error against live with its 95% interval (batch means over time),
 and whether it is within the target. Then, per point:
 - the replay's error on each stage's mean wait (replay/live ms, where either waits at least `WAIT_FLOOR_MS`);
 - the service-time model's error per stage (`service_error`: the profile DES's mean service against live's measured);
-- the live time outside any stage visit (load generator lag, the loop's hand-offs at forks and joins), which no DES
-  has, beside the replay's p50 shortfall;
+- the live time outside any stage visit (load generator lag, the loop's hand-offs at forks and joins) and the part
+  of it the replay pauses for (its trace's pauses between steps);
 - the host's await lateness (idle, and with the model running as at the load) and executor hand-off (`live.host`).
 The figures depend on the host (its cores, its load, its idle wake-up), which is why they are measured here and not
 asserted in the test suite.
 
     python bench/bench_fidelity.py [SCENARIO] [--qps q1,q2,...] [--duration S] [--keep DIR]
+    python bench/bench_fidelity.py --from DIR/validate.json     (the tables of a validate run already made)
 """
 
 from __future__ import annotations
@@ -81,12 +83,12 @@ def _stage_table(points: list[dict[str, Any]]) -> Table:
 
 
 def _host_table(points: list[dict[str, Any]]) -> Table:
-    table = Table(title="live time no DES has, and what the host adds (ms: mean / p99)")
+    table = Table(title="time outside stage visits, live and replayed, and what the host adds (ms: mean / p99)")
     columns = (
         "pipeline",
         "QPS",
-        "replay p50 short by",
-        "outside stages",
+        "outside stages live",
+        "replayed",
         "schedule lag p50 / p99",
         "await late idle",
         "await late, model busy",
@@ -96,12 +98,13 @@ def _host_table(points: list[dict[str, Any]]) -> Table:
         table.add_column(column, justify="left" if column == "pipeline" else "right")
     for point in points:
         outside, lag, host = point["live"]["outside_stages_ms"], point["live_schedule"]["schedule_lag_ms"], point["host"]
+        replayed = point["replay"]["outside_stages_ms"]
         late, handoff = host["await_lateness_ms"], host["executor_handoff_ms"]
         table.add_row(
             point["pipeline"],
             f"{point['qps']:g}",
-            f"{point['live']['p50_ms'] - point['replay']['p50_ms']:.2f}",
             f"{outside['mean']:.2f} / {outside['p99']:.2f}",
+            f"{replayed['mean']:.2f} / {replayed['p99']:.2f}",
             f"{lag['p50']:.2f} / {lag['p99']:.2f}",
             f"{late['idle']['mean']:.3f} / {late['idle']['p99']:.3f}",
             f"{late['model_running']['mean']:.3f} / {late['model_running']['p99']:.3f}",
@@ -116,7 +119,19 @@ def main_bench() -> None:
     parser.add_argument("--qps", help="comma-separated loads (default: validate's, 20-80%% of capacity)")
     parser.add_argument("--duration", help="seconds of arrivals per load")
     parser.add_argument("--keep", help="copy validate's outputs (validate.json, profiles, plot) to this folder")
+    parser.add_argument("--from", dest="document", help="print the tables of this validate.json instead of running validate")
     args = parser.parse_args()
+    points = json.loads(Path(args.document).read_text())["points"] if args.document else _run(args)
+    console = Console(width=220)
+    for table in (_fidelity_table(points), _stage_table(points), _host_table(points)):
+        console.print(table)
+    for run, key in (("profile DES", None), ("replay DES", "replay")):
+        within = sum(ok for point in points for ok in (point[key] if key else point)["within_tolerance"].values())
+        print(f"{run}: {within} of {2 * len(points)} p50/p99 figures within ±{TOLERANCE:.0%}")
+
+
+def _run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """validate's points, run now."""
     with tempfile.TemporaryDirectory() as tmp:
         argv = ["validate", args.scenario, "--out", f"{tmp}/out", "--quiet"]
         argv += ["--qps", args.qps] if args.qps else []
@@ -126,12 +141,7 @@ def main_bench() -> None:
         points = json.loads(Path(f"{tmp}/out/validate.json").read_text())["points"]
         if args.keep:
             shutil.copytree(f"{tmp}/out", args.keep, dirs_exist_ok=True)
-    console = Console(width=220)
-    for table in (_fidelity_table(points), _stage_table(points), _host_table(points)):
-        console.print(table)
-    for run, key in (("profile DES", None), ("replay DES", "replay")):
-        within = sum(ok for point in points for ok in (point[key] if key else point)["within_tolerance"].values())
-        print(f"{run}: {within} of {2 * len(points)} p50/p99 figures within ±{TOLERANCE:.0%}")
+    return points
 
 
 if __name__ == "__main__":
