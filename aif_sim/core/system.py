@@ -119,8 +119,8 @@ class RequestSource:
     items whose vectors are measured.
 
     `reads`: (slot, cache) of the pipeline's read-through visits to a configured cache; `caches`: how many
-    caches the pipeline consults; `sample_size`: candidates measured per request (0: none); `trace`: arrival and
-    service times that replace the drawn ones where it has them (`core.replay`).
+    caches the pipeline consults; `sample_size`: candidates measured per request (0: none); `trace`: arrival times,
+    service times and pauses between steps that replace the drawn ones where it has them (`core.replay`).
     """
 
     def __init__(
