@@ -252,7 +252,7 @@ def validate_table(points: list[dict[str, Any]], tolerance: float) -> Table:
         table.add_row(*head, "profile DES", *_validate_cells(point["des"], point["error"], point["ci95"].get("error", {}), tolerance), note)
         replay = point.get("replay")  # absent from validate.json written before the replay was added
         if replay is not None:
-            waits = {name: error for name, error in replay["error"]["wait"].items() if error == error}
+            waits = {name: error for name, error in replay["error"]["wait"].items() if error is not None and error == error}
             worst = max(waits, key=lambda name: abs(waits[name]), default=None)
             note = (
                 f"wait most off: {worst} {replay['wait_ms'][worst]:.2f}/{point['live']['wait_ms'][worst]:.2f} ({100 * waits[worst]:+.0f}%)"
