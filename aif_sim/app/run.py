@@ -9,6 +9,7 @@ from typing import Any
 from aif_sim import __version__
 from aif_sim.atomic import write_csv, write_json
 from aif_sim.core.latency import Sampler, build_sampler
+from aif_sim.core.replay import ServiceTrace
 from aif_sim.errors import InputError
 from aif_sim.metrics.recorder import Recorder, RequestSink
 from aif_sim.report.fmt import run_title
@@ -61,23 +62,26 @@ def simulate(
     progress: Callable[[str, float], None] | None = None,
     stop: Callable[[], bool] | None = None,
     engine: str = "auto",
+    traces: dict[str, ServiceTrace] | None = None,
 ) -> dict[str, Recorder]:
     """Run every pipeline of the scenario over the same arrivals and draws, each on the engine `choose_engines`
     picks; a recorder per pipeline. When `stop()` turns true the current pipeline ends partial and the later
-    ones are not run."""
+    ones are not run. `traces`: per pipeline, arrival and service times replayed in place of the draws where
+    they have them (`core.replay`)."""
     engines = choose_engines(scenario, samplers, engine)
     results = {}
     for pipeline in scenario.pipelines:
         if stop is not None and stop():
             break
         report = (lambda now, p=pipeline: progress(p, now)) if progress else None
+        trace = traces.get(pipeline) if traces is not None else None
         if engines[pipeline][0] == "compiled":
             from aif_sim.compiled.engine import run_compiled
 
-            recorder = run_compiled(scenario, pipeline, samplers, sink, report, stop)
+            recorder = run_compiled(scenario, pipeline, samplers, sink, report, stop, trace)
             recorder.engine = "compiled"
         else:
-            recorder = PipelineSimulation(scenario, pipeline, samplers, sink).run(report, stop)
+            recorder = PipelineSimulation(scenario, pipeline, samplers, sink, trace).run(report, stop)
         results[pipeline] = recorder
     return results
 

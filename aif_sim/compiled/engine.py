@@ -36,6 +36,7 @@ from aif_sim.compiled.nearline import CompiledNearline
 from aif_sim.compiled.support import unsupported
 from aif_sim.core.latency import Sampler
 from aif_sim.core.refresh import version_switches
+from aif_sim.core.replay import ServiceTrace
 from aif_sim.core.sampling import sampled
 from aif_sim.core.shadow import ShadowSample
 from aif_sim.core.system import RequestDraws, RequestSource, cache_policies, run_step_s, shadow_sampling
@@ -51,8 +52,9 @@ def run_compiled(
     sink: RequestSink | None = None,
     progress: Callable[[float], None] | None = None,
     stop: Callable[[], bool] | None = None,
+    trace: ServiceTrace | None = None,
 ) -> Recorder:
-    """Simulate the pipeline as `PipelineSimulation(scenario, pipeline, samplers, sink).run(progress, stop)` does
+    """Simulate the pipeline as `PipelineSimulation(scenario, pipeline, samplers, sink, trace).run(progress, stop)` does
     and return its recorder. `progress(now)` is called after each block of arrivals and at the end; `stop()` is
     asked before each block: when it turns true the run ends there, partial. Raises ValueError when
     `unsupported` gives a reason."""
@@ -65,14 +67,15 @@ def run_compiled(
     vectors = _Vectors(scenario, pipeline, samplers, recorder) if stores else None
     switches = version_switches(scenario, samplers, vectors.nearline.world if vectors else None) if "user_vector" in policies else []
     caches = CacheState(scenario, policies, scenario.traffic.users.count, switches)
-    pools = _Pools(scenario, pipeline, list(policies), samplers)
-    source = RequestSource.for_pipeline(scenario, pipeline, samplers, policies, vectors.nearline.stores if vectors else {})
+    pools = _Pools(scenario, pipeline, list(policies), samplers, trace is not None)
+    source = RequestSource.for_pipeline(scenario, pipeline, samplers, policies, vectors.nearline.stores if vectors else {}, trace)
     system = _Requests(
         len(pools.names),
         len(policies),
         source.sample_size if vectors and vectors.name == "items" else 1,
         pools.fleets.shard_at,
         pools.fleets.shard_columns,
+        pools.steps,
     )
     blocks = _ahead(source.draws(scenario.duration_s))
     upcoming = next(blocks, None)
@@ -155,7 +158,9 @@ class _Requests:
     views of buffers reused from block to block); `step` is the step each is at (the number of steps once
     finished), `arrive` when it arrived there."""
 
-    def __init__(self, stages: int, caches: int, entities: int, shard_at: np.ndarray, shard_columns: int, capacity: int = 1024) -> None:
+    def __init__(
+        self, stages: int, caches: int, entities: int, shard_at: np.ndarray, shard_columns: int, steps: int, capacity: int = 1024
+    ) -> None:
         self.shard_at = shard_at  # each sharded slot's first column of `shard_s` (-1: not sharded)
         self.kinds: dict[str, tuple[tuple[int, ...], type]] = {
             "ids": ((), np.int64),
@@ -183,6 +188,7 @@ class _Requests:
             "end_s": ((), np.float64),
             "arrive": ((), np.float64),
             "step": ((), np.int64),
+            "hop": ((steps,), np.float64),  # its pause before each step (a replayed trace's; else 0)
         }
         self.n = 0
         self.buffers = {name: np.empty((capacity, *shape), dtype) for name, (shape, dtype) in self.kinds.items()}
@@ -224,7 +230,8 @@ class _Requests:
         b["times"][new] = np.nan
         b["outcome"][new] = 0
         b["end_s"][new] = np.nan
-        b["arrive"][new] = t
+        b["hop"][new] = 0.0 if draws.hop_s is None else draws.hop_s
+        b["arrive"][new] = t + b["hop"][new, 0]  # simpy's `now + delay` after the pause (none: + 0)
         b["step"][new] = 0
         self.n = size
 
@@ -240,7 +247,7 @@ class _Requests:
 class _Pools:
     """The stage pools' state (see `kernels`) and the pipeline's steps as arrays."""
 
-    def __init__(self, scenario: Scenario, pipeline: str, caches: list[str], samplers: dict[str, Sampler]) -> None:
+    def __init__(self, scenario: Scenario, pipeline: str, caches: list[str], samplers: dict[str, Sampler], traced: bool) -> None:
         self.names = scenario.pipeline(pipeline).stages
         configs = [scenario.stages[name] for name in self.names]
         groups = scenario.pipeline(pipeline).step_slots
@@ -258,7 +265,7 @@ class _Pools:
         self.timeout_s = np.array([math.inf if c.timeout_ms is None else c.timeout_ms / 1000 for c in configs])
         self.slow_at, self.slow_t, self.slow_v = _slowdowns(scenario, self.names)
         self.guard, self.reads = _cache_slots(scenario.pipeline(pipeline), caches)
-        self.batches = BatchState(scenario, self.names, samplers)
+        self.batches = BatchState(scenario, self.names, samplers, traced)
         self.fleets = FleetState(scenario, pipeline)
         self.numbered = np.zeros(1, np.int64)  # visit ends numbered so far (`batching.visit_over`)
 
@@ -287,7 +294,7 @@ class _Pools:
             self.fleets.fleet_of,
             self.fleets.state,
             system.column("shard_s"),
-            (*(system.column(name) for name in columns), self.numbered),
+            (*(system.column(name) for name in columns), self.numbered, system.column("hop")),
             system.column("users"),
             system.column("measured"),
             system.column("service"),

@@ -212,6 +212,7 @@ def advance(
 
     Steps: step k calls the slots `step_slots[step_at[k] : step_at[k + 1]]` (several: a parallel group).
     Per request (`req`, see `batching.visit_ended`): `arrive` its arrival time at its current step `step`
+    (after `hop[i, step]`, its pause before the step: a replayed trace's, else 0)
     (== number of steps: finished), `outcome` and `end_s` how and when it finished, and while a step is in
     progress its visits still `pending`, the latest `step_end` and `worst` outcome of those that ended, and
     `rank`, the order of requests reaching a step at the same time; `service[i, slot]` its service times,
@@ -237,12 +238,12 @@ def advance(
     sharded stage's visit is one such visit per shard, on distinct nodes, with the shard services `shard_s[i]`,
     and a stage that retries sends a rejected one on to another node.
     """
-    arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, numbered = req
+    arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, numbered, hop = req
     n = len(arrive)
     steps = len(step_at) - 1
     at, older, newer, ends, capacity, ttl, counts, pend_t, pend_key, pend_n, pend_seq, made, flush_t, flush_nodes, flush_next = caches
     inserts = (pend_t, pend_key, pend_n, pend_seq, made)
-    visits = (times, miss, cache_hit, users, measured)
+    visits = (times, miss, cache_hit, users, measured, service)
     slow = (slow_at, slow_t, slow_v)
     bslots, bservers, q_req, q_at, heads, serving = batches[0], batches[1], batches[4], batches[5], batches[6], batches[11]
     joined = np.zeros(len(bslots), np.bool_)  # batching stages someone joined at the current time

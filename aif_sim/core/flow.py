@@ -6,6 +6,8 @@ engine what only an engine can do, receiving the answer through `send`:
   the engine sends back the visit's `Outcome`.
 - `Fork(flows)`: run these branch flows concurrently; the engine sends back the largest of their outcomes
   (the join rule of `core.request`).
+- `Pause(s)`: let `s` seconds pass before the next step, outside any stage (a request with `hop_s`, replayed
+  from a trace: `core.replay`); the engine sends back None.
 - `Load(cache)` / `Save(cache, dropped)`: an engine that keeps values takes the user's entry from the
   cache's storage (a hit), or stores the entry the request has just computed (a miss), deleting the
   entry the policy `dropped` for room; it sends back None. Yielded only by a flow built with
@@ -42,6 +44,11 @@ class Fork:
 
 
 @dataclass(frozen=True, slots=True)
+class Pause:
+    s: float
+
+
+@dataclass(frozen=True, slots=True)
 class Load:
     cache: str
 
@@ -52,7 +59,7 @@ class Save:
     dropped: int | None
 
 
-Op = Visit | Fork | Load | Save
+Op = Visit | Fork | Pause | Load | Save
 FlowRun = Generator[Op, Any, Outcome]
 Branch = Callable[[Request], FlowRun]
 
@@ -80,8 +87,11 @@ class Flow:
             self.steps.append(tuple(self._branch(branch) for branch in branches_of(step)))
 
     def run(self, request: Request) -> FlowRun:
-        """The request's way through the pipeline: each step in turn, until one fails."""
-        for branches in self.steps:
+        """The request's way through the pipeline: each step in turn (after its pause, if any), until one fails."""
+        hops = request.hop_s
+        for k, branches in enumerate(self.steps):
+            if hops is not None and hops[k] > 0:
+                yield Pause(hops[k])
             if len(branches) == 1:
                 outcome = yield from branches[0](request)
             else:

@@ -20,6 +20,9 @@ extra time max(0, fetch − draw) on its candidate count, plus the stage's own `
 includes). Through the origin because the DES adds nothing but that slope times the candidates: it is the slope
 that makes the DES's added time right on average at the counts measured (and the only one where the count is
 constant). Recorded as the profile's `per_candidate_us` ({stage: us}).
+
+The profile also records what the host adds beside service times (`live.host`): how late the loop wakes from an
+await, idle and with the model stages' operators running as at the load, and the executor's hand-off (`host`).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import torch
 
 from aif_sim.core.latency import Sampler
 from aif_sim.core.traffic import ZipfSampler, candidate_range
+from aif_sim.live.host import host_effects
 from aif_sim.live.loop import new_loop
 from aif_sim.live.model import MODEL_OPS, LiveModel
 from aif_sim.live.storage import VectorStorage, open_storage
@@ -181,6 +185,8 @@ def calibrate_live(
             ops[op] = [
                 {key: n, **loop.run_until_complete(_time(model, executor, op, _payloads(model, op, n, rng), qps, rng))} for n in values
             ]
+        largest = [(op, _payloads(model, op, grid(scenario, stage)[1][-1], rng)) for stage, op in model_stages(scenario).items()]
+        host = loop.run_until_complete(host_effects(model, executor, largest, qps, rng))
     finally:
         loop.close()
     return {
@@ -193,4 +199,5 @@ def calibrate_live(
         "seconds": time.perf_counter() - started,
         "ops": ops,
         "per_candidate_us": calibrate_fetch(scenario, samplers, model, qps, seed),
+        "host": host,
     }

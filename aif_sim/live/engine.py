@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 
 from aif_sim.core.changes import world_changes
-from aif_sim.core.flow import Flow, FlowRun, Fork, Load, Save, Visit
+from aif_sim.core.flow import Flow, FlowRun, Fork, Load, Pause, Save, Visit
 from aif_sim.core.latency import Sampler
 from aif_sim.core.refresh import store_backgrounds, version_switches
+from aif_sim.core.replay import ServiceTrace
 from aif_sim.core.request import Outcome, Request
 from aif_sim.core.system import RequestSource, cache_policies, nearline_stores
 from aif_sim.core.traffic import ZipfSampler, stream
@@ -105,6 +106,8 @@ class LivePipeline:
         self.stores = nearline_stores(scenario, pipeline)
         self.recorder = Recorder.for_pipeline(scenario, pipeline, sink, self.caches, list(self.stores))
         self.schedule = Schedule(LogHistogram())
+        sharded = {slot: scenario.stages[name].shards for slot, name in enumerate(self.stage_names) if scenario.stages[name].shards > 1}
+        self.trace = ServiceTrace(scenario.pipeline(pipeline).step_slots, sharded)  # every request's arrival, measured services and hops
         self.storage: dict[str, VectorStorage] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self.failure: BaseException | None = None  # the first error of a request or background task
@@ -222,6 +225,7 @@ class LivePipeline:
         work = self._drive(request, flow.run(request), pools)
         outcome = await (work if self.deadline_s is None else self._within_deadline(request, work, clock))
         self.recorder.finish(request, outcome, clock())
+        self.trace.record(request)
 
     async def _within_deadline(self, request: Request, work: Coroutine[Any, Any, Outcome], clock: Clock) -> Outcome:
         """The request's flow, abandoned `deadline_ms` after its scheduled arrival (its task cancelled): it ends
@@ -248,6 +252,9 @@ class LivePipeline:
                 answer = await pools[op.slot].serve(request)
             elif kind is Fork:
                 answer = max(await asyncio.gather(*(self._drive(request, branch, pools) for branch in op.flows)))
+            elif kind is Pause:
+                await asyncio.sleep(op.s)
+                answer = None
             elif kind is Load:
                 value = await self.storage[op.cache].get(request.user)
                 if value is None:
@@ -277,6 +284,7 @@ class LivePipeline:
         source = RequestSource.for_pipeline(scenario, self.pipeline, self.samplers, self.caches, self.stores)
         items, rng = ZipfSampler(scenario.traffic.items), stream(scenario.seed, "live-candidates")
         for requests in source.blocks(duration_s):
+            self.trace.arrive(requests)
             counts = np.array([r.candidates for r in requests])
             candidates = np.split(items.sample(rng, int(counts.sum())), np.cumsum(counts)[:-1])
             lags = []

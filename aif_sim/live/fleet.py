@@ -93,6 +93,8 @@ class LiveFleet:
             last = parts[index]
             request.times[base : base + 3] = (sent, last.times[base + 1], last.times[base + 2])
             request.service_s[self.slot] = max(part.service_s[self.slot] for part in parts)  # the slowest shard
+            if sharded:
+                request.shard_s[self.slot] = [part.service_s[self.slot] for part in parts]  # type: ignore[index]
             self._join(request, parts)
             if request.measured and len(parts) > 1:
                 self.recorder.shard_skew(self.slot, skew_s)

@@ -389,15 +389,16 @@ def plot_timeseries(path: Path, results: dict[str, Recorder], faults: Sequence[F
 
 
 def plot_validate_cdf(path: Path, curves: list[dict[str, Any]], title: str) -> Figure | None:
-    """Per load, each pipeline's latency by percentile on a tail axis: the DES (dashed) over the live run (solid)."""
+    """Per load, each pipeline's latency by percentile on a tail axis: the profile DES (dashed) and the replay DES
+    (dotted) over the live run (solid)."""
     if not curves:
         return None
     fig, axes = _figure(len(curves), 3.6 * len(curves))
     for ax, curve in zip(axes[:, 0], curves):
         deepest = 0.99
         for index, pipeline in enumerate(curve["live"]):
-            for engine, style in (("live", "-"), ("des", "--")):
-                blocks = curve[engine].get(pipeline, [])
+            for engine, style in (("live", "-"), ("des", "--"), ("replay", ":")):
+                blocks = curve.get(engine, {}).get(pipeline, [])
                 latency = np.sort(np.concatenate(blocks)) if blocks else np.empty(0)
                 if len(latency) == 0:
                     continue
@@ -414,7 +415,7 @@ def plot_validate_cdf(path: Path, curves: list[dict[str, Any]], title: str) -> F
     axes[-1, 0].set_xlabel("percentile of completed requests")
     loads = [f"{curve['qps']:g}" for curve in curves]
     at = loads[0] if len(loads) == 1 else f"{', '.join(loads[:-1])} and {loads[-1]}"
-    fig.suptitle(f"DES (dashed) against the live engine (solid) at {at} QPS — {title}", fontsize=10)
+    fig.suptitle(f"DES (dashed), replay DES (dotted) and the live engine (solid) at {at} QPS — {title}", fontsize=10)
     return _save(fig, path)
 
 
