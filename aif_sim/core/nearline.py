@@ -59,6 +59,7 @@ class NearlineStore:
         self.changed_s = np.full(count, -np.inf)
         self.dirty: dict[int, None] = {}  # entities waiting for a refresh, in order (a set that keeps order)
         self.sweeps: list[Sweep] = []  # the latest finished sweep and those in progress
+        self.history: list[Sweep] = []  # every sweep started (periodic passes and rollouts), for the run's timeline
         self.latest_version = 0
         self.serving_version = 0
         self.consistent = True
@@ -93,6 +94,7 @@ class NearlineStore:
         sweep = Sweep(now_s, rate, self.latest_version if version is None else version, self.count)
         self._settle(now_s)
         self.sweeps.append(sweep)
+        self.history.append(sweep)
         return sweep
 
     def publish(self, now_s: float, rate: float) -> Sweep:

@@ -116,11 +116,13 @@ def run_live(
     progress: Progress,
     stop: Callable[[], bool],
     resources: LiveResources | None = None,
+    trace: float = 0.0,
 ) -> tuple[dict[str, Recorder], dict[str, dict[str, Any]]]:
-    """Run every pipeline live for `scenario.duration_s`; per pipeline its recorder and its `live` block."""
+    """Run every pipeline live for `scenario.duration_s`; per pipeline its recorder (keeping the timelines of a
+    `trace` share of the requests) and its `live` block."""
     if resources is None:
         with live_resources(scenario) as made:
-            return run_live(scenario, samplers, sink, progress, stop, made)
+            return run_live(scenario, samplers, sink, progress, stop, made, trace)
     results: dict[str, Recorder] = {}
     blocks: dict[str, dict[str, Any]] = {}
     namespace = _namespace(scenario)
@@ -128,7 +130,7 @@ def run_live(
     for pipeline in scenario.pipelines:
         if stop():
             break
-        live = LivePipeline(scenario, pipeline, samplers, model, executor, namespace, sink)
+        live = LivePipeline(scenario, pipeline, samplers, model, executor, namespace, sink, trace)
         loop = new_loop()
         try:
             results[pipeline] = loop.run_until_complete(live.run(scenario.duration_s, progress, stop))
