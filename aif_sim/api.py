@@ -244,8 +244,17 @@ def run(
     overrides = overrides_of(seed, set)
     if pipelines is not None:
         overrides.append(("pipelines", list(pipelines), "pipelines"))
+    out_path = Path(out) if out is not None else None
     options = RunOptions(
-        scenario, overrides, engine, Path(out) if out is not None else None, False, force, idealised, format, requests_sample, trace
+        scenario,
+        overrides,
+        engine=engine,
+        out=out_path,
+        force=force,
+        idealised=idealised,
+        format=format,
+        requests_sample=requests_sample,
+        trace=trace,
     )
     return run_with(options)
 

@@ -234,14 +234,14 @@ def cmd_run(args: argparse.Namespace, engine: str | None = None) -> int:
     options = RunOptions(
         args.scenario,
         overrides,
-        engine or args.engine,
-        args.out,
-        True,
-        args.force,
-        args.idealised,
-        args.format,
-        args.requests_sample,
-        getattr(args, "trace", 0.0),
+        engine=engine or args.engine,
+        out=args.out,
+        default_out=True,
+        force=args.force,
+        idealised=args.idealised,
+        format=args.format,
+        requests_sample=args.requests_sample,
+        trace=args.trace,
     )
     result = run_with(options, hooks)
     summary = result.summary
