@@ -245,7 +245,7 @@ def cmd_run(args: argparse.Namespace, engine: str | None = None) -> int:
     )
     result = run_with(options, hooks)
     summary = result.summary
-    if not args.quiet:
+    if not args.quiet and summary["pipelines"]:
         hooks.console.print(comparison_table(summary, run_title(result.scenario)))
         for pipeline, metrics in summary["pipelines"].items():
             hooks.console.print(stage_table(pipeline, metrics))

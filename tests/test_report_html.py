@@ -129,3 +129,14 @@ def test_the_checker_catches_what_a_page_must_not_hold(tmp_path):
         checker = PageChecker()
         checker.feed(page)
         assert any(expected in problem for problem in checker.problems), page
+
+
+def test_a_run_stopped_before_any_pipeline_ran_still_gets_a_valid_page(tmp_path):
+    """Interrupted at once, a run has no pipeline to tabulate: its page says so and names the interruption."""
+    from aif_sim.app.run import summary_document, write_run
+
+    scenario = load_scenario(_scenario(tmp_path))
+    summary = summary_document(scenario, {})
+    write_run(tmp_path, scenario, {}, summary)
+    text = "".join(check_page(tmp_path / "report.html").text)
+    assert summary["partial"] and "No pipeline ran." in text and "interrupted: the results are partial" in text

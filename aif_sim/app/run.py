@@ -180,10 +180,12 @@ def write_trace(path: Path, scenario: Scenario, results: dict[str, Recorder]) ->
 
 def write_run_report(folder: Path, scenario: Scenario, summary: dict[str, Any]) -> None:
     """report.html of a run: the tables the terminal prints, the plots, the engines, the warnings, the scenario as run."""
-    tables = [comparison_table(summary, run_title(scenario))]
-    tables += [stage_table(pipeline, metrics) for pipeline, metrics in summary["pipelines"].items()]
-    if summary["engine"] == "live":
-        tables.append(schedule_table(summary))
+    tables = []
+    if summary["pipelines"]:  # none when the run was stopped before its first pipeline had run
+        tables.append(comparison_table(summary, run_title(scenario)))
+        tables += [stage_table(pipeline, metrics) for pipeline, metrics in summary["pipelines"].items()]
+        if summary["engine"] == "live":
+            tables.append(schedule_table(summary))
     facts = {
         "scenario": scenario.name,
         "seed": scenario.seed,

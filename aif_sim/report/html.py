@@ -93,7 +93,7 @@ def write_report(
     sections = [
         ("Run", facts_html(facts)),
         ("Warnings", warnings_html(warnings)),
-        ("Tables", table_html(tables)),
+        ("Tables", table_html(tables) if tables else "<p>No pipeline ran.</p>"),
         ("Plots", images or "<p>No plots.</p>"),
         ("Scenario as run", f"<pre>{html.escape(scenario_yaml(scenario))}</pre>"),
         ("Files in this folder", "<p>" + html.escape(", ".join([*others, "report.html"])) + "</p>"),
