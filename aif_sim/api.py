@@ -62,6 +62,9 @@ class Hooks:
     def notify(self, line: str) -> None:
         """A line for the user (which engine runs a pipeline, a compilation)."""
 
+    def warn(self, line: str) -> None:
+        """A warning about the run's figures (a live engine that did not keep its schedule); summary.json keeps it."""
+
     @contextmanager
     def progress(self, pipelines: list[str], horizon_s: float, verb: str) -> Iterator[Callable[[str, float], None]]:
         """A callback `advance(pipeline, now_s)` while the pipelines run."""
@@ -203,7 +206,10 @@ def run_with(options: RunOptions, hooks: Hooks | None = None) -> RunResult:
         log.close()
         if not stop() and not live:
             score_shadow_samples(scenario, results, None if hooks.quiet else hooks.console)
-        warnings += [schedule_warning(pipeline, block) for pipeline, block in live.items() if not block["kept_schedule"]]
+        for pipeline, block in live.items():
+            if not block["kept_schedule"]:
+                warnings.append(schedule_warning(pipeline, block))
+                hooks.warn(warnings[-1])
         summary = summary_document(scenario, results, live, warnings)
         if options.idealised and not stop():
             _add_idealised(options, summary, hooks)

@@ -25,7 +25,7 @@ from aif_sim.core.pipelines import PIPELINES
 from aif_sim.errors import InputError
 from aif_sim.report.fmt import run_title
 from aif_sim.report.plots import plot_validate_cdf
-from aif_sim.report.tables import comparison_table, make_console, plan_table, schedule_table, schedule_warning, stage_table, validate_table
+from aif_sim.report.tables import comparison_table, make_console, plan_table, schedule_table, stage_table, validate_table
 from aif_sim.scenario import Override, Scenario, load_scenario, parse_overrides
 
 
@@ -192,6 +192,9 @@ class TerminalHooks(Hooks):
         if not self.quiet:
             print(line)
 
+    def warn(self, line: str) -> None:
+        print(line, file=sys.stderr)
+
     @contextmanager
     def progress(self, pipelines: list[str], horizon_s: float, verb: str) -> Iterator[Callable[[str, float], None]]:
         with Progress(
@@ -251,10 +254,6 @@ def cmd_run(args: argparse.Namespace, engine: str | None = None) -> int:
             hooks.console.print(stage_table(pipeline, metrics))
         if summary["engine"] == "live":
             hooks.console.print(schedule_table(summary))
-    for pipeline, metrics in summary["pipelines"].items():
-        block = metrics.get("live")
-        if block is not None and not block["kept_schedule"]:
-            print(schedule_warning(pipeline, block), file=sys.stderr)
     return hooks.finish(result.out)
 
 
