@@ -8,29 +8,23 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from aif_sim import __version__
+from aif_sim.api import Hooks, PlanOptions, RunOptions, SweepOptions, plan_with, run_with, sweep_with
 from aif_sim.app.interrupt import StopSignal
 from aif_sim.app.outputs import OutputFolder, default_folder
-from aif_sim.app.point_cache import PointCache
-from aif_sim.app.quality import score_shadow_samples
-from aif_sim.app.run import ENGINES, build_samplers, choose_engines, idealised_latency, simulate, summary_document, write_run
-from aif_sim.app.sweep import SweepContext, find_capacity, grid_sweep, load_param, write_sweep
+from aif_sim.app.run import ENGINES
 from aif_sim.atomic import write_json
-from aif_sim.compiled import kernels_cached
-from aif_sim.core.latency import Sampler
 from aif_sim.errors import InputError
-from aif_sim.metrics.recorder import Recorder
-from aif_sim.metrics.requests_log import RequestLog
 from aif_sim.report.fmt import run_title
 from aif_sim.report.plots import plot_validate_cdf
-from aif_sim.report.tables import comparison_table, make_console, plan_table, schedule_table, schedule_warning, stage_table, validate_table
+from aif_sim.report.tables import comparison_table, make_console, plan_table, schedule_table, stage_table, validate_table
 from aif_sim.scenario import Override, Scenario, load_scenario, parse_overrides
 from aif_sim.scenario.pipelines import shipped_designs
 
@@ -80,6 +74,16 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _trace_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trace",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="write trace.json: the timelines (Chrome trace-event format, for ui.perfetto.dev) of this share of the requests",
+    )
+
+
 MODEL_COMMANDS = ("train", "evaluate", "sweep-model", "calibrate")
 BACKENDS = ("process", "ray")
 
@@ -93,16 +97,19 @@ def build_parser(with_model: bool = True) -> Parser:
     run = commands.add_parser("run", help="run every pipeline the scenario names (the default command)")
     _run_options(run)
     _engine_option(run)
+    _trace_option(run)
     run.set_defaults(func=cmd_run)
 
     compare = commands.add_parser("compare", help="run the scenario with the pipelines given here")
     _run_options(compare)
     _engine_option(compare)
+    _trace_option(compare)
     compare.add_argument("--pipelines", required=True, help=f"comma-separated: the scenario's own, or from {', '.join(shipped_designs())}")
     compare.set_defaults(func=cmd_run)
 
     live = commands.add_parser("live", help="run the scenario in wall-clock time: the real model, real caches, one asyncio process")
     _run_options(live)
+    _trace_option(live)
     live.add_argument("--duration", type=float, metavar="S", help="seconds of arrivals (default: the scenario's duration_s)")
     live.set_defaults(func=cmd_live)
 
@@ -160,10 +167,12 @@ def build_parser(with_model: bool = True) -> Parser:
 
 
 def _overrides(args: argparse.Namespace) -> list[Override]:
-    """The --set overrides, then --seed."""
+    """The --set overrides, then --seed, then --pipelines where the command has it."""
     overrides = parse_overrides(args.overrides)
     if args.seed is not None:
         overrides.append(("seed", args.seed, "--seed"))
+    if getattr(args, "pipelines", None):
+        overrides.append(("pipelines", [p.strip() for p in args.pipelines.split(",") if p.strip()], "--pipelines"))
     return overrides
 
 
@@ -173,154 +182,110 @@ def _target(args: argparse.Namespace, scenario: Scenario) -> OutputFolder:
     return OutputFolder(default_folder(scenario.name), explicit=False)
 
 
-def _progress(console: Console, quiet: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description:<12}"),
-        BarColumn(),
-        TextColumn("{task.fields[simulated]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=quiet,
-        transient=False,
-    )
+class TerminalHooks(Hooks):
+    """A run on the terminal: progress bars, notices, tables, and Ctrl-C or SIGTERM to stop it, writing what is valid."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.console = make_console()
+        self.signal = StopSignal()
+
+    def notify(self, line: str) -> None:
+        if not self.quiet:
+            print(line)
+
+    def warn(self, line: str) -> None:
+        print(line, file=sys.stderr)
+
+    @contextmanager
+    def progress(self, pipelines: list[str], horizon_s: float, verb: str) -> Iterator[Callable[[str, float], None]]:
+        with Progress(
+            TextColumn("{task.description:<12}"),
+            BarColumn(),
+            TextColumn("{task.fields[simulated]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=self.quiet,
+            transient=False,
+        ) as progress:
+            tasks = {p: progress.add_task(p, total=horizon_s, simulated="") for p in pipelines}
+
+            def advance(pipeline: str, now: float) -> None:
+                progress.update(tasks[pipeline], completed=now, simulated=f"{now:,.1f}/{horizon_s:g} s {verb}")
+
+            yield advance
+
+    @contextmanager
+    def stopping(self) -> Iterator[StopSignal]:
+        with self.signal as stop:
+            yield stop
+
+    def finish(self, out: Path) -> int:
+        """Say where the outputs are (and that they are partial when stopped); the exit code."""
+        if not self.quiet:
+            self.console.print(f"outputs in [bold]{out}[/]")
+        if self.signal():
+            print(f"aif-sim: interrupted; partial results in {out}", file=sys.stderr)
+        return self.signal.exit_code
 
 
-Engine = Callable[[Scenario, dict[str, Sampler], RequestLog, Callable[[str, float], None], StopSignal], tuple[dict[str, Recorder], dict]]
-
-
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace, engine: str | None = None) -> int:
+    """run, compare and live: the API's run, with its tables printed."""
     overrides = _overrides(args)
-    if getattr(args, "pipelines", None):
-        overrides.append(("pipelines", [p.strip() for p in args.pipelines.split(",") if p.strip()], "--pipelines"))
-    scenario = load_scenario(args.scenario, overrides)
-    samplers = build_samplers(scenario, args.scenario)
-    engines = choose_engines(scenario, samplers, args.engine)
-    if not args.quiet:
-        for pipeline, (engine, reason) in engines.items():
-            print(f"{pipeline}: {engine} engine" + (f" ({reason})" if reason else ""))
-        if any(engine == "compiled" for engine, _ in engines.values()) and not kernels_cached():
-            print("compiling the compiled engine's kernels, once for this version of aif-sim (about 20 s; cached on disk)")
-
-    def engine(
-        scenario: Scenario, samplers: dict[str, Sampler], log: RequestLog, advance: Callable[[str, float], None], stop: StopSignal
-    ) -> tuple[dict[str, Recorder], dict]:
-        return simulate(scenario, samplers, log, advance, stop, args.engine), {}
-
-    return _run(args, scenario, samplers, engine, "simulated")
+    if getattr(args, "duration", None) is not None:
+        overrides.append(("duration_s", args.duration, "--duration"))
+    hooks = TerminalHooks(args.quiet)
+    options = RunOptions(
+        args.scenario,
+        overrides,
+        engine=engine or args.engine,
+        out=args.out,
+        default_out=True,
+        force=args.force,
+        idealised=args.idealised,
+        format=args.format,
+        requests_sample=args.requests_sample,
+        trace=args.trace,
+    )
+    result = run_with(options, hooks)
+    summary = result.summary
+    if not args.quiet and summary["pipelines"]:
+        hooks.console.print(comparison_table(summary, run_title(result.scenario)))
+        for pipeline, metrics in summary["pipelines"].items():
+            hooks.console.print(stage_table(pipeline, metrics))
+        if summary["engine"] == "live":
+            hooks.console.print(schedule_table(summary))
+    return hooks.finish(result.out)
 
 
 def cmd_live(args: argparse.Namespace) -> int:
-    overrides = _overrides(args)
-    if args.duration is not None:
-        overrides.append(("duration_s", args.duration, "--duration"))
-    scenario = load_scenario(args.scenario, overrides)
-    samplers = build_samplers(scenario, args.scenario)
-    from aif_sim.app.live import live_engine  # torch and asyncio: only for the live engine
-
-    return _run(args, scenario, samplers, live_engine(scenario, args.scenario), "run live")
+    return cmd_run(args, "live")
 
 
-def _run(args: argparse.Namespace, scenario: Scenario, samplers: dict[str, Sampler], engine: Engine, verb: str) -> int:
-    """Run the scenario's pipelines on an engine, write the outputs, print the tables."""
-    if not 0.0 <= args.requests_sample <= 1.0:
-        raise InputError(f"--requests-sample: expected a fraction in [0, 1], got {args.requests_sample}")
-    console = make_console()
-    horizon = scenario.duration_s + scenario.drain_s
-    with StopSignal() as stop, _target(args, scenario) as folder:
-        log = RequestLog(
-            folder.path / f"requests.{args.format}", scenario.stage_names, scenario.cache_names, args.format, args.requests_sample
-        )
-        try:
-            with _progress(console, args.quiet) as progress:
-                tasks = {p: progress.add_task(p, total=horizon, simulated="") for p in scenario.pipelines}
-
-                def advance(pipeline: str, now: float) -> None:
-                    progress.update(tasks[pipeline], completed=now, simulated=f"{now:,.1f}/{horizon:g} s {verb}")
-
-                results, live = engine(scenario, samplers, log, advance, stop)
-        except BaseException:
-            log.abort()
-            raise
-        log.close()
-        if not stop() and not live:
-            score_shadow_samples(scenario, results, None if args.quiet else console)
-        summary = summary_document(scenario, results, live)
-        if args.idealised and not stop():
-            _add_idealised(args, summary, console)
-        write_run(folder.path, scenario, results, summary)
-        out = folder.commit()
-    if not args.quiet:
-        console.print(comparison_table(summary, run_title(scenario)))
-        for pipeline, metrics in summary["pipelines"].items():
-            console.print(stage_table(pipeline, metrics))
-        if live:
-            console.print(schedule_table(summary))
-        console.print(f"outputs in [bold]{out}[/]")
-    for pipeline, block in live.items():
-        if not block["kept_schedule"]:
-            print(schedule_warning(pipeline, block), file=sys.stderr)
-    if stop():
-        print(f"aif-sim: interrupted; partial results in {out}", file=sys.stderr)
-    return stop.exit_code
-
-
-def _add_idealised(args: argparse.Namespace, summary: dict[str, Any], console: Console) -> None:
-    """Each pipeline's latency with every stage of several nodes as one shared queue (`idealised_latency_ms`)."""
-    overrides = _overrides(args) + ([("pipelines", list(summary["pipelines"]), "--pipelines")] if getattr(args, "pipelines", None) else [])
-    latency = idealised_latency(args.scenario, overrides, getattr(args, "engine", "auto"))
-    if latency is None:
-        if not args.quiet:
-            console.print("--idealised: no stage has several nodes; every pool is already one shared queue")
-        return
-    for pipeline, block in latency.items():
-        summary["pipelines"][pipeline]["idealised_latency_ms"] = block
+def _many_runs(args: argparse.Namespace) -> dict[str, Any]:
+    """The options a sweep and a plan share (`api.ManyRuns`)."""
+    return {
+        "source": args.scenario,
+        "overrides": _overrides(args),
+        "replications": args.replications,
+        "jobs": args.jobs,
+        "cache": None if args.no_cache else args.cache,
+        "backend": args.backend,
+        "engine": args.engine,
+        "out": args.out,
+        "default_out": True,
+        "force": args.force,
+    }
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from aif_sim.app.plan import load_overrides, plan_pipelines
-
-    if args.replications < 1:
-        raise InputError(f"--replications: expected a positive integer, got {args.replications}")
-    if args.jobs is not None and args.jobs < 1:
-        raise InputError(f"--jobs: expected a positive integer, got {args.jobs}")
-    if args.qps <= 0:
-        raise InputError(f"--qps: expected a positive load, got {args.qps:g}")
-    if args.max_utilization is not None and not 0 < args.max_utilization <= 1:
-        raise InputError(f"--max-utilization: expected a share in (0, 1], got {args.max_utilization:g}")
-    base = _overrides(args)
-    if args.pipelines:
-        base.append(("pipelines", [p.strip() for p in args.pipelines.split(",") if p.strip()], "--pipelines"))
-    scenario = load_scenario(args.scenario, base)
-    load = load_overrides(scenario, args.qps, args.scenario)
-    planned = load_scenario(args.scenario, base + load)
-    samplers = build_samplers(planned, args.scenario)
-    console = make_console()
-    cache = PointCache(None if args.no_cache else args.cache)
-    with StopSignal() as stop, _target(args, scenario) as folder:
-        ctx = SweepContext(
-            args.scenario,
-            planned,
-            "servers",
-            base,
-            args.replications,
-            args.jobs,
-            console,
-            args.quiet,
-            stop,
-            cache,
-            args.backend,
-            args.engine,
-        )
-        document = plan_pipelines(ctx, args.qps, load, samplers, lambda pipeline: None, args.max_utilization)
-        write_json(folder.path / "plan.json", document)
-        out = folder.commit()
+    hooks = TerminalHooks(args.quiet)
+    options = PlanOptions(qps=args.qps, max_utilization=args.max_utilization, **_many_runs(args))
+    outcome = plan_with(options, hooks)
     if not args.quiet:
-        console.print(plan_table(document, run_title(planned)))
-        console.print(f"outputs in [bold]{out}[/]")
-    if stop():
-        print(f"aif-sim: interrupted; partial results in {out}", file=sys.stderr)
-    return stop.exit_code
+        hooks.console.print(plan_table(outcome.document, run_title(outcome.scenario)))
+    return hooks.finish(outcome.out)
 
 
 def _loads(text: str | None) -> list[float] | None:
@@ -369,47 +334,20 @@ def _find_capacity_range(text: str) -> tuple[float, float]:
         low, high = (float(v) for v in text.split(","))
     except ValueError:
         raise InputError(f"--find-capacity {text}: expected LOW,HIGH (two loads in QPS)") from None
-    if not 0 < low < high:
-        raise InputError(f"--find-capacity {text}: expected 0 < LOW < HIGH")
     return low, high
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    if args.jobs is not None and args.jobs < 1:
-        raise InputError(f"--jobs: expected a positive integer, got {args.jobs}")
-    if args.replications < 1:
-        raise InputError(f"--replications: expected a positive integer, got {args.replications}")
-    base = _overrides(args)
-    scenario = load_scenario(args.scenario, base)
-    if args.find_capacity:
-        low, high = _find_capacity_range(args.find_capacity)
-        if scenario.slo_p99_ms is None:
-            raise InputError(f"{args.scenario}: slo.p99_ms: required field is missing (--find-capacity searches the load that meets it)")
-        param = args.param or load_param(scenario)
-        values: list = [low, high]
-    else:
-        if not args.param or not args.values:
-            raise InputError("--param and --values: both are required (or --find-capacity LOW,HIGH)")
-        param = args.param
-        values = [v for _, v, _ in parse_overrides([f"{param}={v}" for v in args.values.split(",")], "--param")]
-    for value in values:  # every point must be valid before any runs
-        build_samplers(load_scenario(args.scenario, base + [(param, value, "--param")]), args.scenario)
-    console = make_console()
-    with StopSignal() as stop, _target(args, scenario) as folder:
-        cache = PointCache(None if args.no_cache else args.cache)
-        ctx = SweepContext(
-            args.scenario, scenario, param, base, args.replications, args.jobs, console, args.quiet, stop, cache, args.backend, args.engine
-        )
-        rows, results, extra = find_capacity(ctx, *values) if args.find_capacity else grid_sweep(ctx, values)
-        write_sweep(ctx, folder.path, rows, results, extra)
-        out = folder.commit()
-    if not args.quiet:
-        if cache.hits:
-            console.print(f"{cache.hits} finished points taken from {args.cache}")
-        console.print(f"outputs in [bold]{out}[/]")
-    if stop():
-        print(f"aif-sim: interrupted; partial results in {out}", file=sys.stderr)
-    return stop.exit_code
+    values = None
+    if args.param and args.values:
+        values = [v for _, v, _ in parse_overrides([f"{args.param}={v}" for v in args.values.split(",")], "--param")]
+    hooks = TerminalHooks(args.quiet)
+    capacity = _find_capacity_range(args.find_capacity) if args.find_capacity else None
+    options = SweepOptions(param=args.param, values=values, capacity=capacity, **_many_runs(args))
+    outcome = sweep_with(options, hooks)
+    if not args.quiet and outcome.cache_hits:
+        hooks.console.print(f"{outcome.cache_hits} finished points taken from {args.cache}")
+    return hooks.finish(outcome.out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from aif_sim import cli
+from aif_sim import api
 from aif_sim.app.outputs import MARKER
 from aif_sim.cli import main
 from tests.simtools import negligible, scenario_dict, small_stages, write_yaml
@@ -29,7 +29,7 @@ def _tiny(tmp_path: Path, duration_s: float = 2.0) -> Path:
 
 def test_runs_started_in_the_same_second_never_share_a_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli, "default_folder", lambda name: Path("results") / name / "20260101T000000Z")
+    monkeypatch.setattr(api, "default_folder", lambda name: Path("results") / name / "20260101T000000Z")
     scenario = _tiny(tmp_path)
     assert main([str(scenario), "--quiet"]) == 0
     assert main([str(scenario), "--quiet", "--seed", "2"]) == 0
@@ -47,6 +47,7 @@ def test_reusing_out_keeps_no_file_of_the_older_run(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [
         MARKER,
         "latency_cdf.png",
+        "report.html",
         "requests.parquet",
         "stage_breakdown.png",
         "summary.json",

@@ -13,8 +13,9 @@ from aif_sim.scenario import Scenario
 LiveEngine = Callable[..., tuple[dict[str, Recorder], dict[str, dict[str, Any]]]]
 
 
-def live_engine(scenario: Scenario, source: str) -> LiveEngine:
-    """The live engine for this scenario (checked first: InputError when it cannot run it)."""
+def live_engine(scenario: Scenario, source: str, trace: float = 0.0) -> LiveEngine:
+    """The live engine for this scenario (checked first: InputError when it cannot run it), keeping the timelines of a
+    `trace` share of the requests."""
     check_live(scenario, source)
 
     def engine(
@@ -28,6 +29,6 @@ def live_engine(scenario: Scenario, source: str) -> LiveEngine:
             if label in scenario.pipelines:
                 advance(label, done)
 
-        return run_live(scenario, samplers, sink, progress, stop)
+        return run_live(scenario, samplers, sink, progress, stop, timelines=trace)
 
     return engine

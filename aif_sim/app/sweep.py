@@ -34,9 +34,10 @@ from aif_sim.errors import InputError
 from aif_sim.metrics.recorder import SLO_MISS_BUDGET
 from aif_sim.metrics.summary import HEADLINES, NUMERIC, Metric, headline_values
 from aif_sim.report.fmt import param_label, run_title
+from aif_sim.report.html import write_report
 from aif_sim.report.plots import plot_sweep
 from aif_sim.report.tables import sweep_table
-from aif_sim.scenario import Override, Scenario, load_scenario
+from aif_sim.scenario import Override, Scenario, ScenarioSource, load_scenario
 
 LOAD_PARAMS = ("traffic.arrival.qps", "traffic.arrival.mean_qps")
 CAPACITY_TOLERANCE = 0.02  # bisection stops when the bracket is within 2% of the load
@@ -64,9 +65,9 @@ class Job:
 
 @dataclass
 class SweepContext:
-    """What every job of a sweep shares."""
+    """What every job of a sweep shares (`path`: the scenario file, or its fields as a mapping)."""
 
-    path: str
+    path: ScenarioSource
     scenario: Scenario
     param: str
     base: list[Override]
@@ -84,7 +85,7 @@ class SweepContext:
         return [(self.param, value, "--param")]
 
 
-def simulate_job(path: str, overrides: list[Override], engine: str) -> dict[str, Any]:
+def simulate_job(path: ScenarioSource, overrides: list[Override], engine: str) -> dict[str, Any]:
     """Run one pipeline of one sweep point; its METRICS block as JSON has it (in a worker process)."""
     scenario = load_scenario(path, overrides)
     results = simulate(scenario, build_samplers(scenario, path), engine=engine)
@@ -321,8 +322,9 @@ def find_capacity(ctx: SweepContext, low: float, high: float) -> tuple[list[dict
 
 def write_sweep(
     ctx: SweepContext, folder: Path, rows: list[dict[str, Any]], results: dict[Job, dict[str, Any]], extra: dict[str, Any]
-) -> None:
-    """sweep.csv, sweep.json, a PNG per plotted headline metric and, for a load sweep, the latency–throughput curve."""
+) -> dict[str, Any]:
+    """sweep.csv, sweep.json, a PNG per plotted headline metric, for a load sweep the latency–throughput curve, and
+    report.html; the sweep.json document."""
     scenario, slo_ms = ctx.scenario, ctx.scenario.slo_p99_ms
     partial = ctx.stop()
     document: dict[str, Any] = {
@@ -345,15 +347,37 @@ def write_sweep(
     title = run_title(scenario, with_load=ctx.param not in LOAD_PARAMS)
     title += f", {ctx.replications} replications" if ctx.replications > 1 else ""
     x_label = param_label(ctx.param)
+    plots = []
     for metric in NUMERIC:
         if metric.plot and any(row.get(metric.key) is not None for row in rows):
-            plot_sweep(folder / f"sweep_{metric.key}.png", rows, "value", x_label, metric, slo_ms, title, extra.get("capacity_qps"))
+            plots.append(f"sweep_{metric.key}.png")
+            plot_sweep(folder / plots[-1], rows, "value", x_label, metric, slo_ms, title, extra.get("capacity_qps"))
     if ctx.param in LOAD_PARAMS:
-        plot_sweep(
-            folder / "latency_throughput.png", rows, "throughput_qps", "throughput (QPS)", P99, slo_ms, title, extra.get("capacity_qps")
-        )
+        plots.insert(0, "latency_throughput.png")
+        plot_sweep(folder / plots[0], rows, "throughput_qps", "throughput (QPS)", P99, slo_ms, title, extra.get("capacity_qps"))
+    table = sweep_table(document, load=ctx.param in LOAD_PARAMS)
+    facts = {
+        "scenario": scenario.name,
+        "seed": scenario.seed,
+        "swept": ctx.param,
+        "values": ", ".join(map(str, document["values"])),
+        "replications": ctx.replications,
+        "engine": ctx.engine,
+        "partial": partial,
+    }
+    warnings = [_warning_line(w) for w in document["warnings"]] + (["interrupted: the sweep is partial"] if partial else [])
+    write_report(folder, f"sweep of {ctx.param}: {title}", facts, warnings, [table], scenario, plots)
     if not ctx.quiet:
-        ctx.console.print(sweep_table(document, load=ctx.param in LOAD_PARAMS))
+        ctx.console.print(table)
+    return document
+
+
+def _warning_line(warning: dict[str, Any]) -> str:
+    """A sweep.json warning as one line of the report."""
+    return (
+        f"{warning['pipeline']} at {warning['value']}: {warning['metric']} {warning['mean']:.4g} ± {warning['ci95']:.4g} "
+        f"from {warning['replications']} replications: the interval is wider than the mean"
+    )
 
 
 def load_param(scenario: Scenario) -> str:

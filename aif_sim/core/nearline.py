@@ -57,6 +57,7 @@ class NearlineStore:
         self.changed_s = np.full(count, -np.inf)  # each entity's latest change, as far as `changes` was applied
         self.changes = ChangeLog((), taken=False)  # the run's changes (set by the store's refresh pool)
         self.sweep: Sweep | None = None  # the sweep in progress
+        self.history: list[tuple[Sweep, float]] = []  # every sweep ended and when (cut short: before its planned end)
         self.latest_version = 0
         self.serving_version = 0
 

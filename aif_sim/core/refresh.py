@@ -184,6 +184,7 @@ class RefreshPool:
         store = self.store
         store.fold(sweep, end_s)
         store.sweep = None
+        store.history.append((sweep, end_s))
         self.busy_s += (end_s - sweep.start_s) * self.workers
         if sweep.rollout:
             store.serving_version = sweep.version

@@ -97,7 +97,9 @@ class LivePipeline:
         executor: Executor,
         namespace: str,
         sink: RequestSink | None = None,
+        timelines: float = 0.0,
     ) -> None:
+        """`timelines`: the share of requests whose timelines are kept (`metrics.trace`)."""
         self.scenario, self.pipeline, self.samplers, self.model, self.executor = scenario, pipeline, samplers, model, executor
         self.namespace = namespace
         self.stage_names = scenario.pipeline(pipeline).stages
@@ -105,6 +107,8 @@ class LivePipeline:
         self.cache_fields = cache_fields(scenario.pipeline(pipeline))
         self.stores = nearline_stores(scenario, pipeline)
         self.recorder = Recorder.for_pipeline(scenario, pipeline, sink, self.caches, list(self.stores))
+        if timelines > 0:
+            self.recorder.start_trace(timelines, self.stores)
         self.schedule = Schedule(LogHistogram())
         sharded = {slot: scenario.stages[name].shards for slot, name in enumerate(self.stage_names) if scenario.stages[name].shards > 1}
         self.trace = ServiceTrace(scenario.pipeline(pipeline).step_slots, sharded)  # every request's arrival, measured services and hops
@@ -249,7 +253,8 @@ class LivePipeline:
                 return end.value
             kind = type(op)
             if kind is Visit:
-                answer = await pools[op.slot].serve(request)
+                pool = pools[op.slot]
+                answer = await (pool.serve(request) if self.recorder.trace is None else self._traced(request, op.slot, pool))
             elif kind is Fork:
                 answer = max(await asyncio.gather(*(self._drive(request, branch, pools) for branch in op.flows)))
             elif kind is Pause:
@@ -268,6 +273,22 @@ class LivePipeline:
                 save = self._save(request, op)
                 await (save if self.deadline_s is None else asyncio.shield(self._spawn(asyncio.get_running_loop(), save)))
                 answer = None
+
+    async def _traced(self, request: Request, slot: int, pool: Slot) -> Outcome:
+        """A visit whose failure (rejected, timed out, or abandoned at the request's deadline) is kept in the request's
+        timeline; a fleet reports its own parts."""
+        trace, clock = self.recorder.trace, pool.clock
+        entered = clock()
+        assert trace is not None
+        if isinstance(pool, LiveFleet):
+            return await pool.serve(request)
+        try:
+            outcome = await pool.serve(request)
+        except asyncio.CancelledError:
+            trace.visit(request.id, slot, entered, clock(), None)
+            raise
+        trace.visit(request.id, slot, entered, clock(), outcome)
+        return outcome
 
     async def _save(self, request: Request, op: Save) -> None:
         """Store a computed value the cache policy has taken in (with a deadline, in a task of its own that finishes

@@ -27,6 +27,7 @@ drawn services, min(X1, d + X2) when X1 > d (a model stage's copies do the same 
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import numpy as np
@@ -84,9 +85,11 @@ class LiveFleet:
         parts = self._shards(request, request.shard_s[self.slot]) if sharded else [self._view(request)]  # type: ignore[index]
         first, holding = self.policy.first_nodes(self._outstanding(), len(parts))  # holding: the nodes a shard or copy is at
         if len(parts) == 1:
-            outcome = await self._deliver(parts[0], first[0], holding)
+            outcome = await self._deliver(parts[0], first[0], holding, "visit")
         else:
-            outcome = max(await asyncio.gather(*(self._deliver(part, node, holding) for part, node in zip(parts, first))))
+            labels = [f"shard {k + 1}" for k in range(len(parts))]
+            sends = zip(parts, first, labels)
+            outcome = max(await asyncio.gather(*(self._deliver(part, node, holding, label) for part, node, label in sends)))
         if outcome is COMPLETED:
             base = 3 * self.slot
             index, skew_s = last_shard([part.times[base + 2] for part in parts])
@@ -100,24 +103,25 @@ class LiveFleet:
                 self.recorder.shard_skew(self.slot, skew_s)
         return outcome
 
-    async def _deliver(self, part: Request, node: int | None, holding: list[int]) -> Outcome:
-        """A shard (or the whole visit) sent to `node`, hedged, and sent again on failure where the policy says."""
-        outcome = Outcome.REJECTED if node is None else await self._hedged(part, node, holding)
+    async def _deliver(self, part: Request, node: int | None, holding: list[int], label: str) -> Outcome:
+        """A shard (or the whole visit) sent to `node`, hedged, and sent again on failure where the policy says (`label`:
+        what the part is, in the request's timeline)."""
+        outcome = Outcome.REJECTED if node is None else await self._hedged(part, node, holding, label)
         retried = 0
         while (node := self.policy.retry_to(outcome, retried, self._outstanding(), holding)) is not None:
             retried += 1
             self.recorder.retry(self.slot)
-            outcome = await self._hedged(part, node, holding)
+            outcome = await self._hedged(part, node, holding, label)
         return outcome
 
-    async def _hedged(self, part: Request, node: int, holding: list[int]) -> Outcome:
+    async def _hedged(self, part: Request, node: int, holding: list[int], label: str) -> Outcome:
         """The part on `node` and, unfinished after the hedge delay, a copy on another node: the first to complete
         gives the part its results; the other is cancelled (it leaves its queue, or finishes as wasted work)."""
         first = self._view(part)
         if self.policy.hedge_s is None:
-            return self._won(part, first, await self.nodes[node].serve(first), None)
+            return self._won(part, first, await self._send(first, node, label), None)
         loop = asyncio.get_running_loop()
-        primary = loop.create_task(self.nodes[node].serve(first))
+        primary = loop.create_task(self._send(first, node, label))
         sends = {primary: first}
         try:
             await asyncio.wait((primary,), timeout=self.policy.hedge_s)
@@ -127,7 +131,7 @@ class LiveFleet:
             self.recorder.hedge(self.slot)
             drawn_s = self.policy.draw_copy(part.candidates) if self.policy.sampler is not None else None
             copy = self._view(part, drawn_s)
-            second = loop.create_task(self.nodes[spare].serve(copy))
+            second = loop.create_task(self._send(copy, spare, f"{label} hedge copy"))
             sends[second] = copy
             done, _ = await asyncio.wait(sends, return_when=asyncio.FIRST_COMPLETED)
             ended = primary if primary in done else second
@@ -138,6 +142,22 @@ class LiveFleet:
         finally:
             for send in sends:
                 send.cancel()
+
+    async def _send(self, send: Request, node: int, label: str) -> Outcome:
+        """A send to a node: a traced request's timeline keeps when it was sent, served and ended, and how (a pool writes
+        a send's times when it completes; one that failed or was cancelled ends now)."""
+        trace = self.recorder.trace
+        if trace is None:
+            return await self.nodes[node].serve(send)
+        sent, outcome = self.clock(), None
+        try:
+            outcome = await self.nodes[node].serve(send)
+            return outcome
+        finally:
+            base = 3 * self.slot
+            done = outcome is COMPLETED
+            started, ended = (send.times[base + 1], send.times[base + 2]) if done else (math.nan, self.clock())
+            trace.part(send.id, self.slot, label, node, (sent, started, ended), outcome)
 
     def _won(self, part: Request, send: Request, outcome: Outcome, copy_s: float | None) -> Outcome:
         """The part's results from the send that completed: its times, what it made, and its service alone (see the

@@ -117,12 +117,14 @@ def run_live(
     stop: Callable[[], bool],
     resources: LiveResources | None = None,
     traces: dict[str, ServiceTrace] | None = None,
+    timelines: float = 0.0,
 ) -> tuple[dict[str, Recorder], dict[str, dict[str, Any]]]:
-    """Run every pipeline live for `scenario.duration_s`; per pipeline its recorder and its `live` block. `traces`,
-    when given, receives per pipeline the arrival and measured service times of every request (`core.replay`)."""
+    """Run every pipeline live for `scenario.duration_s`; per pipeline its recorder (keeping the timelines of a
+    `timelines` share of the requests) and its `live` block. `traces`, when given, receives per pipeline the arrival
+    and measured service times of every request (`core.replay`)."""
     if resources is None:
         with live_resources(scenario) as made:
-            return run_live(scenario, samplers, sink, progress, stop, made, traces)
+            return run_live(scenario, samplers, sink, progress, stop, made, traces, timelines)
     results: dict[str, Recorder] = {}
     blocks: dict[str, dict[str, Any]] = {}
     namespace = _namespace(scenario)
@@ -130,7 +132,7 @@ def run_live(
     for pipeline in scenario.pipelines:
         if stop():
             break
-        live = LivePipeline(scenario, pipeline, samplers, model, executor, namespace, sink)
+        live = LivePipeline(scenario, pipeline, samplers, model, executor, namespace, sink, timelines)
         loop = new_loop()
         try:
             results[pipeline] = loop.run_until_complete(live.run(scenario.duration_s, progress, stop))

@@ -17,12 +17,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from aif_sim.core.cache import CachePolicy
+from aif_sim.core.nearline import NearlineStore
 from aif_sim.core.refresh import PREFIX, store_gauges
 from aif_sim.core.request import Outcome, Request, Window
 from aif_sim.core.shadow import ShadowSample
 from aif_sim.core.system import touches
 from aif_sim.metrics.histogram import PERCENTILES, LogHistogram
 from aif_sim.metrics.timeseries import Timeseries
+from aif_sim.metrics.trace import RequestTrace
 from aif_sim.scenario.pipelines import Pipeline
 from aif_sim.scenario.schema import Scenario
 
@@ -165,6 +167,7 @@ class Recorder:
         policies the pipeline consults (in the order of `Request.cache_hit`); `stores`: the nearline
         stores it reads (`items`, `users`); `faults`: the faults that touch the pipeline, for the storm report."""
         self.pipeline = pipeline.name
+        self._definition = pipeline
         self.stage_names = pipeline.stages
         self.window = window
         self.slo_ms = slo_ms
@@ -189,6 +192,7 @@ class Recorder:
         self.shadow_samples: list[ShadowSample] = []  # requests shadow scoring takes (filled by the engine)
         self.quality: dict[str, Any] | None = None  # their scores with stale and fresh vectors (after the run)
         self.engine = "simpy"  # the engine that produced these figures (simpy, compiled or live; the engine sets it)
+        self.trace: RequestTrace | None = None  # the sampled requests' timelines (`start_trace`)
         self._inside: dict[int, Request] = {}  # every request in the system, warm-up included
         self._done: list[Request] = []
         self._outcome: list[int] = []
@@ -227,6 +231,20 @@ class Recorder:
             if "items" in stores:
                 recorder.index_bytes = scenario.traffic.items.count * nearline.vector_bytes
         return recorder
+
+    def start_trace(self, fraction: float, stores: dict[str, NearlineStore]) -> None:
+        """Keep the timelines of a `fraction` of the requests (by id), and of the stores' passes and rollouts."""
+        self.trace = RequestTrace(self._definition, list(self.caches), fraction)
+        self.trace.stores = stores
+
+    def trace_events(self, pid: int) -> list[dict[str, Any]]:
+        """The run's timelines as trace events of process `pid` (`metrics.trace`): its faults, nearline passes,
+        gauges and sampled requests."""
+        assert self.trace is not None
+        faults = [(fault.fields, fault.at_s, fault.end_s) for fault in self.faults]
+        rows = self.timeseries.rows
+        gauges = {name: [(float(r["t_s"]), float(r[name])) for r in rows if r[name] == r[name]] for name in self.timeseries.gauges}
+        return self.trace.events(pid, faults, gauges)
 
     @property
     def live(self) -> int:
@@ -394,6 +412,8 @@ class Recorder:
         self.timeseries.add(end_s, np.where(completed, latency_ms, np.nan), means)
         inside = (end_s >= self.window.start_s) & (end_s < self.window.end_s)
         self.completed_in_window += int(np.count_nonzero(completed & inside))
+        if self.trace is not None:
+            self.trace.finished(ids, arrival_s, users, candidates, measured, times, outcome, end_s, cache_hit)
         keep = completed & measured
         self._completed(
             ids[keep], arrival_s[keep], users[keep], candidates[keep], service_s[keep], times[keep], latency_ms[keep], cache_hit[keep]

@@ -7,6 +7,7 @@ import difflib
 import re
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from aif_sim.errors import InputError
 from aif_sim.scenario.pipelines import Cached, Call, Parallel
 from aif_sim.scenario.schema import Scenario
 
-Override = tuple[str, Any, str]  # dotted path, value, the option that gave it ("--set", "--param", "--seed")
+Override = tuple[str, Any, str]  # dotted path, value, what gave it ("--set", "--param", "--seed"; "set", "seed" from the API)
 
 
 def parse_overrides(items: list[str] | None, option: str = "--set") -> list[Override]:
@@ -67,29 +68,43 @@ def _own_pipelines(written: list[Any], chosen: list[Any]) -> list[Any]:
     return [copy.deepcopy(defined[name]) if isinstance(name, str) and name in defined else name for name in chosen]
 
 
-def load_scenario(path: str | Path, overrides: list[Override] | None = None) -> Scenario:
-    """Read, override and validate a scenario file; raise InputError with one line on any problem."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read scenario file ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark else ""
-        raise InputError(f"{path}: {where}invalid YAML ({getattr(exc, 'problem', None) or exc})") from None
+ScenarioSource = str | Path | Mapping[str, Any]  # a scenario file, or its fields as a mapping (the Python API)
+
+
+def source_label(source: ScenarioSource) -> str:
+    """How errors name a scenario: its file, or `scenario` for one given as a mapping."""
+    return "scenario" if isinstance(source, Mapping) else str(source)
+
+
+def load_scenario(path: ScenarioSource, overrides: list[Override] | None = None) -> Scenario:
+    """Read, override and validate a scenario file (or a mapping of its fields, whose data files are looked for
+    from the current folder); raise InputError with one line on any problem."""
+    if isinstance(path, Mapping):
+        data: Any = copy.deepcopy(dict(path))
+        label, base_dir = source_label(path), Path.cwd()
+    else:
+        path = Path(path)
+        label, base_dir = str(path), path.resolve().parent
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read scenario file ({exc.strerror})") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}: " if mark else ""
+            raise InputError(f"{path}: {where}invalid YAML ({getattr(exc, 'problem', None) or exc})") from None
     if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a mapping of scenario fields at the top level")
+        raise InputError(f"{label}: expected a mapping of scenario fields at the top level")
     original = copy.deepcopy(data)
     for override in overrides or []:
         set_dotted(data, override)
     try:
-        return validate_scenario(data, source=str(path), base_dir=path.resolve().parent)
+        return validate_scenario(data, source=label, base_dir=base_dir)
     except InputError as error:
-        if overrides and _valid(original, path.resolve().parent):
-            raise InputError(_blame(str(error).removeprefix(f"{path}: "), overrides)) from None
+        if overrides and _valid(original, base_dir):
+            raise InputError(_blame(str(error).removeprefix(f"{label}: "), overrides)) from None
         raise
 
 
@@ -110,7 +125,7 @@ def _blame(message: str, overrides: list[Override]) -> str:
         return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
     dotted, value, option = max(reversed(overrides), key=shared)
-    if option in ("--set", "--param"):
+    if option in ("--set", "--param", "set"):
         shown = f"{dotted}={value}"
     else:
         shown = ",".join(map(str, value)) if isinstance(value, list) else str(value)

@@ -35,8 +35,10 @@ class PipelineSimulation:
         samplers: dict[str, Sampler],
         sink: RequestSink | None = None,
         trace: ServiceTrace | None = None,
+        timelines: float = 0.0,
     ) -> None:
-        """`trace`: arrival and service times to replay in place of the draws where it has them (`core.replay`)."""
+        """`trace`: arrival and service times to replay in place of the draws where it has them (`core.replay`);
+        `timelines`: the share of requests whose timelines are kept (`metrics.trace`)."""
         self.scenario = scenario
         self.traced = trace is not None
         self.samplers = samplers
@@ -45,6 +47,8 @@ class PipelineSimulation:
         self.caches = cache_policies(scenario, pipeline)
         self.stores = nearline_stores(scenario, pipeline)
         self.recorder = Recorder.for_pipeline(scenario, pipeline, sink, self.caches, list(self.stores))
+        if timelines > 0:
+            self.recorder.start_trace(timelines, self.stores)
         self.pools = {name: self._pool(slot, name) for slot, name in enumerate(self.stage_names)}
         self.slots = list(self.pools.values())
         shadow = shadow_sampling(scenario, self.stores)
@@ -123,7 +127,10 @@ class PipelineSimulation:
             except StopIteration as end:
                 return end.value
             if type(op) is Visit:
-                answer = yield from slots[op.slot].serve(request)
+                if self.recorder.trace is None:
+                    answer = yield from slots[op.slot].serve(request)
+                else:
+                    answer = yield from self._traced(request, op.slot)
             elif type(op) is Pause:
                 yield self.env.timeout(op.s)
                 answer = None
@@ -133,6 +140,21 @@ class PipelineSimulation:
                 answer = yield from self._drive(request, op.flows[-1])  # the last branch runs in this process
                 for branch in branches:
                     answer = max(answer, (yield branch))
+
+    def _traced(self, request: Request, slot: int) -> Generator[simpy.Event, Any, Outcome]:
+        """A visit whose failure (rejected, timed out, or abandoned at the request's deadline) is kept in the request's
+        timeline; a fleet reports its own parts."""
+        pool, trace, entered = self.slots[slot], self.recorder.trace, self.env.now
+        assert trace is not None
+        if isinstance(pool, Fleet):
+            return (yield from pool.serve(request))
+        try:
+            outcome = yield from pool.serve(request)
+        except simpy.Interrupt:
+            trace.visit(request.id, slot, entered, self.env.now, None)
+            raise
+        trace.visit(request.id, slot, entered, self.env.now, outcome)
+        return outcome
 
     # --- running -----------------------------------------------------------------------------------
     def run(self, progress: Callable[[float], None] | None = None, stop: Callable[[], bool] | None = None) -> Recorder:

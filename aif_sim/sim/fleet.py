@@ -96,7 +96,8 @@ class Fleet:
         else:
             services = [request.service_s[self.slot]]
         sizes = shard_sizes(np.array([request.candidates]), len(services))[0].tolist()
-        parts = [Part(service, candidates) for service, candidates in zip(services, sizes)]
+        labels = [f"shard {k + 1}" for k in range(len(services))] if len(services) > 1 else ["visit"]
+        parts = [Part(service, candidates, label) for service, candidates, label in zip(services, sizes, labels)]
         first, holding = self.policy.first_nodes(self.outstanding, len(parts))  # holding: the nodes a shard or copy is at
         others = [self.spawn(request, cancellable(self._deliver(request, p, n, holding))) for p, n in zip(parts[:-1], first[:-1])]
         outcome = yield from self._deliver(request, parts[-1], first[-1], holding)  # the last shard runs in this process
@@ -131,7 +132,7 @@ class Fleet:
         if spare is None:
             return (yield primary)
         self.recorder.hedge(self.slot)
-        copy = Part(self.policy.draw_copy(part.candidates), part.candidates)
+        copy = Part(self.policy.draw_copy(part.candidates), part.candidates, f"{part.label} hedge copy")
         second = self.spawn(request, cancellable(self.nodes[spare].serve_part(request, copy)))
         yield primary | second
         ended, other = (primary, second) if primary.triggered else (second, primary)

@@ -32,12 +32,13 @@ class Part:
     """One shard, or copy, of a visit on a node of a fleet (`sim.fleet`): its candidates, its service (s; slowed
     down when it starts), the time it would take alone with no waiting (`alone`), and when it started and ended."""
 
-    __slots__ = ("service", "alone", "candidates", "started", "ended")
+    __slots__ = ("service", "alone", "candidates", "started", "ended", "label")
 
-    def __init__(self, service: float, candidates: int) -> None:
+    def __init__(self, service: float, candidates: int, label: str = "visit") -> None:
         self.service = self.alone = service
         self.candidates = candidates
         self.started = self.ended = math.nan
+        self.label = label  # what the part is, in a request's timeline: the visit, `shard K`, `hedge copy`
 
 
 def cancellable(work: Generator[simpy.Event, Any, Outcome]) -> Generator[simpy.Event, Any, Outcome]:
@@ -114,10 +115,25 @@ class StagePool:
         process = self.env.active_process
         assert process is not None
         self.visiting.add(process)
+        sent, outcome = self.env.now, None
+        part.started = part.ended = math.nan
         try:
-            return (yield from self.serve(request, part))
+            outcome = yield from self.serve(request, part)
+            return outcome
         finally:
             self.visiting.discard(process)
+            trace = self.recorder.trace
+            if trace is not None:
+                assert self.node is not None
+                trace.part(request.id, self.slot, part.label, self.node, (sent, part.started, self._part_end(part, outcome)), outcome)
+
+    def _part_end(self, part: Part, outcome: Outcome | None) -> float:
+        """When a part ended: now, or at the end of its service when its request left it in service (it runs on)."""
+        if outcome is COMPLETED:
+            return part.ended
+        if outcome is None and part.started == part.started:
+            return part.started + part.service
+        return self.env.now
 
     def lose(self) -> None:
         """The node goes down: every visit it holds, queued or in service, fails at once; it comes back empty."""
@@ -168,6 +184,8 @@ class StagePool:
                 part.service = part.alone = service
         if self.node is not None:
             self.recorder.node_busy(self.slot, self.node, started, service, request.measured)
+        if part is not None:
+            part.started = started
         try:
             yield env.timeout(service)
         except simpy.Interrupt as stop:
