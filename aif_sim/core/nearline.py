@@ -63,6 +63,8 @@ class NearlineStore:
         self.serving_version = 0
         self.consistent = True
         self.rollout_end_s = 0.0
+        self.refreshes = 0  # entities re-inferred one at a time (`refreshed`)
+        self.swept = 0  # entities re-inferred by finished sweeps (folded in by `_settle`)
 
     # --- changes and refreshes ------------------------------------------------------------------------
     def change(self, entity: int, now_s: float, mark_dirty: bool) -> None:
@@ -83,6 +85,7 @@ class NearlineStore:
         """A refresh worker re-inferred one entity with the version refreshes use now."""
         self.vector_s[entity] = now_s
         self.version[entity] = self.refresh_version
+        self.refreshes += 1
 
     @property
     def refresh_version(self) -> int:
@@ -117,7 +120,13 @@ class NearlineStore:
             newer = made > self.vector_s
             self.vector_s[newer] = made[newer]
             self.version[newer] = sweep.version
+            self.swept += sweep.count
         self.sweeps = [s for s in self.sweeps if s.end_s > now_s]
+
+    def reinferred(self, now_s: float) -> float:
+        """Entities re-inferred up to now: one at a time, and by sweeps (finished ones, and those in progress so far)."""
+        running = sum(min(s.count, max(0.0, (now_s - s.start_s) * s.rate)) for s in self.sweeps)
+        return self.refreshes + self.swept + running
 
     # --- reads --------------------------------------------------------------------------------------
     def read(self, entities: np.ndarray, now_s: float) -> tuple[np.ndarray, np.ndarray]:

@@ -50,6 +50,10 @@ PIPELINES: dict[str, tuple[Step, ...]] = {
     ),
     # the user-interest embedding is precomputed on behaviour events and fetched with the features.
     "uic": (Call("merger"), Call("retrieval"), Call("feature_fetch", vectors="users"), Call("light_prerank")),
+    # the like-for-like baseline of AIF: the sequential flow, its pre-ranker the AIF model computed online
+    # (`online_prerank`), so that sequential -> aif_online is the model design's saving and aif_online -> aif the
+    # framework's.
+    "aif_online": (Call("merger"), Call("retrieval"), Call("feature_fetch", reads="sim_features"), Call("online_prerank")),
 }
 
 

@@ -32,12 +32,13 @@ from aif_sim.core.request import Outcome, Request
 from aif_sim.core.system import RequestSource, cache_policies, nearline_stores, vector_stores
 from aif_sim.core.traffic import ZipfSampler, stream
 from aif_sim.live.fleet import LiveFleet
+from aif_sim.live.index import VectorStore, open_index
 from aif_sim.live.loop import Clock, measure_wake
 from aif_sim.live.model import LiveModel
 from aif_sim.live.nearline import LiveRefresh, Outage, fill, publisher
 from aif_sim.live.pools import LiveBatchingPool, LivePool
 from aif_sim.live.stages import LiveStage
-from aif_sim.live.storage import VectorStorage, open_storage
+from aif_sim.live.storage import open_storage
 from aif_sim.metrics.histogram import LogHistogram
 from aif_sim.metrics.recorder import Recorder, RequestSink
 from aif_sim.scenario.schema import CacheFlush, Fault, NearlineOutage, NodeLoss, Scenario, Stage, StageSlowdown
@@ -88,7 +89,7 @@ class LivePipeline:
         self.stores = nearline_stores(scenario, pipeline)
         self.recorder = Recorder.for_pipeline(scenario, pipeline, sink, self.caches, list(self.stores))
         self.schedule = Schedule(LogHistogram())
-        self.storage: dict[str, VectorStorage] = {}
+        self.storage: dict[str, VectorStore] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self.failure: BaseException | None = None  # the first error of a request or background task
         self.deadline_s = scenario.deadline_ms / 1000 if scenario.deadline_ms is not None else None
@@ -104,15 +105,24 @@ class LivePipeline:
             "items": model.item_dtype,
             "users": model.interest_dtype,
         }
-        for name in [*self.caches, *vector_stores(self.pipeline)]:
+        stores = vector_stores(self.pipeline)
+        for name in [*self.caches, *stores]:
             dtype = dtypes[name]  # a record, or an array (a sub-array dtype: its base and shape)
-            self.storage[name] = open_storage(backend, url, f"{self.namespace}.{self.pipeline}.{name}", dtype.base, dtype.shape)
+            namespace = f"{self.namespace}.{self.pipeline}.{name}"
+            if name in stores:
+                self.storage[name] = open_index(backend, url, namespace, dtype, self._count(name))
+            else:
+                self.storage[name] = open_storage(backend, url, namespace, dtype.base, dtype.shape)
+
+    def _count(self, store: str) -> int:
+        """The entities of a nearline store: the items, or the users."""
+        traffic = self.scenario.traffic
+        return traffic.items.count if store == "items" else traffic.users.count
 
     async def _fill(self, progress: Callable[[str, int, int], None]) -> None:
         """The nearline vectors as they stand when the run starts (made at time 0 by version 0)."""
-        traffic = self.scenario.traffic
         for name in vector_stores(self.pipeline):
-            count = traffic.items.count if name == "items" else traffic.users.count
+            count = self._count(name)
             done = 0
 
             def advance(n: int, name: str = name, count: int = count) -> None:

@@ -22,8 +22,8 @@ import numpy as np
 from aif_sim.core.latency import Sampler
 from aif_sim.core.nearline import NearlineStore, Sweep
 from aif_sim.core.traffic import CHUNK, ZipfSampler
+from aif_sim.live.index import VectorStore
 from aif_sim.live.loop import Clock
-from aif_sim.live.storage import VectorStorage
 from aif_sim.scenario.schema import Refresh
 
 FILL_BATCH = 4096  # entities per model call and per storage write when the index is filled or swept
@@ -46,13 +46,13 @@ class Outage:
             await self.clock.until(self.until_s)
 
 
-async def fill(storage: VectorStorage, compute: Compute, executor: Executor, count: int, progress: Callable[[int], None]) -> None:
+async def fill(storage: VectorStore, compute: Compute, executor: Executor, count: int, progress: Callable[[int], None]) -> None:
     """Make and store the vectors of entities 0..count-1 (the index as it stands when the run starts)."""
     loop = asyncio.get_running_loop()
     for start in range(0, count, FILL_BATCH):
         ids = np.arange(start, min(start + FILL_BATCH, count))
         records = await loop.run_in_executor(executor, compute, ids)
-        await storage.set_many(ids.tolist(), records)
+        await storage.set_many(ids, records)
         progress(len(ids))
 
 
@@ -63,7 +63,7 @@ class LiveRefresh:
         self,
         clock: Clock,
         store: NearlineStore,
-        storage: VectorStorage,
+        storage: VectorStore,
         compute: Compute,
         executor: Executor,
         popularity: ZipfSampler,
@@ -143,7 +143,7 @@ class LiveRefresh:
                 continue
             ids = np.arange(done, min(due, done + FILL_BATCH))
             records = await loop.run_in_executor(self.executor, self.compute, ids)
-            await self.storage.set_many(ids.tolist(), records)
+            await self.storage.set_many(ids, records)
             done = int(ids[-1]) + 1
 
 

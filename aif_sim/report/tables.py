@@ -15,7 +15,7 @@ from aif_sim.metrics.summary import NUMERIC
 from aif_sim.report.fmt import interval, number
 
 BASELINE = "sequential"
-SHORT = {"sequential": "seq", "aif": "aif", "uic": "uic"}
+SHORT = {"sequential": "seq", "aif": "aif", "uic": "uic", "aif_online": "aif online"}
 STALENESS_OFF = {"item_updates": "item vectors", "user_events": "user vectors"}
 FIELD_OF = {"item_updates": "nearline.item_updates_per_s", "user_events": "nearline.user_events_per_s"}
 UNBOUNDED = 10_000  # the console width off a terminal without COLUMNS: wider than any table, which sizes itself

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from aif_sim.core.pipelines import caches_of, stages_of
 
 SHIPPED_DATA = Path(__file__).resolve().parent.parent / "data"  # files installed with the package
-STAGE_NAMES = ("merger", "retrieval", "user_inference", "feature_fetch", "item_fetch", "prerank", "rtp", "light_prerank")
+STAGE_NAMES = ("merger", "retrieval", "user_inference", "feature_fetch", "item_fetch", "prerank", "rtp", "light_prerank", "online_prerank")
 CACHE_NAMES = ("user_vector", "sim_features")
 
 
@@ -400,7 +400,7 @@ class Scenario(Strict):
     duration_s: float = Field(gt=0)
     warmup_s: float = Field(default=0.0, ge=0)
     drain_s: float = Field(default=5.0, ge=0)
-    pipelines: list[Literal["sequential", "aif", "uic"]] = Field(min_length=1)
+    pipelines: list[Literal["sequential", "aif", "uic", "aif_online"]] = Field(min_length=1)
     slo: Slo | None = None
     deadline_ms: float | None = Field(default=None, gt=0)  # a request not finished this long after arrival is abandoned
     traffic: Traffic
