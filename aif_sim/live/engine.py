@@ -35,7 +35,7 @@ from aif_sim.live.fleet import LiveFleet
 from aif_sim.live.index import VectorStore, open_index
 from aif_sim.live.loop import Clock, measure_wake
 from aif_sim.live.model import LiveModel
-from aif_sim.live.nearline import LiveRefresh, Outage, fill, publisher
+from aif_sim.live.nearline import PREFILL, FirstRead, LiveRefresh, Outage, fill, publisher
 from aif_sim.live.pools import LiveBatchingPool, LivePool
 from aif_sim.live.stages import LiveStage
 from aif_sim.live.storage import open_storage
@@ -130,7 +130,20 @@ class LivePipeline:
                 done += n
                 progress(name, done, count)
 
-            await fill(self.storage[name], self._compute(name), self.executor, count, advance)
+            await fill(self.storage[name], self._compute(name), self.executor, min(count, self._prefill(name)), advance)
+
+    def _prefill(self, store: str) -> int:
+        """Entities of a store filled before the run (the rest are made when first read)."""
+        backend = self.scenario.caches.backend if self.scenario.caches is not None else "memory"
+        return PREFILL[store, backend]
+
+    def _vectors(self, clock: Clock, store: str) -> VectorStore | FirstRead:
+        """Where a stage reads a store's vectors: its storage, through `FirstRead` when not every entity was filled."""
+        if self._count(store) <= self._prefill(store):
+            return self.storage[store]
+        return FirstRead(
+            self.storage[store], self._compute(store), self.executor, clock, lambda s, now: self.recorder.refresh_work(store, s, now)
+        )
 
     def _compute(self, name: str) -> Callable[[np.ndarray], np.ndarray]:
         """The model call that makes a store's vectors from entity ids."""
@@ -143,7 +156,7 @@ class LivePipeline:
         for slot, call in enumerate(flow.calls):
             config = self.scenario.stages[call.stage]
             rng = stream(self.scenario.seed, f"batch-service:{call.stage}")
-            vectors = self.storage.get(call.vectors) if call.vectors else None
+            vectors = self._vectors(clock, call.vectors) if call.vectors else None
             sampler = self.samplers[call.stage]
             work = LiveStage(clock, slot, call, sampler, rng, self.model, self.executor, vectors, config.per_candidate_us)
             if config.nodes == 1:

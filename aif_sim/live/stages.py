@@ -24,6 +24,7 @@ from aif_sim.core.request import Request
 from aif_sim.live.index import VectorStore
 from aif_sim.live.loop import Clock
 from aif_sim.live.model import MODEL_OPS, LiveModel
+from aif_sim.live.nearline import FirstRead
 
 BEHAVIOUR_OPS = ("user_side", "sequential_prerank", "aif_online")  # operators that read the user's long-term behaviours
 
@@ -40,7 +41,7 @@ class LiveStage:
         rng: np.random.Generator,
         model: LiveModel,
         executor: Executor,
-        vectors: VectorStore | None,
+        vectors: VectorStore | FirstRead | None,
         per_candidate_us: float = 0.0,
     ) -> None:
         self.clock, self.slot, self.call, self.sampler, self.rng = clock, slot, call, sampler, rng

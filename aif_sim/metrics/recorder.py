@@ -17,11 +17,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from aif_sim.core.cache import CachePolicy
-from aif_sim.core.nearline import NearlineStore
+from aif_sim.core.latency import build_sampler
+from aif_sim.core.nearline import NearlineStore, sweep_rate
 from aif_sim.core.pipelines import stages_of, step_slots
 from aif_sim.core.request import Outcome, Request, Window
 from aif_sim.core.shadow import ShadowSample
 from aif_sim.core.system import touches
+from aif_sim.metrics.bill import cost_per_hour, memory_bytes
 from aif_sim.metrics.histogram import PERCENTILES, LogHistogram
 from aif_sim.metrics.timeseries import Timeseries
 from aif_sim.scenario.schema import Scenario
@@ -145,6 +147,8 @@ class StageRecord:
         self.wait = LogHistogram()
         self.busy_window_s = 0.0  # server-seconds busy inside the measurement window
         self.compute_s = 0.0  # service time spent on measured requests (a batch's time split evenly)
+        self.useful_s = 0.0  # the completed measured requests' own service here
+        self.failed_s = 0.0  # the service of measured requests that failed, at the visits they finished here
         self.critical_ms = 0.0  # time this stage was on the critical path of completed measured requests
 
 
@@ -187,6 +191,11 @@ class Recorder:
         gauges = [g for name in stores or [] for g in STORE_GAUGES[name]]
         self.timeseries = Timeseries(window, means, gauges)
         self.index_bytes = 0  # size of the served item-vector index (the engine sets it)
+        self.refresh_mean_s: dict[str, float] = {}  # per store refreshed in the run, the mean time of one re-inference
+        self._reinferred: dict[str, list[float]] = {}  # per store, entities re-inferred at the window's start and end
+        self.first_read_s: dict[str, float] = {}  # per store, model time spent making vectors on first read (live)
+        self.memory_bytes: dict[str, int] | None = None  # the design's caches and indexes (`metrics.bill`)
+        self.cost_per_hour: dict[str, float] | None = None  # what the design provisions costs an hour (`metrics.bill`)
         self.shadow_samples: list[ShadowSample] = []  # requests shadow scoring takes (filled by the engine)
         self.quality: dict[str, Any] | None = None  # their scores with stale and fresh vectors (after the run)
         self.engine = "simpy"  # the engine that produced these figures (simpy, compiled or live; the engine sets it)
@@ -217,6 +226,8 @@ class Recorder:
             if touches(f, scenario, pipeline)
         ]
         recorder = cls(pipeline, stages, window, scenario.slo_p99_ms, sink, caches, stores, faults)
+        recorder.memory_bytes = memory_bytes(scenario, pipeline)
+        recorder.cost_per_hour = cost_per_hour(scenario, pipeline)
         nearline = scenario.nearline
         if nearline is not None:
             changes = {
@@ -225,6 +236,11 @@ class Recorder:
             }
             for name, record in recorder.vectors.items():
                 record.changes = changes[name]
+            for name in stores:
+                refresh = nearline.refresh if name == "items" else nearline.user_refresh
+                if refresh is not None:
+                    sampler = build_sampler(refresh.latency, f"nearline refresh of {name}")
+                    recorder.refresh_mean_s[name] = refresh.workers / sweep_rate(refresh, sampler)
             if "items" in stores:
                 recorder.index_bytes = scenario.traffic.items.count * nearline.vector_bytes
         return recorder
@@ -311,11 +327,34 @@ class Recorder:
         """The per-second readings of the nearline stores: each one's refresh backlog and, for item vectors under
         the consistent policy, whether two buffers are held (a rollout in progress)."""
         for name, store in stores.items():
+            if now_s <= self.window.end_s:  # the re-inferred count at the window's edges (read once a second)
+                count = store.reinferred(now_s)
+                edges = self._reinferred.setdefault(name, [count, count])
+                edges[0] = count if now_s <= self.window.start_s else edges[0]
+                edges[1] = count
             if name == "items":
                 self.gauge("refresh_backlog", now_s, store.backlog)
                 self.gauge("double_buffered", now_s, float(store.consistent and store.rolling_out(now_s)))
             else:
                 self.gauge("user_refresh_backlog", now_s, store.backlog)
+
+    def refresh_work(self, store: str, seconds: float, now_s: float) -> None:
+        """A store's vectors were made on first read for `seconds` of model time (counted as its refresh work when
+        inside the window)."""
+        if self.window.start_s <= now_s <= self.window.end_s:
+            self.first_read_s[store] = self.first_read_s.get(store, 0.0) + seconds
+
+    def _refresh_pools(self) -> dict[str, float]:
+        """Per nearline store's refresh workers (`refresh:items`, `refresh:users`), their busy seconds inside the
+        window: the entities re-inferred there (one at a time, by sweeps and by rollouts) times the mean time of one
+        re-inference, plus vectors made on first read."""
+        busy = {}
+        for name in self.vectors:
+            start, end = self._reinferred.get(name, [0.0, 0.0])
+            seconds = (end - start) * self.refresh_mean_s.get(name, 0.0) + self.first_read_s.get(name, 0.0)
+            if name in self.refresh_mean_s or name in self.first_read_s:
+                busy[f"refresh:{name}"] = seconds
+        return busy
 
     def finish(self, request: Request, outcome: Outcome, now_s: float) -> None:
         """The request left the system (completed, rejected or timed out)."""
@@ -389,6 +428,11 @@ class Recorder:
             return
         self._visits(times, measured)
         completed = outcome == Outcome.COMPLETED
+        failed = measured & ~completed
+        if failed.any():  # the work of failed requests: their own service at the visits they finished
+            done = ~np.isnan(times[failed, :, 2])
+            for slot, seconds in enumerate(np.where(done, service_s[failed], 0.0).sum(axis=0).tolist()):
+                self.stages[slot].failed_s += seconds
         latency_ms = (end_s - arrival_s) * 1000
         means = {f"{name}_hit_ratio": cache_hit[:, i] for i, name in enumerate(self.caches)}
         for i, counts in enumerate(self.cache_counts.values()):
@@ -458,6 +502,8 @@ class Recorder:
         stage_ms = (times[..., 2] - times[..., 0]) * 1000
         visited = ~np.isnan(stage_ms)
         service = np.where(visited, service, 0.0)  # a stage skipped by a cache hit costs nothing
+        for slot, ms in enumerate(service.sum(axis=0).tolist()):
+            self.stages[slot].useful_s += ms / 1000
         on_path_ms = np.where(visited, stage_ms, -np.inf)
         no_contention = np.zeros(n)
         rows = np.arange(n)
@@ -566,6 +612,23 @@ class Recorder:
         out["failed_share"] = 1 - self.completed / self.offered if self.offered else math.nan
         return out
 
+    def _compute(self) -> dict[str, dict[str, float]]:
+        """Per pool (each stage, each store's refresh workers): busy seconds and per completed request (ms); for the
+        stages, that work split into useful (the completed requests' own service) and wasted (the service of
+        requests that failed, and of visits whose result nobody used: losing hedge copies, deadline cut-offs)."""
+        per = 1000 / self.completed if self.completed else math.nan
+        pools: dict[str, dict[str, float]] = {}
+        for name, stage in zip(self.stage_names, self.stages):
+            pools[name] = {
+                "busy_s": stage.compute_s,
+                "ms_per_request": stage.compute_s * per,
+                "useful_ms_per_request": stage.useful_s * per,
+                "wasted_ms_per_request": (stage.failed_s + stage.wasted_busy_s) * per,
+            }
+        for name, busy in self._refresh_pools().items():
+            pools[name] = {"busy_s": busy, "ms_per_request": busy * per}
+        return pools
+
     def summary(self) -> dict[str, Any]:
         """The METRICS block of summary.json."""
         window_s = self.window.length_s
@@ -603,13 +666,13 @@ class Recorder:
             "latency_offered_ms": self._offered_tail(),
             "no_contention_ms": {key: nc[key] for key in ("mean", "p50", "p99")},
             "stages": stages,
-            "compute": {
-                name: {"busy_s": stage.compute_s, "ms_per_request": 1000 * stage.compute_s / self.completed if self.completed else math.nan}
-                for name, stage in zip(self.stage_names, self.stages)
-            },
+            "compute": self._compute(),
             "bottleneck": max(stages, key=lambda name: stages[name]["utilization"]),
             "critical_stage": max(stages, key=lambda n: stages[n]["critical_path_share"]) if critical_total else None,
         }
+        if self.cost_per_hour is not None:
+            out["memory_bytes"] = self.memory_bytes
+            out["cost_per_hour"] = self.cost_per_hour
         if self.caches:
             out["caches"] = {
                 name: {

@@ -258,13 +258,21 @@ def validate_table(points: list[dict[str, Any]], tolerance: float) -> Table:
 
 
 def plan_table(document: dict[str, Any], title: str) -> Table:
-    """The designs side by side: servers per pool, cost per hour, the p99 the plan gives (± its 95% half-width)."""
+    """The designs side by side: servers per pool, refresh workers and memory, the whole cost per hour and its parts, the
+    p99 the plan gives (± its 95% half-width)."""
     designs = document["pipelines"]
     table = plain_table(f"plan at {document['qps']:g} QPS, SLO p99 ≤ {document['slo_p99_ms']:g} ms — {title}")
     add_columns(table, "", *designs, left=("",))
     stages = list(dict.fromkeys(stage for d in designs.values() for stage in d.get("servers", d["lower_bounds"])))
     for stage in stages:
         table.add_row(f"{stage} servers", *[_servers(d, stage) for d in designs.values()])
+    pools = list(dict.fromkeys(pool for d in designs.values() for pool in d.get("refresh_workers", {})))
+    for pool in pools:  # the item side (and UIC's user side), nearline
+        table.add_row(f"{pool} workers", *[str(d.get("refresh_workers", {}).get(pool, "")) for d in designs.values()])
+    if any(d.get("memory_bytes") for d in designs.values()):
+        table.add_row("memory GiB", *[number(sum(d.get("memory_bytes", {}).values()) / 2**30, "gib") for d in designs.values()])
+    for part, label in (("stages", "servers"), ("refresh", "refresh workers"), ("memory", "memory")):
+        table.add_row(f"cost / hour: {label}", *[number(d["cost"][part], "cost") if d["feasible"] else "" for d in designs.values()])
     table.add_row("cost / hour", *[f"{d['cost_per_hour']:,.1f}" if d["feasible"] else "[red]infeasible[/]" for d in designs.values()])
     runs = document["replications"]
     p99 = [interval(d["p99_ms"], "ms", d["p99_ci95"], d["p99_lo"], d["p99_hi"], runs) if d["feasible"] else "–" for d in designs.values()]
