@@ -24,6 +24,7 @@ from aif_sim.app.run import ENGINES, build_samplers, choose_engines, idealised_l
 from aif_sim.app.sweep import SweepContext, find_capacity, grid_sweep, load_param, write_sweep
 from aif_sim.atomic import write_json
 from aif_sim.compiled import kernels_cached
+from aif_sim.core.hardware import hardware, hardware_note
 from aif_sim.core.latency import Sampler
 from aif_sim.core.pipelines import PIPELINES
 from aif_sim.errors import InputError
@@ -31,7 +32,16 @@ from aif_sim.metrics.recorder import Recorder
 from aif_sim.metrics.requests_log import RequestLog
 from aif_sim.report.fmt import run_title
 from aif_sim.report.plots import plot_validate_cdf
-from aif_sim.report.tables import comparison_table, make_console, plan_table, schedule_table, schedule_warning, stage_table, validate_table
+from aif_sim.report.tables import (
+    comparison_table,
+    make_console,
+    plan_table,
+    schedule_table,
+    schedule_warning,
+    sensitivity_table,
+    stage_table,
+    validate_table,
+)
 from aif_sim.scenario import Override, Scenario, load_scenario, parse_overrides
 
 
@@ -145,6 +155,11 @@ def build_parser(with_model: bool = True) -> Parser:
         "--cache", type=Path, default=Path("results/cache"), metavar="DIR", help="finished points by scenario hash (default results/cache)"
     )
     sweep.add_argument("--no-cache", action="store_true", help="run every point, keep none")
+    sweep.add_argument(
+        "--scale-profiles",
+        metavar="FACTORS",
+        help="sensitivity to the hardware: every profile-timed stage's times multiplied by each factor (e.g. 0.75,1,1.5,2)",
+    )
     sweep.add_argument("--backend", choices=BACKENDS, default="process", help="worker processes here, or on Ray (RAY_ADDRESS)")
     _engine_option(sweep)
     sweep.set_defaults(func=cmd_sweep)
@@ -255,12 +270,20 @@ def _run(args: argparse.Namespace, scenario: Scenario, samplers: dict[str, Sampl
         if live:
             console.print(schedule_table(summary))
         console.print(f"outputs in [bold]{out}[/]")
+    _hardware_warning(summary["hardware"], args.quiet)
     for pipeline, block in live.items():
         if not block["kept_schedule"]:
             print(schedule_warning(pipeline, block), file=sys.stderr)
     if stop():
         print(f"aif-sim: interrupted; partial results in {out}", file=sys.stderr)
     return stop.exit_code
+
+
+def _hardware_warning(block: dict[str, Any], quiet: bool) -> None:
+    """Say once, on stderr, when the model stages are timed as measured on other hardware than this host's."""
+    note = hardware_note(block)
+    if note is not None and not quiet:
+        print(f"aif-sim: note: {note}", file=sys.stderr)
 
 
 def _add_idealised(args: argparse.Namespace, summary: dict[str, Any], console: Console) -> None:
@@ -310,6 +333,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             args.backend,
             args.engine,
         )
+        _hardware_warning(hardware(planned), args.quiet)
         document = plan_pipelines(ctx, args.qps, load, samplers, lambda pipeline: None, args.max_utilization)
         write_json(folder.path / "plan.json", document)
         out = folder.commit()
@@ -379,6 +403,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise InputError(f"--replications: expected a positive integer, got {args.replications}")
     base = _overrides(args)
     scenario = load_scenario(args.scenario, base)
+    if args.scale_profiles:
+        return _sensitivity(args, scenario, base)
     if args.find_capacity:
         low, high = _find_capacity_range(args.find_capacity)
         if scenario.slo_p99_ms is None:
@@ -393,6 +419,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for value in values:  # every point must be valid before any runs
         build_samplers(load_scenario(args.scenario, base + [(param, value, "--param")]), args.scenario)
     console = make_console()
+    _hardware_warning(hardware(scenario), args.quiet)
     with StopSignal() as stop, _target(args, scenario) as folder:
         cache = PointCache(None if args.no_cache else args.cache)
         ctx = SweepContext(
@@ -404,6 +431,33 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if not args.quiet:
         if cache.hits:
             console.print(f"{cache.hits} finished points taken from {args.cache}")
+        console.print(f"outputs in [bold]{out}[/]")
+    if stop():
+        print(f"aif-sim: interrupted; partial results in {out}", file=sys.stderr)
+    return stop.exit_code
+
+
+def _sensitivity(args: argparse.Namespace, scenario: Scenario, base: list[Override]) -> int:
+    """`sweep --scale-profiles`: the sweep over the factors, its sensitivity report (`app.sensitivity`)."""
+    from aif_sim.app.sensitivity import PARAM, ScaledSweep, parse_scales, scale_overrides, sensitivity_sweep
+
+    scales = parse_scales(args.scale_profiles, scenario, args.scenario)
+    capacity = _find_capacity_range(args.find_capacity) if args.find_capacity else None
+    if capacity is not None and scenario.slo_p99_ms is None:
+        raise InputError(f"{args.scenario}: slo.p99_ms: required field is missing (--find-capacity searches the load that meets it)")
+    for factor in scales:  # every point must be valid before any runs
+        build_samplers(load_scenario(args.scenario, base + scale_overrides(scenario, factor)), args.scenario)
+    console = make_console()
+    _hardware_warning(hardware(scenario), args.quiet)
+    with StopSignal() as stop, _target(args, scenario) as folder:
+        cache = PointCache(None if args.no_cache else args.cache)
+        fixed = (args.replications, args.jobs, console, args.quiet, stop, cache, args.backend, args.engine)
+        ctx = ScaledSweep(args.scenario, scenario, PARAM, base, *fixed)
+        rows, results, extra = sensitivity_sweep(ctx, scales, capacity)
+        write_sweep(ctx, folder.path, rows, results, extra)
+        out = folder.commit()
+    if not args.quiet:
+        console.print(sensitivity_table(extra["sensitivity"], run_title(scenario)))
         console.print(f"outputs in [bold]{out}[/]")
     if stop():
         print(f"aif-sim: interrupted; partial results in {out}", file=sys.stderr)

@@ -33,6 +33,7 @@ import numpy as np
 
 from aif_sim.app.sweep import Job, SweepContext, aggregate, run_jobs
 from aif_sim.core.datafiles import read_csv_column
+from aif_sim.core.hardware import hardware
 from aif_sim.core.latency import Sampler
 from aif_sim.core.pipelines import PIPELINES, Cached, Parallel, stages_of
 from aif_sim.core.traffic import candidate_counts, mean_rate
@@ -268,6 +269,7 @@ def plan_pipelines(
         "slo_p99_ms": scenario.slo_p99_ms,
         "replications": ctx.replications,
         "partial": bool(ctx.stop()),
+        "hardware": hardware(scenario),
         "pipelines": designs,
     }
 

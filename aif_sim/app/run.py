@@ -8,6 +8,7 @@ from typing import Any
 
 from aif_sim import __version__
 from aif_sim.atomic import write_csv, write_json
+from aif_sim.core.hardware import hardware
 from aif_sim.core.latency import Sampler, build_sampler
 from aif_sim.errors import InputError
 from aif_sim.metrics.recorder import Recorder, RequestSink
@@ -125,6 +126,7 @@ def summary_document(scenario: Scenario, results: dict[str, Recorder], live: dic
         "duration_s": scenario.duration_s,
         "warmup_s": scenario.warmup_s,
         "partial": any(recorder.partial for recorder in results.values()) or len(results) < len(scenario.pipelines),
+        "hardware": hardware(scenario),
         "pipelines": pipelines,
     }
 

@@ -77,10 +77,20 @@ def comparison_table(summary: dict[str, Any], title: str) -> Table:
         for switch in ("item_updates", "user_events")
         if m.get("staleness", {}).get(switch) == "off"
     ]
+    notes += hardware_lines(summary.get("hardware"))
     if summary.get("partial"):
         notes.append("[yellow]partial: the run was interrupted[/]")
     table.caption = "\n".join(notes) or None
     return table
+
+
+def hardware_lines(block: dict[str, Any] | None) -> list[str]:
+    """The hardware the model stages are timed on (a report's caption line), said once."""
+    if not block or not block["profiles"]:
+        return []
+    names = sorted(set(block["profiles"].values()))
+    here = "" if block["differs"] else " (this host)"
+    return [f"model stages timed as measured on {', '.join(names)}{here}"]
 
 
 def _failed_share(metrics: dict[str, Any]) -> float:
@@ -167,6 +177,7 @@ def sweep_table(document: dict[str, Any], load: bool) -> Table:
             "\\[low, high]: the 95% interval clipped to what the metric can be "
             "(a share within 0–100%, a latency percentile not below its no-contention one)"
         )
+    notes += hardware_lines(document.get("hardware"))
     if document.get("partial"):
         notes.append("[yellow]partial: interrupted[/]")
     table.caption = "\n".join(notes) or None
@@ -284,7 +295,7 @@ def plan_table(document: dict[str, Any], title: str) -> Table:
             "cost / sequential", *[f"{d['cost_per_hour'] / base['cost_per_hour']:.2f}×" if d["feasible"] else "–" for d in designs.values()]
         )
     reasons = [f"[red]{name} infeasible[/] ({d['reason']})" for name, d in designs.items() if not d["feasible"]]
-    table.caption = "\n".join(reasons) or None
+    table.caption = "\n".join(reasons + hardware_lines(document.get("hardware"))) or None
     return table
 
 
@@ -297,3 +308,36 @@ def _servers(design: dict[str, Any], stage: str) -> str:
     nodes = design.get("nodes", {}).get(stage)
     machines = f"{nodes} node{'' if nodes == 1 else 's'}, " if nodes else ""
     return f"{design['servers'][stage]} ({machines}{100 * utilization:.0f}%)"
+
+
+def sensitivity_table(document: dict[str, Any], title: str) -> Table:
+    """`sweep --scale-profiles`: per design and factor, the p99 and SLO verdict, whether it keeps up with the load (and
+    its capacity under the SLO); the largest factor up to which each holds."""
+    scales = document["scales"]
+    table = plain_table(f"sensitivity to the hardware: every profile-timed stage x factor — {title}")
+    add_columns(table, "design", *(f"× {factor:g}" for factor in scales), "SLO met up to", "keeps up to", left=("design",))
+    for pipeline, design in document["designs"].items():
+        cells = {point["scale"]: _sensitivity_cell(point) for point in design["points"]}
+        table.add_row(
+            pipeline, *(cells.get(factor, "") for factor in scales), _factor(design["slo_met_up_to"]), _factor(design["keeps_up_to"])
+        )
+    notes = [f"scaled: {', '.join(document['stages'])}; a cell: p99 ms, SLO verdict, the busiest pool's utilisation"]
+    notes.append("keeps up: at most 1% of requests shed and throughput within 1% of the offered load")
+    if any("capacity_up_to" in d for d in document["designs"].values()):
+        load = number(document["offered_qps"], "qps")
+        ups = ", ".join(f"{name} {_factor(d.get('capacity_up_to'))}" for name, d in document["designs"].items())
+        notes.append(f"capacity under the SLO at least the scenario's {load} QPS up to: {ups} (capacity per factor in the cells)")
+    table.caption = "\n".join(notes)
+    return table
+
+
+def _sensitivity_cell(point: dict[str, Any]) -> str:
+    verdict = "" if point["slo_met"] is None else ("[green]met[/]" if point["slo_met"] else "[red]missed[/]")
+    cell = f"{number(point['p99_ms'])} {verdict} ({number(point['bottleneck_utilization'], 'share')})"
+    if "capacity_qps" in point:
+        cell += f", cap {number(point['capacity_qps'], 'qps')}"
+    return cell
+
+
+def _factor(value: float | None) -> str:
+    return "[red]at no factor tried[/]" if value is None else f"× {value:g}"
