@@ -35,7 +35,7 @@ from aif_sim.live.fleet import LiveFleet
 from aif_sim.live.index import VectorStore, open_index
 from aif_sim.live.loop import Clock, measure_wake
 from aif_sim.live.model import LiveModel
-from aif_sim.live.nearline import PREFILL, FirstRead, LiveRefresh, Outage, fill, publisher
+from aif_sim.live.nearline import FILL_BATCH, PREFILL, FirstRead, LiveRefresh, Outage, fill, publisher
 from aif_sim.live.pools import LiveBatchingPool, LivePool
 from aif_sim.live.stages import LiveStage
 from aif_sim.live.storage import open_storage
@@ -130,7 +130,7 @@ class LivePipeline:
                 done += n
                 progress(name, done, count)
 
-            await fill(self.storage[name], self._compute(name), self.executor, min(count, self._prefill(name)), advance)
+            await fill(self.storage[name], self._compute(name), self.executor, min(count, self._prefill(name)), FILL_BATCH[name], advance)
 
     def _prefill(self, store: str) -> int:
         """Entities of a store filled before the run (the rest are made when first read)."""
@@ -196,6 +196,7 @@ class LivePipeline:
                 stream(scenario.seed, f"nearline:{name}"),
                 outage,
                 lambda work: self._spawn(loop, work),
+                FILL_BATCH[name],
             )
             if items and nearline.model_publish_interval_s is not None:
                 self._spawn(loop, publisher(clock, refresh, nearline.model_publish_interval_s))

@@ -33,7 +33,9 @@ from aif_sim.scenario.schema import Refresh
 # Entities filled before the run, the most popular first (about 2 s of work for 10^6 item vectors into the array
 # index; Redis takes about 10 s per 200,000 writes, and a user-interest vector costs ~0.2 ms to make).
 PREFILL = {("items", "memory"): 1_000_000, ("items", "redis"): 200_000, ("users", "memory"): 50_000, ("users", "redis"): 50_000}
-FILL_BATCH = 4096  # entities per model call and per storage write when the index is filled or swept
+# Entities per model call and per storage write when an index is filled or swept: a user-interest call holds its
+# users' long-term behaviours' embeddings (about 0.25 MB a user), so users go in smaller batches.
+FILL_BATCH = {"items": 4096, "users": 256}
 SWEEP_TICK_S = 0.01  # how often a sweep computes the entities whose time has come
 
 Compute = Callable[[np.ndarray], np.ndarray]  # entity ids -> their vectors (records)
@@ -53,11 +55,11 @@ class Outage:
             await self.clock.until(self.until_s)
 
 
-async def fill(storage: VectorStore, compute: Compute, executor: Executor, count: int, progress: Callable[[int], None]) -> None:
-    """Make and store the vectors of entities 0..count-1 (the index as it stands when the run starts)."""
+async def fill(storage: VectorStore, compute: Compute, executor: Executor, count: int, batch: int, progress: Callable[[int], None]) -> None:
+    """Make and store the vectors of entities 0..count-1 (the index as it stands when the run starts), `batch` a call."""
     loop = asyncio.get_running_loop()
-    for start in range(0, count, FILL_BATCH):
-        ids = np.arange(start, min(start + FILL_BATCH, count))
+    for start in range(0, count, batch):
+        ids = np.arange(start, min(start + batch, count))
         records = await loop.run_in_executor(executor, compute, ids)
         await storage.set_many(ids, records)
         progress(len(ids))
@@ -117,6 +119,7 @@ class LiveRefresh:
         rng: np.random.Generator,
         outage: Outage,
         spawn: Spawn,
+        batch: int,
     ) -> None:
         self.clock, self.store, self.storage, self.compute, self.executor, self.spawn = clock, store, storage, compute, executor, spawn
         self.popularity, self.refresh, self.sampler, self.sweep_rate, self.rng, self.outage = (
@@ -128,6 +131,7 @@ class LiveRefresh:
             outage,
         )
         self.on_update = refresh is not None and refresh.mode == "on_update"
+        self.batch = batch  # entities per model call of a sweep
         self.work = asyncio.Event()
         if rate > 0:
             spawn(self._updates(rate))
@@ -184,7 +188,7 @@ class LiveRefresh:
             if due <= done:
                 await asyncio.sleep(SWEEP_TICK_S)
                 continue
-            ids = np.arange(done, min(due, done + FILL_BATCH))
+            ids = np.arange(done, min(due, done + self.batch))
             records = await loop.run_in_executor(self.executor, self.compute, ids)
             await self.storage.set_many(ids, records)
             done = int(ids[-1]) + 1

@@ -349,7 +349,7 @@ class Recorder:
         window: the entities re-inferred there (one at a time, by sweeps and by rollouts) times the mean time of one
         re-inference, plus vectors made on first read."""
         busy = {}
-        for name in self.vectors:
+        for name in dict.fromkeys([*self.vectors, *self.first_read_s]):
             start, end = self._reinferred.get(name, [0.0, 0.0])
             seconds = (end - start) * self.refresh_mean_s.get(name, 0.0) + self.first_read_s.get(name, 0.0)
             if name in self.refresh_mean_s or name in self.first_read_s:
