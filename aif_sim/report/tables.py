@@ -283,7 +283,8 @@ def plan_table(document: dict[str, Any], title: str) -> Table:
     if any(d.get("memory_bytes") for d in designs.values()):
         table.add_row("memory GiB", *[number(sum(d.get("memory_bytes", {}).values()) / 2**30, "gib") for d in designs.values()])
     for part, label in (("stages", "servers"), ("refresh", "refresh workers"), ("memory", "memory")):
-        table.add_row(f"cost / hour: {label}", *[number(d["cost"][part], "cost") if d["feasible"] else "" for d in designs.values()])
+        if any("cost" in d for d in designs.values()):
+            table.add_row(f"cost / hour: {label}", *[number(d["cost"][part], "cost") if "cost" in d else "" for d in designs.values()])
     table.add_row("cost / hour", *[f"{d['cost_per_hour']:,.1f}" if d["feasible"] else "[red]infeasible[/]" for d in designs.values()])
     runs = document["replications"]
     p99 = [interval(d["p99_ms"], "ms", d["p99_ci95"], d["p99_lo"], d["p99_hi"], runs) if d["feasible"] else "–" for d in designs.values()]
