@@ -34,3 +34,11 @@ def test_aif_online_differs_from_sequential_by_its_pre_ranker_alone(engine):
         assert online[0] == pytest.approx(sequential[0] - 30 + 7, abs=1e-6)
         assert online[1]["online_prerank"] == pytest.approx(7) and online[1]["retrieval"] == sequential[1]["retrieval"]
     assert list(results["aif_online"].summary()["stages"]) == ["merger", "retrieval", "feature_fetch", "online_prerank"]
+
+
+def test_a_comparison_with_the_like_for_like_baseline_also_shows_aif_against_it():
+    from aif_sim.report.tables import ratio_pairs
+
+    assert ratio_pairs(["sequential", "aif_online", "aif"]) == [("aif_online", "sequential"), ("aif", "sequential"), ("aif", "aif_online")]
+    assert ratio_pairs(["sequential", "aif", "uic"]) == [("aif", "sequential"), ("uic", "sequential")]
+    assert ratio_pairs(["aif", "aif_online"]) == [("aif", "aif_online")]

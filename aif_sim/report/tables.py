@@ -15,7 +15,7 @@ from aif_sim.metrics.summary import NUMERIC
 from aif_sim.report.fmt import interval, number
 
 BASELINE = "sequential"
-SHORT = {"sequential": "seq", "aif": "aif", "uic": "uic", "aif_online": "aif online"}
+SHORT = {"sequential": "seq", "aif": "aif", "uic": "uic", "aif_online": "aif_online"}
 STALENESS_OFF = {"item_updates": "item vectors", "user_events": "user vectors"}
 FIELD_OF = {"item_updates": "nearline.item_updates_per_s", "user_events": "nearline.user_events_per_s"}
 UNBOUNDED = 10_000  # the console width off a terminal without COLUMNS: wider than any table, which sizes itself
@@ -44,19 +44,18 @@ def add_columns(table: Table, *headers: str, left: tuple[str, ...] = ()) -> None
 def comparison_table(summary: dict[str, Any], title: str) -> Table:
     """Pipelines side by side, ratios against the sequential pipeline, the SLO verdict."""
     pipelines = summary["pipelines"]
-    others = [name for name in pipelines if name != BASELINE] if BASELINE in pipelines else []
+    others = ratio_pairs(list(pipelines))
     table = plain_table(title)
     add_columns(table, "metric", *pipelines, left=("metric",))
-    for name in others:
-        table.add_column(f"{SHORT[name]}/seq", justify="right", style="cyan", overflow="fold")
+    for name, base_name in others:
+        table.add_column(f"{SHORT[name]}/{SHORT[base_name]}", justify="right", style="cyan", overflow="fold")
     for metric in NUMERIC:  # the stage names (bottleneck, critical stage) are marked in the stage tables
         values = [metric.get(m) for m in pipelines.values()]
         if all(v is None for v in values):
             continue  # a figure no pipeline of this run has (no SLO, no cache, no nearline)
         row = [metric.label] + [number(v, metric.unit) for v in values]
-        base = metric.get(pipelines[BASELINE]) if others else None
-        for name in others:
-            value = metric.get(pipelines[name])
+        for name, base_name in others:
+            value, base = metric.get(pipelines[name]), metric.get(pipelines[base_name])
             ok = metric.ratio and base and value is not None and value == value
             row.append(f"{value / base:.2f}×" if ok else "")
         table.add_row(*row)
@@ -82,6 +81,15 @@ def comparison_table(summary: dict[str, Any], title: str) -> Table:
         notes.append("[yellow]partial: the run was interrupted[/]")
     table.caption = "\n".join(notes) or None
     return table
+
+
+def ratio_pairs(pipelines: list[str]) -> list[tuple[str, str]]:
+    """The (pipeline, baseline) ratios a comparison shows: every pipeline against the sequential one and, with the
+    like-for-like baseline, AIF against it (the framework's saving apart from the model design's)."""
+    pairs = [(name, BASELINE) for name in pipelines if name != BASELINE] if BASELINE in pipelines else []
+    if "aif" in pipelines and "aif_online" in pipelines:
+        pairs.append(("aif", "aif_online"))
+    return pairs
 
 
 def hardware_lines(block: dict[str, Any] | None) -> list[str]:
