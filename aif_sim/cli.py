@@ -26,7 +26,6 @@ from aif_sim.atomic import write_json
 from aif_sim.compiled import kernels_cached
 from aif_sim.core.hardware import hardware, hardware_note
 from aif_sim.core.latency import Sampler
-from aif_sim.core.pipelines import PIPELINES
 from aif_sim.errors import InputError
 from aif_sim.metrics.recorder import Recorder
 from aif_sim.metrics.requests_log import RequestLog
@@ -43,6 +42,7 @@ from aif_sim.report.tables import (
     validate_table,
 )
 from aif_sim.scenario import Override, Scenario, load_scenario, parse_overrides
+from aif_sim.scenario.pipelines import shipped_designs
 
 
 class Parser(argparse.ArgumentParser):
@@ -108,7 +108,7 @@ def build_parser(with_model: bool = True) -> Parser:
     compare = commands.add_parser("compare", help="run the scenario with the pipelines given here")
     _run_options(compare)
     _engine_option(compare)
-    compare.add_argument("--pipelines", required=True, help=f"comma-separated, from {', '.join(PIPELINES)}")
+    compare.add_argument("--pipelines", required=True, help=f"comma-separated: the scenario's own, or from {', '.join(shipped_designs())}")
     compare.set_defaults(func=cmd_run)
 
     live = commands.add_parser("live", help="run the scenario in wall-clock time: the real model, real caches, one asyncio process")
@@ -119,7 +119,9 @@ def build_parser(with_model: bool = True) -> Parser:
     plan = commands.add_parser("plan", help="per pipeline, the servers per pool of least cost that meet slo.p99_ms at a load")
     _scenario_options(plan)
     plan.add_argument("--qps", type=float, required=True, help="the load to plan for")
-    plan.add_argument("--pipelines", help=f"comma-separated, from {', '.join(PIPELINES)} (default: the scenario's)")
+    plan.add_argument(
+        "--pipelines", help=f"comma-separated: the scenario's own, or from {', '.join(shipped_designs())} (default: the scenario's)"
+    )
     plan.add_argument("--replications", type=int, default=3, metavar="N", help="runs per configuration (default 3)")
     plan.add_argument(
         "--max-utilization",

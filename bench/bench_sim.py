@@ -28,8 +28,9 @@ within sampling noise (about 0.05 ms at 10^5 requests), near the no-queueing val
 The "fixed cost" line is a 100-request CLI run: the start-up and output overhead of any run.
 
 With --fleet, aif-sim's runs make every pool a fleet of machines, each with its own queue, behind p2c
-(FLEET_NODES); the lean model stays the shared-queue system, the reference for speed (the mean latencies then
-differ by what balancing adds, a few hundredths of a millisecond here).
+(FLEET_NODES), and score rtp's candidates in 4 shards on distinct machines (FLEET_SHARDS); the lean model stays
+the shared-queue system without shards, the reference for speed (the mean latencies then differ by what
+balancing and sharding add: rtp's visit takes its slowest of 4 shards, each drawn at the whole visit's mean).
 """
 
 from __future__ import annotations
@@ -62,12 +63,13 @@ STAGES = {  # servers, mean service (ms): exponential, the same in both models
     "rtp": (32, 3.0),
 }
 FLEET_NODES = {"merger": 4, "retrieval": 16, "user_inference": 4, "item_fetch": 8, "rtp": 4}  # machines, with --fleet
+FLEET_SHARDS = {"rtp": 4}  # with --fleet: a visit's candidates scored in this many shards, on distinct machines
 FIXED_COST_REQUESTS = 100
 
 
 def scenario_dict(requests: int, fleet: bool = False) -> dict:
-    """The bench's scenario; with `fleet`, every pool as FLEET_NODES machines behind p2c."""
-    machines = FLEET_NODES if fleet else {}
+    """The bench's scenario; with `fleet`, every pool as FLEET_NODES machines behind p2c, rtp sharded (FLEET_SHARDS)."""
+    machines, shards = (FLEET_NODES, FLEET_SHARDS) if fleet else ({}, {})
     return {
         "name": "bench",
         "seed": 1,
@@ -79,6 +81,7 @@ def scenario_dict(requests: int, fleet: bool = False) -> dict:
             name: {
                 "servers": servers,
                 "nodes": machines.get(name, 1),
+                "shards": shards.get(name, 1),
                 "balance": "p2c",
                 "latency": {"dist": "exponential", "mean_ms": mean},
             }

@@ -22,11 +22,11 @@ from aif_sim.app.run import build_samplers, choose_engines
 from aif_sim.compiled.engine import run_compiled
 from aif_sim.compiled.support import unsupported
 from aif_sim.core import traffic
-from aif_sim.core.pipelines import stages_of
 from aif_sim.core.system import RequestSource
 from aif_sim.metrics.recorder import Recorder
 from aif_sim.scenario import Scenario, load_scenario
 from aif_sim.scenario.loading import parse_overrides
+from aif_sim.scenario.pipelines import Pipeline, shipped_designs
 from tests.simtools import make_scenario, negligible, overload_stages, small_stages
 
 ALL = ["sequential", "aif", "uic"]
@@ -177,11 +177,31 @@ def nearline_specs(draw: st.DrawFn, duration_s: float) -> dict[str, Any]:
 
 
 @st.composite
+def own_pipelines(draw: st.DrawFn) -> dict[str, Any]:
+    """A pipeline of the step language over stages of its own names: 1 to 5 steps, each a call or a parallel group of
+    2 or 3 branches; a call may be guarded by the cache `embedding`, read through the cache `features`, or read
+    nearline vectors (each at one call at most, as the language requires)."""
+    steps: list[Any] = []
+    for index in range(draw(st.integers(1, 5))):
+        width = draw(st.sampled_from([1, 1, 2, 3]))
+        branches = [{"stage": f"s{index}_{k}"} for k in range(width)]
+        steps.append(branches[0] if width == 1 else {"parallel": branches})
+    calls = [branch for step in steps for branch in step.get("parallel", [step])]
+    for field, value in (("cached", "embedding"), ("reads", "features"), ("vectors", draw(st.sampled_from(["items", "users"])))):
+        if draw(st.booleans()):
+            calls[draw(st.integers(0, len(calls) - 1))][field] = value
+    return {"name": "own", "steps": steps}
+
+
+@st.composite
 def cases(draw: st.DrawFn) -> tuple[Scenario, str, int]:
-    pipeline = draw(st.sampled_from(ALL))
-    stages = {name: draw(pools()) for name in stages_of(pipeline)}
+    """A scenario of one pipeline, a shipped design or one of its own, with that pipeline's name and a block size."""
+    pipeline = draw(st.sampled_from([*ALL, "own"]))
+    own = draw(own_pipelines()) if pipeline == "own" else None
+    design = Pipeline.model_validate(own) if own is not None else shipped_designs()[pipeline]
+    stages = {name: draw(pools()) for name in design.stages}
     if draw(st.booleans()):  # a constant service: no ties with continuous arrivals
-        stages["merger"]["latency"] = {"dist": "constant", "ms": draw(st.floats(0.05, 2.0))}
+        stages[design.stages[0]]["latency"] = {"dist": "constant", "ms": draw(st.floats(0.05, 2.0))}
     qps = draw(st.floats(50.0, 3000.0))
     duration_s = draw(st.floats(1.0, max(1.0, min(5.0, 6000.0 / qps))))
     kind = draw(st.sampled_from(["poisson", "poisson", "diurnal", "bursty"]))
@@ -191,7 +211,7 @@ def cases(draw: st.DrawFn) -> tuple[Scenario, str, int]:
     elif kind == "bursty":
         arrival = {"kind": "bursty", "qps": qps / 3, "burst_qps": qps * 2, "mean_burst_s": 0.2, "mean_calm_s": 0.5}
     extra: dict[str, Any] = {"slo": {"p99_ms": draw(st.floats(5.0, 100.0))}} if draw(st.booleans()) else {}
-    slowed = draw(st.lists(st.sampled_from(stages_of(pipeline)), max_size=3))
+    slowed = draw(st.lists(st.sampled_from(design.stages), max_size=3))
     if slowed:  # stage slowdowns, possibly overlapping on one stage
         extra["faults"] = [
             {
@@ -203,8 +223,8 @@ def cases(draw: st.DrawFn) -> tuple[Scenario, str, int]:
             }
             for stage in slowed
         ]
-    if pipeline != "uic" and draw(st.booleans()):
-        extra["caches"] = {name: draw(cache_specs()) for name in ("user_vector", "sim_features") if draw(st.booleans())}
+    if design.caches and (own is not None or draw(st.booleans())):  # a pipeline of its own consults what it names
+        extra["caches"] = {name: draw(cache_specs()) for name in design.caches if own is not None or draw(st.booleans())}
         flushed = [name for name in extra["caches"] if draw(st.booleans())]
         extra.setdefault("faults", []).extend(
             {
@@ -215,7 +235,7 @@ def cases(draw: st.DrawFn) -> tuple[Scenario, str, int]:
             }
             for name in flushed
         )
-    if pipeline != "sequential" and draw(st.booleans()):
+    if design.vector_stores and draw(st.booleans()):
         extra["nearline"] = draw(nearline_specs(duration_s))
         if draw(st.booleans()):
             extra.setdefault("faults", []).append(
@@ -223,7 +243,7 @@ def cases(draw: st.DrawFn) -> tuple[Scenario, str, int]:
             )
     scenario = make_scenario(
         stages,
-        pipelines=[pipeline],
+        pipelines=[own if own is not None else pipeline],
         arrival=arrival,
         duration_s=duration_s,
         warmup_s=draw(st.floats(0.0, duration_s / 2)),
@@ -351,7 +371,7 @@ def test_unsupported_names_what_it_does_not_model(tmp_path):
     """Batching stages timed per batch by candidates or by empirical samples are refused, by stage; every other
     batching stage, cache, nearline store and fault is modelled."""
     pool = {"servers": 4, "latency": {"dist": "exponential", "mean_ms": 1}}
-    plain = {name: pool for pipeline in ALL for name in stages_of(pipeline)}
+    plain = {name: pool for pipeline in ALL for name in shipped_designs()[pipeline].stages}
     assert all(why_not(make_scenario(plain, pipelines=ALL), pipeline) is None for pipeline in ALL)
     batching = make_scenario({**small_stages(pool), "light_prerank": pool}, pipelines=ALL)
     assert all(why_not(batching, pipeline) is None for pipeline in ALL)

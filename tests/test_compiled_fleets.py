@@ -1,15 +1,20 @@
-"""Stages of several nodes on the compiled engine against the simpy engine: the same picks, the same visits, the
-same per-node busy time (`Recorder.node_busy`), request for request; and what it does not model yet."""
+"""Stages of several nodes on the compiled engine against the simpy engine: the same picks, the same visits and
+shards, the same per-node busy time (`Recorder.node_busy`) and shard skew, request for request; and what it does
+not model yet."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from aif_sim.app.run import build_samplers, choose_engines
+from aif_sim.scenario import Scenario
+from aif_sim.scenario.pipelines import shipped_designs
 from tests.simtools import make_scenario, overload_stages, small_stages
-from tests.test_compiled import assert_equivalent, why_not
+from tests.test_compiled import ALL, assert_equivalent, latencies, why_not
 
 BALANCERS = ["random", "round_robin", "least_outstanding", "p2c"]
 
@@ -50,16 +55,130 @@ def test_every_balancer_under_overload_with_caches_and_slowdowns(balance):
         assert_equivalent(scenario, pipeline, 64)
 
 
+@st.composite
+def fleet_stages(draw: st.DrawFn) -> dict[str, Any]:
+    """A stage of several nodes behind any balancer: sharded or not, a cost per candidate, a queue limit and a
+    timeout per node or none, retries where there is no timeout, or, now and then, one pool."""
+    nodes = draw(st.sampled_from([1, 2, 3, 4, 6]))
+    stage: dict[str, Any] = {
+        "servers": nodes * draw(st.integers(1, 3)),
+        "nodes": nodes,
+        "balance": draw(st.sampled_from(BALANCERS)),
+        "latency": draw(latencies()),
+        "shards": draw(st.integers(1, nodes)),
+    }
+    if draw(st.booleans()):
+        stage["per_candidate_us"] = draw(st.floats(0.001, 20.0))
+    if draw(st.booleans()):
+        stage["queue_limit"] = draw(st.integers(0, 6))
+    if draw(st.booleans()):
+        stage["timeout_ms"] = draw(st.floats(0.5, 30.0))
+    elif nodes > 1 and draw(st.booleans()):  # retries of rejected visits (a timed-out one's retry stays on simpy)
+        stage["retries"] = draw(st.integers(1, 3))
+    return stage
+
+
+@st.composite
+def fleet_cases(draw: st.DrawFn) -> tuple[Scenario, str, int]:
+    """A pipeline of fleets (every stage drawn by `fleet_stages`) under light to overloading Poisson traffic, with
+    caches in front of some (a miss adding latency to each shard) and slowdowns of some."""
+    pipeline = draw(st.sampled_from(ALL))
+    stages = {name: draw(fleet_stages()) for name in shipped_designs()[pipeline].stages}
+    qps = draw(st.floats(100.0, 2500.0))
+    duration_s = draw(st.floats(0.5, max(0.5, min(3.0, 4000.0 / qps))))
+    extra: dict[str, Any] = {}
+    slowed = draw(st.lists(st.sampled_from(shipped_designs()[pipeline].stages), max_size=2))
+    extra["faults"] = [
+        {
+            "kind": "stage_slowdown",
+            "at_s": draw(st.floats(0.01, duration_s)),
+            "stage": stage,
+            "factor": draw(st.floats(1.1, 8.0)),
+            "duration_s": draw(st.floats(0.01, duration_s)),
+        }
+        for stage in slowed
+    ]
+    if pipeline != "uic" and draw(st.booleans()):
+        miss = {"capacity": 20, "ttl_s": 0.2, "miss_latency": {"dist": "exponential", "mean_ms": draw(st.floats(0.1, 5.0))}}
+        extra["caches"] = {"user_vector": {"capacity": 50}, "sim_features": miss}
+    scenario = make_scenario(
+        stages,
+        pipelines=[pipeline],
+        qps=qps,
+        duration_s=duration_s,
+        warmup_s=draw(st.floats(0.0, duration_s / 2)),
+        drain_s=draw(st.sampled_from([0.0, 0.05, 1.0])),
+        seed=draw(st.integers(0, 2**31)),
+        candidates=draw(st.integers(1, 300)),
+        **extra,
+    )
+    return scenario, pipeline, draw(st.sampled_from([3, 16, 101, 8192]))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fleet_cases())
+def test_random_fleets_give_the_simpy_results_request_for_request(case):
+    """Nodes, balancers, shards (fewer candidates than shards too), costs per candidate, limits, retries, caches and
+    slowdowns drawn at random: the compiled engine's requests, visits, node busy time, shard skew and retries are
+    simpy's."""
+    scenario, pipeline, chunk = case
+    assert why_not(scenario, pipeline) is None
+    assert_equivalent(scenario, pipeline, chunk)
+
+
+@pytest.mark.parametrize("balance", BALANCERS)
+def test_sharded_visits_under_overload(balance):
+    """Shards on every node of a stage (each pick avoiding the nodes already taken), on fewer nodes than there are
+    of them, queue limits and timeouts failing some shards of a visit, a cache miss each shard waits for: the same
+    results, and the accounting a sharded stage adds (skew, per-node busy time) is there."""
+    stages = small_stages(_fleet(8, 4, balance, {"dist": "exponential", "mean_ms": 5}, queue_limit=2, timeout_ms=6, shards=4))
+    stages["item_fetch"] = _fleet(6, 3, balance, {"dist": "gamma", "mean_ms": 1, "cv": 0.5}, shards=2, per_candidate_us=2)
+    stages["feature_fetch"] = _fleet(4, 2, balance, {"dist": "lognormal", "median_ms": 2, "p99_ms": 9}, shards=2, queue_limit=1)
+    caches = {"sim_features": {"capacity": 30, "miss_latency": {"dist": "exponential", "mean_ms": 1}}}
+    for pipeline in ("sequential", "aif"):
+        scenario = make_scenario(stages, pipelines=[pipeline], qps=700, duration_s=1.5, warmup_s=0.2, drain_s=0.0, seed=3, caches=caches)
+        summary = assert_equivalent(scenario, pipeline, 101).summary()
+        sharded = summary["stages"]["prerank" if pipeline == "sequential" else "item_fetch"]
+        assert sharded["shard_skew_ms"] > 0 and min(sharded["node_utilization"]) > 0
+        if pipeline == "sequential":
+            assert summary["requests"]["rejected"] > 0 and summary["requests"]["timed_out"] > 0
+
+
+@pytest.mark.parametrize("balance", BALANCERS)
+def test_rejected_visits_and_shards_retried_on_other_nodes(balance):
+    """Queue limits of 0 and 1 reject often: each rejected visit or shard is sent at once to a node not holding a
+    part of its visit, while its retries last, the balancer drawing again; the same requests, picks and retries."""
+    stages = small_stages(_fleet(8, 4, balance, {"dist": "exponential", "mean_ms": 5}, queue_limit=0, retries=2, shards=2))
+    stages["item_fetch"] = _fleet(6, 3, balance, {"dist": "gamma", "mean_ms": 4, "cv": 0.5}, queue_limit=1, retries=1)
+    for pipeline in ("sequential", "aif"):
+        scenario = make_scenario(stages, pipelines=[pipeline], qps=900, duration_s=1.5, warmup_s=0.2, drain_s=0.0, seed=5)
+        summary = assert_equivalent(scenario, pipeline, 101).summary()
+        retrying = summary["stages"]["prerank" if pipeline == "sequential" else "item_fetch"]
+        assert retrying["retries"] > 0 and summary["requests"]["rejected"] > 0
+
+
 def test_what_it_does_not_model_on_several_nodes():
-    """Shards, hedges, retries, batching nodes, node loss and deadlines stay on simpy, said in one line; plain
-    nodes run compiled."""
+    """Hedges, retries after a timeout, batching nodes, node loss and deadlines stay on simpy, said in one line, and
+    so do sharded stages of constant services (a visit's shards end together, and the shards queued behind them on
+    several nodes start at one instant, in an order simpy decides by scheduling); plain and sharded nodes, and
+    retries of rejected visits, run compiled."""
     pool = _fleet(8, 4, "p2c", {"dist": "exponential", "mean_ms": 2})
-    plain = make_scenario(small_stages(pool), pipelines=["sequential"])
-    assert choose_engines(plain, build_samplers(plain, "<test>"), "auto") == {"sequential": ("compiled", None)}
+    for compiled in (pool, pool | {"shards": 4}, pool | {"shards": 2, "retries": 2, "queue_limit": 1}):
+        scenario = make_scenario(small_stages(compiled), pipelines=["sequential"])
+        assert choose_engines(scenario, build_samplers(scenario, "<test>"), "auto") == {"sequential": ("compiled", None)}
     cases = [
-        ({"shards": 2}, {}, "the compiled engine does not model shards on stages of several nodes yet (prerank)"),
+        (
+            {"shards": 2, "latency": {"dist": "constant", "ms": 2}},
+            {},
+            "the compiled engine may order events at equal times unlike simpy: sharded visits of constant or empirical services "
+            "end together on several nodes, starting the shards queued behind them at one instant (prerank)",
+        ),
         ({"hedge_after_ms": 5}, {}, "the compiled engine does not model hedges (hedge_after_ms) on stages of several nodes yet (prerank)"),
-        ({"retries": 1}, {}, "the compiled engine does not model retries on stages of several nodes yet (prerank)"),
+        (
+            {"retries": 1, "timeout_ms": 5},
+            {},
+            "the compiled engine does not model retries of timed-out visits (retries with timeout_ms) on stages of several nodes yet (prerank)",
+        ),
         ({"batch": {"max_size": 4}}, {}, "the compiled engine does not model batching on stages of several nodes yet (prerank)"),
         (
             {},

@@ -95,10 +95,10 @@ def test_fleets_run_compiled_and_what_the_compiled_engine_lacks_runs_on_simpy_sa
     scenario = make_scenario(_fleet_stages(), pipelines=["sequential"], qps=100, duration_s=1.0)
     assert choose_engines(scenario, build_samplers(scenario, "<test>"), "auto")["sequential"] == ("compiled", None)
     stages = _fleet_stages()
-    stages["prerank"]["shards"] = 2
+    stages["prerank"]["hedge_after_ms"] = 5
     scenario = make_scenario(stages, pipelines=["sequential"], qps=100, duration_s=1.0)
     engine, reason = choose_engines(scenario, build_samplers(scenario, "<test>"), "auto")["sequential"]
-    assert engine == "simpy" and "shards" in reason and "prerank" in reason
+    assert engine == "simpy" and "hedges" in reason and "prerank" in reason
 
 
 @pytest.mark.parametrize(
@@ -153,7 +153,7 @@ def test_the_compiled_engine_refuses_what_it_lacks_in_one_line(tmp_path, capsys)
     path = write_yaml(tmp_path / "fleet.yaml", scenario_dict(stages, duration_s=1.0))
     assert main(["run", str(path), "--engine", "compiled", "--quiet", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "shards" in err, err
+    assert err.count("\n") == 1 and "hedge_after_ms" in err, err
 
 
 @pytest.mark.parametrize("engine", ["simpy", "compiled"])

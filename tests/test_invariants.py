@@ -11,8 +11,8 @@ import pytest
 from scipy.stats import norm
 
 from aif_sim.cli import main
-from aif_sim.core.pipelines import stages_of, step_slots
 from aif_sim.core.traffic import request_blocks
+from aif_sim.scenario.pipelines import shipped_designs
 from tests.simtools import (
     MANY,
     RowSink,
@@ -98,7 +98,7 @@ def test_batching_timeout_bounds_the_queue_wait_only():
 def test_last_stage_visits_equal_completions_under_overload():
     scenario = make_scenario(overload_stages(), pipelines=ALL, qps=1000, duration_s=4.0, warmup_s=1.0, drain_s=10.0, seed=5)
     for pipeline, summary in run_summaries(scenario).items():
-        last = stages_of(pipeline)[-1]
+        last = shipped_designs()[pipeline].stages[-1]
         assert summary["stages"][last]["visits"] == summary["requests"]["completed"], pipeline
 
 
@@ -133,7 +133,7 @@ def test_last_stage_visits_equal_completions_unbatched():
     for pipeline, summary in run_summaries(scenario).items():
         req = summary["requests"]
         assert req["rejected"] > 0 and req["timed_out"] > 0
-        last = stages_of(pipeline)[-1]
+        last = shipped_designs()[pipeline].stages[-1]
         assert summary["stages"][last]["visits"] == req["completed"], pipeline
 
 
@@ -172,14 +172,14 @@ def test_latency_equals_critical_path_of_stage_times(tmp_path):
     checked = {p: 0 for p in ALL}
     for i in range(n):
         pipeline = columns["pipeline"][i]
-        stage_ms = {s: columns[f"{s}_ms"][i] for s in stages_of(pipeline)}
+        stage_ms = {s: columns[f"{s}_ms"][i] for s in shipped_designs()[pipeline].stages}
         assert all(v >= 0 and math.isfinite(v) for v in stage_ms.values()), (pipeline, stage_ms)
-        for other in set(stages) - set(stages_of(pipeline)):
+        for other in set(stages) - set(shipped_designs()[pipeline].stages):
             assert math.isnan(columns[f"{other}_ms"][i])
         assert stage_ms["merger"] >= 0.5 - 1e-9
         latency = columns["latency_ms"][i]
-        names = stages_of(pipeline)
-        path_ms = sum(max(stage_ms[names[slot]] for slot in slots) for slots in step_slots(pipeline))
+        names = shipped_designs()[pipeline].stages
+        path_ms = sum(max(stage_ms[names[slot]] for slot in slots) for slots in shipped_designs()[pipeline].step_slots)
         assert latency >= path_ms - 1e-6
         assert latency == pytest.approx(path_ms, rel=1e-9, abs=1e-6), (pipeline, columns["request_id"][i])
         checked[pipeline] += 1

@@ -45,7 +45,8 @@ def test_layering_rules():
                 broken.append(f"{file}: simpy outside aif_sim/sim/")
             if _uses(module, ("asyncio", "aiocache")) and area != "live":
                 broken.append(f"{file}: {module} outside aif_sim/live/")
-            if area == "sim" and _uses(module, ("aif_sim.live",)) or area == "live" and _uses(module, ("aif_sim.sim",)):
+            engines = {"sim", "compiled", "live"}
+            if area in engines and _uses(module, tuple(f"aif_sim.{other}" for other in engines - {area})):
                 broken.append(f"{file}: the engines import each other ({module})")
             if area == "model" and _uses(module, ("aif_sim.sim", "aif_sim.live", "aif_sim.app", "simpy", "asyncio")):
                 broken.append(f"{file}: the model imports an engine ({module})")
@@ -61,3 +62,33 @@ def test_layering_rules():
 def test_simulator_commands_do_not_import_torch():
     code = "import sys, aif_sim.cli; assert 'torch' not in sys.modules and 'simpy' in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _area(file: str) -> str:
+    """The package of a module under aif_sim/ (a top-level module is its own)."""
+    parts = file.split("/")
+    return parts[1] if len(parts) > 2 else parts[1].removesuffix(".py")
+
+
+def test_the_scenario_is_data_that_imports_no_other_package():
+    """The scenario (schema, pipeline step language, shipped designs) is read by everything else and reads nothing of
+    the simulator but its error type: the core's pipelines come from the scenario, never the other way round."""
+    broken = [
+        f"{file}: the scenario imports {module}"
+        for file, imports in _modules().items()
+        if _area(file) == "scenario"
+        for module, _ in imports
+        if _uses(module, ("aif_sim",)) and not _uses(module, ("aif_sim.scenario", "aif_sim.errors"))
+    ]
+    assert not broken, "\n".join(broken)
+
+
+def test_no_two_packages_import_each_other():
+    """No cycle between two packages of aif_sim (say, the scenario and the core)."""
+    edges: set[tuple[str, str]] = set()
+    for file, imports in _modules().items():
+        for module, _ in imports:
+            if module.startswith("aif_sim.") and module.split(".")[1] != _area(file):
+                edges.add((_area(file), module.split(".")[1]))
+    cycles = sorted(f"{a} <-> {b}" for a, b in edges if (b, a) in edges and a < b)
+    assert not cycles, "\n".join(cycles)

@@ -11,11 +11,11 @@ import pytest
 
 from aif_sim.app import run as run_module
 from aif_sim.app.run import build_samplers, simulate, summary_document, write_run
-from aif_sim.core.pipelines import stages_of
 from aif_sim.core.request import Window
 from aif_sim.metrics.recorder import Recorder
 from aif_sim.metrics.summary import NUMERIC
 from aif_sim.report import plots
+from aif_sim.scenario.pipelines import shipped_designs
 from aif_sim.scenario.schema import CacheFlush, StageSlowdown
 from tests.simtools import single_queue_scenario
 
@@ -36,7 +36,9 @@ def _recorder(
 ) -> Recorder:
     """A recorder of `pipeline` holding the given latencies and one time-series row per second (warm-up and
     drain included) with the given per-second p99."""
-    recorder = Recorder(pipeline, {name: (1, False) for name in stages_of(pipeline)}, Window(warmup_s, duration_s), slo_ms)
+    recorder = Recorder(
+        shipped_designs()[pipeline], {name: (1, False) for name in shipped_designs()[pipeline].stages}, Window(warmup_s, duration_s), slo_ms
+    )
     recorder.latency.add(latency_ms)
     recorder.no_contention.add(latency_ms if no_contention_ms is None else no_contention_ms)
     recorder.offered = offered

@@ -82,7 +82,7 @@ SCHEMA_CASES = {
     "missing latency field": (_set("stages.prerank.latency", {"dist": "gamma", "mean_ms": 3}), ["stages.prerank.latency.cv", "missing"]),
     "unknown distribution": (_set("stages.prerank.latency", {"dist": "weibull", "ms": 3}), ["stages.prerank.latency", "weibull"]),
     "unknown arrival kind": (_set("traffic.arrival", {"kind": "uniform", "qps": 3}), ["traffic.arrival", "uniform"]),
-    "unknown stage name": (_set("stages.reranker", {"servers": 1, "latency": {"dist": "constant", "ms": 1}}), ["stages", "reranker"]),
+    "unknown stage name": (_set("stages.reranker", {"servers": 1}), ["stages: unknown stage 'reranker'", "no pipeline calls it"]),
     "unknown pipeline": (_set("pipelines", ["sequential", "turbo"]), ["pipelines", "turbo"]),
     "pipeline twice": (_set("pipelines", ["aif", "aif"]), ["pipelines"]),
     "pipeline uses missing stage": (_del("stages.user_inference"), ["stages", "user_inference", "aif"]),
@@ -118,6 +118,8 @@ SCHEMA_CASES = {
     "flush of an unknown cache": (_set("faults", [{"at_s": 0.5, "kind": "cache_flush", "cache": "l2"}]), ["faults.0.cache", "l2"]),
     "periodic refresh without interval": (_set("nearline", {"refresh": {"mode": "periodic"}}), ["nearline.refresh", "interval_s"]),
     "negative cache capacity": (_set("caches", {"user_vector": {"capacity": -1}}), ["caches.user_vector.capacity"]),
+    "misspelt cache field": (_set("caches", {"user_vector": {"capacty": 5}}), ["caches.user_vector.capacty", "did you mean capacity?"]),
+    "misspelt caches field": (_set("caches", {"backnd": "redis"}), ["caches.backnd: a cache is a mapping", "did you mean backend?"]),
     "negative seed": (_set("seed", -1), ["seed", "greater than or equal to 0"]),
     "arrival written without its kind": (
         _set("traffic.arrival", {"poisson": {"qps": 2000}}),
@@ -131,9 +133,43 @@ SCHEMA_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(SCHEMA_CASES))
+def _own(*steps: object) -> Callable[[dict], None]:
+    """The base scenario with a pipeline of its own, `mine`, of these steps, and both caches configured."""
+
+    def apply(data: dict) -> None:
+        data["pipelines"] = ["aif", {"name": "mine", "steps": list(steps)}]
+        data["caches"] = {"user_vector": {"capacity": 100}, "sim_features": {"capacity": 100}}
+
+    return apply
+
+
+PIPELINE_CASES = {
+    "unknown stage": (_own("merger", "retreival"), ["pipelines.1.steps.1.stage", "'retreival'", "did you mean retrieval?"]),
+    "unknown stage in a group": (
+        _own({"parallel": ["retrieval", "user_infrence"]}),
+        ["pipelines.1.steps.0.parallel.1.stage", "did you mean user_inference?"],
+    ),
+    "empty parallel group": (_own("merger", {"parallel": []}, "rtp"), ["pipelines.1.steps.1.parallel", "empty parallel group"]),
+    "cache not configured": (
+        _own({"cached": "user_vectors", "stage": "user_inference"}),
+        ["pipelines.1.steps.0.cached", "'user_vectors'", "did you mean user_vector?"],
+    ),
+    "read-through cache not configured": (_own({"stage": "feature_fetch", "reads": "sim"}), ["pipelines.1.steps.0.reads", "'sim'"]),
+    "vector store nothing refreshes": (
+        _own({"stage": "item_fetch", "vectors": "item_vectors"}),
+        ["pipelines.1.steps.0.vectors", "'item_vectors'", "nothing refreshes"],
+    ),
+    "stage called twice": (_own("merger", "rtp", "merger"), ["pipelines.1.steps.2", "'merger' is already called at steps.0"]),
+    "misspelt step key": (_own({"stage": "rtp", "read": "sim_features"}), ["pipelines.1.steps.0.read: unknown key; did you mean reads?"]),
+    "unknown design": (_set("pipelines", ["aif", "seqential"]), ["pipelines.1", "'seqential'", "did you mean sequential?"]),
+    "a design's stage missing": (_del("stages.rtp"), ["pipelines.1.steps.3.stage", "pipeline aif", "'rtp'"]),
+}
+
+
+@pytest.mark.parametrize("case", [*SCHEMA_CASES, *PIPELINE_CASES])
 def test_bad_scenario_field(case, tmp_path, capsys):
-    mutate, expected = SCHEMA_CASES[case]
+    """One line naming the file, the field (for a pipeline, the step's place) and what was expected; exit 2."""
+    mutate, expected = {**SCHEMA_CASES, **PIPELINE_CASES}[case]
     path = write_yaml(tmp_path / "bad.yaml", _mutate(mutate))
     line = run_bad(capsys, [str(path), "--out", str(tmp_path / "out"), "--quiet"])
     _assert_names(line, str(path), *expected)

@@ -133,7 +133,17 @@ def test_every_table_prints_whole_off_a_terminal():
         "ci95": {"error": {"p50": [0.001, 0.02], "p99": [-0.07, -0.02]}},
         "within_tolerance": {"p50": True, "p99": True},
     }
-    assert "5678.9/5678.9" in _printed(validate_table([point] * 3, 0.1))
+    point["live"]["wait_ms"] = {"prerank_with_a_long_name": 12.5}
+    point["replay"] = {
+        "p50_ms": 1230.5,
+        "p99_ms": 5670.9,
+        "wait_ms": {"prerank_with_a_long_name": 12.25},
+        "error": {"p50": -0.003, "p99": -0.0014, "wait": {"prerank_with_a_long_name": -0.02}},
+        "ci95": {"error": {"p50": [-0.01, 0.004], "p99": [-0.02, 0.02]}},
+    }
+    printed = _printed(validate_table([point] * 3, 0.1))
+    assert "…" not in printed and printed.count("profile DES") == printed.count("replay DES") == printed.count("live  ") == 3
+    assert "5678.9" in printed and "5670.9" in printed and "prerank_with_a_long_name 12.25/12.50 (-2%)" in printed
     live = {
         "scheduled_qps": 120000.0,
         "achieved_qps": 119876.5,

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aif_sim.app.validate import QUANTILES, batch_intervals, diverging_stage
+from aif_sim.app.validate import QUANTILES, batch_intervals, diverging_stage, outside_stages_ms, relative_errors, service_error
+from aif_sim.scenario.pipelines import shipped_designs
 
 REPLICATIONS = 300
 CUSTOMERS = 4000
@@ -108,3 +109,30 @@ def test_intervals_hold_their_centre_and_need_a_request_in_every_window():
 def test_the_diverging_stage_is_the_largest_relative_difference_of_means():
     means = {"retrieval": {"des": 9.0, "live": 10.0}, "item_fetch": {"des": 2.0, "live": 6.0}, "rtp": {"des": 8.0, "live": 4.0}}
     assert diverging_stage(means) == {"stage": "rtp", "des_ms": 8.0, "live_ms": 4.0, "error": 1.0}
+
+
+def test_time_outside_stage_visits_is_the_latency_less_each_steps_longest_visit():
+    """aif: merger, (retrieval || user_inference), item_fetch, rtp; a skipped stage (NaN) takes nothing."""
+    nan = float("nan")
+    stage_ms = np.array(
+        [
+            [1.0, 20.0, 5.0, 2.0, 3.0],  # retrieval is the longer branch
+            [1.0, 20.0, 26.0, 2.0, 3.0],  # user_inference is
+            [1.0, 20.0, nan, 2.0, 3.0],  # a user-vector hit skipped user_inference
+        ]
+    )
+    latency = np.array([27.5, 32.0, 26.0])
+    assert outside_stages_ms(shipped_designs()["aif"].step_slots, latency, stage_ms) == pytest.approx([1.5, 0.0, 0.0])
+
+
+def test_the_service_error_is_each_stages_mean_service_model_against_live():
+    """A stage's mean service is its mean latency less its mean wait; the error is DES/live - 1 (NaN where live's is 0)."""
+
+    def summary(latency: float, wait: float) -> dict:
+        return {"stages": {"prerank": {"latency_ms": {"mean": latency}, "wait_ms": {"mean": wait}}}}
+
+    assert service_error(summary(12.0, 4.0), summary(15.0, 5.0)) == {
+        "prerank": {"des_ms": 8.0, "live_ms": 10.0, "error": pytest.approx(-0.2)}
+    }
+    assert np.isnan(relative_errors({"merger": 0.0}, {"merger": 0.0})["merger"])
+    assert relative_errors({"a": 3.0, "b": 1.0}, {"a": 2.0}) == {"a": 0.5}

@@ -35,7 +35,6 @@ from aif_sim.app.sweep import Job, SweepContext, aggregate, run_jobs
 from aif_sim.core.datafiles import read_csv_column
 from aif_sim.core.hardware import hardware
 from aif_sim.core.latency import Sampler
-from aif_sim.core.pipelines import PIPELINES, Cached, Parallel, stages_of
 from aif_sim.core.traffic import candidate_counts, mean_rate
 from aif_sim.errors import InputError
 from aif_sim.metrics.bill import fixed_cost_per_hour, memory_bytes, refresh_workers
@@ -49,23 +48,13 @@ MEAN_DRAWS = 20_000
 Config = tuple[int, ...]
 
 
-def guarded_stages(pipeline: str) -> set[str]:
-    """Stages a cache hit may skip (they see fewer requests than the pipeline)."""
-    guarded = set()
-    for step in PIPELINES[pipeline]:
-        for branch in step.branches if isinstance(step, Parallel) else (step,):
-            if isinstance(branch, Cached):
-                guarded.add(branch.call.stage)
-    return guarded
-
-
 def server_rates(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler]) -> dict[str, float]:
     """Per pool of the pipeline, the requests per second one busy server completes: its batch size over the mean
     service of a full batch (at the scenario's candidate counts), from the samplers the DES uses."""
     rng = np.random.default_rng(0)
     candidates = candidate_counts(scenario.traffic.candidates, rng, MEAN_DRAWS)
     rates = {}
-    for stage in stages_of(pipeline):
+    for stage in scenario.pipeline(pipeline).stages:
         config, sampler = scenario.stages[stage], samplers[stage]
         size = config.batch.max_size if config.batch is not None else 1
         work = float(size) if sampler.work_key == "batch" else candidates * size
@@ -76,7 +65,7 @@ def server_rates(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler]
 def lower_bounds(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler], qps: float, caps: dict[str, float]) -> dict[str, int]:
     """Per pool, the fewest servers that keep it stable at `qps`, below its utilisation cap (see the module
     docstring)."""
-    guarded = guarded_stages(pipeline) if scenario.caches is not None else set()
+    guarded = set(scenario.pipeline(pipeline).guarded_stages)
     return {
         stage: 1 if stage in guarded else math.floor(qps / (rate * caps[stage])) + 1
         for stage, rate in server_rates(scenario, pipeline, samplers).items()
@@ -254,7 +243,7 @@ def plan_pipelines(
     for pipeline in scenario.pipelines:
         if ctx.stop():
             break
-        stages = stages_of(pipeline)
+        stages = scenario.pipeline(pipeline).stages
         units = node_units(scenario, stages)
         caps = utilization_caps(scenario, stages, max_utilization)
         bounds = lower_bounds(scenario, pipeline, samplers, qps, caps)

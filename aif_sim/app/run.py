@@ -10,6 +10,7 @@ from aif_sim import __version__
 from aif_sim.atomic import write_csv, write_json
 from aif_sim.core.hardware import hardware
 from aif_sim.core.latency import Sampler, build_sampler
+from aif_sim.core.replay import ServiceTrace
 from aif_sim.errors import InputError
 from aif_sim.metrics.recorder import Recorder, RequestSink
 from aif_sim.report.fmt import run_title
@@ -24,8 +25,8 @@ def build_samplers(scenario: Scenario, source: str) -> dict[str, Sampler]:
     nearline refresh (`refresh:items`, `refresh:users`); raises InputError for bad data files."""
     samplers = {name: build_sampler(stage.latency, f"{source}: stages.{name}.latency") for name, stage in scenario.stages.items()}
     caches = scenario.caches
-    for name in ("user_vector", "sim_features"):
-        cache = getattr(caches, name) if caches is not None else None
+    for name in caches.names if caches is not None else []:
+        cache = caches.get(name)
         if cache is not None and cache.miss_latency is not None:
             samplers[f"cache:{name}"] = build_sampler(cache.miss_latency, f"{source}: caches.{name}.miss_latency")
     nearline = scenario.nearline
@@ -62,23 +63,26 @@ def simulate(
     progress: Callable[[str, float], None] | None = None,
     stop: Callable[[], bool] | None = None,
     engine: str = "auto",
+    traces: dict[str, ServiceTrace] | None = None,
 ) -> dict[str, Recorder]:
     """Run every pipeline of the scenario over the same arrivals and draws, each on the engine `choose_engines`
     picks; a recorder per pipeline. When `stop()` turns true the current pipeline ends partial and the later
-    ones are not run."""
+    ones are not run. `traces`: per pipeline, arrival and service times replayed in place of the draws where
+    they have them (`core.replay`)."""
     engines = choose_engines(scenario, samplers, engine)
     results = {}
     for pipeline in scenario.pipelines:
         if stop is not None and stop():
             break
         report = (lambda now, p=pipeline: progress(p, now)) if progress else None
+        trace = traces.get(pipeline) if traces is not None else None
         if engines[pipeline][0] == "compiled":
             from aif_sim.compiled.engine import run_compiled
 
-            recorder = run_compiled(scenario, pipeline, samplers, sink, report, stop)
+            recorder = run_compiled(scenario, pipeline, samplers, sink, report, stop, trace)
             recorder.engine = "compiled"
         else:
-            recorder = PipelineSimulation(scenario, pipeline, samplers, sink).run(report, stop)
+            recorder = PipelineSimulation(scenario, pipeline, samplers, sink, trace).run(report, stop)
         results[pipeline] = recorder
     return results
 
@@ -141,4 +145,4 @@ def write_run(folder: Path, scenario: Scenario, results: dict[str, Recorder], su
     plot_latency_cdf(folder / "latency_cdf.png", results, scenario.slo_p99_ms, title)
     plot_timeseries(folder / "timeseries.png", results, scenario.faults, title)
     if results:
-        plot_stage_breakdown(folder / "stage_breakdown.png", summary, title)
+        plot_stage_breakdown(folder / "stage_breakdown.png", summary, title, {name: scenario.pipeline(name) for name in results})

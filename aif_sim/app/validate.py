@@ -7,9 +7,16 @@
    the live engine's storage, and the DES adds it to the stage as `per_candidate_us` (`live.calibrate`).
 2. At each load, run the DES and the live engine on the same arrivals and the same draws for the other
    stages (the same scenario and seed), collecting every completed measured request's latency.
-3. Per pipeline and load: p50/p90/p99 and throughput of both, the relative error DES/live − 1, 95% confidence
-   intervals of each by batch means over time windows (`batch_intervals`), and the stage whose mean latency
-   differs most between the two runs (`diverging_stage`).
+3. Then the replay: the DES again, on the live run's own arrivals, each request's measured service time at
+   each stage visit (`core.replay`: the time the live engine held a server for it) and its time between steps
+   outside any stage (the load generator's lag, the loop's hand-offs at a parallel step), so that only the
+   queueing model stands between the replay and the live run.
+4. Per pipeline and load: p50/p90/p99 and throughput of the profile DES, the replay and the live run; the relative
+   errors DES/live − 1 and replay/live − 1 with 95% confidence intervals by batch means over time windows
+   (`batch_intervals`); per stage the mean wait of each, the service-time model's error (`service_error`: the
+   profile DES's mean service against the live measured mean), the live time spent outside any stage visit
+   (`outside_stages_ms`), and the stage whose mean latency differs most between the DES and live
+   (`diverging_stage`).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from aif_sim.app.plan import server_rates
 from aif_sim.app.run import build_samplers, simulate
 from aif_sim.atomic import write_json
 from aif_sim.core.latency import Sampler
+from aif_sim.core.replay import ServiceTrace
 from aif_sim.errors import InputError
 from aif_sim.live.calibrate import calibrate_live, fetch_stages, model_stages
 from aif_sim.live.run import LiveResources, check_live, live_resources, run_live
@@ -38,24 +46,46 @@ QUANTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0}
 LOAD_SHARES = (0.2, 0.4, 0.6, 0.8)  # default loads: these shares of the slowest pipeline's capacity
 BATCHES = 20  # time windows of a run for its confidence intervals
 TOLERANCE = 0.10  # the fidelity target: DES within 10% of live on p50 and p99
+# A stage's mean wait below this is no wait at all: the live loop's own timing noise (an idle loop's wake-up is
+# ~0.08 ms late). Where both the model's and live's are below it, their relative error is not given (NaN).
+WAIT_FLOOR_MS = 0.05
+
+
+def outside_stages_ms(step_slots: list[list[int]], latency_ms: np.ndarray, stage_ms: np.ndarray) -> np.ndarray:
+    """Per request, its latency less the time its steps took (a parallel step its longest branch's visit; a stage
+    it skipped nothing; `step_slots` the pipeline's, `Pipeline.step_slots`): the time spent outside any stage visit (none in a DES; live, the load generator's lag
+    and the loop's hand-offs between stages)."""
+    steps = [np.nan_to_num(np.nanmax(stage_ms[:, group], axis=1, initial=0.0), nan=0.0) for group in step_slots]
+    return latency_ms - np.sum(steps, axis=0)
 
 
 class LatencySamples:
-    """A request sink that keeps the latency and arrival time of every completed measured request, per pipeline."""
+    """A request sink that keeps the latency, arrival time and time outside stage visits of every completed measured
+    request, per pipeline."""
 
-    def __init__(self) -> None:
+    def __init__(self, scenario: Scenario) -> None:
+        self.steps = {pipeline.name: pipeline.step_slots for pipeline in scenario.pipeline_defs}
         self.blocks: dict[str, list[np.ndarray]] = defaultdict(list)
         self.arrivals: dict[str, list[np.ndarray]] = defaultdict(list)
+        self.outside: dict[str, list[np.ndarray]] = defaultdict(list)
 
     def write(self, pipeline: str, stages: list[str], caches: list[str], block: CompletedBlock) -> None:
         self.blocks[pipeline].append(block.latency_ms)
         self.arrivals[pipeline].append(block.arrival_s)
+        self.outside[pipeline].append(outside_stages_ms(self.steps[pipeline], block.latency_ms, block.stage_ms))
 
     def of(self, pipeline: str) -> tuple[np.ndarray, np.ndarray]:
         """The pipeline's latencies (ms) and arrival times (s)."""
         if not self.blocks[pipeline]:
             return np.empty(0), np.empty(0)
         return np.concatenate(self.blocks[pipeline]), np.concatenate(self.arrivals[pipeline])
+
+    def outside_ms(self, pipeline: str) -> dict[str, float]:
+        """Mean, p50 and p99 of the pipeline's time outside stage visits (ms)."""
+        outside = np.concatenate(self.outside[pipeline]) if self.outside[pipeline] else np.empty(0)
+        if not len(outside):
+            return {"mean": float("nan"), "p50": float("nan"), "p99": float("nan")}
+        return {"mean": float(outside.mean()), "p50": float(np.percentile(outside, 50)), "p99": float(np.percentile(outside, 99))}
 
 
 @dataclass
@@ -178,8 +208,68 @@ def diverging_stage(stage_mean_ms: dict[str, dict[str, float]]) -> dict[str, Any
     return {"stage": stage, "des_ms": stage_mean_ms[stage]["des"], "live_ms": stage_mean_ms[stage]["live"], "error": errors[stage]}
 
 
+def relative_errors(model: dict[str, float], live: dict[str, float]) -> dict[str, float]:
+    """model/live − 1 of each figure both have (NaN where live's is 0)."""
+    return {name: model[name] / live[name] - 1 if live[name] else float("nan") for name in model if name in live}
+
+
+def mean_service_ms(summary: dict[str, Any]) -> dict[str, float]:
+    """Per stage, the mean time a visit spent in service (ms): its mean latency less its mean wait (a batch member's
+    service is its batch's)."""
+    return {name: stage["latency_ms"]["mean"] - stage["wait_ms"]["mean"] for name, stage in summary["stages"].items()}
+
+
+def mean_wait_ms(summary: dict[str, Any]) -> dict[str, float]:
+    """Per stage, the mean time a visit waited for a server (ms)."""
+    return {name: stage["wait_ms"]["mean"] for name, stage in summary["stages"].items()}
+
+
+def service_error(des: dict[str, Any], live: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The service-time model's error per stage: the profile DES's mean service (its draws: a profile's, a stated
+    distribution's) against the live run's measured mean (ms), and DES/live − 1."""
+    des_ms, live_ms = mean_service_ms(des), mean_service_ms(live)
+    errors = relative_errors(des_ms, live_ms)
+    return {name: {"des_ms": des_ms[name], "live_ms": live_ms[name], "error": errors[name]} for name in live_ms}
+
+
+def replay_point(
+    pipeline: str, replay: Recorder, live: Recorder, replay_samples: LatencySamples, live_samples: LatencySamples
+) -> dict[str, Any]:
+    """The replay's figures against live's: p50/p90/p99 and throughput, each stage's mean wait, their errors
+    replay/live − 1 and the 95% intervals of the quantiles and their errors (`batch_intervals`)."""
+    (replay_ms, replay_arrival), (live_ms, live_arrival) = replay_samples.of(pipeline), live_samples.of(pipeline)
+    replay_summary, live_summary = replay.summary(), live.summary()
+    figures = {**_quantiles(replay_ms), "throughput_qps": replay_summary["throughput_qps"]}
+    live_figures = {**_quantiles(live_ms), "throughput_qps": live_summary["throughput_qps"]}
+    wait, live_wait = mean_wait_ms(replay_summary), mean_wait_ms(live_summary)
+    error: dict[str, Any] = {name: figures[f"{name}_ms"] / live_figures[f"{name}_ms"] - 1 for name in QUANTILES}
+    error["throughput"] = figures["throughput_qps"] / live_figures["throughput_qps"] - 1
+    error["wait"] = {
+        name: error if max(wait[name], live_wait[name]) >= WAIT_FLOOR_MS else float("nan")
+        for name, error in relative_errors(wait, live_wait).items()
+    }
+    intervals = batch_intervals(replay_ms, replay_arrival, live_ms, live_arrival)
+    return {
+        **figures,
+        "samples": int(len(replay_ms)),
+        "wait_ms": wait,
+        "error": error,
+        "ci95": {"replay": intervals.get("des", {}), "error": intervals.get("error", {})},
+        "within_tolerance": {name: bool(abs(error[name]) <= TOLERANCE) for name in ("p50", "p99")},
+        "outside_stages_ms": replay_samples.outside_ms(pipeline),
+        "engine": replay.engine,
+    }
+
+
 def compare(
-    pipeline: str, qps: float, des: Recorder, live: Recorder, des_samples: LatencySamples, live_samples: LatencySamples
+    pipeline: str,
+    qps: float,
+    des: Recorder,
+    live: Recorder,
+    des_samples: LatencySamples,
+    live_samples: LatencySamples,
+    replay: Recorder,
+    replay_samples: LatencySamples,
 ) -> dict[str, Any]:
     """One point of validate.json."""
     (des_ms, des_arrival), (live_ms, live_arrival) = des_samples.of(pipeline), live_samples.of(pipeline)
@@ -193,6 +283,9 @@ def compare(
     stage_means = {
         stage: {"des": des_summary["stages"][stage]["latency_ms"]["mean"], "live": stages[stage]["latency_ms"]["mean"]} for stage in stages
     }
+    des_stats["wait_ms"] = mean_wait_ms(des_summary)
+    live_stats["wait_ms"] = mean_wait_ms(live_summary)
+    live_stats["outside_stages_ms"] = live_samples.outside_ms(pipeline)
     return {
         "pipeline": pipeline,
         "qps": qps,
@@ -207,6 +300,8 @@ def compare(
         "within_tolerance": {name: bool(abs(error[name]) <= TOLERANCE) for name in ("p50", "p99")},
         "stage_mean_ms": stage_means,
         "diverging_stage": diverging_stage(stage_means),
+        "replay": replay_point(pipeline, replay, live, replay_samples, live_samples),
+        "service_error": service_error(des_summary, live_summary),
     }
 
 
@@ -236,22 +331,29 @@ def validate(run: ValidateRun, qps: list[float] | None, folder: Path) -> dict[st
             load: Override = ("traffic.arrival.qps", q, "--qps")
             live_scenario = _scenario(run, [load])
             profile = profile_at(q)
+            host = json.loads(profile.read_text())["host"]  # the loop's await lateness and executor hand-off (`live.host`)
             des_scenario = _scenario(run, des_overrides(scenario, profile) + [load])
-            des_samples, live_samples = LatencySamples(), LatencySamples()
-            des = simulate(des_scenario, build_samplers(des_scenario, run.source), des_samples)
+            des_samples, live_samples, replay_samples = (LatencySamples(scenario) for _ in range(3))
+            des_samplers = build_samplers(des_scenario, run.source)
+            des = simulate(des_scenario, des_samplers, des_samples)
+            traces: dict[str, ServiceTrace] = {}
             live, blocks = run_live(
-                live_scenario, build_samplers(live_scenario, run.source), live_samples, run.progress, run.stop, resources
+                live_scenario, build_samplers(live_scenario, run.source), live_samples, run.progress, run.stop, resources, traces
             )
+            replay = simulate(des_scenario, des_samplers, replay_samples, traces=traces)
             for pipeline, recorder in live.items():
-                point = compare(pipeline, q, des[pipeline], recorder, des_samples, live_samples)
+                point = compare(pipeline, q, des[pipeline], recorder, des_samples, live_samples, replay[pipeline], replay_samples)
                 point["live_schedule"] = blocks[pipeline]
+                point["host"] = host
                 point["per_candidate_us"] = {
                     stage: des_scenario.stages[stage].per_candidate_us
                     for stage in fetch_stages(scenario)
                     if stage in point["stage_mean_ms"]
                 }
                 run.points.append(point)
-            run.curves.append({"qps": q, "des": dict(des_samples.blocks), "live": dict(live_samples.blocks)})
+            run.curves.append(
+                {"qps": q, "des": dict(des_samples.blocks), "replay": dict(replay_samples.blocks), "live": dict(live_samples.blocks)}
+            )
     return {
         "scenario": scenario.name,
         "seed": scenario.seed,

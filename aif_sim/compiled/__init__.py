@@ -5,7 +5,7 @@ requests and draws as `sim.engine.PipelineSimulation` (`core.system.RequestSourc
 a `Recorder` whose `summary()`, time series, per-request rows and shadow samples equal the simpy run's. It
 covers plain and batching stage pools (servers, queue limits, timeouts, stage slowdowns), stages of several
 nodes behind a balancer, caches and nearline stores; `support.unsupported(scenario, pipeline)` names what stands
-in the way (batching stages whose batch services cannot be drawn ahead; shards, hedges, retries, batching nodes,
+in the way (batching stages whose batch services cannot be drawn ahead; hedges, retries, batching nodes,
 node loss, deadlines; exact ties between events likely where their order matters) without importing numba.
 
 How (see `engine` and `kernels`): a FIFO pool of c servers with a queue limit and abandonment on timeout

@@ -8,7 +8,8 @@ Per batching stage b (`BatchState.state`, one tuple the kernels take):
   (holding a server until `max_size` wait or its timer `timer[b]` fires), `held[b]` whether it holds one;
 - the batches in service: a min-heap of their end times `ends[b, :serving[b]]`;
 - the batches' service times, drawn ahead: `table[b, j, size - 1]` is the next j-th batch's service (ms)
-  at `size` requests (`rows[b]` used so far this call), as `BatchingPool` draws them one at a time;
+  at `size` requests (`rows[b]` used so far this call), as `BatchingPool` draws them one at a time; NaN when the
+  services are a replayed trace (`core.replay`): the batch takes its members' mean;
 - the finished batches for the recorder: `rec[m] = (slot, start, service, size, measured members)`.
 Events happen in time order: a batch ends (its server goes to the dispatcher if it waits for one), the
 oldest waiter times out, the dispatcher's timer fires; the sweep of the stage's step runs them up to each
@@ -45,7 +46,8 @@ def _table(sampler: Sampler, rng: np.random.Generator, rows: int, max_size: int)
 class BatchState:
     """The batching stages of a pipeline (slots in `slots`) and their draws."""
 
-    def __init__(self, scenario: Scenario, names: list[str], samplers: dict[str, Sampler]) -> None:
+    def __init__(self, scenario: Scenario, names: list[str], samplers: dict[str, Sampler], traced: bool = False) -> None:
+        self.traced = traced
         self.slots = [slot for slot, name in enumerate(names) if scenario.stages[name].batch is not None]
         self.slot_batch = np.full(len(names), -1, np.int64)
         self.slot_batch[self.slots] = np.arange(len(self.slots))
@@ -90,7 +92,10 @@ class BatchState:
         for b in range(len(slots)):  # the rows the last call left unused come first
             self.tables[b] = self.tables[b][rows[b] :]
             while len(self.tables[b]) < need:
-                self.tables[b] = np.concatenate([self.tables[b], _table(self.samplers[b], self.rngs[b], ROWS, int(sizes[b]))])
+                drawn = (
+                    np.full((ROWS, int(sizes[b])), np.nan) if self.traced else _table(self.samplers[b], self.rngs[b], ROWS, int(sizes[b]))
+                )
+                self.tables[b] = np.concatenate([self.tables[b], drawn])
         rows[:] = 0
         table = np.zeros((len(slots), max((len(t) for t in self.tables), default=0), table.shape[2]))
         for b, drawn in enumerate(self.tables):
@@ -137,7 +142,7 @@ def visit_over(i: int, o: int, e: float, req: tuple) -> None:
     """Request i's visit at its step ended at `e` with outcome `o`: the step's latest end so far, the order of the
     event that ended it (visits are numbered as their ends are decided: a batch's members in batch order, the
     order simpy resumes them in) and its worst outcome."""
-    arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, numbered = req
+    arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, numbered, hop = req
     order = numbered[0]
     numbered[0] += 1
     if e > step_end[i]:
@@ -151,7 +156,7 @@ def visit_over(i: int, o: int, e: float, req: tuple) -> None:
 def visit_ended(i: int, o: int, e: float, k: int, steps: int, req: tuple) -> None:
     """`visit_over`, and when it was the last visit request i's step k waited for, the step is done: the
     request moves on (ranked among those moving on at the same time by the event that ended its step), or leaves."""
-    arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, numbered = req
+    arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, numbered, hop = req
     visit_over(i, o, e, req)
     pending[i] -= 1
     if pending[i] > 0:
@@ -162,7 +167,7 @@ def visit_ended(i: int, o: int, e: float, k: int, steps: int, req: tuple) -> Non
         end_s[i] = step_end[i]
         step[i] = steps
     else:
-        arrive[i] = step_end[i]
+        arrive[i] = step_end[i] + hop[i, k + 1]  # after its pause before the next step (a replayed trace's; else 0)
         step[i] = k + 1
 
 
@@ -182,7 +187,7 @@ def wake(
 ) -> None:
     """The dispatcher of stage b runs at time x from where it waits (`BatchingPool._dispatch`)."""
     slots, servers, sizes, waits, q_req, q_at, heads, phase, timer, held, ends, serving, table, rows, rec, rec_n = bs
-    times, miss, cache_hit, users, measured = visits
+    times, miss, cache_hit, users, measured, service = visits
     pend_t, pend_key, pend_n, pend_seq, made = caches
     slow_at, slow_t, slow_v = slow
     slot = slots[b]
@@ -209,14 +214,17 @@ def wake(
             continue  # an empty batch: the server goes back
         size = min(live, sizes[b])
         head = heads[b, 0]
-        s = table[b, rows[b], size - 1] / 1000 * slowdown_at(slot, x, slow_at, slow_t, slow_v)
+        drawn = table[b, rows[b], size - 1]
         rows[b] += 1
         longest = 0.0  # the batch waits for its slowest cache miss
+        total = 0.0  # replayed (`drawn` NaN): the members' traced services, misses included
         members = 0
         for q in range(head, head + size):
             longest = max(longest, miss[q_req[b, q], slot])
+            total += service[q_req[b, q], slot]
             members += measured[q_req[b, q]]
-        s += longest
+        factor = slowdown_at(slot, x, slow_at, slow_t, slow_v)
+        s = drawn / 1000 * factor + longest if drawn == drawn else total / size * factor
         e = x + s
         pos = serving[b]  # the batch's server frees at e
         serving[b] += 1

@@ -34,13 +34,15 @@ OLDEST, NEWEST, SIZE = range(3)
 class CacheState:
     """The arrays of a pipeline's cache policies (in `Recorder.caches` order) over `keys` keys."""
 
-    def __init__(self, scenario: Scenario, caches: dict[str, CachePolicy], keys: int) -> None:
+    def __init__(self, scenario: Scenario, caches: dict[str, CachePolicy], keys: int, switches: list[float] | None = None) -> None:
         self.policies = caches
         c = len(caches)
         keys = keys if c else 0
         flushes = [
             [(f.at_s, round(1 / f.fraction)) for f in scenario.faults if isinstance(f, CacheFlush) and f.cache == name] for name in caches
         ]
+        if "user_vector" in caches:  # the cached user vectors are dropped when the serving model version changes
+            flushes[list(caches).index("user_vector")] += [(at_s, 1) for at_s in switches or []]
         width = max((len(f) for f in flushes), default=0) + 1
         flush_t, flush_nodes = np.full((c, width), math.inf), np.ones((c, width), np.int64)
         for i, cache_flushes in enumerate(flushes):

@@ -35,11 +35,13 @@ from aif_sim.compiled.kernels import advance, event_times
 from aif_sim.compiled.nearline import CompiledNearline
 from aif_sim.compiled.support import unsupported
 from aif_sim.core.latency import Sampler
-from aif_sim.core.pipelines import PIPELINES, Cached, Parallel, calls_of, pipeline_calls, stages_of, step_slots
+from aif_sim.core.refresh import version_switches
+from aif_sim.core.replay import ServiceTrace
 from aif_sim.core.sampling import sampled
 from aif_sim.core.shadow import ShadowSample
-from aif_sim.core.system import RequestDraws, RequestSource, cache_policies, run_step_s, shadow_sampling, vector_stores
+from aif_sim.core.system import RequestDraws, RequestSource, cache_policies, run_step_s, shadow_sampling
 from aif_sim.metrics.recorder import Recorder, RequestSink, VectorReads
+from aif_sim.scenario.pipelines import Cached, Pipeline, branches_of, calls_of
 from aif_sim.scenario.schema import Scenario, StageSlowdown
 
 
@@ -50,8 +52,9 @@ def run_compiled(
     sink: RequestSink | None = None,
     progress: Callable[[float], None] | None = None,
     stop: Callable[[], bool] | None = None,
+    trace: ServiceTrace | None = None,
 ) -> Recorder:
-    """Simulate the pipeline as `PipelineSimulation(scenario, pipeline, samplers, sink).run(progress, stop)` does
+    """Simulate the pipeline as `PipelineSimulation(scenario, pipeline, samplers, sink, trace).run(progress, stop)` does
     and return its recorder. `progress(now)` is called after each block of arrivals and at the end; `stop()` is
     asked before each block: when it turns true the run ends there, partial. Raises ValueError when
     `unsupported` gives a reason."""
@@ -59,13 +62,21 @@ def run_compiled(
     if reason is not None:
         raise ValueError(reason)
     policies = cache_policies(scenario, pipeline)
-    stores = vector_stores(pipeline) if scenario.nearline is not None else []
+    stores = scenario.pipeline(pipeline).vector_stores if scenario.nearline is not None else []
     recorder = Recorder.for_pipeline(scenario, pipeline, sink, policies, stores)
-    caches = CacheState(scenario, policies, scenario.traffic.users.count)
     vectors = _Vectors(scenario, pipeline, samplers, recorder) if stores else None
-    pools = _Pools(scenario, pipeline, list(policies), samplers)
-    source = RequestSource.for_pipeline(scenario, pipeline, samplers, policies, vectors.nearline.stores if vectors else {})
-    system = _Requests(len(pools.names), len(policies), source.sample_size if vectors and vectors.name == "items" else 1)
+    switches = version_switches(scenario, samplers, vectors.nearline.world if vectors else None) if "user_vector" in policies else []
+    caches = CacheState(scenario, policies, scenario.traffic.users.count, switches)
+    pools = _Pools(scenario, pipeline, list(policies), samplers, trace is not None)
+    source = RequestSource.for_pipeline(scenario, pipeline, samplers, policies, vectors.nearline.stores if vectors else {}, trace)
+    system = _Requests(
+        len(pools.names),
+        len(policies),
+        source.sample_size if vectors and vectors.name == "items" else 1,
+        pools.fleets.shard_at,
+        pools.fleets.shard_columns,
+        pools.steps,
+    )
     blocks = _ahead(source.draws(scenario.duration_s))
     upcoming = next(blocks, None)
     upcoming_t = event_times(upcoming.block.arrival_s, 0.0) if upcoming is not None else None
@@ -147,7 +158,10 @@ class _Requests:
     views of buffers reused from block to block); `step` is the step each is at (the number of steps once
     finished), `arrive` when it arrived there."""
 
-    def __init__(self, stages: int, caches: int, entities: int, capacity: int = 1024) -> None:
+    def __init__(
+        self, stages: int, caches: int, entities: int, shard_at: np.ndarray, shard_columns: int, steps: int, capacity: int = 1024
+    ) -> None:
+        self.shard_at = shard_at  # each sharded slot's first column of `shard_s` (-1: not sharded)
         self.kinds: dict[str, tuple[tuple[int, ...], type]] = {
             "ids": ((), np.int64),
             "arrival_s": ((), np.float64),
@@ -155,6 +169,7 @@ class _Requests:
             "candidates": ((), np.int64),
             "measured": ((), np.bool_),
             "service": ((stages,), np.float64),
+            "shard_s": ((shard_columns,), np.float64),  # the shard services of its sharded visits
             "miss": ((stages,), np.float64),
             "cache_hit": ((caches,), np.float64),
             "pending": ((), np.int64),
@@ -173,6 +188,7 @@ class _Requests:
             "end_s": ((), np.float64),
             "arrive": ((), np.float64),
             "step": ((), np.int64),
+            "hop": ((steps,), np.float64),  # its pause before each step (a replayed trace's; else 0)
         }
         self.n = 0
         self.buffers = {name: np.empty((capacity, *shape), dtype) for name, (shape, dtype) in self.kinds.items()}
@@ -201,6 +217,9 @@ class _Requests:
         b["candidates"][new] = block.candidates
         b["measured"][new] = measured
         b["service"][new] = draws.service_s
+        for slot, shards in draws.shard_s.items():
+            at = self.shard_at[slot]
+            b["shard_s"][new, at : at + shards.shape[1]] = shards
         b["miss"][new] = 0.0 if draws.miss_s is None else draws.miss_s
         b["cache_hit"][new] = np.nan
         b["user_vector_s"][new] = np.nan
@@ -211,7 +230,8 @@ class _Requests:
         b["times"][new] = np.nan
         b["outcome"][new] = 0
         b["end_s"][new] = np.nan
-        b["arrive"][new] = t
+        b["hop"][new] = 0.0 if draws.hop_s is None else draws.hop_s
+        b["arrive"][new] = t + b["hop"][new, 0]  # simpy's `now + delay` after the pause (none: + 0)
         b["step"][new] = 0
         self.n = size
 
@@ -227,10 +247,10 @@ class _Requests:
 class _Pools:
     """The stage pools' state (see `kernels`) and the pipeline's steps as arrays."""
 
-    def __init__(self, scenario: Scenario, pipeline: str, caches: list[str], samplers: dict[str, Sampler]) -> None:
-        self.names = stages_of(pipeline)
+    def __init__(self, scenario: Scenario, pipeline: str, caches: list[str], samplers: dict[str, Sampler], traced: bool) -> None:
+        self.names = scenario.pipeline(pipeline).stages
         configs = [scenario.stages[name] for name in self.names]
-        groups = step_slots(pipeline)
+        groups = scenario.pipeline(pipeline).step_slots
         self.steps = len(groups)
         self.step_at = np.cumsum([0] + [len(group) for group in groups]).astype(np.int64)
         self.step_slots = np.array([slot for group in groups for slot in group], dtype=np.int64)
@@ -244,8 +264,8 @@ class _Pools:
         # the timeout exactly as sim.pools computes it (ms / 1000)
         self.timeout_s = np.array([math.inf if c.timeout_ms is None else c.timeout_ms / 1000 for c in configs])
         self.slow_at, self.slow_t, self.slow_v = _slowdowns(scenario, self.names)
-        self.guard, self.reads = _cache_slots(pipeline, caches)
-        self.batches = BatchState(scenario, self.names, samplers)
+        self.guard, self.reads = _cache_slots(scenario.pipeline(pipeline), caches)
+        self.batches = BatchState(scenario, self.names, samplers, traced)
         self.fleets = FleetState(scenario, pipeline)
         self.numbered = np.zeros(1, np.int64)  # visit ends numbered so far (`batching.visit_over`)
 
@@ -273,7 +293,8 @@ class _Pools:
             self.batches.state,
             self.fleets.fleet_of,
             self.fleets.state,
-            (*(system.column(name) for name in columns), self.numbered),
+            system.column("shard_s"),
+            (*(system.column(name) for name in columns), self.numbered, system.column("hop")),
             system.column("users"),
             system.column("measured"),
             system.column("service"),
@@ -292,7 +313,7 @@ class _Vectors:
     scoring takes, the vectors of a larger candidate set (`core.flow`)."""
 
     def __init__(self, scenario: Scenario, pipeline: str, samplers: dict[str, Sampler], recorder: Recorder) -> None:
-        calls = [(slot, call.vectors) for slot, call in enumerate(pipeline_calls(pipeline)) if call.vectors]
+        calls = [(slot, call.vectors) for slot, call in enumerate(scenario.pipeline(pipeline).calls) if call.vectors]
         assert len(calls) == 1, "a pipeline reads one nearline store"
         ((self.slot, self.name),) = calls
         self.nearline = CompiledNearline(scenario, pipeline, samplers, recorder)
@@ -352,13 +373,13 @@ class _Vectors:
         shadow.samples.append(sample)
 
 
-def _cache_slots(pipeline: str, caches: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _cache_slots(pipeline: Pipeline, caches: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Per slot, the index in `caches` of the cache guarding its call and of the one it reads through (-1: none)."""
-    guard = np.full(len(stages_of(pipeline)), -1, np.int64)
+    guard = np.full(len(pipeline.stages), -1, np.int64)
     reads = guard.copy()
     slot = 0
-    for step in PIPELINES[pipeline]:
-        for branch in step.branches if isinstance(step, Parallel) else (step,):
+    for step in pipeline.steps:
+        for branch in branches_of(step):
             if isinstance(branch, Cached) and branch.cache in caches:
                 guard[slot] = caches.index(branch.cache)
             for call in calls_of(branch):

@@ -1,4 +1,5 @@
-"""Stages of several nodes in the compiled engine: `sim.fleet.Fleet` without shards, hedges, retries or node loss.
+"""Stages of several nodes in the compiled engine: `sim.fleet.Fleet` with shards and retries of rejected visits,
+without hedges, retries after a timeout, or node loss.
 
 Each node of a fleet stage is a FIFO pool of its own (`servers / nodes` servers, the stage's queue limit and
 timeout): its servers' free times are a heap of the stage's region of the kernels' `free` (node j's at
@@ -10,15 +11,29 @@ Per fleet f (`FleetState.state`): the balancer (`kind`, round robin's last pick,
 drawn ahead as `core.balance.Uniforms` draws them), and the visits it served, `rec[m] = (slot, node, start,
 service, measured)` in order of arrival at the stage, handed to `Recorder.node_busy` in the order they started
 (`emit`), as simpy calls it when each starts.
+
+A stage that retries (`retries[f]` > 0, without a timeout: a visit fails only by rejection, at the instant it is
+sent) sends a rejected visit or shard at once to another node not holding a part of the visit, as simpy does in
+the same process, while its retries last (each recorded as `tried[m] = (slot, time)`).
+
+A sharded stage (`shards[f]` > 1) picks a distinct node for each of a visit's shards, every pick from the counts
+before any of them joins, as `core.fleet.FleetPolicy.first_nodes` does; each shard joins its node's pool at the
+visit's arrival with its own service (its request's `shard_s[i, shard_at[f] + j]`, plus a cache miss), the last
+shard first, then the others in order (simpy serves the last in the visit's own process, the others in
+processes started after it). The visit ends with its last shard, with the largest of their outcomes; completed,
+its times are those of its first shard to end last, its service the slowest shard's with no waiting, and, for a
+measured request, `skew[m] = (slot, end, slowest end - median end)`, handed to `Recorder.shard_skew_many` in the
+order the visits ended.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import numpy as np
 from numba import njit
 
 from aif_sim.core.balance import BLOCK
-from aif_sim.core.pipelines import stages_of
 from aif_sim.core.traffic import stream
 from aif_sim.metrics.recorder import Recorder
 from aif_sim.scenario.schema import Scenario
@@ -33,7 +48,7 @@ class FleetState:
     """The fleet stages of a pipeline: `fleet_of[slot]` (-1: one pool) and the state the kernels take."""
 
     def __init__(self, scenario: Scenario, pipeline: str) -> None:
-        names = stages_of(pipeline)
+        names = scenario.pipeline(pipeline).stages
         slots = [slot for slot, name in enumerate(names) if scenario.stages[name].nodes > 1]
         configs = [scenario.stages[names[slot]] for slot in slots]
         self.fleet_of = np.full(len(names), -1, np.int64)
@@ -41,6 +56,14 @@ class FleetState:
         self.rngs = [stream(scenario.seed, f"balance:{names[slot]}") for slot in slots]
         self.drawn = [np.empty(0) for _ in slots]  # uniforms drawn, not yet taken
         nodes = [config.nodes for config in configs]
+        shards = [config.shards for config in configs]
+        self.shard_at = np.full(len(names), -1, np.int64)  # each sharded slot's first column of the shard services
+        columns = 0
+        for slot, config in zip(slots, configs):
+            if config.shards > 1:
+                self.shard_at[slot] = columns
+                columns += config.shards
+        self.shard_columns = max(1, columns)
         self.state = (
             np.array(nodes, np.int64),
             np.array([KINDS[config.balance] for config in configs], np.int64),
@@ -52,11 +75,40 @@ class FleetState:
             np.zeros((max(1, sum(nodes)), 2), np.int64),  # (head, tail) per row
             np.empty((64, 5)),  # rec
             np.zeros(1, np.int64),  # rec_n
+            np.array(shards, np.int64),
+            self.shard_at[slots],
+            np.empty((64, 3)),  # skew
+            np.zeros(1, np.int64),  # skew_n
+            np.zeros(max(nodes, default=1), np.bool_),  # holding: the nodes a visit's shards were sent to
+            np.empty((max(nodes, default=1), 6)),  # parts: per shard (node, outcome, start, end, service; a sorted end)
+            np.array([config.retries for config in configs], np.int64),
+            np.empty((64, 2)),  # tried: (slot, time) of each retry
+            np.zeros(1, np.int64),  # tried_n
         )
 
     def prepare(self, arrivals: int) -> None:
         """Room for `arrivals` more visits per fleet: waiters, uniforms and records; each FIFO moved to the front."""
-        nodes, kind, last, uniforms, taken, row_at, waits, heads, rec, rec_n = self.state
+        (
+            nodes,
+            kind,
+            last,
+            uniforms,
+            taken,
+            row_at,
+            waits,
+            heads,
+            rec,
+            rec_n,
+            shards,
+            shard_at,
+            skew,
+            skew_n,
+            holding,
+            parts,
+            retries,
+            tried,
+            tried_n,
+        ) = self.state
         if not len(nodes):
             return
         width = max(int((heads[:, 1] - heads[:, 0]).max()) + arrivals, waits.shape[1])
@@ -67,33 +119,98 @@ class FleetState:
         heads[:, 0] = 0
         for f in range(len(nodes)):
             self.drawn[f] = self.drawn[f][taken[f] :]
-            while len(self.drawn[f]) < DRAWS[kind[f]] * arrivals:
+            while len(self.drawn[f]) < DRAWS[kind[f]] * shards[f] * (1 + retries[f]) * arrivals:
                 self.drawn[f] = np.concatenate([self.drawn[f], self.rngs[f].random(BLOCK)])  # as `Uniforms` draws them
         taken[:] = 0
         uniforms = np.zeros((len(nodes), max(len(drawn) for drawn in self.drawn)))
         for f, drawn in enumerate(self.drawn):
             uniforms[f, : len(drawn)] = drawn
-        need = int(rec_n[0]) + arrivals * len(nodes)
-        if need > len(rec):
-            grown = np.empty((max(need, 2 * len(rec)), 5))
-            grown[: rec_n[0]] = rec[: rec_n[0]]
-            rec = grown
-        self.state = (nodes, kind, last, uniforms, taken, row_at, moved, heads, rec, rec_n)
+        rec = _room(rec, int(rec_n[0]) + arrivals * int(shards.sum()))
+        skew = _room(skew, int(skew_n[0]) + arrivals * len(nodes))
+        tried = _room(tried, int(tried_n[0]) + arrivals * int((shards * retries).sum()))
+        self.state = (nodes, kind, last, uniforms, taken, row_at, moved, heads, rec, rec_n, shards, shard_at, skew, skew_n, holding, parts)
+        self.state += (retries, tried, tried_n)
 
     def emit(self, recorder: Recorder, before: float) -> None:
-        """Account the visits that started before `before` (`Recorder.node_busy`) in the order they started, and
-        drop them."""
-        rec, rec_n = self.state[8], self.state[9]
-        rows = rec[: rec_n[0]]
-        done = rows[:, 2] < before
-        out = rows[done]
-        out = out[np.lexsort((out[:, 2], out[:, 0]))]  # by slot, then in the order they started (stable)
-        slots, firsts = np.unique(out[:, 0], return_index=True)
-        for slot, mine in zip(slots.tolist(), np.split(out, firsts[1:])):
-            recorder.node_busy_many(int(slot), mine[:, 1].astype(np.int64), mine[:, 2], mine[:, 3], mine[:, 4] != 0)
-        kept = rows[~done]
-        rec[: len(kept)] = kept
-        rec_n[0] = len(kept)
+        """Account the visits that started before `before` (`Recorder.node_busy`) in the order they started, the
+        sharded visits that ended before it (`Recorder.shard_skew`) in the order they ended, and the retries sent
+        before it, and drop them."""
+        rec, rec_n, skew, skew_n = self.state[8], self.state[9], self.state[12], self.state[13]
+        slots = len(self.shard_at)
+        for slot, mine in _by_slot(_taken(rec, rec_n, 2, before, slots)):
+            recorder.node_busy_many(slot, mine[:, 1].astype(np.int64), mine[:, 2], mine[:, 3], mine[:, 4] != 0)
+        for slot, mine in _by_slot(_taken(skew, skew_n, 1, before, slots)):
+            recorder.shard_skew_many(slot, mine[:, 2])
+        for slot, mine in _by_slot(_taken(self.state[17], self.state[18], 1, before, slots)):
+            recorder.retry(slot, len(mine))
+
+
+def _by_slot(rows: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """Rows ordered by slot (column 0): each slot's, with the slot."""
+    if len(rows):
+        slots = rows[:, 0]
+        for mine in np.split(rows, np.flatnonzero(slots[1:] != slots[:-1]) + 1):
+            yield int(mine[0, 0]), mine
+
+
+@njit(cache=True)
+def _taken(rows: np.ndarray, count: np.ndarray, column: int, before: float, slots: int) -> np.ndarray:
+    """The first `count[0]` rows whose `column` is below `before`, taken out (the others kept, in order, at the
+    front), ordered by slot (column 0, below `slots`), then by `column`, ties in their order (`np.lexsort`'s)."""
+    firsts = np.zeros(slots + 1, np.int64)
+    for r in range(count[0]):
+        if rows[r, column] < before:
+            firsts[int(rows[r, 0]) + 1] += 1
+    for slot in range(slots):
+        firsts[slot + 1] += firsts[slot]
+    out = np.empty((firsts[slots], rows.shape[1]))
+    at = firsts[:-1].copy()
+    kept = 0
+    for r in range(count[0]):
+        if rows[r, column] < before:
+            slot = int(rows[r, 0])
+            out[at[slot]] = rows[r]
+            at[slot] += 1
+        else:
+            rows[kept] = rows[r]
+            kept += 1
+    count[0] = kept
+    for slot in range(slots):
+        _sort_rows(out, firsts[slot], firsts[slot + 1], column)
+    return out
+
+
+@njit(cache=True)
+def _sort_rows(rows: np.ndarray, lo: int, hi: int, column: int) -> None:
+    """Rows lo:hi ordered by `column`, stable: nearly in order already (a stage's visits start, and end, about in
+    the order they arrive), so an insertion sort, unless it has to move them far (then a merge sort)."""
+    moves, budget = 0, 16 * (hi - lo) + 64
+    row = np.empty(rows.shape[1])
+    for i in range(lo + 1, hi):
+        key = rows[i, column]
+        j = i
+        while j > lo and rows[j - 1, column] > key:
+            j -= 1
+        if j == i:
+            continue
+        moves += i - j
+        if moves > budget:  # the rows before i are a stable sort of theirs: a stable sort of all keeps it so
+            order = np.argsort(rows[lo:hi, column], kind="mergesort")
+            rows[lo:hi] = rows[lo:hi][order]
+            return
+        row[:] = rows[i]
+        for q in range(i, j, -1):
+            rows[q] = rows[q - 1]
+        rows[j] = row
+
+
+def _room(rows: np.ndarray, need: int) -> np.ndarray:
+    """`rows`, or a larger copy of it with room for `need` rows."""
+    if need <= len(rows):
+        return rows
+    grown = np.empty((max(need, 2 * len(rows)), rows.shape[1]))
+    grown[: len(rows)] = rows
+    return grown
 
 
 @njit(cache=True, _nrt=False)
@@ -111,35 +228,57 @@ def _outstanding(free: np.ndarray, base: int, threads: int, waits: np.ndarray, h
 
 
 @njit(cache=True, _nrt=False)
-def pick(f: int, t: float, base: int, threads: int, free: np.ndarray, fleets: tuple) -> int:
-    """The node fleet f's balancer picks for a visit arriving at t (`core.balance`, every node live); the
-    stage's servers start at `free[base]`, `threads` per node."""
-    nodes, kind, last, uniforms, taken, row_at, waits, heads, rec, rec_n = fleets
-    count, row = nodes[f], row_at[f]
+def _eligible(j: int, holding: np.ndarray, held: int) -> int:
+    """The j-th node (ascending) not in `holding`, where `held` nodes are."""
+    if held == 0:
+        return j
+    node = -1
+    while j >= 0:
+        node += 1
+        if not holding[node]:
+            j -= 1
+    return node
+
+
+@njit(cache=True, _nrt=False)
+def pick(f: int, t: float, base: int, threads: int, free: np.ndarray, fleets: tuple, held: int) -> int:
+    """The node fleet f's balancer picks for a visit or shard arriving at t (`core.balance`, every node live) among
+    the nodes not holding another shard of the visit (`holding`, `held` of them); the stage's servers start at
+    `free[base]`, `threads` per node."""
+    nodes, kind, last, uniforms, taken, row_at, waits, heads = fleets[:8]
+    holding = fleets[14]
+    count, row = nodes[f] - held, row_at[f]
     k = kind[f]
     if k == RANDOM:
         u = uniforms[f, taken[f]]
         taken[f] += 1
-        return int(u * count)
+        return _eligible(int(u * count), holding, held)
     if k == ROUND_ROBIN:
-        node = last[f] + 1 if last[f] + 1 < count else 0
+        node = last[f] + 1
+        while node < nodes[f] and held and holding[node]:
+            node += 1
+        if node >= nodes[f]:
+            node = _eligible(0, holding, held)
         last[f] = node
         return node
     if k == LEAST_OUTSTANDING:
-        best, fewest = 0, _outstanding(free, base, threads, waits, heads, row, t)
-        for node in range(1, count):
+        best, fewest = -1, 0
+        for node in range(nodes[f]):
+            if held and holding[node]:
+                continue
             load = _outstanding(free, base + node * threads, threads, waits, heads, row + node, t)
-            if load < fewest:
+            if best < 0 or load < fewest:
                 best, fewest = node, load
         return best
     u, v = uniforms[f, taken[f]], uniforms[f, taken[f] + 1]
     taken[f] += 2
     first = int(u * count)
     if count == 1:
-        return 0
+        return _eligible(0, holding, held)
     second = int(v * (count - 1))
     if second >= first:
         second += 1
+    first, second = _eligible(first, holding, held), _eligible(second, holding, held)
     a = _outstanding(free, base + first * threads, threads, waits, heads, row + first, t)
     b = _outstanding(free, base + second * threads, threads, waits, heads, row + second, t)
     return second if b < a else first
@@ -177,3 +316,44 @@ def served_at_node(f: int, node: int, slot: int, start: float, service: float, m
     m = rec_n[0]
     rec[m, 0], rec[m, 1], rec[m, 2], rec[m, 3], rec[m, 4] = slot, node, start, service, measured
     rec_n[0] = m + 1
+
+
+@njit(cache=True, _nrt=False)
+def parts_over(
+    f: int, i: int, slot: int, t: float, service: np.ndarray, times: np.ndarray, measured: bool, fleets: tuple
+) -> tuple[int, float]:
+    """Request i's visit sent at t, its shards (or itself) decided (`parts`): its outcome and end, as `sim.fleet.Fleet`
+    ends it (completed: its times, its slowest shard's service, and, measured and sharded, its skew record)."""
+    shards, parts, skew, skew_n = fleets[10], fleets[15], fleets[12], fleets[13]
+    k = shards[f]
+    o, end, last, alone = COMPLETED, parts[0, 3], 0, parts[0, 4]
+    for j in range(k):
+        o = max(o, int(parts[j, 1]))
+        if parts[j, 3] > end:
+            end, last = parts[j, 3], j
+        alone = max(alone, parts[j, 4])
+    if o != COMPLETED:
+        return o, end
+    times[i, slot, 0], times[i, slot, 1], times[i, slot, 2] = t, parts[last, 2], end
+    service[i, slot] = alone
+    if measured and k > 1:
+        for j in range(k):  # the ends, sorted, for their median (np.median's arithmetic)
+            x, q = parts[j, 3], j
+            while q > 0 and parts[q - 1, 5] > x:
+                parts[q, 5] = parts[q - 1, 5]
+                q -= 1
+            parts[q, 5] = x
+        median = parts[k // 2, 5] if k % 2 else (parts[k // 2 - 1, 5] + parts[k // 2, 5]) / 2
+        m = skew_n[0]
+        skew[m, 0], skew[m, 1], skew[m, 2] = slot, end, end - median
+        skew_n[0] = m + 1
+    return o, end
+
+
+@njit(cache=True, _nrt=False)
+def retried(f: int, slot: int, t: float, fleets: tuple) -> None:
+    """A part of a visit to fleet f was sent again at t: a retry to account."""
+    tried, tried_n = fleets[17], fleets[18]
+    m = tried_n[0]
+    tried[m, 0], tried[m, 1] = slot, t
+    tried_n[0] = m + 1

@@ -23,7 +23,7 @@ from numba import njit
 
 from aif_sim.compiled.batching import run_until, slowdown_at, visit_ended, visit_over, wake
 from aif_sim.compiled.caches import due, lookup, push, settle
-from aif_sim.compiled.fleets import pick, served_at_node, visit_node
+from aif_sim.compiled.fleets import parts_over, pick, retried, served_at_node, visit_node
 
 COMPLETED, REJECTED, TIMED_OUT = 0, 1, 2  # core.request.Outcome
 
@@ -117,6 +117,63 @@ def _served(service: np.ndarray, i: int, slot: int, start: float, slow_at: np.nd
     return service[i, slot]
 
 
+@njit(cache=True, _nrt=False)
+def _fleet_visit(
+    f: int,
+    i: int,
+    slot: int,
+    t: float,
+    base: int,
+    threads: int,
+    free: np.ndarray,
+    limits: tuple,
+    shard_s: np.ndarray,
+    service: np.ndarray,
+    times: np.ndarray,
+    measured: bool,
+    slow: tuple,
+    fleets: tuple,
+) -> tuple[int, float]:
+    """Request i's visit at t to fleet f's stage, sharded or retrying (`fleets`): a node picked for each shard (or the
+    visit), then each served at its node, the last first, a rejected one sent at once to another node while the
+    stage's retries last; the visit's outcome and end (`fleets.parts_over`). `limits`: the stage's queue limit and
+    timeout, and the cache miss each shard waits for."""
+    limit, timeout, miss_s = limits
+    nodes, shards, shard_at, holding, parts, retries = fleets[0], fleets[10], fleets[11], fleets[14], fleets[15], fleets[16]
+    k = shards[f]
+    for j in range(k):  # every pick sees the counts before any shard joins
+        node = pick(f, t, base, threads, free, fleets, j)
+        holding[node] = True
+        parts[j, 0] = node
+    held = k
+    for q in range(k):
+        j = k - 1 if q == 0 else q - 1
+        node = int(parts[j, 0])
+        s = service[i, slot] if k == 1 else shard_s[i, shard_at[f] + j] + miss_s
+        for attempt in range(retries[f] + 1):
+            if attempt:
+                if held == nodes[f]:
+                    break  # no node left to send it to
+                node = pick(f, t, base, threads, free, fleets, held)
+                holding[node] = True
+                held += 1
+                retried(f, slot, t, fleets)
+            at = base + node * threads
+            o, start, e = visit_node(f, node, t, free[at], limit, timeout, fleets)
+            if o == COMPLETED:
+                factor = slowdown_at(slot, start, slow[0], slow[1], slow[2])
+                if factor != 1.0:
+                    s = s * factor
+                e = start + s
+                free[at] = e
+                _sift_down(free, at, threads, 0)
+                served_at_node(f, node, slot, start, s, measured, fleets)
+                break
+        parts[j, 1], parts[j, 2], parts[j, 3], parts[j, 4] = o, start, e, s
+    holding[:] = False
+    return parts_over(f, i, slot, t, service, times, measured, fleets)
+
+
 @njit(cache=True, nogil=True)
 def advance(
     step_at: np.ndarray,
@@ -138,6 +195,7 @@ def advance(
     batches: tuple,
     fleet_of: np.ndarray,
     fleets: tuple,
+    shard_s: np.ndarray,
     req: tuple,
     users: np.ndarray,
     measured: np.ndarray,
@@ -154,6 +212,7 @@ def advance(
 
     Steps: step k calls the slots `step_slots[step_at[k] : step_at[k + 1]]` (several: a parallel group).
     Per request (`req`, see `batching.visit_ended`): `arrive` its arrival time at its current step `step`
+    (after `hop[i, step]`, its pause before the step: a replayed trace's, else 0)
     (== number of steps: finished), `outcome` and `end_s` how and when it finished, and while a step is in
     progress its visits still `pending`, the latest `step_end` and `worst` outcome of those that ended, and
     `rank`, the order of requests reaching a step at the same time; `service[i, slot]` its service times,
@@ -175,14 +234,16 @@ def advance(
     is rejected) and its step waits for the batch; a read-through miss inserts when the batch ends.
 
     Stages of several nodes (`fleet_of[slot]` >= 0, state `fleets`, see `fleets`): the balancer picks a node at
-    the visit's arrival, whose pool (its servers' region of `free`, its own waiters) serves it as above.
+    the visit's arrival, whose pool (its servers' region of `free`, its own waiters) serves it as above; a
+    sharded stage's visit is one such visit per shard, on distinct nodes, with the shard services `shard_s[i]`,
+    and a stage that retries sends a rejected one on to another node.
     """
-    arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, numbered = req
+    arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, numbered, hop = req
     n = len(arrive)
     steps = len(step_at) - 1
     at, older, newer, ends, capacity, ttl, counts, pend_t, pend_key, pend_n, pend_seq, made, flush_t, flush_nodes, flush_next = caches
     inserts = (pend_t, pend_key, pend_n, pend_seq, made)
-    visits = (times, miss, cache_hit, users, measured)
+    visits = (times, miss, cache_hit, users, measured, service)
     slow = (slow_at, slow_t, slow_v)
     bslots, bservers, q_req, q_at, heads, serving = batches[0], batches[1], batches[4], batches[5], batches[6], batches[11]
     joined = np.zeros(len(bslots), np.bool_)  # batching stages someone joined at the current time
@@ -248,12 +309,16 @@ def advance(
                 o = COMPLETED
                 start = t
                 f = fleet_of[slot]
-                node = 0
-                if f >= 0:  # a node of the stage's fleet: a pool of its own
+                node = -1
+                if f >= 0:  # a node of the stage's fleet: a pool of its own (or one per shard)
                     servers //= fleets[0][f]
-                    node = pick(f, t, base, servers, free, fleets)
-                    base += node * servers
-                    o, start, e = visit_node(f, node, t, free[base], queue_limit[slot], timeout_s[slot], fleets)
+                    if fleets[10][f] > 1 or fleets[16][f] > 0:
+                        limits = (queue_limit[slot], timeout_s[slot], miss[i, slot] if read_miss else 0.0)
+                        o, e = _fleet_visit(f, i, slot, t, base, servers, free, limits, shard_s, service, times, measured[i], slow, fleets)
+                    else:
+                        node = pick(f, t, base, servers, free, fleets, 0)
+                        base += node * servers
+                        o, start, e = visit_node(f, node, t, free[base], queue_limit[slot], timeout_s[slot], fleets)
                 elif m > t:  # every server held: queue, unless rejected or timed out
                     limited = queue_limit[slot] >= 0
                     waiting = 0
@@ -278,7 +343,7 @@ def advance(
                                 waiting = _push(left, lb, waiting, m)
                     if limited:
                         left_n[slot] = waiting
-                if o == COMPLETED:  # served from `start` on the server that frees first
+                if o == COMPLETED and (f < 0 or node >= 0):  # served from `start` on the server that frees first
                     e = start + _served(service, i, slot, start, slow_at, slow_t, slow_v)
                     free[base] = e
                     _sift_down(free, base, servers, 0)
@@ -287,6 +352,7 @@ def advance(
                     times[i, slot, 2] = e
                     if f >= 0:
                         served_at_node(f, node, slot, start, service[i, slot], measured[i], fleets)
+                if o == COMPLETED:
                     if read_miss:
                         push(pend_t, pend_key, pend_n, pend_seq, made, r, e, users[i])
                     if g >= 0:

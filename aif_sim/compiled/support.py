@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from aif_sim.core.latency import Constant, Empirical, Exponential, Gamma, Lognormal, Profile, Sampler
-from aif_sim.core.pipelines import PIPELINES, calls_of, stages_of
+from aif_sim.scenario.pipelines import calls_of
 from aif_sim.scenario.schema import NodeLoss, Scenario, TraceArrival
 
 
@@ -19,23 +19,23 @@ def batch_draws_ahead(sampler: Sampler) -> bool:
 def unsupported(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler]) -> str | None:
     """Why the compiled engine cannot run this pipeline of the scenario with these stage samplers (one line), or
     None when it can."""
-    if pipeline not in PIPELINES:
+    if pipeline not in scenario.pipelines:
         return f"unknown pipeline {pipeline!r}"
+    stages = scenario.pipeline(pipeline).stages
     if scenario.deadline_ms is not None:
         return "the compiled engine does not model request deadlines yet (deadline_ms)"
     for what, has in (
-        ("shards", lambda stage: stage.shards > 1),
         ("hedges (hedge_after_ms)", lambda stage: stage.hedge_after_ms is not None),
-        ("retries", lambda stage: stage.retries > 0),
+        ("retries of timed-out visits (retries with timeout_ms)", lambda stage: stage.retries > 0 and stage.timeout_ms is not None),
         ("batching", lambda stage: stage.batch is not None),
     ):
-        named = [name for name in stages_of(pipeline) if scenario.stages[name].nodes > 1 and has(scenario.stages[name])]
+        named = [name for name in stages if scenario.stages[name].nodes > 1 and has(scenario.stages[name])]
         if named:
             return f"the compiled engine does not model {what} on stages of several nodes yet ({', '.join(named)})"
-    lost = sorted({fault.stage for fault in scenario.faults if isinstance(fault, NodeLoss) and fault.stage in stages_of(pipeline)})
+    lost = sorted({fault.stage for fault in scenario.faults if isinstance(fault, NodeLoss) and fault.stage in stages})
     if lost:
         return f"the compiled engine does not model node loss yet ({', '.join(lost)})"
-    batching = [name for name in stages_of(pipeline) if scenario.stages[name].batch is not None]
+    batching = [name for name in stages if scenario.stages[name].batch is not None]
     per_candidate = [name for name in batching if scenario.stages[name].per_candidate_us]
     if per_candidate:
         return f"the compiled engine does not model per_candidate_us on batching stages ({', '.join(per_candidate)})"
@@ -54,8 +54,9 @@ def _ties_likely(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler]
     ends by its own rule; simpy orders them as they were scheduled. Exact ties need services that take few
     values (constant, empirical) meeting arrivals that do too: trace times (rounded, repeated), or, at a queueing
     stage (a queue limit, a timeout, batching, several nodes), the ends of an earlier step of such services or of
-    batches (sums that coincide, members that end together)."""
-    names = stages_of(pipeline)
+    batches (sums that coincide, members that end together); a sharded stage of such services ends the shards of
+    a visit together, and the shards queued behind them on several nodes start at one instant."""
+    names = scenario.pipeline(pipeline).stages
     tiny = [name for name in names if isinstance(samplers[name], Gamma) and samplers[name].cv > 1]
     if tiny:
         return (
@@ -63,10 +64,16 @@ def _ties_likely(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler]
             f"times below the clock's resolution, so a visit ends at the instant it starts ({', '.join(tiny)})"
         )
     discrete = [name for name in names if _few_values(samplers[name], scenario.stages[name].per_candidate_us)]
+    sharded = [name for name in discrete if scenario.stages[name].shards > 1]
+    if sharded:
+        return (
+            "the compiled engine may order events at equal times unlike simpy: sharded visits of constant or empirical services "
+            f"end together on several nodes, starting the shards queued behind them at one instant ({', '.join(sharded)})"
+        )
     if discrete and isinstance(scenario.traffic.arrival, TraceArrival):
         return f"the compiled engine may order events at equal times unlike simpy: trace arrivals into constant or empirical services ({', '.join(discrete)})"
     earlier: list[str] = []  # the stages of earlier steps whose ends can coincide
-    for step in PIPELINES[pipeline]:
+    for step in scenario.pipeline(pipeline).steps:
         stages = [call.stage for call in calls_of(step)]
         for name in stages:
             config = scenario.stages[name]

@@ -1,13 +1,17 @@
 """What every engine's fleet decides the same way (`stages.NAME.nodes` > 1): the live nodes, which of them a send
-goes to (the stage's balancer, drawing from the stage's own stream), whether and when a visit is hedged and how often
-it is retried, a hedge copy's drawn service (from the stage's `copies:` stream) and a hedged visit's time alone."""
+goes to (the stage's balancer, drawing from the stage's own stream), whether, when and where a visit is hedged,
+whether and where a failed send is retried, a hedge copy's drawn service (from the stage's `copies:` stream), a
+hedged visit's time alone, and which shard a sharded visit ends with. Each engine keeps only its waiting."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from aif_sim.core.balance import BALANCERS, Uniforms
 from aif_sim.core.latency import Sampler
+from aif_sim.core.request import Outcome
 from aif_sim.core.traffic import stream
 from aif_sim.scenario.schema import Stage
 
@@ -40,6 +44,25 @@ class FleetPolicy:
                 holding.append(node)
         return first, holding
 
+    def retry_to(self, outcome: Outcome, retried: int, outstanding: Sequence[int], holding: list[int]) -> int | None:
+        """Where a part (a shard, or the whole visit) whose send ended with `outcome`, after `retried` retries, is sent
+        next: another live node, added to `holding`; None when it is over (completed, out of retries, or no node
+        left)."""
+        if outcome is Outcome.COMPLETED or retried >= self.retries:
+            return None
+        return self._claim(outstanding, holding)
+
+    def hedge_to(self, finished: bool, outstanding: Sequence[int], holding: list[int]) -> int | None:
+        """Where a copy of a part goes once the hedge delay has passed: None if the part has `finished` or no node is
+        left, else another live node, added to `holding`."""
+        return None if finished else self._claim(outstanding, holding)
+
+    def _claim(self, outstanding: Sequence[int], holding: list[int]) -> int | None:
+        node = self.pick(outstanding, holding)
+        if node is not None:
+            holding.append(node)
+        return node
+
     def down(self, count: int) -> range:
         """Nodes 0..count-1 go down: no send goes to them until `up`."""
         lost = range(count)
@@ -59,3 +82,10 @@ class FleetPolicy:
         """A hedged visit's time with no waiting: its first copy's, or the copy's after the delay if that ends first."""
         assert self.hedge_s is not None
         return min(first_s, self.hedge_s + copy_s) if first_s > self.hedge_s else first_s
+
+
+def last_shard(ends: Sequence[float]) -> tuple[int, float]:
+    """The shard a sharded visit ends with (the first of those that ended last), and its skew: the gap between its
+    end and the median shard's."""
+    last = int(np.argmax(ends))
+    return last, ends[last] - float(np.median(ends))

@@ -1,11 +1,13 @@
 """The request flow, written once for every engine.
 
-`Flow.run(request)` is a generator that walks a pipeline's steps (`core.pipelines`) and yields to its
+`Flow.run(request)` is a generator that walks a pipeline's steps (`scenario.pipelines`) and yields to its
 engine what only an engine can do, receiving the answer through `send`:
 - `Visit(slot)`: serve the request at the pipeline's stage in `slot` (its queue, servers and service);
   the engine sends back the visit's `Outcome`.
 - `Fork(flows)`: run these branch flows concurrently; the engine sends back the largest of their outcomes
   (the join rule of `core.request`).
+- `Pause(s)`: let `s` seconds pass before the next step, outside any stage (a request with `hop_s`, replayed
+  from a trace: `core.replay`); the engine sends back None.
 - `Load(cache)` / `Save(cache, dropped)`: an engine that keeps values takes the user's entry from the
   cache's storage (a hit), or stores the entry the request has just computed (a miss), deleting the
   entry the policy `dropped` for room; it sends back None. Yielded only by a flow built with
@@ -24,9 +26,9 @@ import numpy as np
 
 from aif_sim.core.cache import CachePolicy
 from aif_sim.core.nearline import NearlineStore
-from aif_sim.core.pipelines import PIPELINES, Cached, Call, Parallel
 from aif_sim.core.request import Outcome, Request
 from aif_sim.core.shadow import ShadowSample, ShadowSampling
+from aif_sim.scenario.pipelines import Cached, Call, Pipeline, branches_of
 
 COMPLETED = Outcome.COMPLETED
 
@@ -42,6 +44,11 @@ class Fork:
 
 
 @dataclass(frozen=True, slots=True)
+class Pause:
+    s: float
+
+
+@dataclass(frozen=True, slots=True)
 class Load:
     cache: str
 
@@ -52,7 +59,7 @@ class Save:
     dropped: int | None
 
 
-Op = Visit | Fork | Load | Save
+Op = Visit | Fork | Pause | Load | Save
 FlowRun = Generator[Op, Any, Outcome]
 Branch = Callable[[Request], FlowRun]
 
@@ -65,7 +72,7 @@ class Flow:
 
     def __init__(
         self,
-        pipeline: str,
+        pipeline: Pipeline,
         caches: dict[str, CachePolicy],
         stores: dict[str, NearlineStore],
         clock: Callable[[], float],
@@ -76,12 +83,15 @@ class Flow:
         self.cache_index = {name: i for i, name in enumerate(caches)}
         self.calls: list[Call] = []
         self.steps: list[tuple[Branch, ...]] = []
-        for step in PIPELINES[pipeline]:
-            self.steps.append(tuple(self._branch(branch) for branch in (step.branches if isinstance(step, Parallel) else (step,))))
+        for step in pipeline.steps:
+            self.steps.append(tuple(self._branch(branch) for branch in branches_of(step)))
 
     def run(self, request: Request) -> FlowRun:
-        """The request's way through the pipeline: each step in turn, until one fails."""
-        for branches in self.steps:
+        """The request's way through the pipeline: each step in turn (after its pause, if any), until one fails."""
+        hops = request.hop_s
+        for k, branches in enumerate(self.steps):
+            if hops is not None and hops[k] > 0:
+                yield Pause(hops[k])
             if len(branches) == 1:
                 outcome = yield from branches[0](request)
             else:

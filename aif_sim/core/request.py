@@ -36,6 +36,8 @@ class Request:
     `user_vector_s` is when the user vector it took from the user-vector cache was made (None: it computed one).
     `payload` is what a live engine carries between stages (candidate ids, model inputs and outputs); None in the DES.
     `shard_s[slot]` are the shard services (s) of a sharded stage's visit (`service_s[slot]` is the slowest's).
+    `hop_s[k]` is a pause (s) before the pipeline's step k, outside any stage (a replayed trace's: `core.replay`;
+    None: none).
     """
 
     __slots__ = (
@@ -53,6 +55,7 @@ class Request:
         "user_vector_s",
         "payload",
         "shard_s",
+        "hop_s",
     )
 
     def __init__(self, rid: int, arrival_s: float, user: int, candidates: int, measured: bool, service_s: list[float]) -> None:
@@ -70,6 +73,7 @@ class Request:
         self.user_vector_s: float | None = None
         self.payload: dict[str, Any] | None = None
         self.shard_s: dict[int, list[float]] | None = None
+        self.hop_s: list[float] | None = None
 
 
 class Window:

@@ -12,7 +12,7 @@ import numpy as np
 from aif_sim.core.cache import CachePolicy
 from aif_sim.core.latency import Sampler
 from aif_sim.core.nearline import NearlineStore
-from aif_sim.core.pipelines import PIPELINES, caches_of, calls_of, pipeline_calls, stages_of
+from aif_sim.core.replay import ServiceTrace
 from aif_sim.core.request import Request
 from aif_sim.core.shadow import ShadowSampling
 from aif_sim.core.traffic import RequestBlock, ZipfSampler, mean_rate, request_blocks, stream
@@ -40,16 +40,11 @@ def cache_policies(scenario: Scenario, pipeline: str) -> dict[str, CachePolicy]:
     """The cache policies of the caches this pipeline consults and the scenario configures."""
     config = scenario.caches
     caches = {}
-    for name in caches_of(pipeline):
-        spec = getattr(config, name) if config is not None else None
+    for name in scenario.pipeline(pipeline).caches:
+        spec = config.get(name) if config is not None else None
         if spec is not None:
             caches[name] = CachePolicy(spec.capacity, spec.ttl_s)
     return caches
-
-
-def vector_stores(pipeline: str) -> list[str]:
-    """The nearline stores (`items`, `users`) this pipeline reads vectors from."""
-    return sorted({call.vectors for step in PIPELINES[pipeline] for call in calls_of(step) if call.vectors})
 
 
 def touches(fault: Fault, scenario: Scenario, pipeline: str) -> bool:
@@ -57,9 +52,13 @@ def touches(fault: Fault, scenario: Scenario, pipeline: str) -> bool:
     a configured cache it consults, a `nearline_outage` the refresh of a nearline store it reads (item vectors:
     `refresh` or model publication; user vectors: `user_refresh`)."""
     if isinstance(fault, StageSlowdown | NodeLoss):
-        return fault.stage in stages_of(pipeline)
+        return fault.stage in scenario.pipeline(pipeline).stages
     if isinstance(fault, CacheFlush):
-        return fault.cache in caches_of(pipeline) and scenario.caches is not None and getattr(scenario.caches, fault.cache) is not None
+        return (
+            fault.cache in scenario.pipeline(pipeline).caches
+            and scenario.caches is not None
+            and scenario.caches.get(fault.cache) is not None
+        )
     assert isinstance(fault, NearlineOutage)
     nearline = scenario.nearline
     if nearline is None:
@@ -68,7 +67,7 @@ def touches(fault: Fault, scenario: Scenario, pipeline: str) -> bool:
         "items": nearline.refresh is not None or nearline.model_publish_interval_s is not None,
         "users": nearline.user_refresh is not None,
     }
-    return any(refreshed[store] for store in vector_stores(pipeline))
+    return any(refreshed[store] for store in scenario.pipeline(pipeline).vector_stores)
 
 
 def nearline_stores(scenario: Scenario, pipeline: str) -> dict[str, NearlineStore]:
@@ -78,7 +77,7 @@ def nearline_stores(scenario: Scenario, pipeline: str) -> dict[str, NearlineStor
         return {}
     traffic = scenario.traffic
     stores = {}
-    for name in vector_stores(pipeline):
+    for name in scenario.pipeline(pipeline).vector_stores:
         refresh = nearline.refresh if name == "items" else nearline.user_refresh
         count = traffic.items.count if name == "items" else traffic.users.count
         store = NearlineStore(count, always_fresh=refresh is not None and refresh.mode == "periodic" and refresh.interval_s == 0)
@@ -100,14 +99,16 @@ def shadow_sampling(scenario: Scenario, stores: dict[str, NearlineStore]) -> Sha
 class RequestDraws:
     """A block of requests with their draws, as arrays: service times [requests, stage slots] (s; at a sharded
     stage, its slowest shard's), each sharded slot's shard services [requests, shards] (s), the latency a cache
-    miss would add at each slot (s; None without read-through caches) and the candidate items whose vectors are
-    measured [requests, sample size] (None: none)."""
+    miss would add at each slot (s; None without read-through caches), the candidate items whose vectors are
+    measured [requests, sample size] (None: none) and the pauses before each step [requests, steps] (s; None:
+    none; a replayed trace's, `core.replay`)."""
 
     block: RequestBlock
     service_s: np.ndarray
     shard_s: dict[int, np.ndarray]
     miss_s: np.ndarray | None
     sample: np.ndarray | None
+    hop_s: np.ndarray | None = None
 
 
 class RequestSource:
@@ -116,7 +117,8 @@ class RequestSource:
     items whose vectors are measured.
 
     `reads`: (slot, cache) of the pipeline's read-through visits to a configured cache; `caches`: how many
-    caches the pipeline consults; `sample_size`: candidates measured per request (0: none).
+    caches the pipeline consults; `sample_size`: candidates measured per request (0: none); `trace`: arrival times,
+    service times and pauses between steps that replace the drawn ones where it has them (`core.replay`).
     """
 
     def __init__(
@@ -127,9 +129,11 @@ class RequestSource:
         reads: list[tuple[int, str]],
         caches: int,
         sample_size: int,
+        trace: ServiceTrace | None = None,
     ) -> None:
         self.scenario, self.samplers, self.caches, self.sample_size = scenario, samplers, caches, sample_size
-        self.stage_names = stages_of(pipeline)
+        self.trace = trace
+        self.stage_names = scenario.pipeline(pipeline).stages
         self.sharded = [(slot, name) for slot, name in enumerate(self.stage_names) if scenario.stages[name].shards > 1]
         self.reads = bool(reads)
         self.miss_slots = [(slot, cache) for slot, cache in reads if f"cache:{cache}" in samplers]
@@ -142,11 +146,12 @@ class RequestSource:
         samplers: dict[str, Sampler],
         caches: dict[str, CachePolicy],
         stores: dict[str, NearlineStore],
+        trace: ServiceTrace | None = None,
     ) -> RequestSource:
-        """The request source of a pipeline run with these cache policies and nearline stores."""
-        reads = [(slot, call.reads) for slot, call in enumerate(pipeline_calls(pipeline)) if call.reads in caches]
+        """The request source of a pipeline run with these cache policies and nearline stores (and a trace to replay)."""
+        reads = [(slot, call.reads) for slot, call in enumerate(scenario.pipeline(pipeline).calls) if call.reads in caches]
         sample_size = scenario.nearline.staleness_sample if scenario.nearline is not None and "items" in stores else 0
-        return cls(scenario, pipeline, samplers, reads, len(caches), sample_size)
+        return cls(scenario, pipeline, samplers, reads, len(caches), sample_size, trace)
 
     def draws(self, duration_s: float) -> Iterator[RequestDraws]:
         """The requests arriving in [0, duration_s), a block at a time, in order of arrival, as arrays."""
@@ -156,7 +161,8 @@ class RequestSource:
         miss_rngs = {cache: stream(seed, f"miss:{cache}") for _, cache in self.miss_slots}
         sample_rng, items = stream(seed, "candidate-sample"), ZipfSampler(scenario.traffic.items)
         k = len(self.stage_names)
-        for block in request_blocks(scenario.traffic, duration_s, seed):
+        arrivals = self.trace.arrivals(duration_s) if self.trace is not None else None
+        for block in request_blocks(scenario.traffic, duration_s, seed, arrivals):
             n = len(block.arrival_s)
             shard_s = {slot: self._shards(name, rngs[slot], block.candidates) / 1000 for slot, name in self.sharded}
             draws = [
@@ -168,7 +174,8 @@ class RequestSource:
                 service_s[:, slot] = shards.max(axis=1)  # a sharded visit takes its slowest shard, with no waiting
             miss_s = self._misses(miss_rngs, n, k) if self.reads else None
             sample = items.sample(sample_rng, n * self.sample_size).reshape(n, self.sample_size) if self.sample_size else None
-            yield RequestDraws(block, service_s, shard_s, miss_s, sample)
+            draws = RequestDraws(block, service_s, shard_s, miss_s, sample)
+            yield draws if self.trace is None else self.trace.apply(draws)
 
     def blocks(self, duration_s: float) -> Iterator[list[Request]]:
         """The requests arriving in [0, duration_s), a block at a time, in order of arrival."""
@@ -177,6 +184,7 @@ class RequestSource:
             block = draws.block
             services = draws.service_s.tolist()  # seconds, a row per request
             miss_rows = draws.miss_s.tolist() if draws.miss_s is not None else None
+            hop_rows = draws.hop_s.tolist() if draws.hop_s is not None else None
             requests = []
             for i, (arrival, user, candidates) in enumerate(zip(block.arrival_s.tolist(), block.user.tolist(), block.candidates.tolist())):
                 request = Request(block.first_id + i, arrival, user, candidates, arrival >= warmup, services[i])
@@ -188,6 +196,8 @@ class RequestSource:
                     request.sample = draws.sample[i]
                 if draws.shard_s:
                     request.shard_s = {slot: shards[i].tolist() for slot, shards in draws.shard_s.items()}
+                if hop_rows is not None:
+                    request.hop_s = hop_rows[i]
                 requests.append(request)
             yield requests
 

@@ -181,12 +181,15 @@ def candidate_range(spec: int | CandidateSpec) -> tuple[int, int]:
     return spec.min, spec.max
 
 
-def request_blocks(traffic: Traffic, until_s: float, seed: int) -> Iterator[RequestBlock]:
-    """The run's requests in arrival order; identical for every pipeline of a run."""
+def request_blocks(traffic: Traffic, until_s: float, seed: int, arrivals: Iterator[np.ndarray] | None = None) -> Iterator[RequestBlock]:
+    """The run's requests in arrival order; identical for every pipeline of a run. `arrivals`: chunks of given
+    arrival times (a replayed trace's) in place of the traffic's arrival process."""
     user_rng, count_rng = stream(seed, "users"), stream(seed, "candidate-counts")
     users = ZipfSampler(traffic.users)
     next_id = 0
-    for times in arrival_times(traffic.arrival, until_s, stream(seed, "arrivals")):
+    if arrivals is None:
+        arrivals = arrival_times(traffic.arrival, until_s, stream(seed, "arrivals"))
+    for times in arrivals:
         if len(times) == 0:
             continue
         yield RequestBlock(

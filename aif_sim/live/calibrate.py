@@ -20,6 +20,9 @@ extra time max(0, fetch − draw) on its candidate count, plus the stage's own `
 includes). Through the origin because the DES adds nothing but that slope times the candidates: it is the slope
 that makes the DES's added time right on average at the counts measured (and the only one where the count is
 constant). Recorded as the profile's `per_candidate_us` ({stage: us}).
+
+The profile also records what the host adds beside service times (`live.host`): how late the loop wakes from an
+await, idle and with the model stages' operators running as at the load, and the executor's hand-off (`host`).
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ import numpy as np
 import torch
 
 from aif_sim.core.latency import Sampler
-from aif_sim.core.pipelines import PIPELINES, calls_of
 from aif_sim.core.traffic import ZipfSampler, candidate_range
+from aif_sim.live.host import host_effects
 from aif_sim.live.index import VectorStore, open_index
 from aif_sim.live.loop import new_loop
 from aif_sim.live.model import MODEL_OPS, LiveModel
@@ -57,15 +60,7 @@ def model_stages(scenario: Scenario) -> dict[str, str]:
 
 def fetch_stages(scenario: Scenario) -> list[str]:
     """The scenario's stages that fetch their candidates' item vectors live."""
-    return sorted(
-        {
-            call.stage
-            for pipeline in scenario.pipelines
-            for step in PIPELINES[pipeline]
-            for call in calls_of(step)
-            if call.vectors == "items"
-        }
-    )
+    return sorted({call.stage for pipeline in scenario.pipeline_defs for call in pipeline.calls if call.vectors == "items"})
 
 
 def grid(scenario: Scenario, stage: str) -> tuple[str, list[int]]:
@@ -190,6 +185,8 @@ def calibrate_live(
             ops[op] = [
                 {key: n, **loop.run_until_complete(_time(model, executor, op, _payloads(model, op, n, rng), qps, rng))} for n in values
             ]
+        largest = [(op, _payloads(model, op, grid(scenario, stage)[1][-1], rng)) for stage, op in model_stages(scenario).items()]
+        host = loop.run_until_complete(host_effects(model, executor, largest, qps, rng))
     finally:
         loop.close()
     return {
@@ -202,4 +199,5 @@ def calibrate_live(
         "seconds": time.perf_counter() - started,
         "ops": ops,
         "per_candidate_us": calibrate_fetch(scenario, samplers, model, qps, seed),
+        "host": host,
     }

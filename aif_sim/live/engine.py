@@ -24,26 +24,29 @@ from typing import Any
 
 import numpy as np
 
-from aif_sim.core.flow import Flow, FlowRun, Fork, Load, Save, Visit
+from aif_sim.core.changes import world_changes
+from aif_sim.core.flow import Flow, FlowRun, Fork, Load, Pause, Save, Visit
 from aif_sim.core.latency import Sampler
-from aif_sim.core.nearline import sweep_rate
-from aif_sim.core.pipelines import stages_of
+from aif_sim.core.refresh import store_backgrounds, version_switches
+from aif_sim.core.replay import ServiceTrace
 from aif_sim.core.request import Outcome, Request
-from aif_sim.core.system import RequestSource, cache_policies, nearline_stores, vector_stores
+from aif_sim.core.system import RequestSource, cache_policies, nearline_stores
 from aif_sim.core.traffic import ZipfSampler, stream
 from aif_sim.live.fleet import LiveFleet
 from aif_sim.live.index import VectorStore, open_index
 from aif_sim.live.loop import Clock, measure_wake
-from aif_sim.live.model import LiveModel
-from aif_sim.live.nearline import FILL_BATCH, PREFILL, FirstRead, LiveRefresh, Outage, fill, publisher
+from aif_sim.live.model import MODEL_OPS, OUTPUTS, LiveModel
+from aif_sim.live.nearline import FILL_BATCH, PREFILL, FirstRead, LiveRefresh, drive, fill
 from aif_sim.live.pools import LiveBatchingPool, LivePool
 from aif_sim.live.stages import LiveStage
 from aif_sim.live.storage import open_storage
 from aif_sim.metrics.histogram import LogHistogram
 from aif_sim.metrics.recorder import Recorder, RequestSink
-from aif_sim.scenario.schema import CacheFlush, Fault, NearlineOutage, NodeLoss, Scenario, Stage, StageSlowdown
+from aif_sim.model.shadow import world_item_changes
+from aif_sim.scenario.pipelines import Cached, Pipeline, branches_of
+from aif_sim.scenario.schema import CacheFlush, Fault, NodeLoss, Scenario, Stage, StageSlowdown
 
-PAYLOAD_FIELD = {"user_vector": "user_vector", "sim_features": "behaviour"}  # what a cache's value is in a request's payload
+MARKER = np.dtype(np.uint8)  # the value of a cache that holds nothing the model reads: that the entry is there
 DRAIN_POLL_S = 0.05
 STOP_DRAIN_S = 2.0  # how long an interrupted run waits for its requests in flight
 Slot = LivePool | LiveFleet  # a stage slot: one pool, or nodes behind a balancer
@@ -69,6 +72,20 @@ class Schedule:
         }
 
 
+def cache_fields(pipeline: Pipeline) -> dict[str, str | None]:
+    """What each cache of a pipeline holds, as the request payload's field: a cache guarding a model stage, what that
+    stage's operator makes for the user (`model.OUTPUTS`: the user side's vector); a read-through cache, the user's
+    long-term behaviours (the features the model reads); a cache guarding any other stage, nothing (None)."""
+    fields: dict[str, str | None] = {}
+    for step in pipeline.steps:
+        for branch in branches_of(step):
+            if isinstance(branch, Cached):
+                fields[branch.cache] = OUTPUTS.get(MODEL_OPS.get(branch.stage, ""))
+            if branch.reads is not None:
+                fields[branch.reads] = "behaviour"
+    return fields
+
+
 class LivePipeline:
     """One pipeline over one scenario, live: storage, pools, flow, background tasks, recorder."""
 
@@ -84,11 +101,14 @@ class LivePipeline:
     ) -> None:
         self.scenario, self.pipeline, self.samplers, self.model, self.executor = scenario, pipeline, samplers, model, executor
         self.namespace = namespace
-        self.stage_names = stages_of(pipeline)
+        self.stage_names = scenario.pipeline(pipeline).stages
         self.caches = cache_policies(scenario, pipeline)
+        self.cache_fields = cache_fields(scenario.pipeline(pipeline))
         self.stores = nearline_stores(scenario, pipeline)
         self.recorder = Recorder.for_pipeline(scenario, pipeline, sink, self.caches, list(self.stores))
         self.schedule = Schedule(LogHistogram())
+        sharded = {slot: scenario.stages[name].shards for slot, name in enumerate(self.stage_names) if scenario.stages[name].shards > 1}
+        self.trace = ServiceTrace(scenario.pipeline(pipeline).step_slots, sharded)  # every request's arrival, measured services and hops
         self.storage: dict[str, VectorStore] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self.failure: BaseException | None = None  # the first error of a request or background task
@@ -101,11 +121,12 @@ class LivePipeline:
         backend, url = (caches.backend, caches.redis_url) if caches is not None else ("memory", None)
         dtypes = {
             "user_vector": model.user_dtype,
-            "sim_features": model.behaviour_dtype,
+            "behaviour": model.behaviour_dtype,
             "items": model.item_dtype,
             "users": model.interest_dtype,
         }
-        stores = vector_stores(self.pipeline)
+        dtypes |= {cache: dtypes[field] if field is not None else MARKER for cache, field in self.cache_fields.items()}
+        stores = self.scenario.pipeline(self.pipeline).vector_stores
         for name in [*self.caches, *stores]:
             dtype = dtypes[name]  # a record, or an array (a sub-array dtype: its base and shape)
             namespace = f"{self.namespace}.{self.pipeline}.{name}"
@@ -121,7 +142,7 @@ class LivePipeline:
 
     async def _fill(self, progress: Callable[[str, int, int], None]) -> None:
         """The nearline vectors as they stand when the run starts (made at time 0 by version 0)."""
-        for name in vector_stores(self.pipeline):
+        for name in self.scenario.pipeline(self.pipeline).vector_stores:
             count = self._count(name)
             done = 0
 
@@ -175,37 +196,23 @@ class LivePipeline:
         return LiveBatchingPool(clock, slot, config, work, self.recorder, index)
 
     def _background(self, clock: Clock, pools: list[Slot]) -> None:
-        scenario, nearline, loop = self.scenario, self.scenario.nearline, clock.loop
-        outage = Outage(clock)
-        for name, store in self.stores.items():
-            assert nearline is not None
-            items = name == "items"
-            refresh_spec = nearline.refresh if items else nearline.user_refresh
-            sampler = self.samplers.get(f"refresh:{name}")
-            refresh = LiveRefresh(
-                clock,
-                store,
-                self.storage[name],
-                self._compute(name),
-                self.executor,
-                ZipfSampler(scenario.traffic.items if items else scenario.traffic.users),
-                nearline.item_updates_per_s if items else nearline.user_events_per_s,
-                refresh_spec,
-                sampler,
-                sweep_rate(refresh_spec, sampler),
-                stream(scenario.seed, f"nearline:{name}"),
-                outage,
-                lambda work: self._spawn(loop, work),
-                FILL_BATCH[name],
+        scenario, loop = self.scenario, clock.loop
+        listeners = {
+            name: LiveRefresh(
+                clock, self.storage[name], self._compute(name), self.executor, lambda work: self._spawn(loop, work), FILL_BATCH[name]
             )
-            if items and nearline.model_publish_interval_s is not None:
-                self._spawn(loop, publisher(clock, refresh, nearline.model_publish_interval_s))
+            for name in self.stores
+        }
+        world = world_changes(scenario, world_item_changes)
+        for pool in store_backgrounds(scenario, self.samplers, self.stores, self.recorder.gauge, world, listeners).values():
+            self._spawn(loop, drive(clock, pool.run()))
+        if "user_vector" in self.caches:
+            for at_s in version_switches(scenario, self.samplers, world):
+                self._spawn(loop, self._invalidate(clock, at_s))
         works = {pool.work.call.stage: pool.work for pool in pools if isinstance(pool.work, LiveStage)}
         fleets = {pool.work.call.stage: pool for pool in pools if isinstance(pool, LiveFleet) and isinstance(pool.work, LiveStage)}
         for spec in scenario.faults:
-            self._spawn(loop, self._fault(clock, spec, works, fleets, outage))
-        if self.stores:
-            self._spawn(loop, self._gauges(clock))
+            self._spawn(loop, self._fault(clock, spec, works, fleets))
 
     def _spawn(self, loop: asyncio.AbstractEventLoop, work: Any) -> asyncio.Task[Any]:
         task = loop.create_task(work)
@@ -218,14 +225,18 @@ class LivePipeline:
         if not task.cancelled() and task.exception() is not None and self.failure is None:
             self.failure = task.exception()
 
-    async def _fault(self, clock: Clock, spec: Fault, works: dict[str, LiveStage], fleets: dict[str, LiveFleet], outage: Outage) -> None:
-        """Apply one fault at its time (a fault on a cache or stage this pipeline lacks does nothing)."""
+    async def _invalidate(self, clock: Clock, at_s: float) -> None:
+        """At a switch of the serving model version, drop the cached user vectors of the old version (all of them)."""
+        await clock.until(at_s)
+        await self.storage["user_vector"].delete_many(self.caches["user_vector"].flush())
+
+    async def _fault(self, clock: Clock, spec: Fault, works: dict[str, LiveStage], fleets: dict[str, LiveFleet]) -> None:
+        """Apply one fault at its time (a fault on a cache or stage this pipeline lacks does nothing; nearline outages
+        are the refresh pools' own, `core.refresh`)."""
         await clock.until(spec.at_s)
         if isinstance(spec, CacheFlush) and spec.cache in self.caches:
             lost = self.caches[spec.cache].flush(spec.fraction)
             await self.storage[spec.cache].delete_many(lost)
-        elif isinstance(spec, NearlineOutage):
-            outage.until_s = max(outage.until_s, clock() + spec.duration_s)
         elif isinstance(spec, StageSlowdown) and spec.stage in works:
             work = works[spec.stage]
             work.slowdown *= spec.factor
@@ -234,16 +245,12 @@ class LivePipeline:
         elif isinstance(spec, NodeLoss) and spec.stage in fleets:
             await fleets[spec.stage].lose(spec.nodes, spec.duration_s)
 
-    async def _gauges(self, clock: Clock) -> None:
-        while True:
-            self.recorder.nearline_gauges(self.stores, clock())
-            await clock.until(int(clock()) + 1.0)
-
     # --- requests ------------------------------------------------------------------------------------
     async def _handle(self, request: Request, flow: Flow, pools: list[Slot], clock: Clock) -> None:
         work = self._drive(request, flow.run(request), pools)
         outcome = await (work if self.deadline_s is None else self._within_deadline(request, work, clock))
         self.recorder.finish(request, outcome, clock())
+        self.trace.record(request)
 
     async def _within_deadline(self, request: Request, work: Coroutine[Any, Any, Outcome], clock: Clock) -> Outcome:
         """The request's flow, abandoned `deadline_ms` after its scheduled arrival (its task cancelled): it ends
@@ -270,11 +277,16 @@ class LivePipeline:
                 answer = await pools[op.slot].serve(request)
             elif kind is Fork:
                 answer = max(await asyncio.gather(*(self._drive(request, branch, pools) for branch in op.flows)))
+            elif kind is Pause:
+                await asyncio.sleep(op.s)
+                answer = None
             elif kind is Load:
                 value = await self.storage[op.cache].get(request.user)
                 if value is None:
                     raise RuntimeError(f"{op.cache}: the policy holds user {request.user} but its storage has no value")
-                request.payload[PAYLOAD_FIELD[op.cache]] = value
+                field = self.cache_fields[op.cache]
+                if field is not None:
+                    request.payload[field] = value
                 answer = None
             else:
                 assert isinstance(op, Save)
@@ -286,7 +298,8 @@ class LivePipeline:
         """Store a computed value the cache policy has taken in (with a deadline, in a task of its own that finishes
         even if the request is abandoned meanwhile: the storage must hold what the policy holds)."""
         storage = self.storage[op.cache]
-        await storage.set(request.user, request.payload[PAYLOAD_FIELD[op.cache]])
+        field = self.cache_fields[op.cache]
+        await storage.set(request.user, request.payload[field] if field is not None else np.ones((), MARKER))
         if op.dropped is not None:
             await storage.delete_many([op.dropped])
 
@@ -296,6 +309,7 @@ class LivePipeline:
         source = RequestSource.for_pipeline(scenario, self.pipeline, self.samplers, self.caches, self.stores)
         items, rng = ZipfSampler(scenario.traffic.items), stream(scenario.seed, "live-candidates")
         for requests in source.blocks(duration_s):
+            self.trace.arrive(requests)
             counts = np.array([r.candidates for r in requests])
             candidates = np.split(items.sample(rng, int(counts.sum())), np.cumsum(counts)[:-1])
             lags = []
@@ -331,7 +345,7 @@ class LivePipeline:
         try:
             await self._fill(lambda name, done, total: progress(f"{self.pipeline}: {name} index", done, total))
             clock = Clock(loop, await measure_wake())
-            flow = Flow(self.pipeline, self.caches, self.stores, clock, storage=True)
+            flow = Flow(self.scenario.pipeline(self.pipeline), self.caches, self.stores, clock, storage=True)
             pools = self._pools(clock, flow)
             self._background(clock, pools)
             self._spawn(loop, self._progress(clock, duration_s, progress))

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from aif_sim.core.fleet import FleetPolicy
+from aif_sim.core.fleet import FleetPolicy, last_shard
 from aif_sim.core.latency import Sampler
 from aif_sim.core.request import Outcome, Request
 from aif_sim.core.system import shard_sizes
@@ -75,44 +75,40 @@ class LiveFleet:
         await asyncio.sleep(duration_s)
         self.policy.up(lost)
 
-    def _pick(self, holding: list[int]) -> int | None:
-        return self.policy.pick([node.outstanding for node in self.nodes], holding)
+    def _outstanding(self) -> list[int]:
+        return [node.outstanding for node in self.nodes]
 
     async def serve(self, request: Request) -> Outcome:
         sent = self.clock()
         sharded = request.shard_s is not None and self.slot in request.shard_s
         parts = self._shards(request, request.shard_s[self.slot]) if sharded else [self._view(request)]  # type: ignore[index]
-        first, holding = self.policy.first_nodes(
-            [node.outstanding for node in self.nodes], len(parts)
-        )  # holding: the nodes a shard or copy is at
+        first, holding = self.policy.first_nodes(self._outstanding(), len(parts))  # holding: the nodes a shard or copy is at
         if len(parts) == 1:
             outcome = await self._deliver(parts[0], first[0], holding)
         else:
             outcome = max(await asyncio.gather(*(self._deliver(part, node, holding) for part, node in zip(parts, first))))
         if outcome is COMPLETED:
             base = 3 * self.slot
-            ends = [part.times[base + 2] for part in parts]
-            last = parts[int(np.argmax(ends))]
+            index, skew_s = last_shard([part.times[base + 2] for part in parts])
+            last = parts[index]
             request.times[base : base + 3] = (sent, last.times[base + 1], last.times[base + 2])
             request.service_s[self.slot] = max(part.service_s[self.slot] for part in parts)  # the slowest shard
+            if sharded:
+                request.shard_s[self.slot] = [part.service_s[self.slot] for part in parts]  # type: ignore[index]
             self._join(request, parts)
             if request.measured and len(parts) > 1:
-                self.recorder.shard_skew(self.slot, max(ends) - float(np.median(ends)))
+                self.recorder.shard_skew(self.slot, skew_s)
         return outcome
 
     async def _deliver(self, part: Request, node: int | None, holding: list[int]) -> Outcome:
-        """A shard (or the whole visit) sent to `node`, hedged, and sent again on failure while retries last."""
-        retries = self.policy.retries
-        while True:
-            outcome = Outcome.REJECTED if node is None else await self._hedged(part, node, holding)
-            if outcome is COMPLETED or retries == 0:
-                return outcome
-            node = self._pick(holding)
-            if node is None:
-                return outcome
-            holding.append(node)
-            retries -= 1
+        """A shard (or the whole visit) sent to `node`, hedged, and sent again on failure where the policy says."""
+        outcome = Outcome.REJECTED if node is None else await self._hedged(part, node, holding)
+        retried = 0
+        while (node := self.policy.retry_to(outcome, retried, self._outstanding(), holding)) is not None:
+            retried += 1
             self.recorder.retry(self.slot)
+            outcome = await self._hedged(part, node, holding)
+        return outcome
 
     async def _hedged(self, part: Request, node: int, holding: list[int]) -> Outcome:
         """The part on `node` and, unfinished after the hedge delay, a copy on another node: the first to complete
@@ -125,10 +121,9 @@ class LiveFleet:
         sends = {primary: first}
         try:
             await asyncio.wait((primary,), timeout=self.policy.hedge_s)
-            spare = None if primary.done() else self._pick(holding)
+            spare = self.policy.hedge_to(primary.done(), self._outstanding(), holding)
             if spare is None:
                 return self._won(part, first, await primary, None)
-            holding.append(spare)
             self.recorder.hedge(self.slot)
             drawn_s = self.policy.draw_copy(part.candidates) if self.policy.sampler is not None else None
             copy = self._view(part, drawn_s)

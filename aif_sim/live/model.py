@@ -32,6 +32,7 @@ MODEL_OPS = {
     "light_prerank": "light_prerank",
     "online_prerank": "aif_online",
 }
+OUTPUTS = {"user_side": "user_vector"}  # the per-user value an operator makes (what a cache guarding its stage holds)
 State = TypeVar("State", UserState, ItemState)
 
 
@@ -133,6 +134,20 @@ class LiveModel:
         """The light pre-ranker over one request's candidates from its stored user-interest vector."""
         return self.light.online(torch.from_numpy(np.ascontiguousarray(interest))[None], self._candidates(candidates)).numpy()[0]
 
+    def _inputs(self, op: str, payload: dict[str, Any]) -> None:
+        """What an operator reads that no earlier stage of the request's pipeline gave (a pipeline of the user's own
+        without the user side before the real-time part, or without the item vectors' fetch), computed here, within
+        the operator's own time: the long-term behaviours, the user side, the item side, the user-interest vector."""
+        user_side = op == "realtime" and "user_vector" not in payload
+        if (op in ("user_side", "sequential_prerank") or user_side) and "behaviour" not in payload:
+            payload["behaviour"] = self.features.long_behaviour(payload["user"])
+        if user_side:
+            payload["user_vector"] = self.user_side([payload["user"]], [payload["behaviour"]])[0:1].reshape(())
+        if op == "realtime" and "items" not in payload:
+            payload["items"] = self.item_side(payload["candidates"])
+        if op == "light_prerank" and "interest" not in payload:
+            payload["interest"] = self.user_interest([payload["user"]])[0]
+
     def warm_up(self, candidates: int) -> None:
         """Run every operator twice at this many candidates, so that one-off costs (compilation of the LSH
         popcount, allocator growth) are paid before the clock starts."""
@@ -146,6 +161,8 @@ class LiveModel:
 
     def run(self, op: str, payloads: list[dict[str, Any]]) -> None:
         """Run a stage's operator for a batch of requests' payloads, writing each one's result into it."""
+        for payload in payloads:
+            self._inputs(op, payload)
         if op == "user_side":
             records = self.user_side([p["user"] for p in payloads], [p["behaviour"] for p in payloads])
             for i, payload in enumerate(payloads):

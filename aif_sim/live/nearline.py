@@ -1,16 +1,14 @@
-"""Nearline vectors, live: the index filled before the run, then kept up by background tasks that run the
-real model and write its vectors to their storage, while recording each refresh in the core's
-`NearlineStore` exactly as the DES does (so staleness is measured by the same rules in both engines).
-
-- updates: entities change at Poisson times (`item_updates_per_s`, or `user_events_per_s`), by popularity;
-- on-update refresh: `workers` tasks each take the longest-waiting dirty entity, compute its vector (the
-  real model, in the executor), store it, and finish when the refresh's drawn latency is over;
-- periodic refresh and model publication: a sweep re-infers every entity in id order at the sweep rate
-  (`workers` / mean refresh latency), and a task computes and stores each entity's vector as its time comes;
-- a nearline outage stops refreshes, sweeps and publication until it ends;
-- the index is filled before the run with the `prefill` most popular entities (ids 0..prefill-1); an entity past
+"""Nearline vectors, live: the index filled before the run, then kept up by the stores' refresh pools
+(`core.refresh`, the same background as the DES's: changes, on-update refresh, periodic passes, rollouts,
+nearline outages, gauges), driven on the loop's clock, with the real model making the vectors they refresh:
+- a per-entity refresh computes the entity's vector (the real model, in the executor) and stores it as soon as
+  it starts (the pool records it in the core's `NearlineStore` when its drawn latency is over);
+- a sweep (a periodic pass or a model rollout) computes and stores every entity's vector as its time in the
+  sweep comes, in batches;
+- the index is filled before the run with the `PREFILL` most popular entities (ids 0..prefill-1); an entity past
   them has its vector made when it is first read (`FirstRead`), as the fill would have made it, and that model
   call's time is counted as the store's refresh work.
+Staleness is measured by the core's rules, as in the DES.
 """
 
 from __future__ import annotations
@@ -23,12 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from aif_sim.core.latency import Sampler
-from aif_sim.core.nearline import NearlineStore, Sweep
-from aif_sim.core.traffic import CHUNK, ZipfSampler
+from aif_sim.core.nearline import Sweep
+from aif_sim.core.refresh import Background
 from aif_sim.live.index import VectorStore
 from aif_sim.live.loop import Clock
-from aif_sim.scenario.schema import Refresh
 
 # Entities filled before the run, the most popular first (about 2 s of work for 10^6 item vectors into the array
 # index; Redis takes about 10 s per 200,000 writes, and a user-interest vector costs ~0.2 ms to make).
@@ -42,19 +38,6 @@ Compute = Callable[[np.ndarray], np.ndarray]  # entity ids -> their vectors (rec
 Spawn = Callable[[Coroutine[Any, Any, None]], Any]  # runs a coroutine as a background task of the run
 
 
-class Outage:
-    """Until when nearline refresh is stopped."""
-
-    def __init__(self, clock: Clock) -> None:
-        self.clock = clock
-        self.until_s = 0.0
-
-    async def wait(self) -> None:
-        """Return when no outage is in progress."""
-        while self.clock() < self.until_s:
-            await self.clock.until(self.until_s)
-
-
 async def fill(storage: VectorStore, compute: Compute, executor: Executor, count: int, batch: int, progress: Callable[[int], None]) -> None:
     """Make and store the vectors of entities 0..count-1 (the index as it stands when the run starts), `batch` a call."""
     loop = asyncio.get_running_loop()
@@ -63,6 +46,12 @@ async def fill(storage: VectorStore, compute: Compute, executor: Executor, count
         records = await loop.run_in_executor(executor, compute, ids)
         await storage.set_many(ids, records)
         progress(len(ids))
+
+
+async def drive(clock: Clock, background: Background) -> None:
+    """Resume a core background process at each time it asks for, on the loop's clock."""
+    for until in background:
+        await clock.until(until.time_s)
 
 
 class FirstRead:
@@ -102,85 +91,26 @@ class FirstRead:
 
 
 class LiveRefresh:
-    """Updates and refreshes of one store's entities (see the module docstring); `tasks` are its background tasks."""
+    """Carries out one store's refreshes with the real model (a `core.refresh.Listener`); a sweep computes `batch`
+    entities a model call."""
 
-    def __init__(
-        self,
-        clock: Clock,
-        store: NearlineStore,
-        storage: VectorStore,
-        compute: Compute,
-        executor: Executor,
-        popularity: ZipfSampler,
-        rate: float,
-        refresh: Refresh | None,
-        sampler: Sampler | None,
-        sweep_rate: float,
-        rng: np.random.Generator,
-        outage: Outage,
-        spawn: Spawn,
-        batch: int,
-    ) -> None:
-        self.clock, self.store, self.storage, self.compute, self.executor, self.spawn = clock, store, storage, compute, executor, spawn
-        self.popularity, self.refresh, self.sampler, self.sweep_rate, self.rng, self.outage = (
-            popularity,
-            refresh,
-            sampler,
-            sweep_rate,
-            rng,
-            outage,
-        )
-        self.on_update = refresh is not None and refresh.mode == "on_update"
-        self.batch = batch  # entities per model call of a sweep
-        self.work = asyncio.Event()
-        if rate > 0:
-            spawn(self._updates(rate))
-        if refresh is not None and self.on_update:
-            for _ in range(refresh.workers):
-                spawn(self._worker())
-        elif refresh is not None and refresh.interval_s:
-            spawn(self._periodic(refresh.interval_s))
+    def __init__(self, clock: Clock, storage: VectorStore, compute: Compute, executor: Executor, spawn: Spawn, batch: int) -> None:
+        self.clock, self.storage, self.compute, self.executor, self.spawn = clock, storage, compute, executor, spawn
+        self.batch = batch
 
-    async def _updates(self, rate: float) -> None:
-        clock, store = self.clock, self.store
-        at = clock()
-        while True:
-            gaps = self.rng.exponential(1.0 / rate, CHUNK).tolist()
-            for gap, entity in zip(gaps, self.popularity.sample(self.rng, CHUNK).tolist()):
-                at += gap
-                await clock.until(at)
-                store.change(entity, clock(), self.on_update)
-                if self.on_update:
-                    self.work.set()
+    def refreshing(self, entity: int) -> None:
+        self.spawn(self._refresh(entity))
 
-    async def _worker(self) -> None:
-        clock, store = self.clock, self.store
-        assert self.sampler is not None
-        loop = clock.loop
-        while True:
-            await self.outage.wait()
-            entity = store.next_dirty()
-            if entity is None:
-                self.work.clear()
-                await self.work.wait()
-                continue
-            started = clock()
-            ids = np.array([entity])
-            records = await loop.run_in_executor(self.executor, self.compute, ids)
-            await self.storage.set_many([entity], records)
-            await clock.until(started + float(self.sampler.sample(self.rng, 1, 1.0)[0]) / 1000)
-            store.refreshed(entity, clock())
+    def sweeping(self, sweep: Sweep) -> None:
+        self.spawn(self._sweep(sweep))
 
-    async def _periodic(self, interval_s: float) -> None:
-        at = self.clock()
-        while True:
-            at += interval_s
-            await self.clock.until(at)
-            await self.outage.wait()
-            self.spawn(self.sweep(self.store.start_sweep(self.clock(), self.sweep_rate)))
+    async def _refresh(self, entity: int) -> None:
+        ids = np.array([entity])
+        records = await self.clock.loop.run_in_executor(self.executor, self.compute, ids)
+        await self.storage.set_many(ids, records)
 
-    async def sweep(self, sweep: Sweep) -> None:
-        """Compute and store every entity's vector at its time in the sweep."""
+    async def _sweep(self, sweep: Sweep) -> None:
+        """Compute and store every entity's vector as its time in the sweep comes."""
         clock, loop = self.clock, self.clock.loop
         done = 0
         while done < sweep.count:
@@ -192,19 +122,3 @@ class LiveRefresh:
             records = await loop.run_in_executor(self.executor, self.compute, ids)
             await self.storage.set_many(ids, records)
             done = int(ids[-1]) + 1
-
-
-async def publisher(clock: Clock, refresh: LiveRefresh, interval_s: float) -> None:
-    """A new model version every `interval_s`: its rollout sweep, then the switch (consistent policy)."""
-    at = clock()
-    while True:
-        at += interval_s
-        await clock.until(at)
-        await refresh.outage.wait()
-        refresh.spawn(_rollout(clock, refresh, refresh.store.publish(clock(), refresh.sweep_rate)))
-
-
-async def _rollout(clock: Clock, refresh: LiveRefresh, sweep: Sweep) -> None:
-    await refresh.sweep(sweep)
-    await clock.until(sweep.end_s)
-    refresh.store.advance(clock())

@@ -5,8 +5,11 @@ the oldest has waited `max_wait_ms`. A pool is a stage's (its `servers`) or one 
 its `servers / nodes`, its busy time also accounted per node).
 
 A pool does not know what its service is: `work(requests)` is the stage's work for one request (a plain
-pool) or one batch, awaited while the server is held. The time a request spends in service, as measured,
-becomes its `service_s` at the stage (what the no-contention latency adds up).
+pool) or one batch, awaited while the server is held. A visit's service starts when it is handed the server (a
+free one at once; a busy one when its holder releases it; a batch when the dispatcher takes it) and ends when it
+gives the server back: the time its task then waits for the event loop to resume it holds the server, so it is
+service, as the DES sees a server. That time, as measured, becomes its `service_s` at the stage (what the
+no-contention latency adds up, and what a service-time trace records: `core.replay`).
 
 A visit abandoned (its task cancelled: the request's deadline, or a hedge copy that lost) leaves the queue if it
 waits; if it is in service, its work goes on to its end and keeps the server until then, accounted as wasted; a
@@ -61,21 +64,22 @@ class LivePool:
         self.timeout_s = config.timeout_ms / 1000 if config.timeout_ms is not None else None
         self.tasks: set[asyncio.Task[Any]] = set()  # work in service, in tasks of its own
         self.running: set[asyncio.Task[Any]] = set()  # those whose visit awaits them (not abandoned)
+        self.handed: dict[asyncio.Future[Outcome], float] = {}  # when each waiter handed a server has been handed it
 
     @property
     def outstanding(self) -> int:
         """Requests at the pool: queued and in service (a node's load, as a balancer sees it)."""
         return self.busy + self.queued
 
-    async def acquire(self, bounded: bool = True) -> Outcome:
+    async def acquire(self, bounded: bool = True) -> tuple[Outcome, float]:
         """Hold a server: at once when one is free, else after waiting in FIFO order; a `bounded` wait
         obeys the queue limit and the timeout. Cancelled while it waits, it leaves the queue; rejected when the
-        node goes down meanwhile."""
+        node goes down meanwhile. The outcome, and when the server was handed over (when the wait ended)."""
         if self.busy < self.servers:
             self.busy += 1
-            return COMPLETED
+            return COMPLETED, self.clock()
         if bounded and self.queue_limit is not None and self.queued >= self.queue_limit:
-            return Outcome.REJECTED
+            return Outcome.REJECTED, self.clock()
         waiter: asyncio.Future[Outcome] = self.loop.create_future()
         self.waiters.append(waiter)
         self.queued += 1
@@ -93,7 +97,10 @@ class LivePool:
         finally:
             if expiry is not None:
                 expiry.cancel()
-        return outcome if self.epoch == epoch else Outcome.REJECTED  # handed a server, then the node went down
+            handed = self.handed.pop(waiter, None)
+        if self.epoch != epoch:
+            return Outcome.REJECTED, self.clock()  # handed a server, then the node went down
+        return outcome, self.clock() if handed is None else handed
 
     def _expire(self, waiter: asyncio.Future[Outcome]) -> None:
         if not waiter.done():
@@ -107,6 +114,7 @@ class LivePool:
             if not waiter.done():
                 self.queued -= 1
                 waiter.set_result(COMPLETED)
+                self.handed[waiter] = self.clock()
                 return
         self.busy -= 1
 
@@ -131,14 +139,14 @@ class LivePool:
 
     async def serve(self, request: Request) -> Outcome:
         arrived = self.clock()
-        outcome = await self.acquire()
+        outcome, started = await self.acquire()
         if outcome:
             return outcome
         epoch = self.epoch
         if not self.abandonable:
-            started, ended = await self._hold(request, epoch)
+            started, ended = await self._hold(request, epoch, started)
         else:
-            held = self._start(self._hold(request, epoch))
+            held = self._start(self._hold(request, epoch, started))
             self.running.add(held)
             try:
                 started, ended = await asyncio.shield(held)
@@ -155,10 +163,9 @@ class LivePool:
         request.times[base : base + 3] = (arrived, started, ended)
         return COMPLETED
 
-    async def _hold(self, request: Request, epoch: int) -> tuple[float, float]:
-        """The request's work on the server it took in `epoch`, released when the work ends (a node that went down
-        meanwhile has no server to give back); when it started and ended."""
-        started = self.clock()
+    async def _hold(self, request: Request, epoch: int, started: float) -> tuple[float, float]:
+        """The request's work on the server it was handed at `started` in `epoch`, released when the work ends (a
+        node that went down meanwhile has no server to give back); when it started and ended."""
         try:
             await self.work([request])
         except asyncio.CancelledError:
@@ -166,9 +173,9 @@ class LivePool:
                 self._busy(request, started, self.clock())
             raise
         finally:
+            ended = self.clock()  # before the release: the next visit's service starts no earlier
             if self.epoch == epoch:
                 self.release()
-        ended = self.clock()
         self._busy(request, started, ended)
         return started, ended
 
@@ -265,7 +272,7 @@ class LiveBatchingPool(LivePool):
         while True:
             while not self.waiting.live:
                 await self._next_arrival()
-            await self.acquire(bounded=False)  # the dispatcher's own wait for a server
+            _, handed = await self.acquire(bounded=False)  # the dispatcher's own wait for a server
             while 0 < self.waiting.live < self.max_size:
                 left = self.waiting.oldest().arrived + self.max_wait_s - self.clock()
                 if left <= 0:
@@ -273,12 +280,19 @@ class LiveBatchingPool(LivePool):
                 await self._next_arrival(left)
             batch = self._take_batch()
             if batch:
-                self._start(self._serve(batch))
+                self._start(self._serve(batch, self._due(batch, handed)))
             else:
                 self.release()
 
-    async def _serve(self, batch: list[_Waiting]) -> None:
-        started = self.clock()
+    def _due(self, batch: list[_Waiting], handed: float) -> float:
+        """When the batch was due to start, the server held since `handed`: as soon as it was full (its last
+        member's arrival), or its oldest member had waited `max_wait_ms`. Later than that, the server was held
+        while the dispatcher waited for the loop: service time, as the DES sees it."""
+        due = batch[-1].arrived if len(batch) == self.max_size else batch[0].arrived + self.max_wait_s
+        return min(max(handed, due), self.clock())
+
+    async def _serve(self, batch: list[_Waiting], started: float) -> None:
+        """Serve the batch the dispatcher took at `started`."""
         self.serving += 1
         self.members += len(batch)
         try:

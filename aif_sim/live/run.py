@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aif_sim.core.latency import Sampler
-from aif_sim.core.system import vector_stores
+from aif_sim.core.replay import ServiceTrace
 from aif_sim.core.traffic import candidate_range
 from aif_sim.errors import InputError
 from aif_sim.live.engine import LivePipeline
@@ -49,7 +49,7 @@ def check_live(scenario: Scenario, source: str) -> None:
     nearline, traffic = scenario.nearline, scenario.traffic
     if nearline is not None and nearline.updates_from == "world":
         raise InputError(f"{source}: nearline.updates_from: the live engine takes `rate` (the world's changes serve DES shadow scoring)")
-    reads = {store for pipeline in scenario.pipelines for store in vector_stores(pipeline)}
+    reads = {store for pipeline in scenario.pipeline_defs for store in pipeline.vector_stores}
     caches = scenario.caches
     for store, population in (("items", traffic.items), ("users", traffic.users)):
         if store in reads and (caches is None or caches.backend == "memory") and population.count > MAX_INDEX:
@@ -114,11 +114,13 @@ def run_live(
     progress: Progress,
     stop: Callable[[], bool],
     resources: LiveResources | None = None,
+    traces: dict[str, ServiceTrace] | None = None,
 ) -> tuple[dict[str, Recorder], dict[str, dict[str, Any]]]:
-    """Run every pipeline live for `scenario.duration_s`; per pipeline its recorder and its `live` block."""
+    """Run every pipeline live for `scenario.duration_s`; per pipeline its recorder and its `live` block. `traces`,
+    when given, receives per pipeline the arrival and measured service times of every request (`core.replay`)."""
     if resources is None:
         with live_resources(scenario) as made:
-            return run_live(scenario, samplers, sink, progress, stop, made)
+            return run_live(scenario, samplers, sink, progress, stop, made, traces)
     results: dict[str, Recorder] = {}
     blocks: dict[str, dict[str, Any]] = {}
     namespace = _namespace(scenario)
@@ -140,4 +142,6 @@ def run_live(
         )
         block["storage"] = scenario.caches.backend if scenario.caches is not None else "memory"
         blocks[pipeline] = block
+        if traces is not None:
+            traces[pipeline] = live.trace
     return results, blocks

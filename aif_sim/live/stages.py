@@ -1,12 +1,13 @@
 """What a visit to a stage does in the live engine, while its pool holds a server.
 
 - A model stage (`live.model.MODEL_OPS`: user_inference, rtp, prerank, light_prerank, online_prerank) runs the real
-  operator in the executor, after the cache-miss latency its requests drew, if they missed.
+  operator in the executor, after the cache-miss latency its requests drew, if they missed (and after
+  fetching the nearline vectors the step reads, if it reads any).
 - Any other stage stands for an external service (merger, retrieval, feature and item fetch): it takes
   the request's drawn service time (the DES's draw, miss latency included), measured from the visit's
   start. A stage that reads nearline vectors really fetches them from their storage within that time
-  (the visit ends when both the fetch and the drawn time are over); a stage that reads the SIM features
-  takes the user's long-term behaviours from the feature source when the cache missed.
+  (the visit ends when both the fetch and the drawn time are over); a stage that reads through a cache (the
+  SIM features) takes the user's long-term behaviours from the feature source when the cache missed.
 A batching stage serves a batch: a model operator over all of it; an external one for the batch's drawn
 time, as the DES draws it. `slowdown` stretches the visit (a stage_slowdown fault).
 """
@@ -19,12 +20,12 @@ from concurrent.futures import Executor
 import numpy as np
 
 from aif_sim.core.latency import Sampler
-from aif_sim.core.pipelines import Call
 from aif_sim.core.request import Request
 from aif_sim.live.index import VectorStore
 from aif_sim.live.loop import Clock
 from aif_sim.live.model import MODEL_OPS, LiveModel
 from aif_sim.live.nearline import FirstRead
+from aif_sim.scenario.pipelines import Call
 
 BEHAVIOUR_OPS = ("user_side", "sequential_prerank", "aif_online")  # operators that read the user's long-term behaviours
 
@@ -48,19 +49,19 @@ class LiveStage:
         self.per_candidate_s = per_candidate_us / 1e6
         self.model, self.executor, self.vectors = model, executor, vectors
         self.op = MODEL_OPS.get(call.stage)
-        self.needs_behaviour = call.reads == "sim_features" or self.op in BEHAVIOUR_OPS
+        self.needs_behaviour = call.reads is not None or self.op in BEHAVIOUR_OPS
         self.slowdown = 1.0
 
     async def __call__(self, requests: list[Request]) -> None:
         started = self.clock()
+        if self.vectors is not None:
+            for request in requests:
+                await self._fetch(request)
         if self.op is not None:
             await self._model(requests, started)
             return
         if self.needs_behaviour:
             self._behaviours(requests)
-        if self.vectors is not None:
-            for request in requests:
-                await self._fetch(request)
         await self.clock.until(started + self._drawn_s(requests) * self.slowdown)
 
     def _drawn_s(self, requests: list[Request]) -> float:

@@ -9,9 +9,7 @@ when model versions are published: the rollout holds two buffers), at `cost_per_
 
 from __future__ import annotations
 
-from aif_sim.core.pipelines import caches_of, stages_of
-from aif_sim.core.system import vector_stores
-from aif_sim.scenario.schema import DEFAULT_ENTRY_BYTES, Scenario
+from aif_sim.scenario.schema import DEFAULT_ENTRY_BYTES, OTHER_ENTRY_BYTES, Scenario
 
 GIB = 2**30
 DEFAULT_VECTOR_BYTES = 512  # one stored vector when the scenario has no nearline section
@@ -21,13 +19,13 @@ def memory_bytes(scenario: Scenario, pipeline: str) -> dict[str, int]:
     """Per cache (`cache:NAME`) and nearline index (`index:items`, `index:users`) the pipeline uses, its bytes at peak."""
     out: dict[str, int] = {}
     caches = scenario.caches
-    for name in caches_of(pipeline):
-        spec = getattr(caches, name) if caches is not None else None
+    for name in scenario.pipeline(pipeline).caches:
+        spec = caches.get(name) if caches is not None else None
         if spec is not None:
-            out[f"cache:{name}"] = spec.capacity * (spec.entry_bytes or DEFAULT_ENTRY_BYTES[name])
+            out[f"cache:{name}"] = spec.capacity * (spec.entry_bytes or DEFAULT_ENTRY_BYTES.get(name, OTHER_ENTRY_BYTES))
     nearline = scenario.nearline
     vector_bytes = nearline.vector_bytes if nearline is not None else DEFAULT_VECTOR_BYTES
-    for store in vector_stores(pipeline):
+    for store in scenario.pipeline(pipeline).vector_stores:
         count = scenario.traffic.items.count if store == "items" else scenario.traffic.users.count
         buffers = 2 if store == "items" and _double_buffered(scenario) else 1
         out[f"index:{store}"] = count * vector_bytes * buffers
@@ -45,7 +43,7 @@ def refresh_workers(scenario: Scenario, pipeline: str) -> dict[str, tuple[int, f
     if nearline is None:
         return {}
     out = {}
-    for store in vector_stores(pipeline):
+    for store in scenario.pipeline(pipeline).vector_stores:
         refresh = nearline.refresh if store == "items" else nearline.user_refresh
         if refresh is not None:
             out[f"refresh:{store}"] = (refresh.workers, refresh.cost_per_server_hour)
@@ -61,7 +59,7 @@ def fixed_cost_per_hour(scenario: Scenario, pipeline: str) -> dict[str, float]:
 
 def cost_per_hour(scenario: Scenario, pipeline: str) -> dict[str, float]:
     """A design's cost an hour as the scenario provisions it: `stages`, `refresh`, `memory` and their `total`."""
-    stages = sum(scenario.stages[name].servers * scenario.stages[name].cost_per_server_hour for name in dict.fromkeys(stages_of(pipeline)))
+    stages = sum(scenario.stages[name].servers * scenario.stages[name].cost_per_server_hour for name in scenario.pipeline(pipeline).stages)
     out = {"stages": float(stages), **fixed_cost_per_hour(scenario, pipeline)}
     out["total"] = sum(out.values())
     return out

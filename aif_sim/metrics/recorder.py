@@ -17,15 +17,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from aif_sim.core.cache import CachePolicy
-from aif_sim.core.latency import build_sampler
-from aif_sim.core.nearline import NearlineStore, sweep_rate
-from aif_sim.core.pipelines import stages_of, step_slots
+from aif_sim.core.refresh import PREFIX, store_gauges
 from aif_sim.core.request import Outcome, Request, Window
 from aif_sim.core.shadow import ShadowSample
 from aif_sim.core.system import touches
 from aif_sim.metrics.bill import cost_per_hour, memory_bytes
 from aif_sim.metrics.histogram import PERCENTILES, LogHistogram
 from aif_sim.metrics.timeseries import Timeseries
+from aif_sim.scenario.pipelines import Pipeline
 from aif_sim.scenario.schema import Scenario
 
 SLO_MISS_BUDGET = 0.01  # a run meets its SLO when at most 1% of offered requests miss it
@@ -33,7 +32,6 @@ RECOVERY_MARGIN = 0.10  # a fault's band: p99 up to 10% above its level before t
 BASELINE_S = 10  # seconds before a fault whose median p99 is that level
 STORE_LABEL = {"items": "item", "users": "user"}
 STORE_CHANGES = {"items": "item_updates", "users": "user_events"}  # what changes a store's entities
-STORE_GAUGES = {"items": ["refresh_backlog", "double_buffered"], "users": ["user_refresh_backlog"]}
 
 
 @dataclass(frozen=True)
@@ -157,7 +155,7 @@ class Recorder:
 
     def __init__(
         self,
-        pipeline: str,
+        pipeline: Pipeline,
         stages: dict[str, tuple[int, bool, int]],
         window: Window,
         slo_ms: float | None,
@@ -169,13 +167,13 @@ class Recorder:
         """`stages`: per stage of the pipeline, its servers, whether it batches and its nodes; `caches`: the cache
         policies the pipeline consults (in the order of `Request.cache_hit`); `stores`: the nearline
         stores it reads (`items`, `users`); `faults`: the faults that touch the pipeline, for the storm report."""
-        self.pipeline = pipeline
-        self.stage_names = stages_of(pipeline)
+        self.pipeline = pipeline.name
+        self.stage_names = pipeline.stages
         self.window = window
         self.slo_ms = slo_ms
         self.sink = sink
         self.stages = [StageRecord(*stages[name]) for name in self.stage_names]
-        self._groups = step_slots(pipeline)
+        self._groups = pipeline.step_slots
         self.offered = self.completed = self.rejected = self.timed_out = 0
         self.in_flight = 0  # measured requests that arrived and have not finished
         self.completed_in_window = 0
@@ -188,11 +186,10 @@ class Recorder:
         self.vectors = {name: VectorRecord() for name in stores or []}
         self.faults = faults or []
         means = [f"{name}_hit_ratio" for name in self.caches] + [f"{STORE_LABEL[name]}_vector_age_mean_s" for name in stores or []]
-        gauges = [g for name in stores or [] for g in STORE_GAUGES[name]]
+        gauges = [g for name in stores or [] for g in store_gauges(name)]
         self.timeseries = Timeseries(window, means, gauges)
         self.index_bytes = 0  # size of the served item-vector index (the engine sets it)
-        self.refresh_mean_s: dict[str, float] = {}  # per store refreshed in the run, the mean time of one re-inference
-        self._reinferred: dict[str, list[float]] = {}  # per store, entities re-inferred at the window's start and end
+        self.refresh_workers: dict[str, int] = {}  # per store refreshed in the run, its refresh pool's workers
         self.first_read_s: dict[str, float] = {}  # per store, model time spent making vectors on first read (live)
         self.memory_bytes: dict[str, int] | None = None  # the design's caches and indexes (`metrics.bill`)
         self.cost_per_hour: dict[str, float] | None = None  # what the design provisions costs an hour (`metrics.bill`)
@@ -217,7 +214,7 @@ class Recorder:
         the faults that touch it (`core.system.touches`)."""
         stages = {
             name: (config.servers, config.batch is not None, config.nodes)
-            for name, config in ((name, scenario.stages[name]) for name in stages_of(pipeline))
+            for name, config in ((name, scenario.stages[name]) for name in scenario.pipeline(pipeline).stages)
         }
         window = Window(scenario.warmup_s, scenario.duration_s)
         faults = [
@@ -225,7 +222,7 @@ class Recorder:
             for f in scenario.faults
             if touches(f, scenario, pipeline)
         ]
-        recorder = cls(pipeline, stages, window, scenario.slo_p99_ms, sink, caches, stores, faults)
+        recorder = cls(scenario.pipeline(pipeline), stages, window, scenario.slo_p99_ms, sink, caches, stores, faults)
         recorder.memory_bytes = memory_bytes(scenario, pipeline)
         recorder.cost_per_hour = cost_per_hour(scenario, pipeline)
         nearline = scenario.nearline
@@ -239,8 +236,7 @@ class Recorder:
             for name in stores:
                 refresh = nearline.refresh if name == "items" else nearline.user_refresh
                 if refresh is not None:
-                    sampler = build_sampler(refresh.latency, f"nearline refresh of {name}")
-                    recorder.refresh_mean_s[name] = refresh.workers / sweep_rate(refresh, sampler)
+                    recorder.refresh_workers[name] = refresh.workers
             if "items" in stores:
                 recorder.index_bytes = scenario.traffic.items.count * nearline.vector_bytes
         return recorder
@@ -294,7 +290,7 @@ class Recorder:
         busy = np.maximum(0.0, np.minimum(started_s + service_s, hi) - np.maximum(started_s, lo))
         stage.busy_window_s = _running_sum(stage.busy_window_s, busy)
         stage.compute_s = _running_sum(stage.compute_s, service_s[measured])
-        for node in np.unique(nodes).tolist():
+        for node in np.flatnonzero(np.bincount(nodes)).tolist():
             stage.node_busy_window_s[node] = _running_sum(stage.node_busy_window_s[node], busy[nodes == node])
 
     def cut(self, slot: int, node: int | None, from_s: float, to_s: float) -> None:
@@ -309,9 +305,9 @@ class Recorder:
         """A visit (or shard) unfinished after the stage's hedge delay was sent to a second node."""
         self.stages[slot].hedges += 1
 
-    def retry(self, slot: int) -> None:
-        """A failed visit (or shard) was sent again to another node."""
-        self.stages[slot].retries += 1
+    def retry(self, slot: int, count: int = 1) -> None:
+        """A failed visit (or shard) was sent again to another node (`count` such sends)."""
+        self.stages[slot].retries += count
 
     def shard_skew(self, slot: int, skew_s: float) -> None:
         """A measured sharded visit completed: the gap between its slowest and its median shard."""
@@ -319,24 +315,15 @@ class Recorder:
         stage.shard_skew_s += skew_s
         stage.sharded_visits += 1
 
+    def shard_skew_many(self, slot: int, skews_s: np.ndarray) -> None:
+        """`shard_skew` for visits of one stage given as an array, in the order they ended: the same running sum."""
+        stage = self.stages[slot]
+        stage.shard_skew_s = _running_sum(stage.shard_skew_s, skews_s)
+        stage.sharded_visits += len(skews_s)
+
     def gauge(self, name: str, now_s: float, value: float) -> None:
         """A background process's per-second reading (refresh backlog, double buffering)."""
         self.timeseries.gauge(name, now_s, value)
-
-    def nearline_gauges(self, stores: dict[str, NearlineStore], now_s: float) -> None:
-        """The per-second readings of the nearline stores: each one's refresh backlog and, for item vectors under
-        the consistent policy, whether two buffers are held (a rollout in progress)."""
-        for name, store in stores.items():
-            if now_s <= self.window.end_s:  # the re-inferred count at the window's edges (read once a second)
-                count = store.reinferred(now_s)
-                edges = self._reinferred.setdefault(name, [count, count])
-                edges[0] = count if now_s <= self.window.start_s else edges[0]
-                edges[1] = count
-            if name == "items":
-                self.gauge("refresh_backlog", now_s, store.backlog)
-                self.gauge("double_buffered", now_s, float(store.consistent and store.rolling_out(now_s)))
-            else:
-                self.gauge("user_refresh_backlog", now_s, store.backlog)
 
     def refresh_work(self, store: str, seconds: float, now_s: float) -> None:
         """A store's vectors were made on first read for `seconds` of model time (counted as its refresh work when
@@ -346,14 +333,18 @@ class Recorder:
 
     def _refresh_pools(self) -> dict[str, float]:
         """Per nearline store's refresh workers (`refresh:items`, `refresh:users`), their busy seconds inside the
-        window: the entities re-inferred there (one at a time, by sweeps and by rollouts) times the mean time of one
-        re-inference, plus vectors made on first read."""
+        window: the refresh pool's own per-second utilisation (`core.refresh`: the worker-seconds it spent re-inferring,
+        one at a time, by periodic passes and by rollouts) over the seconds ending inside the window, times its
+        workers, plus vectors made on first read."""
         busy = {}
+        window = self.window
         for name in dict.fromkeys([*self.vectors, *self.first_read_s]):
-            start, end = self._reinferred.get(name, [0.0, 0.0])
-            seconds = (end - start) * self.refresh_mean_s.get(name, 0.0) + self.first_read_s.get(name, 0.0)
-            if name in self.refresh_mean_s or name in self.first_read_s:
-                busy[f"refresh:{name}"] = seconds
+            if name not in self.refresh_workers and name not in self.first_read_s:
+                continue
+            key = f"{PREFIX[name]}refresh_utilization"
+            shares = [float(row[key]) for row in self.timeseries.rows if key in row and window.start_s < float(row["t_s"]) <= window.end_s]
+            pool_s = sum(share for share in shares if share == share) * self.refresh_workers.get(name, 0)
+            busy[f"refresh:{name}"] = pool_s + self.first_read_s.get(name, 0.0)
         return busy
 
     def finish(self, request: Request, outcome: Outcome, now_s: float) -> None:
@@ -563,6 +554,8 @@ class Recorder:
         out["stale_fraction"] = stale / changing if changing else math.nan
         out["version_mismatch_fraction"] = mismatched / read if read else math.nan
         rows = self.timeseries.rows
+        for name in self.vectors:
+            out.update(self._refresh_work(PREFIX[name], rows))
         if "refresh_backlog" in self.timeseries.gauges:
             backlog = [r["refresh_backlog"] for r in rows if r["refresh_backlog"] == r["refresh_backlog"]]
             out["refresh_backlog_max"] = max(backlog, default=0)
@@ -572,6 +565,20 @@ class Recorder:
                 out["index_bytes"] = self.index_bytes
                 out["index_peak_bytes"] = self.index_bytes * (2 if double else 1)
         return out
+
+    @staticmethod
+    def _refresh_work(prefix: str, rows: list[dict[str, Any]]) -> dict[str, float]:
+        """A store's refresh pool over the run: the share of its workers' time spent re-inferring (the mean of the
+        per-second readings) and the most a periodic pass ran past its interval (s)."""
+
+        def readings(key: str) -> list[float]:
+            return [float(row[key]) for row in rows if row[key] == row[key]]
+
+        used = readings(f"{prefix}refresh_utilization")
+        if not used:
+            return {}
+        overrun = readings(f"{prefix}sweep_overrun_s")
+        return {f"{prefix}refresh_utilization": sum(used) / len(used), f"{prefix}sweep_overrun_s": max(overrun, default=0.0)}
 
     def _storm(self, fault: FaultWindow) -> dict[str, Any]:
         """What a fault did to the per-second p99. Its level is the median p99 of the `BASELINE_S` seconds before the

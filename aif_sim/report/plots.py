@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from aif_sim.atomic import atomic_path
-from aif_sim.core.pipelines import PIPELINES, Parallel, calls_of
 from aif_sim.metrics.histogram import LogHistogram
 from aif_sim.metrics.recorder import Recorder
 from aif_sim.metrics.summary import Metric
+from aif_sim.scenario.pipelines import Parallel, Pipeline, calls_of
 from aif_sim.scenario.schema import Fault
 
 if TYPE_CHECKING:
@@ -130,9 +130,10 @@ def plot_latency_cdf(path: Path, results: dict[str, Recorder], slo_ms: float | N
     return _save(fig, path)
 
 
-def plot_stage_breakdown(path: Path, summary: dict[str, Any], title: str) -> Figure:
-    """Mean timeline of each pipeline: a bar per stage (queue wait, then service), parallel stages
-    starting together and overlapping, each step starting when the longest branch of the previous ends."""
+def plot_stage_breakdown(path: Path, summary: dict[str, Any], title: str, pipelines_run: dict[str, Pipeline]) -> Figure:
+    """Mean timeline of each pipeline (`pipelines_run`: their steps, by name): a bar per stage (queue wait, then
+    service), parallel stages starting together and overlapping, each step starting when the longest branch of the
+    previous ends."""
     pipelines = summary["pipelines"]
     height = sum(1.0 + 0.35 * len(m["stages"]) for m in pipelines.values())
     fig, axes = _figure(len(pipelines), height)
@@ -140,7 +141,7 @@ def plot_stage_breakdown(path: Path, summary: dict[str, Any], title: str) -> Fig
     for ax, (pipeline, metrics) in zip(axes[:, 0], pipelines.items()):
         names, starts, waits, services = [], [], [], []
         offset = 0.0
-        for step in PIPELINES[pipeline]:
+        for step in pipelines_run[pipeline].steps:
             longest = 0.0
             for call in calls_of(step):
                 stats = metrics["stages"][call.stage]
@@ -159,7 +160,7 @@ def plot_stage_breakdown(path: Path, summary: dict[str, Any], title: str) -> Fig
         ax.set_xlim(0, limit * 1.05)
         mean, p99 = metrics["latency_ms"]["mean"], metrics["latency_ms"]["p99"]
         done = f"mean {mean:.1f} ms, p99 {p99:.1f} ms" if metrics["requests"]["completed"] else "completed nothing"
-        parallel = " (∥: in parallel)" if any(isinstance(step, Parallel) for step in PIPELINES[pipeline]) else ""
+        parallel = " (∥: in parallel)" if any(isinstance(step, Parallel) for step in pipelines_run[pipeline].steps) else ""
         ax.set_title(f"{pipeline}: {done}{parallel}", fontsize=9)
         ax.grid(True, axis="x", alpha=0.3)
     axes[0, 0].legend(loc="lower left", bbox_to_anchor=(0.0, 1.12), ncol=2, fontsize=8, frameon=False)
@@ -388,15 +389,16 @@ def plot_timeseries(path: Path, results: dict[str, Recorder], faults: Sequence[F
 
 
 def plot_validate_cdf(path: Path, curves: list[dict[str, Any]], title: str) -> Figure | None:
-    """Per load, each pipeline's latency by percentile on a tail axis: the DES (dashed) over the live run (solid)."""
+    """Per load, each pipeline's latency by percentile on a tail axis: the profile DES (dashed) and the replay DES
+    (dotted) over the live run (solid)."""
     if not curves:
         return None
     fig, axes = _figure(len(curves), 3.6 * len(curves))
     for ax, curve in zip(axes[:, 0], curves):
         deepest = 0.99
         for index, pipeline in enumerate(curve["live"]):
-            for engine, style in (("live", "-"), ("des", "--")):
-                blocks = curve[engine].get(pipeline, [])
+            for engine, style in (("live", "-"), ("des", "--"), ("replay", ":")):
+                blocks = curve.get(engine, {}).get(pipeline, [])
                 latency = np.sort(np.concatenate(blocks)) if blocks else np.empty(0)
                 if len(latency) == 0:
                     continue
@@ -413,7 +415,7 @@ def plot_validate_cdf(path: Path, curves: list[dict[str, Any]], title: str) -> F
     axes[-1, 0].set_xlabel("percentile of completed requests")
     loads = [f"{curve['qps']:g}" for curve in curves]
     at = loads[0] if len(loads) == 1 else f"{', '.join(loads[:-1])} and {loads[-1]}"
-    fig.suptitle(f"DES (dashed) against the live engine (solid) at {at} QPS — {title}", fontsize=10)
+    fig.suptitle(f"DES (dashed), replay DES (dotted) and the live engine (solid) at {at} QPS — {title}", fontsize=10)
     return _save(fig, path)
 
 

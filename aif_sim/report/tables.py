@@ -251,29 +251,51 @@ def schedule_warning(pipeline: str, live: dict[str, Any]) -> str:
 
 
 def validate_table(points: list[dict[str, Any]], tolerance: float) -> Table:
-    """Per pipeline and load: p50 and p99 of the DES and the live run, the error with its 95% interval, and the stage
-    whose mean latency diverges most (its DES/live means, ms)."""
-    table = plain_table(f"DES against live: error DES/live - 1 ± its 95% CI half-width; target ±{100 * tolerance:g}%")
-    add_columns(
-        table, "pipe", "QPS", "util", "n", "p50 DES/live", "error", "p99 DES/live", "error", "diverges most", left=("pipe", "diverges most")
-    )
+    """Per pipeline and load, three rows: the profile DES, the replay DES (the live run's own service times) and the
+    live run: p50 and p99, each model's error against live with its 95% interval; beside the profile DES the stage
+    whose mean latency diverges most (DES/live means, ms), beside the replay the stage whose mean wait diverges most
+    (replay/live, ms), beside live its time outside stage visits (mean / p99, ms)."""
+    table = plain_table(f"DES against live: error model/live - 1 ± its 95% CI half-width; target ±{100 * tolerance:g}%")
+    add_columns(table, "pipe", "QPS", "util", "n", "run", "p50 ms", "error", "p99 ms", "error", "note", left=("pipe", "run", "note"))
     for point in points:
-        row = [
+        head = [
             SHORT.get(point["pipeline"], point["pipeline"]),
             f"{point['qps']:.0f}",
             f"{100 * point['utilization']:.0f}%",
             f"{point['samples']:,}",
         ]
-        for name in ("p50", "p99"):
-            row.append(f"{point['des'][f'{name}_ms']:.1f}/{point['live'][f'{name}_ms']:.1f}")
-            interval = point["ci95"].get("error", {}).get(name)
-            colour = "green" if point["within_tolerance"][name] else "red"
-            spread = f"±{50 * (interval[1] - interval[0]):.0f}" if interval else ""
-            row.append(f"[{colour}]{100 * point['error'][name]:+.1f}%[/]{spread}")
         stage = point.get("diverging_stage")  # absent from validate.json written before it was added
-        row.append(f"{stage['stage']} {stage['des_ms']:.1f}/{stage['live_ms']:.1f} ({100 * stage['error']:+.0f}%)" if stage else "")
-        table.add_row(*row)
+        note = (
+            f"diverges most: {stage['stage']} {stage['des_ms']:.1f}/{stage['live_ms']:.1f} ({100 * stage['error']:+.0f}%)" if stage else ""
+        )
+        table.add_row(*head, "profile DES", *_validate_cells(point["des"], point["error"], point["ci95"].get("error", {}), tolerance), note)
+        replay = point.get("replay")  # absent from validate.json written before the replay was added
+        if replay is not None:
+            waits = {name: error for name, error in replay["error"]["wait"].items() if error is not None and error == error}
+            worst = max(waits, key=lambda name: abs(waits[name]), default=None)
+            note = (
+                f"wait most off: {worst} {replay['wait_ms'][worst]:.2f}/{point['live']['wait_ms'][worst]:.2f} ({100 * waits[worst]:+.0f}%)"
+                if worst is not None
+                else ""
+            )
+            table.add_row(
+                "", "", "", "", "replay DES", *_validate_cells(replay, replay["error"], replay["ci95"].get("error", {}), tolerance), note
+            )
+        outside = point["live"].get("outside_stages_ms")
+        note = f"outside stages {outside['mean']:.2f} / {outside['p99']:.2f}" if outside else ""
+        table.add_row("", "", "", "", "live", f"{point['live']['p50_ms']:.1f}", "", f"{point['live']['p99_ms']:.1f}", "", note)
     return table
+
+
+def _validate_cells(figures: dict[str, Any], error: dict[str, Any], intervals: dict[str, Any], tolerance: float) -> list[str]:
+    """A model's p50 and p99 (ms), each followed by its error against live ± the half-width of its 95% interval."""
+    cells = []
+    for name in ("p50", "p99"):
+        interval = intervals.get(name)
+        colour = "green" if abs(error[name]) <= tolerance else "red"
+        spread = f"±{50 * (interval[1] - interval[0]):.0f}" if interval else ""
+        cells += [f"{figures[f'{name}_ms']:.1f}", f"[{colour}]{100 * error[name]:+.1f}%[/]{spread}"]
+    return cells
 
 
 def plan_table(document: dict[str, Any], title: str) -> Table:

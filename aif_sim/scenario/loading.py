@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -13,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from aif_sim.errors import InputError
+from aif_sim.scenario.pipelines import Cached, Call, Parallel
 from aif_sim.scenario.schema import Scenario
 
 Override = tuple[str, Any, str]  # dotted path, value, the option that gave it ("--set", "--param", "--seed")
@@ -36,6 +38,8 @@ def parse_overrides(items: list[str] | None, option: str = "--set") -> list[Over
 def set_dotted(data: dict[str, Any], override: Override) -> None:
     """Apply one override: `data[a][b][c] = value` for 'a.b.c', creating mappings on the way (list items by index)."""
     dotted, value, option = override
+    if dotted == "pipelines" and isinstance(value, list) and isinstance(data.get("pipelines"), list):
+        value = _own_pipelines(data["pipelines"], value)
     keys = dotted.split(".")
     node: Any = data
     for depth, key in enumerate(keys):
@@ -54,6 +58,13 @@ def set_dotted(data: dict[str, Any], override: Override) -> None:
             node[index] = value
         else:
             node = node[index]
+
+
+def _own_pipelines(written: list[Any], chosen: list[Any]) -> list[Any]:
+    """Pipelines chosen by name (`--pipelines`, `--set pipelines=[...]`): a name the scenario defines (`{name, steps}`)
+    is that definition; any other is a shipped design's name."""
+    defined = {entry["name"]: entry for entry in written if isinstance(entry, dict) and isinstance(entry.get("name"), str)}
+    return [copy.deepcopy(defined[name]) if isinstance(name, str) and name in defined else name for name in chosen]
 
 
 def load_scenario(path: str | Path, overrides: list[Override] | None = None) -> Scenario:
@@ -114,9 +125,16 @@ def validate_scenario(data: dict[str, Any], source: str = "<scenario>", base_dir
     except ValidationError as exc:
         errors = sorted(exc.errors(), key=_rank)
         error = errors[0]
-        field = _field_path(error["loc"])
+        field, message = _field_path(error["loc"]), _describe(error, data)
+        placed = _PLACED.match(message) if error["type"] == "value_error" else None
+        if placed:  # a check across fields names the field it found wrong, from where it looked
+            field = f"{field}.{placed.group(1)}" if error["loc"] else placed.group(1)
+            message = placed.group(2)
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise InputError(f"{source}: {field}: {_describe(error, data)}{more}") from None
+        raise InputError(f"{source}: {field}: {message}{more}") from None
+
+
+_PLACED = re.compile(r"^([A-Za-z_][\w]*(?:\.[\w]+)*): (.*)$", re.DOTALL)
 
 
 def _rank(error: dict[str, Any]) -> tuple[bool, bool]:
@@ -127,7 +145,7 @@ def _rank(error: dict[str, Any]) -> tuple[bool, bool]:
 def _field_path(loc: tuple[Any, ...]) -> str:
     """Dotted field path of a pydantic error location, without the tags pydantic inserts for unions."""
     parts: list[str] = []
-    for part in loc:
+    for index, part in enumerate(loc):
         previous = parts[-1] if parts else None
         if isinstance(part, str) and (part.startswith(("function-", "tagged-union")) or part == "int"):
             continue
@@ -135,13 +153,16 @@ def _field_path(loc: tuple[Any, ...]) -> str:
             continue
         if part in _FAULT_KINDS and len(parts) >= 2 and parts[-2] == "faults":
             continue
+        if part in _STEP_FORMS and index >= 2 and isinstance(loc[index - 1], int) and loc[index - 2] in ("steps", "parallel"):
+            continue
         parts.append(str(part))
     return ".".join(parts) or "(top level)"
 
 
 _UNION_FIELDS = ("arrival", "latency", "miss_latency", "candidates")
 _UNION_TAGS = {"poisson", "diurnal", "bursty", "trace", "constant", "exponential", "lognormal", "gamma", "empirical", "profile"}
-_FAULT_KINDS = {"cache_flush", "nearline_outage", "stage_slowdown"}
+_FAULT_KINDS = {"cache_flush", "nearline_outage", "stage_slowdown", "node_loss"}
+_STEP_FORMS = {"call": Call, "cached": Cached, "parallel": Parallel}  # the tags of a pipeline step's forms
 
 
 def _describe(error: dict[str, Any], data: dict[str, Any]) -> str:
@@ -177,7 +198,12 @@ def _missing_tag(loc: tuple[Any, ...], data: Any, tag: str) -> str:
 def _allowed_keys(loc: tuple[Any, ...], data: Any) -> list[str]:
     """Field names of the model at an error location (following the input through unions by their tag)."""
     model = _model_of(*_annotation_at(loc, data))
-    return list(model.model_fields) if model is not None else []
+    return list(_fields_of(model)) if model is not None else []
+
+
+def _fields_of(model: type[BaseModel]) -> dict[str, Any]:
+    """A model's fields by the key a scenario writes (a field's alias where it has one)."""
+    return {field.alias or name: field for name, field in model.model_fields.items()}
 
 
 def _annotation_at(loc: tuple[Any, ...], data: Any) -> tuple[Any, Any]:
@@ -186,10 +212,18 @@ def _annotation_at(loc: tuple[Any, ...], data: Any) -> tuple[Any, Any]:
     node = data
     for part in loc:
         model = _model_of(annotation, node)
-        if model is not None and isinstance(part, str) and part not in model.model_fields:
+        if model is None and part in _STEP_FORMS:
+            annotation = _STEP_FORMS[part]  # the form of a step, by the tag pydantic puts in the location
+            continue
+        if model is not None and isinstance(part, str) and part not in _fields_of(model) and model.model_config.get("extra") == "allow":
+            extra = typing.get_type_hints(model).get("__pydantic_extra__")  # a key of the user's naming (a cache)
+            annotation = typing.get_args(extra)[1] if typing.get_args(extra) else Any
+            node = node.get(part) if isinstance(node, dict) else None
+            continue
+        if model is not None and isinstance(part, str) and part not in _fields_of(model):
             continue  # a union tag pydantic puts in the location
         if model is not None and isinstance(part, str):
-            annotation = model.model_fields[part].annotation
+            annotation = _fields_of(model)[part].annotation
             node = node.get(part) if isinstance(node, dict) else None
         elif isinstance(part, (int, str)) and isinstance(node, (list, dict)):
             args = [a for a in typing.get_args(_strip(annotation)) if a is not type(None)]

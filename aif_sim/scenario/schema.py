@@ -12,13 +12,11 @@ import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from aif_sim.core.pipelines import caches_of, stages_of
+from aif_sim.scenario.pipelines import VECTOR_STORES, Cached, Parallel, Pipeline, shipped_designs
 
 SHIPPED_DATA = Path(__file__).resolve().parent.parent / "data"  # files installed with the package
-STAGE_NAMES = ("merger", "retrieval", "user_inference", "feature_fetch", "item_fetch", "prerank", "rtp", "light_prerank", "online_prerank")
-CACHE_NAMES = ("user_vector", "sim_features")
 
 
 class Strict(BaseModel):
@@ -265,6 +263,7 @@ class Slo(Strict):
 
 # --- caches, nearline, faults, model ----------------------------------------------------------------
 DEFAULT_ENTRY_BYTES = {"user_vector": 512, "sim_features": 8192}  # a user vector; 1,000 long-term behaviours of 8 bytes
+OTHER_ENTRY_BYTES = 512  # an entry of a cache of another name: one vector
 DEFAULT_COST_PER_GB_HOUR = 0.134  # memory's price per GiB-hour in units of one server thread's hour (see README: cost)
 
 
@@ -272,14 +271,38 @@ class Cache(Strict):
     capacity: int = Field(ge=0)
     ttl_s: float | None = Field(default=None, gt=0)
     miss_latency: LatencySpec | None = None
-    entry_bytes: int | None = Field(default=None, ge=1)  # memory one entry takes (default: DEFAULT_ENTRY_BYTES)
+    entry_bytes: int | None = Field(default=None, ge=1)  # memory one entry takes (default: DEFAULT_ENTRY_BYTES, else OTHER_ENTRY_BYTES)
 
 
-class Caches(Strict):
+class Caches(BaseModel):
+    """The storage of cache values (used by the live engine) and the caches, each under a name of the user's
+    choosing (the shipped designs consult `user_vector` and `sim_features`)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    __pydantic_extra__: dict[str, Cache | None] = Field(init=False)
+
     backend: Literal["memory", "redis"] = "memory"
     redis_url: str | None = None
-    user_vector: Cache | None = None
-    sim_features: Cache | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _caches_are_mappings(cls, data: Any) -> Any:
+        """A key that is not a field names a cache, whose value is a mapping: a scalar there is a misspelt field."""
+        for key, value in data.items() if isinstance(data, dict) else ():
+            if key not in cls.model_fields and value is not None and not isinstance(value, dict):
+                close = difflib.get_close_matches(str(key), list(cls.model_fields), n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]}?" if close else ""
+                raise ValueError(f"{key}: a cache is a mapping {{capacity, ttl_s, miss_latency}}, got {value!r}{hint}")
+        return data
+
+    def get(self, name: str) -> Cache | None:
+        """The cache of that name, None when it is not configured."""
+        return (self.__pydantic_extra__ or {}).get(name)
+
+    @property
+    def names(self) -> list[str]:
+        """The configured caches' names, in the scenario's order."""
+        return [name for name, cache in (self.__pydantic_extra__ or {}).items() if cache is not None]
 
 
 class Refresh(Strict):
@@ -328,7 +351,7 @@ class CacheFlush(FaultAt):
     """At `at_s`, a `fraction` of the cache's entries is lost (1/N: one node of an N-node cluster)."""
 
     kind: Literal["cache_flush"]
-    cache: Literal["user_vector", "sim_features"]
+    cache: str = Field(min_length=1)
     fraction: float = Field(default=1.0, gt=0, le=1)
 
 
@@ -346,13 +369,6 @@ class StageSlowdown(FaultAt):
     stage: str
     factor: float = Field(gt=0)
     duration_s: float = Field(gt=0)
-
-    @field_validator("stage")
-    @classmethod
-    def _known(cls, value: str) -> str:
-        if value not in STAGE_NAMES:
-            raise ValueError(f"unknown stage {value!r}, expected one of {', '.join(STAGE_NAMES)}")
-        return value
 
 
 class NodeLoss(FaultAt):
@@ -401,12 +417,16 @@ class ModelSection(Strict):
 
 # --- the scenario ----------------------------------------------------------------------------------
 class Scenario(Strict):
+    """A scenario as validated; its dump (`model_dump`) is a scenario too, with the pipelines written out in full."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, serialize_by_alias=True)
+
     name: str = Field(min_length=1)
     seed: int = Field(default=0, ge=0)
     duration_s: float = Field(gt=0)
     warmup_s: float = Field(default=0.0, ge=0)
     drain_s: float = Field(default=5.0, ge=0)
-    pipelines: list[Literal["sequential", "aif", "uic", "aif_online"]] = Field(min_length=1)
+    pipeline_defs: list[Pipeline] = Field(alias="pipelines", min_length=1)  # names of shipped designs resolved (`_designs`)
     slo: Slo | None = None
     deadline_ms: float | None = Field(default=None, gt=0)  # a request not finished this long after arrival is abandoned
     cost_per_gb_hour: float = Field(default=DEFAULT_COST_PER_GB_HOUR, ge=0)  # caches' and indexes' memory, per GiB-hour
@@ -417,11 +437,39 @@ class Scenario(Strict):
     faults: list[Fault] = Field(default_factory=list)
     model: ModelSection | None = None
 
-    @field_validator("pipelines")
+    @model_validator(mode="before")
     @classmethod
-    def _unique(cls, value: list[str]) -> list[str]:
-        if len(set(value)) != len(value):
-            raise ValueError(f"expected each pipeline once, got {value}")
+    def _designs(cls, data: Any) -> Any:
+        """A pipeline named by a shipped design's name is that design, consulting only the caches the scenario
+        configures; a stage no pipeline calls and lacking what a stage needs is reported as unknown."""
+        if not isinstance(data, dict) or not isinstance(data.get("pipelines"), list):
+            return data
+        caches = data.get("caches")
+        configured = {name for name, cache in caches.items() if cache is not None} if isinstance(caches, dict) else set()
+        pipelines = []
+        for index, entry in enumerate(data["pipelines"]):
+            if isinstance(entry, str):
+                designs = shipped_designs()
+                if entry not in designs:
+                    close = difflib.get_close_matches(entry, designs, n=1, cutoff=0.5)
+                    hint = f"did you mean {close[0]}? " if close else ""
+                    raise ValueError(
+                        f"pipelines.{index}: unknown pipeline {entry!r}; {hint}expected a shipped design"
+                        f" ({', '.join(designs)}) or {{name, steps}}"
+                    )
+                design = designs[entry]
+                entry = design.without_caches(set(design.caches) - configured)
+            pipelines.append(entry)
+        _unknown_stages(data.get("stages"), pipelines)
+        return {**data, "pipelines": pipelines}
+
+    @field_validator("pipeline_defs")
+    @classmethod
+    def _unique(cls, value: list[Pipeline]) -> list[Pipeline]:
+        names = [pipeline.name for pipeline in value]
+        twice = next((name for name in names if names.count(name) > 1), None)
+        if twice is not None:
+            raise ValueError(f"expected each pipeline once, got {twice!r} {names.count(twice)} times")
         return value
 
     @field_validator("warmup_s")
@@ -432,25 +480,44 @@ class Scenario(Strict):
             raise ValueError(f"expected warmup_s < duration_s, got {value} >= {duration}")
         return value
 
-    @field_validator("stages", mode="before")
-    @classmethod
-    def _stages_known(cls, value: Any) -> Any:
-        """Unknown stage names first: a misspelt stage is reported as such, not by the fields it lacks."""
-        unknown = sorted(set(value) - set(STAGE_NAMES)) if isinstance(value, dict) else []
-        if unknown:
-            close = difflib.get_close_matches(str(unknown[0]), STAGE_NAMES, n=1, cutoff=0.6)
-            hint = f"did you mean {close[0]}? " if close else ""
-            raise ValueError(f"unknown stage {unknown[0]!r}; {hint}expected one of {', '.join(STAGE_NAMES)}")
-        return value
-
-    @field_validator("stages")
-    @classmethod
-    def _stages_complete(cls, value: dict[str, Stage], info: ValidationInfo) -> dict[str, Stage]:
-        for pipeline in info.data.get("pipelines") or []:
-            missing = [name for name in stages_of(pipeline) if name not in value]
-            if missing:
-                raise ValueError(f"missing stage {missing[0]!r}, which pipeline {pipeline!r} uses")
-        return value
+    @model_validator(mode="after")
+    def _steps_name_what_exists(self) -> Scenario:
+        """A step's stage is declared under stages:, its cache configured under caches:, its vector store one that
+        nearline refresh keeps (the closest name when not)."""
+        configured = self.caches.names if self.caches is not None else []
+        for index, pipeline in enumerate(self.pipeline_defs):
+            for where, branch in _branches(pipeline):
+                if branch.stage not in self.stages:
+                    close = difflib.get_close_matches(branch.stage, list(self.stages), n=1, cutoff=0.6)
+                    hint = f"did you mean {close[0]}? " if close else ""
+                    raise ValueError(
+                        f"pipelines.{index}.{where}.stage: pipeline {pipeline.name} calls stage {branch.stage!r}, which stages: does"
+                        f" not declare; {hint}expected one of: {', '.join(self.stages)}"
+                    )
+                used = [("cached", branch.cached)] if isinstance(branch, Cached) else []
+                for field, cache in [*used, ("reads", branch.reads)]:
+                    if cache is not None and cache not in configured:
+                        close = difflib.get_close_matches(cache, configured, n=1, cutoff=0.6)
+                        hint = f"did you mean {close[0]}? " if close else ""
+                        raise ValueError(
+                            f"pipelines.{index}.{where}.{field}: pipeline {pipeline.name} uses cache {cache!r}, which caches: does not"
+                            f" configure; {hint}expected one of: {', '.join(configured) or 'none configured'}"
+                        )
+                if branch.vectors is not None and branch.vectors not in VECTOR_STORES:
+                    raise ValueError(
+                        f"pipelines.{index}.{where}.vectors: pipeline {pipeline.name} reads vector store {branch.vectors!r},"
+                        " which nothing refreshes; expected items (nearline.refresh, model publication) or users (nearline.user_refresh)"
+                    )
+        for index, fault in enumerate(self.faults):
+            if isinstance(fault, StageSlowdown | NodeLoss) and fault.stage not in self.stages:
+                raise ValueError(
+                    f"faults.{index}.stage: {fault.stage!r} is not a stage of the scenario; expected one of {', '.join(self.stages)}"
+                )
+            if isinstance(fault, CacheFlush) and fault.cache not in configured and fault.cache not in _design_caches():
+                raise ValueError(
+                    f"faults.{index}.cache: {fault.cache!r} is not a cache of the scenario; expected one of: {', '.join(configured) or 'none configured'}"
+                )
+        return self
 
     @model_validator(mode="after")
     def _lost_nodes_exist(self) -> Scenario:
@@ -458,10 +525,8 @@ class Scenario(Strict):
         for index, fault in enumerate(self.faults):
             if not isinstance(fault, NodeLoss):
                 continue
-            stage = self.stages.get(fault.stage)
+            stage = self.stages[fault.stage]
             where = f"faults.{index}"
-            if stage is None:
-                raise ValueError(f"{where}.stage: {fault.stage!r} is not a stage of the scenario; expected one of {', '.join(self.stages)}")
             if stage.nodes == 1:
                 raise ValueError(f"{where}.stage: stage {fault.stage} is one pool (nodes: 1); node loss takes nodes of a stage of several")
             if fault.nodes > stage.nodes:
@@ -504,12 +569,53 @@ class Scenario(Strict):
         return self.slo.p99_ms if self.slo else None
 
     @property
+    def pipelines(self) -> list[str]:
+        """The names of the scenario's pipelines, in order."""
+        return [pipeline.name for pipeline in self.pipeline_defs]
+
+    def pipeline(self, name: str) -> Pipeline:
+        """The pipeline of that name."""
+        return next(pipeline for pipeline in self.pipeline_defs if pipeline.name == name)
+
+    @property
     def cache_names(self) -> list[str]:
-        """The configured caches the scenario's pipelines consult, in order of first use."""
-        used = dict.fromkeys(name for pipeline in self.pipelines for name in caches_of(pipeline))
-        return [name for name in used if self.caches is not None and getattr(self.caches, name) is not None]
+        """The caches the scenario's pipelines consult, in order of first use."""
+        return list(dict.fromkeys(name for pipeline in self.pipeline_defs for name in pipeline.caches))
 
     @property
     def stage_names(self) -> list[str]:
         """The stages the scenario's pipelines use, in order of first use."""
-        return list(dict.fromkeys(name for pipeline in self.pipelines for name in stages_of(pipeline)))
+        return list(dict.fromkeys(name for pipeline in self.pipeline_defs for name in pipeline.stages))
+
+
+def _design_caches() -> set[str]:
+    """The caches the shipped designs can consult (a flush of one the scenario leaves out touches nothing)."""
+    return {name for design in shipped_designs().values() for name in design.caches}
+
+
+def _branches(pipeline: Pipeline) -> list[tuple[str, Any]]:
+    """Each branch of a pipeline (a step, or a parallel group's branch) with its place: `steps.J` or
+    `steps.J.parallel.K`."""
+    return [
+        (f"steps.{j}.parallel.{k}" if isinstance(step, Parallel) else f"steps.{j}", branch)
+        for j, step in enumerate(pipeline.steps)
+        for k, branch in enumerate(step.branches if isinstance(step, Parallel) else (step,))
+    ]
+
+
+def _unknown_stages(stages: Any, pipelines: list[Any]) -> None:
+    """A stage that no pipeline calls and that lacks servers or latency is a misspelt or unknown one: say so, with the
+    closest name a pipeline calls, rather than name the fields it lacks."""
+    if not isinstance(stages, dict):
+        return
+    called: list[str] = []
+    for entry in pipelines:
+        try:
+            called += Pipeline.model_validate(entry).stages
+        except ValidationError:
+            continue  # the pipeline's own error is reported where it is
+    for name, stage in stages.items():
+        if name not in called and isinstance(stage, dict) and not {"servers", "latency"} <= set(stage):
+            close = difflib.get_close_matches(str(name), called, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ValueError(f"stages: unknown stage {name!r}; {hint}no pipeline calls it, and a stage needs servers and latency")

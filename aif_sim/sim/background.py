@@ -1,5 +1,5 @@
-"""Background processes of a simulated system: feature updates, nearline refresh, model publication,
-faults, and the per-second gauges they report."""
+"""The simpy engine's background: it drives each nearline store's refresh pool (`core.refresh`) and applies the
+faults on caches and stage pools at their times."""
 
 from __future__ import annotations
 
@@ -10,120 +10,26 @@ import numpy as np
 import simpy
 
 from aif_sim.core.cache import CachePolicy
+from aif_sim.core.changes import world_changes
 from aif_sim.core.latency import Sampler
-from aif_sim.core.nearline import NearlineStore, sweep_rate
-from aif_sim.core.traffic import CHUNK, ZipfSampler, stream
+from aif_sim.core.nearline import NearlineStore
+from aif_sim.core.refresh import Background, store_backgrounds, version_switches
 from aif_sim.metrics.recorder import Recorder
-from aif_sim.scenario.schema import CacheFlush, Fault, NearlineOutage, NodeLoss, Refresh, Scenario, StageSlowdown
+from aif_sim.scenario.schema import CacheFlush, Fault, NodeLoss, Scenario, StageSlowdown
 from aif_sim.sim.fleet import Fleet
 from aif_sim.sim.pools import StagePool
 
 
-class Outage:
-    """Whether nearline refresh is stopped, and an event that fires when it resumes."""
-
-    def __init__(self, env: simpy.Environment) -> None:
-        self.env = env
-        self.until_s = 0.0
-
-    def active(self) -> bool:
-        return self.env.now < self.until_s
-
-    def wait(self) -> simpy.Event:
-        return self.env.timeout(self.until_s - self.env.now)
+def drive(env: simpy.Environment, background: Background) -> Generator[simpy.Event, Any, None]:
+    """Resume a core background process (`core.refresh`) at each time it asks for."""
+    for until in background:
+        yield env.timeout(until.time_s - env.now)
 
 
-class NearlineRefresh:
-    """Updates of one store's entities and their refresh (on update, or by periodic sweeps). `updates` is a
-    rate (Poisson, entities by popularity) or listed changes (times, first and stop entity of each)."""
-
-    def __init__(
-        self,
-        env: simpy.Environment,
-        store: NearlineStore,
-        popularity: ZipfSampler,
-        updates: float | tuple[np.ndarray, np.ndarray, np.ndarray],
-        refresh: Refresh | None,
-        sampler: Sampler | None,
-        rng: np.random.Generator,
-        outage: Outage,
-    ) -> None:
-        self.env, self.store, self.popularity, self.rng, self.outage = env, store, popularity, rng, outage
-        self.refresh, self.sampler = refresh, sampler
-        self.on_update = refresh is not None and refresh.mode == "on_update"
-        self._work = env.event()
-        self.refreshes = 0
-        if isinstance(updates, tuple):
-            env.process(self._listed_updates(*updates))
-        elif updates > 0:
-            env.process(self._updates(updates))
-        if refresh is not None and self.on_update:
-            for _ in range(refresh.workers):
-                env.process(self._worker())
-        elif refresh is not None and refresh.interval_s:
-            env.process(self._periodic(refresh.interval_s))
-
-    def _updates(self, rate: float) -> Generator[simpy.Event, Any, None]:
-        env, store = self.env, self.store
-        while True:
-            gaps = self.rng.exponential(1.0 / rate, CHUNK).tolist()
-            for gap, entity in zip(gaps, self.popularity.sample(self.rng, CHUNK).tolist()):
-                yield env.timeout(gap)
-                store.change(entity, env.now, self.on_update)
-                if self.on_update and not self._work.triggered:
-                    self._work.succeed()
-
-    def _listed_updates(self, times: np.ndarray, first: np.ndarray, stop: np.ndarray) -> Generator[simpy.Event, Any, None]:
-        """Changes at given times, each to the entities first..stop-1 (the simulated ranks of one world item)."""
-        env, store = self.env, self.store
-        for t, lo, hi in zip(times.tolist(), first.tolist(), stop.tolist()):
-            yield env.timeout(t - env.now)
-            for entity in range(lo, hi):
-                store.change(entity, env.now, self.on_update)
-            if self.on_update and not self._work.triggered:
-                self._work.succeed()
-
-    def _worker(self) -> Generator[simpy.Event, Any, None]:
-        env, store = self.env, self.store
-        assert self.sampler is not None
-        while True:
-            if self.outage.active():
-                yield self.outage.wait()
-                continue
-            entity = store.next_dirty()
-            if entity is None:
-                if self._work.triggered:
-                    self._work = env.event()
-                yield self._work
-                continue
-            yield env.timeout(float(self.sampler.sample(self.rng, 1, 1.0)[0]) / 1000)
-            store.refreshed(entity, env.now)
-            self.refreshes += 1
-
-    def _periodic(self, interval_s: float) -> Generator[simpy.Event, Any, None]:
-        rate = sweep_rate(self.refresh, self.sampler)
-        while True:
-            yield self.env.timeout(interval_s)
-            while self.outage.active():
-                yield self.outage.wait()
-            self.store.start_sweep(self.env.now, rate)
-
-
-def publisher(
-    env: simpy.Environment, store: NearlineStore, interval_s: float, rate: float, outage: Outage
-) -> Generator[simpy.Event, Any, None]:
-    """A new model version every `interval_s`; its rollout re-infers every entity at `rate`."""
-    while True:
-        yield env.timeout(interval_s)
-        while outage.active():
-            yield outage.wait()
-        sweep = store.publish(env.now, rate)
-        env.process(_switch_at(env, store, sweep.end_s))
-
-
-def _switch_at(env: simpy.Environment, store: NearlineStore, end_s: float) -> Generator[simpy.Event, Any, None]:
-    yield env.timeout(max(0.0, end_s - env.now))
-    store.advance(env.now)
+def invalidate(env: simpy.Environment, at_s: float, cache: CachePolicy) -> Generator[simpy.Event, Any, None]:
+    """At a switch of the serving model version, drop the cached user vectors of the old version (all of them)."""
+    yield env.timeout(at_s)
+    cache.flush()
 
 
 def fault(
@@ -131,14 +37,12 @@ def fault(
     spec: Fault,
     caches: dict[str, CachePolicy],
     pools: dict[str, StagePool | Fleet],
-    outage: Outage,
 ) -> Generator[simpy.Event, Any, None]:
-    """Apply one fault at its time (a fault on a cache or stage this pipeline lacks does nothing)."""
+    """Apply one fault at its time (a fault on a cache or stage this pipeline lacks does nothing; nearline outages
+    are the refresh pools' own, `core.refresh`)."""
     yield env.timeout(spec.at_s)
     if isinstance(spec, CacheFlush) and spec.cache in caches:
         caches[spec.cache].flush(spec.fraction)
-    elif isinstance(spec, NearlineOutage):
-        outage.until_s = max(outage.until_s, env.now + spec.duration_s)
     elif isinstance(spec, StageSlowdown) and spec.stage in pools:
         pool = pools[spec.stage]
         pool.slowdown *= spec.factor
@@ -150,23 +54,10 @@ def fault(
         yield from fleet.lose(spec.nodes, spec.duration_s)
 
 
-def gauges(env: simpy.Environment, recorder: Recorder, stores: dict[str, NearlineStore]) -> Generator[simpy.Event, Any, None]:
-    """The nearline stores' readings, once per simulated second."""
-    while True:
-        recorder.nearline_gauges(stores, env.now)
-        yield env.timeout(1.0)
-
-
-def item_updates(scenario: Scenario) -> float | tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The item update rate, or the world's item changes when updates follow the model's world."""
-    nearline = scenario.nearline
-    assert nearline is not None
-    if nearline.updates_from == "rate":
-        return nearline.item_updates_per_s
+def _world_item_changes(checkpoint: str, items: int, duration_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from aif_sim.model.shadow import world_item_changes  # torch: only for a scenario that follows the world
 
-    assert scenario.model is not None
-    return world_item_changes(scenario.model.checkpoints[0], scenario.traffic.items.count, scenario.duration_s + scenario.drain_s)
+    return world_item_changes(checkpoint, items, duration_s)
 
 
 def start_background(
@@ -178,37 +69,14 @@ def start_background(
     caches: dict[str, CachePolicy],
     pools: dict[str, StagePool | Fleet],
 ) -> None:
-    """Start a pipeline run's background processes: each store's updates and refresh, model publication,
-    the faults (on these caches and pools) and the stores' gauges."""
-    nearline = scenario.nearline
-    outage = Outage(env)
-    for name, store in stores.items():
-        assert nearline is not None
-        items = name == "items"
-        population = scenario.traffic.items if items else scenario.traffic.users
-        refresh = NearlineRefresh(
-            env,
-            store,
-            ZipfSampler(population),
-            item_updates(scenario) if items else nearline.user_events_per_s,
-            nearline.refresh if items else nearline.user_refresh,
-            samplers.get(f"refresh:{name}"),
-            stream(scenario.seed, f"nearline:{name}"),
-            outage,
-        )
-        if items and nearline.model_publish_interval_s is not None:
-            env.process(publisher(env, store, nearline.model_publish_interval_s, sweep_rate(refresh.refresh, refresh.sampler), outage))
+    """Start a pipeline run's background processes: each store's refresh pool (`core.refresh`: changes, refresh,
+        model versions, nearline outages, gauges), the invalidation of cached user vectors when the serving model
+    version changes, and the faults on these caches and pools."""
+    world = world_changes(scenario, _world_item_changes)
+    for pool in store_backgrounds(scenario, samplers, stores, recorder.gauge, world).values():
+        env.process(drive(env, pool.run()))
+    if "user_vector" in caches:
+        for at_s in version_switches(scenario, samplers, world):
+            env.process(invalidate(env, at_s, caches["user_vector"]))
     for spec in scenario.faults:
-        env.process(fault(env, spec, caches, pools, outage))
-    if stores:
-        env.process(gauges(env, recorder, stores))
-
-
-def background_only(
-    scenario: Scenario, samplers: dict[str, Sampler], stores: dict[str, NearlineStore], recorder: Recorder
-) -> simpy.Environment:
-    """An environment of its own holding only a run's background processes (no caches, no stage pools): their
-    events never depend on requests, so they happen as in the run's shared environment."""
-    env = simpy.Environment()
-    start_background(env, scenario, samplers, stores, recorder, {}, {})
-    return env
+        env.process(fault(env, spec, caches, pools))

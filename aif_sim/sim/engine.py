@@ -12,9 +12,9 @@ from typing import Any
 
 import simpy
 
-from aif_sim.core.flow import Flow, FlowRun, Fork, Visit
+from aif_sim.core.flow import Flow, FlowRun, Fork, Pause, Visit
 from aif_sim.core.latency import Sampler
-from aif_sim.core.pipelines import stages_of
+from aif_sim.core.replay import ServiceTrace
 from aif_sim.core.request import Outcome, Request
 from aif_sim.core.system import RequestSource, cache_policies, nearline_stores, run_step_s, shadow_sampling
 from aif_sim.core.traffic import stream
@@ -28,11 +28,20 @@ from aif_sim.sim.pools import BatchingPool, StagePool, cancellable
 class PipelineSimulation:
     """One pipeline over one scenario: stage pools, request flow, recorder."""
 
-    def __init__(self, scenario: Scenario, pipeline: str, samplers: dict[str, Sampler], sink: RequestSink | None = None) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        pipeline: str,
+        samplers: dict[str, Sampler],
+        sink: RequestSink | None = None,
+        trace: ServiceTrace | None = None,
+    ) -> None:
+        """`trace`: arrival and service times to replay in place of the draws where it has them (`core.replay`)."""
         self.scenario = scenario
+        self.traced = trace is not None
         self.samplers = samplers
         self.env = simpy.Environment()
-        self.stage_names = stages_of(pipeline)
+        self.stage_names = scenario.pipeline(pipeline).stages
         self.caches = cache_policies(scenario, pipeline)
         self.stores = nearline_stores(scenario, pipeline)
         self.recorder = Recorder.for_pipeline(scenario, pipeline, sink, self.caches, list(self.stores))
@@ -40,10 +49,10 @@ class PipelineSimulation:
         self.slots = list(self.pools.values())
         shadow = shadow_sampling(scenario, self.stores)
         env = self.env
-        self.flow = Flow(pipeline, self.caches, self.stores, lambda: env.now, shadow)
+        self.flow = Flow(scenario.pipeline(pipeline), self.caches, self.stores, lambda: env.now, shadow)
         if shadow is not None:
             self.recorder.shadow_samples = shadow.samples
-        self.source = RequestSource.for_pipeline(scenario, pipeline, samplers, self.caches, self.stores)
+        self.source = RequestSource.for_pipeline(scenario, pipeline, samplers, self.caches, self.stores, trace)
         self.arrivals_done = False
         self.deadline_s = scenario.deadline_ms / 1000 if scenario.deadline_ms is not None else None
         self.processes: dict[int, list[simpy.Process]] = {}  # with a deadline: the processes of each request in flight
@@ -57,7 +66,7 @@ class PipelineSimulation:
         def node(index: int | None) -> StagePool:
             if rng is None:
                 return StagePool(self.env, slot, config, self.recorder, index)
-            return BatchingPool(self.env, slot, config, self.recorder, self.samplers[name], rng, index)
+            return BatchingPool(self.env, slot, config, self.recorder, self.samplers[name], rng, index, self.traced)
 
         if config.nodes == 1:
             return node(None)
@@ -115,6 +124,9 @@ class PipelineSimulation:
                 return end.value
             if type(op) is Visit:
                 answer = yield from slots[op.slot].serve(request)
+            elif type(op) is Pause:
+                yield self.env.timeout(op.s)
+                answer = None
             else:  # a Fork (the DES keeps no values, so its flows yield no Load or Save)
                 assert type(op) is Fork
                 branches = [self.spawn(request, self._drive(request, branch)) for branch in op.flows[:-1]]

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import simpy
 
-from aif_sim.core.fleet import FleetPolicy
+from aif_sim.core.fleet import FleetPolicy, last_shard
 from aif_sim.core.latency import Sampler
 from aif_sim.core.request import Outcome, Request
 from aif_sim.core.system import shard_sizes
@@ -103,29 +103,23 @@ class Fleet:
         for other in others:
             outcome = max(outcome, (yield other))
         if outcome is COMPLETED:
-            last = max(parts, key=lambda part: part.ended)
+            index, skew_s = last_shard([part.ended for part in parts])
+            last = parts[index]
             request.times[3 * self.slot : 3 * self.slot + 3] = (sent, last.started, last.ended)
             request.service_s[self.slot] = max(part.alone for part in parts)  # the slowest shard, with no waiting
             if request.measured and len(parts) > 1:
-                self.recorder.shard_skew(self.slot, last.ended - float(np.median([part.ended for part in parts])))
+                self.recorder.shard_skew(self.slot, skew_s)
         return outcome
 
-    def _pick(self, holding: list[int]) -> int | None:
-        return self.policy.pick(self.outstanding, holding)
-
     def _deliver(self, request: Request, part: Part, node: int | None, holding: list[int]) -> Generator[simpy.Event, Any, Outcome]:
-        """A shard (or the whole visit) sent to `node`, hedged, and sent again on failure while retries last."""
-        retries = self.policy.retries
-        while True:
-            outcome = Outcome.REJECTED if node is None else (yield from self._hedged(request, part, node, holding))
-            if outcome is COMPLETED or retries == 0:
-                return outcome
-            node = self._pick(holding)
-            if node is None:
-                return outcome
-            holding.append(node)
-            retries -= 1
+        """A shard (or the whole visit) sent to `node`, hedged, and sent again on failure where the policy says."""
+        outcome = Outcome.REJECTED if node is None else (yield from self._hedged(request, part, node, holding))
+        retried = 0
+        while (node := self.policy.retry_to(outcome, retried, self.outstanding, holding)) is not None:
+            retried += 1
             self.recorder.retry(self.slot)
+            outcome = yield from self._hedged(request, part, node, holding)
+        return outcome
 
     def _hedged(self, request: Request, part: Part, node: int, holding: list[int]) -> Generator[simpy.Event, Any, Outcome]:
         hedge_s = self.policy.hedge_s
@@ -133,10 +127,9 @@ class Fleet:
             return (yield from self.nodes[node].serve_part(request, part))
         primary = self.spawn(request, cancellable(self.nodes[node].serve_part(request, part)))
         yield primary | self.env.timeout(hedge_s)
-        spare = None if primary.triggered else self._pick(holding)
+        spare = self.policy.hedge_to(primary.triggered, self.outstanding, holding)
         if spare is None:
             return (yield primary)
-        holding.append(spare)
         self.recorder.hedge(self.slot)
         copy = Part(self.policy.draw_copy(part.candidates), part.candidates)
         second = self.spawn(request, cancellable(self.nodes[spare].serve_part(request, copy)))

@@ -209,7 +209,8 @@ class BatchingPool(StagePool):
     measured by batch reads the batch size, one measured by candidates the batch's candidates.
     `timeout_ms` bounds the wait until a request's batch starts. The queue limit follows the plain
     pool's rule: a request is rejected only when every server is serving a batch and `queue_limit`
-    requests wait (a server held by the dispatcher while a batch fills counts as free).
+    requests wait (a server held by the dispatcher while a batch fills counts as free). `traced`: the requests'
+    services are a replayed trace (`core.replay`), and a batch takes its members' mean (their misses included).
     """
 
     def __init__(
@@ -221,8 +222,10 @@ class BatchingPool(StagePool):
         sampler: Sampler,
         rng: np.random.Generator,
         node: int | None = None,
+        traced: bool = False,
     ) -> None:
         super().__init__(env, slot, config, recorder, node)
+        self.traced = traced
         assert config.batch is not None
         self.max_size = config.batch.max_size
         self.max_wait_s = config.batch.max_wait_ms / 1000
@@ -296,11 +299,14 @@ class BatchingPool(StagePool):
     def _serve(self, batch: list[_Waiting]) -> Generator[simpy.Event, Any, None]:
         env = self.env
         started = env.now
-        candidates = sum(w.request.candidates for w in batch)
-        work = len(batch) if self.sampler.work_key == "batch" else candidates
-        service = (float(self.sampler.sample(self.rng, 1, work)[0]) / 1000 + self.per_candidate_s * candidates) * self.slowdown
-        if batch[0].request.miss_s is not None:  # the batch waits for its slowest cache miss
-            service += max(w.request.miss_s[self.slot] for w in batch)
+        if self.traced:
+            service = sum(w.request.service_s[self.slot] for w in batch) / len(batch) * self.slowdown
+        else:
+            candidates = sum(w.request.candidates for w in batch)
+            work = len(batch) if self.sampler.work_key == "batch" else candidates
+            service = (float(self.sampler.sample(self.rng, 1, work)[0]) / 1000 + self.per_candidate_s * candidates) * self.slowdown
+            if batch[0].request.miss_s is not None:  # the batch waits for its slowest cache miss
+                service += max(w.request.miss_s[self.slot] for w in batch)
         self.serving += 1
         self.members += len(batch)
         yield env.timeout(service)
