@@ -292,7 +292,7 @@ class Caches(BaseModel):
             if key not in cls.model_fields and value is not None and not isinstance(value, dict):
                 close = difflib.get_close_matches(str(key), list(cls.model_fields), n=1, cutoff=0.6)
                 hint = f"; did you mean {close[0]}?" if close else ""
-                raise ValueError(f"{key}: a cache is a mapping {{capacity, ttl_s, miss_latency}}, got {value!r}{hint}")
+                raise ValueError(f"{key}: a cache is a mapping {{capacity, ttl_s, miss_latency, entry_bytes}}, got {value!r}{hint}")
         return data
 
     def get(self, name: str) -> Cache | None:
