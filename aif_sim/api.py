@@ -23,7 +23,7 @@ import tempfile
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +38,7 @@ from aif_sim.app.run import build_samplers, choose_engines, idealised_latency, s
 from aif_sim.app.sweep import SweepContext, find_capacity, grid_sweep, load_param, write_sweep
 from aif_sim.atomic import write_json
 from aif_sim.compiled import kernels_cached
+from aif_sim.core.hardware import hardware
 from aif_sim.errors import InputError
 from aif_sim.metrics.recorder import Recorder
 from aif_sim.metrics.requests_log import RequestLog
@@ -64,6 +65,9 @@ class Hooks:
 
     def warn(self, line: str) -> None:
         """A warning about the run's figures (a live engine that did not keep its schedule); summary.json keeps it."""
+
+    def hardware(self, block: dict[str, Any]) -> None:
+        """The hardware the profiles were measured on (`core.hardware`): the terminal says once when it is not this host's."""
 
     @contextmanager
     def progress(self, pipelines: list[str], horizon_s: float, verb: str) -> Iterator[Callable[[str, float], None]]:
@@ -211,6 +215,7 @@ def run_with(options: RunOptions, hooks: Hooks | None = None) -> RunResult:
                 warnings.append(schedule_warning(pipeline, block))
                 hooks.warn(warnings[-1])
         summary = summary_document(scenario, results, live, warnings)
+        hooks.hardware(summary["hardware"])
         if options.idealised and not stop():
             _add_idealised(options, summary, hooks)
         write_run(folder.path, scenario, results, summary)
@@ -306,15 +311,17 @@ class SweepOptions(ManyRuns):
     param: str | None = None
     values: list[Any] | None = None
     capacity: tuple[float, float] | None = None
+    scale_profiles: str | None = None  # sensitivity: factors (comma-separated) on every profile-timed stage (`app.sensitivity`)
 
 
 @dataclass
 class SweepOutcome:
-    """The sweep.json document and the folder the sweep wrote."""
+    """The sweep.json document, the folder the sweep wrote and the scenario swept."""
 
     document: dict[str, Any]
     out: Path
     cache_hits: int
+    scenario: Scenario
 
 
 def _many_runs(
@@ -342,6 +349,7 @@ def sweep_with(options: SweepOptions, hooks: Hooks | None = None) -> SweepOutcom
     _positive("--jobs", options.jobs)
     _positive("--replications", options.replications)
     scenario = load_scenario(options.source, options.overrides)
+    hooks.hardware(hardware(scenario))
     if options.capacity is not None:
         low, high = options.capacity
         if not 0 < low < high:
@@ -350,8 +358,11 @@ def sweep_with(options: SweepOptions, hooks: Hooks | None = None) -> SweepOutcom
             raise InputError(
                 f"{source_label(options.source)}: slo.p99_ms: required field is missing (--find-capacity searches the load that meets it)"
             )
+    if options.scale_profiles:
+        return _sensitivity(options, scenario, hooks)
+    if options.capacity is not None:
         param = options.param or load_param(scenario)
-        values: list[Any] = [low, high]
+        values: list[Any] = list(options.capacity)
     else:
         if not options.param or not options.values:
             raise InputError("--param and --values: both are required (or --find-capacity LOW,HIGH)")
@@ -364,7 +375,25 @@ def sweep_with(options: SweepOptions, hooks: Hooks | None = None) -> SweepOutcom
         rows, results, extra = find_capacity(ctx, *values) if options.capacity else grid_sweep(ctx, values)
         document = write_sweep(ctx, folder.path, rows, results, extra)
         out = folder.commit()
-    return SweepOutcome(document, out, cache.hits)
+    return SweepOutcome(document, out, cache.hits, scenario)
+
+
+def _sensitivity(options: SweepOptions, scenario: Scenario, hooks: Hooks) -> SweepOutcome:
+    """`sweep --scale-profiles`: the sweep over the factors, with its sensitivity block (`app.sensitivity`)."""
+    from aif_sim.app.sensitivity import PARAM, ScaledSweep, parse_scales, scale_overrides, sensitivity_sweep
+
+    assert options.scale_profiles is not None
+    scales = parse_scales(options.scale_profiles, scenario, source_label(options.source))
+    for factor in scales:  # every point must be valid before any runs
+        build_samplers(load_scenario(options.source, options.overrides + scale_overrides(scenario, factor)), options.source)
+    cache = PointCache(options.cache)
+    with hooks.stopping() as stop, _output(options.out, options.default_out, options.force, scenario, keep=False) as (folder, _):
+        shared = options.context(scenario, PARAM, hooks, stop, cache)
+        ctx = ScaledSweep(**{f.name: getattr(shared, f.name) for f in fields(SweepContext)})
+        rows, results, extra = sensitivity_sweep(ctx, scales, options.capacity)
+        document = write_sweep(ctx, folder.path, rows, results, extra)
+        out = folder.commit()
+    return SweepOutcome(document, out, cache.hits, scenario)
 
 
 def sweep(
@@ -373,6 +402,7 @@ def sweep(
     param: str | None = None,
     values: Sequence[Any] | None = None,
     find_capacity: tuple[float, float] | None = None,
+    scale_profiles: Sequence[float] | None = None,
     replications: int = 1,
     seed: int | None = None,
     set: Mapping[str, Any] | Sequence[str] | None = None,  # noqa: A002 (the command line's --set)
@@ -392,6 +422,7 @@ def sweep(
         param=param,
         values=list(values) if values is not None else None,
         capacity=find_capacity,
+        scale_profiles=",".join(f"{factor:g}" for factor in scale_profiles) if scale_profiles is not None else None,
         replications=replications,
         **_many_runs(jobs, cache, backend, engine, out, force),
     )
@@ -439,6 +470,7 @@ def plan_with(options: PlanOptions, hooks: Hooks | None = None) -> PlanOutcome:
     load = load_overrides(scenario, options.qps, source_label(options.source))
     planned = load_scenario(options.source, options.overrides + load)
     samplers = build_samplers(planned, options.source)
+    hooks.hardware(hardware(planned))
     cache = PointCache(options.cache)
     with hooks.stopping() as stop, _output(options.out, options.default_out, options.force, scenario, keep=False) as (folder, _):
         ctx = options.context(planned, "servers", hooks, stop, cache)

@@ -21,10 +21,11 @@ from aif_sim.app.interrupt import StopSignal
 from aif_sim.app.outputs import OutputFolder, default_folder
 from aif_sim.app.run import ENGINES
 from aif_sim.atomic import write_json
+from aif_sim.core.hardware import hardware_note
 from aif_sim.errors import InputError
 from aif_sim.report.fmt import run_title
 from aif_sim.report.plots import plot_validate_cdf
-from aif_sim.report.tables import comparison_table, make_console, plan_table, schedule_table, stage_table, validate_table
+from aif_sim.report.tables import comparison_table, make_console, plan_table, schedule_table, sensitivity_table, stage_table, validate_table
 from aif_sim.scenario import Override, Scenario, load_scenario, parse_overrides
 from aif_sim.scenario.pipelines import shipped_designs
 
@@ -154,6 +155,11 @@ def build_parser(with_model: bool = True) -> Parser:
         "--cache", type=Path, default=Path("results/cache"), metavar="DIR", help="finished points by scenario hash (default results/cache)"
     )
     sweep.add_argument("--no-cache", action="store_true", help="run every point, keep none")
+    sweep.add_argument(
+        "--scale-profiles",
+        metavar="FACTORS",
+        help="sensitivity to the hardware: every profile-timed stage's times multiplied by each factor (e.g. 0.75,1,1.5,2)",
+    )
     sweep.add_argument("--backend", choices=BACKENDS, default="process", help="worker processes here, or on Ray (RAY_ADDRESS)")
     _engine_option(sweep)
     sweep.set_defaults(func=cmd_sweep)
@@ -196,6 +202,11 @@ class TerminalHooks(Hooks):
 
     def warn(self, line: str) -> None:
         print(line, file=sys.stderr)
+
+    def hardware(self, block: dict[str, Any]) -> None:
+        note = hardware_note(block)
+        if note is not None and not self.quiet:
+            print(f"aif-sim: note: {note}", file=sys.stderr)
 
     @contextmanager
     def progress(self, pipelines: list[str], horizon_s: float, verb: str) -> Iterator[Callable[[str, float], None]]:
@@ -343,10 +354,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         values = [v for _, v, _ in parse_overrides([f"{args.param}={v}" for v in args.values.split(",")], "--param")]
     hooks = TerminalHooks(args.quiet)
     capacity = _find_capacity_range(args.find_capacity) if args.find_capacity else None
-    options = SweepOptions(param=args.param, values=values, capacity=capacity, **_many_runs(args))
+    options = SweepOptions(param=args.param, values=values, capacity=capacity, scale_profiles=args.scale_profiles, **_many_runs(args))
     outcome = sweep_with(options, hooks)
     if not args.quiet and outcome.cache_hits:
         hooks.console.print(f"{outcome.cache_hits} finished points taken from {args.cache}")
+    if not args.quiet and "sensitivity" in outcome.document:
+        hooks.console.print(sensitivity_table(outcome.document["sensitivity"], run_title(outcome.scenario)))
     return hooks.finish(outcome.out)
 
 

@@ -11,6 +11,8 @@ The search:
    infeasible when the requests' no-contention p99 (their service times with no waiting at all) already
    misses the SLO, or no pool's waiting is left to buy away.
 3. Prune: give back servers, most expensive pools first, while the SLO is still met.
+A design's cost per hour is the whole bill (`metrics.bill`): the servers found, plus the refresh workers of the nearline
+stores it reads and the memory of its caches and indexes, which the search does not vary.
 Every configuration is simulated once (results are kept by configuration), with the sweep's point cache.
 A pool of several nodes grows and shrinks by whole nodes (its threads per node as the scenario says). A pool
 with a utilisation cap (headroom: `stages.NAME.max_utilization`, or `--max-utilization` for every pool) starts
@@ -31,9 +33,11 @@ import numpy as np
 
 from aif_sim.app.sweep import Job, SweepContext, aggregate, run_jobs
 from aif_sim.core.datafiles import read_csv_column
+from aif_sim.core.hardware import hardware
 from aif_sim.core.latency import Sampler
 from aif_sim.core.traffic import candidate_counts, mean_rate
 from aif_sim.errors import InputError
+from aif_sim.metrics.bill import fixed_cost_per_hour, memory_bytes, refresh_workers
 from aif_sim.scenario import Override, Scenario
 from aif_sim.scenario.schema import BurstyArrival, DiurnalArrival, PoissonArrival, TraceArrival
 
@@ -248,14 +252,29 @@ def plan_pipelines(
         plan = PipelinePlan(pipeline, stages, units, costs, units_bounds, [caps[s] for s in stages])
         progress(pipeline)
         best, reason = planner.search(plan)
-        designs[pipeline] = _design(plan, best, reason)
+        designs[pipeline] = _design(plan, best, reason) | _bill(scenario, pipeline, plan.cost(best) if best is not None else None)
     return {
         "qps": qps,
         "slo_p99_ms": scenario.slo_p99_ms,
         "replications": ctx.replications,
         "partial": bool(ctx.stop()),
+        "hardware": hardware(scenario),
         "pipelines": designs,
     }
+
+
+def _bill(scenario: Scenario, pipeline: str, stages_cost: float | None) -> dict[str, Any]:
+    """What a design provisions besides the searched servers (its refresh workers, its memory) and its whole cost per
+    hour with them (`cost_per_hour`; `cost`: the parts), as `metrics.bill` counts them."""
+    fixed = fixed_cost_per_hour(scenario, pipeline)
+    out: dict[str, Any] = {
+        "refresh_workers": {pool: workers for pool, (workers, _) in refresh_workers(scenario, pipeline).items()},
+        "memory_bytes": memory_bytes(scenario, pipeline),
+    }
+    if stages_cost is not None:
+        out["cost"] = {"stages": stages_cost, **fixed}
+        out["cost_per_hour"] = stages_cost + sum(fixed.values())
+    return out
 
 
 def _design(plan: PipelinePlan, best: Config | None, reason: str | None) -> dict[str, Any]:
@@ -270,7 +289,6 @@ def _design(plan: PipelinePlan, best: Config | None, reason: str | None) -> dict
         "feasible": True,
         "servers": {stage: n * unit for stage, n, unit in zip(plan.stages, best, plan.units)},
         "nodes": {stage: n for stage, n, unit in zip(plan.stages, best, plan.units) if unit > 1},
-        "cost_per_hour": plan.cost(best),
         "p99_ms": row["p99_ms"],
         "p99_ci95": row.get("p99_ms_ci95"),
         "p99_lo": row.get("p99_ms_lo"),

@@ -8,6 +8,7 @@ from typing import Any
 
 from aif_sim import __version__
 from aif_sim.atomic import write_csv, write_json
+from aif_sim.core.hardware import hardware
 from aif_sim.core.latency import Sampler, build_sampler
 from aif_sim.core.replay import ServiceTrace
 from aif_sim.errors import InputError
@@ -149,6 +150,7 @@ def summary_document(
         "warmup_s": scenario.warmup_s,
         "partial": partial,
         "warnings": [*(warnings or []), *(["interrupted: the results are partial"] if partial else [])],
+        "hardware": hardware(scenario),
         "pipelines": pipelines,
     }
 

@@ -30,6 +30,7 @@ from aif_sim.app.point_cache import PointCache, point_key
 from aif_sim.app.quality import score_shadow_samples
 from aif_sim.app.run import build_samplers, simulate
 from aif_sim.atomic import json_safe, write_csv, write_json
+from aif_sim.core.hardware import hardware
 from aif_sim.errors import InputError
 from aif_sim.metrics.recorder import SLO_MISS_BUDGET
 from aif_sim.metrics.summary import HEADLINES, NUMERIC, Metric, headline_values
@@ -334,6 +335,7 @@ def write_sweep(
         "values": list(dict.fromkeys(r["value"] for r in rows)),
         "replications": ctx.replications,
         "partial": partial,
+        "hardware": hardware(scenario),
         **extra,
         "warnings": wide_intervals(rows),
         "rows": rows,

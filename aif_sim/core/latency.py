@@ -156,7 +156,8 @@ def build_sampler(spec: LatencySpec, where: str) -> Sampler:
 
 
 @lru_cache(maxsize=32)
-def _read_profile(path: Path) -> dict:
+def read_profile(path: Path) -> dict:
+    """A calibration profile JSON (read once per path)."""
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -164,7 +165,7 @@ def _read_profile(path: Path) -> dict:
 
 
 def _load_profile(path: Path, op: str, scale: float, where: str) -> Profile:
-    ops = _read_profile(path).get("ops")
+    ops = read_profile(path).get("ops")
     if not isinstance(ops, dict) or op not in ops:
         known = ", ".join(sorted(ops)) if isinstance(ops, dict) else "none"
         raise InputError(f"{where}.op: profile {path} has no operator {op!r} (it has: {known})")

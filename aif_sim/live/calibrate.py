@@ -40,9 +40,9 @@ import torch
 from aif_sim.core.latency import Sampler
 from aif_sim.core.traffic import ZipfSampler, candidate_range
 from aif_sim.live.host import host_effects
+from aif_sim.live.index import VectorStore, open_index
 from aif_sim.live.loop import new_loop
 from aif_sim.live.model import MODEL_OPS, LiveModel
-from aif_sim.live.storage import VectorStorage, open_storage
 from aif_sim.model.profile import hardware_name
 from aif_sim.scenario.schema import Scenario
 
@@ -120,11 +120,11 @@ async def _time(
 
 
 async def _fetch_extra(
-    storage: VectorStorage, keys: list[np.ndarray], drawn_s: np.ndarray, qps: float, rng: np.random.Generator
+    storage: VectorStore, keys: list[np.ndarray], drawn_s: np.ndarray, qps: float, rng: np.random.Generator
 ) -> np.ndarray:
     """Each visit's time beyond its draw (s): its fetch of `keys[i]` as the live engine makes it (paced) less
     `drawn_s[i]`, if longer."""
-    fetch_s = await _paced(lambda i: storage.get_many(keys[i % len(keys)].tolist()), qps, rng)
+    fetch_s = await _paced(lambda i: storage.get_many(keys[i % len(keys)]), qps, rng)
     return np.maximum(0.0, fetch_s - drawn_s)
 
 
@@ -140,7 +140,7 @@ async def _per_candidate_us(
     }
     caches = scenario.caches
     backend, url = (caches.backend, caches.redis_url) if caches is not None else ("memory", None)
-    storage = open_storage(backend, url, f"aif-sim.calibrate.{os.getpid()}.{stage}", dtype.base, dtype.shape)
+    storage = open_index(backend, url, f"aif-sim.calibrate.{os.getpid()}.{stage}", dtype, scenario.traffic.items.count)
     try:
         stored = np.unique(np.concatenate([key_set for sets in keys.values() for key_set in sets])).tolist()
         await storage.set_many(stored, np.zeros((len(stored), *dtype.shape), dtype.base))

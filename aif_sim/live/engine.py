@@ -33,12 +33,13 @@ from aif_sim.core.request import Outcome, Request
 from aif_sim.core.system import RequestSource, cache_policies, nearline_stores
 from aif_sim.core.traffic import ZipfSampler, stream
 from aif_sim.live.fleet import LiveFleet
+from aif_sim.live.index import VectorStore, open_index
 from aif_sim.live.loop import Clock, measure_wake
 from aif_sim.live.model import MODEL_OPS, OUTPUTS, LiveModel
-from aif_sim.live.nearline import LiveRefresh, drive, fill
+from aif_sim.live.nearline import FILL_BATCH, PREFILL, FirstRead, LiveRefresh, drive, fill
 from aif_sim.live.pools import LiveBatchingPool, LivePool
 from aif_sim.live.stages import LiveStage
-from aif_sim.live.storage import VectorStorage, open_storage
+from aif_sim.live.storage import open_storage
 from aif_sim.metrics.histogram import LogHistogram
 from aif_sim.metrics.recorder import Recorder, RequestSink
 from aif_sim.model.shadow import world_item_changes
@@ -112,7 +113,7 @@ class LivePipeline:
         self.schedule = Schedule(LogHistogram())
         sharded = {slot: scenario.stages[name].shards for slot, name in enumerate(self.stage_names) if scenario.stages[name].shards > 1}
         self.trace = ServiceTrace(scenario.pipeline(pipeline).step_slots, sharded)  # every request's arrival, measured services and hops
-        self.storage: dict[str, VectorStorage] = {}
+        self.storage: dict[str, VectorStore] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self.failure: BaseException | None = None  # the first error of a request or background task
         self.deadline_s = scenario.deadline_ms / 1000 if scenario.deadline_ms is not None else None
@@ -129,15 +130,24 @@ class LivePipeline:
             "users": model.interest_dtype,
         }
         dtypes |= {cache: dtypes[field] if field is not None else MARKER for cache, field in self.cache_fields.items()}
-        for name in [*self.caches, *self.scenario.pipeline(self.pipeline).vector_stores]:
+        stores = self.scenario.pipeline(self.pipeline).vector_stores
+        for name in [*self.caches, *stores]:
             dtype = dtypes[name]  # a record, or an array (a sub-array dtype: its base and shape)
-            self.storage[name] = open_storage(backend, url, f"{self.namespace}.{self.pipeline}.{name}", dtype.base, dtype.shape)
+            namespace = f"{self.namespace}.{self.pipeline}.{name}"
+            if name in stores:
+                self.storage[name] = open_index(backend, url, namespace, dtype, self._count(name))
+            else:
+                self.storage[name] = open_storage(backend, url, namespace, dtype.base, dtype.shape)
+
+    def _count(self, store: str) -> int:
+        """The entities of a nearline store: the items, or the users."""
+        traffic = self.scenario.traffic
+        return traffic.items.count if store == "items" else traffic.users.count
 
     async def _fill(self, progress: Callable[[str, int, int], None]) -> None:
         """The nearline vectors as they stand when the run starts (made at time 0 by version 0)."""
-        traffic = self.scenario.traffic
         for name in self.scenario.pipeline(self.pipeline).vector_stores:
-            count = traffic.items.count if name == "items" else traffic.users.count
+            count = self._count(name)
             done = 0
 
             def advance(n: int, name: str = name, count: int = count) -> None:
@@ -145,7 +155,20 @@ class LivePipeline:
                 done += n
                 progress(name, done, count)
 
-            await fill(self.storage[name], self._compute(name), self.executor, count, advance)
+            await fill(self.storage[name], self._compute(name), self.executor, min(count, self._prefill(name)), FILL_BATCH[name], advance)
+
+    def _prefill(self, store: str) -> int:
+        """Entities of a store filled before the run (the rest are made when first read)."""
+        backend = self.scenario.caches.backend if self.scenario.caches is not None else "memory"
+        return PREFILL[store, backend]
+
+    def _vectors(self, clock: Clock, store: str) -> VectorStore | FirstRead:
+        """Where a stage reads a store's vectors: its storage, through `FirstRead` when not every entity was filled."""
+        if self._count(store) <= self._prefill(store):
+            return self.storage[store]
+        return FirstRead(
+            self.storage[store], self._compute(store), self.executor, clock, lambda s, now: self.recorder.refresh_work(store, s, now)
+        )
 
     def _compute(self, name: str) -> Callable[[np.ndarray], np.ndarray]:
         """The model call that makes a store's vectors from entity ids."""
@@ -158,7 +181,7 @@ class LivePipeline:
         for slot, call in enumerate(flow.calls):
             config = self.scenario.stages[call.stage]
             rng = stream(self.scenario.seed, f"batch-service:{call.stage}")
-            vectors = self.storage.get(call.vectors) if call.vectors else None
+            vectors = self._vectors(clock, call.vectors) if call.vectors else None
             sampler = self.samplers[call.stage]
             work = LiveStage(clock, slot, call, sampler, rng, self.model, self.executor, vectors, config.per_candidate_us)
             if config.nodes == 1:
@@ -179,7 +202,9 @@ class LivePipeline:
     def _background(self, clock: Clock, pools: list[Slot]) -> None:
         scenario, loop = self.scenario, clock.loop
         listeners = {
-            name: LiveRefresh(clock, self.storage[name], self._compute(name), self.executor, lambda work: self._spawn(loop, work))
+            name: LiveRefresh(
+                clock, self.storage[name], self._compute(name), self.executor, lambda work: self._spawn(loop, work), FILL_BATCH[name]
+            )
             for name in self.stores
         }
         world = world_changes(scenario, world_item_changes)

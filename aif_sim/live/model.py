@@ -25,7 +25,13 @@ from aif_sim.model.threads import set_threads
 from aif_sim.model.train import load_checkpoint
 from aif_sim.model.world import WorldConfig
 
-MODEL_OPS = {"user_inference": "user_side", "rtp": "realtime", "prerank": "sequential_prerank", "light_prerank": "light_prerank"}
+MODEL_OPS = {
+    "user_inference": "user_side",
+    "rtp": "realtime",
+    "prerank": "sequential_prerank",
+    "light_prerank": "light_prerank",
+    "online_prerank": "aif_online",
+}
 OUTPUTS = {"user_side": "user_vector"}  # the per-user value an operator makes (what a cache guarding its stage holds)
 State = TypeVar("State", UserState, ItemState)
 
@@ -113,6 +119,11 @@ class LiveModel:
         return self.sequential(self._user_inputs([user], [behaviour]), self._candidates(candidates)).numpy()[0]
 
     @torch.inference_mode()
+    def aif_online(self, user: int, behaviour: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """The AIF model over one request's candidates, everything computed online (no stored user or item side)."""
+        return self.aif(self._user_inputs([user], [behaviour]), self._candidates(candidates)).numpy()[0]
+
+    @torch.inference_mode()
     def user_interest(self, users: list[int]) -> np.ndarray:
         """UIC user-interest vectors [B, dim] (made nearline, on behaviour events)."""
         behaviours = [self.features.long_behaviour(user) for user in users]
@@ -145,7 +156,7 @@ class LiveModel:
         for _ in range(2):
             payload: dict[str, Any] = {"user": 0, "behaviour": behaviour, "candidates": ids, "items": self.item_side(ids)}
             payload["interest"] = self.user_interest([0])[0]
-            for op in ("user_side", "realtime", "sequential_prerank", "light_prerank"):
+            for op in ("user_side", "realtime", "sequential_prerank", "aif_online", "light_prerank"):
                 self.run(op, [payload])
 
     def run(self, op: str, payloads: list[dict[str, Any]]) -> None:
@@ -159,9 +170,10 @@ class LiveModel:
         elif op == "realtime":
             for p in payloads:
                 p["scores"] = self.realtime(p["user_vector"], p["items"])
-        elif op == "sequential_prerank":
+        elif op in ("sequential_prerank", "aif_online"):
+            model = self.sequential_prerank if op == "sequential_prerank" else self.aif_online
             for p in payloads:
-                p["scores"] = self.sequential_prerank(p["user"], p["behaviour"], p["candidates"])
+                p["scores"] = model(p["user"], p["behaviour"], p["candidates"])
         elif op == "light_prerank":
             for p in payloads:
                 p["scores"] = self.light_prerank(p["interest"], p["candidates"])

@@ -1,6 +1,6 @@
 """What a visit to a stage does in the live engine, while its pool holds a server.
 
-- A model stage (`live.model.MODEL_OPS`: user_inference, rtp, prerank, light_prerank) runs the real
+- A model stage (`live.model.MODEL_OPS`: user_inference, rtp, prerank, light_prerank, online_prerank) runs the real
   operator in the executor, after the cache-miss latency its requests drew, if they missed (and after
   fetching the nearline vectors the step reads, if it reads any).
 - Any other stage stands for an external service (merger, retrieval, feature and item fetch): it takes
@@ -21,12 +21,13 @@ import numpy as np
 
 from aif_sim.core.latency import Sampler
 from aif_sim.core.request import Request
+from aif_sim.live.index import VectorStore
 from aif_sim.live.loop import Clock
 from aif_sim.live.model import MODEL_OPS, LiveModel
-from aif_sim.live.storage import VectorStorage
+from aif_sim.live.nearline import FirstRead
 from aif_sim.scenario.pipelines import Call
 
-BEHAVIOUR_OPS = ("user_side", "sequential_prerank")  # operators that read the user's long-term behaviours
+BEHAVIOUR_OPS = ("user_side", "sequential_prerank", "aif_online")  # operators that read the user's long-term behaviours
 
 
 class LiveStage:
@@ -41,7 +42,7 @@ class LiveStage:
         rng: np.random.Generator,
         model: LiveModel,
         executor: Executor,
-        vectors: VectorStorage | None,
+        vectors: VectorStore | FirstRead | None,
         per_candidate_us: float = 0.0,
     ) -> None:
         self.clock, self.slot, self.call, self.sampler, self.rng = clock, slot, call, sampler, rng
@@ -89,7 +90,7 @@ class LiveStage:
         assert self.vectors is not None
         payload = request.payload
         if self.call.vectors == "items":
-            payload["items"], _ = await self.vectors.get_many(payload["candidates"].tolist())
+            payload["items"], _ = await self.vectors.get_many(payload["candidates"])
         else:
             payload["interest"] = await self.vectors.get(request.user)
 

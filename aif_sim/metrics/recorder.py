@@ -22,6 +22,7 @@ from aif_sim.core.refresh import PREFIX, store_gauges
 from aif_sim.core.request import Outcome, Request, Window
 from aif_sim.core.shadow import ShadowSample
 from aif_sim.core.system import touches
+from aif_sim.metrics.bill import cost_per_hour, memory_bytes
 from aif_sim.metrics.histogram import PERCENTILES, LogHistogram
 from aif_sim.metrics.timeseries import Timeseries
 from aif_sim.metrics.trace import RequestTrace
@@ -146,6 +147,8 @@ class StageRecord:
         self.wait = LogHistogram()
         self.busy_window_s = 0.0  # server-seconds busy inside the measurement window
         self.compute_s = 0.0  # service time spent on measured requests (a batch's time split evenly)
+        self.useful_s = 0.0  # the completed measured requests' own service here
+        self.failed_s = 0.0  # the service of measured requests that failed, at the visits they finished here
         self.critical_ms = 0.0  # time this stage was on the critical path of completed measured requests
 
 
@@ -189,6 +192,10 @@ class Recorder:
         gauges = [g for name in stores or [] for g in store_gauges(name)]
         self.timeseries = Timeseries(window, means, gauges)
         self.index_bytes = 0  # size of the served item-vector index (the engine sets it)
+        self.refresh_workers: dict[str, int] = {}  # per store refreshed in the run, its refresh pool's workers
+        self.first_read_s: dict[str, float] = {}  # per store, model time spent making vectors on first read (live)
+        self.memory_bytes: dict[str, int] | None = None  # the design's caches and indexes (`metrics.bill`)
+        self.cost_per_hour: dict[str, float] | None = None  # what the design provisions costs an hour (`metrics.bill`)
         self.shadow_samples: list[ShadowSample] = []  # requests shadow scoring takes (filled by the engine)
         self.quality: dict[str, Any] | None = None  # their scores with stale and fresh vectors (after the run)
         self.engine = "simpy"  # the engine that produced these figures (simpy, compiled or live; the engine sets it)
@@ -220,6 +227,8 @@ class Recorder:
             if touches(f, scenario, pipeline)
         ]
         recorder = cls(scenario.pipeline(pipeline), stages, window, scenario.slo_p99_ms, sink, caches, stores, faults)
+        recorder.memory_bytes = memory_bytes(scenario, pipeline)
+        recorder.cost_per_hour = cost_per_hour(scenario, pipeline)
         nearline = scenario.nearline
         if nearline is not None:
             changes = {
@@ -228,6 +237,10 @@ class Recorder:
             }
             for name, record in recorder.vectors.items():
                 record.changes = changes[name]
+            for name in stores:
+                refresh = nearline.refresh if name == "items" else nearline.user_refresh
+                if refresh is not None:
+                    recorder.refresh_workers[name] = refresh.workers
             if "items" in stores:
                 recorder.index_bytes = scenario.traffic.items.count * nearline.vector_bytes
         return recorder
@@ -330,6 +343,28 @@ class Recorder:
         """A background process's per-second reading (refresh backlog, double buffering)."""
         self.timeseries.gauge(name, now_s, value)
 
+    def refresh_work(self, store: str, seconds: float, now_s: float) -> None:
+        """A store's vectors were made on first read for `seconds` of model time (counted as its refresh work when
+        inside the window)."""
+        if self.window.start_s <= now_s <= self.window.end_s:
+            self.first_read_s[store] = self.first_read_s.get(store, 0.0) + seconds
+
+    def _refresh_pools(self) -> dict[str, float]:
+        """Per nearline store's refresh workers (`refresh:items`, `refresh:users`), their busy seconds inside the
+        window: the refresh pool's own per-second utilisation (`core.refresh`: the worker-seconds it spent re-inferring,
+        one at a time, by periodic passes and by rollouts) over the seconds ending inside the window, times its
+        workers, plus vectors made on first read."""
+        busy = {}
+        window = self.window
+        for name in dict.fromkeys([*self.vectors, *self.first_read_s]):
+            if name not in self.refresh_workers and name not in self.first_read_s:
+                continue
+            key = f"{PREFIX[name]}refresh_utilization"
+            shares = [float(row[key]) for row in self.timeseries.rows if key in row and window.start_s < float(row["t_s"]) <= window.end_s]
+            pool_s = sum(share for share in shares if share == share) * self.refresh_workers.get(name, 0)
+            busy[f"refresh:{name}"] = pool_s + self.first_read_s.get(name, 0.0)
+        return busy
+
     def finish(self, request: Request, outcome: Outcome, now_s: float) -> None:
         """The request left the system (completed, rejected or timed out)."""
         del self._inside[request.id]
@@ -402,6 +437,11 @@ class Recorder:
             return
         self._visits(times, measured)
         completed = outcome == Outcome.COMPLETED
+        failed = measured & ~completed
+        if failed.any():  # the work of failed requests: their own service at the visits they finished
+            done = ~np.isnan(times[failed, :, 2])
+            for slot, seconds in enumerate(np.where(done, service_s[failed], 0.0).sum(axis=0).tolist()):
+                self.stages[slot].failed_s += seconds
         latency_ms = (end_s - arrival_s) * 1000
         means = {f"{name}_hit_ratio": cache_hit[:, i] for i, name in enumerate(self.caches)}
         for i, counts in enumerate(self.cache_counts.values()):
@@ -473,6 +513,8 @@ class Recorder:
         stage_ms = (times[..., 2] - times[..., 0]) * 1000
         visited = ~np.isnan(stage_ms)
         service = np.where(visited, service, 0.0)  # a stage skipped by a cache hit costs nothing
+        for slot, ms in enumerate(service.sum(axis=0).tolist()):
+            self.stages[slot].useful_s += ms / 1000
         on_path_ms = np.where(visited, stage_ms, -np.inf)
         no_contention = np.zeros(n)
         rows = np.arange(n)
@@ -597,6 +639,23 @@ class Recorder:
         out["failed_share"] = 1 - self.completed / self.offered if self.offered else math.nan
         return out
 
+    def _compute(self) -> dict[str, dict[str, float]]:
+        """Per pool (each stage, each store's refresh workers): busy seconds and per completed request (ms); for the
+        stages, that work split into useful (the completed requests' own service) and wasted (the service of
+        requests that failed, and of visits whose result nobody used: losing hedge copies, deadline cut-offs)."""
+        per = 1000 / self.completed if self.completed else math.nan
+        pools: dict[str, dict[str, float]] = {}
+        for name, stage in zip(self.stage_names, self.stages):
+            pools[name] = {
+                "busy_s": stage.compute_s,
+                "ms_per_request": stage.compute_s * per,
+                "useful_ms_per_request": stage.useful_s * per,
+                "wasted_ms_per_request": (stage.failed_s + stage.wasted_busy_s) * per,
+            }
+        for name, busy in self._refresh_pools().items():
+            pools[name] = {"busy_s": busy, "ms_per_request": busy * per}
+        return pools
+
     def summary(self) -> dict[str, Any]:
         """The METRICS block of summary.json."""
         window_s = self.window.length_s
@@ -634,13 +693,13 @@ class Recorder:
             "latency_offered_ms": self._offered_tail(),
             "no_contention_ms": {key: nc[key] for key in ("mean", "p50", "p99")},
             "stages": stages,
-            "compute": {
-                name: {"busy_s": stage.compute_s, "ms_per_request": 1000 * stage.compute_s / self.completed if self.completed else math.nan}
-                for name, stage in zip(self.stage_names, self.stages)
-            },
+            "compute": self._compute(),
             "bottleneck": max(stages, key=lambda name: stages[name]["utilization"]),
             "critical_stage": max(stages, key=lambda n: stages[n]["critical_path_share"]) if critical_total else None,
         }
+        if self.cost_per_hour is not None:
+            out["memory_bytes"] = self.memory_bytes
+            out["cost_per_hour"] = self.cost_per_hour
         if self.caches:
             out["caches"] = {
                 name: {

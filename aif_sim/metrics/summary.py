@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Unit = Literal["qps", "count", "ms", "s", "share", "ratio", "text"]
+Unit = Literal["qps", "count", "ms", "s", "share", "ratio", "cost", "gib", "text"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,21 @@ def total_compute_ms(metrics: dict[str, Any]) -> float:
     """Compute per completed request summed over the pools (ms)."""
     values = [pool["ms_per_request"] for pool in metrics["compute"].values()]
     return sum(v for v in values if v is not None and math.isfinite(v)) if metrics["requests"]["completed"] else math.nan
+
+
+def wasted_compute_ms(metrics: dict[str, Any]) -> float:
+    """Wasted compute per completed request summed over the stages (ms): failed requests' work, losing copies."""
+    values = [pool.get("wasted_ms_per_request") for pool in metrics["compute"].values()]
+    return sum(v for v in values if v is not None and math.isfinite(v)) if metrics["requests"]["completed"] else math.nan
+
+
+def _cost(part: str) -> Callable[[dict[str, Any]], Any]:
+    return lambda m: m["cost_per_hour"][part] if "cost_per_hour" in m else None
+
+
+def memory_gib(metrics: dict[str, Any]) -> float | None:
+    """The design's caches and indexes, in GiB."""
+    return sum(metrics["memory_bytes"].values()) / 2**30 if "memory_bytes" in metrics else None
 
 
 def shed_share(metrics: dict[str, Any]) -> float:
@@ -91,6 +106,14 @@ HEADLINES: tuple[Metric, ...] = (
     Metric(
         "compute_ms_per_request", "compute ms/req", "ms", total_compute_ms, ratio=True, plot=True, axis="compute per completed request (ms)"
     ),
+    Metric(
+        "wasted_compute_ms_per_request", "wasted compute ms/req", "ms", wasted_compute_ms, axis="wasted compute per completed request (ms)"
+    ),
+    Metric("memory_gib", "memory GiB", "gib", memory_gib, ratio=True, axis="caches and indexes (GiB)"),
+    Metric("cost_stages_per_hour", "cost/h: servers", "cost", _cost("stages"), axis="stage servers' cost per hour"),
+    Metric("cost_refresh_per_hour", "cost/h: refresh", "cost", _cost("refresh"), axis="refresh workers' cost per hour"),
+    Metric("cost_memory_per_hour", "cost/h: memory", "cost", _cost("memory"), axis="memory's cost per hour"),
+    Metric("cost_per_hour", "cost/h: total", "cost", _cost("total"), ratio=True, plot=True, axis="cost per hour (all provisioned)"),
     Metric("bottleneck", "bottleneck", "text", lambda m: m["bottleneck"]),
     Metric(
         "bottleneck_utilization",

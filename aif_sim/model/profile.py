@@ -8,8 +8,6 @@ median over rounds of its median and of its p99.
 
 from __future__ import annotations
 
-import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +17,7 @@ import torch
 from rich.progress import Progress
 from torch import Tensor
 
+from aif_sim.core.hardware import cpu_name
 from aif_sim.errors import InputError
 from aif_sim.model.aif_model import AIFModel
 from aif_sim.model.baselines import LightPrerankModel, SequentialModel
@@ -62,13 +61,7 @@ def hardware_name(device: torch.device) -> str:
     """A readable description of the CPU or GPU."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model} ({os.cpu_count()} logical CPUs)"
+    return cpu_name()
 
 
 def random_items(cfg: ModelConfig, shape: tuple[int, ...], gen: torch.Generator) -> ItemInputs:

@@ -30,6 +30,8 @@ def number(value: Any, unit: str = "ms") -> str:
         return f"{100 * value:.1f}%"
     if unit == "ratio":
         return f"{value:.4f}"
+    if unit in ("cost", "gib"):  # a cost per hour, a memory size
+        return f"{value:,.2f}"
     if unit in ("count", "qps") or (unit == "s" and abs(value) >= 100):
         return f"{value:,.0f}"
     return f"{value:,.1f}" if abs(value) >= 100 else f"{value:,.2f}"

@@ -15,7 +15,7 @@ from aif_sim.metrics.summary import NUMERIC
 from aif_sim.report.fmt import interval, number
 
 BASELINE = "sequential"
-SHORT = {"sequential": "seq", "aif": "aif", "uic": "uic"}
+SHORT = {"sequential": "seq", "aif": "aif", "uic": "uic", "aif_online": "aif_online"}
 STALENESS_OFF = {"item_updates": "item vectors", "user_events": "user vectors"}
 FIELD_OF = {"item_updates": "nearline.item_updates_per_s", "user_events": "nearline.user_events_per_s"}
 UNBOUNDED = 10_000  # the console width off a terminal without COLUMNS: wider than any table, which sizes itself
@@ -44,19 +44,18 @@ def add_columns(table: Table, *headers: str, left: tuple[str, ...] = ()) -> None
 def comparison_table(summary: dict[str, Any], title: str) -> Table:
     """Pipelines side by side, ratios against the sequential pipeline, the SLO verdict."""
     pipelines = summary["pipelines"]
-    others = [name for name in pipelines if name != BASELINE] if BASELINE in pipelines else []
+    others = ratio_pairs(list(pipelines))
     table = plain_table(title)
     add_columns(table, "metric", *pipelines, left=("metric",))
-    for name in others:
-        table.add_column(f"{SHORT[name]}/seq", justify="right", style="cyan", overflow="fold")
+    for name, base_name in others:
+        table.add_column(f"{SHORT[name]}/{SHORT[base_name]}", justify="right", style="cyan", overflow="fold")
     for metric in NUMERIC:  # the stage names (bottleneck, critical stage) are marked in the stage tables
         values = [metric.get(m) for m in pipelines.values()]
         if all(v is None for v in values):
             continue  # a figure no pipeline of this run has (no SLO, no cache, no nearline)
         row = [metric.label] + [number(v, metric.unit) for v in values]
-        base = metric.get(pipelines[BASELINE]) if others else None
-        for name in others:
-            value = metric.get(pipelines[name])
+        for name, base_name in others:
+            value, base = metric.get(pipelines[name]), metric.get(pipelines[base_name])
             ok = metric.ratio and base and value is not None and value == value
             row.append(f"{value / base:.2f}×" if ok else "")
         table.add_row(*row)
@@ -77,10 +76,29 @@ def comparison_table(summary: dict[str, Any], title: str) -> Table:
         for switch in ("item_updates", "user_events")
         if m.get("staleness", {}).get(switch) == "off"
     ]
+    notes += hardware_lines(summary.get("hardware"))
     if summary.get("partial"):
         notes.append("[yellow]partial: the run was interrupted[/]")
     table.caption = "\n".join(notes) or None
     return table
+
+
+def ratio_pairs(pipelines: list[str]) -> list[tuple[str, str]]:
+    """The (pipeline, baseline) ratios a comparison shows: every pipeline against the sequential one and, with the
+    like-for-like baseline, AIF against it (the framework's saving apart from the model design's)."""
+    pairs = [(name, BASELINE) for name in pipelines if name != BASELINE] if BASELINE in pipelines else []
+    if "aif" in pipelines and "aif_online" in pipelines:
+        pairs.append(("aif", "aif_online"))
+    return pairs
+
+
+def hardware_lines(block: dict[str, Any] | None) -> list[str]:
+    """The hardware the model stages are timed on (a report's caption line), said once."""
+    if not block or not block["profiles"]:
+        return []
+    names = sorted(set(block["profiles"].values()))
+    here = "" if block["differs"] else " (this host)"
+    return [f"model stages timed as measured on {', '.join(names)}{here}"]
 
 
 def _failed_share(metrics: dict[str, Any]) -> float:
@@ -167,6 +185,7 @@ def sweep_table(document: dict[str, Any], load: bool) -> Table:
             "\\[low, high]: the 95% interval clipped to what the metric can be "
             "(a share within 0–100%, a latency percentile not below its no-contention one)"
         )
+    notes += hardware_lines(document.get("hardware"))
     if document.get("partial"):
         notes.append("[yellow]partial: interrupted[/]")
     table.caption = "\n".join(notes) or None
@@ -280,13 +299,22 @@ def _validate_cells(figures: dict[str, Any], error: dict[str, Any], intervals: d
 
 
 def plan_table(document: dict[str, Any], title: str) -> Table:
-    """The designs side by side: servers per pool, cost per hour, the p99 the plan gives (± its 95% half-width)."""
+    """The designs side by side: servers per pool, refresh workers and memory, the whole cost per hour and its parts, the
+    p99 the plan gives (± its 95% half-width)."""
     designs = document["pipelines"]
     table = plain_table(f"plan at {document['qps']:g} QPS, SLO p99 ≤ {document['slo_p99_ms']:g} ms — {title}")
     add_columns(table, "", *designs, left=("",))
     stages = list(dict.fromkeys(stage for d in designs.values() for stage in d.get("servers", d["lower_bounds"])))
     for stage in stages:
         table.add_row(f"{stage} servers", *[_servers(d, stage) for d in designs.values()])
+    pools = list(dict.fromkeys(pool for d in designs.values() for pool in d.get("refresh_workers", {})))
+    for pool in pools:  # the item side (and UIC's user side), nearline
+        table.add_row(f"{pool} workers", *[str(d.get("refresh_workers", {}).get(pool, "")) for d in designs.values()])
+    if any(d.get("memory_bytes") for d in designs.values()):
+        table.add_row("memory GiB", *[number(sum(d.get("memory_bytes", {}).values()) / 2**30, "gib") for d in designs.values()])
+    for part, label in (("stages", "servers"), ("refresh", "refresh workers"), ("memory", "memory")):
+        if any("cost" in d for d in designs.values()):
+            table.add_row(f"cost / hour: {label}", *[number(d["cost"][part], "cost") if "cost" in d else "" for d in designs.values()])
     table.add_row("cost / hour", *[f"{d['cost_per_hour']:,.1f}" if d["feasible"] else "[red]infeasible[/]" for d in designs.values()])
     runs = document["replications"]
     p99 = [interval(d["p99_ms"], "ms", d["p99_ci95"], d["p99_lo"], d["p99_hi"], runs) if d["feasible"] else "–" for d in designs.values()]
@@ -298,7 +326,7 @@ def plan_table(document: dict[str, Any], title: str) -> Table:
             "cost / sequential", *[f"{d['cost_per_hour'] / base['cost_per_hour']:.2f}×" if d["feasible"] else "–" for d in designs.values()]
         )
     reasons = [f"[red]{name} infeasible[/] ({d['reason']})" for name, d in designs.items() if not d["feasible"]]
-    table.caption = "\n".join(reasons) or None
+    table.caption = "\n".join(reasons + hardware_lines(document.get("hardware"))) or None
     return table
 
 
@@ -311,3 +339,36 @@ def _servers(design: dict[str, Any], stage: str) -> str:
     nodes = design.get("nodes", {}).get(stage)
     machines = f"{nodes} node{'' if nodes == 1 else 's'}, " if nodes else ""
     return f"{design['servers'][stage]} ({machines}{100 * utilization:.0f}%)"
+
+
+def sensitivity_table(document: dict[str, Any], title: str) -> Table:
+    """`sweep --scale-profiles`: per design and factor, the p99 and SLO verdict, whether it keeps up with the load (and
+    its capacity under the SLO); the largest factor up to which each holds."""
+    scales = document["scales"]
+    table = plain_table(f"sensitivity to the hardware: every profile-timed stage x factor — {title}")
+    add_columns(table, "design", *(f"× {factor:g}" for factor in scales), "SLO met up to", "keeps up to", left=("design",))
+    for pipeline, design in document["designs"].items():
+        cells = {point["scale"]: _sensitivity_cell(point) for point in design["points"]}
+        table.add_row(
+            pipeline, *(cells.get(factor, "") for factor in scales), _factor(design["slo_met_up_to"]), _factor(design["keeps_up_to"])
+        )
+    notes = [f"scaled: {', '.join(document['stages'])}; a cell: p99 ms, SLO verdict, the busiest pool's utilisation"]
+    notes.append("keeps up: at most 1% of requests shed and throughput within 1% of the offered load")
+    if any("capacity_up_to" in d for d in document["designs"].values()):
+        load = number(document["offered_qps"], "qps")
+        ups = ", ".join(f"{name} {_factor(d.get('capacity_up_to'))}" for name, d in document["designs"].items())
+        notes.append(f"capacity under the SLO at least the scenario's {load} QPS up to: {ups} (capacity per factor in the cells)")
+    table.caption = "\n".join(notes)
+    return table
+
+
+def _sensitivity_cell(point: dict[str, Any]) -> str:
+    verdict = "" if point["slo_met"] is None else ("[green]met[/]" if point["slo_met"] else "[red]missed[/]")
+    cell = f"{number(point['p99_ms'])} {verdict} ({number(point['bottleneck_utilization'], 'share')})"
+    if "capacity_qps" in point:
+        cell += f", cap {number(point['capacity_qps'], 'qps')}"
+    return cell
+
+
+def _factor(value: float | None) -> str:
+    return "[red]at no factor tried[/]" if value is None else f"× {value:g}"

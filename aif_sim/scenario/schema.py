@@ -262,10 +262,16 @@ class Slo(Strict):
 
 
 # --- caches, nearline, faults, model ----------------------------------------------------------------
+DEFAULT_ENTRY_BYTES = {"user_vector": 512, "sim_features": 8192}  # a user vector; 1,000 long-term behaviours of 8 bytes
+OTHER_ENTRY_BYTES = 512  # an entry of a cache of another name: one vector
+DEFAULT_COST_PER_GB_HOUR = 0.134  # memory's price per GiB-hour in units of one server thread's hour (see README: cost)
+
+
 class Cache(Strict):
     capacity: int = Field(ge=0)
     ttl_s: float | None = Field(default=None, gt=0)
     miss_latency: LatencySpec | None = None
+    entry_bytes: int | None = Field(default=None, ge=1)  # memory one entry takes (default: DEFAULT_ENTRY_BYTES, else OTHER_ENTRY_BYTES)
 
 
 class Caches(BaseModel):
@@ -286,7 +292,7 @@ class Caches(BaseModel):
             if key not in cls.model_fields and value is not None and not isinstance(value, dict):
                 close = difflib.get_close_matches(str(key), list(cls.model_fields), n=1, cutoff=0.6)
                 hint = f"; did you mean {close[0]}?" if close else ""
-                raise ValueError(f"{key}: a cache is a mapping {{capacity, ttl_s, miss_latency}}, got {value!r}{hint}")
+                raise ValueError(f"{key}: a cache is a mapping {{capacity, ttl_s, miss_latency, entry_bytes}}, got {value!r}{hint}")
         return data
 
     def get(self, name: str) -> Cache | None:
@@ -308,6 +314,7 @@ class Refresh(Strict):
     workers: int = Field(default=1, ge=1)
     latency: LatencySpec = ConstantLatency(dist="constant", ms=1.0)
     interval_s: float | None = Field(default=None, ge=0)
+    cost_per_server_hour: float = Field(default=1.0, ge=0)  # one refresh worker's hour, as a stage's server
 
     @model_validator(mode="after")
     def _interval_for_periodic(self) -> Refresh:
@@ -422,6 +429,7 @@ class Scenario(Strict):
     pipeline_defs: list[Pipeline] = Field(alias="pipelines", min_length=1)  # names of shipped designs resolved (`_designs`)
     slo: Slo | None = None
     deadline_ms: float | None = Field(default=None, gt=0)  # a request not finished this long after arrival is abandoned
+    cost_per_gb_hour: float = Field(default=DEFAULT_COST_PER_GB_HOUR, ge=0)  # caches' and indexes' memory, per GiB-hour
     traffic: Traffic
     stages: dict[str, Stage]
     caches: Caches | None = None
