@@ -86,18 +86,11 @@ def fleet_cases(draw: st.DrawFn) -> tuple[Scenario, str, int]:
     stages = {name: draw(fleet_stages()) for name in stages_of(pipeline)}
     qps = draw(st.floats(100.0, 2500.0))
     duration_s = draw(st.floats(0.5, max(0.5, min(3.0, 4000.0 / qps))))
-    extra: dict[str, Any] = {}
-    slowed = draw(st.lists(st.sampled_from(stages_of(pipeline)), max_size=2))
-    extra["faults"] = [
-        {
-            "kind": "stage_slowdown",
-            "at_s": draw(st.floats(0.01, duration_s)),
-            "stage": stage,
-            "factor": draw(st.floats(1.1, 8.0)),
-            "duration_s": draw(st.floats(0.01, duration_s)),
-        }
-        for stage in slowed
-    ]
+    slowdown = st.fixed_dictionaries(
+        {"kind": st.just("stage_slowdown"), "stage": st.sampled_from(stages_of(pipeline)), "factor": st.floats(1.1, 8.0)}
+        | {"at_s": st.floats(0.01, duration_s), "duration_s": st.floats(0.01, duration_s)}
+    )
+    extra: dict[str, Any] = {"faults": draw(st.lists(slowdown, max_size=2))}
     if pipeline != "uic" and draw(st.booleans()):
         miss = {"capacity": 20, "ttl_s": 0.2, "miss_latency": {"dist": "exponential", "mean_ms": draw(st.floats(0.1, 5.0))}}
         extra["caches"] = {"user_vector": {"capacity": 50}, "sim_features": miss}
