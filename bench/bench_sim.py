@@ -2,7 +2,8 @@
 
     python bench/bench_sim.py                              # 10^6 requests
     python bench/bench_sim.py --requests 100000 1000000 --repeat 3
-    python bench/bench_sim.py --requests 10000000 --fleet  # every pool as machines behind p2c (aif-sim's side)
+    python bench/bench_sim.py --requests 10000000 --fleet  # every pool as machines behind p2c, rtp sharded (aif-sim's side)
+    python bench/bench_sim.py --requests 10000000 --fleet --only "compiled no rows" lean  # those two alone
 
 The system: the aif pipeline, merger -> (retrieval || user_inference) -> item_fetch -> rtp, every
 stage a pool of servers behind one FIFO queue with exponential service times (STAGES), Poisson
@@ -283,23 +284,29 @@ MEASURED = ("compiled CLI", "compiled no rows", "compiled engine", "simpy CLI", 
 
 
 def speed_row(requests: int, results: dict[str, dict]) -> list[str]:
-    """requests, then req/s of each measurement, then each aif-sim rate over the lean one."""
+    """requests, then req/s of each measurement, then each aif-sim rate over the lean one (n/a: not measured)."""
     rates = {name: r["completed"] / r["wall_s"] if "error" not in r else None for name, r in results.items()}
-    cells = [f"{requests:,}"] + [f"{rates[name]:,.0f}" if rates[name] else "n/a" for name in MEASURED]
-    return cells + [f"{rates[name] / rates['lean']:.2f}" if rates[name] else "n/a" for name in MEASURED[:-1]]
+    rate = {name: rates.get(name) for name in MEASURED}
+    cells = [f"{requests:,}"] + [f"{rate[name]:,.0f}" if rate[name] else "n/a" for name in MEASURED]
+    return cells + [f"{rate[name] / rate['lean']:.2f}" if rate[name] and rate["lean"] else "n/a" for name in MEASURED[:-1]]
 
 
 def memory_row(requests: int, results: dict[str, dict]) -> list[str]:
     """requests, then peak RSS of each measurement, then the mean latency of aif-sim and of the lean model."""
-    cells = [f"{requests:,}"] + [f"{results[name]['peak_rss_mib']:,.0f}" for name in MEASURED]
-    return cells + [f"{results[name]['mean_latency_ms']:.3f}" for name in ("compiled CLI", "simpy CLI", "lean")]
+    got = {name: results.get(name, {}) for name in MEASURED}
+    cells = [f"{requests:,}"] + [f"{got[name]['peak_rss_mib']:,.0f}" if "peak_rss_mib" in got[name] else "n/a" for name in MEASURED]
+    means = ("compiled CLI", "simpy CLI", "lean")
+    return cells + [f"{got[name]['mean_latency_ms']:.3f}" if "mean_latency_ms" in got[name] else "n/a" for name in means]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, nargs="+", default=[1_000_000], metavar="N", help="request counts (default 10^6)")
     parser.add_argument("--repeat", type=int, default=1, metavar="K", help="runs per measurement; the median is reported (default 1)")
-    parser.add_argument("--fleet", action="store_true", help="aif-sim's pools as machines behind p2c (FLEET_NODES)")
+    parser.add_argument("--fleet", action="store_true", help="aif-sim's pools as machines behind p2c (FLEET_NODES), rtp sharded")
+    parser.add_argument(
+        "--only", nargs="+", choices=MEASURED, default=list(MEASURED), metavar="NAME", help=f"measure only these (of {', '.join(MEASURED)})"
+    )
     parser.add_argument("--child", choices=("compiled", "simpy", "lean"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -319,7 +326,8 @@ def main() -> None:
         "lean": lambda n: measure_child("lean", n),
     }
     console = Console(width=max(Console().width, 150))  # the tables are wide: never folded into unreadable columns
-    system = f"aif pipeline{', pools as machines behind p2c' if fleet else ''}, {CANDIDATES:,} candidates/request, {QPS:,.0f} QPS"
+    machines = ", pools as machines behind p2c, " + ", ".join(f"{name} in {n} shards" for name, n in FLEET_SHARDS.items())
+    system = f"aif pipeline{machines if fleet else ''}, {CANDIDATES:,} candidates/request, {QPS:,.0f} QPS"
     runs = f"median of {args.repeat} runs" if args.repeat > 1 else "1 run each"
     speed = Table(title=f"Simulated requests per wall-second: {system} ({runs})")
     short = ("compiled\nCLI", "compiled\nno rows", "compiled\nengine", "simpy\nCLI", "simpy\nengine")
@@ -334,7 +342,7 @@ def main() -> None:
     errors = set()
     for requests in args.requests:
         results = {}
-        for name in MEASURED:
+        for name in args.only:
             with console.status(f"{name}: {requests:,} requests"):
                 results[name] = median_of([measure[name](requests) for _ in range(args.repeat)])
             if "error" in results[name]:

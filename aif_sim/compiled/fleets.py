@@ -119,8 +119,9 @@ class FleetState:
         heads[:, 0] = 0
         for f in range(len(nodes)):
             self.drawn[f] = self.drawn[f][taken[f] :]
-            while len(self.drawn[f]) < DRAWS[kind[f]] * shards[f] * (1 + retries[f]) * arrivals:
-                self.drawn[f] = np.concatenate([self.drawn[f], self.rngs[f].random(BLOCK)])  # as `Uniforms` draws them
+            blocks = -(-(DRAWS[kind[f]] * shards[f] * (1 + retries[f]) * arrivals - len(self.drawn[f])) // BLOCK)
+            if blocks > 0:  # whole blocks, as `Uniforms` draws them (the same stream as one block at a time)
+                self.drawn[f] = np.concatenate([self.drawn[f], self.rngs[f].random(blocks * BLOCK)])
         taken[:] = 0
         uniforms = np.zeros((len(nodes), max(len(drawn) for drawn in self.drawn)))
         for f, drawn in enumerate(self.drawn):
