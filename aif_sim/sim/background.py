@@ -3,13 +3,14 @@ faults, and the per-second gauges they report."""
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import simpy
 
 from aif_sim.core.cache import CachePolicy
+from aif_sim.core.changes import ChangeChunk, item_changes
 from aif_sim.core.latency import Sampler
 from aif_sim.core.nearline import NearlineStore, sweep_rate
 from aif_sim.core.traffic import CHUNK, ZipfSampler, stream
@@ -35,14 +36,14 @@ class Outage:
 
 class NearlineRefresh:
     """Updates of one store's entities and their refresh (on update, or by periodic sweeps). `updates` is a
-    rate (Poisson, entities by popularity) or listed changes (times, first and stop entity of each)."""
+    rate (Poisson, entities by popularity, drawn from `rng`) or listed changes (`ChangeChunk`s in time order)."""
 
     def __init__(
         self,
         env: simpy.Environment,
         store: NearlineStore,
         popularity: ZipfSampler,
-        updates: float | tuple[np.ndarray, np.ndarray, np.ndarray],
+        updates: float | Iterable[ChangeChunk],
         refresh: Refresh | None,
         sampler: Sampler | None,
         rng: np.random.Generator,
@@ -53,8 +54,8 @@ class NearlineRefresh:
         self.on_update = refresh is not None and refresh.mode == "on_update"
         self._work = env.event()
         self.refreshes = 0
-        if isinstance(updates, tuple):
-            env.process(self._listed_updates(*updates))
+        if not isinstance(updates, (int, float)):
+            env.process(self._listed_updates(updates))
         elif updates > 0:
             env.process(self._updates(updates))
         if refresh is not None and self.on_update:
@@ -73,15 +74,16 @@ class NearlineRefresh:
                 if self.on_update and not self._work.triggered:
                     self._work.succeed()
 
-    def _listed_updates(self, times: np.ndarray, first: np.ndarray, stop: np.ndarray) -> Generator[simpy.Event, Any, None]:
-        """Changes at given times, each to the entities first..stop-1 (the simulated ranks of one world item)."""
+    def _listed_updates(self, chunks: Iterable[ChangeChunk]) -> Generator[simpy.Event, Any, None]:
+        """Changes at given times, each to the entities first..stop-1."""
         env, store = self.env, self.store
-        for t, lo, hi in zip(times.tolist(), first.tolist(), stop.tolist()):
-            yield env.timeout(t - env.now)
-            for entity in range(lo, hi):
-                store.change(entity, env.now, self.on_update)
-            if self.on_update and not self._work.triggered:
-                self._work.succeed()
+        for chunk in chunks:
+            for t, lo, hi in zip(chunk.times_s.tolist(), chunk.first.tolist(), chunk.stop.tolist()):
+                yield env.timeout(t - env.now)
+                for entity in range(lo, hi):
+                    store.change(entity, env.now, self.on_update)
+                if self.on_update and not self._work.triggered:
+                    self._work.succeed()
 
     def _worker(self) -> Generator[simpy.Event, Any, None]:
         env, store = self.env, self.store
@@ -157,16 +159,19 @@ def gauges(env: simpy.Environment, recorder: Recorder, stores: dict[str, Nearlin
         yield env.timeout(1.0)
 
 
-def item_updates(scenario: Scenario) -> float | tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The item update rate, or the world's item changes when updates follow the model's world."""
+def item_updates(scenario: Scenario) -> Iterator[ChangeChunk]:
+    """The run's item changes (`core.changes`), or the world's when updates follow the model's world."""
     nearline = scenario.nearline
     assert nearline is not None
     if nearline.updates_from == "rate":
-        return nearline.item_updates_per_s
+        return item_changes(scenario)
     from aif_sim.model.shadow import world_item_changes  # torch: only for a scenario that follows the world
 
     assert scenario.model is not None
-    return world_item_changes(scenario.model.checkpoints[0], scenario.traffic.items.count, scenario.duration_s + scenario.drain_s)
+    times, first, stop = world_item_changes(
+        scenario.model.checkpoints[0], scenario.traffic.items.count, scenario.duration_s + scenario.drain_s
+    )
+    return iter([ChangeChunk(times, first, stop)])
 
 
 def start_background(
