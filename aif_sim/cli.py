@@ -19,7 +19,7 @@ from aif_sim import __version__
 from aif_sim.app.interrupt import StopSignal
 from aif_sim.app.outputs import OutputFolder, default_folder
 from aif_sim.app.point_cache import PointCache
-from aif_sim.app.quality import score_shadow_samples
+from aif_sim.app.quality import score_shadow_samples, shadow_scorer, shadow_scores
 from aif_sim.app.run import ENGINES, build_samplers, choose_engines, idealised_latency, simulate, summary_document, write_run
 from aif_sim.app.sweep import SweepContext, find_capacity, grid_sweep, load_param, write_sweep
 from aif_sim.atomic import write_json
@@ -194,6 +194,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario, overrides)
     samplers = build_samplers(scenario, args.scenario)
     engines = choose_engines(scenario, samplers, args.engine)
+    if shadow_scores(scenario):
+        shadow_scorer(scenario, args.scenario)  # the scored world, built and checked before anything runs
     if not args.quiet:
         for pipeline, (engine, reason) in engines.items():
             print(f"{pipeline}: {engine} engine" + (f" ({reason})" if reason else ""))

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from aif_sim import __version__
+from aif_sim.app.quality import shadow_retrieval
 from aif_sim.atomic import write_csv, write_json
 from aif_sim.core.latency import Sampler, build_sampler
 from aif_sim.errors import InputError
@@ -66,6 +67,7 @@ def simulate(
     picks; a recorder per pipeline. When `stop()` turns true the current pipeline ends partial and the later
     ones are not run."""
     engines = choose_engines(scenario, samplers, engine)
+    retrieve = shadow_retrieval(scenario)
     results = {}
     for pipeline in scenario.pipelines:
         if stop is not None and stop():
@@ -74,10 +76,10 @@ def simulate(
         if engines[pipeline][0] == "compiled":
             from aif_sim.compiled.engine import run_compiled
 
-            recorder = run_compiled(scenario, pipeline, samplers, sink, report, stop)
+            recorder = run_compiled(scenario, pipeline, samplers, sink, report, stop, retrieve)
             recorder.engine = "compiled"
         else:
-            recorder = PipelineSimulation(scenario, pipeline, samplers, sink).run(report, stop)
+            recorder = PipelineSimulation(scenario, pipeline, samplers, sink, retrieve).run(report, stop)
         results[pipeline] = recorder
     return results
 

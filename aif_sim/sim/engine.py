@@ -16,6 +16,7 @@ from aif_sim.core.flow import Flow, FlowRun, Fork, Visit
 from aif_sim.core.latency import Sampler
 from aif_sim.core.pipelines import stages_of
 from aif_sim.core.request import Outcome, Request
+from aif_sim.core.shadow import Retrieval
 from aif_sim.core.system import RequestSource, cache_policies, nearline_stores, run_step_s, shadow_sampling
 from aif_sim.core.traffic import stream
 from aif_sim.metrics.recorder import Recorder, RequestSink
@@ -26,9 +27,17 @@ from aif_sim.sim.pools import BatchingPool, StagePool, cancellable
 
 
 class PipelineSimulation:
-    """One pipeline over one scenario: stage pools, request flow, recorder."""
+    """One pipeline over one scenario: stage pools, request flow, recorder (`retrieve`: the shadow-scored world's
+    retrieval, for a scenario that shadow-scores)."""
 
-    def __init__(self, scenario: Scenario, pipeline: str, samplers: dict[str, Sampler], sink: RequestSink | None = None) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        pipeline: str,
+        samplers: dict[str, Sampler],
+        sink: RequestSink | None = None,
+        retrieve: Retrieval | None = None,
+    ) -> None:
         self.scenario = scenario
         self.samplers = samplers
         self.env = simpy.Environment()
@@ -38,7 +47,7 @@ class PipelineSimulation:
         self.recorder = Recorder.for_pipeline(scenario, pipeline, sink, self.caches, list(self.stores))
         self.pools = {name: self._pool(slot, name) for slot, name in enumerate(self.stage_names)}
         self.slots = list(self.pools.values())
-        shadow = shadow_sampling(scenario, self.stores)
+        shadow = shadow_sampling(scenario, self.stores, retrieve)
         env = self.env
         self.flow = Flow(pipeline, self.caches, self.stores, lambda: env.now, shadow)
         if shadow is not None:
