@@ -9,8 +9,9 @@ import torch
 from scipy.stats import rankdata
 from torch import nn
 
+from aif_sim.model.sources import DataWorld
 from aif_sim.model.train import batch
-from aif_sim.model.world import Requests, World
+from aif_sim.model.world import Requests
 
 HIT_RATE_KS = (10, 50, 100)
 
@@ -65,7 +66,7 @@ def ranking_metrics(requests: Requests, probs: np.ndarray, prefix: str = "") -> 
 
 @torch.inference_mode()
 def score(
-    model: nn.Module, world: World, requests: Requests, item_lag_s: float = 0.0, batch_requests: int = 32, user_lag_s: float = 0.0
+    model: nn.Module, world: DataWorld, requests: Requests, item_lag_s: float = 0.0, batch_requests: int = 32, user_lag_s: float = 0.0
 ) -> np.ndarray:
     """Click probabilities [R, C]; candidates' item-side inputs are those of `item_lag_s` before each request, the
     users' those of `user_lag_s` before it."""
@@ -77,10 +78,12 @@ def score(
     return out
 
 
-def evaluate(model: nn.Module, world: World, requests: Requests, item_lag_s: float = 0.0, user_lag_s: float = 0.0) -> dict[str, float]:
-    """The model's metrics next to the oracle's (the true click probabilities) on the same labels."""
+def evaluate(model: nn.Module, world: DataWorld, requests: Requests, item_lag_s: float = 0.0, user_lag_s: float = 0.0) -> dict[str, float]:
+    """The model's metrics next to the oracle's (the true click probabilities) on the same labels, where the world
+    knows them (a log does not)."""
     metrics = ranking_metrics(requests, score(model, world, requests, item_lag_s, user_lag_s=user_lag_s))
-    metrics.update(ranking_metrics(requests, requests.probs, prefix="oracle_"))
+    if np.isfinite(requests.probs).all():
+        metrics.update(ranking_metrics(requests, requests.probs, prefix="oracle_"))
     return metrics
 
 

@@ -272,7 +272,7 @@ class World:
         ids, times, offsets, prices, pops = [np.arange(n)], [np.full(n, -1.0)], [offset], [price], [log_pop]
         if c.change_rate_per_h > 0:
             for t, alive in _event_rounds(drift, 3600.0 / c.change_rate_per_h, n, c.horizon_s):
-                offset, price, log_pop = self._changed(drift, offset, price, log_pop, self.base_log_pop)
+                offset, price, log_pop = self._changed(self._change_draws(drift, n), offset, price, log_pop, self.base_log_pop)
                 ids.append(np.flatnonzero(alive))
                 times.append(t[alive])
                 offsets.append(offset[alive])
@@ -285,17 +285,28 @@ class World:
         self.latent0 = self.state_latent[self.item_state(np.arange(n), 0.0)]  # behaviours' latents (history: time 0)
         self.mm0 = self.mm(self.latent0, np.arange(n))  # and their multi-modal embeddings
 
+    def _change_draws(self, rng: np.random.Generator, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The random draws of m item changes: latent moves, whether to reprice, new prices, popularity jumps."""
+        return (
+            rng.standard_normal((m, self.cfg.latent_dim)),
+            rng.random(m) < 0.5,
+            rng.integers(0, self.cfg.n_price_buckets, m),
+            rng.standard_normal(m),
+        )
+
     def _changed(
-        self, rng: np.random.Generator, offset: np.ndarray, price: np.ndarray, log_pop: np.ndarray, base_log_pop: np.ndarray
+        self,
+        draws: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+        offset: np.ndarray,
+        price: np.ndarray,
+        log_pop: np.ndarray,
+        base_log_pop: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The state after one change of each of these items: the latent offset moves (`change_size`), the price
-        bucket is redrawn half the time, the log popularity jumps and reverts towards its base."""
+        """The state after one change of each of these items (`draws`: theirs, from `_change_draws`): the latent
+        offset moves (`change_size`), the price bucket is redrawn half the time, the log popularity jumps and
+        reverts towards its base."""
         c = self.cfg
-        m, k = offset.shape
-        move = rng.standard_normal((m, k))
-        reprice = rng.random(m) < 0.5
-        new_price = rng.integers(0, c.n_price_buckets, m)
-        jump = rng.standard_normal(m)
+        move, reprice, new_price, jump = draws
         offset = np.sqrt(1 - c.change_size**2) * offset + c.change_size * self.OFFSET_SCALE * move
         price = np.where(reprice, new_price, price)
         log_pop = base_log_pop + self.POP_REVERSION * (log_pop - base_log_pop) + self.POP_JUMP * jump
@@ -338,15 +349,15 @@ class World:
         items, times = items[order], times[order]
         first = np.searchsorted(items, np.arange(n + 1))
         count = np.diff(first)
-        rng = np.random.default_rng([self.cfg.seed, 7, seed])
+        draws = self._change_draws(np.random.default_rng([self.cfg.seed, 7, seed]), len(items))  # change j's: row j
         alive = np.flatnonzero(count)
         for r in range(int(count.max(initial=0))):
             alive = alive[count[alive] > r]
-            offset[alive], price[alive], log_pop[alive] = self._changed(
-                rng, offset[alive], price[alive], log_pop[alive], self.base_log_pop[alive]
-            )
+            rows = first[alive] + r
+            step = self._changed(tuple(d[rows] for d in draws), offset[alive], price[alive], log_pop[alive], self.base_log_pop[alive])
+            offset[alive], price[alive], log_pop[alive] = step
             ids.append(alive)
-            all_times.append(times[first[alive] + r])
+            all_times.append(times[rows])
             offsets.append(offset[alive])
             prices.append(price[alive])
             pops.append(log_pop[alive])
