@@ -6,6 +6,7 @@ for it."""
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -98,11 +99,12 @@ def score_shadow_samples(scenario: Scenario, results: dict[str, Recorder], conso
 
     scorer = shadow_scorer(scenario)
     for name, recorder in sampled.items():
-        if console is not None:
-            console.print(f"shadow scoring {len(recorder.shadow_samples)} {name} requests with the real model")
+        start = time.perf_counter()
         labels = stream(scenario.seed, "shadow-labels")
         scored = [
             scorer.score(s.user, s.t_s, s.items, s.made_s, s.versions, s.serving_version, user_vector_time=s.user_vector_s, rng=labels)
             for s in recorder.shadow_samples
         ]
         recorder.quality = shadow_quality(scored, stream(scenario.seed, "shadow-bootstrap"))
+        if console is not None:
+            console.print(f"shadow-scored {len(scored)} {name} requests with the real model in {time.perf_counter() - start:.1f} s")

@@ -79,9 +79,12 @@ def score(
 
 
 def evaluate(model: nn.Module, world: DataWorld, requests: Requests, item_lag_s: float = 0.0, user_lag_s: float = 0.0) -> dict[str, float]:
-    """The model's metrics next to the oracle's (the true click probabilities) on the same labels, where the world
-    knows them (a log does not)."""
-    metrics = ranking_metrics(requests, score(model, world, requests, item_lag_s, user_lag_s=user_lag_s))
+    """The model's metrics, GAUC's standard error (`gauc_se`, by users) and the oracle's metrics (the true click
+    probabilities) on the same labels, where the world knows them (a log does not)."""
+    probs = score(model, world, requests, item_lag_s, user_lag_s=user_lag_s)
+    metrics = ranking_metrics(requests, probs)
+    users = np.broadcast_to(requests.users[:, None], requests.labels.shape)
+    metrics["gauc_se"] = gauc_standard_error(users, requests.labels, probs, np.random.default_rng(0))
     if np.isfinite(requests.probs).all():
         metrics.update(ranking_metrics(requests, requests.probs, prefix="oracle_"))
     return metrics
@@ -132,3 +135,9 @@ def paired_gauc_difference(
     se = float(boot.std(ddof=1)) if resamples > 1 else float("nan")
     lo, hi = np.quantile(boot, [0.025, 0.975])
     return {"mean": float((w * d).sum() / w.sum()), "lo": float(lo), "hi": float(hi), "se": se, "detectable": DETECTABLE_Z * se}
+
+
+def gauc_standard_error(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray, rng: np.random.Generator) -> float:
+    """The standard error of GAUC by the cluster bootstrap of `paired_gauc_difference`, against a constant score
+    (whose AUC is 0.5 in every group, so the difference is GAUC - 0.5 and its error GAUC's)."""
+    return paired_gauc_difference(groups, labels, scores, np.zeros(np.shape(scores)), rng)["se"]
