@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -195,7 +196,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     samplers = build_samplers(scenario, args.scenario)
     engines = choose_engines(scenario, samplers, args.engine)
     if shadow_scores(scenario):
+        start = time.perf_counter()
         shadow_scorer(scenario, args.scenario)  # the scored world, built and checked before anything runs
+        if not args.quiet:
+            print(f"built the shadow-scored world (its items changing by this run's changes) in {time.perf_counter() - start:.1f} s")
     if not args.quiet:
         for pipeline, (engine, reason) in engines.items():
             print(f"{pipeline}: {engine} engine" + (f" ({reason})" if reason else ""))
