@@ -53,9 +53,9 @@ def run_compiled(
     retrieve: Retrieval | None = None,
 ) -> Recorder:
     """Simulate the pipeline as `PipelineSimulation(scenario, pipeline, samplers, sink, retrieve).run(progress, stop)`
-    does and return its recorder (`retrieve`: the shadow-scored world's retrieval). `progress(now)` is called after each block of arrivals and at the end; `stop()` is
-    asked before each block: when it turns true the run ends there, partial. Raises ValueError when
-    `unsupported` gives a reason."""
+    does and return its recorder (`retrieve`: the shadow-scored world's retrieval). `progress(now)` is called after
+    each block of arrivals and at the end; `stop()` is asked before each block: when it turns true the run ends
+    there, partial. Raises ValueError when `unsupported` gives a reason."""
     reason = unsupported(scenario, pipeline, samplers)
     if reason is not None:
         raise ValueError(reason)
