@@ -20,6 +20,7 @@ import io
 import json
 import shutil
 import tempfile
+import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -33,7 +34,7 @@ from rich.console import Console
 from aif_sim.app.interrupt import StopSignal
 from aif_sim.app.outputs import OutputFolder, default_folder
 from aif_sim.app.point_cache import PointCache
-from aif_sim.app.quality import score_shadow_samples
+from aif_sim.app.quality import score_shadow_samples, shadow_scorer, shadow_scores
 from aif_sim.app.run import build_samplers, choose_engines, idealised_latency, simulate, summary_document, write_run
 from aif_sim.app.sweep import SweepContext, find_capacity, grid_sweep, load_param, write_sweep
 from aif_sim.atomic import write_json
@@ -184,6 +185,10 @@ def run_with(options: RunOptions, hooks: Hooks | None = None) -> RunResult:
         engine, verb = live_engine(scenario, source_label(options.source), options.trace), "run live"
     else:
         engines = choose_engines(scenario, samplers, options.engine, options.trace)
+        if shadow_scores(scenario):
+            start = time.perf_counter()
+            shadow_scorer(scenario, options.source)  # the scored world, built and checked before anything runs
+            hooks.notify(f"built the shadow-scored world (its items changing by this run's changes) in {time.perf_counter() - start:.1f} s")
         for pipeline, (name, reason) in engines.items():
             hooks.notify(f"{pipeline}: {name} engine" + (f" ({reason})" if reason else ""))
             if reason:

@@ -94,7 +94,7 @@ def shadow(preset_name: str, seed: int, epochs: int, n_requests: int, candidates
     start = time.perf_counter()
     scored = [scorer.score(user, t, items, made, versions, serving_version=1, rng=rng) for user, t, items, made, versions in requests]
     seconds = time.perf_counter() - start
-    quality = shadow_quality(scored)
+    quality = shadow_quality(scored, np.random.default_rng(seed))
     console.print(
         f"shadow scoring: {n_requests} requests x {candidates} candidates in {seconds:.2f} s ({1e3 * seconds / n_requests:.1f} ms per request); "
         f"stale fraction {np.mean([s.stale_fraction for s in scored]):.3f}, version mismatch {np.mean([s.version_mismatch_fraction for s in scored]):.3f}"

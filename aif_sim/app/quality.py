@@ -1,13 +1,92 @@
-"""Shadow scoring after a run: the real model scores the sampled requests' candidates with the item vectors
-the simulated system had (their times and model versions) and with fresh ones; the gap is what the
-staleness costs in ranking quality. torch is imported here, only when a scenario asks for it."""
+"""Shadow scoring around a run: the scored world (the checkpoint's world, its items changing by the run's own
+change process), its retrieval, which draws the sampled requests' candidates during the run, and, after the
+run, the real model's scores of those requests with the item vectors the simulated system had and with fresh
+ones; the gap is what the staleness costs in ranking quality. torch is imported here, only when a scenario asks
+for it."""
 
 from __future__ import annotations
 
+import time
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 
+from aif_sim.core.changes import item_changes
+from aif_sim.core.shadow import Retrieval
+from aif_sim.core.traffic import stream
+from aif_sim.errors import InputError
 from aif_sim.metrics.recorder import Recorder
 from aif_sim.scenario import Scenario
+
+if TYPE_CHECKING:
+    from aif_sim.model.shadow import ShadowScorer
+
+_built: tuple[str, ShadowScorer] | None = None  # the last scenario's scorer: a run's retrieval and its scoring share it
+
+
+def shadow_scores(scenario: Scenario) -> bool:
+    """Whether the scenario shadow-scores: a sampling rate and a pipeline that reads item vectors."""
+    model = scenario.model
+    return (
+        model is not None
+        and model.shadow_rate > 0
+        and scenario.nearline is not None
+        and any("items" in pipeline.vector_stores for pipeline in scenario.pipeline_defs)
+    )
+
+
+def shadow_scorer(scenario: Scenario, source: str = "<scenario>") -> ShadowScorer:
+    """The scenario's scored world and model versions: the checkpoints' world, whose items change after the
+    training data ends by the run's own item changes (`core.changes`; with `updates_from: world` the run's changes
+    are the world's own). Refuses (InputError naming `source`, the scenario's file) a run longer than the world's
+    horizon, more shadow candidates than the world has items, and a simulated catalogue smaller than the world's.
+    The last scenario's scorer is kept, so a run's retrieval and its scoring share one."""
+    global _built
+    key = scenario.model_dump_json()
+    if _built is not None and _built[0] == key:
+        return _built[1]
+    from aif_sim.model.shadow import ShadowScorer
+    from aif_sim.model.train import load_checkpoint
+
+    model, nearline = scenario.model, scenario.nearline
+    assert model is not None and model.checkpoints
+    first = load_checkpoint(model.checkpoints[0])
+    world = first.world_config
+    horizon_s = world.horizon_s - float(first.trained_until_s)
+    until_s = scenario.duration_s + scenario.drain_s
+    if until_s > horizon_s:
+        raise InputError(
+            f"{source}: duration_s: the run lasts {until_s:g} s (with drain_s) but the world of {model.checkpoints[0]} ends {horizon_s:g} s after"
+            f" its training data (horizon_s {world.horizon_s:g}); expected at most {horizon_s - scenario.drain_s:g}"
+        )
+    if model.shadow_candidates > world.n_items:
+        raise InputError(
+            f"{source}: model.shadow_candidates: {model.shadow_candidates}: the world has {world.n_items} items; expected at most that"
+        )
+    if scenario.traffic.items.count < world.n_items:
+        raise InputError(
+            f"{source}: traffic.items.count: {scenario.traffic.items.count}: shadow scoring maps the world's {world.n_items} items onto"
+            " the simulated catalogue; expected at least that many"
+        )
+    follows_world = nearline is not None and nearline.updates_from == "world"
+    scorer = ShadowScorer(
+        model.checkpoints,
+        n_users=scenario.traffic.users.count,
+        n_items=scenario.traffic.items.count,
+        item_changes=None if follows_world else item_changes(scenario),
+        seed=scenario.seed,
+    )
+    _built = (key, scorer)
+    return scorer
+
+
+def shadow_retrieval(scenario: Scenario) -> Retrieval | None:
+    """The scored world's retrieval of `model.shadow_candidates` candidates, for a scenario that shadow-scores."""
+    if not shadow_scores(scenario):
+        return None
+    assert scenario.model is not None
+    scorer, n = shadow_scorer(scenario), scenario.model.shadow_candidates
+    return lambda user, t, rng: scorer.candidates(user, t, n, rng)
 
 
 def score_shadow_samples(scenario: Scenario, results: dict[str, Recorder], console: Console | None = None) -> None:
@@ -15,24 +94,16 @@ def score_shadow_samples(scenario: Scenario, results: dict[str, Recorder], conso
     sampled = {name: recorder for name, recorder in results.items() if recorder.shadow_samples}
     if not sampled or scenario.model is None:
         return
-    from aif_sim.model.shadow import ShadowScorer, shadow_quality
+    from aif_sim.model.shadow import shadow_quality
 
-    nearline = scenario.nearline
-    items = scenario.traffic.items.count
-    follows_rate = nearline is not None and nearline.updates_from == "rate" and nearline.item_updates_per_s > 0
-    rate = nearline.item_updates_per_s * 3600 / items if follows_rate else None  # the world drifts at the scenario's rate
-    scorer = ShadowScorer(
-        scenario.model.checkpoints,
-        n_users=scenario.traffic.users.count,
-        n_items=items,
-        change_rate_per_h=rate,
-        seed=scenario.seed,
-    )
+    scorer = shadow_scorer(scenario)
     for name, recorder in sampled.items():
-        if console is not None:
-            console.print(f"shadow scoring {len(recorder.shadow_samples)} {name} requests with the real model")
+        start = time.perf_counter()
+        labels = stream(scenario.seed, "shadow-labels")
         scored = [
-            scorer.score(s.user, s.t_s, s.items, s.made_s, s.versions, s.serving_version, user_vector_time=s.user_vector_s)
+            scorer.score(s.user, s.t_s, s.items, s.made_s, s.versions, s.serving_version, user_vector_time=s.user_vector_s, rng=labels)
             for s in recorder.shadow_samples
         ]
-        recorder.quality = shadow_quality(scored)
+        recorder.quality = shadow_quality(scored, stream(scenario.seed, "shadow-bootstrap"))
+        if console is not None:
+            console.print(f"shadow-scored {len(scored)} {name} requests with the real model in {time.perf_counter() - start:.1f} s")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from aif_sim import __version__
+from aif_sim.app.quality import shadow_retrieval
 from aif_sim.atomic import write_csv, write_json
 from aif_sim.core.hardware import hardware
 from aif_sim.core.latency import Sampler, build_sampler
@@ -85,6 +86,7 @@ def simulate(
     turns true the current pipeline ends partial and the later ones are not run. `traces`: per pipeline, arrival
     and service times replayed in place of the draws where they have them (`core.replay`)."""
     engines = choose_engines(scenario, samplers, engine, timelines)
+    retrieve = shadow_retrieval(scenario)
     results = {}
     for pipeline in scenario.pipelines:
         if stop is not None and stop():
@@ -94,10 +96,10 @@ def simulate(
         if engines[pipeline][0] == "compiled":
             from aif_sim.compiled.engine import run_compiled
 
-            recorder = run_compiled(scenario, pipeline, samplers, sink, report, stop, replay)
+            recorder = run_compiled(scenario, pipeline, samplers, sink, report, stop, replay, retrieve)
             recorder.engine = "compiled"
         else:
-            recorder = PipelineSimulation(scenario, pipeline, samplers, sink, replay, timelines).run(report, stop)
+            recorder = PipelineSimulation(scenario, pipeline, samplers, sink, replay, timelines, retrieve).run(report, stop)
         results[pipeline] = recorder
     return results
 

@@ -27,7 +27,7 @@ from rich.progress import Progress
 
 from aif_sim.app.interrupt import StopSignal, ignore_in_worker
 from aif_sim.app.point_cache import PointCache, point_key
-from aif_sim.app.quality import score_shadow_samples
+from aif_sim.app.quality import score_shadow_samples, shadow_scorer, shadow_scores
 from aif_sim.app.run import build_samplers, simulate
 from aif_sim.atomic import json_safe, write_csv, write_json
 from aif_sim.core.hardware import hardware
@@ -89,6 +89,8 @@ class SweepContext:
 def simulate_job(path: ScenarioSource, overrides: list[Override], engine: str) -> dict[str, Any]:
     """Run one pipeline of one sweep point; its METRICS block as JSON has it (in a worker process)."""
     scenario = load_scenario(path, overrides)
+    if shadow_scores(scenario):
+        shadow_scorer(scenario, path)  # the scored world, checked against the point's scenario
     results = simulate(scenario, build_samplers(scenario, path), engine=engine)
     score_shadow_samples(scenario, results)
     return json_safe(results[scenario.pipelines[0]].summary())

@@ -38,7 +38,7 @@ from aif_sim.core.latency import Sampler
 from aif_sim.core.refresh import version_switches
 from aif_sim.core.replay import ServiceTrace
 from aif_sim.core.sampling import sampled
-from aif_sim.core.shadow import ShadowSample
+from aif_sim.core.shadow import Retrieval, ShadowSample
 from aif_sim.core.system import RequestDraws, RequestSource, cache_policies, run_step_s, shadow_sampling
 from aif_sim.metrics.recorder import Recorder, RequestSink, VectorReads
 from aif_sim.scenario.pipelines import Cached, Pipeline, branches_of, calls_of
@@ -53,18 +53,19 @@ def run_compiled(
     progress: Callable[[float], None] | None = None,
     stop: Callable[[], bool] | None = None,
     trace: ServiceTrace | None = None,
+    retrieve: Retrieval | None = None,
 ) -> Recorder:
-    """Simulate the pipeline as `PipelineSimulation(scenario, pipeline, samplers, sink, trace).run(progress, stop)` does
-    and return its recorder. `progress(now)` is called after each block of arrivals and at the end; `stop()` is
-    asked before each block: when it turns true the run ends there, partial. Raises ValueError when
-    `unsupported` gives a reason."""
+    """Simulate the pipeline as `PipelineSimulation(scenario, pipeline, samplers, sink, trace, 0, retrieve).run(progress,
+    stop)` does and return its recorder (`trace`: service times to replay; `retrieve`: the shadow-scored world's
+    retrieval). `progress(now)` is called after each block of arrivals and at the end; `stop()` is asked before each
+    block: when it turns true the run ends there, partial. Raises ValueError when `unsupported` gives a reason."""
     reason = unsupported(scenario, pipeline, samplers)
     if reason is not None:
         raise ValueError(reason)
     policies = cache_policies(scenario, pipeline)
     stores = scenario.pipeline(pipeline).vector_stores if scenario.nearline is not None else []
     recorder = Recorder.for_pipeline(scenario, pipeline, sink, policies, stores)
-    vectors = _Vectors(scenario, pipeline, samplers, recorder) if stores else None
+    vectors = _Vectors(scenario, pipeline, samplers, recorder, retrieve) if stores else None
     switches = version_switches(scenario, samplers, vectors.nearline.world if vectors else None) if "user_vector" in policies else []
     caches = CacheState(scenario, policies, scenario.traffic.users.count, switches)
     pools = _Pools(scenario, pipeline, list(policies), samplers, trace is not None)
@@ -312,12 +313,14 @@ class _Vectors:
     that fetches them reads the request's `entities` from the store when it ends, and for a request shadow
     scoring takes, the vectors of a larger candidate set (`core.flow`)."""
 
-    def __init__(self, scenario: Scenario, pipeline: str, samplers: dict[str, Sampler], recorder: Recorder) -> None:
+    def __init__(
+        self, scenario: Scenario, pipeline: str, samplers: dict[str, Sampler], recorder: Recorder, retrieve: Retrieval | None
+    ) -> None:
         calls = [(slot, call.vectors) for slot, call in enumerate(scenario.pipeline(pipeline).calls) if call.vectors]
         assert len(calls) == 1, "a pipeline reads one nearline store"
         ((self.slot, self.name),) = calls
         self.nearline = CompiledNearline(scenario, pipeline, samplers, recorder)
-        self.shadow = shadow_sampling(scenario, self.nearline.stores)
+        self.shadow = shadow_sampling(scenario, self.nearline.stores, retrieve)
         if self.shadow is not None:
             recorder.shadow_samples = self.shadow.samples
         self.read_from = -math.inf  # visits ending before this have been read
@@ -358,7 +361,7 @@ class _Vectors:
         """The vectors of the shadow candidates of request i, read at `now`."""
         shadow, store = self.shadow, self.nearline.stores[self.name]
         assert shadow is not None
-        items = shadow.popularity.sample(shadow.rng, shadow.candidates)
+        items = shadow.candidates(int(system.column("users")[i]), now)
         made, versions, _, _ = self.nearline.read(self.name, np.array([now]), items[None, :])
         user_vector_s = float(system.column("user_vector_s")[i])
         sample = ShadowSample(

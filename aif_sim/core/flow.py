@@ -182,7 +182,7 @@ class Flow:
                 mismatch = int(np.count_nonzero(version != store.serving_version))
                 request.vectors = (name, now - made, stale, mismatch)
                 if shadow is not None and shadow.wants(request):
-                    items = shadow.popularity.sample(shadow.rng, shadow.candidates)
+                    items = shadow.candidates(request.user, now)
                     made, version = store.read(items, now)
                     sample = ShadowSample(request.user, now, items, made, version, store.serving_version, request.user_vector_s)
                     shadow.samples.append(sample)

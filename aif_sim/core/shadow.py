@@ -4,13 +4,16 @@ of the item vectors the system read for them (engine-neutral; the real model sco
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from aif_sim.core.request import Request
 from aif_sim.core.sampling import sampled
-from aif_sim.core.traffic import ZipfSampler
+
+Retrieval = Callable[[int, float, np.random.Generator], np.ndarray]
+"""The scored world's retrieval: (simulated user rank, simulated time, generator) -> the candidates' simulated item ranks."""
 
 
 @dataclass(frozen=True)
@@ -26,15 +29,19 @@ class ShadowSample:
 
 @dataclass
 class ShadowSampling:
-    """Which requests shadow scoring takes (a per-id hash at `rate`, at most `limit` measured ones) and how
-    many candidates each, drawn from the item popularity; `samples` collects what they read."""
+    """Which requests shadow scoring takes (a per-id hash at `rate`, at most `limit` measured ones) and their
+    candidates, drawn as the scored world's retrieval draws them (relevant and popular, without replacement);
+    `samples` collects what they read."""
 
     rate: float
-    candidates: int
     limit: int
-    popularity: ZipfSampler
+    retrieve: Retrieval
     rng: np.random.Generator
     samples: list[ShadowSample] = field(default_factory=list)
 
     def wants(self, request: Request) -> bool:
         return request.measured and len(self.samples) < self.limit and bool(sampled(np.array([request.id]), self.rate)[0])
+
+    def candidates(self, user: int, now: float) -> np.ndarray:
+        """The candidates (simulated item ranks) of a request of `user` whose item vectors are read at `now`."""
+        return self.retrieve(user, now, self.rng)

@@ -14,7 +14,7 @@ from aif_sim.core.latency import Sampler
 from aif_sim.core.nearline import NearlineStore
 from aif_sim.core.replay import ServiceTrace
 from aif_sim.core.request import Request
-from aif_sim.core.shadow import ShadowSampling
+from aif_sim.core.shadow import Retrieval, ShadowSampling
 from aif_sim.core.traffic import RequestBlock, ZipfSampler, mean_rate, request_blocks, stream
 from aif_sim.scenario.schema import CacheFlush, Fault, NearlineOutage, NodeLoss, Scenario, StageSlowdown
 
@@ -86,13 +86,13 @@ def nearline_stores(scenario: Scenario, pipeline: str) -> dict[str, NearlineStor
     return stores
 
 
-def shadow_sampling(scenario: Scenario, stores: dict[str, NearlineStore]) -> ShadowSampling | None:
-    """Which requests shadow scoring takes, when the scenario asks for it and the pipeline reads item vectors."""
+def shadow_sampling(scenario: Scenario, stores: dict[str, NearlineStore], retrieve: Retrieval | None) -> ShadowSampling | None:
+    """Which requests shadow scoring takes, when the scenario asks for it, the pipeline reads item vectors and the
+    scored world's retrieval is given (`app.quality.shadow_retrieval`)."""
     model = scenario.model
-    if model is None or model.shadow_rate == 0 or "items" not in stores:
+    if model is None or model.shadow_rate == 0 or "items" not in stores or retrieve is None:
         return None
-    rng = stream(scenario.seed, "shadow-candidates")
-    return ShadowSampling(model.shadow_rate, model.shadow_candidates, model.shadow_requests, ZipfSampler(scenario.traffic.items), rng)
+    return ShadowSampling(model.shadow_rate, model.shadow_requests, retrieve, stream(scenario.seed, "shadow-candidates"))
 
 
 @dataclass(frozen=True)

@@ -177,9 +177,23 @@ HEADLINES: tuple[Metric, ...] = (
         axis="share of the refresh workers' time used",
     ),
     Metric("sweep_overrun_s", "pass overrun s", "s", _staleness("sweep_overrun_s"), axis="most a periodic pass ran past its interval (s)"),
+    Metric(
+        "scored_stale_fraction",
+        "stale (scored)",
+        "share",
+        lambda m: m["quality"]["stale_fraction"] if "quality" in m else None,
+        axis="share of shadow-scored candidates older than their item's last change",
+    ),
     Metric("gauc_stale", "GAUC stale", "ratio", _quality("stale", "gauc"), axis="GAUC with the vectors the system had"),
     Metric("gauc_fresh", "GAUC fresh", "ratio", _quality("fresh", "gauc"), axis="GAUC with fresh vectors"),
     Metric("gauc_loss", "GAUC loss", "ratio", _quality_loss("gauc"), plot=True, axis="GAUC lost to staleness (fresh − stale)"),
+    Metric(
+        "gauc_loss_detectable",
+        "GAUC loss detectable",
+        "ratio",
+        lambda m: m["quality"]["gauc_loss"]["detectable"] if "quality" in m else None,
+        axis="smallest GAUC loss the run detects (80% power, 5% test)",
+    ),
     Metric(
         "hr_at_100_loss", "HR@100 loss", "ratio", _quality_loss("hr_at_100"), plot=True, axis="HR@100 lost to staleness (fresh − stale)"
     ),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from aif_sim.atomic import write_json
@@ -11,7 +12,9 @@ from aif_sim.errors import InputError
 from aif_sim.model.config import ModelConfig
 from aif_sim.model.evaluate import evaluate, ranking_metrics, score
 from aif_sim.model.factory import MODELS, model_config
+from aif_sim.model.logdata import ITEM_FEATURES, MOVIELENS_100K, USER_FEATURES, LogConfig, LogWorld
 from aif_sim.model.profile import calibrate
+from aif_sim.model.sources import DataConfig, open_world
 from aif_sim.model.sweeps import SWEEPS, parse_values, run_sweep
 from aif_sim.model.threads import set_threads
 from aif_sim.model.train import (
@@ -64,6 +67,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("evaluate", help="evaluate a checkpoint on its world's test requests")
     p.add_argument("--checkpoint", required=True)
+    p.add_argument(
+        "--data", default=None, metavar="PATH", help="a log-trained checkpoint: read its log from here (moved, or the same log again)"
+    )
     p.add_argument("--item-lag-s", type=float, default=0.0, help="score with item features of this many seconds earlier")
     p.add_argument("--user-lag-s", type=float, default=0.0, help="score with user features (short sequence) of this many seconds earlier")
     p.add_argument("--threads", type=int, default=1)
@@ -89,6 +95,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _world_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=list(PRESETS), default=None, help="world size (default small)")
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="PATH",
+        help=f"train and test on an interaction log instead of the synthetic world: a CSV or Parquet file (columns user, item,"
+        f" timestamp, label; optional {', '.join(ITEM_FEATURES + USER_FEATURES)}) or {MOVIELENS_100K}",
+    )
     p.add_argument("--seed", type=int, default=None, help="world and training seed (default 0)")
     p.add_argument("--threads", type=int, default=1, help="torch/BLAS threads (default 1)")
 
@@ -129,7 +142,7 @@ def train_command(args: argparse.Namespace) -> int:
             raise InputError(f"{option}: only with --continue-from")
     seed = 0 if args.seed is None else args.seed
     train_cfg = TrainConfig(epochs=_positive("--epochs", args.epochs), lr=_learning_rate(args.lr, TrainConfig.lr))
-    world = World(preset(args.preset or "small", seed))
+    world = open_world(_data_config(args, seed))
     cfg: ModelConfig = model_config(world.cfg, **_aif_overrides(args))
     model, seconds = timed_train(args.model, world, cfg, train_cfg, seed)
     ckpt = Checkpoint(args.model, model_version(args.model, model), model, cfg, world.cfg, train_cfg, seed)
@@ -144,10 +157,14 @@ def train_command(args: argparse.Namespace) -> int:
 def _continue_command(args: argparse.Namespace) -> int:
     """train --continue-from: the next version, fine-tuned on the window after the parent's training data, and its
     metrics (next to the parent's) on the requests of the window after that."""
-    for option, value in (("--preset", args.preset), ("--bridges", args.bridges), ("--lsh", args.lsh)):
+    for option, value in (("--preset", args.preset), ("--data", args.data), ("--bridges", args.bridges), ("--lsh", args.lsh)):
         if value is not None:
             raise InputError(f"{option}: not with --continue-from (the world and the model come from the checkpoint)")
     parent = load_checkpoint(args.continue_from)
+    if isinstance(parent.world_config, LogConfig):
+        raise InputError(
+            f"--continue-from: {args.continue_from} was trained on a log; model versions are fine-tuned on the synthetic world"
+        )
     if args.model is not None and args.model != parent.name:
         raise InputError(f"--model: {args.model}: the checkpoint {args.continue_from} holds a {parent.name} model")
     world = World(parent.world_config)
@@ -198,7 +215,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         if lag < 0:
             raise InputError(f"{option}: {lag}: expected a non-negative number of seconds")
     ckpt = load_checkpoint(args.checkpoint)
-    world = World(ckpt.world_config)
+    world = open_world(_checkpoint_data(ckpt, args.checkpoint, args.data))
     metrics = {
         **_version_fields(ckpt),
         "item_lag_s": args.item_lag_s,
@@ -215,13 +232,38 @@ def sweep_command(args: argparse.Namespace) -> int:
     values = parse_values(args.param, args.values) if args.values is not None else None
     run_sweep(
         args.param,
-        preset(args.preset or "small", 0 if args.seed is None else args.seed),
+        _data_config(args, 0 if args.seed is None else args.seed),
         TrainConfig(epochs=_positive("--epochs", args.epochs)),
         Path(args.out),
         values=values,
         checkpoint=args.checkpoint,
     )
     return 0
+
+
+def _data_config(args: argparse.Namespace, seed: int) -> DataConfig:
+    """The synthetic world's preset, or the log of --data (not both)."""
+    if args.data is None:
+        return preset(args.preset or "small", seed)
+    if args.preset is not None:
+        raise InputError("--preset: not with --data (the log is the world)")
+    data = args.data if args.data == MOVIELENS_100K else str(Path(args.data).resolve())
+    return LogConfig(data=data, seed=seed)
+
+
+def _checkpoint_data(ckpt: Checkpoint, checkpoint: str, data: str | None) -> DataConfig:
+    """The checkpoint's world, its log read from `data` when given (it must be the same log: the same sizes)."""
+    cfg = ckpt.world_config
+    if data is None:
+        return cfg
+    if not isinstance(cfg, LogConfig):
+        raise InputError(f"--data: {checkpoint} was trained on the synthetic world, not on a log")
+    moved = LogWorld(replace(cfg, data=data)).cfg
+    if (moved.n_users, moved.n_items, moved.train_end_s) != (cfg.n_users, cfg.n_items, cfg.train_end_s):
+        raise InputError(
+            f"--data: {data}: not the log {checkpoint} was trained on ({moved.n_users} users and {moved.n_items} items, not {cfg.n_users} and {cfg.n_items})"
+        )
+    return moved
 
 
 def calibrate_command(args: argparse.Namespace) -> int:

@@ -9,8 +9,9 @@ import torch
 from scipy.stats import rankdata
 from torch import nn
 
+from aif_sim.model.sources import DataWorld
 from aif_sim.model.train import batch
-from aif_sim.model.world import Requests, World
+from aif_sim.model.world import Requests
 
 HIT_RATE_KS = (10, 50, 100)
 
@@ -65,7 +66,7 @@ def ranking_metrics(requests: Requests, probs: np.ndarray, prefix: str = "") -> 
 
 @torch.inference_mode()
 def score(
-    model: nn.Module, world: World, requests: Requests, item_lag_s: float = 0.0, batch_requests: int = 32, user_lag_s: float = 0.0
+    model: nn.Module, world: DataWorld, requests: Requests, item_lag_s: float = 0.0, batch_requests: int = 32, user_lag_s: float = 0.0
 ) -> np.ndarray:
     """Click probabilities [R, C]; candidates' item-side inputs are those of `item_lag_s` before each request, the
     users' those of `user_lag_s` before it."""
@@ -77,10 +78,15 @@ def score(
     return out
 
 
-def evaluate(model: nn.Module, world: World, requests: Requests, item_lag_s: float = 0.0, user_lag_s: float = 0.0) -> dict[str, float]:
-    """The model's metrics next to the oracle's (the true click probabilities) on the same labels."""
-    metrics = ranking_metrics(requests, score(model, world, requests, item_lag_s, user_lag_s=user_lag_s))
-    metrics.update(ranking_metrics(requests, requests.probs, prefix="oracle_"))
+def evaluate(model: nn.Module, world: DataWorld, requests: Requests, item_lag_s: float = 0.0, user_lag_s: float = 0.0) -> dict[str, float]:
+    """The model's metrics, GAUC's standard error (`gauc_se`, by users) and the oracle's metrics (the true click
+    probabilities) on the same labels, where the world knows them (a log does not)."""
+    probs = score(model, world, requests, item_lag_s, user_lag_s=user_lag_s)
+    metrics = ranking_metrics(requests, probs)
+    users = np.broadcast_to(requests.users[:, None], requests.labels.shape)
+    metrics["gauc_se"] = gauc_standard_error(users, requests.labels, probs, np.random.default_rng(0))
+    if np.isfinite(requests.probs).all():
+        metrics.update(ranking_metrics(requests, requests.probs, prefix="oracle_"))
     return metrics
 
 
@@ -98,3 +104,40 @@ def ragged_metrics(groups: Sequence[int], labels: Sequence[np.ndarray], scores: 
         "gauc": gauc(flat_groups, flat_labels, flat_scores),
         f"hr_at_{k}": float(hits / max(int(flat_labels.sum()), 1)),
     }
+
+
+DETECTABLE_Z = 1.959964 + 0.841621  # two-sided 5% test with 80% power: z_0.975 + z_0.8
+
+
+def paired_gauc_difference(
+    groups: np.ndarray, labels: np.ndarray, first: np.ndarray, second: np.ndarray, rng: np.random.Generator, resamples: int = 2000
+) -> dict[str, float]:
+    """GAUC(first) - GAUC(second) on the same labels, with its sampling error by a paired cluster bootstrap: the
+    groups (users) are resampled with replacement, each with its impressions, and both GAUCs are recomputed on
+    the same resample, so the label noise both scorings share cancels. GAUC is the impression-weighted mean of
+    per-group AUCs, so the users are the independent units; candidates of one user are not. Returns `mean`, the
+    95% percentile interval `lo`, `hi`, the standard error `se` and `detectable`, the smallest true difference
+    a two-sided 5% test would find with 80% power ((z_0.975 + z_0.8) * se)."""
+    groups, labels, first, second = (np.asarray(x).ravel() for x in (groups, labels, first, second))
+    order = np.argsort(groups, kind="stable")
+    bounds = np.flatnonzero(np.diff(groups[order])) + 1
+    weights, diffs = [], []
+    for rows in np.split(order, bounds):
+        a, b = auc(labels[rows], first[rows]), auc(labels[rows], second[rows])
+        if not np.isnan(a):
+            weights.append(len(rows))
+            diffs.append(a - b)
+    if not weights:
+        return {"mean": float("nan"), "lo": float("nan"), "hi": float("nan"), "se": float("nan"), "detectable": float("nan")}
+    w, d = np.asarray(weights, dtype=np.float64), np.asarray(diffs)
+    counts = rng.multinomial(len(w), np.full(len(w), 1.0 / len(w)), size=resamples).astype(np.float64)
+    boot = (counts @ (w * d)) / (counts @ w)
+    se = float(boot.std(ddof=1)) if resamples > 1 else float("nan")
+    lo, hi = np.quantile(boot, [0.025, 0.975])
+    return {"mean": float((w * d).sum() / w.sum()), "lo": float(lo), "hi": float(hi), "se": se, "detectable": DETECTABLE_Z * se}
+
+
+def gauc_standard_error(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray, rng: np.random.Generator) -> float:
+    """The standard error of GAUC by the cluster bootstrap of `paired_gauc_difference`, against a constant score
+    (whose AUC is 0.5 in every group, so the difference is GAUC - 0.5 and its error GAUC's)."""
+    return paired_gauc_difference(groups, labels, scores, np.zeros(np.shape(scores)), rng)["se"]

@@ -10,8 +10,14 @@ AUC, GAUC and HR@100 of both (the summary's `quality` section).
 
 Ids: simulated ranks map onto world users and items by popularity rank (`World.users_by_rank`,
 `World.items_by_rank`: rank r of a population P is world rank r * n // P when P exceeds the world's n, rank r
-otherwise). Time: world time = `world_start_s` + simulated time (by default the first version's training data
-end, so serving starts where training stopped).
+otherwise). Candidates are drawn as the world's retrieval draws them (`candidates`), and each world item stands
+for one simulated rank, the lowest that maps onto it. Time: world time = `world_start_s` + simulated time (by
+default the first version's training data end, so serving starts where training stopped).
+
+One change process: given the simulator's item changes (`item_changes`), the scored world's items change at
+exactly those times, world item w whenever the simulated rank it stands for changes, by the world's own change
+dynamics; before `world_start_s` the world is the one the models were trained on. A candidate's vector is then
+stale in the scored world exactly when it is stale in the simulator.
 
 Work per request: the user side once (serving version), the item side once per distinct item state for the
 fresh vectors, and again only for candidates whose stale vector differs (another state or another version),
@@ -20,16 +26,17 @@ grouped by version; real time once for all candidates and once more for the cand
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from aif_sim.core.changes import ChangeChunk
 from aif_sim.errors import InputError
 from aif_sim.model.aif_model import AIFModel, ItemState
-from aif_sim.model.evaluate import ragged_metrics
+from aif_sim.model.evaluate import paired_gauc_difference, ragged_metrics
 from aif_sim.model.factory import item_inputs, user_inputs
 from aif_sim.model.threads import set_threads
 from aif_sim.model.train import Checkpoint, load_checkpoint
@@ -66,8 +73,8 @@ class ShadowScorer:
     version -> checkpoint; the simulator's model version numbers are these keys.
     `n_users`, `n_items`: the simulated populations whose ranks are mapped onto the world (default: the world's).
     `world_start_s`: world time of simulated time 0 (default: the training end of the earliest version).
-    `change_rate_per_h`: rebuild the world with this item change rate (e.g. the scenario's
-    item_updates_per_s * 3600 / items.count), instead of the checkpoint's.
+    `item_changes`: the simulator's item changes (`core.changes.ChangeChunk`s: simulated times and rank ranges);
+    the scored world's items change at those times instead of at its own (None: the world's own changes).
     `seed`: the label draws' generator; `threads`: torch / BLAS threads (None: leave as they are).
     """
 
@@ -78,7 +85,7 @@ class ShadowScorer:
         n_users: int | None = None,
         n_items: int | None = None,
         world_start_s: float | None = None,
-        change_rate_per_h: float | None = None,
+        item_changes: Iterable[ChangeChunk] | None = None,
         seed: int = 0,
         threads: int | None = 1,
     ) -> None:
@@ -99,15 +106,43 @@ class ShadowScorer:
         self.checkpoints = loaded
         self.models: dict[int, AIFModel] = {v: c.model.eval() for v, c in loaded.items()}
         cfg = first.world_config
-        if change_rate_per_h is not None:
-            cfg = replace(cfg, change_rate_per_h=float(change_rate_per_h))
         self.world = World(cfg)
         self.n_users = cfg.n_users if n_users is None else int(n_users)
         self.n_items = cfg.n_items if n_items is None else int(n_items)
         self.world_start_s = float(first.trained_until_s if world_start_s is None else world_start_s)
         self.rng = np.random.default_rng(seed)
+        if item_changes is not None:
+            items, times = self._world_changes(item_changes)
+            self.world = self.world.following(items, self.world_time(times), self.world_start_s, seed)
         self._item_rank_of = np.empty(cfg.n_items, dtype=np.int64)
         self._item_rank_of[self.world.item_order] = np.arange(cfg.n_items)
+
+    def _world_changes(self, chunks: Iterable[ChangeChunk]) -> tuple[np.ndarray, np.ndarray]:
+        """World items and simulated times of the simulator's changes that touch a rank a world item stands for."""
+        n, population = self.world.cfg.n_items, self.n_items
+        if population < n:
+            raise ValueError(f"shadow scoring: the simulated catalogue ({population} items) is smaller than the world's ({n})")
+        items, times = [], []
+        for chunk in chunks:
+            lo, hi = self._first_world_rank(chunk.first), self._first_world_rank(chunk.stop)  # world ranks lo..hi-1 touched
+            count = np.maximum(hi - lo, 0)
+            change = np.repeat(np.arange(len(count)), count)
+            ranks = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count) + lo[change]
+            keep = ranks < n
+            items.append(self.world.item_order[ranks[keep]])
+            times.append(np.asarray(chunk.times_s, dtype=np.float64)[change[keep]])
+        return (np.concatenate(items), np.concatenate(times)) if items else (np.empty(0, np.int64), np.empty(0))
+
+    def _first_world_rank(self, ranks: np.ndarray) -> np.ndarray:
+        """The first world rank whose representative simulated rank (the lowest mapped onto it, `candidates`) is at
+        least `ranks`: ceil(w * P / n) >= r  <=>  w >= floor((r - 1) * n / P) + 1."""
+        ranks = np.asarray(ranks, dtype=np.int64)
+        return (ranks - 1) * self.world.cfg.n_items // self.n_items + 1
+
+    @property
+    def horizon_s(self) -> float:
+        """Simulated seconds the world covers: its users' behaviours and interests end at its horizon."""
+        return self.world.cfg.horizon_s - self.world_start_s
 
     @property
     def versions(self) -> list[int]:
@@ -247,16 +282,25 @@ def _fields(state: ItemState) -> list[torch.Tensor]:
     return [getattr(state, f.name) for f in fields(ItemState)]
 
 
-def shadow_quality(scored: Sequence[ScoredRequest], k: int = QUALITY_K) -> dict:
-    """The summary's `quality` section: {"scored_requests": n, "stale": {"auc", "gauc", "hr_at_100"}, "fresh": {...}}
-    over scored requests (GAUC groups by simulated user rank; AUC pools all candidates; HR@k is the share of
-    clicked candidates in their request's top k). Metrics are nan when the labels have one class only."""
+def shadow_quality(scored: Sequence[ScoredRequest], rng: np.random.Generator, k: int = QUALITY_K) -> dict:
+    """The summary's `quality` section over scored requests: `scored_requests`, `scored_candidates`,
+    `stale_fraction` (the share of scored candidates whose world item changed after its vector was made),
+    `stale` and `fresh` ({"auc", "gauc", "hr_at_100"}: GAUC groups by simulated user rank; AUC pools all
+    candidates; HR@k is the share of clicked candidates in their request's top k; nan when the labels have one
+    class only) and `gauc_loss` (fresh - stale GAUC with its paired bootstrap interval `lo`, `hi`, standard error
+    `se` and the smallest loss the run could detect, `detectable`: `paired_gauc_difference`, drawn with `rng`)."""
     groups = [r.user_rank for r in scored]
     labels = [r.labels for r in scored]
+    sizes = np.array([len(r.labels) for r in scored], dtype=np.int64)
+    flat = {name: np.concatenate([getattr(r, name) for r in scored]) if scored else np.empty(0) for name in ("labels", "stale", "fresh")}
+    stale_share = np.array([r.stale_fraction for r in scored])
     return {
         "scored_requests": len(scored),
+        "scored_candidates": int(sizes.sum()),
+        "stale_fraction": float((stale_share * sizes).sum() / sizes.sum()) if sizes.sum() else float("nan"),
         "stale": ragged_metrics(groups, labels, [r.stale for r in scored], k),
         "fresh": ragged_metrics(groups, labels, [r.fresh for r in scored], k),
+        "gauc_loss": paired_gauc_difference(np.repeat(groups, sizes), flat["labels"], flat["fresh"], flat["stale"], rng),
     }
 
 

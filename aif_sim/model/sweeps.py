@@ -1,4 +1,5 @@
-"""Quality sweeps of the AIF model: bridge count, LSH encoding, item-vector lag and user-vector lag. Writes sweep.csv and sweep.png."""
+"""Quality sweeps of the AIF model: bridge count, LSH encoding, item-vector lag, user-vector lag and model age (a
+model trained once, measured on the data of later and later stretches). Writes sweep.csv and sweep.png."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from aif_sim.atomic import write_csv
 from aif_sim.errors import InputError
 from aif_sim.model.evaluate import evaluate
 from aif_sim.model.factory import model_config
+from aif_sim.model.sources import DataConfig, age_window_s, open_world, test_candidates
 from aif_sim.model.train import TrainConfig, held_out_requests, load_checkpoint, timed_train
-from aif_sim.model.world import World, WorldConfig
 from aif_sim.report.plots import plot_model_sweep
 
 
@@ -38,7 +39,9 @@ SWEEPS: dict[str, Sweep] = {
     "lsh": Sweep("lsh_mode", ("bit1", "bit2", "dense"), _lsh_mode),
     "item_lag": Sweep("item_lag_s", (0.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 43200.0), float),
     "user_lag": Sweep("user_lag_s", (0.0, 60.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0), float),
+    "model_age": Sweep("model_age_s", (0.0, 21600.0, 43200.0, 64800.0), float),
 }
+AGE_STREAM = 5  # request stream of the model-age windows (world.requests_between)
 
 
 def parse_values(param: str, text: str) -> list:
@@ -51,7 +54,7 @@ def parse_values(param: str, text: str) -> list:
 
 def run_sweep(
     param: str,
-    world_cfg: WorldConfig,
+    world_cfg: DataConfig,
     train: TrainConfig,
     out: Path,
     values: Sequence | None = None,
@@ -63,10 +66,25 @@ def run_sweep(
     values = list(values) if values is not None else list(sweep.default)
     console = console or Console(stderr=True)
     ckpt = load_checkpoint(checkpoint) if checkpoint else None
-    world = World(ckpt.world_config if ckpt else world_cfg)
+    world = open_world(ckpt.world_config if ckpt else world_cfg)
     test = held_out_requests(world, ckpt) if ckpt else world.requests("test")
     rows: list[dict] = []
-    if param in ("item_lag", "user_lag"):
+    if param == "model_age":
+        model = ckpt.model if ckpt else timed_train("aif", world, model_config(world.cfg), train, world.cfg.seed)[0]
+        trained_until = float(ckpt.trained_until_s) if ckpt else float(world.cfg.train_end_s)
+        window = age_window_s(world.cfg)
+        for age in values:
+            lo, hi = trained_until + age, trained_until + age + window
+            if age < 0 or hi > world.cfg.horizon_s:
+                raise InputError(
+                    f"--values: {age:g}: expected ages from 0 to {world.cfg.horizon_s - trained_until - window:g} s (the data ends then)"
+                )
+            requests = world.requests_between(lo, hi, len(test), test_candidates(world.cfg), stream=AGE_STREAM)
+            rows.append(
+                {sweep.column: age, "window_start_s": lo, "window_end_s": hi, "requests": len(requests), **evaluate(model, world, requests)}
+            )
+            console.print(f"{sweep.column}={age:g}: gauc={rows[-1]['gauc']:.4f} on {len(requests)} requests")
+    elif param in ("item_lag", "user_lag"):
         model = ckpt.model if ckpt else timed_train("aif", world, model_config(world.cfg), train, world.cfg.seed)[0]
         for lag in values:
             if lag < 0:

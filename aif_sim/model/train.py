@@ -20,7 +20,8 @@ from aif_sim.errors import InputError
 from aif_sim.model.config import ModelConfig
 from aif_sim.model.factory import build_model, item_inputs, user_inputs
 from aif_sim.model.inputs import ItemInputs, UserInputs
-from aif_sim.model.world import Requests, World, WorldConfig
+from aif_sim.model.sources import DataConfig, DataWorld, config_from_dict
+from aif_sim.model.world import Requests, World
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True)
 
 
-def batch(world: World, requests: Requests, item_lag_s: float = 0.0, user_lag_s: float = 0.0) -> tuple[UserInputs, ItemInputs, Tensor]:
+def batch(world: DataWorld, requests: Requests, item_lag_s: float = 0.0, user_lag_s: float = 0.0) -> tuple[UserInputs, ItemInputs, Tensor]:
     """Model inputs and labels for requests; candidates carry the features of `item_lag_s` before each request, users
     those of `user_lag_s` before it."""
     users = user_inputs(world.user_features(requests.users, requests.times - user_lag_s))
@@ -48,7 +49,7 @@ def batch(world: World, requests: Requests, item_lag_s: float = 0.0, user_lag_s:
 
 def train_model(
     name: str,
-    world: World,
+    world: DataWorld,
     cfg: ModelConfig,
     train: TrainConfig,
     seed: int,
@@ -106,7 +107,7 @@ class Checkpoint:
     version: str
     model: nn.Module
     model_config: ModelConfig
-    world_config: WorldConfig
+    world_config: DataConfig
     train_config: TrainConfig
     seed: int
     version_number: int = 0
@@ -151,7 +152,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         cfg = ModelConfig.from_dict(payload["model_config"])
         model = build_model(payload["model"], cfg)
         model.load_state_dict(payload["state_dict"])
-        world_cfg = WorldConfig(**payload["world_config"])
+        world_cfg = config_from_dict(payload["world_config"])
         train_cfg = TrainConfig(**payload["train_config"])
         window = payload.get("train_window_s")
         return Checkpoint(
@@ -209,7 +210,7 @@ def continue_training(
     return child, seconds
 
 
-def held_out_requests(world: World, ckpt: Checkpoint) -> Requests:
+def held_out_requests(world: DataWorld, ckpt: Checkpoint) -> Requests:
     """The requests a version is evaluated on: the world's test requests for a version trained from scratch; for a
     fine-tuned version, test_requests requests of the window that follows its training window (as long as it)."""
     if ckpt.version_number == 0:

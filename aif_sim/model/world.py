@@ -27,6 +27,7 @@ sorted; change times are sums of numpy's exponential draws rounded to 2^-10 s, c
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass, replace
 
@@ -191,21 +192,30 @@ def _event_rounds(rng: np.random.Generator, mean_gap_s: np.ndarray | float, n: i
 
 
 class _Timeline:
-    """Events of n entities in one sorted array of keys `entity * span + time`: `count(ids, t)` is the number of
-    each entity's events at or before t, `position(ids, t)` the index of its state at t in a layout where each
-    entity's initial state is followed by one state per event (entities in order)."""
+    """Events of n entities, sorted by entity then time: `count(ids, t)` is the number of each entity's events at
+    or before t, `position(ids, t)` the index of its state at t in a layout where each entity's initial state is
+    followed by one state per event (entities in order). Queries compare times exactly (a binary search within
+    each entity's events), so event times need not lie on a grid."""
 
-    def __init__(self, ids: np.ndarray, times: np.ndarray, n: int, horizon_s: float) -> None:
-        self.horizon_s = horizon_s
-        self.span = float(np.ceil(horizon_s) + 4.0)
+    def __init__(self, ids: np.ndarray, times: np.ndarray, n: int) -> None:
         order = np.lexsort((times, ids))
-        self.ids, self.times = ids[order], times[order]
-        self.keys = self.ids * self.span + self.times  # exact: times are on TIME_GRID, keys below 2^43
+        self.ids, self.times = ids[order], np.asarray(times, dtype=np.float64)[order]
         self.first = np.searchsorted(self.ids, np.arange(n + 1))  # events of entities < i
 
     def _query(self, ids: np.ndarray, t: np.ndarray | float) -> np.ndarray:
+        """Per id, the index of the first of its events later than t (the number of all events before it)."""
         t = np.broadcast_to(np.asarray(t, dtype=np.float64), np.shape(ids))
-        return np.searchsorted(self.keys, ids * self.span + np.clip(t, -1.0, self.horizon_s + 1.0), side="right")
+        lo, hi = self.first[ids], self.first[ids + 1]
+        if not len(self.times):
+            return lo
+        while True:
+            open_ = lo < hi
+            if not open_.any():
+                return lo
+            mid = (lo + hi) // 2
+            later = self.times[np.minimum(mid, len(self.times) - 1)] > t
+            lo = np.where(open_ & ~later, mid + 1, lo)
+            hi = np.where(open_ & later, mid, hi)
 
     def count(self, ids: np.ndarray, t: np.ndarray | float) -> np.ndarray:
         ids = np.asarray(ids)
@@ -262,33 +272,97 @@ class World:
         ids, times, offsets, prices, pops = [np.arange(n)], [np.full(n, -1.0)], [offset], [price], [log_pop]
         if c.change_rate_per_h > 0:
             for t, alive in _event_rounds(drift, 3600.0 / c.change_rate_per_h, n, c.horizon_s):
-                move = drift.standard_normal((n, k))
-                reprice = drift.random(n) < 0.5
-                new_price = drift.integers(0, c.n_price_buckets, n)
-                jump = drift.standard_normal(n)
-                offset = np.sqrt(1 - c.change_size**2) * offset + c.change_size * self.OFFSET_SCALE * move
-                price = np.where(reprice, new_price, price)
-                log_pop = self.base_log_pop + self.POP_REVERSION * (log_pop - self.base_log_pop) + self.POP_JUMP * jump
+                offset, price, log_pop = self._changed(self._change_draws(drift, n), offset, price, log_pop, self.base_log_pop)
                 ids.append(np.flatnonzero(alive))
                 times.append(t[alive])
                 offsets.append(offset[alive])
                 prices.append(price[alive])
                 pops.append(log_pop[alive])
-        ids_all, times_all = np.concatenate(ids), np.concatenate(times)
-        order = np.lexsort((times_all, ids_all))  # by item, then time: state 0 first
-        changes = times_all[order] >= 0
-        self.changes = _Timeline(ids_all[order][changes], times_all[order][changes], n, c.horizon_s)
-        self.state_item = ids_all[order]
-        self.state_latent = _grid(_unit(self.centres[self.category[self.state_item]] + np.concatenate(offsets)[order])).astype(np.float32)
-        self.state_price = np.concatenate(prices)[order].astype(np.int64)
-        self.state_log_pop = np.concatenate(pops)[order]
+        self._set_item_states(
+            np.concatenate(ids), np.concatenate(times), np.concatenate(offsets), np.concatenate(prices), np.concatenate(pops)
+        )
+        self.item_order = np.argsort(-self.base_log_pop, kind="stable")
+        self.latent0 = self.state_latent[self.item_state(np.arange(n), 0.0)]  # behaviours' latents (history: time 0)
+        self.mm0 = self.mm(self.latent0, np.arange(n))  # and their multi-modal embeddings
+
+    def _change_draws(self, rng: np.random.Generator, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The random draws of m item changes: latent moves, whether to reprice, new prices, popularity jumps."""
+        return (
+            rng.standard_normal((m, self.cfg.latent_dim)),
+            rng.random(m) < 0.5,
+            rng.integers(0, self.cfg.n_price_buckets, m),
+            rng.standard_normal(m),
+        )
+
+    def _changed(
+        self,
+        draws: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+        offset: np.ndarray,
+        price: np.ndarray,
+        log_pop: np.ndarray,
+        base_log_pop: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The state after one change of each of these items (`draws`: theirs, from `_change_draws`): the latent
+        offset moves (`change_size`), the price bucket is redrawn half the time, the log popularity jumps and
+        reverts towards its base."""
+        c = self.cfg
+        move, reprice, new_price, jump = draws
+        offset = np.sqrt(1 - c.change_size**2) * offset + c.change_size * self.OFFSET_SCALE * move
+        price = np.where(reprice, new_price, price)
+        log_pop = base_log_pop + self.POP_REVERSION * (log_pop - base_log_pop) + self.POP_JUMP * jump
+        return offset, price, log_pop
+
+    def _set_item_states(self, ids: np.ndarray, times: np.ndarray, offsets: np.ndarray, prices: np.ndarray, pops: np.ndarray) -> None:
+        """The item timeline from every state (initial ones at time -1, one per change): the states ordered by item,
+        then time, and the features of each."""
+        c, n = self.cfg, self.cfg.n_items
+        order = np.lexsort((times, ids))  # by item, then time: state 0 first
+        changes = times[order] >= 0
+        self.changes = _Timeline(ids[order][changes], times[order][changes], n)
+        self.state_item = ids[order]
+        self.state_time = times[order]  # -1 for initial states
+        self.state_offset = offsets[order]
+        self.state_latent = _grid(_unit(self.centres[self.category[self.state_item]] + self.state_offset)).astype(np.float32)
+        self.state_price = prices[order].astype(np.int64)
+        self.state_log_pop = pops[order]
         # popularity buckets by fixed thresholds: the bucket of time 0's rank for the same log popularity
         ascending = np.sort(self.base_log_pop)
         more_popular = n - np.searchsorted(ascending, self.state_log_pop, side="right")
         self.state_pop = np.minimum(more_popular * c.n_pop_buckets // n, c.n_pop_buckets - 1).astype(np.int64)
-        self.item_order = np.argsort(-self.base_log_pop, kind="stable")
-        self.latent0 = self.state_latent[self.item_state(np.arange(n), 0.0)]  # behaviours' latents (history: time 0)
-        self.mm0 = self.mm(self.latent0, np.arange(n))  # and their multi-modal embeddings
+
+    def following(self, items: np.ndarray, times: np.ndarray, after_s: float, seed: int) -> World:
+        """This world with its item changes after `after_s` replaced by the listed ones (item `items[k]` changes at
+        world time `times[k]` > after_s, any time, past the horizon too), each by the world's own change dynamics
+        drawn from a stream of `seed`; users, behaviours and every state up to `after_s` are this world's."""
+        items, times = np.asarray(items, dtype=np.int64), np.asarray(times, dtype=np.float64)
+        if len(times) and times.min() <= after_s:
+            raise ValueError(f"following: changes must come after {after_s:g} s")
+        world = copy.copy(self)
+        kept = self.state_time <= after_s  # the initial states (time -1) and the changes up to after_s
+        ids, offsets = [self.state_item[kept]], [self.state_offset[kept]]
+        prices, pops, all_times = [self.state_price[kept]], [self.state_log_pop[kept]], [self.state_time[kept]]
+        # each item's state at after_s, then its listed changes in rounds (round r: every item's r-th listed change)
+        n = self.cfg.n_items
+        current = self.item_state(np.arange(n), after_s)
+        offset, price, log_pop = self.state_offset[current], self.state_price[current], self.state_log_pop[current]
+        order = np.lexsort((times, items))
+        items, times = items[order], times[order]
+        first = np.searchsorted(items, np.arange(n + 1))
+        count = np.diff(first)
+        draws = self._change_draws(np.random.default_rng([self.cfg.seed, 7, seed]), len(items))  # change j's: row j
+        alive = np.flatnonzero(count)
+        for r in range(int(count.max(initial=0))):
+            alive = alive[count[alive] > r]
+            rows = first[alive] + r
+            step = self._changed(tuple(d[rows] for d in draws), offset[alive], price[alive], log_pop[alive], self.base_log_pop[alive])
+            offset[alive], price[alive], log_pop[alive] = step
+            ids.append(alive)
+            all_times.append(times[rows])
+            offsets.append(offset[alive])
+            prices.append(price[alive])
+            pops.append(log_pop[alive])
+        world._set_item_states(*(np.concatenate(x) for x in (ids, all_times, offsets, prices, pops)))
+        return world
 
     def item_state(self, items: np.ndarray, t: np.ndarray | float) -> np.ndarray:
         """Index of each item's state at time(s) t (broadcast to items): the same index means the same features.
@@ -367,7 +441,7 @@ class World:
         ids_all, times_all = np.concatenate(ids), np.concatenate(times)
         order = np.lexsort((times_all, ids_all))
         switches = times_all[order] >= 0
-        self.switches = _Timeline(ids_all[order][switches], times_all[order][switches], c.n_users, c.horizon_s)
+        self.switches = _Timeline(ids_all[order][switches], times_all[order][switches], c.n_users)
         self.switch_interest = np.minimum(np.concatenate(picks)[order], c.n_interests - 1)
 
     def current_interest(self, users: np.ndarray, t: np.ndarray | float) -> np.ndarray:
@@ -390,7 +464,7 @@ class World:
             for t, alive in _event_rounds(timeline, 1.0 / rate_per_s, c.n_users, c.horizon_s):
                 ids.append(np.flatnonzero(alive))
                 times.append(t[alive])
-        self.behaviours = _Timeline(np.concatenate(ids), np.concatenate(times), c.n_users, c.horizon_s)
+        self.behaviours = _Timeline(np.concatenate(ids), np.concatenate(times), c.n_users)
         # each user's timeline: short_len items of history (near the interest current at time 0), then one per event
         interest_at = self.current_interest(self.behaviours.ids, self.behaviours.times)
         draws = timeline.random(c.n_users * c.short_len + len(self.behaviours.ids))

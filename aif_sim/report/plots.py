@@ -430,7 +430,8 @@ def _duration(seconds: float) -> str:
 
 def plot_model_sweep(path: Path, rows: list[dict[str, Any]], column: str) -> Figure:
     """GAUC and AUC against the swept value of a model sweep, a numeric one on a numeric axis (symlog where it
-    spans decades; lags in seconds labelled as durations); the oracle's (the ceiling) in the title."""
+    spans decades; lags in seconds labelled as durations); the oracle's (the ceiling) in the title where the data
+    has one (a log has no true click probabilities)."""
     values = [r[column] for r in rows]
     numeric = all(_finite(v) for v in values)
     xs = values if numeric else list(range(len(rows)))
@@ -447,7 +448,8 @@ def plot_model_sweep(path: Path, rows: list[dict[str, Any]], column: str) -> Fig
     ax.set_xlabel(f"{column} (log scale past {labels[values.index(min(positive))]})" if ax.get_xscale() == "symlog" else column)
     ax.set_ylabel("held-out metric")
     oracle = rows[0]
-    ax.set_title(f"oracle GAUC {oracle['oracle_gauc']:.3f}, AUC {oracle['oracle_auc']:.3f}", fontsize=10)
+    if "oracle_gauc" in oracle:
+        ax.set_title(f"oracle GAUC {oracle['oracle_gauc']:.3f}, AUC {oracle['oracle_auc']:.3f}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)

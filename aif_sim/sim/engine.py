@@ -16,6 +16,7 @@ from aif_sim.core.flow import Flow, FlowRun, Fork, Pause, Visit
 from aif_sim.core.latency import Sampler
 from aif_sim.core.replay import ServiceTrace
 from aif_sim.core.request import Outcome, Request
+from aif_sim.core.shadow import Retrieval
 from aif_sim.core.system import RequestSource, cache_policies, nearline_stores, run_step_s, shadow_sampling
 from aif_sim.core.traffic import stream
 from aif_sim.metrics.recorder import Recorder, RequestSink
@@ -26,7 +27,8 @@ from aif_sim.sim.pools import BatchingPool, StagePool, cancellable
 
 
 class PipelineSimulation:
-    """One pipeline over one scenario: stage pools, request flow, recorder."""
+    """One pipeline over one scenario: stage pools, request flow, recorder (`retrieve`: the shadow-scored world's
+    retrieval, for a scenario that shadow-scores)."""
 
     def __init__(
         self,
@@ -36,9 +38,11 @@ class PipelineSimulation:
         sink: RequestSink | None = None,
         trace: ServiceTrace | None = None,
         timelines: float = 0.0,
+        retrieve: Retrieval | None = None,
     ) -> None:
         """`trace`: arrival and service times to replay in place of the draws where it has them (`core.replay`);
-        `timelines`: the share of requests whose timelines are kept (`metrics.trace`)."""
+        `timelines`: the share of requests whose timelines are kept (`metrics.trace`); `retrieve`: the
+        shadow-scored world's retrieval (`core.shadow`)."""
         self.scenario = scenario
         self.traced = trace is not None
         self.samplers = samplers
@@ -51,7 +55,7 @@ class PipelineSimulation:
             self.recorder.start_trace(timelines, self.stores)
         self.pools = {name: self._pool(slot, name) for slot, name in enumerate(self.stage_names)}
         self.slots = list(self.pools.values())
-        shadow = shadow_sampling(scenario, self.stores)
+        shadow = shadow_sampling(scenario, self.stores, retrieve)
         env = self.env
         self.flow = Flow(scenario.pipeline(pipeline), self.caches, self.stores, lambda: env.now, shadow)
         if shadow is not None:

@@ -87,8 +87,9 @@ def test_stale_quality_loss_grows_with_vector_age_at_minutes_scale(world, shadow
             shadow.score(user_ranks[r], requests.times[r], item_ranks[r], requests.times[r] - age, 0, 0, rng=rng)
             for r in range(len(requests))
         ]
-        quality = shadow_quality(scored)
+        quality = shadow_quality(scored, np.random.default_rng(1))
         assert quality["scored_requests"] == len(requests) and set(quality["stale"]) == {"auc", "gauc", "hr_at_100"}
+        assert quality["gauc_loss"]["mean"] == pytest.approx(quality["fresh"]["gauc"] - quality["stale"]["gauc"], abs=1e-12)
         loss[age] = quality["fresh"]["gauc"] - quality["stale"]["gauc"]
     assert loss[0.0] == 0.0
     assert 0.0 < loss[600.0] < loss[3600.0] < loss[4 * 3600.0], loss
