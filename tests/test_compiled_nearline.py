@@ -114,7 +114,7 @@ CASES = {
     "aif_on_update_outage": ("aif", {"item_updates_per_s": 400, "refresh": ON_UPDATE}, OUTAGE),
     "aif_periodic": ("aif", {"item_updates_per_s": 100, "refresh": PERIODIC}, []),
     "aif_always_fresh": ("aif", {"item_updates_per_s": 100, "refresh": {"mode": "periodic", "interval_s": 0}}, []),
-    # rollouts of ~8 s (2,000 items at 1 worker / 4 ms = 250/s) every 3 s: they overlap
+    # rollouts of ~8 s (2,000 items at 1 worker / 4 ms = 250/s) published every 3 s: the newest waits for the last
     "publish_consistent": ("aif", {"item_updates_per_s": 200, "refresh": {**ON_UPDATE, "workers": 1}, "model_publish_interval_s": 3}, []),
     "publish_latest": (
         "aif",
@@ -124,6 +124,12 @@ CASES = {
     "publish_periodic_outage": (
         "aif",
         {"item_updates_per_s": 200, "refresh": PERIODIC, "model_publish_interval_s": 2.5, "version_policy": "latest"},
+        OUTAGE,
+    ),
+    # passes of 2 s (2,000 items at 1,000/s) due every second run back to back; rollouts cut them short
+    "periodic_overrun_publish": (
+        "aif",
+        {"item_updates_per_s": 200, "refresh": {**PERIODIC, "interval_s": 1, "workers": 1}, "model_publish_interval_s": 2.5},
         OUTAGE,
     ),
     "uic_on_update": ("uic", {"user_events_per_s": 300, "user_refresh": {**ON_UPDATE, "workers": 1}}, OUTAGE),

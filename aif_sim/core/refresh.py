@@ -118,13 +118,12 @@ class RefreshPool:
         self.dirty: dict[int, float] = {}  # changed entities waiting for a refresh (oldest first) -> latest change
         self.running: list[tuple[float, int, int, int, float]] = []  # in flight: (end, order, entity, version, read at)
         self._order = 0  # refreshes started so far (ties between equal ends go in start order)
-        self.publications = 0  # rollouts published so far
+        self.publications = 0  # model versions published so far
         self.rollout_waiting = False
         self.next_pass_s = self.interval_s  # when the next pass is due (None: not scheduled)
         self.pass_waiting = False
         self.busy_s = 0.0  # worker-seconds of refresh finished
         self.overrun_s = 0.0  # the most a pass ran past its interval
-        self.refreshes = 0  # per-entity refreshes finished
         self._gauge_busy = (0.0, 0.0)  # (second, worker-seconds spent by then) of the last utilization gauge
 
     # --- the process --------------------------------------------------------------------------------
@@ -174,7 +173,6 @@ class RefreshPool:
             end, _, entity, version, read_s = heapq.heappop(self.running)
             store.refreshed(entity, read_s, version)
             self.busy_s += end - read_s
-            self.refreshes += 1
         sweep = store.sweep
         if sweep is not None and sweep.end_s <= now:
             self._close_sweep(sweep, sweep.end_s)
