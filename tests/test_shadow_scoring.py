@@ -165,9 +165,7 @@ def test_the_scored_world_changes_the_simulators_items_at_the_simulators_times(c
     samples = recorder.shadow_samples
     scorer = shadow_scorer(scenario)
     simulated = _simulated_stale(scenario, samples)
-    world = np.concatenate(
-        [scorer.world.changed_between(scorer.world_items(s.items), scorer.world_time(s.made_s), scorer.world_time(s.t_s)) for s in samples]
-    )
+    world = np.concatenate([scorer.item_changed(s.items, s.made_s, s.t_s) for s in samples])
     assert 0.05 < simulated.mean() < 0.95
     np.testing.assert_array_equal(world, simulated)
     assert recorder.summary()["quality"]["stale_fraction"] == pytest.approx(world.mean(), abs=1e-12)
