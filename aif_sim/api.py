@@ -24,7 +24,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -291,9 +291,11 @@ class ManyRuns:
     default_out: bool = False
     force: bool = False
 
-    def context(self, scenario: Scenario, param: str, hooks: Hooks, stop: StopSignal, cache: PointCache) -> SweepContext:
-        """What every run shares, for the sweep machinery (`app.sweep`)."""
-        return SweepContext(
+    def context(
+        self, scenario: Scenario, param: str, hooks: Hooks, stop: StopSignal, cache: PointCache, kind: type[SweepContext] = SweepContext
+    ) -> SweepContext:
+        """What every run shares, for the sweep machinery (`app.sweep`), as a `kind` of sweep."""
+        return kind(
             self.source,
             scenario,
             param,
@@ -393,8 +395,7 @@ def _sensitivity(options: SweepOptions, scenario: Scenario, hooks: Hooks) -> Swe
         build_samplers(load_scenario(options.source, options.overrides + scale_overrides(scenario, factor)), options.source)
     cache = PointCache(options.cache)
     with hooks.stopping() as stop, _output(options.out, options.default_out, options.force, scenario, keep=False) as (folder, _):
-        shared = options.context(scenario, PARAM, hooks, stop, cache)
-        ctx = ScaledSweep(**{f.name: getattr(shared, f.name) for f in fields(SweepContext)})
+        ctx = options.context(scenario, PARAM, hooks, stop, cache, ScaledSweep)
         rows, results, extra = sensitivity_sweep(ctx, scales, options.capacity)
         document = write_sweep(ctx, folder.path, rows, results, extra)
         out = folder.commit()
