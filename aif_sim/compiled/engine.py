@@ -38,7 +38,7 @@ from aif_sim.core.latency import Sampler
 from aif_sim.core.refresh import version_switches
 from aif_sim.core.replay import ServiceTrace
 from aif_sim.core.sampling import sampled
-from aif_sim.core.shadow import Retrieval, ShadowSample
+from aif_sim.core.shadow import Retrieval
 from aif_sim.core.system import RequestDraws, RequestSource, cache_policies, run_step_s, shadow_sampling
 from aif_sim.metrics.recorder import Recorder, RequestSink, VectorReads
 from aif_sim.scenario.pipelines import Cached, Pipeline, branches_of, calls_of
@@ -358,22 +358,16 @@ class _Vectors:
         return np.flatnonzero(wanted)[: max(0, shadow.limit - len(shadow.samples))].tolist()
 
     def _shadow_read(self, system: _Requests, i: int, now: float) -> None:
-        """The vectors of the shadow candidates of request i, read at `now`."""
+        """The vectors shadow scoring takes for request i, read at `now` (`ShadowSampling.take`)."""
         shadow, store = self.shadow, self.nearline.stores[self.name]
         assert shadow is not None
-        items = shadow.candidates(int(system.column("users")[i]), now)
-        made, versions, _, _ = self.nearline.read(self.name, np.array([now]), items[None, :])
+
+        def read(entities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            made, versions, _, _ = self.nearline.read(self.name, np.array([now]), entities[None, :])
+            return made[0], versions[0]
+
         user_vector_s = float(system.column("user_vector_s")[i])
-        sample = ShadowSample(
-            int(system.column("users")[i]),
-            float(now),
-            items,
-            made[0],
-            versions[0].astype(np.int32),
-            store.serving_version,
-            None if math.isnan(user_vector_s) else user_vector_s,
-        )
-        shadow.samples.append(sample)
+        shadow.take(int(system.column("users")[i]), float(now), read, store, None if math.isnan(user_vector_s) else user_vector_s)
 
 
 def _cache_slots(pipeline: Pipeline, caches: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -27,7 +27,7 @@ import numpy as np
 from aif_sim.core.cache import CachePolicy
 from aif_sim.core.nearline import NearlineStore
 from aif_sim.core.request import Outcome, Request
-from aif_sim.core.shadow import ShadowSample, ShadowSampling
+from aif_sim.core.shadow import ShadowSampling
 from aif_sim.scenario.pipelines import Cached, Call, Pipeline, branches_of
 
 COMPLETED = Outcome.COMPLETED
@@ -169,8 +169,9 @@ class Flow:
 
     def _vectors(self, name: str, store: NearlineStore, inner: Branch) -> Branch:
         """When the fetch ends, measure the vectors it read: the request's candidate sample (items) or its user;
-        for a request shadow scoring takes, record the vectors of a larger candidate set."""
-        clock, shadow = self.clock, self.shadow if name == "items" else None
+        for a request shadow scoring takes, record the vectors it scores (`ShadowSampling.take`)."""
+        clock = self.clock
+        shadow = self.shadow if self.shadow is not None and self.shadow.store == name else None
 
         def vectors(request: Request) -> FlowRun:
             outcome = yield from inner(request)
@@ -182,10 +183,7 @@ class Flow:
                 mismatch = int(np.count_nonzero(version != store.serving_version))
                 request.vectors = (name, now - made, stale, mismatch)
                 if shadow is not None and shadow.wants(request):
-                    items = shadow.candidates(request.user, now)
-                    made, version = store.read(items, now)
-                    sample = ShadowSample(request.user, now, items, made, version, store.serving_version, request.user_vector_s)
-                    shadow.samples.append(sample)
+                    shadow.take(request.user, now, lambda entities: store.read(entities, now), store, request.user_vector_s)
             return outcome
 
         return vectors

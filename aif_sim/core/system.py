@@ -87,12 +87,14 @@ def nearline_stores(scenario: Scenario, pipeline: str) -> dict[str, NearlineStor
 
 
 def shadow_sampling(scenario: Scenario, stores: dict[str, NearlineStore], retrieve: Retrieval | None) -> ShadowSampling | None:
-    """Which requests shadow scoring takes, when the scenario asks for it, the pipeline reads item vectors and the
-    scored world's retrieval is given (`app.quality.shadow_retrieval`)."""
+    """Which requests shadow scoring takes, when the scenario asks for it, the pipeline reads nearline vectors and
+    the scored world's retrieval is given (`app.quality.shadow_retrieval`): at its reads of item vectors, or of
+    user-interest vectors when it reads no item vectors."""
     model = scenario.model
-    if model is None or model.shadow_rate == 0 or "items" not in stores or retrieve is None:
+    if model is None or model.shadow_rate == 0 or not stores or retrieve is None:
         return None
-    return ShadowSampling(model.shadow_rate, model.shadow_requests, retrieve, stream(scenario.seed, "shadow-candidates"))
+    store = "items" if "items" in stores else "users"
+    return ShadowSampling(model.shadow_rate, model.shadow_requests, retrieve, stream(scenario.seed, "shadow-candidates"), store)
 
 
 @dataclass(frozen=True)

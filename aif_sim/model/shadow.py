@@ -19,6 +19,12 @@ exactly those times, world item w whenever the simulated rank it stands for chan
 dynamics; before `world_start_s` the world is the one the models were trained on. A candidate's vector is then
 stale in the scored world exactly when it is stale in the simulator.
 
+UIC's user-interest vectors (`score_user_interest`): the light model (`light`) scores a request's candidates
+with its user-interest vector made when the system read the user's features (by its version) and with one made
+at t; the candidates' features are read at t in both (UIC fetches them online). The user's features follow the
+simulator's user events (`user_changes`; `model.followed`): a stored vector is stale exactly when the simulator
+says so. The AIF user side keeps the world's own behaviours.
+
 Work per request: the user side once (serving version), the item side once per distinct item state for the
 fresh vectors, and again only for candidates whose stale vector differs (another state or another version),
 grouped by version; real time once for all candidates and once more for the candidates that differ.
@@ -26,7 +32,7 @@ grouped by version; real time once for all candidates and once more for the cand
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -36,8 +42,10 @@ import torch
 from aif_sim.core.changes import ChangeChunk
 from aif_sim.errors import InputError
 from aif_sim.model.aif_model import AIFModel, ItemState
+from aif_sim.model.baselines import LightPrerankModel
 from aif_sim.model.evaluate import paired_gauc_difference, ragged_metrics
 from aif_sim.model.factory import item_inputs, user_inputs
+from aif_sim.model.followed import FollowedUsers
 from aif_sim.model.threads import set_threads
 from aif_sim.model.train import Checkpoint, load_checkpoint
 from aif_sim.model.world import World
@@ -60,51 +68,74 @@ class ScoredRequest:
     labels: np.ndarray  # [C] 0/1 draws from probs
     stale_fraction: float  # share of candidates whose features changed after their vector time
     version_mismatch_fraction: float  # share of candidates whose vector was made by another version than the serving one
+    user_stale: bool = False  # the user's features changed after its (cached or stored) user vector was made
+    user_vector_age_s: float = 0.0  # t minus when the user vector scored was made (0: made for the request)
 
 
 def _concat(states: Sequence[ItemState]) -> ItemState:
     return ItemState(*(torch.cat([getattr(s, f.name) for s in states]) for f in fields(ItemState)))
 
 
-class ShadowScorer:
-    """AIF model versions (checkpoints of one world and one model config) and the world they were trained on.
+Versions = Sequence[str | Path | Checkpoint] | Mapping[int, str | Path | Checkpoint]
 
-    `checkpoints`: a list of checkpoint paths (or `Checkpoint`s), versions 0, 1, ... in that order, or a mapping
-    version -> checkpoint; the simulator's model version numbers are these keys.
+
+def _versions(checkpoints: Versions, name: str, model: type) -> dict[int, Checkpoint]:
+    """Checkpoints by model version (a list: versions 0, 1, ... in order), each of model `name`, all of one model
+    config; InputError otherwise."""
+    items = checkpoints.items() if isinstance(checkpoints, Mapping) else enumerate(checkpoints)
+    loaded = {int(v): c if isinstance(c, Checkpoint) else load_checkpoint(c) for v, c in items}
+    for version, ckpt in loaded.items():
+        if ckpt.name != name or not isinstance(ckpt.model, model):
+            raise InputError(f"shadow scoring: {name} version {version} is a {ckpt.name} model; expected {name} checkpoints")
+        if ckpt.model_config != loaded[min(loaded)].model_config:
+            raise InputError(f"shadow scoring: {name} version {version} has another model config than version {min(loaded)}")
+    return loaded
+
+
+class ShadowScorer:
+    """Model versions (AIF checkpoints of one model config, light ones of another) and the world all were trained on.
+
+    `checkpoints`: AIF checkpoint paths (or `Checkpoint`s), versions 0, 1, ... in that order, or a mapping
+    version -> checkpoint; the simulator's model version numbers are these keys. `light`: the light (UIC-style)
+    pre-ranker's versions, likewise (a single checkpoint: version 0). At least one checkpoint is needed.
     `n_users`, `n_items`: the simulated populations whose ranks are mapped onto the world (default: the world's).
-    `world_start_s`: world time of simulated time 0 (default: the training end of the earliest version).
+    `world_start_s`: world time of simulated time 0 (default: the training end of the earliest AIF version, or of
+    the earliest light one when there is no AIF checkpoint).
     `item_changes`: the simulator's item changes (`core.changes.ChangeChunk`s: simulated times and rank ranges);
     the scored world's items change at those times instead of at its own (None: the world's own changes).
+    `user_changes`: a function that returns the simulator's user events (as `core.changes.user_changes`) anew: the
+    user-interest vectors' users behave at those events only (None: no event after `world_start_s`).
     `seed`: the label draws' generator; `threads`: torch / BLAS threads (None: leave as they are).
     """
 
     def __init__(
         self,
-        checkpoints: Sequence[str | Path | Checkpoint] | Mapping[int, str | Path | Checkpoint],
+        checkpoints: Versions = (),
         *,
+        light: str | Path | Checkpoint | Versions | None = None,
         n_users: int | None = None,
         n_items: int | None = None,
         world_start_s: float | None = None,
         item_changes: Iterable[ChangeChunk] | None = None,
+        user_changes: Callable[[], Iterable[ChangeChunk]] | None = None,
         seed: int = 0,
         threads: int | None = 1,
     ) -> None:
         if threads is not None:
             set_threads(threads)
-        items = checkpoints.items() if isinstance(checkpoints, Mapping) else enumerate(checkpoints)
-        loaded = {int(v): c if isinstance(c, Checkpoint) else load_checkpoint(c) for v, c in items}
-        if not loaded:
+        loaded = _versions(checkpoints, "aif", AIFModel)
+        light_versions = [] if light is None else [light] if isinstance(light, str | Path | Checkpoint) else light
+        light_loaded = _versions(light_versions, "light", LightPrerankModel)
+        if not loaded and not light_loaded:
             raise InputError("shadow scoring: no checkpoint given")
-        first = loaded[min(loaded)]
-        for version, ckpt in loaded.items():
-            if ckpt.name != "aif" or not isinstance(ckpt.model, AIFModel):
-                raise InputError(f"shadow scoring: version {version} is a {ckpt.name} model; shadow scoring needs AIF checkpoints")
-            if ckpt.world_config != first.world_config or ckpt.model_config != first.model_config:
-                raise InputError(
-                    f"shadow scoring: version {version} was trained on another world or model config than version {min(loaded)}"
-                )
+        first = loaded[min(loaded)] if loaded else light_loaded[min(light_loaded)]
+        for name, versions in (("aif", loaded), ("light", light_loaded)):
+            for version, ckpt in versions.items():
+                if ckpt.world_config != first.world_config:
+                    raise InputError(f"shadow scoring: {name} version {version} was trained on another world than {first.name} version 0")
         self.checkpoints = loaded
         self.models: dict[int, AIFModel] = {v: c.model.eval() for v, c in loaded.items()}
+        self.light_models: dict[int, LightPrerankModel] = {v: c.model.eval() for v, c in light_loaded.items()}
         cfg = first.world_config
         self.world = World(cfg)
         self.n_users = cfg.n_users if n_users is None else int(n_users)
@@ -116,6 +147,18 @@ class ShadowScorer:
             self.world = self.world.following(items, self.world_time(times), self.world_start_s, seed)
         self._item_rank_of = np.empty(cfg.n_items, dtype=np.int64)
         self._item_rank_of[self.world.item_order] = np.arange(cfg.n_items)
+        self._user_changes = user_changes
+        self.users = FollowedUsers(self.world, self.n_users, self.world_start_s, seed)
+
+    def follow_users(self, user_ranks: Iterable[int]) -> None:
+        """Take the simulator's user events of these simulated user ranks (one pass over them), so that their
+        user-interest vectors can be scored (`score_user_interest`)."""
+        chunks = self._user_changes() if self._user_changes is not None else ()
+        self.users.follow(user_ranks, chunks, self.world_start_s)
+
+    def user_changed(self, user_rank: int, t0: float, t1: float) -> bool:
+        """Whether a followed user's features changed in (t0, t1] (simulated times)."""
+        return self.users.changed_between(user_rank, float(self.world_time(t0)), float(self.world_time(t1)))
 
     def _world_changes(self, chunks: Iterable[ChangeChunk]) -> tuple[np.ndarray, np.ndarray]:
         """World items and simulated times of the simulator's changes that touch a rank a world item stands for."""
@@ -191,6 +234,12 @@ class ShadowScorer:
         except KeyError:
             raise ValueError(f"model version {version} unknown: this scorer holds versions {self.versions}") from None
 
+    def _light(self, version: int) -> LightPrerankModel:
+        try:
+            return self.light_models[int(version)]
+        except KeyError:
+            raise ValueError(f"light model version {version} unknown: this scorer holds versions {sorted(self.light_models)}") from None
+
     def _item_states(self, version: int, items: np.ndarray, states: np.ndarray) -> tuple[ItemState, np.ndarray]:
         """Item-side results of `version` for each distinct state, and the index of each row's state among them."""
         distinct, first, inverse = np.unique(states, return_index=True, return_inverse=True)
@@ -236,7 +285,7 @@ class ShadowScorer:
         fresh_logits = serving.realtime(user_state, ItemState(*(x[None] for x in _fields(fresh_items))))[0]
 
         differs = (stale_state != fresh_state) | (versions != int(serving_version))
-        stale_user = user_state
+        stale_user, when = user_state, now
         if user_vector_time is not None or user_vector_version is not None:
             when = now if user_vector_time is None else float(self.world_time(user_vector_time))
             by = self._model(serving_version if user_vector_version is None else user_vector_version)
@@ -261,8 +310,8 @@ class ShadowScorer:
             stale_items = _concat(parts)
             stale_logits[torch.from_numpy(picked)] = serving.realtime(stale_user, ItemState(*(x[None] for x in _fields(stale_items))))[0]
 
-        probs = self.world.click_prob(np.array([user]), items[None, :], np.array([now]))[0]
-        labels = ((rng or self.rng).random(n) < probs).astype(np.int8)
+        probs, labels = self._truth(user, items, now, rng)
+        behaved = self.world.behaviours.count(np.array([user, user]), np.array([when, now]))
         return ScoredRequest(
             user_rank=int(user_rank),
             user=user,
@@ -275,6 +324,60 @@ class ShadowScorer:
             labels=labels,
             stale_fraction=float(np.mean(stale_state < fresh_state)) if n else 0.0,
             version_mismatch_fraction=float(np.mean(versions != int(serving_version))) if n else 0.0,
+            user_stale=bool(behaved[1] > behaved[0]),
+            user_vector_age_s=now - when,
+        )
+
+    def _truth(self, user: int, items: np.ndarray, now: float, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
+        """The world user's true click probabilities of the world items at world time `now`, and labels drawn from them."""
+        probs = self.world.click_prob(np.array([user]), items[None, :], np.array([now]))[0]
+        return probs, ((rng or self.rng).random(len(items)) < probs).astype(np.int8)
+
+    @torch.inference_mode()
+    def score_user_interest(
+        self,
+        user_rank: int,
+        t: float,
+        item_ranks: np.ndarray,
+        vector_time: float,
+        vector_version: int,
+        serving_version: int,
+        rng: np.random.Generator | None = None,
+    ) -> ScoredRequest:
+        """Score one UIC request at simulated time t with the light model: candidates `item_ranks` [C] (their features
+        read at t), the user-interest vector the system had (made at `vector_time` by `vector_version` from the user's
+        features then) and one made at t by `serving_version`, whose head scores both. The user must be followed
+        (`follow_users`). Labels are drawn with `rng` (default: the scorer's generator)."""
+        item_ranks = np.asarray(item_ranks, dtype=np.int64).ravel()
+        now, made = float(self.world_time(t)), float(self.world_time(vector_time))
+        if not (np.isfinite(now) and np.isfinite(made)):
+            raise ValueError("shadow scoring: the request time and the vector time must be finite numbers of seconds")
+        serving, by = self._light(serving_version), self._light(vector_version)
+        user = int(self.world_users(int(user_rank)))
+        items = self.world_items(item_ranks)
+        candidates = item_inputs(self.world.item_features(items[None, :], now))
+        fresh_vector = serving.user_tower(user_inputs(self.users.features(user_rank, now)))[0]
+        changed = self.users.changed_between(user_rank, made, now)
+        fresh = serving.online(fresh_vector, candidates)[0]
+        stale = fresh
+        if changed or int(vector_version) != int(serving_version):
+            stale_vector = by.user_tower(user_inputs(self.users.features(user_rank, made)))[0]
+            stale = serving.online(stale_vector, candidates)[0]
+        probs, labels = self._truth(user, items, now, rng)
+        return ScoredRequest(
+            user_rank=int(user_rank),
+            user=user,
+            t=float(t),
+            item_ranks=item_ranks,
+            items=items,
+            stale=torch.sigmoid(stale).double().numpy(),
+            fresh=torch.sigmoid(fresh).double().numpy(),
+            probs=probs,
+            labels=labels,
+            stale_fraction=0.0,  # the candidates' features are read at t
+            version_mismatch_fraction=float(int(vector_version) != int(serving_version)),
+            user_stale=changed,
+            user_vector_age_s=now - made,
         )
 
 
@@ -287,13 +390,17 @@ def shadow_quality(scored: Sequence[ScoredRequest], rng: np.random.Generator, k:
     `stale_fraction` (the share of scored candidates whose world item changed after its vector was made),
     `stale` and `fresh` ({"auc", "gauc", "hr_at_100"}: GAUC groups by simulated user rank; AUC pools all
     candidates; HR@k is the share of clicked candidates in their request's top k; nan when the labels have one
-    class only) and `gauc_loss` (fresh - stale GAUC with its paired bootstrap interval `lo`, `hi`, standard error
-    `se` and the smallest loss the run could detect, `detectable`: `paired_gauc_difference`, drawn with `rng`)."""
+    class only), `gauc_loss` (fresh - stale GAUC with its paired bootstrap interval `lo`, `hi`, standard error
+    `se` and the smallest loss the run could detect, `detectable`: `paired_gauc_difference`, drawn with `rng`),
+    `user_stale_fraction` (the share of scored requests whose user's features changed after the user vector
+    scored was made) and `user_vector_age_s` (`mean`, `p50`, `p99`, `max` of that vector's age; 0 for a vector
+    made for the request)."""
     groups = [r.user_rank for r in scored]
     labels = [r.labels for r in scored]
     sizes = np.array([len(r.labels) for r in scored], dtype=np.int64)
     flat = {name: np.concatenate([getattr(r, name) for r in scored]) if scored else np.empty(0) for name in ("labels", "stale", "fresh")}
     stale_share = np.array([r.stale_fraction for r in scored])
+    ages = np.array([r.user_vector_age_s for r in scored], dtype=np.float64)
     return {
         "scored_requests": len(scored),
         "scored_candidates": int(sizes.sum()),
@@ -301,7 +408,17 @@ def shadow_quality(scored: Sequence[ScoredRequest], rng: np.random.Generator, k:
         "stale": ragged_metrics(groups, labels, [r.stale for r in scored], k),
         "fresh": ragged_metrics(groups, labels, [r.fresh for r in scored], k),
         "gauc_loss": paired_gauc_difference(np.repeat(groups, sizes), flat["labels"], flat["fresh"], flat["stale"], rng),
+        "user_stale_fraction": float(np.mean([r.user_stale for r in scored])) if scored else float("nan"),
+        "user_vector_age_s": _age_summary(ages),
     }
+
+
+def _age_summary(ages: np.ndarray) -> dict[str, float]:
+    """`mean`, `p50`, `p99` and `max` of ages (s; nan when there are none)."""
+    if not len(ages):
+        return dict.fromkeys(("mean", "p50", "p99", "max"), float("nan"))
+    p50, p99 = np.quantile(ages, [0.5, 0.99])
+    return {"mean": float(ages.mean()), "p50": float(p50), "p99": float(p99), "max": float(ages.max())}
 
 
 def world_item_changes(checkpoint: str | Path, population: int, duration_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -485,10 +485,25 @@ class World:
                 begin = self.timeline_start[u]
                 which = np.concatenate([np.full(c.short_len, initial[u]), interest_at[lo:hi]])
                 u_draws = draws[begin : begin + c.short_len + hi - lo]
-                for j in np.unique(which):
-                    rows = np.flatnonzero(which == j)
-                    self.timeline_items[begin + rows] = _inverse_cdf(self.SHORT_SHARPNESS * near[row, j] + pop, u_draws[rows])
+                self.timeline_items[begin : begin + len(which)] = self._near_interests(near[row], which, u_draws, pop)
             self.relevant[users] = np.sort(np.argpartition(-closeness, self.relevant.shape[1], axis=1)[:, : self.relevant.shape[1]], axis=1)
+
+    def _near_interests(self, near: np.ndarray, which: np.ndarray, uniforms: np.ndarray, pop: np.ndarray) -> np.ndarray:
+        """Behaviour items, one per uniform draw, each near the user's interest `which[k]` (`near` [m, n_items]: the
+        interests' dot products with the items' time-0 latents; `pop`: half the base log popularity)."""
+        out = np.empty(len(which), dtype=np.int64)
+        for j in np.unique(which):
+            rows = np.flatnonzero(which == j)
+            out[rows] = _inverse_cdf(self.SHORT_SHARPNESS * near[j] + pop, uniforms[rows])
+        return out
+
+    def behaviour_items(self, user: int, times: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
+        """The items of a user's behaviour events at `times` (any times, within the horizon or not), given one uniform
+        draw in [0, 1) each: near the interest current at each event, by the world's own rule for its behaviours."""
+        times = np.asarray(times, dtype=np.float64)
+        near = self.interests[user] @ self.latent0.astype(np.float64).T  # [m, n_items], exact
+        which = self.current_interest(np.full(len(times), user), times)
+        return self._near_interests(near, which, np.asarray(uniforms, dtype=np.float64), 0.5 * self.base_log_pop)
 
     def short_items(self, users: np.ndarray, t: np.ndarray | float) -> np.ndarray:
         """The short sequence [B, short_len] of users [B] at time(s) t: their latest behaviours, oldest first."""
@@ -500,7 +515,13 @@ class World:
         """Features of users [B] at time(s) t: the short sequence is the latest behaviours at t; behaviours carry the
         item features of time 0."""
         users = np.asarray(users)
-        return UserFeatures(self.profile[users], self.item_features(self.short_items(users, t), 0.0), self.mm0[self.long_items[users]])
+        return self.sequence_features(users, self.short_items(users, t))
+
+    def sequence_features(self, users: np.ndarray, short: np.ndarray) -> UserFeatures:
+        """Features of users [B] whose short sequences are the items `short` [B, short_len] (behaviours carry the item
+        features of time 0)."""
+        users = np.asarray(users)
+        return UserFeatures(self.profile[users], self.item_features(short, 0.0), self.mm0[self.long_items[users]])
 
     # ground truth and impressions
     def click_logit(self, users: np.ndarray, items: np.ndarray, t: np.ndarray) -> np.ndarray:

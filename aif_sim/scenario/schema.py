@@ -385,17 +385,22 @@ Fault = Annotated[CacheFlush | NearlineOutage | StageSlowdown | NodeLoss, Field(
 
 
 class ModelSection(Strict):
-    """Shadow scoring: for a sampled share of AIF's requests the real model scores `shadow_candidates` candidates
-    (drawn as the scored world's retrieval draws them) with the item vectors the simulated system had and with
-    fresh ones. 1,000 scored requests resolve a GAUC loss of about 0.002 (80% power, 5% test) on the small world.
-    `checkpoint`: one AIF checkpoint, or a list (model versions 0, 1, ... in order)."""
+    """Shadow scoring: for a sampled share of the requests of each pipeline that reads nearline vectors the real
+    model scores `shadow_candidates` candidates (drawn as the scored world's retrieval draws them) with the vectors
+    the simulated system had and with fresh ones: AIF's item vectors (and cached user vector) with the AIF model,
+    UIC's user-interest vector with the light model. 1,000 scored requests resolve a GAUC loss of about 0.002 (80%
+    power, 5% test) on the small world.
+    `checkpoint`: one AIF checkpoint, or a list (model versions 0, 1, ... in order); `light_checkpoint`: the light
+    (UIC-style) pre-ranker's checkpoint (`train --model light`) of the same world, for pipelines that read
+    user-interest vectors (`vectors: users`)."""
 
     checkpoint: Path | list[Path] | None = None
+    light_checkpoint: Path | None = None
     shadow_rate: float = Field(default=0.0, ge=0, le=1)
     shadow_candidates: int = Field(default=1000, ge=100)
     shadow_requests: int = Field(default=1000, ge=1)
 
-    @field_validator("checkpoint", mode="before")
+    @field_validator("checkpoint", "light_checkpoint", mode="before")
     @classmethod
     def _exist(cls, value: Any, info: ValidationInfo) -> Any:
         if value is None:
@@ -406,8 +411,8 @@ class ModelSection(Strict):
 
     @model_validator(mode="after")
     def _checkpoint_for_shadow(self) -> ModelSection:
-        if self.shadow_rate > 0 and self.checkpoint is None:
-            raise ValueError("expected a checkpoint with shadow_rate > 0")
+        if self.shadow_rate > 0 and self.checkpoint is None and self.light_checkpoint is None:
+            raise ValueError("expected a checkpoint (or light_checkpoint) with shadow_rate > 0")
         return self
 
     @property
@@ -551,11 +556,32 @@ class Scenario(Strict):
         return self
 
     @model_validator(mode="after")
+    def _a_model_per_scored_store(self) -> Scenario:
+        """Shadow scoring needs the model of each store a pipeline reads: AIF for item vectors, light for users'."""
+        model = self.model
+        if model is None or model.shadow_rate == 0:
+            return self
+        for pipeline in self.pipeline_defs:
+            stores = pipeline.vector_stores
+            if "items" in stores and not model.checkpoints:
+                raise ValueError(
+                    f"model.checkpoint: pipeline {pipeline.name} reads item vectors; shadow scoring them needs an AIF checkpoint"
+                )
+            if "items" not in stores and "users" in stores and model.light_checkpoint is None:
+                raise ValueError(
+                    f"model.light_checkpoint: pipeline {pipeline.name} reads user-interest vectors; shadow scoring them needs"
+                    " a light model checkpoint (train --model light)"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _a_checkpoint_per_version(self) -> Scenario:
         """Shadow scoring needs the model of every version the run publishes (`train --continue-from`)."""
         model, nearline = self.model, self.nearline
         if model is None or model.shadow_rate == 0 or nearline is None or nearline.model_publish_interval_s is None:
             return self
+        if not any("items" in pipeline.vector_stores for pipeline in self.pipeline_defs):
+            return self  # publication re-infers item vectors only
         versions = 1 + int((self.duration_s + self.drain_s) // nearline.model_publish_interval_s)
         if len(model.checkpoints) < versions:
             raise ValueError(
