@@ -128,3 +128,14 @@ class RowSink:
 def write_yaml(path: Path, data: Any) -> Path:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def refused(argv: list[str], out: Path, capsys: Any) -> str:
+    """Run the CLI on argv (writing to `out`), which must refuse it as bad input: exit 2, one line on stderr and
+    nothing written. Returns that line."""
+    from aif_sim.cli import main
+
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and not out.exists(), err
+    return err

@@ -15,7 +15,7 @@ from aif_sim.model.evaluate import paired_gauc_difference, score
 from aif_sim.model.train import load_checkpoint
 from aif_sim.model.world import World
 from aif_sim.scenario import validate_scenario
-from tests.simtools import negligible, scenario_dict
+from tests.simtools import negligible, refused, scenario_dict
 
 
 @pytest.fixture(scope="module")
@@ -252,18 +252,12 @@ def _scenario_file(tmp_path, checkpoint, **changes) -> str:
     ],
 )
 def test_shadow_inputs_the_world_cannot_serve_are_refused_in_one_line(checkpoint, tmp_path, capsys, changes, message):
-    path = _scenario_file(tmp_path, checkpoint, **changes)
-    out = tmp_path / "out"
-    assert main([path, "--out", str(out), "--quiet"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert message in err and len(err.splitlines()) == 1 and not out.exists()
+    assert message in refused([_scenario_file(tmp_path, checkpoint, **changes), "--quiet"], tmp_path / "out", capsys)
 
 
 def test_a_run_past_the_worlds_horizon_is_refused_in_one_line(checkpoint, tmp_path, capsys):
     """The world's users stop behaving at its horizon: a longer run is refused, naming the field."""
     horizon = load_checkpoint(checkpoint).world_config.horizon_s - load_checkpoint(checkpoint).trained_until_s
     path = _scenario_file(tmp_path, checkpoint)
-    out = tmp_path / "out"
-    assert main([path, "--out", str(out), "--quiet", "--set", f"duration_s={horizon}"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith(f"aif-sim: error: {path}: duration_s: the run lasts") and len(err.splitlines()) == 1 and not out.exists()
+    err = refused([path, "--quiet", "--set", f"duration_s={horizon}"], tmp_path / "out", capsys)
+    assert err.startswith(f"aif-sim: error: {path}: duration_s: the run lasts")

@@ -79,11 +79,15 @@ class FollowedUsers:
         """The rank's event times (world seconds, sorted)."""
         return self._times_of(rank).copy()
 
+    def short_items(self, rank: int, t: float) -> np.ndarray:
+        """The rank's short sequence [short_len] at world time t >= after_s: its latest behaviours, oldest first."""
+        count = int(np.searchsorted(self._times_of(rank), t, side="right"))
+        return self._sequence[int(rank)][count : count + self.world.cfg.short_len]
+
     def features(self, rank: int, t: float) -> UserFeatures:
         """The rank's features at world time t >= after_s (a batch of one)."""
-        count = int(np.searchsorted(self._times_of(rank), t, side="right"))
-        short = self._sequence[int(rank)][count : count + self.world.cfg.short_len]
-        return self.world.sequence_features(self.world.users_by_rank(np.array([rank]), self.population), short[None, :])
+        user = self.world.users_by_rank(np.array([rank]), self.population)
+        return self.world.sequence_features(user, self.short_items(rank, t)[None, :])
 
     def changed_between(self, rank: int, t0: float, t1: float) -> bool:
         """Whether the rank's features changed in (t0, t1] (world times)."""

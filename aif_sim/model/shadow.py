@@ -310,28 +310,47 @@ class ShadowScorer:
             stale_items = _concat(parts)
             stale_logits[torch.from_numpy(picked)] = serving.realtime(stale_user, ItemState(*(x[None] for x in _fields(stale_items))))[0]
 
-        probs, labels = self._truth(user, items, now, rng)
         behaved = self.world.behaviours.count(np.array([user, user]), np.array([when, now]))
-        return ScoredRequest(
-            user_rank=int(user_rank),
-            user=user,
-            t=float(t),
-            item_ranks=item_ranks,
-            items=items,
-            stale=torch.sigmoid(stale_logits).double().numpy(),
-            fresh=torch.sigmoid(fresh_logits).double().numpy(),
-            probs=probs,
-            labels=labels,
+        return self._scored(
+            int(user_rank),
+            item_ranks,
+            t,
+            stale_logits,
+            fresh_logits,
+            rng,
             stale_fraction=float(np.mean(stale_state < fresh_state)) if n else 0.0,
             version_mismatch_fraction=float(np.mean(versions != int(serving_version))) if n else 0.0,
             user_stale=bool(behaved[1] > behaved[0]),
             user_vector_age_s=now - when,
         )
 
-    def _truth(self, user: int, items: np.ndarray, now: float, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
-        """The world user's true click probabilities of the world items at world time `now`, and labels drawn from them."""
-        probs = self.world.click_prob(np.array([user]), items[None, :], np.array([now]))[0]
-        return probs, ((rng or self.rng).random(len(items)) < probs).astype(np.int8)
+    def _scored(
+        self,
+        user_rank: int,
+        item_ranks: np.ndarray,
+        t: float,
+        stale: torch.Tensor,
+        fresh: torch.Tensor,
+        rng: np.random.Generator | None,
+        **shares: float | bool,
+    ) -> ScoredRequest:
+        """The scored request from its stale and fresh logits [C], with the world's true click probabilities at t and
+        labels drawn from them with `rng` (default: the scorer's generator); `shares`: its staleness fields."""
+        user, items = int(self.world_users(user_rank)), self.world_items(item_ranks)
+        probs = self.world.click_prob(np.array([user]), items[None, :], np.array([float(self.world_time(t))]))[0]
+        labels = ((rng or self.rng).random(len(items)) < probs).astype(np.int8)
+        return ScoredRequest(
+            user_rank,
+            user,
+            float(t),
+            item_ranks,
+            items,
+            stale=torch.sigmoid(stale).double().numpy(),
+            fresh=torch.sigmoid(fresh).double().numpy(),
+            probs=probs,
+            labels=labels,
+            **shares,  # type: ignore[arg-type]
+        )
 
     @torch.inference_mode()
     def score_user_interest(
@@ -353,9 +372,7 @@ class ShadowScorer:
         if not (np.isfinite(now) and np.isfinite(made)):
             raise ValueError("shadow scoring: the request time and the vector time must be finite numbers of seconds")
         serving, by = self._light(serving_version), self._light(vector_version)
-        user = int(self.world_users(int(user_rank)))
-        items = self.world_items(item_ranks)
-        candidates = item_inputs(self.world.item_features(items[None, :], now))
+        candidates = item_inputs(self.world.item_features(self.world_items(item_ranks)[None, :], now))
         fresh_vector = serving.user_tower(user_inputs(self.users.features(user_rank, now)))[0]
         changed = self.users.changed_between(user_rank, made, now)
         fresh = serving.online(fresh_vector, candidates)[0]
@@ -363,17 +380,13 @@ class ShadowScorer:
         if changed or int(vector_version) != int(serving_version):
             stale_vector = by.user_tower(user_inputs(self.users.features(user_rank, made)))[0]
             stale = serving.online(stale_vector, candidates)[0]
-        probs, labels = self._truth(user, items, now, rng)
-        return ScoredRequest(
-            user_rank=int(user_rank),
-            user=user,
-            t=float(t),
-            item_ranks=item_ranks,
-            items=items,
-            stale=torch.sigmoid(stale).double().numpy(),
-            fresh=torch.sigmoid(fresh).double().numpy(),
-            probs=probs,
-            labels=labels,
+        return self._scored(
+            int(user_rank),
+            item_ranks,
+            t,
+            stale,
+            fresh,
+            rng,
             stale_fraction=0.0,  # the candidates' features are read at t
             version_mismatch_fraction=float(int(vector_version) != int(serving_version)),
             user_stale=changed,
