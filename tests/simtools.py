@@ -139,3 +139,19 @@ def refused(argv: list[str], out: Path, capsys: Any) -> str:
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and not out.exists(), err
     return err
+
+
+def assert_same_samples(mine: list[Any], theirs: list[Any]) -> None:
+    """Two engines' shadow samples (`core.shadow.ShadowSample`) are the same, field by field (arrays with their dtype)."""
+    import dataclasses
+
+    import numpy as np
+
+    assert len(mine) == len(theirs)
+    for a, b in zip(mine, theirs):
+        for field in dataclasses.fields(a):
+            x, y = getattr(a, field.name), getattr(b, field.name)
+            if isinstance(x, np.ndarray):
+                assert x.dtype == y.dtype and np.array_equal(x, y), field.name
+            else:
+                assert x == y, field.name

@@ -15,7 +15,7 @@ from aif_sim.model.evaluate import paired_gauc_difference, score
 from aif_sim.model.train import load_checkpoint
 from aif_sim.model.world import World
 from aif_sim.scenario import validate_scenario
-from tests.simtools import negligible, refused, scenario_dict
+from tests.simtools import assert_same_samples, negligible, refused, scenario_dict
 
 
 @pytest.fixture(scope="module")
@@ -123,17 +123,7 @@ def test_the_compiled_engine_takes_the_simpy_engines_shadow_samples(checkpoint):
     simpy = simulate(scenario, samplers, engine="simpy")["aif"].shadow_samples
     compiled = simulate(scenario, samplers, engine="compiled")["aif"].shadow_samples
     assert len(simpy) == 60 and any(s.user_vector_s is not None for s in simpy)
-    assert len(compiled) == len(simpy)
-    for mine, theirs in zip(compiled, simpy):
-        assert (mine.user, mine.t_s, mine.serving_version, mine.user_vector_s) == (
-            theirs.user,
-            theirs.t_s,
-            theirs.serving_version,
-            theirs.user_vector_s,
-        )
-        for field in ("items", "made_s", "versions"):
-            a, b = getattr(mine, field), getattr(theirs, field)
-            assert a.dtype == b.dtype and np.array_equal(a, b), field
+    assert_same_samples(compiled, simpy)
 
 
 def _simulated_stale(scenario, samples) -> np.ndarray:

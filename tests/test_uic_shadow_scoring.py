@@ -13,7 +13,7 @@ from aif_sim.app.run import build_samplers, simulate
 from aif_sim.cli import main
 from aif_sim.core.changes import user_changes
 from aif_sim.scenario import validate_scenario
-from tests.simtools import negligible, refused, scenario_dict
+from tests.simtools import assert_same_samples, negligible, refused, scenario_dict
 
 UIC = ("merger", "retrieval", "feature_fetch", "light_prerank")
 PROMPT = {"mode": "on_update", "workers": 8, "latency": {"dist": "constant", "ms": 0.001}}
@@ -143,19 +143,7 @@ def test_the_compiled_engine_takes_the_simpy_engines_uic_samples(light):
     simpy = simulate(scenario, samplers, engine="simpy")["uic"].shadow_samples
     compiled = simulate(scenario, samplers, engine="compiled")["uic"].shadow_samples
     assert len(simpy) == 60 and any(s.user_vector_s < s.t_s for s in simpy)
-    assert len(compiled) == len(simpy)
-    for mine, theirs in zip(compiled, simpy):
-        assert (mine.user, mine.t_s, mine.serving_version, mine.user_vector_s, mine.user_vector_version, mine.store) == (
-            theirs.user,
-            theirs.t_s,
-            theirs.serving_version,
-            theirs.user_vector_s,
-            theirs.user_vector_version,
-            theirs.store,
-        )
-        for field in ("items", "made_s", "versions"):
-            a, b = getattr(mine, field), getattr(theirs, field)
-            assert a.dtype == b.dtype and np.array_equal(a, b), field
+    assert_same_samples(compiled, simpy)
 
 
 def _scenario_file(tmp_path, model: dict) -> str:
