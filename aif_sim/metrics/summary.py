@@ -184,6 +184,13 @@ HEADLINES: tuple[Metric, ...] = (
         lambda m: m["quality"]["stale_fraction"] if "quality" in m else None,
         axis="share of shadow-scored candidates older than their item's last change",
     ),
+    Metric(
+        "scored_user_stale_fraction",
+        "user stale (scored)",
+        "share",
+        lambda m: m["quality"]["user_stale_fraction"] if "quality" in m else None,
+        axis="share of shadow-scored requests whose user behaved after its user vector was made",
+    ),
     Metric("gauc_stale", "GAUC stale", "ratio", _quality("stale", "gauc"), axis="GAUC with the vectors the system had"),
     Metric("gauc_fresh", "GAUC fresh", "ratio", _quality("fresh", "gauc"), axis="GAUC with fresh vectors"),
     Metric("gauc_loss", "GAUC loss", "ratio", _quality_loss("gauc"), plot=True, axis="GAUC lost to staleness (fresh − stale)"),
