@@ -135,13 +135,16 @@ def pools(draw: st.DrawFn) -> dict[str, Any]:
 
 @st.composite
 def cache_specs(draw: st.DrawFn) -> dict[str, Any]:
-    """A cache over the 1000 users of `simtools.scenario_dict`: small to large, with or without expiry and miss latency."""
+    """A cache over the 1000 users of `simtools.scenario_dict`: small to large, with or without expiry and miss latency,
+    versioned or not."""
     spec: dict[str, Any] = {"capacity": draw(st.sampled_from([0, 1, 20, 200, 2000]))}
     ttl_s = draw(st.none() | st.floats(0.05, 3.0))
     if ttl_s is not None:
         spec["ttl_s"] = ttl_s
     if draw(st.booleans()):
         spec["miss_latency"] = draw(latencies())
+    if draw(st.booleans()):  # dropped at each switch of the serving model version (with model publication)
+        spec["versioned"] = True
     return spec
 
 

@@ -9,7 +9,7 @@ State, as one tuple `state` the kernels take (`CacheState.state`), for caches c 
 - the inserts waiting for their time: a min-heap per cache by time, then by the order they were made
   (`pend_t[c]`, `pend_seq[c]`, `pend_key[c]`, `pend_n[c]`; `made[c]` counts them): the members of a batch
   insert at the same time, in batch order, as simpy resumes them;
-- the cache_flush faults: `flush_t[c, j]` (inf past the last), `flush_nodes[c, j]` (the cluster's node
+- the cache flushes (faults, and versioned caches' at each switch of the serving model version): `flush_t[c, j]` (inf past the last), `flush_nodes[c, j]` (the cluster's node
   count: 1 drops everything), `flush_next[c]` the next one.
 A stage sweep looks a key up at a request's arrival there and inserts when its visit ends, later; every
 pending insert and flush before a lookup's time is applied first, in time order (`settle`). A cache is
@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit
 
 from aif_sim.core.cache import CachePolicy
-from aif_sim.scenario.schema import CacheFlush, Scenario
+from aif_sim.scenario.schema import CacheFlush, Fault
 
 GOLDEN64 = np.uint64(0x9E3779B97F4A7C15)  # core.cache.cache_node's multiplier
 HITS, MISSES, EVICTIONS, EXPIRATIONS = range(4)
@@ -34,15 +34,13 @@ OLDEST, NEWEST, SIZE = range(3)
 class CacheState:
     """The arrays of a pipeline's cache policies (in `Recorder.caches` order) over `keys` keys."""
 
-    def __init__(self, scenario: Scenario, caches: dict[str, CachePolicy], keys: int, switches: list[float] | None = None) -> None:
+    def __init__(self, caches: dict[str, CachePolicy], keys: int, events: list[Fault]) -> None:
+        """`events`: the run's faults and versioned caches' flushes (`core.refresh.version_flushes`); the
+        `cache_flush`es among them on these caches are applied at their times."""
         self.policies = caches
         c = len(caches)
         keys = keys if c else 0
-        flushes = [
-            [(f.at_s, round(1 / f.fraction)) for f in scenario.faults if isinstance(f, CacheFlush) and f.cache == name] for name in caches
-        ]
-        if "user_vector" in caches:  # the cached user vectors are dropped when the serving model version changes
-            flushes[list(caches).index("user_vector")] += [(at_s, 1) for at_s in switches or []]
+        flushes = [[(f.at_s, round(1 / f.fraction)) for f in events if isinstance(f, CacheFlush) and f.cache == name] for name in caches]
         width = max((len(f) for f in flushes), default=0) + 1
         flush_t, flush_nodes = np.full((c, width), math.inf), np.ones((c, width), np.int64)
         for i, cache_flushes in enumerate(flushes):

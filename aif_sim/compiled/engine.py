@@ -35,7 +35,7 @@ from aif_sim.compiled.kernels import advance, event_times
 from aif_sim.compiled.nearline import CompiledNearline
 from aif_sim.compiled.support import unsupported
 from aif_sim.core.latency import Sampler
-from aif_sim.core.refresh import version_switches
+from aif_sim.core.refresh import version_flushes
 from aif_sim.core.replay import ServiceTrace
 from aif_sim.core.sampling import sampled
 from aif_sim.core.shadow import Retrieval, ShadowSample
@@ -66,8 +66,8 @@ def run_compiled(
     stores = scenario.pipeline(pipeline).vector_stores if scenario.nearline is not None else []
     recorder = Recorder.for_pipeline(scenario, pipeline, sink, policies, stores)
     vectors = _Vectors(scenario, pipeline, samplers, recorder, retrieve) if stores else None
-    switches = version_switches(scenario, samplers, vectors.nearline.world if vectors else None) if "user_vector" in policies else []
-    caches = CacheState(scenario, policies, scenario.traffic.users.count, switches)
+    flushes = [*version_flushes(scenario, policies, samplers, vectors.nearline.world if vectors else None), *scenario.faults]
+    caches = CacheState(policies, scenario.traffic.users.count, flushes)
     pools = _Pools(scenario, pipeline, list(policies), samplers, trace is not None)
     source = RequestSource.for_pipeline(scenario, pipeline, samplers, policies, vectors.nearline.stores if vectors else {}, trace)
     system = _Requests(

@@ -25,6 +25,9 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_val
 
 DESIGNS_FILE = Path(__file__).resolve().parent / "designs.yaml"
 VECTOR_STORES = ("items", "users")  # the nearline stores: item vectors (refresh, model publication), user vectors (user_refresh)
+# Stages whose result is the serving model's output for the user (the user side's vector): a cache guarding one holds
+# values of the model version that made them, so it is versioned unless the scenario says otherwise (`Cache.versioned`).
+MODEL_OUTPUT_STAGES = ("user_inference",)
 
 
 class _Step(BaseModel):
@@ -194,6 +197,12 @@ class Pipeline(_Step):
     def vector_stores(self) -> list[str]:
         """The nearline stores the pipeline reads vectors from."""
         return sorted({call.vectors for call in self.calls if call.vectors})
+
+    @functools.cached_property
+    def model_output_caches(self) -> list[str]:
+        """Caches guarding a stage whose result is model output (`MODEL_OUTPUT_STAGES`): versioned by default."""
+        guards = [branch for step in self.steps for branch in branches_of(step) if isinstance(branch, Cached)]
+        return list(dict.fromkeys(branch.cache for branch in guards if branch.stage in MODEL_OUTPUT_STAGES))
 
     @functools.cached_property
     def guarded_stages(self) -> list[str]:

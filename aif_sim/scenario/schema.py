@@ -272,6 +272,9 @@ class Cache(Strict):
     ttl_s: float | None = Field(default=None, gt=0)
     miss_latency: LatencySpec | None = None
     entry_bytes: int | None = Field(default=None, ge=1)  # memory one entry takes (default: DEFAULT_ENTRY_BYTES, else OTHER_ENTRY_BYTES)
+    # whether an entry is model output of the version that made it, dropped at each switch of the serving model version
+    # (default: when the cache guards a stage whose result is model output, `pipelines.MODEL_OUTPUT_STAGES`)
+    versioned: bool | None = None
 
 
 class Caches(BaseModel):
@@ -292,7 +295,9 @@ class Caches(BaseModel):
             if key not in cls.model_fields and value is not None and not isinstance(value, dict):
                 close = difflib.get_close_matches(str(key), list(cls.model_fields), n=1, cutoff=0.6)
                 hint = f"; did you mean {close[0]}?" if close else ""
-                raise ValueError(f"{key}: a cache is a mapping {{capacity, ttl_s, miss_latency, entry_bytes}}, got {value!r}{hint}")
+                raise ValueError(
+                    f"{key}: a cache is a mapping {{capacity, ttl_s, miss_latency, entry_bytes, versioned}}, got {value!r}{hint}"
+                )
         return data
 
     def get(self, name: str) -> Cache | None:
@@ -582,6 +587,16 @@ class Scenario(Strict):
     def cache_names(self) -> list[str]:
         """The caches the scenario's pipelines consult, in order of first use."""
         return list(dict.fromkeys(name for pipeline in self.pipeline_defs for name in pipeline.caches))
+
+    @property
+    def versioned_caches(self) -> list[str]:
+        """The configured caches dropped at each switch of the serving model version: those set `versioned: true`, and
+        by default those some pipeline uses to guard a stage whose result is model output."""
+        guarding = {name for pipeline in self.pipeline_defs for name in pipeline.model_output_caches}
+        caches = self.caches
+        if caches is None:
+            return []
+        return [name for name in caches.names if (caches.get(name).versioned is None and name in guarding) or caches.get(name).versioned]
 
     @property
     def stage_names(self) -> list[str]:
