@@ -245,7 +245,11 @@ class LivePipeline:
     async def _handle(self, request: Request, flow: Flow, pools: list[Slot], clock: Clock) -> None:
         work = self._drive(request, flow.run(request), pools)
         outcome = await (work if self.deadline_s is None else self._within_deadline(request, work, clock))
-        self.recorder.finish(request, outcome, clock())
+        now = clock()
+        released = flow.end(request, now)  # its entries of request-keyed caches leave with it
+        self.recorder.finish(request, outcome, now)
+        for cache, key in released:
+            await self.storage[cache].delete_many([key])
         self.trace.record(request)
 
     async def _within_deadline(self, request: Request, work: Coroutine[Any, Any, Outcome], clock: Clock) -> Outcome:
@@ -278,9 +282,9 @@ class LivePipeline:
                 await asyncio.sleep(op.s)
                 answer = None
             elif kind is Load:
-                value = await self.storage[op.cache].get(request.user)
+                value = await self.storage[op.cache].get(op.key)
                 if value is None:
-                    raise RuntimeError(f"{op.cache}: the policy holds user {request.user} but its storage has no value")
+                    raise RuntimeError(f"{op.cache}: the policy holds key {op.key} but its storage has no value")
                 field = self.cache_fields[op.cache]
                 if field is not None:
                     request.payload[field] = value
@@ -312,7 +316,7 @@ class LivePipeline:
         even if the request is abandoned meanwhile: the storage must hold what the policy holds)."""
         storage = self.storage[op.cache]
         field = self.cache_fields[op.cache]
-        await storage.set(request.user, request.payload[field] if field is not None else np.ones((), MARKER))
+        await storage.set(op.key, request.payload[field] if field is not None else np.ones((), MARKER))
         if op.dropped is not None:
             await storage.delete_many([op.dropped])
 

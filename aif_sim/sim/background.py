@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import simpy
 
-from aif_sim.core.cache import CachePolicy
+from aif_sim.core.cache import Policy
 from aif_sim.core.changes import world_changes
 from aif_sim.core.latency import Sampler
 from aif_sim.core.nearline import NearlineStore
@@ -29,7 +29,7 @@ def drive(env: simpy.Environment, background: Background) -> Generator[simpy.Eve
 def fault(
     env: simpy.Environment,
     spec: Fault,
-    caches: dict[str, CachePolicy],
+    caches: dict[str, Policy],
     pools: dict[str, StagePool | Fleet],
 ) -> Generator[simpy.Event, Any, None]:
     """Apply one fault, or a versioned cache's flush, at its time (a fault on a cache or stage this pipeline lacks does
@@ -60,7 +60,7 @@ def start_background(
     samplers: dict[str, Sampler],
     stores: dict[str, NearlineStore],
     recorder: Recorder,
-    caches: dict[str, CachePolicy],
+    caches: dict[str, Policy],
     pools: dict[str, StagePool | Fleet],
 ) -> None:
     """Start a pipeline run's background processes: each store's refresh pool (`core.refresh`: changes, refresh,
