@@ -90,7 +90,7 @@ class Flow:
     ) -> None:
         self.caches, self.stores, self.clock, self.shadow, self.storage = caches, stores, clock, shadow, storage
         self.lookup_at = {(lookup.slot, lookup.guard): i for i, lookup in enumerate(pipeline.lookups)}
-        self.by_request = [name for name, cache in caches.items() if isinstance(cache, RequestCache)]
+        self.by_request = {name: cache for name, cache in caches.items() if isinstance(cache, RequestCache)}
         self.calls: list[Call] = []
         self.steps: list[tuple[Branch, ...]] = []
         for step in pipeline.steps:
@@ -112,8 +112,7 @@ class Flow:
 
     def end(self, request: Request, now: float) -> list[tuple[str, int]]:
         """The request has ended at `now`: its entries leave the request-keyed caches; the (cache, key) that left."""
-        caches = self.caches
-        return [(name, request.id) for name in self.by_request if caches[name].release(request.id, now)]  # type: ignore[union-attr]
+        return [(name, request.id) for name, cache in self.by_request.items() if cache.release(request.id, now)]
 
     # --- branches -----------------------------------------------------------------------------------
     def _branch(self, branch: Call | Cached) -> Branch:
