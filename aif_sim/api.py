@@ -205,7 +205,7 @@ def run_with(options: RunOptions, hooks: Hooks | None = None) -> RunResult:
     request_file = f"requests.{options.format}"
     output = _output(options.out, options.default_out, options.force, scenario, keep=True)
     with hooks.stopping() as stop, output as (folder, temporary):
-        log = RequestLog(folder.path / request_file, scenario.stage_names, scenario.cache_names, options.format, options.requests_sample)
+        log = RequestLog(folder.path / request_file, scenario.stage_names, scenario.lookup_labels, options.format, options.requests_sample)
         try:
             with hooks.progress(scenario.pipelines, scenario.duration_s + scenario.drain_s, verb) as advance:
                 results, live = engine(scenario, samplers, log, advance, stop)

@@ -134,14 +134,19 @@ def pools(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @st.composite
-def cache_specs(draw: st.DrawFn) -> dict[str, Any]:
-    """A cache over the 1000 users of `simtools.scenario_dict`: small to large, with or without expiry and miss latency."""
+def cache_specs(draw: st.DrawFn, key: str = "user") -> dict[str, Any]:
+    """A cache over the 1000 users of `simtools.scenario_dict`: small to large, with or without expiry and miss latency,
+    versioned or not; or (`key` request) one entry per request in flight, with or without miss latency."""
+    if key == "request":
+        return {"key": "request", "miss_latency": draw(latencies())} if draw(st.booleans()) else {"key": "request"}
     spec: dict[str, Any] = {"capacity": draw(st.sampled_from([0, 1, 20, 200, 2000]))}
     ttl_s = draw(st.none() | st.floats(0.05, 3.0))
     if ttl_s is not None:
         spec["ttl_s"] = ttl_s
     if draw(st.booleans()):
         spec["miss_latency"] = draw(latencies())
+    if draw(st.booleans()):  # dropped at each switch of the serving model version (with model publication)
+        spec["versioned"] = True
     return spec
 
 
@@ -177,27 +182,31 @@ def nearline_specs(draw: st.DrawFn, duration_s: float) -> dict[str, Any]:
 
 
 @st.composite
-def own_pipelines(draw: st.DrawFn) -> dict[str, Any]:
+def own_pipelines(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, str]]:
     """A pipeline of the step language over stages of its own names: 1 to 5 steps, each a call or a parallel group of
     2 or 3 branches; a call may be guarded by the cache `embedding`, read through the cache `features`, or read
-    nearline vectors (each at one call at most, as the language requires)."""
+    nearline vectors (at one call at most, as the language requires); with each cache's key (user or request). A
+    request-keyed cache may be consulted at up to 3 calls (a user-keyed one at several steps is simpy's only)."""
     steps: list[Any] = []
     for index in range(draw(st.integers(1, 5))):
         width = draw(st.sampled_from([1, 1, 2, 3]))
         branches = [{"stage": f"s{index}_{k}"} for k in range(width)]
         steps.append(branches[0] if width == 1 else {"parallel": branches})
     calls = [branch for step in steps for branch in step.get("parallel", [step])]
+    keys = {name: draw(st.sampled_from(["user", "user", "request"])) for name in ("embedding", "features")}
     for field, value in (("cached", "embedding"), ("reads", "features"), ("vectors", draw(st.sampled_from(["items", "users"])))):
         if draw(st.booleans()):
-            calls[draw(st.integers(0, len(calls) - 1))][field] = value
-    return {"name": "own", "steps": steps}
+            times = draw(st.integers(1, 3)) if keys.get(value) == "request" else 1
+            for call in draw(st.lists(st.integers(0, len(calls) - 1), min_size=1, max_size=times, unique=True)):
+                calls[call][field] = value
+    return {"name": "own", "steps": steps}, keys
 
 
 @st.composite
 def cases(draw: st.DrawFn) -> tuple[Scenario, str, int]:
     """A scenario of one pipeline, a shipped design or one of its own, with that pipeline's name and a block size."""
     pipeline = draw(st.sampled_from([*ALL, "own"]))
-    own = draw(own_pipelines()) if pipeline == "own" else None
+    own, keys = draw(own_pipelines()) if pipeline == "own" else (None, {})
     design = Pipeline.model_validate(own) if own is not None else shipped_designs()[pipeline]
     stages = {name: draw(pools()) for name in design.stages}
     if draw(st.booleans()):  # a constant service: no ties with continuous arrivals
@@ -224,8 +233,10 @@ def cases(draw: st.DrawFn) -> tuple[Scenario, str, int]:
             for stage in slowed
         ]
     if design.caches and (own is not None or draw(st.booleans())):  # a pipeline of its own consults what it names
-        extra["caches"] = {name: draw(cache_specs()) for name in design.caches if own is not None or draw(st.booleans())}
-        flushed = [name for name in extra["caches"] if draw(st.booleans())]
+        extra["caches"] = {
+            name: draw(cache_specs(keys.get(name, "user"))) for name in design.caches if own is not None or draw(st.booleans())
+        }
+        flushed = [name for name in extra["caches"] if keys.get(name) != "request" and draw(st.booleans())]
         extra.setdefault("faults", []).extend(
             {
                 "kind": "cache_flush",

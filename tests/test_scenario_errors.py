@@ -119,6 +119,25 @@ SCHEMA_CASES = {
     "periodic refresh without interval": (_set("nearline", {"refresh": {"mode": "periodic"}}), ["nearline.refresh", "interval_s"]),
     "negative cache capacity": (_set("caches", {"user_vector": {"capacity": -1}}), ["caches.user_vector.capacity"]),
     "misspelt cache field": (_set("caches", {"user_vector": {"capacty": 5}}), ["caches.user_vector.capacty", "did you mean capacity?"]),
+    "request-keyed cache with a capacity": (
+        _set("caches", {"user_vector": {"capacity": 100}, "sim_features": {"key": "request", "capacity": 5}}),
+        ["caches.sim_features", "capacity: a request-keyed cache holds each request's entry until the request ends"],
+    ),
+    "user-keyed cache without a capacity": (
+        _set("caches", {"user_vector": {"ttl_s": 5}}),
+        ["caches.user_vector", "capacity: expected the entries a user-keyed cache holds"],
+    ),
+    "unknown cache key": (
+        _set("caches", {"user_vector": {"capacity": 5, "key": "session"}}),
+        ["caches.user_vector.key", "user", "request"],
+    ),
+    "flush of a request-keyed cache": (
+        lambda data: data.update(
+            caches={"user_vector": {"capacity": 100}, "sim_features": {"key": "request"}},
+            faults=[{"at_s": 0.5, "kind": "cache_flush", "cache": "sim_features"}],
+        ),
+        ["faults.0.cache", "keyed by request", "expected a cache keyed by user"],
+    ),
     "misspelt caches field": (_set("caches", {"backnd": "redis"}), ["caches.backnd: a cache is a mapping", "did you mean backend?"]),
     "negative seed": (_set("seed", -1), ["seed", "greater than or equal to 0"]),
     "arrival written without its kind": (
@@ -158,6 +177,10 @@ PIPELINE_CASES = {
     "vector store nothing refreshes": (
         _own({"stage": "item_fetch", "vectors": "item_vectors"}),
         ["pipelines.1.steps.0.vectors", "'item_vectors'", "nothing refreshes"],
+    ),
+    "a call guarded by and reading one cache": (
+        _own({"cached": "sim_features", "stage": "feature_fetch", "reads": "sim_features"}),
+        ["pipelines.1.steps.0", "guarded by cache 'sim_features' and reads through it"],
     ),
     "stage called twice": (_own("merger", "rtp", "merger"), ["pipelines.1.steps.2", "'merger' is already called at steps.0"]),
     "misspelt step key": (_own({"stage": "rtp", "read": "sim_features"}), ["pipelines.1.steps.0.read: unknown key; did you mean reads?"]),

@@ -23,7 +23,7 @@ import math
 import numpy as np
 from numba import njit
 
-from aif_sim.compiled.caches import push
+from aif_sim.compiled.caches import insert
 from aif_sim.core.latency import Profile, Sampler
 from aif_sim.core.traffic import stream
 from aif_sim.scenario.schema import Scenario
@@ -188,7 +188,6 @@ def wake(
     """The dispatcher of stage b runs at time x from where it waits (`BatchingPool._dispatch`)."""
     slots, servers, sizes, waits, q_req, q_at, heads, phase, timer, held, ends, serving, table, rows, rec, rec_n = bs
     times, miss, cache_hit, users, measured, service = visits
-    pend_t, pend_key, pend_n, pend_seq, made = caches
     slow_at, slow_t, slow_v = slow
     slot = slots[b]
     while True:
@@ -241,9 +240,9 @@ def wake(
             times[i, slot, 0], times[i, slot, 1], times[i, slot, 2] = q_at[b, q], x, e
             r = reads[slot]
             if r >= 0 and cache_hit[i, r] == 0.0:  # its read missed: the entry goes in now
-                push(pend_t, pend_key, pend_n, pend_seq, made, r, e, users[i])
+                insert(caches, r, i, k, e, users[i])
             if guard[slot] >= 0:
-                push(pend_t, pend_key, pend_n, pend_seq, made, guard[slot], e, users[i])
+                insert(caches, guard[slot], i, k, e, users[i])
             visit_ended(i, COMPLETED, e, k, steps, req)
 
 

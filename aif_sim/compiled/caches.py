@@ -9,11 +9,16 @@ State, as one tuple `state` the kernels take (`CacheState.state`), for caches c 
 - the inserts waiting for their time: a min-heap per cache by time, then by the order they were made
   (`pend_t[c]`, `pend_seq[c]`, `pend_key[c]`, `pend_n[c]`; `made[c]` counts them): the members of a batch
   insert at the same time, in batch order, as simpy resumes them;
-- the cache_flush faults: `flush_t[c, j]` (inf past the last), `flush_nodes[c, j]` (the cluster's node
+- the cache flushes (faults, and versioned caches' at each switch of the serving model version): `flush_t[c, j]` (inf past the last), `flush_nodes[c, j]` (the cluster's node
   count: 1 drops everything), `flush_next[c]` the next one.
 A stage sweep looks a key up at a request's arrival there and inserts when its visit ends, later; every
-pending insert and flush before a lookup's time is applied first, in time order (`settle`). A cache is
-consulted by one step of a pipeline, so its operations all happen in one sweep, in time order.
+pending insert and flush before a lookup's time is applied first, in time order (`settle`). A user-keyed cache
+is consulted at one step of a pipeline (`support.unsupported` refuses more), so its operations all happen in one
+sweep, in time order.
+
+A request-keyed cache (`core.cache.RequestCache`) shares nothing between requests: its entries are the requests'
+own columns, `cache_step[i, c]` (the step at which request i inserted its entry, -1: none) and `cache_in[i, c]`
+(when), and a lookup at step k hits when an earlier step inserted (`lookup_own`). Its counters are `counts[c]`'s.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ import math
 import numpy as np
 from numba import njit
 
-from aif_sim.core.cache import CachePolicy
-from aif_sim.scenario.schema import CacheFlush, Scenario
+from aif_sim.core.cache import CachePolicy, Policy, RequestCache
+from aif_sim.scenario.schema import CacheFlush, Fault
 
 GOLDEN64 = np.uint64(0x9E3779B97F4A7C15)  # core.cache.cache_node's multiplier
 HITS, MISSES, EVICTIONS, EXPIRATIONS = range(4)
@@ -34,28 +39,27 @@ OLDEST, NEWEST, SIZE = range(3)
 class CacheState:
     """The arrays of a pipeline's cache policies (in `Recorder.caches` order) over `keys` keys."""
 
-    def __init__(self, scenario: Scenario, caches: dict[str, CachePolicy], keys: int, switches: list[float] | None = None) -> None:
+    def __init__(self, caches: dict[str, Policy], keys: int, events: list[Fault]) -> None:
+        """`events`: the run's faults and versioned caches' flushes (`core.refresh.version_flushes`); the
+        `cache_flush`es among them on these caches are applied at their times."""
         self.policies = caches
         c = len(caches)
         keys = keys if c else 0
-        flushes = [
-            [(f.at_s, round(1 / f.fraction)) for f in scenario.faults if isinstance(f, CacheFlush) and f.cache == name] for name in caches
-        ]
-        if "user_vector" in caches:  # the cached user vectors are dropped when the serving model version changes
-            flushes[list(caches).index("user_vector")] += [(at_s, 1) for at_s in switches or []]
+        flushes = [[(f.at_s, round(1 / f.fraction)) for f in events if isinstance(f, CacheFlush) and f.cache == name] for name in caches]
         width = max((len(f) for f in flushes), default=0) + 1
         flush_t, flush_nodes = np.full((c, width), math.inf), np.ones((c, width), np.int64)
         for i, cache_flushes in enumerate(flushes):
             for j, (at_s, nodes) in enumerate(sorted(cache_flushes, key=lambda f: f[0])):  # stable: scenario order at a tie
                 flush_t[i, j], flush_nodes[i, j] = at_s, nodes
         policies = list(caches.values())
+        self.keyed = np.array([isinstance(p, RequestCache) for p in policies], np.bool_)  # request-keyed caches
         self.state = (
             np.full((c, keys), np.nan),
             np.full((c, keys), -1, np.int32),
             np.full((c, keys), -1, np.int32),
             np.array([[-1, -1, 0]] * c, np.int64).reshape(c, 3),
-            np.array([p.capacity for p in policies], np.int64),
-            np.array([math.inf if p.ttl_s is None else p.ttl_s for p in policies]),
+            np.array([p.capacity if isinstance(p, CachePolicy) else 0 for p in policies], np.int64),
+            np.array([p.ttl_s if isinstance(p, CachePolicy) and p.ttl_s is not None else math.inf for p in policies]),
             np.zeros((c, 4), np.int64),
             np.empty((c, 64)),
             np.empty((c, 64), np.int64),
@@ -82,6 +86,15 @@ class CacheState:
         """Apply every pending insert and flush before `before` (the end of a run)."""
         for c in range(len(self.policies)):
             settle(*self.state, c, before)
+
+    def release(self, end_s: np.ndarray, cache_in: np.ndarray) -> None:
+        """Requests that ended at `end_s`, in the order they ended, drop their entries of the request-keyed caches, put in at
+        `cache_in[:, c]` (NaN: none): `RequestCache.release`, adding each held time in the same order."""
+        for c, policy in enumerate(self.policies.values()):
+            if isinstance(policy, RequestCache):
+                held = end_s - cache_in[:, c]
+                for seconds in held[~np.isnan(held)].tolist():
+                    policy.held_s += seconds
 
     def publish(self) -> None:
         """Copy the counters into the policies (the recorder reads `evictions` from them)."""
@@ -144,6 +157,30 @@ def lookup(
     _append(older, newer, ends, c, key)
     counts[c, HITS] += 1
     return True
+
+
+@njit(cache=True, _nrt=False)
+def insert(inserts: tuple, column: int, i: int, k: int, t: float, key: int) -> None:
+    """The cache of lookup `column` takes request i's entry (at its step k) at time t: a request-keyed cache into the
+    request's own columns (the earliest of a step's inserts holds, as `RequestCache.insert` keeps the first), a
+    user-keyed one's `key`, pending until its time. `inserts`: (pend_t, pend_key, pend_n, pend_seq, made, cache_of,
+    keyed, cache_step, cache_in), `cache_of` each lookup column's cache, `keyed[c]` whether cache c is request-keyed."""
+    pend_t, pend_key, pend_n, pend_seq, made, cache_of, keyed, cache_step, cache_in = inserts
+    c = cache_of[column]
+    if keyed[c]:
+        if cache_step[i, c] < 0 or t < cache_in[i, c]:
+            cache_step[i, c] = k
+            cache_in[i, c] = t
+    else:
+        push(pend_t, pend_key, pend_n, pend_seq, made, c, t, key)
+
+
+@njit(cache=True, inline="always")
+def lookup_own(counts: np.ndarray, cache_step: np.ndarray, c: int, i: int, k: int) -> bool:
+    """`RequestCache.lookup` for request i at step k: a hit when an earlier step of it inserted its entry."""
+    hit = 0 <= cache_step[i, c] < k
+    counts[c, HITS if hit else MISSES] += 1
+    return hit
 
 
 @njit(cache=True, _nrt=False)

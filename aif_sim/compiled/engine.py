@@ -35,13 +35,13 @@ from aif_sim.compiled.kernels import advance, event_times
 from aif_sim.compiled.nearline import CompiledNearline
 from aif_sim.compiled.support import unsupported
 from aif_sim.core.latency import Sampler
-from aif_sim.core.refresh import version_switches
+from aif_sim.core.refresh import version_flushes
 from aif_sim.core.replay import ServiceTrace
 from aif_sim.core.sampling import sampled
 from aif_sim.core.shadow import Retrieval
 from aif_sim.core.system import RequestDraws, RequestSource, cache_policies, run_step_s, shadow_sampling
 from aif_sim.metrics.recorder import Recorder, RequestSink, VectorReads
-from aif_sim.scenario.pipelines import Cached, Pipeline, branches_of, calls_of
+from aif_sim.scenario.pipelines import Pipeline
 from aif_sim.scenario.schema import Scenario, StageSlowdown
 
 
@@ -66,12 +66,13 @@ def run_compiled(
     stores = scenario.pipeline(pipeline).vector_stores if scenario.nearline is not None else []
     recorder = Recorder.for_pipeline(scenario, pipeline, sink, policies, stores)
     vectors = _Vectors(scenario, pipeline, samplers, recorder, retrieve) if stores else None
-    switches = version_switches(scenario, samplers, vectors.nearline.world if vectors else None) if "user_vector" in policies else []
-    caches = CacheState(scenario, policies, scenario.traffic.users.count, switches)
+    flushes = [*version_flushes(scenario, policies, samplers, vectors.nearline.world if vectors else None), *scenario.faults]
+    caches = CacheState(policies, scenario.traffic.users.count, flushes)
     pools = _Pools(scenario, pipeline, list(policies), samplers, trace is not None)
     source = RequestSource.for_pipeline(scenario, pipeline, samplers, policies, vectors.nearline.stores if vectors else {}, trace)
     system = _Requests(
         len(pools.names),
+        len(pools.cache_of),
         len(policies),
         source.sample_size if vectors and vectors.name == "items" else 1,
         pools.fleets.shard_at,
@@ -105,7 +106,7 @@ def run_compiled(
         if vectors is not None:
             vectors.read(system, min(limit, until))
             vectors.nearline.advance(last)
-        last_end = max(last_end, _flush(recorder, system, last, vectors, pools.batches))
+        last_end = max(last_end, _flush(recorder, system, last, vectors, pools.batches, caches))
         now = last
         if progress is not None:
             progress(now)
@@ -114,7 +115,7 @@ def run_compiled(
     end, clock = _end(scenario, max(now, last_end))
     if vectors is not None:
         vectors.nearline.advance(clock)
-    _flush(recorder, system, clock, vectors, pools.batches)
+    _flush(recorder, system, clock, vectors, pools.batches, caches)
     _close(recorder, system, caches, vectors, pools.fleets, end, clock)
     if progress is not None:
         progress(end)
@@ -160,7 +161,15 @@ class _Requests:
     finished), `arrive` when it arrived there."""
 
     def __init__(
-        self, stages: int, caches: int, entities: int, shard_at: np.ndarray, shard_columns: int, steps: int, capacity: int = 1024
+        self,
+        stages: int,
+        lookups: int,
+        caches: int,
+        entities: int,
+        shard_at: np.ndarray,
+        shard_columns: int,
+        steps: int,
+        capacity: int = 1024,
     ) -> None:
         self.shard_at = shard_at  # each sharded slot's first column of `shard_s` (-1: not sharded)
         self.kinds: dict[str, tuple[tuple[int, ...], type]] = {
@@ -172,7 +181,9 @@ class _Requests:
             "service": ((stages,), np.float64),
             "shard_s": ((shard_columns,), np.float64),  # the shard services of its sharded visits
             "miss": ((stages,), np.float64),
-            "cache_hit": ((caches,), np.float64),
+            "cache_hit": ((lookups,), np.float64),
+            "cache_step": ((caches,), np.int64),  # its entry of each request-keyed cache: the step that put it in (-1: none)
+            "cache_in": ((caches,), np.float64),  # and when (NaN: none)
             "pending": ((), np.int64),
             "step_end": ((), np.float64),
             "worst": ((), np.int64),
@@ -223,6 +234,8 @@ class _Requests:
             b["shard_s"][new, at : at + shards.shape[1]] = shards
         b["miss"][new] = 0.0 if draws.miss_s is None else draws.miss_s
         b["cache_hit"][new] = np.nan
+        b["cache_step"][new] = -1
+        b["cache_in"][new] = np.nan
         b["user_vector_s"][new] = np.nan
         b["pending"][new] = 0
         b["rank"][new] = b["ids"][new]
@@ -265,7 +278,7 @@ class _Pools:
         # the timeout exactly as sim.pools computes it (ms / 1000)
         self.timeout_s = np.array([math.inf if c.timeout_ms is None else c.timeout_ms / 1000 for c in configs])
         self.slow_at, self.slow_t, self.slow_v = _slowdowns(scenario, self.names)
-        self.guard, self.reads = _cache_slots(scenario.pipeline(pipeline), caches)
+        self.guard, self.reads, self.cache_of = _cache_slots(scenario.pipeline(pipeline), caches)
         self.batches = BatchState(scenario, self.names, samplers, traced)
         self.fleets = FleetState(scenario, pipeline)
         self.numbered = np.zeros(1, np.int64)  # visit ends numbered so far (`batching.visit_over`)
@@ -290,6 +303,7 @@ class _Pools:
             self.guard,
             self.reads,
             caches.state,
+            (self.cache_of, caches.keyed, system.column("cache_step"), system.column("cache_in")),
             self.batches.slot_batch,
             self.batches.state,
             self.fleets.fleet_of,
@@ -370,20 +384,14 @@ class _Vectors:
         shadow.take(int(system.column("users")[i]), float(now), read, store, None if math.isnan(user_vector_s) else user_vector_s)
 
 
-def _cache_slots(pipeline: Pipeline, caches: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Per slot, the index in `caches` of the cache guarding its call and of the one it reads through (-1: none)."""
+def _cache_slots(pipeline: Pipeline, caches: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per slot, the lookup (`Pipeline.lookups`, a column of the cache flags) guarding its call and the one it reads
+    through (-1: none), and each lookup's index in `caches`."""
     guard = np.full(len(pipeline.stages), -1, np.int64)
     reads = guard.copy()
-    slot = 0
-    for step in pipeline.steps:
-        for branch in branches_of(step):
-            if isinstance(branch, Cached) and branch.cache in caches:
-                guard[slot] = caches.index(branch.cache)
-            for call in calls_of(branch):
-                if call.reads in caches:
-                    reads[slot] = caches.index(call.reads)
-                slot += 1
-    return guard, reads
+    for column, lookup in enumerate(pipeline.lookups):
+        (guard if lookup.guard else reads)[lookup.slot] = column
+    return guard, reads, np.array([caches.index(lookup.cache) for lookup in pipeline.lookups], np.int64)
 
 
 def _slowdowns(scenario: Scenario, names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -407,9 +415,11 @@ def _slowdowns(scenario: Scenario, names: list[str]) -> tuple[np.ndarray, np.nda
 
 
 # --- accounting ------------------------------------------------------------------------------------------
-def _flush(recorder: Recorder, system: _Requests, before: float, vectors: _Vectors | None, batches: BatchState) -> float:
+def _flush(
+    recorder: Recorder, system: _Requests, before: float, vectors: _Vectors | None, batches: BatchState, caches: CacheState
+) -> float:
     """Account the batches and the requests that finished before `before`, in the order they finished, and drop
-    the requests; the latest finish among them (-inf: none)."""
+    the requests (and their entries of request-keyed caches); the latest finish among them (-inf: none)."""
     for slot, start, service, size, members in batches.finished_batches(before).tolist():
         recorder.batch(int(slot), start, service, int(members), int(size))
     end_s = system.column("end_s")
@@ -426,6 +436,7 @@ def _flush(recorder: Recorder, system: _Requests, before: float, vectors: _Vecto
     if vectors is not None:
         read, ages, stale, mismatched = (system.column(name)[order] for name in ("read", "ages", "stale", "mismatched"))
         reads = {vectors.name: VectorReads(read, ages, stale, mismatched)}
+    caches.release(end_s, system.column("cache_in")[order])
     recorder.account(ids, arrival_s, users, candidates, measured, times, service, outcome, end_s, cache_hit, reads)
     recorder.finished(outcome, measured)
     batches.remap(system.keep(~done))

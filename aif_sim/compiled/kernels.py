@@ -22,7 +22,7 @@ import numpy as np
 from numba import njit
 
 from aif_sim.compiled.batching import run_until, slowdown_at, visit_ended, visit_over, wake
-from aif_sim.compiled.caches import due, lookup, push, settle
+from aif_sim.compiled.caches import due, insert, lookup, lookup_own, settle
 from aif_sim.compiled.fleets import parts_over, pick, retried, served_at_node, visit_node
 
 COMPLETED, REJECTED, TIMED_OUT = 0, 1, 2  # core.request.Outcome
@@ -191,6 +191,7 @@ def advance(
     guard: np.ndarray,
     reads: np.ndarray,
     caches: tuple,
+    own: tuple,
     slot_batch: np.ndarray,
     batches: tuple,
     fleet_of: np.ndarray,
@@ -221,12 +222,14 @@ def advance(
     `slow_v[j]` from `slow_t[j]` on, for j in `slow_at[slot] : slow_at[slot + 1]` (1 before the first); a
     visit's service is multiplied when it starts, and written back, as `sim.pools` does.
 
-    Caches (`caches.CacheState.state`, keys `users`): `guard[slot]` is the cache whose hit skips the slot's
-    call, `reads[slot]` the cache it reads through (-1: none), looked up in that order at the request's
-    arrival at the step; a read-through miss adds `miss[i, slot]` to the service; a completed visit that
-    missed inserts into the read-through cache, then the guard's, when it ends. `cache_hit[i, c]` 1.0 / 0.0
-    (hit, miss) where the request consulted cache c, as `core.flow` marks it, and `user_vector_s[i]` when the
-    entry a guard hit took was inserted. Nothing is looked up at or
+    Caches (`caches.CacheState.state`, keys `users`): `guard[slot]` is the lookup (`Pipeline.lookups`) whose hit
+    skips the slot's call, `reads[slot]` the one it reads through (-1: none), looked up in that order at the
+    request's arrival at the step; a read-through miss adds `miss[i, slot]` to the service; a completed visit
+    that missed inserts into the read-through cache, then the guard's, when it ends. `own` = (cache_of, keyed,
+    cache_step, cache_in): each lookup's cache, whether each cache is request-keyed, and the requests' entries in
+    those (`caches.insert`, `caches.lookup_own`). `cache_hit[i, l]` 1.0 / 0.0 (hit, miss) where the request made
+    lookup l, as `core.flow` marks it, and `user_vector_s[i]` when the entry a guard hit took was inserted.
+    Nothing is looked up at or
     after `until` (the simulated time at which a run stops at its horizon): such a request is still in
     flight when the run ends, and the caches must not change after it.
 
@@ -242,7 +245,8 @@ def advance(
     n = len(arrive)
     steps = len(step_at) - 1
     at, older, newer, ends, capacity, ttl, counts, pend_t, pend_key, pend_n, pend_seq, made, flush_t, flush_nodes, flush_next = caches
-    inserts = (pend_t, pend_key, pend_n, pend_seq, made)
+    cache_of, keyed, cache_step, cache_in = own
+    inserts = (pend_t, pend_key, pend_n, pend_seq, made, cache_of, keyed, cache_step, cache_in)
     visits = (times, miss, cache_hit, users, measured, service)
     slow = (slow_at, slow_t, slow_v)
     bslots, bservers, q_req, q_at, heads, serving = batches[0], batches[1], batches[4], batches[5], batches[6], batches[11]
@@ -275,18 +279,27 @@ def advance(
                 slot = step_slots[p]
                 g, r = (guard[slot], reads[slot]) if t < until else (-1, -1)
                 if g >= 0:
-                    if due(pend_t, pend_n, flush_t, flush_next, g) < t:
-                        settle(*caches, g, t)
-                    if lookup(at, older, newer, ends, ttl, counts, g, users[i], t):
+                    c = cache_of[g]
+                    if keyed[c]:
+                        hit = lookup_own(counts, cache_step, c, i, k)
+                    else:
+                        if due(pend_t, pend_n, flush_t, flush_next, c) < t:
+                            settle(*caches, c, t)
+                        hit = lookup(at, older, newer, ends, ttl, counts, c, users[i], t)
+                    if hit:
                         cache_hit[i, g] = 1.0
-                        user_vector_s[i] = at[g, users[i]]
+                        user_vector_s[i] = cache_in[i, c] if keyed[c] else at[c, users[i]]
                         continue  # the call is skipped: this branch ends at t, completed
                     cache_hit[i, g] = 0.0
                 read_miss = False
                 if r >= 0:
-                    if due(pend_t, pend_n, flush_t, flush_next, r) < t:
-                        settle(*caches, r, t)
-                    read_miss = not lookup(at, older, newer, ends, ttl, counts, r, users[i], t)
+                    c = cache_of[r]
+                    if keyed[c]:
+                        read_miss = not lookup_own(counts, cache_step, c, i, k)
+                    else:
+                        if due(pend_t, pend_n, flush_t, flush_next, c) < t:
+                            settle(*caches, c, t)
+                        read_miss = not lookup(at, older, newer, ends, ttl, counts, c, users[i], t)
                     cache_hit[i, r] = 0.0 if read_miss else 1.0
                     if read_miss:
                         service[i, slot] += miss[i, slot]
@@ -354,9 +367,9 @@ def advance(
                         served_at_node(f, node, slot, start, service[i, slot], measured[i], fleets)
                 if o == COMPLETED:
                     if read_miss:
-                        push(pend_t, pend_key, pend_n, pend_seq, made, r, e, users[i])
+                        insert(inserts, r, i, k, e, users[i])
                     if g >= 0:
-                        push(pend_t, pend_key, pend_n, pend_seq, made, g, e, users[i])
+                        insert(inserts, g, i, k, e, users[i])
                 visit_over(i, o, e, req)
             visit_ended(i, COMPLETED, t, k, steps, req)
             if j + 1 < count and arrive[order[j + 1]] == t:

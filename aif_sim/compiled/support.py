@@ -35,6 +35,9 @@ def unsupported(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler])
     lost = sorted({fault.stage for fault in scenario.faults if isinstance(fault, NodeLoss) and fault.stage in stages})
     if lost:
         return f"the compiled engine does not model node loss yet ({', '.join(lost)})"
+    shared = _shared_across_steps(scenario, pipeline)
+    if shared:
+        return f"the compiled engine does not model a user-keyed cache consulted at several steps ({', '.join(shared)})"
     batching = [name for name in stages if scenario.stages[name].batch is not None]
     per_candidate = [name for name in batching if scenario.stages[name].per_candidate_us]
     if per_candidate:
@@ -45,6 +48,19 @@ def unsupported(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler])
             f"the compiled engine does not model batching stages timed by candidates or by empirical samples ({', '.join(drawn_per_batch)})"
         )
     return _ties_likely(scenario, pipeline, samplers)
+
+
+def _shared_across_steps(scenario: Scenario, pipeline: str) -> list[str]:
+    """The user-keyed caches the pipeline consults at more than one step (the compiled engine sweeps a step at a time,
+    so it can apply a shared cache's operations in time order only when one step makes them all)."""
+    definition, caches = scenario.pipeline(pipeline), scenario.caches
+    step_of = {slot: k for k, slots in enumerate(definition.step_slots) for slot in slots}
+    steps: dict[str, set[int]] = {}
+    for lookup in definition.lookups:
+        spec = caches.get(lookup.cache) if caches is not None else None
+        if spec is not None and spec.key == "user":
+            steps.setdefault(lookup.cache, set()).add(step_of[lookup.slot])
+    return [name for name, where in steps.items() if len(where) > 1]
 
 
 def _ties_likely(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler]) -> str | None:

@@ -136,3 +136,51 @@ class CachePolicy:
         for key in lost:
             del entries[key]
         return lost
+
+
+class RequestCache:
+    """The policy of a request-keyed cache: an entry per request in flight (the key is the request's id), inserted by
+    the first of its consultations whose call ends and dropped when the request ends (`release`). Nothing is shared
+    between requests, so nothing is evicted or expires; `held_s` sums the time each released entry was held (its
+    mean count over a run is `held_s / run length`, Little's law).
+
+    Counters as `CachePolicy`'s: `hits`, `misses`, and `evictions`, `expirations` (always 0)."""
+
+    __slots__ = ("hits", "misses", "evictions", "expirations", "held_s", "_entries")
+
+    def __init__(self) -> None:
+        self.hits = self.misses = self.evictions = self.expirations = 0
+        self.held_s = 0.0
+        self._entries: dict[int, float] = {}  # request id -> when its entry went in (s)
+
+    def __len__(self) -> int:
+        """Entries held: one per request in flight that has inserted one."""
+        return len(self._entries)
+
+    def lookup(self, key: int, now: float) -> bool:
+        """True (a hit) when the request `key` has inserted its entry."""
+        hit = key in self._entries
+        if hit:
+            self.hits += 1
+        else:
+            self.misses += 1
+        return hit
+
+    def insert(self, key: int, now: float) -> None:
+        """The request's entry goes in at `now`; one already there stays (held since it went in)."""
+        self._entries.setdefault(key, now)
+
+    def inserted_at(self, key: int) -> float | None:
+        """When the request's entry went in, or None when it has none."""
+        return self._entries.get(key)
+
+    def release(self, key: int, now: float) -> bool:
+        """The request `key` has ended at `now`: its entry, if any, leaves; whether it had one."""
+        inserted = self._entries.pop(key, None)
+        if inserted is None:
+            return False
+        self.held_s += now - inserted
+        return True
+
+
+Policy = CachePolicy | RequestCache  # a cache's policy, by its key (`Cache.key`: user, request)

@@ -8,12 +8,19 @@ engine what only an engine can do, receiving the answer through `send`:
   (the join rule of `core.request`).
 - `Pause(s)`: let `s` seconds pass before the next step, outside any stage (a request with `hop_s`, replayed
   from a trace: `core.replay`); the engine sends back None.
-- `Load(cache)` / `Save(cache, dropped)`: an engine that keeps values takes the user's entry from the
-  cache's storage (a hit), or stores the entry the request has just computed (a miss), deleting the
-  entry the policy `dropped` for room; it sends back None. Yielded only by a flow built with
-  `storage=True` (the live engine); the DES keeps no values.
+- `Load(cache, key)` / `Save(cache, key, dropped)`: an engine that keeps values takes the entry `key` (the user's,
+  or the request's own for a request-keyed cache) from the cache's storage (a hit), or stores the entry the
+  request has just computed (a miss), deleting the entry the policy `dropped` for room; it sends back None.
+  Yielded only by a flow built with `storage=True` (the live engine); the DES keeps no values.
 Everything else happens here, at the engine's `clock()`: cache policy decisions, miss latencies, vector
-ages and versions, shadow sampling. The result of `run` is the request's outcome.
+ages and versions, shadow sampling. The result of `run` is the request's outcome; the engine then calls
+`end(request, now)`, which drops the request's entries from the request-keyed caches.
+
+A cache may be consulted at several calls of a pipeline: each consultation is a lookup of its own, recorded in
+its column of `Request.cache_hit` (`Pipeline.lookups`). A user-keyed cache is shared by every request of the
+user; a request-keyed one misses at a request's first lookup and hits at a later one once the call that missed
+has inserted the entry: the branches of one parallel group look up together when the step starts, so they all
+miss, and the first to end inserts it.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from aif_sim.core.cache import CachePolicy
+from aif_sim.core.cache import Policy, RequestCache
 from aif_sim.core.nearline import NearlineStore
 from aif_sim.core.request import Outcome, Request
 from aif_sim.core.shadow import ShadowSampling
@@ -51,11 +58,13 @@ class Pause:
 @dataclass(frozen=True, slots=True)
 class Load:
     cache: str
+    key: int
 
 
 @dataclass(frozen=True, slots=True)
 class Save:
     cache: str
+    key: int
     dropped: int | None
 
 
@@ -73,14 +82,15 @@ class Flow:
     def __init__(
         self,
         pipeline: Pipeline,
-        caches: dict[str, CachePolicy],
+        caches: dict[str, Policy],
         stores: dict[str, NearlineStore],
         clock: Callable[[], float],
         shadow: ShadowSampling | None = None,
         storage: bool = False,
     ) -> None:
         self.caches, self.stores, self.clock, self.shadow, self.storage = caches, stores, clock, shadow, storage
-        self.cache_index = {name: i for i, name in enumerate(caches)}
+        self.lookup_at = {(lookup.slot, lookup.guard): i for i, lookup in enumerate(pipeline.lookups)}
+        self.by_request = {name: cache for name, cache in caches.items() if isinstance(cache, RequestCache)}
         self.calls: list[Call] = []
         self.steps: list[tuple[Branch, ...]] = []
         for step in pipeline.steps:
@@ -100,12 +110,17 @@ class Flow:
                 return outcome
         return COMPLETED
 
+    def end(self, request: Request, now: float) -> list[tuple[str, int]]:
+        """The request has ended at `now`: its entries leave the request-keyed caches; the (cache, key) that left."""
+        return [(name, request.id) for name, cache in self.by_request.items() if cache.release(request.id, now)]
+
     # --- branches -----------------------------------------------------------------------------------
     def _branch(self, branch: Call | Cached) -> Branch:
         if isinstance(branch, Cached):
+            guard_slot = len(self.calls)
             inner = self._branch(branch.call)
             cache = self.caches.get(branch.cache)
-            return inner if cache is None else self._guarded(branch.cache, cache, inner)
+            return inner if cache is None else self._guarded(branch.cache, cache, self.lookup_at[guard_slot, True], inner)
         slot = len(self.calls)
         self.calls.append(branch)
         visit = Visit(slot)
@@ -115,54 +130,56 @@ class Flow:
 
         flow: Branch = serve
         if branch.reads in self.caches:
-            flow = self._read_through(branch.reads, slot, flow)
+            flow = self._read_through(branch.reads, slot, self.lookup_at[slot, False], flow)
         if branch.vectors in self.stores:
             flow = self._vectors(branch.vectors, self.stores[branch.vectors], flow)
         return flow
 
-    def _guarded(self, name: str, cache: CachePolicy, inner: Branch) -> Branch:
-        """A hit skips the call; a miss makes it and inserts the user's entry when it finishes."""
-        clock, index, storage = self.clock, self.cache_index[name], self.storage
-        load = Load(name)
+    def _guarded(self, name: str, cache: Policy, index: int, inner: Branch) -> Branch:
+        """A hit skips the call; a miss makes it and inserts the entry when it finishes (`index`: the lookup's column)."""
+        clock, storage, by_request = self.clock, self.storage, isinstance(cache, RequestCache)
 
         def guarded(request: Request) -> FlowRun:
-            if cache.lookup(request.user, clock()):
+            key = request.id if by_request else request.user
+            if cache.lookup(key, clock()):
                 request.cache_hit[index] = 1.0
-                request.user_vector_s = cache.inserted_at(request.user)
+                request.user_vector_s = cache.inserted_at(key)
                 if storage:
-                    yield load
+                    yield Load(name, key)
                 return COMPLETED
             request.cache_hit[index] = 0.0
             outcome = yield from inner(request)
             if outcome is COMPLETED:
-                yield from self._insert(name, cache, request)
+                yield from self._insert(name, cache, key)
             return outcome
 
         return guarded
 
-    def _insert(self, name: str, cache: CachePolicy, request: Request) -> Generator[Op, Any, None]:
+    def _insert(self, name: str, cache: Policy, key: int) -> Generator[Op, Any, None]:
         """A computation that missed has finished: its entry goes in, and an engine that keeps values stores it."""
-        dropped = cache.insert(request.user, self.clock())
+        dropped = cache.insert(key, self.clock())
         if self.storage:
-            yield Save(name, dropped)
+            yield Save(name, key, dropped)
 
-    def _read_through(self, name: str, slot: int, inner: Branch) -> Branch:
-        """A miss adds the miss latency (drawn per request) to the visit's service and inserts when the visit ends."""
-        clock, cache, index, storage = self.clock, self.caches[name], self.cache_index[name], self.storage
-        load = Load(name)
+    def _read_through(self, name: str, slot: int, index: int, inner: Branch) -> Branch:
+        """A miss adds the miss latency (drawn per request) to the visit's service and inserts when the visit ends
+        (`index`: the lookup's column)."""
+        clock, cache, storage = self.clock, self.caches[name], self.storage
+        by_request = isinstance(cache, RequestCache)
 
         def read_through(request: Request) -> FlowRun:
-            hit = cache.lookup(request.user, clock())
+            key = request.id if by_request else request.user
+            hit = cache.lookup(key, clock())
             request.cache_hit[index] = float(hit)
             if hit:
                 request.miss_s[slot] = 0.0
                 if storage:
-                    yield load
+                    yield Load(name, key)
             else:
                 request.service_s[slot] += request.miss_s[slot]
             outcome = yield from inner(request)
             if not hit and outcome is COMPLETED:
-                yield from self._insert(name, cache, request)
+                yield from self._insert(name, cache, key)
             return outcome
 
         return read_through

@@ -39,7 +39,7 @@ from aif_sim.core.changes import ChangeChunk, ChangeLog, item_changes, user_chan
 from aif_sim.core.latency import Sampler
 from aif_sim.core.nearline import NearlineStore, Sweep
 from aif_sim.core.traffic import stream
-from aif_sim.scenario.schema import Fault, NearlineOutage, Refresh, Scenario
+from aif_sim.scenario.schema import CacheFlush, Fault, NearlineOutage, Refresh, Scenario
 
 MEAN_DRAWS = 100_000  # draws that estimate a refresh latency's mean (the rate of a full sweep)
 DRAWS = 1024  # refresh latencies drawn at a time
@@ -304,9 +304,7 @@ class RefreshPool:
 def version_switches(scenario: Scenario, samplers: dict[str, Sampler], world_changes: list[ChangeChunk] | None = None) -> list[float]:
     """When the serving model version changes during the run (at a rollout's start under `latest`, at its end
     under `consistent`), from a run of the item store's refresh pool of its own (its events never depend on
-    requests). A cached user vector belongs to the version that made it, as serving systems key such caches by
-    model version: at each switch the cached user vectors of the old version are invalid, and every engine drops
-    them (the whole `user_vector` cache, as a flush)."""
+    requests)."""
     nearline = scenario.nearline
     if nearline is None or nearline.model_publish_interval_s is None:
         return []
@@ -322,6 +320,24 @@ def version_switches(scenario: Scenario, samplers: dict[str, Sampler], world_cha
             return switches
         now = until.time_s
     return switches
+
+
+def version_flushes(
+    scenario: Scenario, caches: Iterable[str], samplers: dict[str, Sampler], world_changes: list[ChangeChunk] | None = None
+) -> list[CacheFlush]:
+    """The flushes of the versioned caches among `caches` (a pipeline's; `Scenario.versioned_caches`) at each switch
+    of the serving model version, in time order. A versioned entry belongs to the version that made it, as serving
+    systems key such caches by model version: at a switch the old version's entries are invalid, and every engine
+    drops them all, through the path it applies `cache_flush` faults by (they are not faults: the storm report
+    leaves them out)."""
+    versioned = [name for name in scenario.versioned_caches if name in caches]
+    if not versioned:
+        return []
+    return [
+        CacheFlush(kind="cache_flush", at_s=at_s, cache=name)
+        for at_s in version_switches(scenario, samplers, world_changes)
+        for name in versioned
+    ]
 
 
 def store_backgrounds(

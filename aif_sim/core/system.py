@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aif_sim.core.cache import CachePolicy
+from aif_sim.core.cache import CachePolicy, Policy, RequestCache
 from aif_sim.core.latency import Sampler
 from aif_sim.core.nearline import NearlineStore
 from aif_sim.core.replay import ServiceTrace
@@ -36,14 +36,15 @@ def run_step_s(scenario: Scenario) -> float:
     return min(horizon / PROGRESS_STEPS, max(1.0, STEP_REQUESTS / rate))
 
 
-def cache_policies(scenario: Scenario, pipeline: str) -> dict[str, CachePolicy]:
-    """The cache policies of the caches this pipeline consults and the scenario configures."""
+def cache_policies(scenario: Scenario, pipeline: str) -> dict[str, Policy]:
+    """The cache policies of the caches this pipeline consults and the scenario configures: LRU over users, or one
+    entry per request in flight (`key: request`)."""
     config = scenario.caches
-    caches = {}
+    caches: dict[str, Policy] = {}
     for name in scenario.pipeline(pipeline).caches:
         spec = config.get(name) if config is not None else None
         if spec is not None:
-            caches[name] = CachePolicy(spec.capacity, spec.ttl_s)
+            caches[name] = RequestCache() if spec.key == "request" else CachePolicy(spec.capacity or 0, spec.ttl_s)
     return caches
 
 
@@ -119,7 +120,7 @@ class RequestSource:
     items whose vectors are measured.
 
     `reads`: (slot, cache) of the pipeline's read-through visits to a configured cache; `caches`: how many
-    caches the pipeline consults; `sample_size`: candidates measured per request (0: none); `trace`: arrival times,
+    cache lookups the pipeline makes (`Pipeline.lookups`); `sample_size`: candidates measured per request (0: none); `trace`: arrival times,
     service times and pauses between steps that replace the drawn ones where it has them (`core.replay`).
     """
 
@@ -146,14 +147,14 @@ class RequestSource:
         scenario: Scenario,
         pipeline: str,
         samplers: dict[str, Sampler],
-        caches: dict[str, CachePolicy],
+        caches: dict[str, Policy],
         stores: dict[str, NearlineStore],
         trace: ServiceTrace | None = None,
     ) -> RequestSource:
         """The request source of a pipeline run with these cache policies and nearline stores (and a trace to replay)."""
         reads = [(slot, call.reads) for slot, call in enumerate(scenario.pipeline(pipeline).calls) if call.reads in caches]
         sample_size = scenario.nearline.staleness_sample if scenario.nearline is not None and "items" in stores else 0
-        return cls(scenario, pipeline, samplers, reads, len(caches), sample_size, trace)
+        return cls(scenario, pipeline, samplers, reads, len(scenario.pipeline(pipeline).lookups), sample_size, trace)
 
     def draws(self, duration_s: float) -> Iterator[RequestDraws]:
         """The requests arriving in [0, duration_s), a block at a time, in order of arrival, as arrays."""

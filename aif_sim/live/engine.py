@@ -27,7 +27,7 @@ import numpy as np
 from aif_sim.core.changes import world_changes
 from aif_sim.core.flow import Flow, FlowRun, Fork, Load, Pause, Save, Visit
 from aif_sim.core.latency import Sampler
-from aif_sim.core.refresh import store_backgrounds, version_switches
+from aif_sim.core.refresh import store_backgrounds, version_flushes
 from aif_sim.core.replay import ServiceTrace
 from aif_sim.core.request import Outcome, Request
 from aif_sim.core.system import RequestSource, cache_policies, nearline_stores
@@ -210,12 +210,9 @@ class LivePipeline:
         world = world_changes(scenario, world_item_changes)
         for pool in store_backgrounds(scenario, self.samplers, self.stores, self.recorder.gauge, world, listeners).values():
             self._spawn(loop, drive(clock, pool.run()))
-        if "user_vector" in self.caches:
-            for at_s in version_switches(scenario, self.samplers, world):
-                self._spawn(loop, self._invalidate(clock, at_s))
         works = {pool.work.call.stage: pool.work for pool in pools if isinstance(pool.work, LiveStage)}
         fleets = {pool.work.call.stage: pool for pool in pools if isinstance(pool, LiveFleet) and isinstance(pool.work, LiveStage)}
-        for spec in scenario.faults:
+        for spec in [*version_flushes(scenario, self.caches, self.samplers, world), *scenario.faults]:
             self._spawn(loop, self._fault(clock, spec, works, fleets))
 
     def _spawn(self, loop: asyncio.AbstractEventLoop, work: Any) -> asyncio.Task[Any]:
@@ -229,14 +226,9 @@ class LivePipeline:
         if not task.cancelled() and task.exception() is not None and self.failure is None:
             self.failure = task.exception()
 
-    async def _invalidate(self, clock: Clock, at_s: float) -> None:
-        """At a switch of the serving model version, drop the cached user vectors of the old version (all of them)."""
-        await clock.until(at_s)
-        await self.storage["user_vector"].delete_many(self.caches["user_vector"].flush())
-
     async def _fault(self, clock: Clock, spec: Fault, works: dict[str, LiveStage], fleets: dict[str, LiveFleet]) -> None:
-        """Apply one fault at its time (a fault on a cache or stage this pipeline lacks does nothing; nearline outages
-        are the refresh pools' own, `core.refresh`)."""
+        """Apply one fault, or a versioned cache's flush (`core.refresh.version_flushes`), at its time (a fault on a
+        cache or stage this pipeline lacks does nothing; nearline outages are the refresh pools' own, `core.refresh`)."""
         await clock.until(spec.at_s)
         if isinstance(spec, CacheFlush) and spec.cache in self.caches:
             lost = self.caches[spec.cache].flush(spec.fraction)
@@ -253,7 +245,11 @@ class LivePipeline:
     async def _handle(self, request: Request, flow: Flow, pools: list[Slot], clock: Clock) -> None:
         work = self._drive(request, flow.run(request), pools)
         outcome = await (work if self.deadline_s is None else self._within_deadline(request, work, clock))
-        self.recorder.finish(request, outcome, clock())
+        now = clock()
+        released = flow.end(request, now)  # its entries of request-keyed caches leave with it
+        self.recorder.finish(request, outcome, now)
+        for cache, key in released:
+            await self.storage[cache].delete_many([key])
         self.trace.record(request)
 
     async def _within_deadline(self, request: Request, work: Coroutine[Any, Any, Outcome], clock: Clock) -> Outcome:
@@ -286,9 +282,9 @@ class LivePipeline:
                 await asyncio.sleep(op.s)
                 answer = None
             elif kind is Load:
-                value = await self.storage[op.cache].get(request.user)
+                value = await self.storage[op.cache].get(op.key)
                 if value is None:
-                    raise RuntimeError(f"{op.cache}: the policy holds user {request.user} but its storage has no value")
+                    raise RuntimeError(f"{op.cache}: the policy holds key {op.key} but its storage has no value")
                 field = self.cache_fields[op.cache]
                 if field is not None:
                     request.payload[field] = value
@@ -320,7 +316,7 @@ class LivePipeline:
         even if the request is abandoned meanwhile: the storage must hold what the policy holds)."""
         storage = self.storage[op.cache]
         field = self.cache_fields[op.cache]
-        await storage.set(request.user, request.payload[field] if field is not None else np.ones((), MARKER))
+        await storage.set(op.key, request.payload[field] if field is not None else np.ones((), MARKER))
         if op.dropped is not None:
             await storage.delete_many([op.dropped])
 

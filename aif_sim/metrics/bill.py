@@ -3,7 +3,8 @@
 A design pays for what it provisions, busy or not: every server of the stages it visits
 (`stages.NAME.cost_per_server_hour` each), the refresh workers of the nearline stores it reads
 (`nearline.refresh` / `user_refresh`: `cost_per_server_hour` each) and the memory of its caches (capacity x
-`entry_bytes`) and indexes (entities x `nearline.vector_bytes`; twice that under the consistent version policy
+`entry_bytes`; a request-keyed cache, the entries it holds on average, those of the requests in flight, as a run
+measures them) and indexes (entities x `nearline.vector_bytes`; twice that under the consistent version policy
 when model versions are published: the rollout holds two buffers), at `cost_per_gb_hour` per GiB.
 """
 
@@ -15,14 +16,16 @@ GIB = 2**30
 DEFAULT_VECTOR_BYTES = 512  # one stored vector when the scenario has no nearline section
 
 
-def memory_bytes(scenario: Scenario, pipeline: str) -> dict[str, int]:
-    """Per cache (`cache:NAME`) and nearline index (`index:items`, `index:users`) the pipeline uses, its bytes at peak."""
+def memory_bytes(scenario: Scenario, pipeline: str, held: dict[str, float] | None = None) -> dict[str, int]:
+    """Per cache (`cache:NAME`) and nearline index (`index:items`, `index:users`) the pipeline uses, its bytes at peak;
+    a request-keyed cache's, its mean entries `held[NAME]` (0 when not given) times its entry bytes."""
     out: dict[str, int] = {}
     caches = scenario.caches
     for name in scenario.pipeline(pipeline).caches:
         spec = caches.get(name) if caches is not None else None
         if spec is not None:
-            out[f"cache:{name}"] = spec.capacity * (spec.entry_bytes or DEFAULT_ENTRY_BYTES.get(name, OTHER_ENTRY_BYTES))
+            entries = (held or {}).get(name, 0.0) if spec.key == "request" else spec.capacity or 0
+            out[f"cache:{name}"] = round(entries * (spec.entry_bytes or DEFAULT_ENTRY_BYTES.get(name, OTHER_ENTRY_BYTES)))
     nearline = scenario.nearline
     vector_bytes = nearline.vector_bytes if nearline is not None else DEFAULT_VECTOR_BYTES
     for store in scenario.pipeline(pipeline).vector_stores:
@@ -50,16 +53,18 @@ def refresh_workers(scenario: Scenario, pipeline: str) -> dict[str, tuple[int, f
     return out
 
 
-def fixed_cost_per_hour(scenario: Scenario, pipeline: str) -> dict[str, float]:
-    """The cost an hour of what a design provisions besides its stages' servers: refresh workers and memory."""
+def fixed_cost_per_hour(scenario: Scenario, pipeline: str, held: dict[str, float] | None = None) -> dict[str, float]:
+    """The cost an hour of what a design provisions besides its stages' servers: refresh workers and memory (`held`:
+    as `memory_bytes`)."""
     refresh = sum(workers * cost for workers, cost in refresh_workers(scenario, pipeline).values())
-    memory = sum(memory_bytes(scenario, pipeline).values()) / GIB * scenario.cost_per_gb_hour
+    memory = sum(memory_bytes(scenario, pipeline, held).values()) / GIB * scenario.cost_per_gb_hour
     return {"refresh": float(refresh), "memory": float(memory)}
 
 
-def cost_per_hour(scenario: Scenario, pipeline: str) -> dict[str, float]:
-    """A design's cost an hour as the scenario provisions it: `stages`, `refresh`, `memory` and their `total`."""
+def cost_per_hour(scenario: Scenario, pipeline: str, held: dict[str, float] | None = None) -> dict[str, float]:
+    """A design's cost an hour as the scenario provisions it: `stages`, `refresh`, `memory` and their `total` (`held`:
+    as `memory_bytes`)."""
     stages = sum(scenario.stages[name].servers * scenario.stages[name].cost_per_server_hour for name in scenario.pipeline(pipeline).stages)
-    out = {"stages": float(stages), **fixed_cost_per_hour(scenario, pipeline)}
+    out = {"stages": float(stages), **fixed_cost_per_hour(scenario, pipeline, held)}
     out["total"] = sum(out.values())
     return out

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from aif_sim.core.cache import CachePolicy
+from aif_sim.core.cache import Policy, RequestCache
 from aif_sim.core.nearline import NearlineStore
 from aif_sim.core.refresh import PREFIX, store_gauges
 from aif_sim.core.request import Outcome, Request, Window
@@ -39,7 +39,8 @@ STORE_CHANGES = {"items": "item_updates", "users": "user_events"}  # what change
 @dataclass(frozen=True)
 class CompletedBlock:
     """Completed measured requests of one flush, as columns; `stage_ms[:, slot]` is NaN where not visited,
-    `cache_hit[:, i]` 1.0 / 0.0 / NaN (hit, miss, not consulted) for the recorder's i-th cache."""
+    `cache_hit[:, i]` 1.0 / 0.0 / NaN (hit, miss, not consulted) at the pipeline's i-th cache lookup
+    (`Pipeline.lookups`)."""
 
     request_id: np.ndarray
     arrival_s: np.ndarray
@@ -87,8 +88,18 @@ class RequestSink(Protocol):
     def write(self, pipeline: str, stages: list[str], caches: list[str], block: CompletedBlock) -> None: ...
 
 
+def _hit_share(flags: np.ndarray, columns: list[int]) -> np.ndarray:
+    """Per request, the share of its lookups at these flag columns that hit (NaN: none consulted)."""
+    if len(columns) == 1:
+        return flags[:, columns[0]]
+    chosen = flags[:, columns]
+    looked = np.count_nonzero(~np.isnan(chosen), axis=1)
+    hits = np.count_nonzero(chosen == 1.0, axis=1)
+    return np.divide(hits, looked, out=np.full(len(flags), np.nan), where=looked > 0)
+
+
 def _cache_flags(requests: list[Request], caches: int) -> np.ndarray:
-    """The requests' cache flags [requests, caches]: 1.0 hit, 0.0 miss, NaN not consulted."""
+    """The requests' cache flags [requests, lookups]: 1.0 hit, 0.0 miss, NaN not consulted."""
     if caches == 0:
         return np.empty((len(requests), 0))
     return np.fromiter(chain.from_iterable(r.cache_hit for r in requests), float, caches * len(requests)).reshape(len(requests), caches)
@@ -162,12 +173,13 @@ class Recorder:
         window: Window,
         slo_ms: float | None,
         sink: RequestSink | None = None,
-        caches: dict[str, CachePolicy] | None = None,
+        caches: dict[str, Policy] | None = None,
         stores: list[str] | None = None,
         faults: list[FaultWindow] | None = None,
     ) -> None:
         """`stages`: per stage of the pipeline, its servers, whether it batches and its nodes; `caches`: the cache
-        policies the pipeline consults (in the order of `Request.cache_hit`); `stores`: the nearline
+        policies the pipeline consults (each looked up at the columns of `Request.cache_hit` that
+        `Pipeline.lookups` gives it); `stores`: the nearline
         stores it reads (`items`, `users`); `faults`: the faults that touch the pipeline, for the storm report."""
         self.pipeline = pipeline.name
         self._definition = pipeline
@@ -185,7 +197,9 @@ class Recorder:
         self.latency = LogHistogram()
         self.no_contention = LogHistogram()
         self.caches = caches or {}
-        self.cache_counts = {name: [0, 0] for name in self.caches}  # hits, misses of measured requests
+        self.cache_counts = {name: [0, 0] for name in self.caches}  # hits, misses of measured requests' lookups
+        self.lookups = [lookup.cache for lookup in pipeline.lookups] if self.caches else []  # each flag column's cache
+        self.end_s = 0.0  # when the run ended (`close`)
         self.vectors = {name: VectorRecord() for name in stores or []}
         self.faults = faults or []
         means = [f"{name}_hit_ratio" for name in self.caches] + [f"{STORE_LABEL[name]}_vector_age_mean_s" for name in stores or []]
@@ -194,8 +208,7 @@ class Recorder:
         self.index_bytes = 0  # size of the served item-vector index (the engine sets it)
         self.refresh_workers: dict[str, int] = {}  # per store refreshed in the run, its refresh pool's workers
         self.first_read_s: dict[str, float] = {}  # per store, model time spent making vectors on first read (live)
-        self.memory_bytes: dict[str, int] | None = None  # the design's caches and indexes (`metrics.bill`)
-        self.cost_per_hour: dict[str, float] | None = None  # what the design provisions costs an hour (`metrics.bill`)
+        self.billed: tuple[Scenario, str] | None = None  # the scenario and pipeline whose bill the summary gives (`metrics.bill`)
         self.shadow_samples: list[ShadowSample] = []  # requests shadow scoring takes (filled by the engine)
         self.quality: dict[str, Any] | None = None  # their scores with stale and fresh vectors (after the run)
         self.engine = "simpy"  # the engine that produced these figures (simpy, compiled or live; the engine sets it)
@@ -211,7 +224,7 @@ class Recorder:
         scenario: Scenario,
         pipeline: str,
         sink: RequestSink | None,
-        caches: dict[str, CachePolicy],
+        caches: dict[str, Policy],
         stores: list[str],
     ) -> Recorder:
         """The recorder of one pipeline of a scenario's run, with the pipeline's caches, the stores it reads and
@@ -227,8 +240,7 @@ class Recorder:
             if touches(f, scenario, pipeline)
         ]
         recorder = cls(scenario.pipeline(pipeline), stages, window, scenario.slo_p99_ms, sink, caches, stores, faults)
-        recorder.memory_bytes = memory_bytes(scenario, pipeline)
-        recorder.cost_per_hour = cost_per_hour(scenario, pipeline)
+        recorder.billed = (scenario, pipeline)
         nearline = scenario.nearline
         if nearline is not None:
             changes = {
@@ -247,7 +259,7 @@ class Recorder:
 
     def start_trace(self, fraction: float, stores: dict[str, NearlineStore]) -> None:
         """Keep the timelines of a `fraction` of the requests (by id), and of the stores' passes and rollouts."""
-        self.trace = RequestTrace(self._definition, list(self.caches), fraction)
+        self.trace = RequestTrace(self._definition, fraction)
         self.trace.stores = stores
 
     def trace_events(self, pid: int) -> list[dict[str, Any]]:
@@ -409,7 +421,7 @@ class Recorder:
             np.fromiter(chain.from_iterable(r.service_s for r in done), float, n * stages).reshape(n, stages),
             np.array(self._outcome),
             np.array(self._end_s),
-            _cache_flags(done, len(self.caches)),
+            _cache_flags(done, len(self.lookups)),
             _vector_reads(done, list(self.vectors)) if self.vectors else None,
         )
         self._done, self._outcome, self._end_s = [], [], []
@@ -443,9 +455,9 @@ class Recorder:
             for slot, seconds in enumerate(np.where(done, service_s[failed], 0.0).sum(axis=0).tolist()):
                 self.stages[slot].failed_s += seconds
         latency_ms = (end_s - arrival_s) * 1000
-        means = {f"{name}_hit_ratio": cache_hit[:, i] for i, name in enumerate(self.caches)}
-        for i, counts in enumerate(self.cache_counts.values()):
-            mine = cache_hit[measured, i]
+        means = {f"{name}_hit_ratio": _hit_share(cache_hit, [i for i, c in enumerate(self.lookups) if c == name]) for name in self.caches}
+        for i, name in enumerate(self.lookups):
+            mine, counts = cache_hit[measured, i], self.cache_counts[name]
             counts[0] += int(np.count_nonzero(mine == 1.0))
             counts[1] += int(np.count_nonzero(mine == 0.0))
         means.update(self._vector_ages(vectors, n, completed & measured))
@@ -534,7 +546,7 @@ class Recorder:
                 stage_ms,
                 flags,
             )
-            self.sink.write(self.pipeline, self.stage_names, list(self.caches), block)
+            self.sink.write(self.pipeline, self.stage_names, self._definition.lookup_labels, block)
 
     def stop(self, now_s: float) -> None:
         """The run was interrupted at `now_s`: the window ends there and the results are partial."""
@@ -546,6 +558,7 @@ class Recorder:
         """The run ended at `end_s` (simulated): account what has finished, and the finished visits of the
         requests still in flight; close the time series. `still_inside`: (stage times, measured) of the requests
         in flight, from an engine that keeps no Request objects (times NaN where a visit had not ended by `end_s`)."""
+        self.end_s = end_s
         self.flush()
         if self._inside:
             inside = list(self._inside.values())
@@ -697,9 +710,14 @@ class Recorder:
             "bottleneck": max(stages, key=lambda name: stages[name]["utilization"]),
             "critical_stage": max(stages, key=lambda n: stages[n]["critical_path_share"]) if critical_total else None,
         }
-        if self.cost_per_hour is not None:
-            out["memory_bytes"] = self.memory_bytes
-            out["cost_per_hour"] = self.cost_per_hour
+        if self.billed is not None:  # a request-keyed cache holds, on average, the entries of the requests in flight
+            held = {
+                name: cache.held_s / self.end_s if self.end_s > 0 else 0.0
+                for name, cache in self.caches.items()
+                if isinstance(cache, RequestCache)
+            }
+            out["memory_bytes"] = memory_bytes(*self.billed, held)
+            out["cost_per_hour"] = cost_per_hour(*self.billed, held)
         if self.caches:
             out["caches"] = {
                 name: {

@@ -17,7 +17,8 @@ from aif_sim.metrics.recorder import CompletedBlock
 
 class RequestLog:
     """Rows of completed measured requests: id, pipeline, arrival, user, candidates, latency, per-stage
-    times and, per cache of the scenario, whether the request hit it."""
+    times and, per cache lookup of the scenario's pipelines (`Pipeline.lookup_labels`: a cache's name, or
+    `CACHE@STAGE` for a cache a pipeline consults at several calls), whether the request hit there."""
 
     ROW_GROUP = 65536
 
@@ -47,7 +48,7 @@ class RequestLog:
         columns.append(block.latency_ms[keep])
         nan = np.full(n, np.nan)
         columns += [block.stage_ms[keep, stages.index(s)] if s in stages else nan for s in self.stages]
-        for cache in self.caches:  # null where the request did not consult the cache
+        for cache in self.caches:  # null where the request did not make the lookup
             flags = block.cache_hit[keep, caches.index(cache)] if cache in caches else nan
             columns.append(pa.array(flags == 1.0, mask=np.isnan(flags)))
         self._pending.append(pa.Table.from_arrays(columns, schema=self._schema))

@@ -27,7 +27,7 @@ import numpy as np
 from aif_sim.core.nearline import NearlineStore
 from aif_sim.core.request import Outcome
 from aif_sim.core.sampling import sampled
-from aif_sim.scenario.pipelines import Cached, Pipeline, branches_of
+from aif_sim.scenario.pipelines import Pipeline
 
 US = 1e6  # trace timestamps are microseconds
 OUTCOMES = {int(o): o.name.lower() for o in Outcome}
@@ -63,26 +63,15 @@ class _Lanes:
         return len(self.names) - 1
 
 
-def slot_caches(pipeline: Pipeline) -> list[tuple[str | None, str | None]]:
-    """Per stage slot of a pipeline, the cache that guards its call (a hit skips it) and the cache it reads through."""
-    out: list[tuple[str | None, str | None]] = []
-    for step in pipeline.steps:
-        for branch in branches_of(step):
-            guard = branch.cache if isinstance(branch, Cached) else None
-            out.append((guard, branch.reads))
-    return out
-
-
 class RequestTrace:
     """The sampled requests' timelines of one pipeline run, and its background tracks."""
 
-    def __init__(self, pipeline: Pipeline, caches: list[str], fraction: float) -> None:
+    def __init__(self, pipeline: Pipeline, fraction: float) -> None:
         self.pipeline, self.stages, self.groups, self.fraction = pipeline.name, pipeline.stages, pipeline.step_slots, fraction
-        index = {name: i for i, name in enumerate(caches)}
-        self.cache_slots = [
-            (index.get(guard) if guard else None, index.get(reads) if reads else None) for guard, reads in slot_caches(pipeline)
-        ]
-        self.cache_names = caches
+        lookups = {(lookup.slot, lookup.guard): i for i, lookup in enumerate(pipeline.lookups)}
+        # per stage slot, the flag columns of the lookup that guards its call and of the one it reads through
+        self.cache_slots = [(lookups.get((slot, True)), lookups.get((slot, False))) for slot in range(len(pipeline.stages))]
+        self.cache_names = [lookup.cache for lookup in pipeline.lookups]
         self.parts: dict[int, list[PartRecord]] = {}  # by request id, until the request is accounted
         self.failures: dict[int, list[tuple[int, float, float, str]]] = {}  # slot, entered, left, outcome
         self.requests: list[dict[str, Any]] = []  # finished sampled requests, their events built

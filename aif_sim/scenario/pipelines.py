@@ -10,13 +10,16 @@ A step, as written in a scenario (or in `designs.yaml`, the shipped designs writ
   the call, which inserts the entry when it finishes (a second request for the same key meanwhile misses too).
 - `{parallel: [BRANCH, ...]}` (`Parallel`): the branches (calls or cached calls) start together; the step ends
   when all of them have ended (the join rule for branches that end differently is in `core.request`).
-Within a pipeline a stage is called, and a cache consulted, at one call; nearline vectors are read at one call at most. What a step names
-must exist in the scenario (stages, caches, stores): `Scenario` checks that, with the closest name on a miss.
+Within a pipeline a stage is called at one call and nearline vectors are read at one call at most; a cache may be
+consulted at several calls (each consultation is a lookup of its own, `Pipeline.lookups`), but not both guard and be
+read through by one call. What a step names must exist in the scenario (stages, caches, stores): `Scenario` checks
+that, with the closest name on a miss.
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,6 +28,9 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_val
 
 DESIGNS_FILE = Path(__file__).resolve().parent / "designs.yaml"
 VECTOR_STORES = ("items", "users")  # the nearline stores: item vectors (refresh, model publication), user vectors (user_refresh)
+# Stages whose result is the serving model's output for the user (the user side's vector): a cache guarding one holds
+# values of the model version that made them, so it is versioned unless the scenario says otherwise (`Cache.versioned`).
+MODEL_OUTPUT_STAGES = ("user_inference",)
 
 
 class _Step(BaseModel):
@@ -117,6 +123,16 @@ def branches_of(step: Call | Cached | Parallel) -> tuple[Call | Cached, ...]:
     return step.branches if isinstance(step, Parallel) else (step,)
 
 
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """One consultation of a cache by a pipeline: at the call in `slot`, as its guard (a hit skips the call) or read
+    through by it."""
+
+    cache: str
+    slot: int
+    guard: bool
+
+
 class Pipeline(_Step):
     """A named request flow: its steps in order. A call's slot is its position among the pipeline's calls."""
 
@@ -130,10 +146,9 @@ class Pipeline(_Step):
 
     @model_validator(mode="after")
     def _each_thing_once(self) -> Pipeline:
-        """A stage is called, and a cache consulted, at one call of the pipeline; nearline vectors are read at one call
-        at most (a request records one visit per stage, one lookup per cache and one vector read)."""
+        """A stage is called at one call of the pipeline, and nearline vectors are read at one call at most (a request
+        records one visit per stage and one vector read); a call does not both guard and read through one cache."""
         stages: dict[str, int] = {}
-        caches: dict[str, int] = {}
         reads_vectors = None
         for index, step in enumerate(self.steps):
             for branch in branches_of(step):
@@ -143,14 +158,11 @@ class Pipeline(_Step):
                         " expected each stage once per pipeline (declare another stage for a second visit)"
                     )
                 stages[branch.stage] = index
-                for cache in (branch.cache if isinstance(branch, Cached) else None, branch.reads):
-                    if cache is not None and cache in caches:
-                        raise ValueError(
-                            f"steps.{index}: cache {cache!r} is already consulted at steps.{caches[cache]};"
-                            " expected each cache at one call per pipeline"
-                        )
-                    if cache is not None:
-                        caches[cache] = index
+                if isinstance(branch, Cached) and branch.cache == branch.reads:
+                    raise ValueError(
+                        f"steps.{index}: stage {branch.stage!r} is guarded by cache {branch.cache!r} and reads through it;"
+                        " expected one use of a cache per call"
+                    )
                 if branch.vectors is not None:
                     if reads_vectors is not None:
                         raise ValueError(
@@ -181,6 +193,26 @@ class Pipeline(_Step):
         return list(dict.fromkeys(names))
 
     @functools.cached_property
+    def lookups(self) -> list[Lookup]:
+        """The pipeline's cache consultations in slot order (at one call, its guard first): a request's cache flags
+        have one column per lookup."""
+        out, slot = [], 0
+        for step in self.steps:
+            for branch in branches_of(step):
+                if isinstance(branch, Cached):
+                    out.append(Lookup(branch.cache, slot, True))
+                if branch.reads is not None:
+                    out.append(Lookup(branch.reads, slot, False))
+                slot += 1
+        return out
+
+    @functools.cached_property
+    def lookup_labels(self) -> list[str]:
+        """A name for each lookup: its cache's, or `CACHE@STAGE` for a cache the pipeline consults at several calls."""
+        counts = {name: sum(lookup.cache == name for lookup in self.lookups) for name in self.caches}
+        return [lookup.cache if counts[lookup.cache] == 1 else f"{lookup.cache}@{self.stages[lookup.slot]}" for lookup in self.lookups]
+
+    @functools.cached_property
     def step_slots(self) -> list[list[int]]:
         """For each step, the slots of the stages it calls: one, or a parallel group's."""
         groups, slot = [], 0
@@ -194,6 +226,12 @@ class Pipeline(_Step):
     def vector_stores(self) -> list[str]:
         """The nearline stores the pipeline reads vectors from."""
         return sorted({call.vectors for call in self.calls if call.vectors})
+
+    @functools.cached_property
+    def model_output_caches(self) -> list[str]:
+        """Caches guarding a stage whose result is model output (`MODEL_OUTPUT_STAGES`): versioned by default."""
+        guards = [branch for step in self.steps for branch in branches_of(step) if isinstance(branch, Cached)]
+        return list(dict.fromkeys(branch.cache for branch in guards if branch.stage in MODEL_OUTPUT_STAGES))
 
     @functools.cached_property
     def guarded_stages(self) -> list[str]:

@@ -268,10 +268,31 @@ DEFAULT_COST_PER_GB_HOUR = 0.134  # memory's price per GiB-hour in units of one 
 
 
 class Cache(Strict):
-    capacity: int = Field(ge=0)
+    # `user`: an entry per user, shared by requests (LRU over `capacity` entries, optional `ttl_s`); `request`: an
+    # entry per request in flight, inserted by its first consultation's call and dropped when the request ends
+    key: Literal["user", "request"] = "user"
+    capacity: int | None = Field(default=None, ge=0)
     ttl_s: float | None = Field(default=None, gt=0)
     miss_latency: LatencySpec | None = None
     entry_bytes: int | None = Field(default=None, ge=1)  # memory one entry takes (default: DEFAULT_ENTRY_BYTES, else OTHER_ENTRY_BYTES)
+    # whether an entry is model output of the version that made it, dropped at each switch of the serving model version
+    # (default: when the cache guards a stage whose result is model output, `pipelines.MODEL_OUTPUT_STAGES`)
+    versioned: bool | None = None
+
+    @model_validator(mode="after")
+    def _keyed(self) -> Cache:
+        """A user-keyed cache has a capacity; a request-keyed one holds each request's entry while it runs: no capacity,
+        expiry or version of its own."""
+        if self.key == "user" and self.capacity is None:
+            raise ValueError("capacity: expected the entries a user-keyed cache holds (an integer >= 0)")
+        if self.key == "request":
+            given = [name for name in ("capacity", "ttl_s") if getattr(self, name) is not None] + (["versioned"] if self.versioned else [])
+            if given:
+                raise ValueError(
+                    f"{given[0]}: a request-keyed cache holds each request's entry until the request ends;"
+                    " expected no capacity, ttl_s or versioned: true"
+                )
+        return self
 
 
 class Caches(BaseModel):
@@ -292,7 +313,9 @@ class Caches(BaseModel):
             if key not in cls.model_fields and value is not None and not isinstance(value, dict):
                 close = difflib.get_close_matches(str(key), list(cls.model_fields), n=1, cutoff=0.6)
                 hint = f"; did you mean {close[0]}?" if close else ""
-                raise ValueError(f"{key}: a cache is a mapping {{capacity, ttl_s, miss_latency, entry_bytes}}, got {value!r}{hint}")
+                raise ValueError(
+                    f"{key}: a cache is a mapping {{key, capacity, ttl_s, miss_latency, entry_bytes, versioned}}, got {value!r}{hint}"
+                )
         return data
 
     def get(self, name: str) -> Cache | None:
@@ -523,6 +546,11 @@ class Scenario(Strict):
                 raise ValueError(
                     f"faults.{index}.cache: {fault.cache!r} is not a cache of the scenario; expected one of: {', '.join(configured) or 'none configured'}"
                 )
+            if isinstance(fault, CacheFlush) and fault.cache in configured and self.caches.get(fault.cache).key == "request":
+                raise ValueError(
+                    f"faults.{index}.cache: {fault.cache!r} is keyed by request (its entries live within a request);"
+                    " expected a cache keyed by user"
+                )
         return self
 
     @model_validator(mode="after")
@@ -608,6 +636,24 @@ class Scenario(Strict):
     def cache_names(self) -> list[str]:
         """The caches the scenario's pipelines consult, in order of first use."""
         return list(dict.fromkeys(name for pipeline in self.pipeline_defs for name in pipeline.caches))
+
+    @property
+    def lookup_labels(self) -> list[str]:
+        """The cache lookups of the scenario's pipelines, by label (`Pipeline.lookup_labels`), in order of first use."""
+        return list(dict.fromkeys(label for pipeline in self.pipeline_defs for label in pipeline.lookup_labels))
+
+    @property
+    def versioned_caches(self) -> list[str]:
+        """The configured caches dropped at each switch of the serving model version: those set `versioned: true`, and
+        by default those some pipeline uses to guard a stage whose result is model output."""
+        guarding = {name for pipeline in self.pipeline_defs for name in pipeline.model_output_caches}
+        caches = self.caches
+        if caches is None:
+            return []
+        specs = {name: caches.get(name) for name in caches.names}
+        return [
+            name for name, spec in specs.items() if spec.versioned or (spec.versioned is None and spec.key == "user" and name in guarding)
+        ]
 
     @property
     def stage_names(self) -> list[str]:

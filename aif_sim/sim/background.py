@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import simpy
 
-from aif_sim.core.cache import CachePolicy
+from aif_sim.core.cache import Policy
 from aif_sim.core.changes import world_changes
 from aif_sim.core.latency import Sampler
 from aif_sim.core.nearline import NearlineStore
-from aif_sim.core.refresh import Background, store_backgrounds, version_switches
+from aif_sim.core.refresh import Background, store_backgrounds, version_flushes
 from aif_sim.metrics.recorder import Recorder
 from aif_sim.scenario.schema import CacheFlush, Fault, NodeLoss, Scenario, StageSlowdown
 from aif_sim.sim.fleet import Fleet
@@ -26,20 +26,14 @@ def drive(env: simpy.Environment, background: Background) -> Generator[simpy.Eve
         yield env.timeout(until.time_s - env.now)
 
 
-def invalidate(env: simpy.Environment, at_s: float, cache: CachePolicy) -> Generator[simpy.Event, Any, None]:
-    """At a switch of the serving model version, drop the cached user vectors of the old version (all of them)."""
-    yield env.timeout(at_s)
-    cache.flush()
-
-
 def fault(
     env: simpy.Environment,
     spec: Fault,
-    caches: dict[str, CachePolicy],
+    caches: dict[str, Policy],
     pools: dict[str, StagePool | Fleet],
 ) -> Generator[simpy.Event, Any, None]:
-    """Apply one fault at its time (a fault on a cache or stage this pipeline lacks does nothing; nearline outages
-    are the refresh pools' own, `core.refresh`)."""
+    """Apply one fault, or a versioned cache's flush, at its time (a fault on a cache or stage this pipeline lacks does
+    nothing; nearline outages are the refresh pools' own, `core.refresh`)."""
     yield env.timeout(spec.at_s)
     if isinstance(spec, CacheFlush) and spec.cache in caches:
         caches[spec.cache].flush(spec.fraction)
@@ -66,17 +60,14 @@ def start_background(
     samplers: dict[str, Sampler],
     stores: dict[str, NearlineStore],
     recorder: Recorder,
-    caches: dict[str, CachePolicy],
+    caches: dict[str, Policy],
     pools: dict[str, StagePool | Fleet],
 ) -> None:
     """Start a pipeline run's background processes: each store's refresh pool (`core.refresh`: changes, refresh,
-        model versions, nearline outages, gauges), the invalidation of cached user vectors when the serving model
-    version changes, and the faults on these caches and pools."""
+        model versions, nearline outages, gauges), the flushes of the versioned caches when the serving model version
+    changes (`core.refresh.version_flushes`), and the faults on these caches and pools."""
     world = world_changes(scenario, _world_item_changes)
     for pool in store_backgrounds(scenario, samplers, stores, recorder.gauge, world).values():
         env.process(drive(env, pool.run()))
-    if "user_vector" in caches:
-        for at_s in version_switches(scenario, samplers, world):
-            env.process(invalidate(env, at_s, caches["user_vector"]))
-    for spec in scenario.faults:
+    for spec in [*version_flushes(scenario, caches, samplers, world), *scenario.faults]:
         env.process(fault(env, spec, caches, pools))

@@ -97,6 +97,7 @@ class PipelineSimulation:
             outcome = yield from self._drive(request, self.flow.run(request))
         else:
             outcome = yield from self._within_deadline(request)
+        self.flow.end(request, self.env.now)
         self.recorder.finish(request, outcome, self.env.now)
 
     def spawn(self, request: Request, work: Generator[simpy.Event, Any, Outcome]) -> simpy.Process:

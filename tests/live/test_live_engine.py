@@ -133,6 +133,69 @@ def test_the_cache_policy_gives_the_same_hits_and_misses_live_and_in_the_des(bac
     assert des["aif"]["caches"]["user_vector"]["evictions"] > 0  # and so do evictions
 
 
+def test_a_cache_guarding_the_user_side_is_dropped_at_each_version_switch_live_as_in_the_des(tmp_path):
+    """A cache of the user's naming guarding the user side, 5 users, requests 100 ms apart and a model version
+    published every second: the live engine drops the cache at each switch exactly as the DES does (the same
+    hits and misses), so each user misses again after each switch."""
+    trace = tmp_path / "arrivals.csv"
+    trace.write_text("t_s\n" + "\n".join(f"{0.1 * (i + 1):.1f}" for i in range(50)) + "\n")
+    pipeline = {
+        "name": "mine",
+        "steps": [
+            "merger",
+            {"parallel": ["retrieval", {"cached": "interest", "stage": "user_inference"}]},
+            {"stage": "item_fetch", "vectors": "items"},
+            "rtp",
+        ],
+    }
+    scenario = live_scenario(
+        pipelines=[pipeline],
+        duration_s=5.5,
+        caches={"interest": {"capacity": 100}},
+        nearline={
+            "model_publish_interval_s": 1,
+            "version_policy": "latest",
+            "refresh": {"mode": "on_update", "workers": 1, "latency": {"dist": "constant", "ms": 1}},
+        },
+        **{
+            "traffic.arrival": {"kind": "trace", "path": str(trace)},
+            "traffic.users": {"count": 5, "zipf_s": 1.0},
+            "traffic.items": {"count": 200, "zipf_s": 0.9},
+        },
+    )
+    samplers = build_samplers(scenario, "<test>")
+    des = {name: r.summary() for name, r in simulate(scenario, samplers).items()}
+    live, _ = run_live(scenario, samplers, None, lambda *a: None, lambda: False)
+    counts = _cache_counts({name: r.summary() for name, r in live.items()})
+    assert counts == _cache_counts(des)
+    assert counts["mine"]["interest"][1] > 10  # 5 users: the misses after the switches come on top of the first 5
+
+
+def test_a_request_keyed_cache_live_as_in_the_des(tmp_path):
+    """Feature fetch reads a request-keyed cache (a miss: the features are read and stored under the request), the
+    sequential pre-ranker reads it again (a hit: it takes them from storage): live, every request misses once and
+    hits once, as in the DES, and nothing is left in storage when the requests have ended."""
+    trace = tmp_path / "arrivals.csv"
+    trace.write_text("t_s\n" + "\n".join(f"{0.1 * (i + 1):.1f}" for i in range(30)) + "\n")
+    pipeline = {
+        "name": "mine",
+        "steps": ["merger", "retrieval", {"stage": "feature_fetch", "reads": "features"}, {"stage": "prerank", "reads": "features"}],
+    }
+    scenario = live_scenario(
+        pipelines=[pipeline],
+        duration_s=3.5,
+        caches={"features": {"key": "request", "miss_latency": {"dist": "constant", "ms": 2}}},
+        **{"traffic.arrival": {"kind": "trace", "path": str(trace)}},
+    )
+    samplers = build_samplers(scenario, "<test>")
+    des = {name: r.summary() for name, r in simulate(scenario, samplers).items()}
+    live, _ = run_live(scenario, samplers, None, lambda *a: None, lambda: False)
+    counts = _cache_counts({name: r.summary() for name, r in live.items()})
+    measured = des["mine"]["requests"]["completed"]  # those after the warm-up
+    assert counts == _cache_counts(des) == {"mine": {"features": (measured, measured)}} and measured > 20
+    assert len(live["mine"].caches["features"]) == 0
+
+
 def test_a_blocked_loop_shows_as_schedule_lag_and_in_the_latency(monkeypatch):
     """Block the event loop for 300 ms at t = 1 s: requests scheduled meanwhile are issued late, the lag says so,
     and their latency, measured from the scheduled time, includes the time they could not be issued."""
