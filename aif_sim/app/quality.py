@@ -18,6 +18,7 @@ from aif_sim.core.traffic import stream
 from aif_sim.errors import InputError
 from aif_sim.metrics.recorder import Recorder
 from aif_sim.scenario import Scenario
+from aif_sim.scenario.pipelines import VECTOR_STORES
 
 if TYPE_CHECKING:
     from aif_sim.model.shadow import ShadowScorer
@@ -26,14 +27,14 @@ _built: tuple[str, ShadowScorer] | None = None  # the last scenario's scorer: a 
 
 
 def shadow_scores(scenario: Scenario) -> bool:
-    """Whether the scenario shadow-scores: a sampling rate and a pipeline that reads nearline vectors (item vectors,
-    or user-interest vectors)."""
+    """Whether the scenario shadow-scores: a sampling rate and a pipeline that reads the shipped nearline stores'
+    vectors (item vectors, or user-interest vectors)."""
     model = scenario.model
     return (
         model is not None
         and model.shadow_rate > 0
         and scenario.nearline is not None
-        and any(pipeline.vector_stores for pipeline in scenario.pipeline_defs)
+        and any(store in VECTOR_STORES for pipeline in scenario.pipeline_defs for store in pipeline.vector_stores)
     )
 
 

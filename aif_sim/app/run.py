@@ -35,10 +35,10 @@ def build_samplers(scenario: Scenario, source: ScenarioSource) -> dict[str, Samp
         if cache is not None and cache.miss_latency is not None:
             samplers[f"cache:{name}"] = build_sampler(cache.miss_latency, f"{source}: caches.{name}.miss_latency")
     nearline = scenario.nearline
-    for store, field in (("items", "refresh"), ("users", "user_refresh")):
-        refresh = getattr(nearline, field) if nearline is not None else None
+    for store in ["items", "users", *scenario.store_names] if nearline is not None else []:
+        refresh = nearline.refresh_of(store)
         if refresh is not None:
-            samplers[f"refresh:{store}"] = build_sampler(refresh.latency, f"{source}: nearline.{field}.latency")
+            samplers[f"refresh:{store}"] = build_sampler(refresh.latency, f"{source}: {nearline.refresh_field(store)}.latency")
     return samplers
 
 

@@ -74,7 +74,7 @@ def run_compiled(
         len(pools.names),
         len(pools.cache_of),
         len(policies),
-        source.sample_size if vectors and vectors.name == "items" else 1,
+        source.sample_size if vectors and vectors.nearline.stores[vectors.name].entities == "items" else 1,
         pools.fleets.shard_at,
         pools.fleets.shard_columns,
         pools.steps,

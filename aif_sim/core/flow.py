@@ -194,7 +194,7 @@ class Flow:
             outcome = yield from inner(request)
             if outcome is COMPLETED:
                 now = clock()
-                entities = request.sample if name == "items" else np.array([request.user])
+                entities = request.sample if store.entities == "items" else np.array([request.user])
                 made, version = store.read(entities, now)
                 stale = int(np.count_nonzero(store.changed_s[entities] > made))
                 mismatch = int(np.count_nonzero(version != store.serving_version))

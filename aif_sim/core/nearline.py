@@ -46,10 +46,11 @@ class Sweep:
 
 
 class NearlineStore:
-    """Vector times and versions of `count` entities (all made at time 0 by version 0 at the start)."""
+    """Vector times and versions of `count` entities, items or users (all made at time 0 by version 0 at the start)."""
 
-    def __init__(self, count: int, always_fresh: bool = False, consistent: bool = True) -> None:
+    def __init__(self, count: int, always_fresh: bool = False, consistent: bool = True, entities: str = "items") -> None:
         self.count = count
+        self.entities = entities  # what it holds vectors of: items (a request reads its candidates') or users (its user's)
         self.always_fresh = always_fresh  # refresh interval 0: every vector is made when it is read
         self.consistent = consistent
         self.vector_s = np.zeros(count)

@@ -43,12 +43,17 @@ from aif_sim.scenario.schema import CacheFlush, Fault, NearlineOutage, Refresh, 
 
 MEAN_DRAWS = 100_000  # draws that estimate a refresh latency's mean (the rate of a full sweep)
 DRAWS = 1024  # refresh latencies drawn at a time
-PREFIX = {"items": "", "users": "user_"}  # of a store's gauge names
+SHIPPED_PREFIX = {"items": "", "users": "user_"}  # of the shipped stores' gauge names
+
+
+def gauge_prefix(store: str) -> str:
+    """What a store's gauge names start with: nothing for `items`, `user_` for `users`, `NAME_` for a named store."""
+    return SHIPPED_PREFIX.get(store, f"{store}_")
 
 
 def store_gauges(name: str) -> list[str]:
     """The names of a store's per-second gauges (time-series columns)."""
-    prefix = PREFIX[name]
+    prefix = gauge_prefix(name)
     names = [f"{prefix}refresh_backlog", f"{prefix}refresh_utilization", f"{prefix}sweep_overrun_s"]
     return names + ["double_buffered"] if name == "items" else names
 
@@ -348,15 +353,16 @@ def store_backgrounds(
     world_changes: list[ChangeChunk] | None = None,
     listeners: dict[str, Listener] | None = None,
 ) -> dict[str, RefreshPool]:
-    """Each store's refresh pool over the run's changes (`core.changes`; the world's item changes, given, when
-    `nearline.updates_from: world`)."""
+    """Each store's refresh pool over the run's changes of its entities (`core.changes`; the world's item changes,
+    given, when `nearline.updates_from: world`): every store of items sees the same item changes and is re-inferred
+    by each model publication; every store of users sees the same user events."""
     nearline = scenario.nearline
     pools: dict[str, RefreshPool] = {}
     if nearline is None:
         return pools
     outages = outage_windows(scenario.faults)
     for name, store in stores.items():
-        items = name == "items"
+        items = nearline.entities(name) == "items"
         if items:
             changes = world_changes if nearline.updates_from == "world" and world_changes is not None else item_changes(scenario)
         else:
@@ -365,7 +371,7 @@ def store_backgrounds(
             name,
             store,
             changes,
-            nearline.refresh if items else nearline.user_refresh,
+            nearline.refresh_of(name),
             samplers.get(f"refresh:{name}"),
             nearline.model_publish_interval_s if items else None,
             outages,

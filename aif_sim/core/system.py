@@ -50,8 +50,8 @@ def cache_policies(scenario: Scenario, pipeline: str) -> dict[str, Policy]:
 
 def touches(fault: Fault, scenario: Scenario, pipeline: str) -> bool:
     """Whether a fault acts on something this pipeline has: a `stage_slowdown` or `node_loss` a stage it visits, a `cache_flush`
-    a configured cache it consults, a `nearline_outage` the refresh of a nearline store it reads (item vectors:
-    `refresh` or model publication; user vectors: `user_refresh`)."""
+    a configured cache it consults, a `nearline_outage` the refresh of a nearline store it reads (its refresh, or model
+    publication for a store of items)."""
     if isinstance(fault, StageSlowdown | NodeLoss):
         return fault.stage in scenario.pipeline(pipeline).stages
     if isinstance(fault, CacheFlush):
@@ -64,11 +64,10 @@ def touches(fault: Fault, scenario: Scenario, pipeline: str) -> bool:
     nearline = scenario.nearline
     if nearline is None:
         return False
-    refreshed = {
-        "items": nearline.refresh is not None or nearline.model_publish_interval_s is not None,
-        "users": nearline.user_refresh is not None,
-    }
-    return any(refreshed[store] for store in scenario.pipeline(pipeline).vector_stores)
+    return any(
+        nearline.refresh_of(store) is not None or (nearline.entities(store) == "items" and nearline.model_publish_interval_s is not None)
+        for store in scenario.pipeline(pipeline).vector_stores
+    )
 
 
 def nearline_stores(scenario: Scenario, pipeline: str) -> dict[str, NearlineStore]:
@@ -76,12 +75,11 @@ def nearline_stores(scenario: Scenario, pipeline: str) -> dict[str, NearlineStor
     nearline = scenario.nearline
     if nearline is None:
         return {}
-    traffic = scenario.traffic
     stores = {}
     for name in scenario.pipeline(pipeline).vector_stores:
-        refresh = nearline.refresh if name == "items" else nearline.user_refresh
-        count = traffic.items.count if name == "items" else traffic.users.count
-        store = NearlineStore(count, always_fresh=refresh is not None and refresh.mode == "periodic" and refresh.interval_s == 0)
+        refresh = nearline.refresh_of(name)
+        fresh = refresh is not None and refresh.mode == "periodic" and refresh.interval_s == 0
+        store = NearlineStore(scenario.store_count(name), always_fresh=fresh, entities=scenario.store_entities(name))
         store.consistent = nearline.version_policy == "consistent"
         stores[name] = store
     return stores
@@ -90,11 +88,14 @@ def nearline_stores(scenario: Scenario, pipeline: str) -> dict[str, NearlineStor
 def shadow_sampling(scenario: Scenario, stores: dict[str, NearlineStore], retrieve: Retrieval | None) -> ShadowSampling | None:
     """Which requests shadow scoring takes, when the scenario asks for it, the pipeline reads nearline vectors and
     the scored world's retrieval is given (`app.quality.shadow_retrieval`): at its reads of item vectors, or of
-    user-interest vectors when it reads no item vectors."""
+    user-interest vectors when it reads no item vectors (the shipped stores `items` and `users`; a pipeline that
+    reads a store of its own naming is not shadow-scored)."""
     model = scenario.model
     if model is None or model.shadow_rate == 0 or not stores or retrieve is None:
         return None
-    store = "items" if "items" in stores else "users"
+    store = "items" if "items" in stores else "users" if "users" in stores else None  # a named store is not shadow-scored
+    if store is None:
+        return None
     return ShadowSampling(model.shadow_rate, model.shadow_requests, retrieve, stream(scenario.seed, "shadow-candidates"), store)
 
 
@@ -153,7 +154,11 @@ class RequestSource:
     ) -> RequestSource:
         """The request source of a pipeline run with these cache policies and nearline stores (and a trace to replay)."""
         reads = [(slot, call.reads) for slot, call in enumerate(scenario.pipeline(pipeline).calls) if call.reads in caches]
-        sample_size = scenario.nearline.staleness_sample if scenario.nearline is not None and "items" in stores else 0
+        sample_size = (
+            scenario.nearline.staleness_sample
+            if scenario.nearline is not None and any(s.entities == "items" for s in stores.values())
+            else 0
+        )
         return cls(scenario, pipeline, samplers, reads, len(scenario.pipeline(pipeline).lookups), sample_size, trace)
 
     def draws(self, duration_s: float) -> Iterator[RequestDraws]:

@@ -60,7 +60,8 @@ def model_stages(scenario: Scenario) -> dict[str, str]:
 
 def fetch_stages(scenario: Scenario) -> list[str]:
     """The scenario's stages that fetch their candidates' item vectors live."""
-    return sorted({call.stage for pipeline in scenario.pipeline_defs for call in pipeline.calls if call.vectors == "items"})
+    calls = [call for pipeline in scenario.pipeline_defs for call in pipeline.calls if call.vectors]
+    return sorted({call.stage for call in calls if scenario.store_entities(call.vectors) == "items"})
 
 
 def grid(scenario: Scenario, stage: str) -> tuple[str, list[int]]:

@@ -132,7 +132,9 @@ class LivePipeline:
         dtypes |= {cache: dtypes[field] if field is not None else MARKER for cache, field in self.cache_fields.items()}
         stores = self.scenario.pipeline(self.pipeline).vector_stores
         for name in [*self.caches, *stores]:
-            dtype = dtypes[name]  # a record, or an array (a sub-array dtype: its base and shape)
+            dtype = dtypes[
+                self.scenario.store_entities(name) if name in stores else name
+            ]  # a record, or an array (a sub-array dtype: its base and shape)
             namespace = f"{self.namespace}.{self.pipeline}.{name}"
             if name in stores:
                 self.storage[name] = open_index(backend, url, namespace, dtype, self._count(name))
@@ -141,8 +143,7 @@ class LivePipeline:
 
     def _count(self, store: str) -> int:
         """The entities of a nearline store: the items, or the users."""
-        traffic = self.scenario.traffic
-        return traffic.items.count if store == "items" else traffic.users.count
+        return self.scenario.store_count(store)
 
     async def _fill(self, progress: Callable[[str, int, int], None]) -> None:
         """The nearline vectors as they stand when the run starts (made at time 0 by version 0)."""
@@ -155,12 +156,19 @@ class LivePipeline:
                 done += n
                 progress(name, done, count)
 
-            await fill(self.storage[name], self._compute(name), self.executor, min(count, self._prefill(name)), FILL_BATCH[name], advance)
+            await fill(
+                self.storage[name],
+                self._compute(name),
+                self.executor,
+                min(count, self._prefill(name)),
+                FILL_BATCH[self.scenario.store_entities(name)],
+                advance,
+            )
 
     def _prefill(self, store: str) -> int:
         """Entities of a store filled before the run (the rest are made when first read)."""
         backend = self.scenario.caches.backend if self.scenario.caches is not None else "memory"
-        return PREFILL[store, backend]
+        return PREFILL[self.scenario.store_entities(store), backend]
 
     def _vectors(self, clock: Clock, store: str) -> VectorStore | FirstRead:
         """Where a stage reads a store's vectors: its storage, through `FirstRead` when not every entity was filled."""
@@ -173,7 +181,7 @@ class LivePipeline:
     def _compute(self, name: str) -> Callable[[np.ndarray], np.ndarray]:
         """The model call that makes a store's vectors from entity ids."""
         model = self.model
-        return model.item_side if name == "items" else lambda ids: model.user_interest(ids.tolist())
+        return model.item_side if self.scenario.store_entities(name) == "items" else lambda ids: model.user_interest(ids.tolist())
 
     def _pools(self, clock: Clock, flow: Flow) -> list[Slot]:
         """Each stage slot's pool, or its nodes behind its balancer (the nodes share the stage's work)."""
@@ -183,7 +191,8 @@ class LivePipeline:
             rng = stream(self.scenario.seed, f"batch-service:{call.stage}")
             vectors = self._vectors(clock, call.vectors) if call.vectors else None
             sampler = self.samplers[call.stage]
-            work = LiveStage(clock, slot, call, sampler, rng, self.model, self.executor, vectors, config.per_candidate_us)
+            entities = self.scenario.store_entities(call.vectors) if call.vectors else "items"
+            work = LiveStage(clock, slot, call, sampler, rng, self.model, self.executor, vectors, config.per_candidate_us, entities)
             if config.nodes == 1:
                 pools.append(self._node(clock, slot, config, work, None))
             else:
@@ -203,7 +212,12 @@ class LivePipeline:
         scenario, loop = self.scenario, clock.loop
         listeners = {
             name: LiveRefresh(
-                clock, self.storage[name], self._compute(name), self.executor, lambda work: self._spawn(loop, work), FILL_BATCH[name]
+                clock,
+                self.storage[name],
+                self._compute(name),
+                self.executor,
+                lambda work: self._spawn(loop, work),
+                FILL_BATCH[self.scenario.store_entities(name)],
             )
             for name in self.stores
         }

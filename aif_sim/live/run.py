@@ -52,7 +52,11 @@ def check_live(scenario: Scenario, source: str) -> None:
     reads = {store for pipeline in scenario.pipeline_defs for store in pipeline.vector_stores}
     caches = scenario.caches
     for store, population in (("items", traffic.items), ("users", traffic.users)):
-        if store in reads and (caches is None or caches.backend == "memory") and population.count > MAX_INDEX:
+        if (
+            store in {scenario.store_entities(name) for name in reads}
+            and (caches is None or caches.backend == "memory")
+            and population.count > MAX_INDEX
+        ):
             raise InputError(
                 f"{source}: traffic.{store}.count: {population.count:,} vectors for the live engine's in-memory index; "
                 f"expected at most {MAX_INDEX:,}"
@@ -73,7 +77,8 @@ def executor_threads(scenario: Scenario) -> int:
         if isinstance(fault, NodeLoss) and fault.stage in MODEL_OPS
     )
     nearline = scenario.nearline
-    workers = sum(r.workers for r in (nearline.refresh, nearline.user_refresh) if r is not None) if nearline is not None else 0
+    refreshes = [nearline.refresh_of(store) for store in ["items", "users", *scenario.store_names]] if nearline is not None else []
+    workers = sum(r.workers for r in refreshes if r is not None)
     return model_servers + workers + 1
 
 

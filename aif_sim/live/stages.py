@@ -44,10 +44,12 @@ class LiveStage:
         executor: Executor,
         vectors: VectorStore | FirstRead | None,
         per_candidate_us: float = 0.0,
+        entities: str = "items",
     ) -> None:
         self.clock, self.slot, self.call, self.sampler, self.rng = clock, slot, call, sampler, rng
         self.per_candidate_s = per_candidate_us / 1e6
         self.model, self.executor, self.vectors = model, executor, vectors
+        self.entities = entities  # what the vectors it reads are of: items or users
         self.op = MODEL_OPS.get(call.stage)
         self.needs_behaviour = call.reads is not None or self.op in BEHAVIOUR_OPS
         self.slowdown = 1.0
@@ -89,7 +91,7 @@ class LiveStage:
         """The nearline vectors the request reads: its candidates' item vectors, or its user-interest vector."""
         assert self.vectors is not None
         payload = request.payload
-        if self.call.vectors == "items":
+        if self.entities == "items":
             payload["items"], _ = await self.vectors.get_many(payload["candidates"])
         else:
             payload["interest"] = await self.vectors.get(request.user)

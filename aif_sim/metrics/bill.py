@@ -2,7 +2,7 @@
 
 A design pays for what it provisions, busy or not: every server of the stages it visits
 (`stages.NAME.cost_per_server_hour` each), the refresh workers of the nearline stores it reads
-(`nearline.refresh` / `user_refresh`: `cost_per_server_hour` each) and the memory of its caches (capacity x
+(`nearline.refresh` / `user_refresh` / `stores.NAME.refresh`: `cost_per_server_hour` each) and the memory of its caches (capacity x
 `entry_bytes`; a request-keyed cache, the entries it holds on average, those of the requests in flight, as a run
 measures them) and indexes (entities x `nearline.vector_bytes`; twice that under the consistent version policy
 when model versions are published: the rollout holds two buffers), at `cost_per_gb_hour` per GiB.
@@ -17,7 +17,7 @@ DEFAULT_VECTOR_BYTES = 512  # one stored vector when the scenario has no nearlin
 
 
 def memory_bytes(scenario: Scenario, pipeline: str, held: dict[str, float] | None = None) -> dict[str, int]:
-    """Per cache (`cache:NAME`) and nearline index (`index:items`, `index:users`) the pipeline uses, its bytes at peak;
+    """Per cache (`cache:NAME`) and nearline index (`index:items`, `index:users`, `index:NAME`) the pipeline uses, its bytes at peak;
     a request-keyed cache's, its mean entries `held[NAME]` (0 when not given) times its entry bytes."""
     out: dict[str, int] = {}
     caches = scenario.caches
@@ -29,9 +29,8 @@ def memory_bytes(scenario: Scenario, pipeline: str, held: dict[str, float] | Non
     nearline = scenario.nearline
     vector_bytes = nearline.vector_bytes if nearline is not None else DEFAULT_VECTOR_BYTES
     for store in scenario.pipeline(pipeline).vector_stores:
-        count = scenario.traffic.items.count if store == "items" else scenario.traffic.users.count
-        buffers = 2 if store == "items" and _double_buffered(scenario) else 1
-        out[f"index:{store}"] = count * vector_bytes * buffers
+        buffers = 2 if scenario.store_entities(store) == "items" and _double_buffered(scenario) else 1
+        out[f"index:{store}"] = scenario.store_count(store) * vector_bytes * buffers
     return out
 
 
@@ -41,13 +40,13 @@ def _double_buffered(scenario: Scenario) -> bool:
 
 
 def refresh_workers(scenario: Scenario, pipeline: str) -> dict[str, tuple[int, float]]:
-    """Per refresh pool of the stores the pipeline reads (`refresh:items`, `refresh:users`): workers, cost of one an hour."""
+    """Per refresh pool of the stores the pipeline reads (`refresh:items`, `refresh:users`, `refresh:NAME`): workers, cost of one an hour."""
     nearline = scenario.nearline
     if nearline is None:
         return {}
     out = {}
     for store in scenario.pipeline(pipeline).vector_stores:
-        refresh = nearline.refresh if store == "items" else nearline.user_refresh
+        refresh = nearline.refresh_of(store)
         if refresh is not None:
             out[f"refresh:{store}"] = (refresh.workers, refresh.cost_per_server_hour)
     return out

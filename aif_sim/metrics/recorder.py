@@ -18,7 +18,7 @@ import numpy as np
 
 from aif_sim.core.cache import Policy, RequestCache
 from aif_sim.core.nearline import NearlineStore
-from aif_sim.core.refresh import PREFIX, store_gauges
+from aif_sim.core.refresh import gauge_prefix, store_gauges
 from aif_sim.core.request import Outcome, Request, Window
 from aif_sim.core.shadow import ShadowSample
 from aif_sim.core.system import touches
@@ -32,8 +32,13 @@ from aif_sim.scenario.schema import Scenario
 SLO_MISS_BUDGET = 0.01  # a run meets its SLO when at most 1% of offered requests miss it
 RECOVERY_MARGIN = 0.10  # a fault's band: p99 up to 10% above its level before the fault
 BASELINE_S = 10  # seconds before a fault whose median p99 is that level
-STORE_LABEL = {"items": "item", "users": "user"}
+STORE_LABEL = {"items": "item", "users": "user"}  # of the shipped stores' staleness keys; a named store's is its name
 STORE_CHANGES = {"items": "item_updates", "users": "user_events"}  # what changes a store's entities
+
+
+def store_label(store: str) -> str:
+    """What a store's staleness keys start with: `item`, `user`, or a named store's name."""
+    return STORE_LABEL.get(store, store)
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,8 @@ class FaultWindow:
 class VectorRecord:
     """Ages of the nearline vectors read from one store by completed measured requests."""
 
-    def __init__(self) -> None:
+    def __init__(self, entities: str) -> None:
+        self.entities = entities  # what the store holds vectors of: items or users
         self.age = LogHistogram()
         self.stale = 0
         self.mismatched = 0
@@ -200,9 +206,9 @@ class Recorder:
         self.cache_counts = {name: [0, 0] for name in self.caches}  # hits, misses of measured requests' lookups
         self.lookups = [lookup.cache for lookup in pipeline.lookups] if self.caches else []  # each flag column's cache
         self.end_s = 0.0  # when the run ended (`close`)
-        self.vectors = {name: VectorRecord() for name in stores or []}
+        self.vectors = {name: VectorRecord(name) for name in stores or []}  # entities: set by `for_pipeline` for a named store
         self.faults = faults or []
-        means = [f"{name}_hit_ratio" for name in self.caches] + [f"{STORE_LABEL[name]}_vector_age_mean_s" for name in stores or []]
+        means = [f"{name}_hit_ratio" for name in self.caches] + [f"{store_label(name)}_vector_age_mean_s" for name in stores or []]
         gauges = [g for name in stores or [] for g in store_gauges(name)]
         self.timeseries = Timeseries(window, means, gauges)
         self.index_bytes = 0  # size of the served item-vector index (the engine sets it)
@@ -248,9 +254,10 @@ class Recorder:
                 "users": nearline.user_events_per_s > 0,
             }
             for name, record in recorder.vectors.items():
-                record.changes = changes[name]
+                record.entities = nearline.entities(name)
+                record.changes = changes[record.entities]
             for name in stores:
-                refresh = nearline.refresh if name == "items" else nearline.user_refresh
+                refresh = nearline.refresh_of(name)
                 if refresh is not None:
                     recorder.refresh_workers[name] = refresh.workers
             if "items" in stores:
@@ -371,7 +378,7 @@ class Recorder:
         for name in dict.fromkeys([*self.vectors, *self.first_read_s]):
             if name not in self.refresh_workers and name not in self.first_read_s:
                 continue
-            key = f"{PREFIX[name]}refresh_utilization"
+            key = f"{gauge_prefix(name)}refresh_utilization"
             shares = [float(row[key]) for row in self.timeseries.rows if key in row and window.start_s < float(row["t_s"]) <= window.end_s]
             pool_s = sum(share for share in shares if share == share) * self.refresh_workers.get(name, 0)
             busy[f"refresh:{name}"] = pool_s + self.first_read_s.get(name, 0.0)
@@ -484,7 +491,7 @@ class Recorder:
                 record.age.add(reads.ages[kept].ravel())
                 record.stale += int(reads.stale[kept].sum())
                 record.mismatched += int(reads.mismatched[kept].sum())
-            means[f"{STORE_LABEL[name]}_vector_age_mean_s"] = mean_age
+            means[f"{store_label(name)}_vector_age_mean_s"] = mean_age
         return means
 
     def _visits(self, times: np.ndarray, measured: np.ndarray) -> None:
@@ -577,8 +584,8 @@ class Recorder:
         read = stale = mismatched = changing = 0
         for name, record in self.vectors.items():
             age = record.age.summary()
-            out[f"{STORE_LABEL[name]}_vector_age_s"] = {key: age[key] for key in ("mean", "p50", "p99", "max")}
-            out[STORE_CHANGES[name]] = "on" if record.changes else "off"
+            out[f"{store_label(name)}_vector_age_s"] = {key: age[key] for key in ("mean", "p50", "p99", "max")}
+            out[STORE_CHANGES[record.entities]] = "on" if record.changes else "off"
             read += record.age.count
             changing += record.age.count if record.changes else 0
             stale += record.stale
@@ -588,7 +595,7 @@ class Recorder:
         out["version_mismatch_fraction"] = mismatched / read if read else math.nan
         rows = self.timeseries.rows
         for name in self.vectors:
-            out.update(self._refresh_work(PREFIX[name], rows))
+            out.update(self._refresh_work(gauge_prefix(name), rows))
         if "refresh_backlog" in self.timeseries.gauges:
             backlog = [r["refresh_backlog"] for r in rows if r["refresh_backlog"] == r["refresh_backlog"]]
             out["refresh_backlog_max"] = max(backlog, default=0)

@@ -228,7 +228,10 @@ class RequestTrace:
                 out.append(event | ({"ph": "X", "dur": _us(end_s) - _us(at_s)} if end_s > at_s else {"ph": "i", "s": "t"}))
             tid += 1
         for store, nearline in self.stores.items():
-            out += [_meta("thread_name", pid, tid, STORE_TRACKS[store]), _meta("thread_sort_index", pid, tid, tid)]
+            out += [
+                _meta("thread_name", pid, tid, STORE_TRACKS.get(store, f"nearline store {store}")),
+                _meta("thread_sort_index", pid, tid, tid),
+            ]
             running = [(nearline.sweep, nearline.sweep.end_s)] if nearline.sweep is not None else []
             for sweep, end_s in [*nearline.history, *running]:
                 name = f"rollout of model version {sweep.version}" if sweep.rollout else "refresh pass"

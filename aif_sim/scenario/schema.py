@@ -348,10 +348,21 @@ class Refresh(Strict):
         return self
 
 
+class VectorStore(Strict):
+    """A nearline vector store of the scenario's own naming: vectors of every item or every user, re-inferred by a
+    refresh pool of its own as the entities change (item updates, or user events). A store of items is also
+    re-inferred by each model publication (a rollout), as the shipped `items` store is; a store of users is not,
+    as the shipped `users` store is not."""
+
+    entities: Literal["items", "users"]
+    refresh: Refresh
+
+
 class Nearline(Strict):
     """Item feature updates, their refresh, model versions; users' behaviour events for UIC's embedding.
     A change rate of 0 (the default) means those entities never change: no vector can be stale, and the summary
-    says so (`staleness.item_updates` / `user_events`: off) instead of giving a stale share."""
+    says so (`staleness.item_updates` / `user_events`: off) instead of giving a stale share. The shipped stores are
+    `items` (refreshed by `refresh`) and `users` (by `user_refresh`); `stores` declares more, by name."""
 
     item_updates_per_s: float = Field(default=0.0, ge=0)
     updates_from: Literal["rate", "world"] = "rate"
@@ -362,6 +373,31 @@ class Nearline(Strict):
     vector_bytes: int = Field(default=512, ge=1)
     user_events_per_s: float = Field(default=0.0, ge=0)
     user_refresh: Refresh | None = None
+    stores: dict[str, VectorStore] = Field(default_factory=dict)
+
+    @field_validator("stores")
+    @classmethod
+    def _no_shipped_names(cls, value: dict[str, VectorStore]) -> dict[str, VectorStore]:
+        clash = next((name for name in value if name in VECTOR_STORES), None)
+        if clash is not None:
+            raise ValueError(f"{clash!r} is a shipped store (nearline.refresh / user_refresh); expected another name")
+        return value
+
+    def entities(self, store: str) -> str:
+        """What a store's vectors are of: `items` or `users`."""
+        return store if store in VECTOR_STORES else self.stores[store].entities
+
+    def refresh_of(self, store: str) -> Refresh | None:
+        """The refresh of a store (None: only model publication, if any, re-infers it)."""
+        if store in VECTOR_STORES:
+            return self.refresh if store == "items" else self.user_refresh
+        return self.stores[store].refresh
+
+    def refresh_field(self, store: str) -> str:
+        """Where a store's refresh is written in the scenario."""
+        if store in VECTOR_STORES:
+            return "nearline.refresh" if store == "items" else "nearline.user_refresh"
+        return f"nearline.stores.{store}.refresh"
 
 
 class FaultAt(Strict):
@@ -532,11 +568,19 @@ class Scenario(Strict):
                             f"pipelines.{index}.{where}.{field}: pipeline {pipeline.name} uses cache {cache!r}, which caches: does not"
                             f" configure; {hint}expected one of: {', '.join(configured) or 'none configured'}"
                         )
-                if branch.vectors is not None and branch.vectors not in VECTOR_STORES:
+                stores = [*VECTOR_STORES, *self.store_names]
+                if branch.vectors is not None and branch.vectors not in stores:
+                    close = difflib.get_close_matches(branch.vectors, stores, n=1, cutoff=0.6)
+                    hint = f"did you mean {close[0]}? " if close else ""
                     raise ValueError(
                         f"pipelines.{index}.{where}.vectors: pipeline {pipeline.name} reads vector store {branch.vectors!r},"
-                        " which nothing refreshes; expected items (nearline.refresh, model publication) or users (nearline.user_refresh)"
+                        f" which nothing refreshes; {hint}expected items (nearline.refresh, model publication), users"
+                        f" (nearline.user_refresh) or a store nearline.stores declares ({', '.join(self.store_names) or 'none declared'})"
                     )
+        read = {store for pipeline in self.pipeline_defs for store in pipeline.vector_stores}
+        unread = next((name for name in self.store_names if name not in read), None)
+        if unread is not None:
+            raise ValueError(f"nearline.stores.{unread}: no pipeline reads it; expected a step {{stage: ..., vectors: {unread}}}")
         for index, fault in enumerate(self.faults):
             if isinstance(fault, StageSlowdown | NodeLoss) and fault.stage not in self.stages:
                 raise ValueError(
@@ -631,6 +675,20 @@ class Scenario(Strict):
     def pipeline(self, name: str) -> Pipeline:
         """The pipeline of that name."""
         return next(pipeline for pipeline in self.pipeline_defs if pipeline.name == name)
+
+    @property
+    def store_names(self) -> list[str]:
+        """The vector stores `nearline.stores` declares (beside the shipped `items` and `users`), in order."""
+        return list(self.nearline.stores) if self.nearline is not None else []
+
+    def store_entities(self, store: str) -> str:
+        """What a vector store holds vectors of: `items` or `users`."""
+        return self.nearline.entities(store) if self.nearline is not None else store
+
+    def store_count(self, store: str) -> int:
+        """The vectors a store holds: one per item, or per user."""
+        traffic = self.traffic
+        return traffic.items.count if self.store_entities(store) == "items" else traffic.users.count
 
     @property
     def cache_names(self) -> list[str]:
