@@ -26,7 +26,7 @@ from aif_sim.core.system import RequestSource
 from aif_sim.metrics.recorder import Recorder
 from aif_sim.scenario import Scenario, load_scenario
 from aif_sim.scenario.loading import parse_overrides
-from aif_sim.scenario.pipelines import Pipeline, shipped_designs
+from aif_sim.scenario.pipelines import VECTOR_STORES, Pipeline, shipped_designs
 from tests.simtools import make_scenario, negligible, overload_stages, small_stages
 
 ALL = ["sequential", "aif", "uic"]
@@ -165,8 +165,9 @@ def refreshes(draw: st.DrawFn, duration_s: float) -> dict[str, Any]:
 
 
 @st.composite
-def nearline_specs(draw: st.DrawFn, duration_s: float) -> dict[str, Any]:
-    """Item and user updates with their refresh, model publication under either version policy, a sample size."""
+def nearline_specs(draw: st.DrawFn, duration_s: float, named: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Item and user updates with their refresh, model publication under either version policy, a sample size; the
+    stores of their own `named` (of items or of users, each with a refresh)."""
     spec: dict[str, Any] = {
         "item_updates_per_s": draw(st.floats(0.0, 500.0)),
         "user_events_per_s": draw(st.floats(0.0, 500.0)),
@@ -178,6 +179,10 @@ def nearline_specs(draw: st.DrawFn, duration_s: float) -> dict[str, Any]:
             spec[field] = draw(refreshes(duration_s))
     if draw(st.booleans()):
         spec["model_publish_interval_s"] = draw(st.floats(0.1, duration_s))
+    if named:
+        spec["stores"] = {
+            name: {"entities": draw(st.sampled_from(["items", "users"])), "refresh": draw(refreshes(duration_s))} for name in named
+        }
     return spec
 
 
@@ -185,8 +190,9 @@ def nearline_specs(draw: st.DrawFn, duration_s: float) -> dict[str, Any]:
 def own_pipelines(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, str]]:
     """A pipeline of the step language over stages of its own names: 1 to 5 steps, each a call or a parallel group of
     2 or 3 branches; a call may be guarded by the cache `embedding`, read through the cache `features`, or read
-    nearline vectors (at one call at most, as the language requires); with each cache's key (user or request). A
-    request-keyed cache may be consulted at up to 3 calls (a user-keyed one at several steps is simpy's only)."""
+    nearline vectors, of a shipped store or of one of its own naming (at one call at most, as the language
+    requires); with each cache's key (user or request). A request-keyed cache may be consulted at up to 3 calls (a
+    user-keyed one at several steps is simpy's only)."""
     steps: list[Any] = []
     for index in range(draw(st.integers(1, 5))):
         width = draw(st.sampled_from([1, 1, 2, 3]))
@@ -194,7 +200,11 @@ def own_pipelines(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, str]]:
         steps.append(branches[0] if width == 1 else {"parallel": branches})
     calls = [branch for step in steps for branch in step.get("parallel", [step])]
     keys = {name: draw(st.sampled_from(["user", "user", "request"])) for name in ("embedding", "features")}
-    for field, value in (("cached", "embedding"), ("reads", "features"), ("vectors", draw(st.sampled_from(["items", "users"])))):
+    for field, value in (
+        ("cached", "embedding"),
+        ("reads", "features"),
+        ("vectors", draw(st.sampled_from(["items", "users", "own_vectors"]))),
+    ):
         if draw(st.booleans()):
             times = draw(st.integers(1, 3)) if keys.get(value) == "request" else 1
             for call in draw(st.lists(st.integers(0, len(calls) - 1), min_size=1, max_size=times, unique=True)):
@@ -246,8 +256,9 @@ def cases(draw: st.DrawFn) -> tuple[Scenario, str, int]:
             }
             for name in flushed
         )
-    if design.vector_stores and draw(st.booleans()):
-        extra["nearline"] = draw(nearline_specs(duration_s))
+    named = tuple(store for store in design.vector_stores if store not in VECTOR_STORES)  # declared, so a nearline section
+    if design.vector_stores and (named or draw(st.booleans())):
+        extra["nearline"] = draw(nearline_specs(duration_s, named))
         if draw(st.booleans()):
             extra.setdefault("faults", []).append(
                 {"kind": "nearline_outage", "at_s": draw(st.floats(0.01, duration_s)), "duration_s": draw(st.floats(0.01, duration_s))}
@@ -282,6 +293,35 @@ def test_overload_with_losses_and_requests_in_flight(pipeline, drain_s, chunk):
     assert requests["rejected"] > 0 and requests["timed_out"] > 0
     assert (requests["in_flight_at_end"] > 0) == (drain_s == 0.0)
     assert requests["offered"] == requests["completed"] + requests["rejected"] + requests["timed_out"] + requests["in_flight_at_end"]
+
+
+@pytest.mark.parametrize("entities", ["items", "users"])
+def test_a_store_of_its_own_naming_gives_the_simpy_results(entities):
+    """A pipeline reading a store of its own naming, refreshed on update by one slow worker (a backlog builds) under
+    model publication and a nearline outage: the same ages, stale and mismatched reads, gauges and bill."""
+    steps = ["merger", {"stage": "item_fetch", "vectors": "own_vectors"}, "rtp"]
+    refresh = {"mode": "on_update", "workers": 1, "latency": {"dist": "exponential", "mean_ms": 5}}
+    nearline = {
+        "item_updates_per_s": 300,
+        "user_events_per_s": 300,
+        "model_publish_interval_s": 1.0,
+        "version_policy": "latest",
+        "stores": {"own_vectors": {"entities": entities, "refresh": refresh}},
+    }
+    scenario = make_scenario(
+        small_stages({"servers": 2, "latency": {"dist": "exponential", "mean_ms": 1}}),
+        pipelines=[{"name": "own", "steps": steps}],
+        qps=400,
+        duration_s=3.0,
+        warmup_s=0.5,
+        drain_s=0.3,
+        seed=11,
+        nearline=nearline,
+        faults=[{"kind": "nearline_outage", "at_s": 1.2, "duration_s": 0.5}],
+    )
+    staleness = assert_equivalent(scenario, "own", 101).summary()["staleness"]
+    assert staleness["own_vectors_vector_age_s"]["mean"] > 0 and staleness["stale_fraction"] > 0
+    assert staleness["vectors_measured"] > 0
 
 
 @pytest.mark.parametrize("pipeline", ["sequential", "aif"])

@@ -98,6 +98,30 @@ def test_a_short_live_run_conserves_requests_and_writes_the_run_files(tmp_path):
         assert (out / name).stat().st_size > 0
 
 
+def test_a_store_of_its_own_naming_keeps_the_des_staleness_rules_live(tmp_path):
+    """AIF reading a store of items of its own naming, swept every T = 1 s by a pass of 2,000 items at 2 workers /
+    0.05 ms (0.05 s): an entity's vector is re-made every T, read at a uniform time its age is uniform on [0, T]
+    plus its offset into the pass, mean T/2 + pass/2 = 0.525 s, never above T + pass, live as in the DES; the
+    store's pool is billed as `refresh:NAME` and its index as `index:NAME`."""
+    data = live_dict(
+        pipelines=[{"name": "own", "steps": ["merger", "retrieval", {"stage": "item_fetch", "vectors": "rank_vectors"}, "rtp"]}]
+    )
+    refresh = {"mode": "periodic", "interval_s": 1, "workers": 2, "latency": {"dist": "constant", "ms": 0.05}}
+    data["nearline"] = {"item_updates_per_s": 50, "stores": {"rank_vectors": {"entities": "items", "refresh": refresh}}}
+    data["duration_s"], data["warmup_s"] = 4.0, 1.0
+    path = write_yaml(tmp_path / "named.yaml", data)
+    assert main(["live", str(path), "--out", str(tmp_path / "live"), "--quiet"]) == 0
+    live = json.loads((tmp_path / "live" / "summary.json").read_text())["pipelines"]["own"]
+    scenario = validate_scenario(data, "<test>")
+    des = simulate(scenario, build_samplers(scenario, "<test>"))["own"].summary()
+    for summary in (live, des):
+        ages = summary["staleness"]["rank_vectors_vector_age_s"]
+        assert ages["mean"] == pytest.approx(0.525, rel=0.15)
+        assert ages["max"] <= 1.05 + 0.01
+        assert "refresh:rank_vectors" in summary["compute"]
+        assert summary["memory_bytes"] == {"index:rank_vectors": 2000 * 512}
+
+
 def _cache_counts(summaries: dict[str, dict[str, Any]]) -> dict[str, dict[str, tuple[int, int]]]:
     return {
         pipeline: {cache: (counts["hits"], counts["misses"]) for cache, counts in metrics["caches"].items()}
