@@ -100,9 +100,9 @@ def test_a_short_live_run_conserves_requests_and_writes_the_run_files(tmp_path):
 
 def test_a_store_of_its_own_naming_keeps_the_des_staleness_rules_live(tmp_path):
     """AIF reading a store of items of its own naming, swept every T = 1 s by a pass of 2,000 items at 2 workers /
-    0.05 ms (0.05 s): an entity's vector is re-made every T, read at a uniform time its age is uniform on [0, T]
-    plus its offset into the pass, mean T/2 + pass/2 = 0.525 s, never above T + pass, live as in the DES; the
-    store's pool is billed as `refresh:NAME` and its index as `index:NAME`."""
+    0.05 ms (0.05 s): each entity's vector is re-made every T (at the same offset into each pass), so read at a
+    uniform time its age is uniform on [0, T], mean T/2, and never above T + pass (the vectors made at time 0 wait
+    for the first pass to reach them), live as in the DES; the store's pool is billed as `refresh:NAME` and its index as `index:NAME`."""
     data = live_dict(
         pipelines=[{"name": "own", "steps": ["merger", "retrieval", {"stage": "item_fetch", "vectors": "rank_vectors"}, "rtp"]}]
     )
@@ -114,10 +114,10 @@ def test_a_store_of_its_own_naming_keeps_the_des_staleness_rules_live(tmp_path):
     live = json.loads((tmp_path / "live" / "summary.json").read_text())["pipelines"]["own"]
     scenario = validate_scenario(data, "<test>")
     des = simulate(scenario, build_samplers(scenario, "<test>"))["own"].summary()
-    for summary in (live, des):
+    for summary, late_s in ((des, 1e-9), (live, 0.05)):  # live, the loop may resume the pool up to a few ticks late
         ages = summary["staleness"]["rank_vectors_vector_age_s"]
-        assert ages["mean"] == pytest.approx(0.525, rel=0.15)
-        assert ages["max"] <= 1.05 + 0.01
+        assert ages["mean"] == pytest.approx(0.5, rel=0.1)
+        assert ages["max"] <= 1.0 + 0.05 + late_s
         assert "refresh:rank_vectors" in summary["compute"]
         assert summary["memory_bytes"] == {"index:rank_vectors": 2000 * 512}
 
