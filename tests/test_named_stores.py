@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from aif_sim.metrics.bill import memory_bytes, refresh_workers
+from aif_sim.metrics.summary import headline_values
 from aif_sim.scenario import validate_scenario
 from tests.simtools import negligible, refused, run_summaries, scenario_dict, write_yaml
 
@@ -53,6 +54,9 @@ def test_two_item_stores_on_different_intervals_give_their_own_ages_on_the_same_
     # a store of items sees the item changes: the longer interval leaves more of its vectors behind them
     assert rank["stale_fraction"] > pre["stale_fraction"] > 0
     assert summaries["rank"]["compute"]["refresh:rank_vectors"]["busy_s"] == pytest.approx(0.2 * 100 * 6, rel=0.02)
+    # compare and sweep show a named store's age as a headline of its own
+    assert headline_values(summaries["rank"])["own_store_age_mean_s"] == rank["rank_vectors_vector_age_s"]["mean"]
+    assert headline_values(summaries["pre"])["own_store_age_mean_s"] is None
 
 
 def test_a_named_store_has_its_own_bill_and_index_memory():

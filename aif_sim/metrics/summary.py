@@ -81,6 +81,16 @@ def _staleness(*path: str) -> Callable[[dict[str, Any]], Any]:
     return get
 
 
+SHIPPED_AGES = ("item_vector_age_s", "user_vector_age_s")  # the shipped stores' staleness keys
+
+
+def _own_store_age(m: dict[str, Any]) -> Any:
+    """The mean age of the vectors a pipeline reads from a store of its own naming (a pipeline reads one store)."""
+    staleness = m.get("staleness") or {}
+    ages = [v["mean"] for k, v in staleness.items() if k.endswith("_vector_age_s") and k not in SHIPPED_AGES]
+    return ages[0] if ages else None
+
+
 HEADLINES: tuple[Metric, ...] = (
     Metric("offered_qps", "offered QPS", "qps", lambda m: m["offered_qps"], axis="offered load (QPS)"),
     Metric("throughput_qps", "throughput QPS", "qps", lambda m: m["throughput_qps"], ratio=True, plot=True, axis="throughput (QPS)"),
@@ -144,6 +154,7 @@ HEADLINES: tuple[Metric, ...] = (
         plot=True,
         axis="mean user-vector age (s)",
     ),
+    Metric("own_store_age_mean_s", "own store age s", "s", _own_store_age, axis="mean age of a named store's vectors (s)"),
     Metric(
         "stale_fraction",
         "stale",

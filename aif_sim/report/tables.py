@@ -140,6 +140,7 @@ SWEEP_EXTRAS = (
     "version_mismatch_fraction",
     "user_vector_hit_ratio",
     "sim_features_hit_ratio",
+    "own_store_age_mean_s",
 )
 
 
