@@ -178,7 +178,11 @@ def run_with(options: RunOptions, hooks: Hooks | None = None) -> RunResult:
         raise InputError(f"--trace: expected a fraction in [0, 1], got {options.trace}")
     scenario = load_scenario(options.source, options.overrides)
     samplers = build_samplers(scenario, options.source)
-    warnings: list[str] = []
+    warnings = [
+        f"aif-sim: WARNING: nearline.stores.{name}: no pipeline of the run reads it; it is not simulated" for name in scenario.unread_stores
+    ]
+    for warning in warnings:
+        hooks.warn(warning)
     if options.engine == "live":
         from aif_sim.app.live import live_engine  # torch and asyncio: only for the live engine
 

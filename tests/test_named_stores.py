@@ -3,10 +3,12 @@ changes, its own staleness figures, refresh bill and index memory, in every engi
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
+from aif_sim.cli import main
 from aif_sim.metrics.bill import memory_bytes, refresh_workers
 from aif_sim.metrics.summary import headline_values
 from aif_sim.scenario import validate_scenario
@@ -92,7 +94,6 @@ def test_a_store_of_items_is_rolled_out_at_each_publication_a_store_of_users_is_
     [
         (lambda d: d["pipelines"][1]["steps"][0].update(vectors="rank_vector"), "vectors: pipeline rank reads vector store 'rank_vector'"),
         (lambda d: d["pipelines"][1]["steps"][0].update(vectors="rank_vector"), "did you mean rank_vectors?"),
-        (lambda d: d["pipelines"].pop(), "nearline.stores.rank_vectors: no pipeline reads it"),
         (lambda d: d["nearline"]["stores"].update(users={"entities": "users", "refresh": _periodic(1)}), "'users' is a shipped store"),
     ],
 )
@@ -101,3 +102,13 @@ def test_a_bad_store_is_refused_in_one_line(tmp_path, capsys, change, expected):
     change(data)
     err = refused(["run", str(write_yaml(tmp_path / "bad.yaml", data))], tmp_path / "out", capsys)
     assert expected in err and "bad.yaml" in err
+
+
+def test_a_store_no_pipeline_reads_is_not_simulated_and_the_run_says_so(tmp_path):
+    """`--set pipelines=[pre]` leaves `rank_vectors` unread: the run goes on, without its pool, and warns (summary.json
+    keeps the warning)."""
+    path = write_yaml(tmp_path / "two.yaml", _two_stores(duration_s=20))
+    assert main(["run", str(path), "--set", "pipelines=[pre]", "--quiet", "--out", str(tmp_path / "out")]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["warnings"] == ["aif-sim: WARNING: nearline.stores.rank_vectors: no pipeline of the run reads it; it is not simulated"]
+    assert list(summary["pipelines"]) == ["pre"] and "refresh:rank_vectors" not in summary["pipelines"]["pre"]["compute"]

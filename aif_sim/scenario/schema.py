@@ -577,10 +577,6 @@ class Scenario(Strict):
                         f" which nothing refreshes; {hint}expected items (nearline.refresh, model publication), users"
                         f" (nearline.user_refresh) or a store nearline.stores declares ({', '.join(self.store_names) or 'none declared'})"
                     )
-        read = {store for pipeline in self.pipeline_defs for store in pipeline.vector_stores}
-        unread = next((name for name in self.store_names if name not in read), None)
-        if unread is not None:
-            raise ValueError(f"nearline.stores.{unread}: no pipeline reads it; expected a step {{stage: ..., vectors: {unread}}}")
         for index, fault in enumerate(self.faults):
             if isinstance(fault, StageSlowdown | NodeLoss) and fault.stage not in self.stages:
                 raise ValueError(
@@ -680,6 +676,12 @@ class Scenario(Strict):
     def store_names(self) -> list[str]:
         """The vector stores `nearline.stores` declares (beside the shipped `items` and `users`), in order."""
         return list(self.nearline.stores) if self.nearline is not None else []
+
+    @property
+    def unread_stores(self) -> list[str]:
+        """The stores `nearline.stores` declares that no pipeline reads (nothing simulates them: a run warns)."""
+        read = {store for pipeline in self.pipeline_defs for store in pipeline.vector_stores}
+        return [name for name in self.store_names if name not in read]
 
     def store_entities(self, store: str) -> str:
         """What a vector store holds vectors of: `items` or `users`."""
