@@ -24,6 +24,7 @@ import numpy as np
 from numba import njit
 
 from aif_sim.compiled.caches import push
+from aif_sim.compiled.deadlines import expire
 from aif_sim.core.latency import Profile, Sampler
 from aif_sim.core.traffic import stream
 from aif_sim.scenario.schema import Scenario
@@ -142,7 +143,7 @@ def visit_over(i: int, o: int, e: float, req: tuple) -> None:
     """Request i's visit at its step ended at `e` with outcome `o`: the step's latest end so far, the order of the
     event that ended it (visits are numbered as their ends are decided: a batch's members in batch order, the
     order simpy resumes them in) and its worst outcome."""
-    arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, numbered, hop = req
+    arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, numbered, hop, ids, deadline = req
     order = numbered[0]
     numbered[0] += 1
     if e > step_end[i]:
@@ -155,14 +156,18 @@ def visit_over(i: int, o: int, e: float, req: tuple) -> None:
 @njit(cache=True, _nrt=False)
 def visit_ended(i: int, o: int, e: float, k: int, steps: int, req: tuple) -> None:
     """`visit_over`, and when it was the last visit request i's step k waited for, the step is done: the
-    request moves on (ranked among those moving on at the same time by the event that ended its step), or leaves."""
-    arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, numbered, hop = req
+    request moves on (ranked among those moving on at the same time by the event that ended its step), or leaves;
+    it leaves timed out at its `deadline` (`deadlines`) if the step, or its pause before the next, ends after it."""
+    arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, numbered, hop, ids, deadline = req
     visit_over(i, o, e, req)
     pending[i] -= 1
     if pending[i] > 0:
         return
     rank[i] = end_order[i]
-    if worst[i] != COMPLETED or k == steps - 1:
+    last = worst[i] != COMPLETED or k == steps - 1
+    if step_end[i] > deadline[i] or (not last and step_end[i] + hop[i, k + 1] > deadline[i]):
+        expire(i, req)
+    elif last:
         outcome[i] = worst[i]
         end_s[i] = step_end[i]
         step[i] = steps

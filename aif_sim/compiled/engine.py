@@ -30,6 +30,7 @@ import numpy as np
 
 from aif_sim.compiled.batching import BatchState
 from aif_sim.compiled.caches import CacheState
+from aif_sim.compiled.deadlines import DeadlineState, deadlines
 from aif_sim.compiled.fleets import FleetState
 from aif_sim.compiled.kernels import advance, event_times
 from aif_sim.compiled.nearline import CompiledNearline
@@ -97,7 +98,7 @@ def run_compiled(
             upcoming_t = event_times(upcoming.block.arrival_s, last)
             limit = float(upcoming_t[0])
         measured = draws.block.arrival_s >= scenario.warmup_s
-        system.extend(draws, measured, t)
+        system.extend(draws, measured, t, deadlines(scenario, draws.block.arrival_s, t))
         recorder.arrivals(draws.block.arrival_s, measured)
         caches.reserve(len(system))
         pools.advance(system, caches, limit, until)
@@ -105,6 +106,7 @@ def run_compiled(
         if vectors is not None:
             vectors.read(system, min(limit, until))
             vectors.nearline.advance(last)
+        pools.dropped.emit(recorder, last)
         last_end = max(last_end, _flush(recorder, system, last, vectors, pools.batches))
         now = last
         if progress is not None:
@@ -114,6 +116,7 @@ def run_compiled(
     end, clock = _end(scenario, max(now, last_end))
     if vectors is not None:
         vectors.nearline.advance(clock)
+    pools.dropped.emit(recorder, clock)
     _flush(recorder, system, clock, vectors, pools.batches)
     _close(recorder, system, caches, vectors, pools.fleets, end, clock)
     if progress is not None:
@@ -190,6 +193,7 @@ class _Requests:
             "arrive": ((), np.float64),
             "step": ((), np.int64),
             "hop": ((steps,), np.float64),  # its pause before each step (a replayed trace's; else 0)
+            "deadline": ((), np.float64),  # when it is abandoned (`deadlines`; inf: never)
         }
         self.n = 0
         self.buffers = {name: np.empty((capacity, *shape), dtype) for name, (shape, dtype) in self.kinds.items()}
@@ -200,7 +204,7 @@ class _Requests:
     def column(self, name: str) -> np.ndarray:
         return self.buffers[name][: self.n]
 
-    def extend(self, draws: RequestDraws, measured: np.ndarray, t: np.ndarray) -> None:
+    def extend(self, draws: RequestDraws, measured: np.ndarray, t: np.ndarray, deadline: np.ndarray) -> None:
         block, k = draws.block, len(t)
         size = self.n + k
         capacity = len(self.buffers["ids"])
@@ -234,6 +238,7 @@ class _Requests:
         b["hop"][new] = 0.0 if draws.hop_s is None else draws.hop_s
         b["arrive"][new] = t + b["hop"][new, 0]  # simpy's `now + delay` after the pause (none: + 0)
         b["step"][new] = 0
+        b["deadline"][new] = deadline
         self.n = size
 
     def keep(self, mask: np.ndarray) -> np.ndarray:
@@ -268,11 +273,14 @@ class _Pools:
         self.guard, self.reads = _cache_slots(scenario.pipeline(pipeline), caches)
         self.batches = BatchState(scenario, self.names, samplers, traced)
         self.fleets = FleetState(scenario, pipeline)
+        shards = max((config.shards for config in configs), default=1)
+        self.dropped = DeadlineState(len(configs) * shards if scenario.deadline_ms is not None else 0)  # visits cut off by deadlines
         self.numbered = np.zeros(1, np.int64)  # visit ends numbered so far (`batching.visit_over`)
 
     def advance(self, system: _Requests, caches: CacheState, limit: float, until: float) -> None:
         self.batches.prepare(len(system))
         self.fleets.prepare(len(system))
+        self.dropped.prepare(len(system))
         columns = ("arrive", "step", "outcome", "end_s", "pending", "step_end", "worst", "end_order", "rank")
         advance(
             self.step_at,
@@ -294,8 +302,15 @@ class _Pools:
             self.batches.state,
             self.fleets.fleet_of,
             self.fleets.state,
+            self.dropped.state,
             system.column("shard_s"),
-            (*(system.column(name) for name in columns), self.numbered, system.column("hop")),
+            (
+                *(system.column(name) for name in columns),
+                self.numbered,
+                system.column("hop"),
+                system.column("ids"),
+                system.column("deadline"),
+            ),
             system.column("users"),
             system.column("measured"),
             system.column("service"),

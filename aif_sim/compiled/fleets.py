@@ -3,9 +3,9 @@ without hedges, retries after a timeout, or node loss.
 
 Each node of a fleet stage is a FIFO pool of its own (`servers / nodes` servers, the stage's queue limit and
 timeout): its servers' free times are a heap of the stage's region of the kernels' `free` (node j's at
-`free_at[slot] + j * threads`), and its live waiters' queue-leave times (when they start or time out) a FIFO
-`waits[row, head:tail]` (they leave in order of arrival: FIFO starts and a common timeout). Its outstanding
-count at t, as the balancer sees it, is its servers busy at t plus its waiters not yet left.
+`free_at[slot] + j * threads`), and its live waiters' queue-leave times (when they start, time out, or leave at
+their request's deadline) a heap `waits[row, :queued[row]]`. Its outstanding count at t, as the balancer sees
+it, is its servers busy at t plus its waiters not yet left.
 
 Per fleet f (`FleetState.state`): the balancer (`kind`, round robin's last pick, the uniforms of its stream
 drawn ahead as `core.balance.Uniforms` draws them), and the visits it served, `rec[m] = (slot, node, start,
@@ -71,8 +71,8 @@ class FleetState:
             np.empty((len(slots), 0)),  # uniforms
             np.zeros(len(slots), np.int64),  # uniforms taken
             np.cumsum([0, *nodes]).astype(np.int64),  # each fleet's first row of waits
-            np.empty((max(1, sum(nodes)), 16)),  # waits
-            np.zeros((max(1, sum(nodes)), 2), np.int64),  # (head, tail) per row
+            np.empty((max(1, sum(nodes)), 16)),  # waits: per node, a heap of its waiters' queue-leave times
+            np.zeros(max(1, sum(nodes)), np.int64),  # queued: per node, its waiters in the heap
             np.empty((64, 5)),  # rec
             np.zeros(1, np.int64),  # rec_n
             np.array(shards, np.int64),
@@ -87,7 +87,7 @@ class FleetState:
         )
 
     def prepare(self, arrivals: int) -> None:
-        """Room for `arrivals` more visits per fleet: waiters, uniforms and records; each FIFO moved to the front."""
+        """Room for `arrivals` more visits per fleet: waiters, uniforms and records."""
         (
             nodes,
             kind,
@@ -96,7 +96,7 @@ class FleetState:
             taken,
             row_at,
             waits,
-            heads,
+            queued,
             rec,
             rec_n,
             shards,
@@ -111,12 +111,11 @@ class FleetState:
         ) = self.state
         if not len(nodes):
             return
-        width = max(int((heads[:, 1] - heads[:, 0]).max()) + arrivals, waits.shape[1])
-        moved = np.empty((len(waits), width))
-        for row, (head, tail) in enumerate(heads.tolist()):
-            moved[row, : tail - head] = waits[row, head:tail]
-        heads[:, 1] -= heads[:, 0]
-        heads[:, 0] = 0
+        width = max(int(queued.max()) + arrivals, waits.shape[1])
+        if width > waits.shape[1]:
+            grown = np.empty((len(waits), width))
+            grown[:, : waits.shape[1]] = waits
+            waits = grown
         for f in range(len(nodes)):
             self.drawn[f] = self.drawn[f][taken[f] :]
             blocks = -(-(DRAWS[kind[f]] * shards[f] * (1 + retries[f]) * arrivals - len(self.drawn[f])) // BLOCK)
@@ -129,7 +128,7 @@ class FleetState:
         rec = _room(rec, int(rec_n[0]) + arrivals * int(shards.sum()))
         skew = _room(skew, int(skew_n[0]) + arrivals * len(nodes))
         tried = _room(tried, int(tried_n[0]) + arrivals * int((shards * retries).sum()))
-        self.state = (nodes, kind, last, uniforms, taken, row_at, moved, heads, rec, rec_n, shards, shard_at, skew, skew_n, holding, parts)
+        self.state = (nodes, kind, last, uniforms, taken, row_at, waits, queued, rec, rec_n, shards, shard_at, skew, skew_n, holding, parts)
         self.state += (retries, tried, tried_n)
 
     def emit(self, recorder: Recorder, before: float) -> None:
@@ -215,17 +214,48 @@ def _room(rows: np.ndarray, need: int) -> np.ndarray:
 
 
 @njit(cache=True, _nrt=False)
-def _outstanding(free: np.ndarray, base: int, threads: int, waits: np.ndarray, heads: np.ndarray, row: int, t: float) -> int:
-    """A node's visits at t: its servers busy then and its waiters that have not left by t (popped)."""
+def _left(waits: np.ndarray, queued: np.ndarray, row: int, t: float) -> int:
+    """A node's waiters still queued at t: those that left by t (started, timed out, abandoned at their request's
+    deadline) popped from its heap of leave times `waits[row, :queued[row]]`."""
+    size = queued[row]
+    while size > 0 and waits[row, 0] <= t:
+        size -= 1
+        last, pos = waits[row, size], 0
+        while 2 * pos + 1 < size:
+            child = 2 * pos + 1
+            if child + 1 < size and waits[row, child + 1] < waits[row, child]:
+                child += 1
+            if waits[row, child] >= last:
+                break
+            waits[row, pos] = waits[row, child]
+            pos = child
+        waits[row, pos] = last
+    queued[row] = size
+    return size
+
+
+@njit(cache=True, _nrt=False)
+def _join(waits: np.ndarray, queued: np.ndarray, row: int, leave: float) -> None:
+    """A waiter that leaves the node's queue at `leave` joins its heap."""
+    pos = queued[row]
+    queued[row] = pos + 1
+    while pos > 0:
+        parent = (pos - 1) >> 1
+        if waits[row, parent] <= leave:
+            break
+        waits[row, pos] = waits[row, parent]
+        pos = parent
+    waits[row, pos] = leave
+
+
+@njit(cache=True, _nrt=False)
+def _outstanding(free: np.ndarray, base: int, threads: int, waits: np.ndarray, queued: np.ndarray, row: int, t: float) -> int:
+    """A node's visits at t: its servers busy then and its waiters that have not left by t."""
     busy = 0
     for s in range(base, base + threads):
         if free[s] > t:
             busy += 1
-    head, tail = heads[row, 0], heads[row, 1]
-    while head < tail and waits[row, head] <= t:
-        head += 1
-    heads[row, 0] = head
-    return busy + tail - head
+    return busy + _left(waits, queued, row, t)
 
 
 @njit(cache=True, _nrt=False)
@@ -246,7 +276,7 @@ def pick(f: int, t: float, base: int, threads: int, free: np.ndarray, fleets: tu
     """The node fleet f's balancer picks for a visit or shard arriving at t (`core.balance`, every node live) among
     the nodes not holding another shard of the visit (`holding`, `held` of them); the stage's servers start at
     `free[base]`, `threads` per node."""
-    nodes, kind, last, uniforms, taken, row_at, waits, heads = fleets[:8]
+    nodes, kind, last, uniforms, taken, row_at, waits, queued = fleets[:8]
     holding = fleets[14]
     count, row = nodes[f] - held, row_at[f]
     k = kind[f]
@@ -267,7 +297,7 @@ def pick(f: int, t: float, base: int, threads: int, free: np.ndarray, fleets: tu
         for node in range(nodes[f]):
             if held and holding[node]:
                 continue
-            load = _outstanding(free, base + node * threads, threads, waits, heads, row + node, t)
+            load = _outstanding(free, base + node * threads, threads, waits, queued, row + node, t)
             if best < 0 or load < fewest:
                 best, fewest = node, load
         return best
@@ -280,33 +310,31 @@ def pick(f: int, t: float, base: int, threads: int, free: np.ndarray, fleets: tu
     if second >= first:
         second += 1
     first, second = _eligible(first, holding, held), _eligible(second, holding, held)
-    a = _outstanding(free, base + first * threads, threads, waits, heads, row + first, t)
-    b = _outstanding(free, base + second * threads, threads, waits, heads, row + second, t)
+    a = _outstanding(free, base + first * threads, threads, waits, queued, row + first, t)
+    b = _outstanding(free, base + second * threads, threads, waits, queued, row + second, t)
     return second if b < a else first
 
 
 @njit(cache=True, _nrt=False)
-def visit_node(f: int, node: int, t: float, m: float, limit: int, timeout: float, fleets: tuple) -> tuple[int, float, float]:
+def visit_node(
+    f: int, node: int, t: float, m: float, limit: int, timeout: float, deadline: float, fleets: tuple
+) -> tuple[int, float, float]:
     """A visit arriving at t at a node whose first server frees at m: (outcome, start, end; the end once served is
     the caller's) as the node's FIFO pool decides (rejected when `limit` >= 0 wait, timed out when no server is
-    handed over within `timeout`); a visit that queues joins the node's waiters with its queue-leave time."""
+    handed over within `timeout`, or by its request's `deadline`, when it leaves the queue); a visit that queues
+    joins the node's waiters with its queue-leave time."""
     row = fleets[5][f] + node
-    waits, heads = fleets[6], fleets[7]
-    head, tail = heads[row, 0], heads[row, 1]
+    waits, queued = fleets[6], fleets[7]
     if m <= t:  # a free server: every waiter has left
-        heads[row, 0] = tail
+        queued[row] = 0
         return COMPLETED, t, t
-    while head < tail and waits[row, head] <= t:
-        head += 1
-    heads[row, 0] = head
-    if limit >= 0 and tail - head >= limit:
+    if _left(waits, queued, row, t) >= limit >= 0:
         return REJECTED, t, t
-    deadline = t + timeout
-    heads[row, 1] = tail + 1
-    if m > deadline:
-        waits[row, tail] = deadline
-        return TIMED_OUT, t, deadline
-    waits[row, tail] = m
+    leave = min(t + timeout, deadline)
+    if m > leave:
+        _join(waits, queued, row, leave)
+        return TIMED_OUT, t, leave
+    _join(waits, queued, row, m)
     return COMPLETED, m, m
 
 
@@ -321,10 +349,11 @@ def served_at_node(f: int, node: int, slot: int, start: float, service: float, m
 
 @njit(cache=True, _nrt=False)
 def parts_over(
-    f: int, i: int, slot: int, t: float, service: np.ndarray, times: np.ndarray, measured: bool, fleets: tuple
+    f: int, i: int, slot: int, t: float, deadline: float, service: np.ndarray, times: np.ndarray, measured: bool, fleets: tuple
 ) -> tuple[int, float]:
     """Request i's visit sent at t, its shards (or itself) decided (`parts`): its outcome and end, as `sim.fleet.Fleet`
-    ends it (completed: its times, its slowest shard's service, and, measured and sharded, its skew record)."""
+    ends it (completed by the request's deadline: its times, its slowest shard's service, and, measured and
+    sharded, its skew record)."""
     shards, parts, skew, skew_n = fleets[10], fleets[15], fleets[12], fleets[13]
     k = shards[f]
     o, end, last, alone = COMPLETED, parts[0, 3], 0, parts[0, 4]
@@ -333,7 +362,7 @@ def parts_over(
         if parts[j, 3] > end:
             end, last = parts[j, 3], j
         alone = max(alone, parts[j, 4])
-    if o != COMPLETED:
+    if o != COMPLETED or end > deadline:
         return o, end
     times[i, slot, 0], times[i, slot, 1], times[i, slot, 2] = t, parts[last, 2], end
     service[i, slot] = alone

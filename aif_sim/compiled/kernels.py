@@ -23,6 +23,7 @@ from numba import njit
 
 from aif_sim.compiled.batching import run_until, slowdown_at, visit_ended, visit_over, wake
 from aif_sim.compiled.caches import due, lookup, push, settle
+from aif_sim.compiled.deadlines import wasted, wasted_order
 from aif_sim.compiled.fleets import parts_over, pick, retried, served_at_node, visit_node
 
 COMPLETED, REJECTED, TIMED_OUT = 0, 1, 2  # core.request.Outcome
@@ -109,15 +110,6 @@ def _stable_order(index: np.ndarray, key: np.ndarray, tie: np.ndarray, count: in
 
 
 @njit(cache=True, _nrt=False)
-def _served(service: np.ndarray, i: int, slot: int, start: float, slow_at: np.ndarray, slow_t: np.ndarray, slow_v: np.ndarray) -> float:
-    """Request i's service at `slot` for a visit starting at `start`, slowed down as the stage then is (written back)."""
-    factor = slowdown_at(slot, start, slow_at, slow_t, slow_v)
-    if factor != 1.0:
-        service[i, slot] = service[i, slot] * factor
-    return service[i, slot]
-
-
-@njit(cache=True, _nrt=False)
 def _fleet_visit(
     f: int,
     i: int,
@@ -133,12 +125,15 @@ def _fleet_visit(
     measured: bool,
     slow: tuple,
     fleets: tuple,
+    abandon: tuple,
 ) -> tuple[int, float]:
     """Request i's visit at t to fleet f's stage, sharded or retrying (`fleets`): a node picked for each shard (or the
     visit), then each served at its node, the last first, a rejected one sent at once to another node while the
     stage's retries last; the visit's outcome and end (`fleets.parts_over`). `limits`: the stage's queue limit and
-    timeout, and the cache miss each shard waits for."""
+    timeout, and the cache miss each shard waits for; `abandon`: the request's deadline, its id, the step's
+    calls `first:stop` and this call's position p among them, and the wasted records (`deadlines`)."""
     limit, timeout, miss_s = limits
+    deadline, request, first, stop, p, dropped = abandon
     nodes, shards, shard_at, holding, parts, retries = fleets[0], fleets[10], fleets[11], fleets[14], fleets[15], fleets[16]
     k = shards[f]
     for j in range(k):  # every pick sees the counts before any shard joins
@@ -159,19 +154,22 @@ def _fleet_visit(
                 held += 1
                 retried(f, slot, t, fleets)
             at = base + node * threads
-            o, start, e = visit_node(f, node, t, free[at], limit, timeout, fleets)
+            o, start, e = visit_node(f, node, t, free[at], limit, timeout, deadline, fleets)
             if o == COMPLETED:
                 factor = slowdown_at(slot, start, slow[0], slow[1], slow[2])
                 if factor != 1.0:
                     s = s * factor
                 e = start + s
-                free[at] = e
+                free[at] = e if e <= deadline else deadline + (e - deadline)
                 _sift_down(free, at, threads, 0)
                 served_at_node(f, node, slot, start, s, measured, fleets)
+                if e > deadline:
+                    wasted(dropped, slot, deadline, request, wasted_order(p, first, stop, j, k), start, s, node)
+            if o != REJECTED:  # only a rejection is sent again (one left at its request's deadline is abandoned)
                 break
         parts[j, 1], parts[j, 2], parts[j, 3], parts[j, 4] = o, start, e, s
     holding[:] = False
-    return parts_over(f, i, slot, t, service, times, measured, fleets)
+    return parts_over(f, i, slot, t, deadline, service, times, measured, fleets)
 
 
 @njit(cache=True, nogil=True)
@@ -195,6 +193,7 @@ def advance(
     batches: tuple,
     fleet_of: np.ndarray,
     fleets: tuple,
+    dropped: tuple,
     shard_s: np.ndarray,
     req: tuple,
     users: np.ndarray,
@@ -237,8 +236,11 @@ def advance(
     the visit's arrival, whose pool (its servers' region of `free`, its own waiters) serves it as above; a
     sharded stage's visit is one such visit per shard, on distinct nodes, with the shard services `shard_s[i]`,
     and a stage that retries sends a rejected one on to another node.
+
+    Deadlines (`req`'s `deadline`, see `deadlines`): a visit still queued at its request's deadline leaves the
+    queue then; one in service runs on as wasted work (recorded in `dropped`), freeing its server when simpy does.
     """
-    arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, numbered, hop = req
+    arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, numbered, hop, ids, deadline = req
     n = len(arrive)
     steps = len(step_at) - 1
     at, older, newer, ends, capacity, ttl, counts, pend_t, pend_key, pend_n, pend_seq, made, flush_t, flush_nodes, flush_next = caches
@@ -263,6 +265,7 @@ def advance(
         for j in range(count):
             i = order[j]
             t = arrive[i]
+            due_s = deadline[i]
             for p in range(first, stop):  # the step's batching stages: their events before this arrival
                 b = slot_batch[step_slots[p]]
                 if b >= 0:
@@ -314,11 +317,14 @@ def advance(
                     servers //= fleets[0][f]
                     if fleets[10][f] > 1 or fleets[16][f] > 0:
                         limits = (queue_limit[slot], timeout_s[slot], miss[i, slot] if read_miss else 0.0)
-                        o, e = _fleet_visit(f, i, slot, t, base, servers, free, limits, shard_s, service, times, measured[i], slow, fleets)
+                        abandon = (due_s, ids[i], first, stop, p, dropped)
+                        o, e = _fleet_visit(
+                            f, i, slot, t, base, servers, free, limits, shard_s, service, times, measured[i], slow, fleets, abandon
+                        )
                     else:
                         node = pick(f, t, base, servers, free, fleets, 0)
                         base += node * servers
-                        o, start, e = visit_node(f, node, t, free[base], queue_limit[slot], timeout_s[slot], fleets)
+                        o, start, e = visit_node(f, node, t, free[base], queue_limit[slot], timeout_s[slot], due_s, fleets)
                 elif m > t:  # every server held: queue, unless rejected or timed out
                     limited = queue_limit[slot] >= 0
                     waiting = 0
@@ -331,12 +337,12 @@ def advance(
                         o = REJECTED
                         e = t
                     else:
-                        deadline = t + timeout_s[slot]
-                        if m > deadline:  # no server handed over before the timeout
+                        leave = min(t + timeout_s[slot], due_s)
+                        if m > leave:  # no server handed over before the timeout, or the request's deadline
                             o = TIMED_OUT
-                            e = deadline
+                            e = leave
                             if limited:
-                                waiting = _push(left, lb, waiting, deadline)
+                                waiting = _push(left, lb, waiting, leave)
                         else:
                             start = m
                             if limited:
@@ -344,15 +350,22 @@ def advance(
                     if limited:
                         left_n[slot] = waiting
                 if o == COMPLETED and (f < 0 or node >= 0):  # served from `start` on the server that frees first
-                    e = start + _served(service, i, slot, start, slow_at, slow_t, slow_v)
-                    free[base] = e
+                    s = service[i, slot] * slowdown_at(slot, start, slow_at, slow_t, slow_v)  # as the stage is when it starts
+                    e = start + s
+                    if f < 0 or e <= due_s:  # written back (a node's visit: once it completes)
+                        service[i, slot] = s
+                    if e <= due_s:
+                        free[base] = e
+                        times[i, slot, 0] = t
+                        times[i, slot, 1] = start
+                        times[i, slot, 2] = e
+                    else:  # abandoned in service at the deadline: the server finishes it for nothing
+                        free[base] = due_s + (e - due_s)
+                        wasted(dropped, slot, due_s, ids[i], wasted_order(p, first, stop, 0, 1), start, s, node)
                     _sift_down(free, base, servers, 0)
-                    times[i, slot, 0] = t
-                    times[i, slot, 1] = start
-                    times[i, slot, 2] = e
                     if f >= 0:
-                        served_at_node(f, node, slot, start, service[i, slot], measured[i], fleets)
-                if o == COMPLETED:
+                        served_at_node(f, node, slot, start, s, measured[i], fleets)
+                if o == COMPLETED and e <= due_s:
                     if read_miss:
                         push(pend_t, pend_key, pend_n, pend_seq, made, r, e, users[i])
                     if g >= 0:

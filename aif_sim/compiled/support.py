@@ -23,7 +23,9 @@ def unsupported(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler])
         return f"unknown pipeline {pipeline!r}"
     stages = scenario.pipeline(pipeline).stages
     if scenario.deadline_ms is not None:
-        return "the compiled engine does not model request deadlines yet (deadline_ms)"
+        batching = [name for name in stages if scenario.stages[name].batch is not None]
+        if batching:
+            return f"the compiled engine does not model request deadlines (deadline_ms) with batching stages yet ({', '.join(batching)})"
     for what, has in (
         ("hedges (hedge_after_ms)", lambda stage: stage.hedge_after_ms is not None),
         ("retries of timed-out visits (retries with timeout_ms)", lambda stage: stage.retries > 0 and stage.timeout_ms is not None),
@@ -55,7 +57,8 @@ def _ties_likely(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler]
     values (constant, empirical) meeting arrivals that do too: trace times (rounded, repeated), or, at a queueing
     stage (a queue limit, a timeout, batching, several nodes), the ends of an earlier step of such services or of
     batches (sums that coincide, members that end together); a sharded stage of such services ends the shards of
-    a visit together, and the shards queued behind them on several nodes start at one instant."""
+    a visit together, and the shards queued behind them on several nodes start at one instant; and a request's
+    deadline can fall exactly at the end of its own visits of such services."""
     names = scenario.pipeline(pipeline).stages
     tiny = [name for name in names if isinstance(samplers[name], Gamma) and samplers[name].cv > 1]
     if tiny:
@@ -64,6 +67,11 @@ def _ties_likely(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler]
             f"times below the clock's resolution, so a visit ends at the instant it starts ({', '.join(tiny)})"
         )
     discrete = [name for name in names if _few_values(samplers[name], scenario.stages[name].per_candidate_us)]
+    if discrete and scenario.deadline_ms is not None:
+        return (
+            "the compiled engine may order events at equal times unlike simpy: a request deadline meets constant or empirical "
+            f"services, whose visits can end exactly at it ({', '.join(discrete)})"
+        )
     sharded = [name for name in discrete if scenario.stages[name].shards > 1]
     if sharded:
         return (
