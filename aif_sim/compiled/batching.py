@@ -45,67 +45,79 @@ def _table(sampler: Sampler, rng: np.random.Generator, rows: int, max_size: int)
 
 
 class BatchState:
-    """The batching stages of a pipeline (slots in `slots`) and their draws."""
+    """The batching stages of a pipeline and their draws: one queue and dispatcher (entry b) per stage, or per node
+    of a stage of several nodes (`slot_batch[slot]` its first entry, its nodes in order); a stage's nodes take
+    their batch services from the stage's one stream, in the order their batches start (`table_of[b]`)."""
 
     def __init__(self, scenario: Scenario, names: list[str], samplers: dict[str, Sampler], traced: bool = False) -> None:
         self.traced = traced
-        self.slots = [slot for slot, name in enumerate(names) if scenario.stages[name].batch is not None]
+        stages = [slot for slot, name in enumerate(names) if scenario.stages[name].batch is not None]
+        configs = [scenario.stages[names[slot]] for slot in stages]
+        nodes = [config.nodes for config in configs]
         self.slot_batch = np.full(len(names), -1, np.int64)
-        self.slot_batch[self.slots] = np.arange(len(self.slots))
-        configs = [scenario.stages[names[slot]] for slot in self.slots]
-        self.samplers = [samplers[names[slot]] for slot in self.slots]
-        self.rngs = [stream(scenario.seed, f"batch-service:{names[slot]}") for slot in self.slots]
-        b = len(self.slots)
+        self.slot_batch[stages] = np.cumsum([0, *nodes])[:-1]
+        self.samplers = [samplers[names[slot]] for slot in stages]
+        self.rngs = [stream(scenario.seed, f"batch-service:{names[slot]}") for slot in stages]
         sizes = [config.batch.max_size for config in configs if config.batch is not None]
         self.tables = [np.empty((0, size)) for size in sizes]
+        per_entry = [(slot, config, c, node if n > 1 else -1) for c, (slot, config, n) in enumerate(zip(stages, configs, nodes)) for node in range(n)]
+        self.slots = [slot for slot, _, _, _ in per_entry]
+        b = len(per_entry)
         width = max(sizes, default=1)
-        servers = max((config.servers for config in configs), default=1)
+        threads = [config.threads_per_node for _, config, _, _ in per_entry]
         self.state = (
             np.array(self.slots, np.int64),
-            np.array([config.servers for config in configs], np.int64),
-            np.array(sizes, np.int64),
-            np.array([config.batch.max_wait_ms / 1000 for config in configs if config.batch is not None]),
+            np.array(threads, np.int64),
+            np.array([sizes[c] for _, _, c, _ in per_entry], np.int64),
+            np.array([config.batch.max_wait_ms / 1000 for _, config, _, _ in per_entry if config.batch is not None]),
             np.empty((b, 64), np.int64),  # q_req
             np.empty((b, 64)),  # q_at
             np.zeros((b, 2), np.int64),  # heads
             np.zeros(b, np.int64),  # phase
             np.full(b, math.inf),  # timer
             np.zeros(b, np.int64),  # held
-            np.empty((b, servers)),  # ends
+            np.empty((b, max(threads, default=1))),  # ends: a heap of the end times of the batches in service
             np.zeros(b, np.int64),  # serving
-            np.empty((b, 0, width)),  # table
-            np.zeros(b, np.int64),  # rows
-            np.empty((64, 5)),  # rec
+            np.empty((len(stages), 0, width)),  # table, per stage
+            np.zeros(len(stages), np.int64),  # rows, per stage
+            np.empty((64, 6)),  # rec
             np.zeros(1, np.int64),  # rec_n
+            np.array([c for _, _, c, _ in per_entry], np.int64),  # table_of
+            np.array([node for _, _, _, node in per_entry], np.int64),  # node (-1: the stage's one pool)
+            np.zeros(b, np.int64),  # members: requests in the batches in service
+            np.zeros((b, max(threads, default=1)), np.int64),  # sizes of the batches in `ends`, moved with them
         )
 
     def prepare(self, arrivals: int) -> None:
-        """Room for `arrivals` more waiters per stage, batch rows for every batch they and the waiters can make,
+        """Room for `arrivals` more waiters per queue, batch rows for every batch they and the waiters can make,
         and records for those batches; each queue moved to the front of its buffer."""
-        slots, servers, sizes, waits, q_req, q_at, heads, phase, timer, held, ends, serving, table, rows, rec, rec_n = self.state
-        need = int((heads[:, 1] - heads[:, 0]).max(initial=0)) + arrivals
+        slots, servers, sizes, waits, q_req, q_at, heads, phase, timer, held, ends, serving, table, rows, rec, rec_n = self.state[:16]
+        per_queue = self.state[16:]
+        table_of = per_queue[0]
+        live = heads[:, 1] - heads[:, 0]
+        need = int(live.max(initial=0)) + arrivals
         width = max(need, q_req.shape[1])
         queue_req, queue_at = np.empty((len(slots), width), np.int64), np.empty((len(slots), width))
         for b, (head, tail) in enumerate(heads.tolist()):
             queue_req[b, : tail - head], queue_at[b, : tail - head] = q_req[b, head:tail], q_at[b, head:tail]
         heads[:, 1] -= heads[:, 0]
         heads[:, 0] = 0
-        for b in range(len(slots)):  # the rows the last call left unused come first
-            self.tables[b] = self.tables[b][rows[b] :]
-            while len(self.tables[b]) < need:
-                drawn = (
-                    np.full((ROWS, int(sizes[b])), np.nan) if self.traced else _table(self.samplers[b], self.rngs[b], ROWS, int(sizes[b]))
-                )
-                self.tables[b] = np.concatenate([self.tables[b], drawn])
+        for c in range(len(self.tables)):  # the rows the last call left unused come first
+            batches = int(live[table_of == c].sum()) + arrivals  # the most batches the stage's nodes can start
+            self.tables[c] = self.tables[c][rows[c] :]
+            while len(self.tables[c]) < batches:
+                size = self.tables[c].shape[1]
+                drawn = np.full((ROWS, size), np.nan) if self.traced else _table(self.samplers[c], self.rngs[c], ROWS, size)
+                self.tables[c] = np.concatenate([self.tables[c], drawn])
         rows[:] = 0
-        table = np.zeros((len(slots), max((len(t) for t in self.tables), default=0), table.shape[2]))
-        for b, drawn in enumerate(self.tables):
-            table[b, : len(drawn), : drawn.shape[1]] = drawn
+        table = np.zeros((len(self.tables), max((len(t) for t in self.tables), default=0), table.shape[2]))
+        for c, drawn in enumerate(self.tables):
+            table[c, : len(drawn), : drawn.shape[1]] = drawn
         if rec_n[0] + need * len(slots) > len(rec):
-            grown = np.empty((max(rec_n[0] + need * len(slots), 2 * len(rec)), 5))
+            grown = np.empty((max(rec_n[0] + need * len(slots), 2 * len(rec)), rec.shape[1]))
             grown[: rec_n[0]] = rec[: rec_n[0]]
             rec = grown
-        self.state = (slots, servers, sizes, waits, queue_req, queue_at, heads, phase, timer, held, ends, serving, table, rows, rec, rec_n)
+        self.state = (slots, servers, sizes, waits, queue_req, queue_at, heads, phase, timer, held, ends, serving, table, rows, rec, rec_n, *per_queue)
 
     def remap(self, new_index: np.ndarray) -> None:
         """The requests were compacted (`new_index[old]`): the waiters' indices follow."""
@@ -115,7 +127,7 @@ class BatchState:
 
     def finished_batches(self, before: float) -> np.ndarray:
         """The batches that ended before `before`, in the order they ended, as rows (slot, start, service, size,
-        measured), taken out of the records."""
+        measured, node (-1: the stage's one pool)), taken out of the records."""
         rec, rec_n = self.state[14], self.state[15]
         rows = rec[: rec_n[0]]
         done = rows[:, 1] + rows[:, 2] < before
@@ -190,8 +202,9 @@ def wake(
     caches: tuple,
     slow: tuple,
 ) -> None:
-    """The dispatcher of stage b runs at time x from where it waits (`BatchingPool._dispatch`)."""
-    slots, servers, sizes, waits, q_req, q_at, heads, phase, timer, held, ends, serving, table, rows, rec, rec_n = bs
+    """The dispatcher of queue b runs at time x from where it waits (`BatchingPool._dispatch`)."""
+    slots, servers, sizes, waits, q_req, q_at, heads, phase, timer, held, ends, serving, table, rows, rec, rec_n = bs[:16]
+    table_of, node_of, members_of, end_size = bs[16:]
     times, miss, cache_hit, users, measured, service = visits
     pend_t, pend_key, pend_n, pend_seq, made = caches
     slow_at, slow_t, slow_v = slow
@@ -219,8 +232,9 @@ def wake(
             continue  # an empty batch: the server goes back
         size = min(live, sizes[b])
         head = heads[b, 0]
-        drawn = table[b, rows[b], size - 1]
-        rows[b] += 1
+        c = table_of[b]
+        drawn = table[c, rows[c], size - 1]
+        rows[c] += 1
         longest = 0.0  # the batch waits for its slowest cache miss
         total = 0.0  # replayed (`drawn` NaN): the members' traced services, misses included
         members = 0
@@ -233,12 +247,15 @@ def wake(
         e = x + s
         pos = serving[b]  # the batch's server frees at e
         serving[b] += 1
+        members_of[b] += size
         while pos > 0 and ends[b, (pos - 1) >> 1] > e:
             ends[b, pos] = ends[b, (pos - 1) >> 1]
+            end_size[b, pos] = end_size[b, (pos - 1) >> 1]
             pos = (pos - 1) >> 1
         ends[b, pos] = e
+        end_size[b, pos] = size
         m = rec_n[0]
-        rec[m, 0], rec[m, 1], rec[m, 2], rec[m, 3], rec[m, 4] = slot, x, s, size, members
+        rec[m, 0], rec[m, 1], rec[m, 2], rec[m, 3], rec[m, 4], rec[m, 5] = slot, x, s, size, members, node_of[b]
         rec_n[0] += 1
         heads[b, 0] = head + size
         for q in range(head, head + size):
@@ -267,9 +284,10 @@ def run_until(
     caches: tuple,
     slow: tuple,
 ) -> None:
-    """Stage b's events before time x, in time order: batches ending, the oldest waiter timing out, the
+    """Queue b's events before time x, in time order: batches ending, the oldest waiter timing out, the
     dispatcher's timer."""
-    slots, servers, sizes, waits, q_req, q_at, heads, phase, timer, held, ends, serving, table, rows, rec, rec_n = bs
+    slots, servers, sizes, waits, q_req, q_at, heads, phase, timer, held, ends, serving, table, rows, rec, rec_n = bs[:16]
+    members_of, end_size = bs[18], bs[19]
     while True:
         t_end = ends[b, 0] if serving[b] > 0 else math.inf
         t_out = q_at[b, heads[b, 0]] + timeout_s if heads[b, 1] > heads[b, 0] else math.inf
@@ -282,9 +300,10 @@ def run_until(
             heads[b, 0] += 1
             visit_ended(i, TIMED_OUT, now, k, steps, req)
         elif now == t_end:
+            members_of[b] -= end_size[b, 0]
             size = serving[b] - 1  # pop the heap
             serving[b] = size
-            last, pos = ends[b, size], 0
+            last, last_size, pos = ends[b, size], end_size[b, size], 0
             while 2 * pos + 1 < size:
                 child = 2 * pos + 1
                 if child + 1 < size and ends[b, child + 1] < ends[b, child]:
@@ -292,9 +311,59 @@ def run_until(
                 if ends[b, child] >= last:
                     break
                 ends[b, pos] = ends[b, child]
+                end_size[b, pos] = end_size[b, child]
                 pos = child
             ends[b, pos] = last
+            end_size[b, pos] = last_size
             if phase[b] == ACQUIRE:
                 wake(b, now, k, steps, bs, req, visits, guard, reads, caches, slow)
         else:
             wake(b, now, k, steps, bs, req, visits, guard, reads, caches, slow)
+
+
+@njit(cache=True, _nrt=False)
+def _next_event(b: int, timeout_s: float, bs: tuple) -> float:
+    """When queue b's next event happens (inf: none): a batch ending, the oldest waiter timing out, the timer."""
+    q_at, heads, phase, timer, ends, serving = bs[5], bs[6], bs[7], bs[8], bs[10], bs[11]
+    t_end = ends[b, 0] if serving[b] > 0 else math.inf
+    t_out = q_at[b, heads[b, 0]] + timeout_s if heads[b, 1] > heads[b, 0] else math.inf
+    return min(t_end, t_out, timer[b] if phase[b] == FILL else math.inf)
+
+
+@njit(cache=True, _nrt=False)
+def run_stage(
+    first: int,
+    count: int,
+    x: float,
+    timeout_s: float,
+    k: int,
+    steps: int,
+    bs: tuple,
+    req: tuple,
+    visits: tuple,
+    guard: np.ndarray,
+    reads: np.ndarray,
+    caches: tuple,
+    slow: tuple,
+) -> None:
+    """`run_until` for a stage's queues `first : first + count` (its nodes), their events interleaved in time order:
+    their batches draw their services from one stream in the order they start."""
+    if count == 1:
+        run_until(first, x, timeout_s, k, steps, bs, req, visits, guard, reads, caches, slow)
+        return
+    while True:
+        b, now = -1, x
+        for q in range(first, first + count):
+            at = _next_event(q, timeout_s, bs)
+            if at < now:
+                b, now = q, at
+        if b < 0:
+            return
+        run_until(b, np.nextafter(now, math.inf), timeout_s, k, steps, bs, req, visits, guard, reads, caches, slow)
+
+
+@njit(cache=True, _nrt=False)
+def load(b: int, bs: tuple) -> int:
+    """Queue b's requests, as a balancer counts them: waiting, and in the batches in service."""
+    heads, members_of = bs[6], bs[18]
+    return heads[b, 1] - heads[b, 0] + members_of[b]

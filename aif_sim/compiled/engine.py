@@ -431,8 +431,8 @@ def _slowdowns(scenario: Scenario, names: list[str]) -> tuple[np.ndarray, np.nda
 def _flush(recorder: Recorder, system: _Requests, before: float, vectors: _Vectors | None, batches: BatchState) -> float:
     """Account the batches and the requests that finished before `before`, in the order they finished, and drop
     the requests; the latest finish among them (-inf: none)."""
-    for slot, start, service, size, members in batches.finished_batches(before).tolist():
-        recorder.batch(int(slot), start, service, int(members), int(size))
+    for slot, start, service, size, members, node in batches.finished_batches(before).tolist():
+        recorder.batch(int(slot), start, service, int(members), int(size), None if node < 0 else int(node))
     end_s = system.column("end_s")
     done = end_s < before  # NaN (not finished) compares false
     index = np.flatnonzero(done)

@@ -33,6 +33,7 @@ from collections.abc import Iterator
 import numpy as np
 from numba import njit
 
+from aif_sim.compiled.batching import load
 from aif_sim.core.balance import BLOCK
 from aif_sim.core.traffic import stream
 from aif_sim.metrics.recorder import Recorder
@@ -259,6 +260,16 @@ def _outstanding(free: np.ndarray, base: int, threads: int, waits: np.ndarray, q
 
 
 @njit(cache=True, _nrt=False)
+def _load(
+    node: int, t: float, base: int, threads: int, free: np.ndarray, waits: np.ndarray, queued: np.ndarray, row: int, batch: int, bs: tuple
+) -> int:
+    """A node's outstanding visits at t: a pool's (`_outstanding`), or a batching queue's (`batching.load`)."""
+    if batch >= 0:
+        return load(batch + node, bs)
+    return _outstanding(free, base + node * threads, threads, waits, queued, row + node, t)
+
+
+@njit(cache=True, _nrt=False)
 def _eligible(j: int, holding: np.ndarray, held: int) -> int:
     """The j-th node (ascending) not in `holding`, where `held` nodes are."""
     if held == 0:
@@ -272,10 +283,11 @@ def _eligible(j: int, holding: np.ndarray, held: int) -> int:
 
 
 @njit(cache=True, _nrt=False)
-def pick(f: int, t: float, base: int, threads: int, free: np.ndarray, fleets: tuple, held: int) -> int:
+def pick(f: int, t: float, base: int, threads: int, free: np.ndarray, fleets: tuple, held: int, batch: int, bs: tuple) -> int:
     """The node fleet f's balancer picks for a visit or shard arriving at t (`core.balance`, every node live) among
     the nodes not holding another shard of the visit (`holding`, `held` of them); the stage's servers start at
-    `free[base]`, `threads` per node."""
+    `free[base]`, `threads` per node, or, for a batching stage, its nodes are the queues `batch + node` of the
+    batching state `bs`."""
     nodes, kind, last, uniforms, taken, row_at, waits, queued = fleets[:8]
     holding = fleets[14]
     count, row = nodes[f] - held, row_at[f]
@@ -297,7 +309,7 @@ def pick(f: int, t: float, base: int, threads: int, free: np.ndarray, fleets: tu
         for node in range(nodes[f]):
             if held and holding[node]:
                 continue
-            load = _outstanding(free, base + node * threads, threads, waits, queued, row + node, t)
+            load = _load(node, t, base, threads, free, waits, queued, row, batch, bs)
             if best < 0 or load < fewest:
                 best, fewest = node, load
         return best
@@ -310,8 +322,8 @@ def pick(f: int, t: float, base: int, threads: int, free: np.ndarray, fleets: tu
     if second >= first:
         second += 1
     first, second = _eligible(first, holding, held), _eligible(second, holding, held)
-    a = _outstanding(free, base + first * threads, threads, waits, queued, row + first, t)
-    b = _outstanding(free, base + second * threads, threads, waits, queued, row + second, t)
+    a = _load(first, t, base, threads, free, waits, queued, row, batch, bs)
+    b = _load(second, t, base, threads, free, waits, queued, row, batch, bs)
     return second if b < a else first
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from aif_sim.compiled.batching import run_until, slowdown_at, visit_ended, visit_over, wake
+from aif_sim.compiled.batching import run_stage, slowdown_at, visit_ended, visit_over, wake
 from aif_sim.compiled.caches import due, lookup, push, settle
 from aif_sim.compiled.deadlines import wasted, wasted_order
 from aif_sim.compiled.fleets import parts_over, pick, retried, served_at_node, visit_node
@@ -110,6 +110,12 @@ def _stable_order(index: np.ndarray, key: np.ndarray, tie: np.ndarray, count: in
 
 
 @njit(cache=True, _nrt=False)
+def _nodes(f: int, fleets: tuple) -> int:
+    """The nodes of fleet f (-1: a stage of one pool)."""
+    return fleets[0][f] if f >= 0 else 1
+
+
+@njit(cache=True, _nrt=False)
 def _fleet_visit(
     f: int,
     i: int,
@@ -126,6 +132,7 @@ def _fleet_visit(
     slow: tuple,
     fleets: tuple,
     abandon: tuple,
+    batches: tuple,
 ) -> tuple[int, float]:
     """Request i's visit at t to fleet f's stage, sharded or retrying (`fleets`): a node picked for each shard (or the
     visit), then each served at its node, the last first, a rejected one sent at once to another node while the
@@ -137,7 +144,7 @@ def _fleet_visit(
     nodes, shards, shard_at, holding, parts, retries = fleets[0], fleets[10], fleets[11], fleets[14], fleets[15], fleets[16]
     k = shards[f]
     for j in range(k):  # every pick sees the counts before any shard joins
-        node = pick(f, t, base, threads, free, fleets, j)
+        node = pick(f, t, base, threads, free, fleets, j, -1, batches)
         holding[node] = True
         parts[j, 0] = node
     held = k
@@ -149,7 +156,7 @@ def _fleet_visit(
             if attempt:
                 if held == nodes[f]:
                     break  # no node left to send it to
-                node = pick(f, t, base, threads, free, fleets, held)
+                node = pick(f, t, base, threads, free, fleets, held, -1, batches)
                 holding[node] = True
                 held += 1
                 retried(f, slot, t, fleets)
@@ -248,7 +255,8 @@ def advance(
     visits = (times, miss, cache_hit, users, measured, service)
     slow = (slow_at, slow_t, slow_v)
     bslots, bservers, q_req, q_at, heads, serving = batches[0], batches[1], batches[4], batches[5], batches[6], batches[11]
-    joined = np.zeros(len(bslots), np.bool_)  # batching stages someone joined at the current time
+    joined = np.zeros(len(bslots), np.int64)  # batching queues someone joined at the current time: the order of the first join
+    joins = 0
     index = np.empty(n, np.int64)
     key = np.empty(n, np.float64)
     tie = np.empty(n, np.int64)
@@ -269,7 +277,8 @@ def advance(
             for p in range(first, stop):  # the step's batching stages: their events before this arrival
                 b = slot_batch[step_slots[p]]
                 if b >= 0:
-                    run_until(b, t, timeout_s[bslots[b]], k, steps, batches, req, visits, guard, reads, inserts, slow)
+                    nodes = _nodes(fleet_of[step_slots[p]], fleets)
+                    run_stage(b, nodes, t, timeout_s[bslots[b]], k, steps, batches, req, visits, guard, reads, inserts, slow)
             step_end[i] = t
             worst[i] = COMPLETED
             end_order[i] = rank[i]  # a step that ends as it starts keeps the request's place
@@ -296,14 +305,18 @@ def advance(
                     else:
                         miss[i, slot] = 0.0
                 b = slot_batch[slot]
-                if b >= 0:  # join the batching queue, unless every server serves a batch and the queue is full
+                if b >= 0:  # join the batching queue (a node's), unless every server serves a batch and the queue is full
+                    if fleet_of[slot] >= 0:
+                        b += pick(fleet_of[slot], t, 0, 0, free, fleets, 0, b, batches)
                     head, tail = heads[b, 0], heads[b, 1]
                     if queue_limit[slot] >= 0 and serving[b] >= bservers[b] and tail - head >= queue_limit[slot]:
                         worst[i] = max(worst[i], REJECTED)
                     else:
                         q_req[b, tail], q_at[b, tail] = i, t
                         heads[b, 1] = tail + 1
-                        joined[b] = True
+                        if not joined[b]:
+                            joins += 1
+                            joined[b] = joins
                         pending[i] += 1
                     continue
                 base = free_at[slot]
@@ -319,10 +332,10 @@ def advance(
                         limits = (queue_limit[slot], timeout_s[slot], miss[i, slot] if read_miss else 0.0)
                         abandon = (due_s, ids[i], first, stop, p, dropped)
                         o, e = _fleet_visit(
-                            f, i, slot, t, base, servers, free, limits, shard_s, service, times, measured[i], slow, fleets, abandon
+                            f, i, slot, t, base, servers, free, limits, shard_s, service, times, measured[i], slow, fleets, abandon, batches
                         )
                     else:
-                        node = pick(f, t, base, servers, free, fleets, 0)
+                        node = pick(f, t, base, servers, free, fleets, 0, -1, batches)
                         base += node * servers
                         o, start, e = visit_node(f, node, t, free[base], queue_limit[slot], timeout_s[slot], due_s, fleets)
                 elif m > t:  # every server held: queue, unless rejected or timed out
@@ -374,12 +387,23 @@ def advance(
             visit_ended(i, COMPLETED, t, k, steps, req)
             if j + 1 < count and arrive[order[j + 1]] == t:
                 continue  # a batch's members arrive together: every one joins before a dispatcher looks (simpy)
-            for p in range(first, stop):  # the dispatchers of the step's queues see who joined
+            for p in range(first, stop):  # the dispatchers of the step's queues see who joined, in the order they joined
                 b = slot_batch[step_slots[p]]
-                if b >= 0 and joined[b]:
-                    joined[b] = False
-                    wake(b, t, k, steps, batches, req, visits, guard, reads, inserts, slow)
+                if b < 0:
+                    continue
+                nodes = _nodes(fleet_of[step_slots[p]], fleets)
+                while True:
+                    woken = -1
+                    for q in range(b, b + nodes):
+                        if joined[q] and (woken < 0 or joined[q] < joined[woken]):
+                            woken = q
+                    if woken < 0:
+                        break
+                    joined[woken] = 0
+                    wake(woken, t, k, steps, batches, req, visits, guard, reads, inserts, slow)
+            joins = 0
         for p in range(first, stop):  # the batching stages' events before the next unseen arrival
             b = slot_batch[step_slots[p]]
             if b >= 0:
-                run_until(b, limit, timeout_s[bslots[b]], k, steps, batches, req, visits, guard, reads, inserts, slow)
+                nodes = _nodes(fleet_of[step_slots[p]], fleets)
+                run_stage(b, nodes, limit, timeout_s[bslots[b]], k, steps, batches, req, visits, guard, reads, inserts, slow)

@@ -29,7 +29,6 @@ def unsupported(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler])
     for what, has in (
         ("hedges (hedge_after_ms)", lambda stage: stage.hedge_after_ms is not None),
         ("retries of timed-out visits (retries with timeout_ms)", lambda stage: stage.retries > 0 and stage.timeout_ms is not None),
-        ("batching", lambda stage: stage.batch is not None),
     ):
         named = [name for name in stages if scenario.stages[name].nodes > 1 and has(scenario.stages[name])]
         if named:
