@@ -1,19 +1,23 @@
 """Batching stages in the compiled engine: `sim.pools.BatchingPool` as a state machine over arrays.
 
-Per batching stage b (`BatchState.state`, one tuple the kernels take):
+Per batching queue b (`BatchState.state`, one tuple the kernels take): a stage's one pool, or one node of a
+stage of several nodes (its queues `slot_batch[slot]` on, one per node in order; `node[b]`):
 - the queue: request indices `q_req[b, head:tail]` and their arrival times `q_at[b, head:tail]`, in FIFO
   order; every waiter of a stage has the same timeout, so waiters time out oldest first and the live
   waiters are exactly `head:tail` (`heads[b] = (head, tail)`);
 - the dispatcher: `phase[b]` IDLE (waiting for an arrival), ACQUIRE (waiting for a server) or FILL
   (holding a server until `max_size` wait or its timer `timer[b]` fires), `held[b]` whether it holds one;
-- the batches in service: a min-heap of their end times `ends[b, :serving[b]]`;
-- the batches' service times, drawn ahead: `table[b, j, size - 1]` is the next j-th batch's service (ms)
-  at `size` requests (`rows[b]` used so far this call), as `BatchingPool` draws them one at a time; NaN when the
-  services are a replayed trace (`core.replay`): the batch takes its members' mean;
-- the finished batches for the recorder: `rec[m] = (slot, start, service, size, measured members)`.
+- the batches in service: a min-heap of their end times `ends[b, :serving[b]]`, their sizes moved with them
+  (`end_size`), and `members[b]` requests in them (with the live waiters, a node's load as a balancer sees it);
+- the batches' service times, drawn ahead per stage c = `table_of[b]`: `table[c, j, size - 1]` is the stage's
+  next j-th batch's service (ms) at `size` requests (`rows[c]` used so far this call), as `BatchingPool` draws
+  them one at a time from the stage's stream; NaN when the services are a replayed trace (`core.replay`): the
+  batch takes its members' mean;
+- the finished batches for the recorder: `rec[m] = (slot, start, service, size, measured members, node)`.
 Events happen in time order: a batch ends (its server goes to the dispatcher if it waits for one), the
 oldest waiter times out, the dispatcher's timer fires; the sweep of the stage's step runs them up to each
-arrival (`run_until`) and, once the step's arrivals before the block limit are in, up to that limit.
+arrival (`run_until`; a stage's nodes together, their events interleaved in time order, `run_stage`) and, once
+the step's arrivals before the block limit are in, up to that limit.
 """
 
 from __future__ import annotations
@@ -60,7 +64,9 @@ class BatchState:
         self.rngs = [stream(scenario.seed, f"batch-service:{names[slot]}") for slot in stages]
         sizes = [config.batch.max_size for config in configs if config.batch is not None]
         self.tables = [np.empty((0, size)) for size in sizes]
-        per_entry = [(slot, config, c, node if n > 1 else -1) for c, (slot, config, n) in enumerate(zip(stages, configs, nodes)) for node in range(n)]
+        per_entry = [
+            (slot, config, c, node if n > 1 else -1) for c, (slot, config, n) in enumerate(zip(stages, configs, nodes)) for node in range(n)
+        ]
         self.slots = [slot for slot, _, _, _ in per_entry]
         b = len(per_entry)
         width = max(sizes, default=1)
@@ -92,8 +98,7 @@ class BatchState:
         """Room for `arrivals` more waiters per queue, batch rows for every batch they and the waiters can make,
         and records for those batches; each queue moved to the front of its buffer."""
         slots, servers, sizes, waits, q_req, q_at, heads, phase, timer, held, ends, serving, table, rows, rec, rec_n = self.state[:16]
-        per_queue = self.state[16:]
-        table_of = per_queue[0]
+        table_of = self.state[16]
         live = heads[:, 1] - heads[:, 0]
         need = int(live.max(initial=0)) + arrivals
         width = max(need, q_req.shape[1])
@@ -117,7 +122,9 @@ class BatchState:
             grown = np.empty((max(rec_n[0] + need * len(slots), 2 * len(rec)), rec.shape[1]))
             grown[: rec_n[0]] = rec[: rec_n[0]]
             rec = grown
-        self.state = (slots, servers, sizes, waits, queue_req, queue_at, heads, phase, timer, held, ends, serving, table, rows, rec, rec_n, *per_queue)
+        state = list(self.state)
+        state[4], state[5], state[12], state[14] = queue_req, queue_at, table, rec
+        self.state = tuple(state)
 
     def remap(self, new_index: np.ndarray) -> None:
         """The requests were compacted (`new_index[old]`): the waiters' indices follow."""
@@ -271,67 +278,6 @@ def wake(
 
 @njit(cache=True, _nrt=False)
 def run_until(
-    b: int,
-    x: float,
-    timeout_s: float,
-    k: int,
-    steps: int,
-    bs: tuple,
-    req: tuple,
-    visits: tuple,
-    guard: np.ndarray,
-    reads: np.ndarray,
-    caches: tuple,
-    slow: tuple,
-) -> None:
-    """Queue b's events before time x, in time order: batches ending, the oldest waiter timing out, the
-    dispatcher's timer."""
-    slots, servers, sizes, waits, q_req, q_at, heads, phase, timer, held, ends, serving, table, rows, rec, rec_n = bs[:16]
-    members_of, end_size = bs[18], bs[19]
-    while True:
-        t_end = ends[b, 0] if serving[b] > 0 else math.inf
-        t_out = q_at[b, heads[b, 0]] + timeout_s if heads[b, 1] > heads[b, 0] else math.inf
-        t_timer = timer[b] if phase[b] == FILL else math.inf
-        now = min(t_end, t_out, t_timer)
-        if now >= x:
-            return
-        if now == t_out:
-            i = q_req[b, heads[b, 0]]
-            heads[b, 0] += 1
-            visit_ended(i, TIMED_OUT, now, k, steps, req)
-        elif now == t_end:
-            members_of[b] -= end_size[b, 0]
-            size = serving[b] - 1  # pop the heap
-            serving[b] = size
-            last, last_size, pos = ends[b, size], end_size[b, size], 0
-            while 2 * pos + 1 < size:
-                child = 2 * pos + 1
-                if child + 1 < size and ends[b, child + 1] < ends[b, child]:
-                    child += 1
-                if ends[b, child] >= last:
-                    break
-                ends[b, pos] = ends[b, child]
-                end_size[b, pos] = end_size[b, child]
-                pos = child
-            ends[b, pos] = last
-            end_size[b, pos] = last_size
-            if phase[b] == ACQUIRE:
-                wake(b, now, k, steps, bs, req, visits, guard, reads, caches, slow)
-        else:
-            wake(b, now, k, steps, bs, req, visits, guard, reads, caches, slow)
-
-
-@njit(cache=True, _nrt=False)
-def _next_event(b: int, timeout_s: float, bs: tuple) -> float:
-    """When queue b's next event happens (inf: none): a batch ending, the oldest waiter timing out, the timer."""
-    q_at, heads, phase, timer, ends, serving = bs[5], bs[6], bs[7], bs[8], bs[10], bs[11]
-    t_end = ends[b, 0] if serving[b] > 0 else math.inf
-    t_out = q_at[b, heads[b, 0]] + timeout_s if heads[b, 1] > heads[b, 0] else math.inf
-    return min(t_end, t_out, timer[b] if phase[b] == FILL else math.inf)
-
-
-@njit(cache=True, _nrt=False)
-def run_stage(
     first: int,
     count: int,
     x: float,
@@ -346,20 +292,62 @@ def run_stage(
     caches: tuple,
     slow: tuple,
 ) -> None:
-    """`run_until` for a stage's queues `first : first + count` (its nodes), their events interleaved in time order:
-    their batches draw their services from one stream in the order they start."""
-    if count == 1:
-        run_until(first, x, timeout_s, k, steps, bs, req, visits, guard, reads, caches, slow)
-        return
+    """The events before time x of a stage's queues `first : first + count` (its one pool, or its nodes), in time
+    order across them (a stage's nodes draw their batch services from one stream in the order batches start):
+    batches ending, the oldest waiter timing out, the dispatcher's timer."""
+    q_req, heads, ends, serving, members_of, end_size = bs[4], bs[6], bs[10], bs[11], bs[18], bs[19]
     while True:
         b, now = -1, x
         for q in range(first, first + count):
-            at = _next_event(q, timeout_s, bs)
+            at = min(_events(q, timeout_s, bs))
             if at < now:
                 b, now = q, at
         if b < 0:
             return
-        run_until(b, np.nextafter(now, math.inf), timeout_s, k, steps, bs, req, visits, guard, reads, caches, slow)
+        t_end, t_out, _ = _events(b, timeout_s, bs)
+        if now == t_out:
+            i = q_req[b, heads[b, 0]]
+            heads[b, 0] += 1
+            visit_ended(i, TIMED_OUT, now, k, steps, req)
+        elif now == t_end:
+            members_of[b] -= end_size[b, 0]
+            serving[b] = pop_row(ends, b, serving[b], end_size, True)
+            if bs[7][b] == ACQUIRE:
+                wake(b, now, k, steps, bs, req, visits, guard, reads, caches, slow)
+        else:
+            wake(b, now, k, steps, bs, req, visits, guard, reads, caches, slow)
+
+
+@njit(cache=True, _nrt=False)
+def _events(b: int, timeout_s: float, bs: tuple) -> tuple[float, float, float]:
+    """When queue b's next events happen (inf: none): its first batch to end, its oldest waiter's timeout, its timer."""
+    q_at, heads, phase, timer, ends, serving = bs[5], bs[6], bs[7], bs[8], bs[10], bs[11]
+    t_end = ends[b, 0] if serving[b] > 0 else math.inf
+    t_out = q_at[b, heads[b, 0]] + timeout_s if heads[b, 1] > heads[b, 0] else math.inf
+    return t_end, t_out, timer[b] if phase[b] == FILL else math.inf
+
+
+@njit(cache=True, _nrt=False)
+def pop_row(heap: np.ndarray, row: int, size: int, carried: np.ndarray, moves: bool) -> int:
+    """Remove the minimum of the min-heap `heap[row, :size]`, moving `carried[row]`'s entries with theirs when
+    `moves`; the new size."""
+    size -= 1
+    last, pos = heap[row, size], 0
+    kept = carried[row, size] if moves else 0
+    while 2 * pos + 1 < size:
+        child = 2 * pos + 1
+        if child + 1 < size and heap[row, child + 1] < heap[row, child]:
+            child += 1
+        if heap[row, child] >= last:
+            break
+        heap[row, pos] = heap[row, child]
+        if moves:
+            carried[row, pos] = carried[row, child]
+        pos = child
+    heap[row, pos] = last
+    if moves:
+        carried[row, pos] = kept
+    return size
 
 
 @njit(cache=True, _nrt=False)

@@ -1,5 +1,5 @@
-"""Stages of several nodes in the compiled engine: `sim.fleet.Fleet` with shards and retries of rejected visits,
-without hedges, retries after a timeout, or node loss.
+"""Stages of several nodes in the compiled engine: `sim.fleet.Fleet` with shards, retries of rejected visits and
+batching nodes (`batching`: a node's load is its queue's), without hedges, retries after a timeout, or node loss.
 
 Each node of a fleet stage is a FIFO pool of its own (`servers / nodes` servers, the stage's queue limit and
 timeout): its servers' free times are a heap of the stage's region of the kernels' `free` (node j's at
@@ -33,7 +33,7 @@ from collections.abc import Iterator
 import numpy as np
 from numba import njit
 
-from aif_sim.compiled.batching import load
+from aif_sim.compiled.batching import load, pop_row
 from aif_sim.core.balance import BLOCK
 from aif_sim.core.traffic import stream
 from aif_sim.metrics.recorder import Recorder
@@ -220,17 +220,7 @@ def _left(waits: np.ndarray, queued: np.ndarray, row: int, t: float) -> int:
     deadline) popped from its heap of leave times `waits[row, :queued[row]]`."""
     size = queued[row]
     while size > 0 and waits[row, 0] <= t:
-        size -= 1
-        last, pos = waits[row, size], 0
-        while 2 * pos + 1 < size:
-            child = 2 * pos + 1
-            if child + 1 < size and waits[row, child + 1] < waits[row, child]:
-                child += 1
-            if waits[row, child] >= last:
-                break
-            waits[row, pos] = waits[row, child]
-            pos = child
-        waits[row, pos] = last
+        size = pop_row(waits, row, size, waits, False)
     queued[row] = size
     return size
 

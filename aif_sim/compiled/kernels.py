@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from aif_sim.compiled.batching import run_stage, slowdown_at, visit_ended, visit_over, wake
+from aif_sim.compiled.batching import run_until, slowdown_at, visit_ended, visit_over, wake
 from aif_sim.compiled.caches import due, lookup, push, settle
 from aif_sim.compiled.deadlines import wasted, wasted_order
 from aif_sim.compiled.fleets import parts_over, pick, retried, served_at_node, visit_node
@@ -278,7 +278,7 @@ def advance(
                 b = slot_batch[step_slots[p]]
                 if b >= 0:
                     nodes = _nodes(fleet_of[step_slots[p]], fleets)
-                    run_stage(b, nodes, t, timeout_s[bslots[b]], k, steps, batches, req, visits, guard, reads, inserts, slow)
+                    run_until(b, nodes, t, timeout_s[bslots[b]], k, steps, batches, req, visits, guard, reads, inserts, slow)
             step_end[i] = t
             worst[i] = COMPLETED
             end_order[i] = rank[i]  # a step that ends as it starts keeps the request's place
@@ -406,4 +406,4 @@ def advance(
             b = slot_batch[step_slots[p]]
             if b >= 0:
                 nodes = _nodes(fleet_of[step_slots[p]], fleets)
-                run_stage(b, nodes, limit, timeout_s[bslots[b]], k, steps, batches, req, visits, guard, reads, inserts, slow)
+                run_until(b, nodes, limit, timeout_s[bslots[b]], k, steps, batches, req, visits, guard, reads, inserts, slow)
