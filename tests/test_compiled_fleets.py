@@ -59,7 +59,7 @@ def test_every_balancer_under_overload_with_caches_and_slowdowns(balance):
 @st.composite
 def fleet_stages(draw: st.DrawFn) -> dict[str, Any]:
     """A stage of several nodes behind any balancer: sharded or not, a cost per candidate, a queue limit and a
-    timeout per node or none, retries where there is no timeout, or batching nodes (whole visits); now and then,
+    timeout per node or none, retries, or batching nodes (whole visits); now and then,
     one pool."""
     nodes = draw(st.sampled_from([1, 2, 3, 4, 6]))
     stage: dict[str, Any] = {
@@ -79,9 +79,7 @@ def fleet_stages(draw: st.DrawFn) -> dict[str, Any]:
     stage["shards"] = draw(st.integers(1, nodes))
     if draw(st.booleans()):
         stage["per_candidate_us"] = draw(st.floats(0.001, 20.0))
-    if (
-        "timeout_ms" not in stage and nodes > 1 and draw(st.booleans())
-    ):  # retries of rejected visits (a timed-out one's retry stays on simpy)
+    if nodes > 1 and draw(st.booleans()):  # retries of rejected and timed-out visits
         stage["retries"] = draw(st.integers(1, 3))
     return stage
 
@@ -121,9 +119,9 @@ def fleet_cases(draw: st.DrawFn) -> tuple[Scenario, str, int]:
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(fleet_cases())
 def test_random_fleets_give_the_simpy_results_request_for_request(case):
-    """Nodes, balancers, shards (fewer candidates than shards too), costs per candidate, limits, retries, batching
-    nodes, caches, slowdowns and request deadlines drawn at random: the compiled engine's requests, visits, batches,
-    node busy time, shard skew, retries and wasted work are simpy's."""
+    """Nodes, balancers, shards (fewer candidates than shards too), costs per candidate, limits, retries after a
+    rejection or a timeout, batching nodes, caches, slowdowns and request deadlines drawn at random: the compiled
+    engine's requests, visits, batches, node busy time, shard skew, retries and wasted work are simpy's."""
     scenario, pipeline, chunk = case
     assert why_not(scenario, pipeline) is None
     assert_equivalent(scenario, pipeline, chunk)
@@ -168,6 +166,26 @@ def test_sharded_visits_compiled_take_the_order_statistics_of_their_shards(shard
 
 
 @pytest.mark.parametrize("balance", BALANCERS)
+def test_timed_out_visits_and_shards_retried_later_on_other_nodes(balance):
+    """Timeouts shorter than the queues: a timed-out visit or shard is sent again when it leaves its queue, among the
+    stage's later arrivals, to a node not holding a part of its visit (every shard of a visit timing out at one
+    instant, sent again in the order they were first sent), rejections retried at once, with and without a
+    deadline, a cache miss each shard waits for: the same requests, picks, retries and wasted work as simpy."""
+    stages = small_stages(_fleet(8, 4, balance, {"dist": "exponential", "mean_ms": 5}, queue_limit=3, timeout_ms=4, retries=2, shards=2))
+    stages["merger"] = {"servers": 8, "latency": {"dist": "exponential", "mean_ms": 0.5}}
+    stages["item_fetch"] = _fleet(6, 3, balance, {"dist": "gamma", "mean_ms": 3, "cv": 0.5}, timeout_ms=2, retries=1)
+    stages["rtp"] = {"servers": 3, "latency": {"dist": "exponential", "mean_ms": 2}}
+    caches = {"sim_features": {"capacity": 30, "miss_latency": {"dist": "exponential", "mean_ms": 1}}}
+    for pipeline, retrying in (("sequential", "prerank"), ("aif", "item_fetch")):
+        for extra in ({}, {"deadline_ms": 12}):
+            scenario = make_scenario(
+                stages, pipelines=[pipeline], qps=1500, duration_s=1.0, warmup_s=0.1, drain_s=0.05, seed=5, caches=caches, **extra
+            )
+            summary = assert_equivalent(scenario, pipeline, 101).summary()
+            assert summary["stages"][retrying]["retries"] > 0 and summary["requests"]["timed_out"] > 0
+
+
+@pytest.mark.parametrize("balance", BALANCERS)
 def test_rejected_visits_and_shards_retried_on_other_nodes(balance):
     """Queue limits of 0 and 1 reject often: each rejected visit or shard is sent at once to a node not holding a
     part of its visit, while its retries last, the balancer drawing again; the same requests, picks and retries."""
@@ -181,13 +199,14 @@ def test_rejected_visits_and_shards_retried_on_other_nodes(balance):
 
 
 def test_what_it_does_not_model_on_several_nodes():
-    """Hedges, retries after a timeout, node loss, and deadlines with batching stages or with constant services stay
-    on simpy, said in one line, and so do sharded stages of constant services (a visit's shards end together, and
-    the shards queued behind them on several nodes start at one instant, in an order simpy decides by
-    scheduling); plain, sharded and batching nodes, retries of rejected visits and deadlines run compiled."""
+    """Hedges, node loss, and deadlines with batching stages or with constant services stay on simpy, said in one
+    line, and so do sharded stages of constant services (a visit's shards end together, and the shards queued
+    behind them on several nodes start at one instant, in an order simpy decides by scheduling); plain, sharded and
+    batching nodes, retries and deadlines run compiled."""
     pool = _fleet(8, 4, "p2c", {"dist": "exponential", "mean_ms": 2})
     batching = pool | {"batch": {"max_size": 4, "max_wait_ms": 1}}
-    for compiled in (pool, pool | {"shards": 4}, pool | {"shards": 2, "retries": 2, "queue_limit": 1}, batching):
+    retrying = pool | {"shards": 2, "retries": 2, "queue_limit": 1, "timeout_ms": 3}
+    for compiled in (pool, pool | {"shards": 4}, retrying, batching):
         scenario = make_scenario(small_stages(compiled), pipelines=["sequential"])
         assert choose_engines(scenario, build_samplers(scenario, "<test>"), "auto") == {"sequential": ("compiled", None)}
     cases = [
@@ -198,11 +217,6 @@ def test_what_it_does_not_model_on_several_nodes():
             "end together on several nodes, starting the shards queued behind them at one instant (prerank)",
         ),
         ({"hedge_after_ms": 5}, {}, "the compiled engine does not model hedges (hedge_after_ms) on stages of several nodes yet (prerank)"),
-        (
-            {"retries": 1, "timeout_ms": 5},
-            {},
-            "the compiled engine does not model retries of timed-out visits (retries with timeout_ms) on stages of several nodes yet (prerank)",
-        ),
         (
             {},
             {"faults": [{"kind": "node_loss", "at_s": 1, "stage": "prerank", "nodes": 1, "duration_s": 1}]},

@@ -107,7 +107,7 @@ def run_compiled(
             vectors.read(system, min(limit, until))
             vectors.nearline.advance(last)
         pools.dropped.emit(recorder, last)
-        last_end = max(last_end, _flush(recorder, system, last, vectors, pools.batches))
+        last_end = max(last_end, _flush(recorder, system, last, vectors, pools.batches, pools.fleets))
         now = last
         if progress is not None:
             progress(now)
@@ -117,7 +117,7 @@ def run_compiled(
     if vectors is not None:
         vectors.nearline.advance(clock)
     pools.dropped.emit(recorder, clock)
-    _flush(recorder, system, clock, vectors, pools.batches)
+    _flush(recorder, system, clock, vectors, pools.batches, pools.fleets)
     _close(recorder, system, caches, vectors, pools.fleets, end, clock)
     if progress is not None:
         progress(end)
@@ -428,7 +428,9 @@ def _slowdowns(scenario: Scenario, names: list[str]) -> tuple[np.ndarray, np.nda
 
 
 # --- accounting ------------------------------------------------------------------------------------------
-def _flush(recorder: Recorder, system: _Requests, before: float, vectors: _Vectors | None, batches: BatchState) -> float:
+def _flush(
+    recorder: Recorder, system: _Requests, before: float, vectors: _Vectors | None, batches: BatchState, fleets: FleetState
+) -> float:
     """Account the batches and the requests that finished before `before`, in the order they finished, and drop
     the requests; the latest finish among them (-inf: none)."""
     for slot, start, service, size, members, node in batches.finished_batches(before).tolist():
@@ -449,7 +451,9 @@ def _flush(recorder: Recorder, system: _Requests, before: float, vectors: _Vecto
         reads = {vectors.name: VectorReads(read, ages, stale, mismatched)}
     recorder.account(ids, arrival_s, users, candidates, measured, times, service, outcome, end_s, cache_hit, reads)
     recorder.finished(outcome, measured)
-    batches.remap(system.keep(~done))
+    new_index = system.keep(~done)
+    batches.remap(new_index)
+    fleets.remap(new_index)
     return float(end_s[-1])
 
 

@@ -1,5 +1,5 @@
-"""Stages of several nodes in the compiled engine: `sim.fleet.Fleet` with shards, retries of rejected visits and
-batching nodes (`batching`: a node's load is its queue's), without hedges, retries after a timeout, or node loss.
+"""Stages of several nodes in the compiled engine: `sim.fleet.Fleet` with shards, retries and batching nodes
+(`batching`: a node's load is its queue's), without hedges or node loss.
 
 Each node of a fleet stage is a FIFO pool of its own (`servers / nodes` servers, the stage's queue limit and
 timeout): its servers' free times are a heap of the stage's region of the kernels' `free` (node j's at
@@ -12,9 +12,12 @@ drawn ahead as `core.balance.Uniforms` draws them), and the visits it served, `r
 service, measured)` in order of arrival at the stage, handed to `Recorder.node_busy` in the order they started
 (`emit`), as simpy calls it when each starts.
 
-A stage that retries (`retries[f]` > 0, without a timeout: a visit fails only by rejection, at the instant it is
-sent) sends a rejected visit or shard at once to another node not holding a part of the visit, as simpy does in
-the same process, while its retries last (each recorded as `tried[m] = (slot, time)`).
+A stage that retries (`retries[f]` > 0) sends a rejected visit or shard at once to another node not holding a
+part of the visit, as simpy does in the same process, while its retries last (each recorded as `tried[m] =
+(slot, time)`). A timed-out one (not one left at its request's deadline) is sent again when it leaves its queue,
+among the stage's later arrivals: its visit waits in a row of `later` (the request, its parts, the nodes holding
+them as bits), and the fleet's heap of resends (`resend_t`, `resend_id`: time, then the order pushed) says when;
+the parts of a visit that time out together are sent again in the order they were first sent.
 
 A sharded stage (`shards[f]` > 1) picks a distinct node for each of a visit's shards, every pick from the counts
 before any of them joins, as `core.fleet.FleetPolicy.first_nodes` does; each shard joins its node's pool at the
@@ -40,6 +43,9 @@ from aif_sim.metrics.recorder import Recorder
 from aif_sim.scenario.schema import Scenario
 
 KINDS = {"random": 0, "round_robin": 1, "least_outstanding": 2, "p2c": 3}
+PART = 9  # columns of a part: node, outcome, start, end, service, a sorted end, retries so far, its own service,
+# whether it waits to be sent again (at its end)
+ROWS = 1 << 24  # more than `later` has rows: a resend's id is `sequence * ROWS + row`
 DRAWS = (1, 0, 0, 2)  # uniforms per pick, by kind
 RANDOM, ROUND_ROBIN, LEAST_OUTSTANDING, P2C = range(4)
 COMPLETED, REJECTED, TIMED_OUT = 0, 1, 2  # core.request.Outcome
@@ -81,11 +87,23 @@ class FleetState:
             np.empty((64, 3)),  # skew
             np.zeros(1, np.int64),  # skew_n
             np.zeros(max(nodes, default=1), np.bool_),  # holding: the nodes a visit's shards were sent to
-            np.empty((max(nodes, default=1), 6)),  # parts: per shard (node, outcome, start, end, service; a sorted end)
+            np.empty((max(nodes, default=1), PART)),  # parts: per shard (node, outcome, start, end, service; a sorted end;
+            # retries so far, its own service)
             np.array([config.retries for config in configs], np.int64),
             np.empty((64, 2)),  # tried: (slot, time) of each retry
             np.zeros(1, np.int64),  # tried_n
+            np.full((0, 9), -1, np.int64),  # later: visits with a part to send again later (request, slot, fleet,
+            # parts unsettled, nodes holding a part (bits), measured, p, first, stop; request -1: a free row)
+            np.empty((0, 2)),  # later_t: their (sent, deadline)
+            np.empty((0, max(shards, default=1), PART)),  # later_parts: their `parts`
+            np.zeros(0, np.int64),  # free rows of `later`, a stack
+            np.zeros(1, np.int64),  # free rows on the stack
+            np.empty((len(slots), 0)),  # resend_t: per fleet, a heap of the times parts are sent again
+            np.empty((len(slots), 0), np.int64),  # resend_id: with them, sequence * ROWS + row (ties in order sent)
+            np.zeros(len(slots), np.int64),  # resends per fleet
+            np.zeros(1, np.int64),  # resends pushed so far
         )
+        self.resending = sum(config.retries > 0 and config.timeout_ms is not None for config in configs)
 
     def prepare(self, arrivals: int) -> None:
         """Room for `arrivals` more visits per fleet: waiters, uniforms and records."""
@@ -109,9 +127,10 @@ class FleetState:
             retries,
             tried,
             tried_n,
-        ) = self.state
+        ) = self.state[:19]
         if not len(nodes):
             return
+        later = self._later(arrivals)
         width = max(int(queued.max()) + arrivals, waits.shape[1])
         if width > waits.shape[1]:
             grown = np.empty((len(waits), width))
@@ -126,11 +145,40 @@ class FleetState:
         uniforms = np.zeros((len(nodes), max(len(drawn) for drawn in self.drawn)))
         for f, drawn in enumerate(self.drawn):
             uniforms[f, : len(drawn)] = drawn
-        rec = _room(rec, int(rec_n[0]) + arrivals * int(shards.sum()))
+        rec = _room(rec, int(rec_n[0]) + arrivals * int((shards * (1 + retries)).sum()))
         skew = _room(skew, int(skew_n[0]) + arrivals * len(nodes))
         tried = _room(tried, int(tried_n[0]) + arrivals * int((shards * retries).sum()))
         self.state = (nodes, kind, last, uniforms, taken, row_at, waits, queued, rec, rec_n, shards, shard_at, skew, skew_n, holding, parts)
-        self.state += (retries, tried, tried_n)
+        self.state += (retries, tried, tried_n, *later)
+
+    def _later(self, arrivals: int) -> tuple:
+        """The state of the parts sent again later (`later`, ... `resends`), with room for `arrivals` more visits."""
+        later, later_t, later_parts, stack, stacked, resend_t, resend_id, resends, pushed = self.state[19:]
+        if not self.resending:
+            return self.state[19:]
+        need = arrivals * self.resending  # a visit per request and resending fleet at most
+        if int(stacked[0]) < need:
+            rows = len(later)
+            more = max(rows, need)
+            later = np.concatenate([later, np.full((more, later.shape[1]), -1, np.int64)])
+            later_t = np.concatenate([later_t, np.empty((more, 2))])
+            later_parts = np.concatenate([later_parts, np.empty((more, *later_parts.shape[1:]))])
+            free_rows = np.concatenate([stack[: stacked[0]], np.arange(rows + more - 1, rows - 1, -1, dtype=np.int64)])
+            stack = np.empty(rows + more, np.int64)  # room for every row
+            stack[: len(free_rows)] = free_rows
+            stacked[0] = len(free_rows)
+        width = int(resends.max(initial=0)) + arrivals * int(later_parts.shape[1])
+        if width > resend_t.shape[1]:
+            resend_t = np.concatenate([resend_t, np.empty((len(resend_t), width - resend_t.shape[1]))], axis=1)
+            resend_id = np.concatenate([resend_id, np.empty((len(resend_id), width - resend_id.shape[1]), np.int64)], axis=1)
+        assert len(later) < ROWS
+        return later, later_t, later_parts, stack, stacked, resend_t, resend_id, resends, pushed
+
+    def remap(self, new_index: np.ndarray) -> None:
+        """The requests were compacted (`new_index[old]`): the visits waiting to send a part again follow."""
+        later = self.state[19]
+        used = later[:, 0] >= 0
+        later[used, 0] = new_index[later[used, 0]]
 
     def emit(self, recorder: Recorder, before: float) -> None:
         """Account the visits that started before `before` (`Recorder.node_busy`) in the order they started, the
@@ -389,3 +437,45 @@ def retried(f: int, slot: int, t: float, fleets: tuple) -> None:
     m = tried_n[0]
     tried[m, 0], tried[m, 1] = slot, t
     tried_n[0] = m + 1
+
+
+@njit(cache=True, _nrt=False)
+def _before(t: np.ndarray, ids: np.ndarray, f: int, a: int, b: int) -> bool:
+    """Whether fleet f's resend a comes before resend b: by time, then in the order they were pushed."""
+    return t[f, a] < t[f, b] or (t[f, a] == t[f, b] and ids[f, a] < ids[f, b])
+
+
+@njit(cache=True, _nrt=False)
+def push_resend(f: int, at: float, row: int, fleets: tuple) -> None:
+    """The unsettled parts of the visit in `later[row]` are sent again at `at`."""
+    resend_t, resend_id, resends, pushed = fleets[24], fleets[25], fleets[26], fleets[27]
+    pos = resends[f]
+    resends[f] = pos + 1
+    resend_t[f, pos], resend_id[f, pos] = at, pushed[0] * ROWS + row
+    pushed[0] += 1
+    while pos > 0 and _before(resend_t, resend_id, f, pos, (pos - 1) >> 1):
+        parent = (pos - 1) >> 1
+        resend_t[f, pos], resend_t[f, parent] = resend_t[f, parent], resend_t[f, pos]
+        resend_id[f, pos], resend_id[f, parent] = resend_id[f, parent], resend_id[f, pos]
+        pos = parent
+
+
+@njit(cache=True, _nrt=False)
+def pop_resend(f: int, fleets: tuple) -> tuple[float, int]:
+    """Fleet f's first resend taken out: (its time, its row of `later`)."""
+    resend_t, resend_id, resends = fleets[24], fleets[25], fleets[26]
+    at, row = resend_t[f, 0], resend_id[f, 0] % ROWS
+    size = resends[f] - 1
+    resends[f] = size
+    resend_t[f, 0], resend_id[f, 0] = resend_t[f, size], resend_id[f, size]
+    pos = 0
+    while 2 * pos + 1 < size:
+        child = 2 * pos + 1
+        if child + 1 < size and _before(resend_t, resend_id, f, child + 1, child):
+            child += 1
+        if not _before(resend_t, resend_id, f, child, pos):
+            break
+        resend_t[f, pos], resend_t[f, child] = resend_t[f, child], resend_t[f, pos]
+        resend_id[f, pos], resend_id[f, child] = resend_id[f, child], resend_id[f, pos]
+        pos = child
+    return at, row

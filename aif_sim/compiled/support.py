@@ -26,10 +26,7 @@ def unsupported(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler])
         batching = [name for name in stages if scenario.stages[name].batch is not None]
         if batching:
             return f"the compiled engine does not model request deadlines (deadline_ms) with batching stages yet ({', '.join(batching)})"
-    for what, has in (
-        ("hedges (hedge_after_ms)", lambda stage: stage.hedge_after_ms is not None),
-        ("retries of timed-out visits (retries with timeout_ms)", lambda stage: stage.retries > 0 and stage.timeout_ms is not None),
-    ):
+    for what, has in (("hedges (hedge_after_ms)", lambda stage: stage.hedge_after_ms is not None),):
         named = [name for name in stages if scenario.stages[name].nodes > 1 and has(scenario.stages[name])]
         if named:
             return f"the compiled engine does not model {what} on stages of several nodes yet ({', '.join(named)})"
