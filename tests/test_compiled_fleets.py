@@ -8,7 +8,7 @@ import math
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from aif_sim.app.run import build_samplers, choose_engines, simulate
@@ -123,7 +123,9 @@ def test_random_fleets_give_the_simpy_results_request_for_request(case):
     rejection or a timeout, batching nodes, caches, slowdowns and request deadlines drawn at random: the compiled
     engine's requests, visits, batches, node busy time, shard skew, retries and wasted work are simpy's."""
     scenario, pipeline, chunk = case
-    assert why_not(scenario, pipeline) is None
+    reason = why_not(scenario, pipeline)
+    assume(reason is None or "at equal times" not in reason)  # batching nodes and shards after batches stay on simpy
+    assert reason is None
     assert_equivalent(scenario, pipeline, chunk)
 
 
@@ -206,9 +208,19 @@ def test_what_it_does_not_model_on_several_nodes():
     pool = _fleet(8, 4, "p2c", {"dist": "exponential", "mean_ms": 2})
     batching = pool | {"batch": {"max_size": 4, "max_wait_ms": 1}}
     retrying = pool | {"shards": 2, "retries": 2, "queue_limit": 1, "timeout_ms": 3}
+    merger = {"servers": 8, "latency": {"dist": "constant", "ms": 0.5}, "batch": {"max_size": 2}}
     for compiled in (pool, pool | {"shards": 4}, retrying, batching):
         scenario = make_scenario(small_stages(compiled), pipelines=["sequential"])
         assert choose_engines(scenario, build_samplers(scenario, "<test>"), "auto") == {"sequential": ("compiled", None)}
+    assert why_not(make_scenario(small_stages(batching) | {"merger": merger}, pipelines=["sequential"]), "sequential") == (
+        "the compiled engine may order events at equal times unlike simpy: prerank batches on several nodes whose dispatchers, "
+        "woken at one instant by requests arriving together (after merger), draw the stage's batch services in simpy's "
+        "scheduling order"
+    )
+    assert why_not(make_scenario(small_stages(pool | {"shards": 2}) | {"merger": merger}, pipelines=["sequential"]), "sequential") == (
+        "the compiled engine may order events at equal times unlike simpy: prerank shards the visits of requests arriving "
+        "together (after merger), whose shards simpy sends, and times out, interleaved"
+    )
     cases = [
         (
             {"shards": 2, "latency": {"dist": "constant", "ms": 2}},
@@ -281,9 +293,7 @@ def test_batching_nodes_under_overload(balance):
     )
     stages["merger"] = {"servers": 8, "latency": {"dist": "exponential", "mean_ms": 0.5}}
     stages["rtp"] = _fleet(6, 3, balance, {"dist": "exponential", "mean_ms": 2}, batch={"max_size": 4, "max_wait_ms": 1})
-    stages["user_inference"] = _fleet(
-        4, 2, balance, {"dist": "gamma", "mean_ms": 3, "cv": 0.5}, queue_limit=3, batch={"max_size": 2, "max_wait_ms": 0.5}
-    )
+    stages["user_inference"] = _fleet(4, 2, balance, {"dist": "gamma", "mean_ms": 3, "cv": 0.5}, queue_limit=3)
     for pipeline, slowed in (("sequential", "prerank"), ("aif", "rtp")):
         faults = [{"kind": "stage_slowdown", "at_s": 0.3, "stage": slowed, "factor": 2, "duration_s": 0.3}]
         scenario = make_scenario(stages, pipelines=[pipeline], qps=1800, duration_s=1.0, warmup_s=0.1, drain_s=0.05, seed=5, faults=faults)

@@ -257,11 +257,9 @@ def _resends(
     slow: tuple,
     inserting: tuple,
 ) -> None:
-    """`_resend_until` x for the stage in `slot`, if it is a fleet with parts to send again (`pools`: the stages'
-    `free_at`, `free`, `queue_limit` and `timeout_s`)."""
+    """`_resend_until` x for the stage in `slot`, a fleet with parts to send again (`pools`: the stages' `free_at`,
+    `free`, `queue_limit` and `timeout_s`)."""
     f = fleet_of[slot]
-    if f < 0 or fleets[26][f] == 0:
-        return
     free_at, free, queue_limit, timeout_s = pools
     service = visits[5]
     base = free_at[slot]
@@ -417,6 +415,7 @@ def advance(
     visits = (times, miss, cache_hit, users, measured, service)
     inserting = (guard, reads, inserts, until)
     pools = (free_at, free, queue_limit, timeout_s)
+    resends = fleets[26]  # per fleet, its parts to send again later
     slow = (slow_at, slow_t, slow_v)
     bslots, bservers, q_req, q_at, heads, serving = batches[0], batches[1], batches[4], batches[5], batches[6], batches[11]
     joined = np.zeros(len(bslots), np.int64)  # batching queues someone joined at the current time: the order of the first join
@@ -439,8 +438,9 @@ def advance(
             t = arrive[i]
             due_s = deadline[i]
             for p in range(first, stop):  # the step's batching stages and parts sent again: their events before this arrival
-                b = slot_batch[step_slots[p]]
-                _resends(step_slots[p], t, k, steps, pools, fleet_of, fleets, dropped, batches, req, visits, slow, inserting)
+                b, f = slot_batch[step_slots[p]], fleet_of[step_slots[p]]
+                if f >= 0 and resends[f]:
+                    _resends(step_slots[p], t, k, steps, pools, fleet_of, fleets, dropped, batches, req, visits, slow, inserting)
                 if b >= 0:
                     nodes = _nodes(fleet_of[step_slots[p]], fleets)
                     run_until(b, nodes, t, timeout_s[bslots[b]], k, steps, batches, req, visits, guard, reads, inserts, slow)
@@ -571,8 +571,9 @@ def advance(
                     wake(woken, t, k, steps, batches, req, visits, guard, reads, inserts, slow)
             joins = 0
         for p in range(first, stop):  # the batching stages' events and parts sent again before the next unseen arrival
-            b = slot_batch[step_slots[p]]
-            _resends(step_slots[p], limit, k, steps, pools, fleet_of, fleets, dropped, batches, req, visits, slow, inserting)
+            b, f = slot_batch[step_slots[p]], fleet_of[step_slots[p]]
+            if f >= 0 and resends[f]:
+                _resends(step_slots[p], limit, k, steps, pools, fleet_of, fleets, dropped, batches, req, visits, slow, inserting)
             if b >= 0:
                 nodes = _nodes(fleet_of[step_slots[p]], fleets)
                 run_until(b, nodes, limit, timeout_s[bslots[b]], k, steps, batches, req, visits, guard, reads, inserts, slow)

@@ -108,20 +108,21 @@ class StagePool:
         self.timeout_s = config.timeout_ms / 1000 if config.timeout_ms is not None else None
         self.recorder = recorder
         self.slowdown = 1.0  # service-time multiplier (a stage_slowdown fault)
-        self.visiting: set[simpy.Process] = set()  # on a fleet's node: the processes of the visits it holds
+        self.visiting: dict[simpy.Process, None] = {}  # on a fleet's node: the processes of the visits it holds, in the
+        # order they came (a node lost fails them in that order: a set's order would follow memory addresses)
 
     def serve_part(self, request: Request, part: Part) -> Generator[simpy.Event, Any, Outcome]:
         """A part of a visit on a node of a fleet, failed (rejected) if the node is lost meanwhile (`lose`)."""
         process = self.env.active_process
         assert process is not None
-        self.visiting.add(process)
+        self.visiting[process] = None
         sent, outcome = self.env.now, None
         part.started = part.ended = math.nan
         try:
             outcome = yield from self.serve(request, part)
             return outcome
         finally:
-            self.visiting.discard(process)
+            self.visiting.pop(process, None)
             trace = self.recorder.trace
             if trace is not None:
                 assert self.node is not None
