@@ -1,19 +1,23 @@
 """Batching stages in the compiled engine: `sim.pools.BatchingPool` as a state machine over arrays.
 
-Per batching stage b (`BatchState.state`, one tuple the kernels take):
+Per batching queue b (`BatchState.state`, one tuple the kernels take): a stage's one pool, or one node of a
+stage of several nodes (its queues `slot_batch[slot]` on, one per node in order; `node[b]`):
 - the queue: request indices `q_req[b, head:tail]` and their arrival times `q_at[b, head:tail]`, in FIFO
   order; every waiter of a stage has the same timeout, so waiters time out oldest first and the live
   waiters are exactly `head:tail` (`heads[b] = (head, tail)`);
 - the dispatcher: `phase[b]` IDLE (waiting for an arrival), ACQUIRE (waiting for a server) or FILL
   (holding a server until `max_size` wait or its timer `timer[b]` fires), `held[b]` whether it holds one;
-- the batches in service: a min-heap of their end times `ends[b, :serving[b]]`;
-- the batches' service times, drawn ahead: `table[b, j, size - 1]` is the next j-th batch's service (ms)
-  at `size` requests (`rows[b]` used so far this call), as `BatchingPool` draws them one at a time; NaN when the
-  services are a replayed trace (`core.replay`): the batch takes its members' mean;
-- the finished batches for the recorder: `rec[m] = (slot, start, service, size, measured members)`.
+- the batches in service: a min-heap of their end times `ends[b, :serving[b]]`, their sizes moved with them
+  (`end_size`), and `members[b]` requests in them (with the live waiters, a node's load as a balancer sees it);
+- the batches' service times, drawn ahead per stage c = `table_of[b]`: `table[c, j, size - 1]` is the stage's
+  next j-th batch's service (ms) at `size` requests (`rows[c]` used so far this call), as `BatchingPool` draws
+  them one at a time from the stage's stream; NaN when the services are a replayed trace (`core.replay`): the
+  batch takes its members' mean;
+- the finished batches for the recorder: `rec[m] = (slot, start, service, size, measured members, node)`.
 Events happen in time order: a batch ends (its server goes to the dispatcher if it waits for one), the
 oldest waiter times out, the dispatcher's timer fires; the sweep of the stage's step runs them up to each
-arrival (`run_until`) and, once the step's arrivals before the block limit are in, up to that limit.
+arrival (`run_until`; a stage's nodes together, their events interleaved in time order, `run_stage`) and, once
+the step's arrivals before the block limit are in, up to that limit.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import numpy as np
 from numba import njit
 
 from aif_sim.compiled.caches import insert
+from aif_sim.compiled.deadlines import expire
 from aif_sim.core.latency import Profile, Sampler
 from aif_sim.core.traffic import stream
 from aif_sim.scenario.schema import Scenario
@@ -44,67 +49,82 @@ def _table(sampler: Sampler, rng: np.random.Generator, rows: int, max_size: int)
 
 
 class BatchState:
-    """The batching stages of a pipeline (slots in `slots`) and their draws."""
+    """The batching stages of a pipeline and their draws: one queue and dispatcher (entry b) per stage, or per node
+    of a stage of several nodes (`slot_batch[slot]` its first entry, its nodes in order); a stage's nodes take
+    their batch services from the stage's one stream, in the order their batches start (`table_of[b]`)."""
 
     def __init__(self, scenario: Scenario, names: list[str], samplers: dict[str, Sampler], traced: bool = False) -> None:
         self.traced = traced
-        self.slots = [slot for slot, name in enumerate(names) if scenario.stages[name].batch is not None]
+        stages = [slot for slot, name in enumerate(names) if scenario.stages[name].batch is not None]
+        configs = [scenario.stages[names[slot]] for slot in stages]
+        nodes = [config.nodes for config in configs]
         self.slot_batch = np.full(len(names), -1, np.int64)
-        self.slot_batch[self.slots] = np.arange(len(self.slots))
-        configs = [scenario.stages[names[slot]] for slot in self.slots]
-        self.samplers = [samplers[names[slot]] for slot in self.slots]
-        self.rngs = [stream(scenario.seed, f"batch-service:{names[slot]}") for slot in self.slots]
-        b = len(self.slots)
+        self.slot_batch[stages] = np.cumsum([0, *nodes])[:-1]
+        self.samplers = [samplers[names[slot]] for slot in stages]
+        self.rngs = [stream(scenario.seed, f"batch-service:{names[slot]}") for slot in stages]
         sizes = [config.batch.max_size for config in configs if config.batch is not None]
         self.tables = [np.empty((0, size)) for size in sizes]
+        per_entry = [
+            (slot, config, c, node if n > 1 else -1) for c, (slot, config, n) in enumerate(zip(stages, configs, nodes)) for node in range(n)
+        ]
+        self.slots = [slot for slot, _, _, _ in per_entry]
+        b = len(per_entry)
         width = max(sizes, default=1)
-        servers = max((config.servers for config in configs), default=1)
+        threads = [config.threads_per_node for _, config, _, _ in per_entry]
         self.state = (
             np.array(self.slots, np.int64),
-            np.array([config.servers for config in configs], np.int64),
-            np.array(sizes, np.int64),
-            np.array([config.batch.max_wait_ms / 1000 for config in configs if config.batch is not None]),
+            np.array(threads, np.int64),
+            np.array([sizes[c] for _, _, c, _ in per_entry], np.int64),
+            np.array([config.batch.max_wait_ms / 1000 for _, config, _, _ in per_entry if config.batch is not None]),
             np.empty((b, 64), np.int64),  # q_req
             np.empty((b, 64)),  # q_at
             np.zeros((b, 2), np.int64),  # heads
             np.zeros(b, np.int64),  # phase
             np.full(b, math.inf),  # timer
             np.zeros(b, np.int64),  # held
-            np.empty((b, servers)),  # ends
+            np.empty((b, max(threads, default=1))),  # ends: a heap of the end times of the batches in service
             np.zeros(b, np.int64),  # serving
-            np.empty((b, 0, width)),  # table
-            np.zeros(b, np.int64),  # rows
-            np.empty((64, 5)),  # rec
+            np.empty((len(stages), 0, width)),  # table, per stage
+            np.zeros(len(stages), np.int64),  # rows, per stage
+            np.empty((64, 6)),  # rec
             np.zeros(1, np.int64),  # rec_n
+            np.array([c for _, _, c, _ in per_entry], np.int64),  # table_of
+            np.array([node for _, _, _, node in per_entry], np.int64),  # node (-1: the stage's one pool)
+            np.zeros(b, np.int64),  # members: requests in the batches in service
+            np.zeros((b, max(threads, default=1)), np.int64),  # sizes of the batches in `ends`, moved with them
         )
 
     def prepare(self, arrivals: int) -> None:
-        """Room for `arrivals` more waiters per stage, batch rows for every batch they and the waiters can make,
+        """Room for `arrivals` more waiters per queue, batch rows for every batch they and the waiters can make,
         and records for those batches; each queue moved to the front of its buffer."""
-        slots, servers, sizes, waits, q_req, q_at, heads, phase, timer, held, ends, serving, table, rows, rec, rec_n = self.state
-        need = int((heads[:, 1] - heads[:, 0]).max(initial=0)) + arrivals
+        slots, servers, sizes, waits, q_req, q_at, heads, phase, timer, held, ends, serving, table, rows, rec, rec_n = self.state[:16]
+        table_of = self.state[16]
+        live = heads[:, 1] - heads[:, 0]
+        need = int(live.max(initial=0)) + arrivals
         width = max(need, q_req.shape[1])
         queue_req, queue_at = np.empty((len(slots), width), np.int64), np.empty((len(slots), width))
         for b, (head, tail) in enumerate(heads.tolist()):
             queue_req[b, : tail - head], queue_at[b, : tail - head] = q_req[b, head:tail], q_at[b, head:tail]
         heads[:, 1] -= heads[:, 0]
         heads[:, 0] = 0
-        for b in range(len(slots)):  # the rows the last call left unused come first
-            self.tables[b] = self.tables[b][rows[b] :]
-            while len(self.tables[b]) < need:
-                drawn = (
-                    np.full((ROWS, int(sizes[b])), np.nan) if self.traced else _table(self.samplers[b], self.rngs[b], ROWS, int(sizes[b]))
-                )
-                self.tables[b] = np.concatenate([self.tables[b], drawn])
+        for c in range(len(self.tables)):  # the rows the last call left unused come first
+            batches = int(live[table_of == c].sum()) + arrivals  # the most batches the stage's nodes can start
+            self.tables[c] = self.tables[c][rows[c] :]
+            while len(self.tables[c]) < batches:
+                size = self.tables[c].shape[1]
+                drawn = np.full((ROWS, size), np.nan) if self.traced else _table(self.samplers[c], self.rngs[c], ROWS, size)
+                self.tables[c] = np.concatenate([self.tables[c], drawn])
         rows[:] = 0
-        table = np.zeros((len(slots), max((len(t) for t in self.tables), default=0), table.shape[2]))
-        for b, drawn in enumerate(self.tables):
-            table[b, : len(drawn), : drawn.shape[1]] = drawn
+        table = np.zeros((len(self.tables), max((len(t) for t in self.tables), default=0), table.shape[2]))
+        for c, drawn in enumerate(self.tables):
+            table[c, : len(drawn), : drawn.shape[1]] = drawn
         if rec_n[0] + need * len(slots) > len(rec):
-            grown = np.empty((max(rec_n[0] + need * len(slots), 2 * len(rec)), 5))
+            grown = np.empty((max(rec_n[0] + need * len(slots), 2 * len(rec)), rec.shape[1]))
             grown[: rec_n[0]] = rec[: rec_n[0]]
             rec = grown
-        self.state = (slots, servers, sizes, waits, queue_req, queue_at, heads, phase, timer, held, ends, serving, table, rows, rec, rec_n)
+        state = list(self.state)
+        state[4], state[5], state[12], state[14] = queue_req, queue_at, table, rec
+        self.state = tuple(state)
 
     def remap(self, new_index: np.ndarray) -> None:
         """The requests were compacted (`new_index[old]`): the waiters' indices follow."""
@@ -114,7 +134,7 @@ class BatchState:
 
     def finished_batches(self, before: float) -> np.ndarray:
         """The batches that ended before `before`, in the order they ended, as rows (slot, start, service, size,
-        measured), taken out of the records."""
+        measured, node (-1: the stage's one pool)), taken out of the records."""
         rec, rec_n = self.state[14], self.state[15]
         rows = rec[: rec_n[0]]
         done = rows[:, 1] + rows[:, 2] < before
@@ -142,7 +162,7 @@ def visit_over(i: int, o: int, e: float, req: tuple) -> None:
     """Request i's visit at its step ended at `e` with outcome `o`: the step's latest end so far, the order of the
     event that ended it (visits are numbered as their ends are decided: a batch's members in batch order, the
     order simpy resumes them in) and its worst outcome."""
-    arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, numbered, hop = req
+    arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, numbered, hop, ids, deadline = req
     order = numbered[0]
     numbered[0] += 1
     if e > step_end[i]:
@@ -155,14 +175,18 @@ def visit_over(i: int, o: int, e: float, req: tuple) -> None:
 @njit(cache=True, _nrt=False)
 def visit_ended(i: int, o: int, e: float, k: int, steps: int, req: tuple) -> None:
     """`visit_over`, and when it was the last visit request i's step k waited for, the step is done: the
-    request moves on (ranked among those moving on at the same time by the event that ended its step), or leaves."""
-    arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, numbered, hop = req
+    request moves on (ranked among those moving on at the same time by the event that ended its step), or leaves;
+    it leaves timed out at its `deadline` (`deadlines`) if the step, or its pause before the next, ends after it."""
+    arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, numbered, hop, ids, deadline = req
     visit_over(i, o, e, req)
     pending[i] -= 1
     if pending[i] > 0:
         return
     rank[i] = end_order[i]
-    if worst[i] != COMPLETED or k == steps - 1:
+    last = worst[i] != COMPLETED or k == steps - 1
+    if step_end[i] > deadline[i] or (not last and step_end[i] + hop[i, k + 1] > deadline[i]):
+        expire(i, req)
+    elif last:
         outcome[i] = worst[i]
         end_s[i] = step_end[i]
         step[i] = steps
@@ -185,8 +209,9 @@ def wake(
     caches: tuple,
     slow: tuple,
 ) -> None:
-    """The dispatcher of stage b runs at time x from where it waits (`BatchingPool._dispatch`)."""
-    slots, servers, sizes, waits, q_req, q_at, heads, phase, timer, held, ends, serving, table, rows, rec, rec_n = bs
+    """The dispatcher of queue b runs at time x from where it waits (`BatchingPool._dispatch`)."""
+    slots, servers, sizes, waits, q_req, q_at, heads, phase, timer, held, ends, serving, table, rows, rec, rec_n = bs[:16]
+    table_of, node_of, members_of, end_size = bs[16:]
     times, miss, cache_hit, users, measured, service = visits
     slow_at, slow_t, slow_v = slow
     slot = slots[b]
@@ -213,8 +238,9 @@ def wake(
             continue  # an empty batch: the server goes back
         size = min(live, sizes[b])
         head = heads[b, 0]
-        drawn = table[b, rows[b], size - 1]
-        rows[b] += 1
+        c = table_of[b]
+        drawn = table[c, rows[c], size - 1]
+        rows[c] += 1
         longest = 0.0  # the batch waits for its slowest cache miss
         total = 0.0  # replayed (`drawn` NaN): the members' traced services, misses included
         members = 0
@@ -227,12 +253,15 @@ def wake(
         e = x + s
         pos = serving[b]  # the batch's server frees at e
         serving[b] += 1
+        members_of[b] += size
         while pos > 0 and ends[b, (pos - 1) >> 1] > e:
             ends[b, pos] = ends[b, (pos - 1) >> 1]
+            end_size[b, pos] = end_size[b, (pos - 1) >> 1]
             pos = (pos - 1) >> 1
         ends[b, pos] = e
+        end_size[b, pos] = size
         m = rec_n[0]
-        rec[m, 0], rec[m, 1], rec[m, 2], rec[m, 3], rec[m, 4] = slot, x, s, size, members
+        rec[m, 0], rec[m, 1], rec[m, 2], rec[m, 3], rec[m, 4], rec[m, 5] = slot, x, s, size, members, node_of[b]
         rec_n[0] += 1
         heads[b, 0] = head + size
         for q in range(head, head + size):
@@ -248,7 +277,8 @@ def wake(
 
 @njit(cache=True, _nrt=False)
 def run_until(
-    b: int,
+    first: int,
+    count: int,
     x: float,
     timeout_s: float,
     k: int,
@@ -261,34 +291,66 @@ def run_until(
     caches: tuple,
     slow: tuple,
 ) -> None:
-    """Stage b's events before time x, in time order: batches ending, the oldest waiter timing out, the
-    dispatcher's timer."""
-    slots, servers, sizes, waits, q_req, q_at, heads, phase, timer, held, ends, serving, table, rows, rec, rec_n = bs
+    """The events before time x of a stage's queues `first : first + count` (its one pool, or its nodes), in time
+    order across them (a stage's nodes draw their batch services from one stream in the order batches start):
+    batches ending, the oldest waiter timing out, the dispatcher's timer."""
+    q_req, heads, ends, serving, members_of, end_size = bs[4], bs[6], bs[10], bs[11], bs[18], bs[19]
     while True:
-        t_end = ends[b, 0] if serving[b] > 0 else math.inf
-        t_out = q_at[b, heads[b, 0]] + timeout_s if heads[b, 1] > heads[b, 0] else math.inf
-        t_timer = timer[b] if phase[b] == FILL else math.inf
-        now = min(t_end, t_out, t_timer)
-        if now >= x:
+        b, now = -1, x
+        for q in range(first, first + count):
+            at = min(_events(q, timeout_s, bs))
+            if at < now:
+                b, now = q, at
+        if b < 0:
             return
+        t_end, t_out, _ = _events(b, timeout_s, bs)
         if now == t_out:
             i = q_req[b, heads[b, 0]]
             heads[b, 0] += 1
             visit_ended(i, TIMED_OUT, now, k, steps, req)
         elif now == t_end:
-            size = serving[b] - 1  # pop the heap
-            serving[b] = size
-            last, pos = ends[b, size], 0
-            while 2 * pos + 1 < size:
-                child = 2 * pos + 1
-                if child + 1 < size and ends[b, child + 1] < ends[b, child]:
-                    child += 1
-                if ends[b, child] >= last:
-                    break
-                ends[b, pos] = ends[b, child]
-                pos = child
-            ends[b, pos] = last
-            if phase[b] == ACQUIRE:
+            members_of[b] -= end_size[b, 0]
+            serving[b] = pop_row(ends, b, serving[b], end_size, True)
+            if bs[7][b] == ACQUIRE:
                 wake(b, now, k, steps, bs, req, visits, guard, reads, caches, slow)
         else:
             wake(b, now, k, steps, bs, req, visits, guard, reads, caches, slow)
+
+
+@njit(cache=True, _nrt=False)
+def _events(b: int, timeout_s: float, bs: tuple) -> tuple[float, float, float]:
+    """When queue b's next events happen (inf: none): its first batch to end, its oldest waiter's timeout, its timer."""
+    q_at, heads, phase, timer, ends, serving = bs[5], bs[6], bs[7], bs[8], bs[10], bs[11]
+    t_end = ends[b, 0] if serving[b] > 0 else math.inf
+    t_out = q_at[b, heads[b, 0]] + timeout_s if heads[b, 1] > heads[b, 0] else math.inf
+    return t_end, t_out, timer[b] if phase[b] == FILL else math.inf
+
+
+@njit(cache=True, _nrt=False)
+def pop_row(heap: np.ndarray, row: int, size: int, carried: np.ndarray, moves: bool) -> int:
+    """Remove the minimum of the min-heap `heap[row, :size]`, moving `carried[row]`'s entries with theirs when
+    `moves`; the new size."""
+    size -= 1
+    last, pos = heap[row, size], 0
+    kept = carried[row, size] if moves else 0
+    while 2 * pos + 1 < size:
+        child = 2 * pos + 1
+        if child + 1 < size and heap[row, child + 1] < heap[row, child]:
+            child += 1
+        if heap[row, child] >= last:
+            break
+        heap[row, pos] = heap[row, child]
+        if moves:
+            carried[row, pos] = carried[row, child]
+        pos = child
+    heap[row, pos] = last
+    if moves:
+        carried[row, pos] = kept
+    return size
+
+
+@njit(cache=True, _nrt=False)
+def load(b: int, bs: tuple) -> int:
+    """Queue b's requests, as a balancer counts them: waiting, and in the batches in service."""
+    heads, members_of = bs[6], bs[18]
+    return heads[b, 1] - heads[b, 0] + members_of[b]

@@ -30,6 +30,7 @@ import numpy as np
 
 from aif_sim.compiled.batching import BatchState
 from aif_sim.compiled.caches import CacheState
+from aif_sim.compiled.deadlines import DeadlineState, deadlines
 from aif_sim.compiled.fleets import FleetState
 from aif_sim.compiled.kernels import advance, event_times
 from aif_sim.compiled.nearline import CompiledNearline
@@ -98,7 +99,7 @@ def run_compiled(
             upcoming_t = event_times(upcoming.block.arrival_s, last)
             limit = float(upcoming_t[0])
         measured = draws.block.arrival_s >= scenario.warmup_s
-        system.extend(draws, measured, t)
+        system.extend(draws, measured, t, deadlines(scenario, draws.block.arrival_s, t))
         recorder.arrivals(draws.block.arrival_s, measured)
         caches.reserve(len(system))
         pools.advance(system, caches, limit, until)
@@ -106,7 +107,8 @@ def run_compiled(
         if vectors is not None:
             vectors.read(system, min(limit, until))
             vectors.nearline.advance(last)
-        last_end = max(last_end, _flush(recorder, system, last, vectors, pools.batches, caches))
+        pools.dropped.emit(recorder, last)
+        last_end = max(last_end, _flush(recorder, system, last, vectors, pools.batches, pools.fleets, caches))
         now = last
         if progress is not None:
             progress(now)
@@ -115,7 +117,8 @@ def run_compiled(
     end, clock = _end(scenario, max(now, last_end))
     if vectors is not None:
         vectors.nearline.advance(clock)
-    _flush(recorder, system, clock, vectors, pools.batches, caches)
+    pools.dropped.emit(recorder, clock)
+    _flush(recorder, system, clock, vectors, pools.batches, pools.fleets, caches)
     _close(recorder, system, caches, vectors, pools.fleets, end, clock)
     if progress is not None:
         progress(end)
@@ -201,6 +204,7 @@ class _Requests:
             "arrive": ((), np.float64),
             "step": ((), np.int64),
             "hop": ((steps,), np.float64),  # its pause before each step (a replayed trace's; else 0)
+            "deadline": ((), np.float64),  # when it is abandoned (`deadlines`; inf: never)
         }
         self.n = 0
         self.buffers = {name: np.empty((capacity, *shape), dtype) for name, (shape, dtype) in self.kinds.items()}
@@ -211,7 +215,7 @@ class _Requests:
     def column(self, name: str) -> np.ndarray:
         return self.buffers[name][: self.n]
 
-    def extend(self, draws: RequestDraws, measured: np.ndarray, t: np.ndarray) -> None:
+    def extend(self, draws: RequestDraws, measured: np.ndarray, t: np.ndarray, deadline: np.ndarray) -> None:
         block, k = draws.block, len(t)
         size = self.n + k
         capacity = len(self.buffers["ids"])
@@ -247,6 +251,7 @@ class _Requests:
         b["hop"][new] = 0.0 if draws.hop_s is None else draws.hop_s
         b["arrive"][new] = t + b["hop"][new, 0]  # simpy's `now + delay` after the pause (none: + 0)
         b["step"][new] = 0
+        b["deadline"][new] = deadline
         self.n = size
 
     def keep(self, mask: np.ndarray) -> np.ndarray:
@@ -281,11 +286,14 @@ class _Pools:
         self.guard, self.reads, self.cache_of = _cache_slots(scenario.pipeline(pipeline), caches)
         self.batches = BatchState(scenario, self.names, samplers, traced)
         self.fleets = FleetState(scenario, pipeline)
+        shards = max((config.shards for config in configs), default=1)
+        self.dropped = DeadlineState(len(configs) * shards if scenario.deadline_ms is not None else 0)  # visits cut off by deadlines
         self.numbered = np.zeros(1, np.int64)  # visit ends numbered so far (`batching.visit_over`)
 
     def advance(self, system: _Requests, caches: CacheState, limit: float, until: float) -> None:
         self.batches.prepare(len(system))
         self.fleets.prepare(len(system))
+        self.dropped.prepare(len(system))
         columns = ("arrive", "step", "outcome", "end_s", "pending", "step_end", "worst", "end_order", "rank")
         advance(
             self.step_at,
@@ -308,8 +316,15 @@ class _Pools:
             self.batches.state,
             self.fleets.fleet_of,
             self.fleets.state,
+            self.dropped.state,
             system.column("shard_s"),
-            (*(system.column(name) for name in columns), self.numbered, system.column("hop")),
+            (
+                *(system.column(name) for name in columns),
+                self.numbered,
+                system.column("hop"),
+                system.column("ids"),
+                system.column("deadline"),
+            ),
             system.column("users"),
             system.column("measured"),
             system.column("service"),
@@ -416,12 +431,18 @@ def _slowdowns(scenario: Scenario, names: list[str]) -> tuple[np.ndarray, np.nda
 
 # --- accounting ------------------------------------------------------------------------------------------
 def _flush(
-    recorder: Recorder, system: _Requests, before: float, vectors: _Vectors | None, batches: BatchState, caches: CacheState
+    recorder: Recorder,
+    system: _Requests,
+    before: float,
+    vectors: _Vectors | None,
+    batches: BatchState,
+    fleets: FleetState,
+    caches: CacheState,
 ) -> float:
     """Account the batches and the requests that finished before `before`, in the order they finished, and drop
     the requests (and their entries of request-keyed caches); the latest finish among them (-inf: none)."""
-    for slot, start, service, size, members in batches.finished_batches(before).tolist():
-        recorder.batch(int(slot), start, service, int(members), int(size))
+    for slot, start, service, size, members, node in batches.finished_batches(before).tolist():
+        recorder.batch(int(slot), start, service, int(members), int(size), None if node < 0 else int(node))
     end_s = system.column("end_s")
     done = end_s < before  # NaN (not finished) compares false
     index = np.flatnonzero(done)
@@ -439,7 +460,9 @@ def _flush(
     caches.release(end_s, system.column("cache_in")[order])
     recorder.account(ids, arrival_s, users, candidates, measured, times, service, outcome, end_s, cache_hit, reads)
     recorder.finished(outcome, measured)
-    batches.remap(system.keep(~done))
+    new_index = system.keep(~done)
+    batches.remap(new_index)
+    fleets.remap(new_index)
     return float(end_s[-1])
 
 

@@ -1,20 +1,23 @@
-"""Stages of several nodes in the compiled engine: `sim.fleet.Fleet` with shards and retries of rejected visits,
-without hedges, retries after a timeout, or node loss.
+"""Stages of several nodes in the compiled engine: `sim.fleet.Fleet` with shards, retries and batching nodes
+(`batching`: a node's load is its queue's), without hedges or node loss.
 
 Each node of a fleet stage is a FIFO pool of its own (`servers / nodes` servers, the stage's queue limit and
 timeout): its servers' free times are a heap of the stage's region of the kernels' `free` (node j's at
-`free_at[slot] + j * threads`), and its live waiters' queue-leave times (when they start or time out) a FIFO
-`waits[row, head:tail]` (they leave in order of arrival: FIFO starts and a common timeout). Its outstanding
-count at t, as the balancer sees it, is its servers busy at t plus its waiters not yet left.
+`free_at[slot] + j * threads`), and its live waiters' queue-leave times (when they start, time out, or leave at
+their request's deadline) a heap `waits[row, :queued[row]]`. Its outstanding count at t, as the balancer sees
+it, is its servers busy at t plus its waiters not yet left.
 
 Per fleet f (`FleetState.state`): the balancer (`kind`, round robin's last pick, the uniforms of its stream
 drawn ahead as `core.balance.Uniforms` draws them), and the visits it served, `rec[m] = (slot, node, start,
 service, measured)` in order of arrival at the stage, handed to `Recorder.node_busy` in the order they started
 (`emit`), as simpy calls it when each starts.
 
-A stage that retries (`retries[f]` > 0, without a timeout: a visit fails only by rejection, at the instant it is
-sent) sends a rejected visit or shard at once to another node not holding a part of the visit, as simpy does in
-the same process, while its retries last (each recorded as `tried[m] = (slot, time)`).
+A stage that retries (`retries[f]` > 0) sends a rejected visit or shard at once to another node not holding a
+part of the visit, as simpy does in the same process, while its retries last (each recorded as `tried[m] =
+(slot, time)`). A timed-out one (not one left at its request's deadline) is sent again when it leaves its queue,
+among the stage's later arrivals: its visit waits in a row of `later` (the request, its parts, the nodes holding
+them as bits), and the fleet's heap of resends (`resend_t`, `resend_id`: time, then the order pushed) says when;
+the parts of a visit that time out together are sent again in the order they were first sent.
 
 A sharded stage (`shards[f]` > 1) picks a distinct node for each of a visit's shards, every pick from the counts
 before any of them joins, as `core.fleet.FleetPolicy.first_nodes` does; each shard joins its node's pool at the
@@ -33,12 +36,16 @@ from collections.abc import Iterator
 import numpy as np
 from numba import njit
 
+from aif_sim.compiled.batching import load, pop_row
 from aif_sim.core.balance import BLOCK
 from aif_sim.core.traffic import stream
 from aif_sim.metrics.recorder import Recorder
 from aif_sim.scenario.schema import Scenario
 
 KINDS = {"random": 0, "round_robin": 1, "least_outstanding": 2, "p2c": 3}
+PART = 9  # columns of a part: node, outcome, start, end, service, a sorted end, retries so far, its own service,
+# whether it waits to be sent again (at its end)
+ROWS = 1 << 24  # more than `later` has rows: a resend's id is `sequence * ROWS + row`
 DRAWS = (1, 0, 0, 2)  # uniforms per pick, by kind
 RANDOM, ROUND_ROBIN, LEAST_OUTSTANDING, P2C = range(4)
 COMPLETED, REJECTED, TIMED_OUT = 0, 1, 2  # core.request.Outcome
@@ -71,8 +78,8 @@ class FleetState:
             np.empty((len(slots), 0)),  # uniforms
             np.zeros(len(slots), np.int64),  # uniforms taken
             np.cumsum([0, *nodes]).astype(np.int64),  # each fleet's first row of waits
-            np.empty((max(1, sum(nodes)), 16)),  # waits
-            np.zeros((max(1, sum(nodes)), 2), np.int64),  # (head, tail) per row
+            np.empty((max(1, sum(nodes)), 16)),  # waits: per node, a heap of its waiters' queue-leave times
+            np.zeros(max(1, sum(nodes)), np.int64),  # queued: per node, its waiters in the heap
             np.empty((64, 5)),  # rec
             np.zeros(1, np.int64),  # rec_n
             np.array(shards, np.int64),
@@ -80,14 +87,26 @@ class FleetState:
             np.empty((64, 3)),  # skew
             np.zeros(1, np.int64),  # skew_n
             np.zeros(max(nodes, default=1), np.bool_),  # holding: the nodes a visit's shards were sent to
-            np.empty((max(nodes, default=1), 6)),  # parts: per shard (node, outcome, start, end, service; a sorted end)
+            np.empty((max(nodes, default=1), PART)),  # parts: per shard (node, outcome, start, end, service; a sorted end;
+            # retries so far, its own service)
             np.array([config.retries for config in configs], np.int64),
             np.empty((64, 2)),  # tried: (slot, time) of each retry
             np.zeros(1, np.int64),  # tried_n
+            np.full((0, 9), -1, np.int64),  # later: visits with a part to send again later (request, slot, fleet,
+            # parts unsettled, nodes holding a part (bits), measured, p, first, stop; request -1: a free row)
+            np.empty((0, 2)),  # later_t: their (sent, deadline)
+            np.empty((0, max(shards, default=1), PART)),  # later_parts: their `parts`
+            np.zeros(0, np.int64),  # free rows of `later`, a stack
+            np.zeros(1, np.int64),  # free rows on the stack
+            np.empty((len(slots), 0)),  # resend_t: per fleet, a heap of the times parts are sent again
+            np.empty((len(slots), 0), np.int64),  # resend_id: with them, sequence * ROWS + row (ties in order sent)
+            np.zeros(len(slots), np.int64),  # resends per fleet
+            np.zeros(1, np.int64),  # resends pushed so far
         )
+        self.resending = sum(config.retries > 0 and config.timeout_ms is not None for config in configs)
 
     def prepare(self, arrivals: int) -> None:
-        """Room for `arrivals` more visits per fleet: waiters, uniforms and records; each FIFO moved to the front."""
+        """Room for `arrivals` more visits per fleet: waiters, uniforms and records."""
         (
             nodes,
             kind,
@@ -96,7 +115,7 @@ class FleetState:
             taken,
             row_at,
             waits,
-            heads,
+            queued,
             rec,
             rec_n,
             shards,
@@ -108,15 +127,15 @@ class FleetState:
             retries,
             tried,
             tried_n,
-        ) = self.state
+        ) = self.state[:19]
         if not len(nodes):
             return
-        width = max(int((heads[:, 1] - heads[:, 0]).max()) + arrivals, waits.shape[1])
-        moved = np.empty((len(waits), width))
-        for row, (head, tail) in enumerate(heads.tolist()):
-            moved[row, : tail - head] = waits[row, head:tail]
-        heads[:, 1] -= heads[:, 0]
-        heads[:, 0] = 0
+        later = self._later(arrivals)
+        width = max(int(queued.max()) + arrivals, waits.shape[1])
+        if width > waits.shape[1]:
+            grown = np.empty((len(waits), width))
+            grown[:, : waits.shape[1]] = waits
+            waits = grown
         for f in range(len(nodes)):
             self.drawn[f] = self.drawn[f][taken[f] :]
             blocks = -(-(DRAWS[kind[f]] * shards[f] * (1 + retries[f]) * arrivals - len(self.drawn[f])) // BLOCK)
@@ -126,11 +145,40 @@ class FleetState:
         uniforms = np.zeros((len(nodes), max(len(drawn) for drawn in self.drawn)))
         for f, drawn in enumerate(self.drawn):
             uniforms[f, : len(drawn)] = drawn
-        rec = _room(rec, int(rec_n[0]) + arrivals * int(shards.sum()))
+        rec = _room(rec, int(rec_n[0]) + arrivals * int((shards * (1 + retries)).sum()))
         skew = _room(skew, int(skew_n[0]) + arrivals * len(nodes))
         tried = _room(tried, int(tried_n[0]) + arrivals * int((shards * retries).sum()))
-        self.state = (nodes, kind, last, uniforms, taken, row_at, moved, heads, rec, rec_n, shards, shard_at, skew, skew_n, holding, parts)
-        self.state += (retries, tried, tried_n)
+        self.state = (nodes, kind, last, uniforms, taken, row_at, waits, queued, rec, rec_n, shards, shard_at, skew, skew_n, holding, parts)
+        self.state += (retries, tried, tried_n, *later)
+
+    def _later(self, arrivals: int) -> tuple:
+        """The state of the parts sent again later (`later`, ... `resends`), with room for `arrivals` more visits."""
+        later, later_t, later_parts, stack, stacked, resend_t, resend_id, resends, pushed = self.state[19:]
+        if not self.resending:
+            return self.state[19:]
+        need = arrivals * self.resending  # a visit per request and resending fleet at most
+        if int(stacked[0]) < need:
+            rows = len(later)
+            more = max(rows, need)
+            later = np.concatenate([later, np.full((more, later.shape[1]), -1, np.int64)])
+            later_t = np.concatenate([later_t, np.empty((more, 2))])
+            later_parts = np.concatenate([later_parts, np.empty((more, *later_parts.shape[1:]))])
+            free_rows = np.concatenate([stack[: stacked[0]], np.arange(rows + more - 1, rows - 1, -1, dtype=np.int64)])
+            stack = np.empty(rows + more, np.int64)  # room for every row
+            stack[: len(free_rows)] = free_rows
+            stacked[0] = len(free_rows)
+        width = int(resends.max(initial=0)) + arrivals * int(later_parts.shape[1])
+        if width > resend_t.shape[1]:
+            resend_t = np.concatenate([resend_t, np.empty((len(resend_t), width - resend_t.shape[1]))], axis=1)
+            resend_id = np.concatenate([resend_id, np.empty((len(resend_id), width - resend_id.shape[1]), np.int64)], axis=1)
+        assert len(later) < ROWS
+        return later, later_t, later_parts, stack, stacked, resend_t, resend_id, resends, pushed
+
+    def remap(self, new_index: np.ndarray) -> None:
+        """The requests were compacted (`new_index[old]`): the visits waiting to send a part again follow."""
+        later = self.state[19]
+        used = later[:, 0] >= 0
+        later[used, 0] = new_index[later[used, 0]]
 
     def emit(self, recorder: Recorder, before: float) -> None:
         """Account the visits that started before `before` (`Recorder.node_busy`) in the order they started, the
@@ -215,17 +263,48 @@ def _room(rows: np.ndarray, need: int) -> np.ndarray:
 
 
 @njit(cache=True, _nrt=False)
-def _outstanding(free: np.ndarray, base: int, threads: int, waits: np.ndarray, heads: np.ndarray, row: int, t: float) -> int:
-    """A node's visits at t: its servers busy then and its waiters that have not left by t (popped)."""
+def _left(waits: np.ndarray, queued: np.ndarray, row: int, t: float) -> int:
+    """A node's waiters still queued at t: those that left by t (started, timed out, abandoned at their request's
+    deadline) popped from its heap of leave times `waits[row, :queued[row]]`."""
+    size = queued[row]
+    while size > 0 and waits[row, 0] <= t:
+        size = pop_row(waits, row, size, waits, False)
+    queued[row] = size
+    return size
+
+
+@njit(cache=True, _nrt=False)
+def _join(waits: np.ndarray, queued: np.ndarray, row: int, leave: float) -> None:
+    """A waiter that leaves the node's queue at `leave` joins its heap."""
+    pos = queued[row]
+    queued[row] = pos + 1
+    while pos > 0:
+        parent = (pos - 1) >> 1
+        if waits[row, parent] <= leave:
+            break
+        waits[row, pos] = waits[row, parent]
+        pos = parent
+    waits[row, pos] = leave
+
+
+@njit(cache=True, _nrt=False)
+def _outstanding(free: np.ndarray, base: int, threads: int, waits: np.ndarray, queued: np.ndarray, row: int, t: float) -> int:
+    """A node's visits at t: its servers busy then and its waiters that have not left by t."""
     busy = 0
     for s in range(base, base + threads):
         if free[s] > t:
             busy += 1
-    head, tail = heads[row, 0], heads[row, 1]
-    while head < tail and waits[row, head] <= t:
-        head += 1
-    heads[row, 0] = head
-    return busy + tail - head
+    return busy + _left(waits, queued, row, t)
+
+
+@njit(cache=True, _nrt=False)
+def _load(
+    node: int, t: float, base: int, threads: int, free: np.ndarray, waits: np.ndarray, queued: np.ndarray, row: int, batch: int, bs: tuple
+) -> int:
+    """A node's outstanding visits at t: a pool's (`_outstanding`), or a batching queue's (`batching.load`)."""
+    if batch >= 0:
+        return load(batch + node, bs)
+    return _outstanding(free, base + node * threads, threads, waits, queued, row + node, t)
 
 
 @njit(cache=True, _nrt=False)
@@ -242,11 +321,12 @@ def _eligible(j: int, holding: np.ndarray, held: int) -> int:
 
 
 @njit(cache=True, _nrt=False)
-def pick(f: int, t: float, base: int, threads: int, free: np.ndarray, fleets: tuple, held: int) -> int:
+def pick(f: int, t: float, base: int, threads: int, free: np.ndarray, fleets: tuple, held: int, batch: int, bs: tuple) -> int:
     """The node fleet f's balancer picks for a visit or shard arriving at t (`core.balance`, every node live) among
     the nodes not holding another shard of the visit (`holding`, `held` of them); the stage's servers start at
-    `free[base]`, `threads` per node."""
-    nodes, kind, last, uniforms, taken, row_at, waits, heads = fleets[:8]
+    `free[base]`, `threads` per node, or, for a batching stage, its nodes are the queues `batch + node` of the
+    batching state `bs`."""
+    nodes, kind, last, uniforms, taken, row_at, waits, queued = fleets[:8]
     holding = fleets[14]
     count, row = nodes[f] - held, row_at[f]
     k = kind[f]
@@ -267,7 +347,7 @@ def pick(f: int, t: float, base: int, threads: int, free: np.ndarray, fleets: tu
         for node in range(nodes[f]):
             if held and holding[node]:
                 continue
-            load = _outstanding(free, base + node * threads, threads, waits, heads, row + node, t)
+            load = _load(node, t, base, threads, free, waits, queued, row, batch, bs)
             if best < 0 or load < fewest:
                 best, fewest = node, load
         return best
@@ -280,33 +360,31 @@ def pick(f: int, t: float, base: int, threads: int, free: np.ndarray, fleets: tu
     if second >= first:
         second += 1
     first, second = _eligible(first, holding, held), _eligible(second, holding, held)
-    a = _outstanding(free, base + first * threads, threads, waits, heads, row + first, t)
-    b = _outstanding(free, base + second * threads, threads, waits, heads, row + second, t)
+    a = _load(first, t, base, threads, free, waits, queued, row, batch, bs)
+    b = _load(second, t, base, threads, free, waits, queued, row, batch, bs)
     return second if b < a else first
 
 
 @njit(cache=True, _nrt=False)
-def visit_node(f: int, node: int, t: float, m: float, limit: int, timeout: float, fleets: tuple) -> tuple[int, float, float]:
+def visit_node(
+    f: int, node: int, t: float, m: float, limit: int, timeout: float, deadline: float, fleets: tuple
+) -> tuple[int, float, float]:
     """A visit arriving at t at a node whose first server frees at m: (outcome, start, end; the end once served is
     the caller's) as the node's FIFO pool decides (rejected when `limit` >= 0 wait, timed out when no server is
-    handed over within `timeout`); a visit that queues joins the node's waiters with its queue-leave time."""
+    handed over within `timeout`, or by its request's `deadline`, when it leaves the queue); a visit that queues
+    joins the node's waiters with its queue-leave time."""
     row = fleets[5][f] + node
-    waits, heads = fleets[6], fleets[7]
-    head, tail = heads[row, 0], heads[row, 1]
+    waits, queued = fleets[6], fleets[7]
     if m <= t:  # a free server: every waiter has left
-        heads[row, 0] = tail
+        queued[row] = 0
         return COMPLETED, t, t
-    while head < tail and waits[row, head] <= t:
-        head += 1
-    heads[row, 0] = head
-    if limit >= 0 and tail - head >= limit:
+    if _left(waits, queued, row, t) >= limit >= 0:
         return REJECTED, t, t
-    deadline = t + timeout
-    heads[row, 1] = tail + 1
-    if m > deadline:
-        waits[row, tail] = deadline
-        return TIMED_OUT, t, deadline
-    waits[row, tail] = m
+    leave = min(t + timeout, deadline)
+    if m > leave:
+        _join(waits, queued, row, leave)
+        return TIMED_OUT, t, leave
+    _join(waits, queued, row, m)
     return COMPLETED, m, m
 
 
@@ -321,10 +399,11 @@ def served_at_node(f: int, node: int, slot: int, start: float, service: float, m
 
 @njit(cache=True, _nrt=False)
 def parts_over(
-    f: int, i: int, slot: int, t: float, service: np.ndarray, times: np.ndarray, measured: bool, fleets: tuple
+    f: int, i: int, slot: int, t: float, deadline: float, service: np.ndarray, times: np.ndarray, measured: bool, fleets: tuple
 ) -> tuple[int, float]:
     """Request i's visit sent at t, its shards (or itself) decided (`parts`): its outcome and end, as `sim.fleet.Fleet`
-    ends it (completed: its times, its slowest shard's service, and, measured and sharded, its skew record)."""
+    ends it (completed by the request's deadline: its times, its slowest shard's service, and, measured and
+    sharded, its skew record)."""
     shards, parts, skew, skew_n = fleets[10], fleets[15], fleets[12], fleets[13]
     k = shards[f]
     o, end, last, alone = COMPLETED, parts[0, 3], 0, parts[0, 4]
@@ -333,7 +412,7 @@ def parts_over(
         if parts[j, 3] > end:
             end, last = parts[j, 3], j
         alone = max(alone, parts[j, 4])
-    if o != COMPLETED:
+    if o != COMPLETED or end > deadline:
         return o, end
     times[i, slot, 0], times[i, slot, 1], times[i, slot, 2] = t, parts[last, 2], end
     service[i, slot] = alone
@@ -358,3 +437,45 @@ def retried(f: int, slot: int, t: float, fleets: tuple) -> None:
     m = tried_n[0]
     tried[m, 0], tried[m, 1] = slot, t
     tried_n[0] = m + 1
+
+
+@njit(cache=True, _nrt=False)
+def _before(t: np.ndarray, ids: np.ndarray, f: int, a: int, b: int) -> bool:
+    """Whether fleet f's resend a comes before resend b: by time, then in the order they were pushed."""
+    return t[f, a] < t[f, b] or (t[f, a] == t[f, b] and ids[f, a] < ids[f, b])
+
+
+@njit(cache=True, _nrt=False)
+def push_resend(f: int, at: float, row: int, fleets: tuple) -> None:
+    """The unsettled parts of the visit in `later[row]` are sent again at `at`."""
+    resend_t, resend_id, resends, pushed = fleets[24], fleets[25], fleets[26], fleets[27]
+    pos = resends[f]
+    resends[f] = pos + 1
+    resend_t[f, pos], resend_id[f, pos] = at, pushed[0] * ROWS + row
+    pushed[0] += 1
+    while pos > 0 and _before(resend_t, resend_id, f, pos, (pos - 1) >> 1):
+        parent = (pos - 1) >> 1
+        resend_t[f, pos], resend_t[f, parent] = resend_t[f, parent], resend_t[f, pos]
+        resend_id[f, pos], resend_id[f, parent] = resend_id[f, parent], resend_id[f, pos]
+        pos = parent
+
+
+@njit(cache=True, _nrt=False)
+def pop_resend(f: int, fleets: tuple) -> tuple[float, int]:
+    """Fleet f's first resend taken out: (its time, its row of `later`)."""
+    resend_t, resend_id, resends = fleets[24], fleets[25], fleets[26]
+    at, row = resend_t[f, 0], resend_id[f, 0] % ROWS
+    size = resends[f] - 1
+    resends[f] = size
+    resend_t[f, 0], resend_id[f, 0] = resend_t[f, size], resend_id[f, size]
+    pos = 0
+    while 2 * pos + 1 < size:
+        child = 2 * pos + 1
+        if child + 1 < size and _before(resend_t, resend_id, f, child + 1, child):
+            child += 1
+        if not _before(resend_t, resend_id, f, child, pos):
+            break
+        resend_t[f, pos], resend_t[f, child] = resend_t[f, child], resend_t[f, pos]
+        resend_id[f, pos], resend_id[f, child] = resend_id[f, child], resend_id[f, pos]
+        pos = child
+    return at, row

@@ -23,7 +23,8 @@ from numba import njit
 
 from aif_sim.compiled.batching import run_until, slowdown_at, visit_ended, visit_over, wake
 from aif_sim.compiled.caches import due, insert, lookup, lookup_own, settle
-from aif_sim.compiled.fleets import parts_over, pick, retried, served_at_node, visit_node
+from aif_sim.compiled.deadlines import wasted, wasted_order
+from aif_sim.compiled.fleets import parts_over, pick, pop_resend, push_resend, retried, served_at_node, visit_node
 
 COMPLETED, REJECTED, TIMED_OUT = 0, 1, 2  # core.request.Outcome
 
@@ -109,12 +110,9 @@ def _stable_order(index: np.ndarray, key: np.ndarray, tie: np.ndarray, count: in
 
 
 @njit(cache=True, _nrt=False)
-def _served(service: np.ndarray, i: int, slot: int, start: float, slow_at: np.ndarray, slow_t: np.ndarray, slow_v: np.ndarray) -> float:
-    """Request i's service at `slot` for a visit starting at `start`, slowed down as the stage then is (written back)."""
-    factor = slowdown_at(slot, start, slow_at, slow_t, slow_v)
-    if factor != 1.0:
-        service[i, slot] = service[i, slot] * factor
-    return service[i, slot]
+def _nodes(f: int, fleets: tuple) -> int:
+    """The nodes of fleet f (-1: a stage of one pool)."""
+    return fleets[0][f] if f >= 0 else 1
 
 
 @njit(cache=True, _nrt=False)
@@ -133,45 +131,211 @@ def _fleet_visit(
     measured: bool,
     slow: tuple,
     fleets: tuple,
+    abandon: tuple,
+    batches: tuple,
 ) -> tuple[int, float]:
     """Request i's visit at t to fleet f's stage, sharded or retrying (`fleets`): a node picked for each shard (or the
-    visit), then each served at its node, the last first, a rejected one sent at once to another node while the
-    stage's retries last; the visit's outcome and end (`fleets.parts_over`). `limits`: the stage's queue limit and
-    timeout, and the cache miss each shard waits for."""
-    limit, timeout, miss_s = limits
-    nodes, shards, shard_at, holding, parts, retries = fleets[0], fleets[10], fleets[11], fleets[14], fleets[15], fleets[16]
+    visit), then each sent to its node, the last first (`_send_part`); the visit's outcome and end
+    (`fleets.parts_over`), or (-1, t) when a part timed out and is sent again later (`later`, `_resend_until`).
+    `limits`: the stage's queue limit and timeout, and the cache miss each shard waits for; `abandon`: the
+    request's deadline, its id, the step's calls `first:stop` and this call's position p among them, and the
+    wasted records (`deadlines`)."""
+    miss_s = limits[2]
+    deadline, request, first, stop, p = abandon[:5]
+    shards, shard_at, holding, parts = fleets[10], fleets[11], fleets[14], fleets[15]
     k = shards[f]
     for j in range(k):  # every pick sees the counts before any shard joins
-        node = pick(f, t, base, threads, free, fleets, j)
+        node = pick(f, t, base, threads, free, fleets, j, -1, batches)
         holding[node] = True
         parts[j, 0] = node
-    held = k
+    waiting = 0
     for q in range(k):
         j = k - 1 if q == 0 else q - 1
-        node = int(parts[j, 0])
-        s = service[i, slot] if k == 1 else shard_s[i, shard_at[f] + j] + miss_s
-        for attempt in range(retries[f] + 1):
-            if attempt:
-                if held == nodes[f]:
-                    break  # no node left to send it to
-                node = pick(f, t, base, threads, free, fleets, held)
-                holding[node] = True
-                held += 1
-                retried(f, slot, t, fleets)
-            at = base + node * threads
-            o, start, e = visit_node(f, node, t, free[at], limit, timeout, fleets)
-            if o == COMPLETED:
-                factor = slowdown_at(slot, start, slow[0], slow[1], slow[2])
-                if factor != 1.0:
-                    s = s * factor
-                e = start + s
-                free[at] = e
-                _sift_down(free, at, threads, 0)
-                served_at_node(f, node, slot, start, s, measured, fleets)
-                break
-        parts[j, 1], parts[j, 2], parts[j, 3], parts[j, 4] = o, start, e, s
+        parts[j, 6], parts[j, 7] = 0, service[i, slot] if k == 1 else shard_s[i, shard_at[f] + j] + miss_s
+        settled = _send_part(f, slot, j, t, False, base, threads, free, limits, measured, slow, fleets, abandon, batches)
+        parts[j, 8] = 0.0 if settled else 1.0
+        waiting += not settled
+    if waiting:
+        later, later_t, later_parts, stack, stacked = fleets[19:24]
+        stacked[0] -= 1
+        row = stack[stacked[0]]
+        later[row, 0], later[row, 1], later[row, 2], later[row, 3], later[row, 5] = i, slot, f, waiting, measured
+        later[row, 6], later[row, 7], later[row, 8] = p, first, stop
+        later[row, 4] = 0
+        for node in range(fleets[0][f]):
+            if holding[node]:
+                later[row, 4] |= 1 << node
+        later_t[row, 0], later_t[row, 1] = t, deadline
+        _keep_parts(parts, later_parts, row, k, True)
+        holding[:] = False
+        push_resend(f, t + limits[1], row, fleets)  # every part sent at t that timed out leaves its queue then
+        return -1, t
     holding[:] = False
-    return parts_over(f, i, slot, t, service, times, measured, fleets)
+    return parts_over(f, i, slot, t, deadline, service, times, measured, fleets)
+
+
+@njit(cache=True, _nrt=False)
+def _keep_parts(parts: np.ndarray, later_parts: np.ndarray, row: int, k: int, keep: bool) -> None:
+    """A visit's k parts copied into its row of `later_parts` (`keep`), or back."""
+    for j in range(k):
+        for c in range(parts.shape[1]):
+            if keep:
+                later_parts[row, j, c] = parts[j, c]
+            else:
+                parts[j, c] = later_parts[row, j, c]
+
+
+@njit(cache=True, _nrt=False)
+def _send_part(
+    f: int,
+    slot: int,
+    j: int,
+    x: float,
+    again: bool,
+    base: int,
+    threads: int,
+    free: np.ndarray,
+    limits: tuple,
+    measured: bool,
+    slow: tuple,
+    fleets: tuple,
+    abandon: tuple,
+    batches: tuple,
+) -> bool:
+    """Part j of a visit to fleet f's stage (`parts[j]`: its node, ..., its retries so far, its own service) sent at
+    x to its node, a rejected one sent at once to another node not holding a part of the visit while the stage's
+    retries last; `again`: a part that timed out, sent again now to such a node if one is left (`sim.fleet`'s
+    `_deliver`). True when the part is settled (`parts[j]` its outcome, start, end, service); False when it timed
+    out with a retry left: simpy sends it again when it leaves the queue, at its end."""
+    limit, timeout = limits[0], limits[1]
+    deadline, request, first, stop, p, dropped = abandon
+    nodes, shards, holding, parts, retries = fleets[0], fleets[10], fleets[14], fleets[15], fleets[16]
+    node = int(parts[j, 0])
+    while True:
+        if again:
+            held = 0
+            for n in range(nodes[f]):
+                held += holding[n]
+            if held == nodes[f]:
+                return True  # no node left to send it to
+            node = pick(f, x, base, threads, free, fleets, held, -1, batches)
+            holding[node] = True
+            parts[j, 6] += 1
+            retried(f, slot, x, fleets)
+        again = True
+        s = parts[j, 7]
+        at = base + node * threads
+        o, start, e = visit_node(f, node, x, free[at], limit, timeout, deadline, fleets)
+        if o == COMPLETED:
+            s = s * slowdown_at(slot, start, slow[0], slow[1], slow[2])
+            e = start + s
+            free[at] = e if e <= deadline else deadline + (e - deadline)
+            _sift_down(free, at, threads, 0)
+            served_at_node(f, node, slot, start, s, measured, fleets)
+            if e > deadline:
+                wasted(dropped, slot, deadline, request, wasted_order(p, first, stop, j, shards[f]), start, s, node)
+        parts[j, 0], parts[j, 1], parts[j, 2], parts[j, 3], parts[j, 4] = node, o, start, e, s
+        if o == COMPLETED or parts[j, 6] >= retries[f]:
+            return True
+        if o == TIMED_OUT:
+            return e >= deadline  # left at the request's deadline: abandoned; else sent again when it leaves
+
+
+@njit(cache=True, _nrt=False)
+def _resends(
+    slot: int,
+    x: float,
+    k: int,
+    steps: int,
+    pools: tuple,
+    fleet_of: np.ndarray,
+    fleets: tuple,
+    dropped: tuple,
+    batches: tuple,
+    req: tuple,
+    visits: tuple,
+    slow: tuple,
+    inserting: tuple,
+) -> None:
+    """`_resend_until` x for the stage in `slot`, a fleet with parts to send again (`pools`: the stages' `free_at`,
+    `free`, `queue_limit` and `timeout_s`)."""
+    f = fleet_of[slot]
+    free_at, free, queue_limit, timeout_s = pools
+    service = visits[5]
+    base = free_at[slot]
+    threads = (free_at[slot + 1] - base) // fleets[0][f]
+    limits = (queue_limit[slot], timeout_s[slot], 0.0)
+    _resend_until(f, x, k, steps, base, threads, free, limits, service, visits, slow, fleets, dropped, batches, req, inserting)
+
+
+@njit(cache=True, _nrt=False)
+def _resend_until(
+    f: int,
+    x: float,
+    k: int,
+    steps: int,
+    base: int,
+    threads: int,
+    free: np.ndarray,
+    limits: tuple,
+    service: np.ndarray,
+    visits: tuple,
+    slow: tuple,
+    fleets: tuple,
+    dropped: tuple,
+    batches: tuple,
+    req: tuple,
+    ends: tuple,
+) -> None:
+    """Fleet f's parts sent again before x (`later`), in the order simpy sends them: by time, visits in the order they
+    were sent, a visit's parts in the order they were first sent. A visit whose last part settles ends
+    (`parts_over`): its cache inserts, and its step's wait for it is over (`visit_ended`). `ends`: the guard and
+    read-through caches per slot, the cache inserts, and the time at which lookups stop (`advance`)."""
+    resends, holding, parts = fleets[26], fleets[14], fleets[15]
+    later, later_t, later_parts, stack, stacked = fleets[19:24]
+    times, miss, cache_hit, users, measured = visits[:5]
+    guard, reads, inserts, until = ends
+    ids, shards = req[11], fleets[10]
+    while resends[f] > 0 and fleets[24][f, 0] < x:
+        at, row = pop_resend(f, fleets)
+        i, slot, waiting = later[row, 0], later[row, 1], later[row, 3]
+        kk = shards[f]
+        _keep_parts(parts, later_parts, row, kk, False)
+        for node in range(fleets[0][f]):
+            holding[node] = (later[row, 4] >> node) & 1
+        t, deadline = later_t[row, 0], later_t[row, 1]
+        abandon = (deadline, ids[i], later[row, 7], later[row, 8], later[row, 6], dropped)
+        sent = False
+        for q in range(kk):
+            j = kk - 1 if q == 0 else q - 1
+            if parts[j, 8] == 0.0 or parts[j, 3] != at:
+                continue
+            if _send_part(f, slot, j, at, True, base, threads, free, limits, measured[i], slow, fleets, abandon, batches):
+                parts[j, 8] = 0.0
+                waiting -= 1
+            else:
+                sent = True
+        later[row, 3], later[row, 4] = waiting, 0
+        for node in range(fleets[0][f]):
+            if holding[node]:
+                later[row, 4] |= 1 << node
+        holding[:] = False
+        _keep_parts(parts, later_parts, row, kk, True)
+        if sent:
+            push_resend(f, at + limits[1], row, fleets)
+        if waiting:
+            continue
+        later[row, 0] = -1  # the visit is over: its row goes back
+        stack[stacked[0]] = row
+        stacked[0] += 1
+        o, e = parts_over(f, i, slot, t, deadline, service, times, measured[i], fleets)
+        if o == COMPLETED and e <= deadline:
+            g, r = (guard[slot], reads[slot]) if t < until else (-1, -1)
+            if r >= 0 and cache_hit[i, r] == 0.0:  # its read missed: the entry goes in when the visit ends
+                insert(inserts, r, i, k, e, users[i])
+            if g >= 0:
+                insert(inserts, g, i, k, e, users[i])
+        visit_ended(i, o, e, k, steps, req)
 
 
 @njit(cache=True, nogil=True)
@@ -196,6 +360,7 @@ def advance(
     batches: tuple,
     fleet_of: np.ndarray,
     fleets: tuple,
+    dropped: tuple,
     shard_s: np.ndarray,
     req: tuple,
     users: np.ndarray,
@@ -239,18 +404,26 @@ def advance(
     Stages of several nodes (`fleet_of[slot]` >= 0, state `fleets`, see `fleets`): the balancer picks a node at
     the visit's arrival, whose pool (its servers' region of `free`, its own waiters) serves it as above; a
     sharded stage's visit is one such visit per shard, on distinct nodes, with the shard services `shard_s[i]`,
-    and a stage that retries sends a rejected one on to another node.
+    and a stage that retries sends a rejected one on to another node at once, a timed-out one when it leaves its
+    queue (`_resends`, before each arrival and up to `limit`: the step waits for the visit meanwhile).
+
+    Deadlines (`req`'s `deadline`, see `deadlines`): a visit still queued at its request's deadline leaves the
+    queue then; one in service runs on as wasted work (recorded in `dropped`), freeing its server when simpy does.
     """
-    arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, numbered, hop = req
+    arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, numbered, hop, ids, deadline = req
     n = len(arrive)
     steps = len(step_at) - 1
     at, older, newer, ends, capacity, ttl, counts, pend_t, pend_key, pend_n, pend_seq, made, flush_t, flush_nodes, flush_next = caches
     cache_of, keyed, cache_step, cache_in = own
     inserts = (pend_t, pend_key, pend_n, pend_seq, made, cache_of, keyed, cache_step, cache_in)
     visits = (times, miss, cache_hit, users, measured, service)
+    inserting = (guard, reads, inserts, until)
+    pools = (free_at, free, queue_limit, timeout_s)
+    resends = fleets[26]  # per fleet, its parts to send again later
     slow = (slow_at, slow_t, slow_v)
     bslots, bservers, q_req, q_at, heads, serving = batches[0], batches[1], batches[4], batches[5], batches[6], batches[11]
-    joined = np.zeros(len(bslots), np.bool_)  # batching stages someone joined at the current time
+    joined = np.zeros(len(bslots), np.int64)  # batching queues someone joined at the current time: the order of the first join
+    joins = 0
     index = np.empty(n, np.int64)
     key = np.empty(n, np.float64)
     tie = np.empty(n, np.int64)
@@ -267,10 +440,14 @@ def advance(
         for j in range(count):
             i = order[j]
             t = arrive[i]
-            for p in range(first, stop):  # the step's batching stages: their events before this arrival
-                b = slot_batch[step_slots[p]]
+            due_s = deadline[i]
+            for p in range(first, stop):  # the step's batching stages and parts sent again: their events before this arrival
+                b, f = slot_batch[step_slots[p]], fleet_of[step_slots[p]]
+                if f >= 0 and resends[f]:
+                    _resends(step_slots[p], t, k, steps, pools, fleet_of, fleets, dropped, batches, req, visits, slow, inserting)
                 if b >= 0:
-                    run_until(b, t, timeout_s[bslots[b]], k, steps, batches, req, visits, guard, reads, inserts, slow)
+                    nodes = _nodes(fleet_of[step_slots[p]], fleets)
+                    run_until(b, nodes, t, timeout_s[bslots[b]], k, steps, batches, req, visits, guard, reads, inserts, slow)
             step_end[i] = t
             worst[i] = COMPLETED
             end_order[i] = rank[i]  # a step that ends as it starts keeps the request's place
@@ -306,14 +483,18 @@ def advance(
                     else:
                         miss[i, slot] = 0.0
                 b = slot_batch[slot]
-                if b >= 0:  # join the batching queue, unless every server serves a batch and the queue is full
+                if b >= 0:  # join the batching queue (a node's), unless every server serves a batch and the queue is full
+                    if fleet_of[slot] >= 0:
+                        b += pick(fleet_of[slot], t, 0, 0, free, fleets, 0, b, batches)
                     head, tail = heads[b, 0], heads[b, 1]
                     if queue_limit[slot] >= 0 and serving[b] >= bservers[b] and tail - head >= queue_limit[slot]:
                         worst[i] = max(worst[i], REJECTED)
                     else:
                         q_req[b, tail], q_at[b, tail] = i, t
                         heads[b, 1] = tail + 1
-                        joined[b] = True
+                        if not joined[b]:
+                            joins += 1
+                            joined[b] = joins
                         pending[i] += 1
                     continue
                 base = free_at[slot]
@@ -327,11 +508,17 @@ def advance(
                     servers //= fleets[0][f]
                     if fleets[10][f] > 1 or fleets[16][f] > 0:
                         limits = (queue_limit[slot], timeout_s[slot], miss[i, slot] if read_miss else 0.0)
-                        o, e = _fleet_visit(f, i, slot, t, base, servers, free, limits, shard_s, service, times, measured[i], slow, fleets)
+                        abandon = (due_s, ids[i], first, stop, p, dropped)
+                        o, e = _fleet_visit(
+                            f, i, slot, t, base, servers, free, limits, shard_s, service, times, measured[i], slow, fleets, abandon, batches
+                        )
+                        if o < 0:  # a part is sent again later: the step waits for the visit
+                            pending[i] += 1
+                            continue
                     else:
-                        node = pick(f, t, base, servers, free, fleets, 0)
+                        node = pick(f, t, base, servers, free, fleets, 0, -1, batches)
                         base += node * servers
-                        o, start, e = visit_node(f, node, t, free[base], queue_limit[slot], timeout_s[slot], fleets)
+                        o, start, e = visit_node(f, node, t, free[base], queue_limit[slot], timeout_s[slot], due_s, fleets)
                 elif m > t:  # every server held: queue, unless rejected or timed out
                     limited = queue_limit[slot] >= 0
                     waiting = 0
@@ -344,12 +531,12 @@ def advance(
                         o = REJECTED
                         e = t
                     else:
-                        deadline = t + timeout_s[slot]
-                        if m > deadline:  # no server handed over before the timeout
+                        leave = min(t + timeout_s[slot], due_s)
+                        if m > leave:  # no server handed over before the timeout, or the request's deadline
                             o = TIMED_OUT
-                            e = deadline
+                            e = leave
                             if limited:
-                                waiting = _push(left, lb, waiting, deadline)
+                                waiting = _push(left, lb, waiting, leave)
                         else:
                             start = m
                             if limited:
@@ -357,15 +544,22 @@ def advance(
                     if limited:
                         left_n[slot] = waiting
                 if o == COMPLETED and (f < 0 or node >= 0):  # served from `start` on the server that frees first
-                    e = start + _served(service, i, slot, start, slow_at, slow_t, slow_v)
-                    free[base] = e
+                    s = service[i, slot] * slowdown_at(slot, start, slow_at, slow_t, slow_v)  # as the stage is when it starts
+                    e = start + s
+                    if f < 0 or e <= due_s:  # written back (a node's visit: once it completes)
+                        service[i, slot] = s
+                    if e <= due_s:
+                        free[base] = e
+                        times[i, slot, 0] = t
+                        times[i, slot, 1] = start
+                        times[i, slot, 2] = e
+                    else:  # abandoned in service at the deadline: the server finishes it for nothing
+                        free[base] = due_s + (e - due_s)
+                        wasted(dropped, slot, due_s, ids[i], wasted_order(p, first, stop, 0, 1), start, s, node)
                     _sift_down(free, base, servers, 0)
-                    times[i, slot, 0] = t
-                    times[i, slot, 1] = start
-                    times[i, slot, 2] = e
                     if f >= 0:
-                        served_at_node(f, node, slot, start, service[i, slot], measured[i], fleets)
-                if o == COMPLETED:
+                        served_at_node(f, node, slot, start, s, measured[i], fleets)
+                if o == COMPLETED and e <= due_s:
                     if read_miss:
                         insert(inserts, r, i, k, e, users[i])
                     if g >= 0:
@@ -374,12 +568,25 @@ def advance(
             visit_ended(i, COMPLETED, t, k, steps, req)
             if j + 1 < count and arrive[order[j + 1]] == t:
                 continue  # a batch's members arrive together: every one joins before a dispatcher looks (simpy)
-            for p in range(first, stop):  # the dispatchers of the step's queues see who joined
+            for p in range(first, stop):  # the dispatchers of the step's queues see who joined, in the order they joined
                 b = slot_batch[step_slots[p]]
-                if b >= 0 and joined[b]:
-                    joined[b] = False
-                    wake(b, t, k, steps, batches, req, visits, guard, reads, inserts, slow)
-        for p in range(first, stop):  # the batching stages' events before the next unseen arrival
-            b = slot_batch[step_slots[p]]
+                if b < 0:
+                    continue
+                nodes = _nodes(fleet_of[step_slots[p]], fleets)
+                while True:
+                    woken = -1
+                    for q in range(b, b + nodes):
+                        if joined[q] and (woken < 0 or joined[q] < joined[woken]):
+                            woken = q
+                    if woken < 0:
+                        break
+                    joined[woken] = 0
+                    wake(woken, t, k, steps, batches, req, visits, guard, reads, inserts, slow)
+            joins = 0
+        for p in range(first, stop):  # the batching stages' events and parts sent again before the next unseen arrival
+            b, f = slot_batch[step_slots[p]], fleet_of[step_slots[p]]
+            if f >= 0 and resends[f]:
+                _resends(step_slots[p], limit, k, steps, pools, fleet_of, fleets, dropped, batches, req, visits, slow, inserting)
             if b >= 0:
-                run_until(b, limit, timeout_s[bslots[b]], k, steps, batches, req, visits, guard, reads, inserts, slow)
+                nodes = _nodes(fleet_of[step_slots[p]], fleets)
+                run_until(b, nodes, limit, timeout_s[bslots[b]], k, steps, batches, req, visits, guard, reads, inserts, slow)

@@ -23,12 +23,10 @@ def unsupported(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler])
         return f"unknown pipeline {pipeline!r}"
     stages = scenario.pipeline(pipeline).stages
     if scenario.deadline_ms is not None:
-        return "the compiled engine does not model request deadlines yet (deadline_ms)"
-    for what, has in (
-        ("hedges (hedge_after_ms)", lambda stage: stage.hedge_after_ms is not None),
-        ("retries of timed-out visits (retries with timeout_ms)", lambda stage: stage.retries > 0 and stage.timeout_ms is not None),
-        ("batching", lambda stage: stage.batch is not None),
-    ):
+        batching = [name for name in stages if scenario.stages[name].batch is not None]
+        if batching:
+            return f"the compiled engine does not model request deadlines (deadline_ms) with batching stages yet ({', '.join(batching)})"
+    for what, has in (("hedges (hedge_after_ms)", lambda stage: stage.hedge_after_ms is not None),):
         named = [name for name in stages if scenario.stages[name].nodes > 1 and has(scenario.stages[name])]
         if named:
             return f"the compiled engine does not model {what} on stages of several nodes yet ({', '.join(named)})"
@@ -71,7 +69,10 @@ def _ties_likely(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler]
     values (constant, empirical) meeting arrivals that do too: trace times (rounded, repeated), or, at a queueing
     stage (a queue limit, a timeout, batching, several nodes), the ends of an earlier step of such services or of
     batches (sums that coincide, members that end together); a sharded stage of such services ends the shards of
-    a visit together, and the shards queued behind them on several nodes start at one instant."""
+    a visit together, and the shards queued behind them on several nodes start at one instant; a request's
+    deadline can fall exactly at the end of its own visits of such services; and requests arriving together at a
+    batching stage of several nodes wake several dispatchers at one instant, which draw from the stage's one stream,
+    or at a sharded stage have their shards sent (and timed out) interleaved."""
     names = scenario.pipeline(pipeline).stages
     tiny = [name for name in names if isinstance(samplers[name], Gamma) and samplers[name].cv > 1]
     if tiny:
@@ -80,6 +81,11 @@ def _ties_likely(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler]
             f"times below the clock's resolution, so a visit ends at the instant it starts ({', '.join(tiny)})"
         )
     discrete = [name for name in names if _few_values(samplers[name], scenario.stages[name].per_candidate_us)]
+    if discrete and scenario.deadline_ms is not None:
+        return (
+            "the compiled engine may order events at equal times unlike simpy: a request deadline meets constant or empirical "
+            f"services, whose visits can end exactly at it ({', '.join(discrete)})"
+        )
     sharded = [name for name in discrete if scenario.stages[name].shards > 1]
     if sharded:
         return (
@@ -89,6 +95,7 @@ def _ties_likely(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler]
     if discrete and isinstance(scenario.traffic.arrival, TraceArrival):
         return f"the compiled engine may order events at equal times unlike simpy: trace arrivals into constant or empirical services ({', '.join(discrete)})"
     earlier: list[str] = []  # the stages of earlier steps whose ends can coincide
+    batched: list[str] = []  # the batching stages of earlier steps
     for step in scenario.pipeline(pipeline).steps:
         stages = [call.stage for call in calls_of(step)]
         for name in stages:
@@ -99,7 +106,20 @@ def _ties_likely(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler]
                     f"the compiled engine may order events at equal times unlike simpy: {name} queues with constant or empirical "
                     f"services after constant, empirical or batched services at {', '.join(earlier)}"
                 )
+            together = ", ".join(batched) if batched else "trace arrivals" if isinstance(scenario.traffic.arrival, TraceArrival) else ""
+            if together and config.batch is not None and config.nodes > 1:
+                return (
+                    f"the compiled engine may order events at equal times unlike simpy: {name} batches on several nodes whose "
+                    f"dispatchers, woken at one instant by requests arriving together (after {together}), draw the stage's batch "
+                    "services in simpy's scheduling order"
+                )
+            if together and config.shards > 1:
+                return (
+                    f"the compiled engine may order events at equal times unlike simpy: {name} shards the visits of requests "
+                    f"arriving together (after {together}), whose shards simpy sends, and times out, interleaved"
+                )
         earlier += [name for name in stages if name in discrete or scenario.stages[name].batch is not None]
+        batched += [name for name in stages if scenario.stages[name].batch is not None]  # members arrive on together
     return None
 
 

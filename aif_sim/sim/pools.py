@@ -108,20 +108,21 @@ class StagePool:
         self.timeout_s = config.timeout_ms / 1000 if config.timeout_ms is not None else None
         self.recorder = recorder
         self.slowdown = 1.0  # service-time multiplier (a stage_slowdown fault)
-        self.visiting: set[simpy.Process] = set()  # on a fleet's node: the processes of the visits it holds
+        self.visiting: dict[simpy.Process, None] = {}  # on a fleet's node: the processes of the visits it holds, in the
+        # order they came (a node lost fails them in that order: a set's order would follow memory addresses)
 
     def serve_part(self, request: Request, part: Part) -> Generator[simpy.Event, Any, Outcome]:
         """A part of a visit on a node of a fleet, failed (rejected) if the node is lost meanwhile (`lose`)."""
         process = self.env.active_process
         assert process is not None
-        self.visiting.add(process)
+        self.visiting[process] = None
         sent, outcome = self.env.now, None
         part.started = part.ended = math.nan
         try:
             outcome = yield from self.serve(request, part)
             return outcome
         finally:
-            self.visiting.discard(process)
+            self.visiting.pop(process, None)
             trace = self.recorder.trace
             if trace is not None:
                 assert self.node is not None
@@ -209,13 +210,14 @@ class StagePool:
 
 
 class _Waiting(Waiting):
-    """A request waiting in a batching queue; `picked` fires when its batch starts (only with a timeout), `done` when it ends."""
+    """A request waiting in a batching queue; `picked` fires when its batch starts (only with a timeout), `done` when it
+    ends; `part`: on a node of a fleet, the part of the visit it is (its times go there)."""
 
-    __slots__ = ("picked", "done", "taken")
+    __slots__ = ("picked", "done", "taken", "part")
 
-    def __init__(self, request: Request, arrived: float, picked: simpy.Event | None, done: simpy.Event) -> None:
+    def __init__(self, request: Request, arrived: float, picked: simpy.Event | None, done: simpy.Event, part: Part | None) -> None:
         super().__init__(request, arrived)
-        self.picked, self.done, self.taken = picked, done, False
+        self.picked, self.done, self.taken, self.part = picked, done, False, part
 
 
 class BatchingPool(StagePool):
@@ -262,11 +264,13 @@ class BatchingPool(StagePool):
     def outstanding(self) -> int:
         return self.waiting.live + self.members
 
-    def serve(self, request: Request) -> Generator[simpy.Event, Any, Outcome]:
+    def serve(self, request: Request, part: Part | None = None) -> Generator[simpy.Event, Any, Outcome]:
+        """The request's visit, served in a batch (its times written to the request, or to `part`: the visit on a
+        node of a fleet)."""
         env = self.env
         if self.full():
             return Outcome.REJECTED
-        waiting = _Waiting(request, env.now, env.event() if self.timeout_s is not None else None, env.event())
+        waiting = _Waiting(request, env.now, env.event() if self.timeout_s is not None else None, env.event(), part)
         self.waiting.add(waiting)
         if not self._arrival.triggered:
             self._arrival.succeed()
@@ -334,5 +338,8 @@ class BatchingPool(StagePool):
         self.recorder.batch(self.slot, started, service, sum(w.request.measured for w in batch), len(batch), self.node)
         base = 3 * self.slot
         for waiting in batch:
-            waiting.request.times[base : base + 3] = (waiting.arrived, started, env.now)
+            if waiting.part is None:
+                waiting.request.times[base : base + 3] = (waiting.arrived, started, env.now)
+            else:
+                waiting.part.started, waiting.part.ended = started, env.now
             waiting.done.succeed(Outcome.COMPLETED)
