@@ -123,6 +123,22 @@ def _running_sum(total: float, values: np.ndarray) -> float:
     return float(np.add.accumulate(np.concatenate(([total], values)))[-1]) if len(values) else total
 
 
+def _running_sums(totals: list[float], groups: np.ndarray, values: np.ndarray) -> list[float]:
+    """Each `totals[g]` plus the values of group g (`groups`), in turn, as a loop of `+=` would add them: one
+    accumulation along the rows of a grid [group, its values in order], each row padded with zeros (adding 0.0 to
+    a sum changes nothing)."""
+    counts = np.bincount(groups, minlength=len(totals))
+    if len(values) == 0:
+        return totals
+    order = np.argsort(groups.astype(np.min_scalar_type(len(totals))), kind="stable")  # a radix sort, for small ints
+    ranked = groups[order]
+    column = np.arange(1, len(values) + 1) - (np.cumsum(counts) - counts)[ranked]
+    grid = np.zeros((len(totals), 1 + int(counts.max())))
+    grid[:, 0] = totals
+    grid[ranked, column] = values[order]
+    return np.add.accumulate(grid, axis=1)[:, -1].tolist()
+
+
 def _node_utilization(stage: StageRecord, per_s: float) -> list[float]:
     """Each node's utilisation (its busy share of its threads): the stage's own with one node."""
     if stage.nodes == 1:
@@ -308,8 +324,7 @@ class Recorder:
         busy = np.maximum(0.0, np.minimum(started_s + service_s, hi) - np.maximum(started_s, lo))
         stage.busy_window_s = _running_sum(stage.busy_window_s, busy)
         stage.compute_s = _running_sum(stage.compute_s, service_s[measured])
-        for node in np.flatnonzero(np.bincount(nodes)).tolist():
-            stage.node_busy_window_s[node] = _running_sum(stage.node_busy_window_s[node], busy[nodes == node])
+        stage.node_busy_window_s = _running_sums(stage.node_busy_window_s, nodes, busy)
 
     def cut(self, slot: int, node: int | None, from_s: float, to_s: float) -> None:
         """A visit counted busy on a node until `to_s` stopped at `from_s` (its node went down)."""
