@@ -129,19 +129,16 @@ def _where(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def _running_sums(totals: list[float], groups: np.ndarray, values: np.ndarray) -> list[float]:
-    """Each `totals[g]` plus the values of group g (`groups`), in turn, as a loop of `+=` would add them: one
-    accumulation along the rows of a grid [group, its values in order], each row padded with zeros (adding 0.0 to
-    a sum changes nothing)."""
-    counts = np.bincount(groups, minlength=len(totals))
-    if len(values) == 0:
-        return totals
+    """Each `totals[g]` plus the values of group g (`groups`), in turn, as a loop of `+=` would add them."""
+    out = list(totals)
     order = np.argsort(groups.astype(np.min_scalar_type(len(totals))), kind="stable")  # a radix sort, for small ints
-    ranked = groups[order]
-    column = np.arange(1, len(values) + 1) - (np.cumsum(counts) - counts)[ranked]
-    grid = np.zeros((len(totals), 1 + int(counts.max())))
-    grid[:, 0] = totals
-    grid[ranked, column] = values[order]
-    return np.add.accumulate(grid, axis=1)[:, -1].tolist()
+    grouped = values[order]
+    start = 0
+    for group, end in enumerate(np.cumsum(np.bincount(groups, minlength=len(totals))).tolist()):
+        if end > start:
+            out[group] = _running_sum(out[group], grouped[start:end])
+        start = end
+    return out
 
 
 def _node_utilization(stage: StageRecord, per_s: float) -> list[float]:
