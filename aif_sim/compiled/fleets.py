@@ -186,71 +186,78 @@ class FleetState:
         before it, and drop them."""
         rec, rec_n, skew, skew_n = self.state[8], self.state[9], self.state[12], self.state[13]
         slots = len(self.shard_at)
-        for slot, mine in _by_slot(_taken(rec, rec_n, 2, before, slots)):
+        firsts, rows = _taken(rec, rec_n, 2, before, slots)
+        for slot, mine in _by_slot(firsts, rows):
             recorder.node_busy_many(slot, mine[:, 1].astype(np.int64), mine[:, 2], mine[:, 3], mine[:, 4] != 0)
-        for slot, mine in _by_slot(_taken(skew, skew_n, 1, before, slots)):
+        for slot, mine in _by_slot(*_taken(skew, skew_n, 1, before, slots)):
             recorder.shard_skew_many(slot, mine[:, 2])
-        for slot, mine in _by_slot(_taken(self.state[17], self.state[18], 1, before, slots)):
+        for slot, mine in _by_slot(*_taken(self.state[17], self.state[18], 1, before, slots)):
             recorder.retry(slot, len(mine))
 
 
-def _by_slot(rows: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-    """Rows ordered by slot (column 0): each slot's, with the slot."""
-    if len(rows):
-        slots = rows[:, 0]
-        for mine in np.split(rows, np.flatnonzero(slots[1:] != slots[:-1]) + 1):
-            yield int(mine[0, 0]), mine
+def _by_slot(firsts: np.ndarray, rows: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """Each slot's rows (`rows[firsts[slot] : firsts[slot + 1]]`), with the slot, for the slots that have some."""
+    for slot in np.flatnonzero(np.diff(firsts)).tolist():
+        yield slot, rows[firsts[slot] : firsts[slot + 1]]
 
 
 @njit(cache=True)
-def _taken(rows: np.ndarray, count: np.ndarray, column: int, before: float, slots: int) -> np.ndarray:
+def _taken(rows: np.ndarray, count: np.ndarray, column: int, before: float, slots: int) -> tuple[np.ndarray, np.ndarray]:
     """The first `count[0]` rows whose `column` is below `before`, taken out (the others kept, in order, at the
-    front), ordered by slot (column 0, below `slots`), then by `column`, ties in their order (`np.lexsort`'s)."""
+    front), ordered by slot (column 0, below `slots`), then by `column`, ties in their order (`np.lexsort`'s); with
+    each slot's first row among them (`firsts[slot]`, and their number last)."""
     firsts = np.zeros(slots + 1, np.int64)
     for r in range(count[0]):
         if rows[r, column] < before:
             firsts[int(rows[r, 0]) + 1] += 1
     for slot in range(slots):
         firsts[slot + 1] += firsts[slot]
-    out = np.empty((firsts[slots], rows.shape[1]))
+    index = np.empty(firsts[slots], np.int64)
+    keys = np.empty(firsts[slots])
     at = firsts[:-1].copy()
-    kept = 0
     for r in range(count[0]):
         if rows[r, column] < before:
             slot = int(rows[r, 0])
-            out[at[slot]] = rows[r]
+            index[at[slot]] = r
+            keys[at[slot]] = rows[r, column]
             at[slot] += 1
-        else:
-            rows[kept] = rows[r]
+    for slot in range(slots):
+        _sort_by_key(index, keys, firsts[slot], firsts[slot + 1])
+    width = rows.shape[1]
+    out = np.empty((len(index), width))
+    for q in range(len(index)):
+        for c in range(width):
+            out[q, c] = rows[index[q], c]
+    kept = 0
+    for r in range(count[0]):
+        if not rows[r, column] < before:
+            for c in range(width):
+                rows[kept, c] = rows[r, c]
             kept += 1
     count[0] = kept
-    for slot in range(slots):
-        _sort_rows(out, firsts[slot], firsts[slot + 1], column)
-    return out
+    return firsts, out
 
 
 @njit(cache=True)
-def _sort_rows(rows: np.ndarray, lo: int, hi: int, column: int) -> None:
-    """Rows lo:hi ordered by `column`, stable: nearly in order already (a stage's visits start, and end, about in
-    the order they arrive), so an insertion sort, unless it has to move them far (then a merge sort)."""
+def _sort_by_key(index: np.ndarray, keys: np.ndarray, lo: int, hi: int) -> None:
+    """`index[lo:hi]` (increasing) and their `keys[lo:hi]` ordered by key, stable: nearly in order already (a stage's
+    visits start, and end, about in the order they arrive), so an insertion sort, unless it has to move them far
+    (then a merge sort)."""
     moves, budget = 0, 16 * (hi - lo) + 64
-    row = np.empty(rows.shape[1])
     for i in range(lo + 1, hi):
-        key = rows[i, column]
+        r, k = index[i], keys[i]
         j = i
-        while j > lo and rows[j - 1, column] > key:
+        while j > lo and keys[j - 1] > k:
+            index[j], keys[j] = index[j - 1], keys[j - 1]
             j -= 1
-        if j == i:
-            continue
+        index[j], keys[j] = r, k
         moves += i - j
-        if moves > budget:  # the rows before i are a stable sort of theirs: a stable sort of all keeps it so
-            order = np.argsort(rows[lo:hi, column], kind="mergesort")
-            rows[lo:hi] = rows[lo:hi][order]
+        if moves > budget:  # the part before i is a stable sort of its own: a stable sort by key of the whole keeps it so
+            order = np.argsort(index[lo:hi])
+            part, by_key = index[lo:hi][order], keys[lo:hi][order]
+            order = np.argsort(by_key, kind="mergesort")
+            index[lo:hi], keys[lo:hi] = part[order], by_key[order]
             return
-        row[:] = rows[i]
-        for q in range(i, j, -1):
-            rows[q] = rows[q - 1]
-        rows[j] = row
 
 
 def _room(rows: np.ndarray, need: int) -> np.ndarray:

@@ -140,6 +140,24 @@ def _running_sum(total: float, values: np.ndarray) -> float:
     return float(np.add.accumulate(np.concatenate(([total], values)))[-1]) if len(values) else total
 
 
+def _where(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """`values[mask]`, without the copy when the mask holds everywhere."""
+    return values if mask.all() else values[mask]
+
+
+def _running_sums(totals: list[float], groups: np.ndarray, values: np.ndarray) -> list[float]:
+    """Each `totals[g]` plus the values of group g (`groups`), in turn, as a loop of `+=` would add them."""
+    out = list(totals)
+    order = np.argsort(groups.astype(np.min_scalar_type(len(totals))), kind="stable")  # a radix sort, for small ints
+    grouped = values[order]
+    start = 0
+    for group, end in enumerate(np.cumsum(np.bincount(groups, minlength=len(totals))).tolist()):
+        if end > start:
+            out[group] = _running_sum(out[group], grouped[start:end])
+        start = end
+    return out
+
+
 def _node_utilization(stage: StageRecord, per_s: float) -> list[float]:
     """Each node's utilisation (its busy share of its threads): the stage's own with one node."""
     if stage.nodes == 1:
@@ -327,8 +345,7 @@ class Recorder:
         busy = np.maximum(0.0, np.minimum(started_s + service_s, hi) - np.maximum(started_s, lo))
         stage.busy_window_s = _running_sum(stage.busy_window_s, busy)
         stage.compute_s = _running_sum(stage.compute_s, service_s[measured])
-        for node in np.flatnonzero(np.bincount(nodes)).tolist():
-            stage.node_busy_window_s[node] = _running_sum(stage.node_busy_window_s[node], busy[nodes == node])
+        stage.node_busy_window_s = _running_sums(stage.node_busy_window_s, nodes, busy)
 
     def cut(self, slot: int, node: int | None, from_s: float, to_s: float) -> None:
         """A visit counted busy on a node until `to_s` stopped at `from_s` (its node went down)."""
@@ -474,9 +491,7 @@ class Recorder:
         if self.trace is not None:
             self.trace.finished(ids, arrival_s, users, candidates, measured, times, outcome, end_s, cache_hit)
         keep = completed & measured
-        self._completed(
-            ids[keep], arrival_s[keep], users[keep], candidates[keep], service_s[keep], times[keep], latency_ms[keep], cache_hit[keep]
-        )
+        self._completed(*(_where(column, keep) for column in (ids, arrival_s, users, candidates, service_s, times, latency_ms, cache_hit)))
 
     def _vector_ages(self, vectors: dict[str, VectorReads] | None, n: int, keep: np.ndarray) -> dict[str, np.ndarray]:
         """Account the vector ages completed measured requests read; per request, its mean age (for the time series)."""
@@ -496,18 +511,19 @@ class Recorder:
 
     def _visits(self, times: np.ndarray, measured: np.ndarray) -> None:
         """Stage statistics of the finished visits in `times` [requests, stages, (enter, start, end)]."""
-        enter, start, end = times[..., 0], times[..., 1], times[..., 2]
+        enter, start, end = (np.ascontiguousarray(times[..., k].T) for k in range(3))  # [stages, requests] each
         visited = ~np.isnan(end)
         lo, hi = self.window.start_s, self.window.end_s
         for slot, stage in enumerate(self.stages):
-            mine = visited[:, slot] & measured
-            stage.latency.add((end[mine, slot] - enter[mine, slot]) * 1000)
-            stage.wait.add((start[mine, slot] - enter[mine, slot]) * 1000)
+            mine = visited[slot] & measured
+            entered, started, ended = (_where(column[slot], mine) for column in (enter, start, end))
+            stage.latency.add((ended - entered) * 1000)
+            stage.wait.add((started - entered) * 1000)
             if not stage.batching and stage.nodes == 1:  # otherwise accounted per batch or per node (`batch`, `node_busy`)
-                seen = visited[:, slot]
-                inside = np.minimum(end[seen, slot], hi) - np.maximum(start[seen, slot], lo)
+                seen = visited[slot]
+                inside = np.minimum(_where(end[slot], seen), hi) - np.maximum(_where(start[slot], seen), lo)
                 stage.busy_window_s += float(np.clip(inside, 0.0, None).sum())
-                stage.compute_s += float((end[mine, slot] - start[mine, slot]).sum())
+                stage.compute_s += float((ended - started).sum())
 
     def _completed(
         self,
@@ -540,8 +556,9 @@ class Recorder:
         for group in self._groups:
             no_contention += service[:, group].max(axis=1)
             on_path = np.asarray(group)[np.argmax(on_path_ms[:, group], axis=1)]
+            chosen = stage_ms[rows, on_path]
             for slot in group:
-                self.stages[slot].critical_ms += float(stage_ms[rows, on_path][on_path == slot].sum())
+                self.stages[slot].critical_ms += float(_where(chosen, on_path == slot).sum())
         self.no_contention.add(no_contention)
         if self.sink is not None:
             block = CompletedBlock(
