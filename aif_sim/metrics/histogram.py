@@ -18,6 +18,7 @@ class LogHistogram:
     LOW = 1e-4  # values below (zeros, in practice) fall in bucket 0, reported as the minimum
     HIGH = 1e8
     GROWTH = 1.005
+    STEP = math.log(GROWTH)  # of the natural logarithm, from one bucket to the next
 
     def __init__(self) -> None:
         self.bins = int(math.ceil(math.log(self.HIGH / self.LOW) / math.log(self.GROWTH))) + 2
@@ -29,13 +30,14 @@ class LogHistogram:
 
     def add(self, values: np.ndarray) -> None:
         """Count an array of values."""
-        values = np.asarray(values, dtype=float)
+        from aif_sim.metrics.buckets import count_buckets  # numba: loaded when a histogram first counts
+
+        values = np.ascontiguousarray(values, dtype=float)
         if values.size == 0:
             return
-        index = np.zeros(len(values), dtype=np.int64)
-        above = values >= self.LOW
-        index[above] = 1 + np.floor(np.log(values[above] / self.LOW) / math.log(self.GROWTH)).astype(np.int64)
-        self.counts += np.bincount(np.minimum(index, self.bins - 1), minlength=self.bins)
+        with np.errstate(divide="ignore", invalid="ignore"):  # values below LOW: their logarithm is not used
+            logs = np.log(values / self.LOW)
+        count_buckets(values, logs, self.counts, self.LOW, self.STEP)
         self.count += len(values)
         self.total += float(values.sum())
         self.min = min(self.min, float(values.min()))
