@@ -10,6 +10,7 @@ import pytest
 from aif_sim.app.run import build_samplers, simulate
 from aif_sim.core.traffic import request_blocks
 from aif_sim.metrics.histogram import LogHistogram
+from aif_sim.metrics.timeseries import quantiles
 from tests.simtools import MANY, make_scenario, negligible, run_summaries
 
 QUANTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
@@ -61,6 +62,33 @@ def test_log_histogram_quantile_of_zeros_is_zero():
     values = np.concatenate([np.zeros(700), np.random.default_rng(2).exponential(5.0, 300)])
     summary = _filled(values).summary()
     assert summary["p50"] == np.percentile(values, 50, method="inverted_cdf") == 0.0
+
+
+def test_log_histogram_buckets_follow_their_definition_at_the_edges():
+    """Value v >= LOW falls in bucket 1 + floor(ln(v / LOW) / ln(GROWTH)), capped at the last; below LOW (zero,
+    negative) in bucket 0: checked one value at a time on bucket edges, the values just beside them, and beyond HIGH."""
+    hist = LogHistogram()
+    edges = LogHistogram.LOW * LogHistogram.GROWTH ** np.arange(-2, hist.bins + 2, 37).astype(float)
+    values = np.concatenate([edges, np.nextafter(edges, 0), np.nextafter(edges, np.inf), [0.0, -1.0, LogHistogram.HIGH * 10]])
+    for value in values:
+        one = LogHistogram()
+        one.add(np.array([value]))
+        with np.errstate(divide="ignore", invalid="ignore"):  # numpy's logarithm, as the histogram's
+            logarithm = float(np.log(np.array([value]) / LogHistogram.LOW)[0])
+        expected = 0 if value < LogHistogram.LOW else min(1 + math.floor(logarithm / math.log(1.005)), hist.bins - 1)
+        assert np.flatnonzero(one.counts).tolist() == [expected], value
+    hist.add(values)  # all at once: the same buckets
+    assert hist.count == len(values) == hist.counts.sum()
+    assert hist.min == -1.0 and hist.max == LogHistogram.HIGH * 10
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 100, 1999, 5000])
+def test_each_seconds_quantiles_are_numpys_linear_percentiles(size):
+    """The time series' p50 and p99 of a second are np.percentile's (linear interpolation between order statistics),
+    to the last bit, with ties and a single value."""
+    rng = np.random.default_rng(size)
+    for values in (rng.lognormal(2.0, 1.0, size), np.round(rng.exponential(3.0, size), 1), np.full(size, 7.25)):
+        assert quantiles(values).tobytes() == np.percentile(values, [50, 99]).tobytes()
 
 
 def test_slo_missed_share_matches_exponential_tail():
