@@ -77,7 +77,12 @@ class Timeseries:
 
     def arrive_many(self, arrival_s: np.ndarray) -> None:
         """Requests arrived at these times."""
-        seconds, counts = np.unique(arrival_s.astype(np.int64), return_counts=True)
+        seconds = arrival_s.astype(np.int64)
+        if len(seconds) and (seconds[1:] >= seconds[:-1]).all():  # in time order (a block of arrivals): no sort needed
+            firsts = np.flatnonzero(np.diff(seconds, prepend=-1))
+            seconds, counts = seconds[firsts], np.diff(firsts, append=len(seconds))
+        else:
+            seconds, counts = np.unique(seconds, return_counts=True)
         for second, count in zip(seconds.tolist(), counts.tolist()):
             self._offered[second] = self._offered.get(second, 0) + count
 
