@@ -1,6 +1,6 @@
 """The log histogram's bucket counting as one compiled pass (`histogram.LogHistogram.add`): the buckets the numpy
 expression it replaced gave, exactly (the same comparison and float operations on the same logarithms), without
-its masks, copies and passes over the values. Imported when a histogram first counts, so that importing the
+its masks, copies and passes over the values. Imported when the first histogram is made, so that importing the
 metrics does not import numba."""
 
 from __future__ import annotations
