@@ -8,8 +8,12 @@ import numpy as np
 import pytest
 
 from aif_sim.app.run import build_samplers, simulate
+from aif_sim.core.request import Outcome
 from aif_sim.core.traffic import request_blocks
 from aif_sim.metrics.histogram import LogHistogram
+from aif_sim.metrics.recorder import Recorder
+from aif_sim.metrics.timeseries import quantiles
+from aif_sim.scenario import load_scenario
 from tests.simtools import MANY, make_scenario, negligible, run_summaries
 
 QUANTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
@@ -61,6 +65,86 @@ def test_log_histogram_quantile_of_zeros_is_zero():
     values = np.concatenate([np.zeros(700), np.random.default_rng(2).exponential(5.0, 300)])
     summary = _filled(values).summary()
     assert summary["p50"] == np.percentile(values, 50, method="inverted_cdf") == 0.0
+
+
+def test_log_histogram_buckets_follow_their_definition_at_the_edges():
+    """Value v >= LOW falls in bucket 1 + floor(ln(v / LOW) / ln(GROWTH)), capped at the last; below LOW (zero,
+    negative) in bucket 0: checked one value at a time on bucket edges, the values just beside them, and beyond HIGH."""
+    hist = LogHistogram()
+    edges = LogHistogram.LOW * LogHistogram.GROWTH ** np.arange(-2, hist.bins + 2, 37).astype(float)
+    values = np.concatenate([edges, np.nextafter(edges, 0), np.nextafter(edges, np.inf), [0.0, -1.0, LogHistogram.HIGH * 10]])
+    for value in values:
+        one = LogHistogram()
+        one.add(np.array([value]))
+        with np.errstate(divide="ignore", invalid="ignore"):  # numpy's logarithm, as the histogram's
+            logarithm = float(np.log(np.array([value]) / LogHistogram.LOW)[0])
+        expected = 0 if value < LogHistogram.LOW else min(1 + math.floor(logarithm / math.log(1.005)), hist.bins - 1)
+        assert np.flatnonzero(one.counts).tolist() == [expected], value
+    hist.add(values)  # all at once: the same buckets
+    assert hist.count == len(values) == hist.counts.sum()
+    assert hist.min == -1.0 and hist.max == LogHistogram.HIGH * 10
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 100, 1999, 5000])
+def test_each_seconds_quantiles_are_numpys_linear_percentiles(size):
+    """The time series' p50 and p99 of a second are np.percentile's (linear interpolation between order statistics),
+    to the last bit, with ties and a single value."""
+    rng = np.random.default_rng(size)
+    for values in (rng.lognormal(2.0, 1.0, size), np.round(rng.exponential(3.0, size), 1), np.full(size, 7.25)):
+        assert quantiles(values).tobytes() == np.percentile(values, [50, 99]).tobytes()
+
+
+def test_critical_path_and_no_contention_of_a_parallel_step_by_hand():
+    """AIF's steps: merger, (retrieval || user_inference), item_fetch, rtp, no waiting. A request's critical path runs
+    through the longer branch (the first on a tie, a branch skipped by a cache hit never); its no-contention latency
+    sums each step's longest service. Checked against sums written out by hand, with a request that was not measured
+    and one that timed out (neither counts)."""
+    scenario = load_scenario("scenarios/staleness_day.yaml", [])  # every pool one shared queue
+    recorder = Recorder.for_pipeline(scenario, "aif", None, {}, [])
+    assert recorder.stage_names == ["merger", "retrieval", "user_inference", "item_fetch", "rtp"]
+    nan = math.nan
+    ms = np.array(  # per request, each stage's service (ms; NaN: not visited)
+        [
+            [1.0, 10.0, 4.0, 2.0, 3.0],  # retrieval on the path
+            [1.0, 3.0, 7.0, 2.0, 3.0],  # user_inference on the path
+            [1.0, 5.0, 5.0, 2.0, 3.0],  # a tie: the first branch
+            [1.0, 6.0, nan, 2.0, 3.0],  # user_inference skipped (a cache hit)
+            [1.0, 50.0, 1.0, 2.0, 3.0],  # not measured
+            [1.0, 40.0, 1.0, nan, nan],  # timed out after the parallel step
+        ]
+    )
+    arrival = 100.0 + np.arange(len(ms))
+    times = np.full((len(ms), 5, 3), nan)
+    for i, row in enumerate(ms):
+        clock = arrival[i]
+        for step in ([0], [1, 2], [3], [4]):
+            ends = [clock + row[slot] / 1000 for slot in step if not math.isnan(row[slot])]
+            for slot in step:
+                if not math.isnan(row[slot]):
+                    times[i, slot] = (clock, clock, clock + row[slot] / 1000)
+            clock = max(ends) if ends else clock
+    end = np.nanmax(times[..., 2], axis=1)
+    outcome = np.array([Outcome.COMPLETED] * 5 + [Outcome.TIMED_OUT])
+    measured = np.array([True, True, True, True, False, True])
+    recorder.account(
+        np.arange(6),
+        arrival,
+        np.zeros(6, np.int64),
+        np.ones(6, np.int64),
+        measured,
+        times,
+        np.nan_to_num(ms) / 1000,
+        outcome,
+        end,
+        np.empty((6, 0)),
+    )
+    critical = {name: stage.critical_ms for name, stage in zip(recorder.stage_names, recorder.stages)}
+    assert critical == pytest.approx({"merger": 4.0, "retrieval": 10 + 5 + 6, "user_inference": 7.0, "item_fetch": 8.0, "rtp": 12.0})
+    no_contention = [1 + 10 + 2 + 3, 1 + 7 + 2 + 3, 1 + 5 + 2 + 3, 1 + 6 + 2 + 3]
+    assert recorder.no_contention.count == 4 and recorder.no_contention.total == pytest.approx(sum(no_contention))
+    assert recorder.latency.total == pytest.approx(sum(no_contention))  # nothing waited
+    assert recorder.stages[2].useful_s == pytest.approx((4 + 7 + 5) / 1000)  # the skipped visit costs nothing
+    assert recorder.stages[1].latency.count == 5 and recorder.stages[1].compute_s == pytest.approx((10 + 3 + 5 + 6 + 40) / 1000)
 
 
 def test_slo_missed_share_matches_exponential_tail():

@@ -5,11 +5,24 @@ Relative error below 0.25%, exact count, mean and max; values are added as array
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import numpy as np
 
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
+
+
+@functools.cache
+def _bucket_counter() -> Callable[..., None]:
+    """The compiled bucket counting (`metrics.buckets`), imported with numba and compiled (or loaded from numba's
+    cache) when the first histogram is made: importing the metrics stays light, and no run (a live one above all)
+    pays for it mid-way."""
+    from aif_sim.metrics.buckets import count_buckets
+
+    count_buckets(np.empty(0), np.empty(0), np.zeros(1, np.int64), LogHistogram.LOW, LogHistogram.STEP)
+    return count_buckets
 
 
 class LogHistogram:
@@ -18,6 +31,7 @@ class LogHistogram:
     LOW = 1e-4  # values below (zeros, in practice) fall in bucket 0, reported as the minimum
     HIGH = 1e8
     GROWTH = 1.005
+    STEP = math.log(GROWTH)  # of the natural logarithm, from one bucket to the next
 
     def __init__(self) -> None:
         self.bins = int(math.ceil(math.log(self.HIGH / self.LOW) / math.log(self.GROWTH))) + 2
@@ -26,16 +40,16 @@ class LogHistogram:
         self.total = 0.0
         self.min = math.inf
         self.max = -math.inf
+        _bucket_counter()  # ready with the first histogram, before a run counts anything
 
     def add(self, values: np.ndarray) -> None:
         """Count an array of values."""
-        values = np.asarray(values, dtype=float)
+        values = np.ascontiguousarray(values, dtype=float)
         if values.size == 0:
             return
-        index = np.zeros(len(values), dtype=np.int64)
-        above = values >= self.LOW
-        index[above] = 1 + np.floor(np.log(values[above] / self.LOW) / math.log(self.GROWTH)).astype(np.int64)
-        self.counts += np.bincount(np.minimum(index, self.bins - 1), minlength=self.bins)
+        with np.errstate(divide="ignore", invalid="ignore"):  # values below LOW: their logarithm is not used
+            logs = np.log(values / self.LOW)
+        _bucket_counter()(values, logs, self.counts, self.LOW, self.STEP)
         self.count += len(values)
         self.total += float(values.sum())
         self.min = min(self.min, float(values.min()))

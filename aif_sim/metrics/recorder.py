@@ -9,6 +9,7 @@ Nothing is kept per finished request beyond the current block.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from itertools import chain
@@ -135,14 +136,19 @@ def _times(requests: list[Request], stages: int) -> np.ndarray:
     return flat.reshape(len(requests), stages, 3)
 
 
+def _by_stage(times: np.ndarray) -> np.ndarray:
+    """Stage times [requests, stages, (enter, start, end)] as contiguous rows [stages, (enter, start, end), requests]."""
+    return np.ascontiguousarray(times.transpose(1, 2, 0))
+
+
+def _where(mask: np.ndarray, *columns: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The columns' values where `mask` holds, in order (the columns themselves when it holds everywhere)."""
+    return columns if mask.all() else tuple(column[mask] for column in columns)
+
+
 def _running_sum(total: float, values: np.ndarray) -> float:
     """`total` plus each value in turn, as a loop of `+=` would add them."""
     return float(np.add.accumulate(np.concatenate(([total], values)))[-1]) if len(values) else total
-
-
-def _where(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """`values[mask]`, without the copy when the mask holds everywhere."""
-    return values if mask.all() else values[mask]
 
 
 def _running_sums(totals: list[float], groups: np.ndarray, values: np.ndarray) -> list[float]:
@@ -471,7 +477,8 @@ class Recorder:
         n = len(ids)
         if n == 0:
             return
-        self._visits(times, measured)
+        by_stage = _by_stage(times)
+        self._visits(by_stage, measured)
         completed = outcome == Outcome.COMPLETED
         failed = measured & ~completed
         if failed.any():  # the work of failed requests: their own service at the visits they finished
@@ -491,7 +498,10 @@ class Recorder:
         if self.trace is not None:
             self.trace.finished(ids, arrival_s, users, candidates, measured, times, outcome, end_s, cache_hit)
         keep = completed & measured
-        self._completed(*(_where(column, keep) for column in (ids, arrival_s, users, candidates, service_s, times, latency_ms, cache_hit)))
+        columns = (ids, arrival_s, users, candidates, service_s, latency_ms, cache_hit)
+        if not keep.all():
+            columns, by_stage = tuple(column[keep] for column in columns), by_stage[..., keep]
+        self._completed(*columns, by_stage)
 
     def _vector_ages(self, vectors: dict[str, VectorReads] | None, n: int, keep: np.ndarray) -> dict[str, np.ndarray]:
         """Account the vector ages completed measured requests read; per request, its mean age (for the time series)."""
@@ -500,30 +510,29 @@ class Recorder:
             mean_age = np.full(n, np.nan)
             reads = (vectors or {}).get(name)
             if reads is not None and reads.read.any():
-                ages, k = reads.ages[reads.read], reads.ages.shape[1]
+                (ages,), k = _where(reads.read, reads.ages), reads.ages.shape[1]
                 mean_age[reads.read] = np.add.reduceat(ages.ravel(), np.arange(0, ages.size, k)) / k
-                kept = reads.read & keep
-                record.age.add(reads.ages[kept].ravel())
-                record.stale += int(reads.stale[kept].sum())
-                record.mismatched += int(reads.mismatched[kept].sum())
+                kept_ages, stale, mismatched = _where(reads.read & keep, reads.ages, reads.stale, reads.mismatched)
+                record.age.add(kept_ages.ravel())
+                record.stale += int(stale.sum())
+                record.mismatched += int(mismatched.sum())
             means[f"{store_label(name)}_vector_age_mean_s"] = mean_age
         return means
 
-    def _visits(self, times: np.ndarray, measured: np.ndarray) -> None:
-        """Stage statistics of the finished visits in `times` [requests, stages, (enter, start, end)]."""
-        enter, start, end = (np.ascontiguousarray(times[..., k].T) for k in range(3))  # [stages, requests] each
-        visited = ~np.isnan(end)
+    def _visits(self, by_stage: np.ndarray, measured: np.ndarray) -> None:
+        """Stage statistics of finished visits, `by_stage` [stages, (enter, start, end), requests] (`_by_stage`)."""
         lo, hi = self.window.start_s, self.window.end_s
-        for slot, stage in enumerate(self.stages):
-            mine = visited[slot] & measured
-            entered, started, ended = (_where(column[slot], mine) for column in (enter, start, end))
-            stage.latency.add((ended - entered) * 1000)
-            stage.wait.add((started - entered) * 1000)
+        everyone = bool(measured.all())
+        for stage, (enter, start, end) in zip(self.stages, by_stage):
+            visited = ~np.isnan(end)
+            e, s, t = _where(visited if everyone else visited & measured, enter, start, end)
+            stage.latency.add((t - e) * 1000)
+            stage.wait.add((s - e) * 1000)
             if not stage.batching and stage.nodes == 1:  # otherwise accounted per batch or per node (`batch`, `node_busy`)
-                seen = visited[slot]
-                inside = np.minimum(_where(end[slot], seen), hi) - np.maximum(_where(start[slot], seen), lo)
+                seen_start, seen_end = _where(visited, start, end)
+                inside = np.minimum(seen_end, hi) - np.maximum(seen_start, lo)
                 stage.busy_window_s += float(np.clip(inside, 0.0, None).sum())
-                stage.compute_s += float((ended - started).sum())
+                stage.compute_s += float((t - s).sum())
 
     def _completed(
         self,
@@ -532,11 +541,12 @@ class Recorder:
         users: np.ndarray,
         candidates: np.ndarray,
         service_s: np.ndarray,
-        times: np.ndarray,
         latency_ms: np.ndarray,
         flags: np.ndarray,
+        by_stage: np.ndarray,
     ) -> None:
-        """End-to-end, no-contention and critical-path accounting of completed measured requests."""
+        """End-to-end, no-contention and critical-path accounting of completed measured requests (their stage
+        times as `_by_stage` gives them)."""
         n = len(latency_ms)
         if n == 0:
             return
@@ -544,21 +554,26 @@ class Recorder:
         self.latency.add(latency_ms)
         if self.slo_ms is not None:
             self.over_slo += int(np.count_nonzero(latency_ms > self.slo_ms))
+        by_stage_ms = (by_stage[:, 2] - by_stage[:, 0]) * 1000  # [stages, requests]
+        stage_ms = by_stage_ms.T
+        skipped = np.isnan(by_stage_ms)
         service = service_s * 1000
-        stage_ms = (times[..., 2] - times[..., 0]) * 1000
-        visited = ~np.isnan(stage_ms)
-        service = np.where(visited, service, 0.0)  # a stage skipped by a cache hit costs nothing
+        service[skipped.T] = 0.0  # a stage skipped by a cache hit costs nothing
         for slot, ms in enumerate(service.sum(axis=0).tolist()):
             self.stages[slot].useful_s += ms / 1000
-        on_path_ms = np.where(visited, stage_ms, -np.inf)
+        on_path_ms = np.where(skipped, -np.inf, by_stage_ms)
         no_contention = np.zeros(n)
-        rows = np.arange(n)
         for group in self._groups:
-            no_contention += service[:, group].max(axis=1)
-            on_path = np.asarray(group)[np.argmax(on_path_ms[:, group], axis=1)]
-            chosen = stage_ms[rows, on_path]
+            no_contention += functools.reduce(np.maximum, [service[:, slot] for slot in group])
+            if len(group) == 1:
+                self.stages[group[0]].critical_ms += float(by_stage_ms[group[0]].sum())
+                continue
+            on_path, longest = np.full(n, group[0]), on_path_ms[group[0]]
+            for slot in group[1:]:  # the first of the longest, as argmax picks it
+                longer = on_path_ms[slot] > longest
+                on_path, longest = np.where(longer, slot, on_path), np.where(longer, on_path_ms[slot], longest)
             for slot in group:
-                self.stages[slot].critical_ms += float(_where(chosen, on_path == slot).sum())
+                self.stages[slot].critical_ms += float(by_stage_ms[slot][on_path == slot].sum())
         self.no_contention.add(no_contention)
         if self.sink is not None:
             block = CompletedBlock(
@@ -586,9 +601,9 @@ class Recorder:
         self.flush()
         if self._inside:
             inside = list(self._inside.values())
-            self._visits(_times(inside, len(self.stage_names)), np.fromiter((r.measured for r in inside), bool, len(inside)))
+            self._visits(_by_stage(_times(inside, len(self.stage_names))), np.fromiter((r.measured for r in inside), bool, len(inside)))
         if still_inside is not None and len(still_inside[1]):
-            self._visits(*still_inside)
+            self._visits(_by_stage(still_inside[0]), still_inside[1])
         self.timeseries.close_until(math.ceil(end_s))
 
     # --- results -------------------------------------------------------------------------------------

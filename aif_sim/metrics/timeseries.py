@@ -10,6 +10,24 @@ import numpy as np
 
 from aif_sim.core.request import Window
 
+QUANTILES = np.array([0.5, 0.99])  # of each second's latencies: p50, p99
+
+
+def quantiles(values: np.ndarray) -> np.ndarray:
+    """`np.percentile(values, [50, 99])` of a non-empty array without NaN, its default method (Hyndman and Fan's
+    type 7) written out: the same two order statistics and the same interpolation arithmetic, so the same floats,
+    without the generic function's overhead (three times the partition it needs, on a second's latencies)."""
+    n = len(values)
+    position = (n - 1) * QUANTILES
+    below = np.floor(position).astype(np.intp)
+    below[position >= n - 1] = -1  # the largest value
+    above = np.where(below == -1, -1, below + 1)
+    ordered = np.partition(values, np.unique(np.concatenate((below, above))))
+    low, high = ordered[below], ordered[above]
+    weight = position - below
+    step = high - low
+    return np.where(weight >= 0.5, high - step * (1 - weight), low + step * weight)
+
 
 class Timeseries:
     """Rows `t_s, phase, offered, completed, p50_ms, p99_ms, <means...>, <gauges...>` for every second of a run,
@@ -59,7 +77,12 @@ class Timeseries:
 
     def arrive_many(self, arrival_s: np.ndarray) -> None:
         """Requests arrived at these times."""
-        seconds, counts = np.unique(arrival_s.astype(np.int64), return_counts=True)
+        seconds = arrival_s.astype(np.int64)
+        if len(seconds) and (seconds[1:] >= seconds[:-1]).all():  # in time order (a block of arrivals): no sort needed
+            firsts = np.flatnonzero(np.diff(seconds, prepend=-1))
+            seconds, counts = seconds[firsts], np.diff(firsts, append=len(seconds))
+        else:
+            seconds, counts = np.unique(seconds, return_counts=True)
         for second, count in zip(seconds.tolist(), counts.tolist()):
             self._offered[second] = self._offered.get(second, 0) + count
 
@@ -71,7 +94,7 @@ class Timeseries:
         """Emit rows for every second before `second`."""
         while self._second < second:
             values = np.concatenate(self._latencies) if self._latencies else np.empty(0)
-            p50, p99 = np.percentile(values, [50, 99]) if len(values) else (math.nan, math.nan)
+            p50, p99 = quantiles(values) if len(values) else (math.nan, math.nan)
             row: dict[str, float | str] = {
                 "t_s": self._second,
                 "phase": self.phase(self._second),
