@@ -3,7 +3,9 @@ read them from here, so a new metric is one entry in `HEADLINES`."""
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -63,8 +65,9 @@ def _cache(name: str) -> Callable[[dict[str, Any]], Any]:
     return lambda m: m.get("caches", {}).get(name, {}).get("hit_ratio")
 
 
-def _quality(kind: str, metric: str) -> Callable[[dict[str, Any]], Any]:
-    return lambda m: m["quality"][kind][metric] if "quality" in m else None
+def _quality(*path: str) -> Callable[[dict[str, Any]], Any]:
+    """The value at `path` in a pipeline's `quality` block (None for a run that shadow-scores nothing)."""
+    return lambda m: functools.reduce(operator.getitem, path, m["quality"]) if "quality" in m else None
 
 
 def _quality_loss(metric: str) -> Callable[[dict[str, Any]], Any]:
@@ -192,14 +195,14 @@ HEADLINES: tuple[Metric, ...] = (
         "scored_stale_fraction",
         "stale (scored)",
         "share",
-        lambda m: m["quality"]["stale_fraction"] if "quality" in m else None,
+        _quality("stale_fraction"),
         axis="share of shadow-scored candidates older than their item's last change",
     ),
     Metric(
         "scored_user_stale_fraction",
         "user stale (scored)",
         "share",
-        lambda m: m["quality"]["user_stale_fraction"] if "quality" in m else None,
+        _quality("user_stale_fraction"),
         axis="share of shadow-scored requests whose user behaved after its user vector was made",
     ),
     Metric("gauc_stale", "GAUC stale", "ratio", _quality("stale", "gauc"), axis="GAUC with the vectors the system had"),
@@ -209,7 +212,7 @@ HEADLINES: tuple[Metric, ...] = (
         "gauc_loss_detectable",
         "GAUC loss detectable",
         "ratio",
-        lambda m: m["quality"]["gauc_loss"]["detectable"] if "quality" in m else None,
+        _quality("gauc_loss", "detectable"),
         axis="smallest GAUC loss the run detects (80% power, 5% test)",
     ),
     Metric(
