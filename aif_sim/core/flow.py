@@ -140,7 +140,7 @@ class Flow:
         clock, storage, by_request = self.clock, self.storage, isinstance(cache, RequestCache)
 
         def guarded(request: Request) -> FlowRun:
-            key = request.id if by_request else request.user
+            key = _entry_key(request, by_request)
             if cache.lookup(key, clock()):
                 request.cache_hit[index] = 1.0
                 request.user_vector_s = cache.inserted_at(key)
@@ -168,7 +168,7 @@ class Flow:
         by_request = isinstance(cache, RequestCache)
 
         def read_through(request: Request) -> FlowRun:
-            key = request.id if by_request else request.user
+            key = _entry_key(request, by_request)
             hit = cache.lookup(key, clock())
             request.cache_hit[index] = float(hit)
             if hit:
@@ -204,3 +204,8 @@ class Flow:
             return outcome
 
         return vectors
+
+
+def _entry_key(request: Request, by_request: bool) -> int:
+    """The key of a request's entry in a cache: its own id in a request-keyed cache, its user's in a user-keyed one."""
+    return request.id if by_request else request.user
