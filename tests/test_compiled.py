@@ -242,6 +242,10 @@ def cases(draw: st.DrawFn) -> tuple[Scenario, str, int]:
             }
             for stage in slowed
         ]
+    constant = any(stage["latency"]["dist"] == "constant" for stage in stages.values())
+    if not constant and draw(st.integers(0, 2)) == 0:  # a request deadline (with constant services: ties, simpy's only)
+        timers = {ms for stage in stages.values() if "batch" in stage for ms in (stage["batch"]["max_wait_ms"], stage.get("timeout_ms"))}
+        extra["deadline_ms"] = draw(st.floats(0.5, 80.0).filter(lambda ms: ms not in timers))  # a timer at it: simpy's only
     if design.caches and (own is not None or draw(st.booleans())):  # a pipeline of its own consults what it names
         extra["caches"] = {
             name: draw(cache_specs(keys.get(name, "user"))) for name in design.caches if own is not None or draw(st.booleans())

@@ -97,8 +97,8 @@ def fleet_cases(draw: st.DrawFn) -> tuple[Scenario, str, int]:
         | {"at_s": st.floats(0.01, duration_s), "duration_s": st.floats(0.01, duration_s)}
     )
     extra: dict[str, Any] = {"faults": draw(st.lists(slowdown, max_size=2))}
-    if not any("batch" in stage for stage in stages.values()) and draw(st.booleans()):  # a request deadline: queued
-        extra["deadline_ms"] = draw(st.floats(0.5, 60.0))  # visits leave, running ones finish as wasted work
+    if draw(st.booleans()):  # a request deadline: queued visits leave, running ones finish as wasted work, batch members
+        extra["deadline_ms"] = draw(st.floats(0.5, 60.0))  # leave their queues (their batch runs on)
     if pipeline != "uic" and draw(st.booleans()):
         miss = {"capacity": 20, "ttl_s": 0.2, "miss_latency": {"dist": "exponential", "mean_ms": draw(st.floats(0.1, 5.0))}}
         extra["caches"] = {"user_vector": {"capacity": 50}, "sim_features": miss}
@@ -201,7 +201,7 @@ def test_rejected_visits_and_shards_retried_on_other_nodes(balance):
 
 
 def test_what_it_does_not_model_on_several_nodes():
-    """Hedges, node loss, and deadlines with batching stages or with constant services stay on simpy, said in one
+    """Hedges, node loss, deadlines with constant services or equal to a batch timer stay on simpy, said in one
     line, and so do sharded stages of constant services (a visit's shards end together, and the shards queued
     behind them on several nodes start at one instant, in an order simpy decides by scheduling); plain, sharded and
     batching nodes, retries and deadlines run compiled."""
@@ -238,14 +238,18 @@ def test_what_it_does_not_model_on_several_nodes():
     for change, extra, reason in cases:
         scenario = make_scenario(small_stages(pool | change), pipelines=["sequential"], **extra)
         assert why_not(scenario, "sequential") == reason
-    deadline = make_scenario(small_stages(pool), pipelines=["sequential", "aif"], deadline_ms=50)
-    assert why_not(deadline, "aif") == "the compiled engine does not model request deadlines (deadline_ms) with batching stages yet (rtp)"
+    deadline = make_scenario(small_stages(pool), pipelines=["sequential"], deadline_ms=50)
     assert why_not(deadline, "sequential") == (
         "the compiled engine may order events at equal times unlike simpy: a request deadline meets constant or empirical "
         "services, whose visits can end exactly at it (merger)"
     )
-    merger = {"servers": 8, "latency": {"dist": "exponential", "mean_ms": 0.5}}
-    assert why_not(make_scenario(small_stages(pool) | {"merger": merger}, pipelines=["sequential"], deadline_ms=50), "sequential") is None
+    stages = small_stages(pool) | {"merger": {"servers": 8, "latency": {"dist": "exponential", "mean_ms": 0.5}}}
+    assert why_not(make_scenario(stages, pipelines=["sequential", "aif"], deadline_ms=50), "sequential") is None
+    assert why_not(make_scenario(stages, pipelines=["sequential", "aif"], deadline_ms=50), "aif") is None  # rtp batches
+    assert why_not(make_scenario(stages, pipelines=["aif"], deadline_ms=1), "aif") == (
+        "the compiled engine may order events at equal times unlike simpy: a batching stage's max_wait_ms or timeout_ms equals "
+        "the request deadline, so a request that arrives there at once meets both at one instant (rtp)"
+    )
 
 
 @pytest.mark.parametrize("pipeline", ALL)
@@ -267,6 +271,27 @@ def test_deadlines_abandon_queued_and_running_visits(pipeline):
     assert requests["timed_out"] > 0 and sum(stage["wasted_busy_s"] for stage in summary["stages"].values()) > 0
     assert requests["offered"] == requests["completed"] + requests["rejected"] + requests["timed_out"] + requests["in_flight_at_end"]
     assert summary["latency_ms"]["max"] <= 14
+
+
+@pytest.mark.parametrize("pipeline", ALL)
+def test_deadlines_take_waiters_out_of_batching_queues(pipeline):
+    """Batching stages (a pool, and nodes behind p2c) under a deadline shorter than their queues: a waiter leaves its
+    queue at its request's deadline (the queue's oldest, its batch timer and its timeout follow the waiters left), a
+    member of a batch in service stays in it while its request leaves; the same requests, batches and busy time as
+    simpy, no completed request above the deadline, and every offered request counted once."""
+    stages = overload_stages() | {"merger": {"servers": 8, "latency": {"dist": "exponential", "mean_ms": 0.5}}}
+    stages["prerank"] |= {"batch": {"max_size": 3, "max_wait_ms": 2}}
+    stages["rtp"] = _fleet(4, 2, "p2c", {"dist": "exponential", "mean_ms": 6}, batch={"max_size": 4, "max_wait_ms": 1}, timeout_ms=9)
+    stages["light_prerank"] |= {"batch": {"max_size": 2, "max_wait_ms": 3}}
+    for deadline_ms in (14, 30):
+        scenario = make_scenario(
+            stages, pipelines=[pipeline], qps=1200, duration_s=1.5, warmup_s=0.2, drain_s=0.05, seed=3, deadline_ms=deadline_ms
+        )
+        summary = assert_equivalent(scenario, pipeline, 101).summary()
+        requests = summary["requests"]
+        assert requests["timed_out"] > 0 and requests["completed"] > 0
+        assert requests["offered"] == requests["completed"] + requests["rejected"] + requests["timed_out"] + requests["in_flight_at_end"]
+        assert summary["latency_ms"]["max"] <= deadline_ms
 
 
 def test_a_deadline_cuts_exponential_services_at_their_memoryless_tail():

@@ -2,9 +2,11 @@
 
 Per batching queue b (`BatchState.state`, one tuple the kernels take): a stage's one pool, or one node of a
 stage of several nodes (its queues `slot_batch[slot]` on, one per node in order; `node[b]`):
-- the queue: request indices `q_req[b, head:tail]` and their arrival times `q_at[b, head:tail]`, in FIFO
-  order; every waiter of a stage has the same timeout, so waiters time out oldest first and the live
-  waiters are exactly `head:tail` (`heads[b] = (head, tail)`);
+- the queue: request indices `q_req[b, head:tail]`, their arrival times `q_at[b, head:tail]` and their requests'
+  deadlines `q_due[b, head:tail]`, in FIFO order (`heads[b] = (head, tail)`); a waiter that left at its request's
+  deadline stays there as -1 until skipped (as `core.batching.BatchQueue` keeps it), `live[b]` counts the others,
+  `head` is always a live waiter's, and `next_due[b]` is the earliest deadline among them; every waiter of a stage
+  has the same timeout, so the live waiters time out oldest first;
 - the dispatcher: `phase[b]` IDLE (waiting for an arrival), ACQUIRE (waiting for a server) or FILL
   (holding a server until `max_size` wait or its timer `timer[b]` fires), `held[b]` whether it holds one;
 - the batches in service: a min-heap of their end times `ends[b, :serving[b]]`, their sizes moved with them
@@ -15,7 +17,8 @@ stage of several nodes (its queues `slot_batch[slot]` on, one per node in order;
   batch takes its members' mean;
 - the finished batches for the recorder: `rec[m] = (slot, start, service, size, measured members, node)`.
 Events happen in time order: a batch ends (its server goes to the dispatcher if it waits for one), the
-oldest waiter times out, the dispatcher's timer fires; the sweep of the stage's step runs them up to each
+oldest waiter times out, the dispatcher's timer fires, a waiter leaves at its request's deadline (the dispatcher is
+not woken: simpy's is not; a member of a batch in service stays in it, its request leaving at the deadline); the sweep of the stage's step runs them up to each
 arrival (`run_until`; a stage's nodes together, their events interleaved in time order, `run_stage`) and, once
 the step's arrivals before the block limit are in, up to that limit.
 """
@@ -92,6 +95,9 @@ class BatchState:
             np.array([node for _, _, _, node in per_entry], np.int64),  # node (-1: the stage's one pool)
             np.zeros(b, np.int64),  # members: requests in the batches in service
             np.zeros((b, max(threads, default=1)), np.int64),  # sizes of the batches in `ends`, moved with them
+            np.empty((b, 64)),  # q_due: the waiters' requests' deadlines
+            np.zeros(b, np.int64),  # live: the waiters that have not left
+            np.full(b, math.inf),  # next_due: the earliest deadline among them
         )
 
     def prepare(self, arrivals: int) -> None:
@@ -99,16 +105,22 @@ class BatchState:
         and records for those batches; each queue moved to the front of its buffer."""
         slots, servers, sizes, waits, q_req, q_at, heads, phase, timer, held, ends, serving, table, rows, rec, rec_n = self.state[:16]
         table_of = self.state[16]
-        live = heads[:, 1] - heads[:, 0]
-        need = int(live.max(initial=0)) + arrivals
+        span = heads[:, 1] - heads[:, 0]  # the waiters, and those that left and are not skipped yet
+        need = int(span.max(initial=0)) + arrivals
         width = max(need, q_req.shape[1])
-        queue_req, queue_at = np.empty((len(slots), width), np.int64), np.empty((len(slots), width))
+        q_due = self.state[20]
+        queue_req, queue_at, queue_due = (
+            np.empty((len(slots), width), np.int64),
+            np.empty((len(slots), width)),
+            np.empty((len(slots), width)),
+        )
         for b, (head, tail) in enumerate(heads.tolist()):
             queue_req[b, : tail - head], queue_at[b, : tail - head] = q_req[b, head:tail], q_at[b, head:tail]
+            queue_due[b, : tail - head] = q_due[b, head:tail]
         heads[:, 1] -= heads[:, 0]
         heads[:, 0] = 0
         for c in range(len(self.tables)):  # the rows the last call left unused come first
-            batches = int(live[table_of == c].sum()) + arrivals  # the most batches the stage's nodes can start
+            batches = int(span[table_of == c].sum()) + arrivals  # the most batches the stage's nodes can start
             self.tables[c] = self.tables[c][rows[c] :]
             while len(self.tables[c]) < batches:
                 size = self.tables[c].shape[1]
@@ -123,14 +135,15 @@ class BatchState:
             grown[: rec_n[0]] = rec[: rec_n[0]]
             rec = grown
         state = list(self.state)
-        state[4], state[5], state[12], state[14] = queue_req, queue_at, table, rec
+        state[4], state[5], state[12], state[14], state[20] = queue_req, queue_at, table, rec, queue_due
         self.state = tuple(state)
 
     def remap(self, new_index: np.ndarray) -> None:
         """The requests were compacted (`new_index[old]`): the waiters' indices follow."""
         q_req, heads = self.state[4], self.state[6]
         for b, (head, tail) in enumerate(heads):
-            q_req[b, head:tail] = new_index[q_req[b, head:tail]]
+            waiting = q_req[b, head:tail]
+            waiting[waiting >= 0] = new_index[waiting[waiting >= 0]]
 
     def finished_batches(self, before: float) -> np.ndarray:
         """The batches that ended before `before`, in the order they ended, as rows (slot, start, service, size,
@@ -211,12 +224,13 @@ def wake(
 ) -> None:
     """The dispatcher of queue b runs at time x from where it waits (`BatchingPool._dispatch`)."""
     slots, servers, sizes, waits, q_req, q_at, heads, phase, timer, held, ends, serving, table, rows, rec, rec_n = bs[:16]
-    table_of, node_of, members_of, end_size = bs[16:]
+    table_of, node_of, members_of, end_size, q_due, waiting = bs[16:22]
     times, miss, cache_hit, users, measured, service = visits
     slow_at, slow_t, slow_v = slow
+    deadline = req[12]
     slot = slots[b]
     while True:
-        live = heads[b, 1] - heads[b, 0]
+        live = waiting[b]
         if phase[b] == IDLE:
             if live == 0:
                 return
@@ -238,16 +252,19 @@ def wake(
             continue  # an empty batch: the server goes back
         size = min(live, sizes[b])
         head = heads[b, 0]
+        last = _nth_live(q_req, b, head, size)  # the batch: the first `size` live waiters, `head : last + 1`
         c = table_of[b]
         drawn = table[c, rows[c], size - 1]
         rows[c] += 1
         longest = 0.0  # the batch waits for its slowest cache miss
         total = 0.0  # replayed (`drawn` NaN): the members' traced services, misses included
         members = 0
-        for q in range(head, head + size):
-            longest = max(longest, miss[q_req[b, q], slot])
-            total += service[q_req[b, q], slot]
-            members += measured[q_req[b, q]]
+        for q in range(head, last + 1):
+            i = q_req[b, q]
+            if i >= 0:
+                longest = max(longest, miss[i, slot])
+                total += service[i, slot]
+                members += measured[i]
         factor = slowdown_at(slot, x, slow_at, slow_t, slow_v)
         s = drawn / 1000 * factor + longest if drawn == drawn else total / size * factor
         e = x + s
@@ -263,15 +280,21 @@ def wake(
         m = rec_n[0]
         rec[m, 0], rec[m, 1], rec[m, 2], rec[m, 3], rec[m, 4], rec[m, 5] = slot, x, s, size, members, node_of[b]
         rec_n[0] += 1
-        heads[b, 0] = head + size
-        for q in range(head, head + size):
+        heads[b, 0] = last + 1
+        waiting[b] -= size
+        _skip_left(b, bs)
+        _earliest_due(b, bs)
+        for q in range(head, last + 1):
             i = q_req[b, q]
-            times[i, slot, 0], times[i, slot, 1], times[i, slot, 2] = q_at[b, q], x, e
-            r = reads[slot]
-            if r >= 0 and cache_hit[i, r] == 0.0:  # its read missed: the entry goes in now
-                insert(caches, r, i, k, e, users[i])
-            if guard[slot] >= 0:
-                insert(caches, guard[slot], i, k, e, users[i])
+            if i < 0:
+                continue
+            if e <= deadline[i]:  # a member whose request leaves first has no times here and makes no entry
+                times[i, slot, 0], times[i, slot, 1], times[i, slot, 2] = q_at[b, q], x, e
+                r = reads[slot]
+                if r >= 0 and cache_hit[i, r] == 0.0:  # its read missed: the entry goes in now
+                    insert(caches, r, i, k, e, users[i])
+                if guard[slot] >= 0:
+                    insert(caches, guard[slot], i, k, e, users[i])
             visit_ended(i, COMPLETED, e, k, steps, req)
 
 
@@ -293,36 +316,107 @@ def run_until(
 ) -> None:
     """The events before time x of a stage's queues `first : first + count` (its one pool, or its nodes), in time
     order across them (a stage's nodes draw their batch services from one stream in the order batches start):
-    batches ending, the oldest waiter timing out, the dispatcher's timer."""
+    batches ending, the oldest waiter timing out, the dispatcher's timer, a waiter leaving at its deadline."""
     q_req, heads, ends, serving, members_of, end_size = bs[4], bs[6], bs[10], bs[11], bs[18], bs[19]
     while True:
         b, now = -1, x
         for q in range(first, first + count):
-            at = min(_events(q, timeout_s, bs))
+            t_end, t_out, t_fill = _events(q, timeout_s, bs)
+            at = min(t_end, t_out, t_fill, bs[22][q])
             if at < now:
                 b, now = q, at
         if b < 0:
             return
-        t_end, t_out, _ = _events(b, timeout_s, bs)
+        t_end, t_out, t_fill = _events(b, timeout_s, bs)
         if now == t_out:
             i = q_req[b, heads[b, 0]]
-            heads[b, 0] += 1
+            _leave(b, heads[b, 0], bs)
             visit_ended(i, TIMED_OUT, now, k, steps, req)
         elif now == t_end:
             members_of[b] -= end_size[b, 0]
             serving[b] = pop_row(ends, b, serving[b], end_size, True)
             if bs[7][b] == ACQUIRE:
                 wake(b, now, k, steps, bs, req, visits, guard, reads, caches, slow)
-        else:
+        elif now == t_fill:
             wake(b, now, k, steps, bs, req, visits, guard, reads, caches, slow)
+        else:  # a waiter's request reached its deadline: it leaves the queue
+            q = _due_at(b, now, bs)
+            i = q_req[b, q]
+            _leave(b, q, bs)
+            visit_ended(i, TIMED_OUT, now, k, steps, req)
+
+
+@njit(cache=True, _nrt=False)
+def join(b: int, i: int, t: float, due: float, bs: tuple) -> None:
+    """Request i (its deadline `due`) joins queue b at t."""
+    q_req, q_at, heads, q_due, waiting, next_due = bs[4], bs[5], bs[6], bs[20], bs[21], bs[22]
+    tail = heads[b, 1]
+    q_req[b, tail], q_at[b, tail], q_due[b, tail] = i, t, due
+    heads[b, 1] = tail + 1
+    waiting[b] += 1
+    next_due[b] = min(next_due[b], due)
+
+
+@njit(cache=True, _nrt=False)
+def _nth_live(q_req: np.ndarray, b: int, head: int, n: int) -> int:
+    """The position of the n-th live waiter of queue b from `head` on."""
+    q = head
+    while True:
+        if q_req[b, q] >= 0:
+            n -= 1
+            if n == 0:
+                return q
+        q += 1
+
+
+@njit(cache=True, _nrt=False)
+def _leave(b: int, q: int, bs: tuple) -> None:
+    """The waiter at position q of queue b leaves it (timed out, or at its deadline)."""
+    q_req, q_due, waiting, next_due = bs[4], bs[20], bs[21], bs[22]
+    due = q_due[b, q]
+    q_req[b, q] = -1
+    waiting[b] -= 1
+    _skip_left(b, bs)
+    if due == next_due[b]:
+        _earliest_due(b, bs)
+
+
+@njit(cache=True, _nrt=False)
+def _earliest_due(b: int, bs: tuple) -> None:
+    """`next_due[b]` found again among queue b's live waiters, after the one that held it left (no deadlines: inf)."""
+    q_req, heads, q_due, next_due = bs[4], bs[6], bs[20], bs[22]
+    if next_due[b] == math.inf:
+        return
+    next_due[b] = math.inf
+    for p in range(heads[b, 0], heads[b, 1]):
+        if q_req[b, p] >= 0:
+            next_due[b] = min(next_due[b], q_due[b, p])
+
+
+@njit(cache=True, _nrt=False)
+def _skip_left(b: int, bs: tuple) -> None:
+    """Queue b's head moved past the waiters that left, to its oldest live one."""
+    q_req, heads = bs[4], bs[6]
+    while heads[b, 0] < heads[b, 1] and q_req[b, heads[b, 0]] < 0:
+        heads[b, 0] += 1
+
+
+@njit(cache=True, _nrt=False)
+def _due_at(b: int, t: float, bs: tuple) -> int:
+    """The position of queue b's live waiter whose deadline is t (the first, of several)."""
+    q_req, heads, q_due = bs[4], bs[6], bs[20]
+    for q in range(heads[b, 0], heads[b, 1]):
+        if q_req[b, q] >= 0 and q_due[b, q] == t:
+            return q
+    return -1
 
 
 @njit(cache=True, _nrt=False)
 def _events(b: int, timeout_s: float, bs: tuple) -> tuple[float, float, float]:
     """When queue b's next events happen (inf: none): its first batch to end, its oldest waiter's timeout, its timer."""
-    q_at, heads, phase, timer, ends, serving = bs[5], bs[6], bs[7], bs[8], bs[10], bs[11]
+    q_at, heads, phase, timer, ends, serving, waiting = bs[5], bs[6], bs[7], bs[8], bs[10], bs[11], bs[21]
     t_end = ends[b, 0] if serving[b] > 0 else math.inf
-    t_out = q_at[b, heads[b, 0]] + timeout_s if heads[b, 1] > heads[b, 0] else math.inf
+    t_out = q_at[b, heads[b, 0]] + timeout_s if waiting[b] > 0 else math.inf
     return t_end, t_out, timer[b] if phase[b] == FILL else math.inf
 
 
@@ -352,5 +446,4 @@ def pop_row(heap: np.ndarray, row: int, size: int, carried: np.ndarray, moves: b
 @njit(cache=True, _nrt=False)
 def load(b: int, bs: tuple) -> int:
     """Queue b's requests, as a balancer counts them: waiting, and in the batches in service."""
-    heads, members_of = bs[6], bs[18]
-    return heads[b, 1] - heads[b, 0] + members_of[b]
+    return bs[21][b] + bs[18][b]

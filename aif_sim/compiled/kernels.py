@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from aif_sim.compiled.batching import run_until, slowdown_at, visit_ended, visit_over, wake
+from aif_sim.compiled.batching import join, run_until, slowdown_at, visit_ended, visit_over, wake
 from aif_sim.compiled.caches import due, insert, lookup, lookup_own, settle
 from aif_sim.compiled.deadlines import wasted, wasted_order
 from aif_sim.compiled.fleets import parts_over, pick, pop_resend, push_resend, retried, served_at_node, visit_node
@@ -421,7 +421,7 @@ def advance(
     pools = (free_at, free, queue_limit, timeout_s)
     resends = fleets[26]  # per fleet, its parts to send again later
     slow = (slow_at, slow_t, slow_v)
-    bslots, bservers, q_req, q_at, heads, serving = batches[0], batches[1], batches[4], batches[5], batches[6], batches[11]
+    bslots, bservers, serving, waiting_b = batches[0], batches[1], batches[11], batches[21]
     joined = np.zeros(len(bslots), np.int64)  # batching queues someone joined at the current time: the order of the first join
     joins = 0
     index = np.empty(n, np.int64)
@@ -486,12 +486,10 @@ def advance(
                 if b >= 0:  # join the batching queue (a node's), unless every server serves a batch and the queue is full
                     if fleet_of[slot] >= 0:
                         b += pick(fleet_of[slot], t, 0, 0, free, fleets, 0, b, batches)
-                    head, tail = heads[b, 0], heads[b, 1]
-                    if queue_limit[slot] >= 0 and serving[b] >= bservers[b] and tail - head >= queue_limit[slot]:
+                    if queue_limit[slot] >= 0 and serving[b] >= bservers[b] and waiting_b[b] >= queue_limit[slot]:
                         worst[i] = max(worst[i], REJECTED)
                     else:
-                        q_req[b, tail], q_at[b, tail] = i, t
-                        heads[b, 1] = tail + 1
+                        join(b, i, t, due_s, batches)
                         if not joined[b]:
                             joins += 1
                             joined[b] = joins

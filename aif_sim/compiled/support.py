@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aif_sim.core.latency import Constant, Empirical, Exponential, Gamma, Lognormal, Profile, Sampler
 from aif_sim.scenario.pipelines import calls_of
-from aif_sim.scenario.schema import NodeLoss, Scenario, TraceArrival
+from aif_sim.scenario.schema import NodeLoss, Scenario, Stage, TraceArrival
 
 
 def batch_draws_ahead(sampler: Sampler) -> bool:
@@ -22,10 +22,6 @@ def unsupported(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler])
     if pipeline not in scenario.pipelines:
         return f"unknown pipeline {pipeline!r}"
     stages = scenario.pipeline(pipeline).stages
-    if scenario.deadline_ms is not None:
-        batching = [name for name in stages if scenario.stages[name].batch is not None]
-        if batching:
-            return f"the compiled engine does not model request deadlines (deadline_ms) with batching stages yet ({', '.join(batching)})"
     for what, has in (("hedges (hedge_after_ms)", lambda stage: stage.hedge_after_ms is not None),):
         named = [name for name in stages if scenario.stages[name].nodes > 1 and has(scenario.stages[name])]
         if named:
@@ -70,7 +66,8 @@ def _ties_likely(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler]
     stage (a queue limit, a timeout, batching, several nodes), the ends of an earlier step of such services or of
     batches (sums that coincide, members that end together); a sharded stage of such services ends the shards of
     a visit together, and the shards queued behind them on several nodes start at one instant; a request's
-    deadline can fall exactly at the end of its own visits of such services; and requests arriving together at a
+    deadline can fall exactly at the end of its own visits of such services, and at a batching stage's timer or timeout
+    for a request that arrives there at once when the two are equal; and requests arriving together at a
     batching stage of several nodes wake several dispatchers at one instant, which draw from the stage's one stream,
     or at a sharded stage have their shards sent (and timed out) interleaved."""
     names = scenario.pipeline(pipeline).stages
@@ -79,6 +76,12 @@ def _ties_likely(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler]
         return (
             "the compiled engine may order events at equal times unlike simpy: gamma services with cv above 1 often draw "
             f"times below the clock's resolution, so a visit ends at the instant it starts ({', '.join(tiny)})"
+        )
+    timers = [name for name in names if scenario.deadline_ms in _batch_timers(scenario.stages[name])]
+    if timers:
+        return (
+            "the compiled engine may order events at equal times unlike simpy: a batching stage's max_wait_ms or timeout_ms "
+            f"equals the request deadline, so a request that arrives there at once meets both at one instant ({', '.join(timers)})"
         )
     discrete = [name for name in names if _few_values(samplers[name], scenario.stages[name].per_candidate_us)]
     if discrete and scenario.deadline_ms is not None:
@@ -128,3 +131,10 @@ def _few_values(sampler: Sampler, per_candidate_us: float) -> bool:
     if isinstance(sampler, Constant):
         return sampler.ms > 0 or per_candidate_us > 0
     return isinstance(sampler, Empirical)
+
+
+def _batch_timers(stage: Stage) -> set[float]:
+    """The waits (ms) after which a batching stage acts on a request that joined it: its batch timer and its timeout."""
+    if stage.batch is None:
+        return set()
+    return {stage.batch.max_wait_ms} | ({stage.timeout_ms} if stage.timeout_ms is not None else set())

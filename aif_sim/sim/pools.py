@@ -282,7 +282,9 @@ class BatchingPool(StagePool):
                     return Outcome.TIMED_OUT
             return (yield waiting.done)
         except simpy.Interrupt:  # abandoned (its deadline): it leaves the queue; a batch already taken carries on
-            if not waiting.taken:
+            if waiting.taken:
+                waiting.abandoned = True  # without it: its times are not written when the batch ends
+            else:
                 self.waiting.abandon(waiting)
             raise
 
@@ -338,6 +340,8 @@ class BatchingPool(StagePool):
         self.recorder.batch(self.slot, started, service, sum(w.request.measured for w in batch), len(batch), self.node)
         base = 3 * self.slot
         for waiting in batch:
+            if waiting.abandoned:  # its request left at its deadline, already accounted
+                continue
             if waiting.part is None:
                 waiting.request.times[base : base + 3] = (waiting.arrived, started, env.now)
             else:
