@@ -20,8 +20,8 @@ them in `later_held`), and the fleet's heap of resends (`resend_t`, `resend_id`:
 the parts of a visit that time out together are sent again in the order they were first sent.
 
 Node loss (`node_loss` faults, known before the run): per fleet, its nodes' losses and returns in time order
-(`loss_t`, how many nodes `loss_n`, whether they go down `loss_down`), applied when the balancer next looks
-(`pick`, at or after their time): a lost node is marked `down` (skipped by every balancer, as
+(`loss_t`, how many nodes `loss_n`, whether they go down `loss_down`), applied before the balancer next looks
+(`apply_losses`, at or after their time): a lost node is marked `down` (skipped by every balancer, as
 `core.fleet.FleetPolicy` skips it), its servers freed and its waiters dropped (it returns empty). A part sent to
 a node that will be lost while it holds the part (queued, or in service, until it ends, times out or is left at
 its request's deadline) is lost then: it waits in `later` for a resend of its own at the loss time, keyed (time,
@@ -390,13 +390,11 @@ def _eligible(j: int, holding: np.ndarray, held: int, down: np.ndarray, row: int
 
 
 @njit(cache=True, _nrt=False)
-def _apply_losses(f: int, t: float, base: int, threads: int, free: np.ndarray, fleets: tuple) -> None:
-    """Fleet f's node losses and returns at or before t: a lost node is down, its servers free and its waiters gone
-    (it returns empty); a returning node is up."""
+def apply_losses(f: int, t: float, base: int, threads: int, free: np.ndarray, fleets: tuple) -> None:
+    """Fleet f's node losses and returns at or before t (the first of them due): a lost node is down, its servers
+    free and its waiters gone (it returns empty); a returning node is up."""
     loss_at, loss_t, loss_n, loss_down, loss_next, down, downs = fleets[30:37]
     e = loss_next[f]
-    if e >= loss_at[f + 1] or loss_t[e] > t:
-        return
     row, queued = fleets[5][f], fleets[7]
     while e < loss_at[f + 1] and loss_t[e] <= t:
         for node in range(loss_n[e]):
@@ -428,10 +426,10 @@ def pick(f: int, t: float, base: int, threads: int, free: np.ndarray, fleets: tu
     """The node fleet f's balancer picks for a visit or shard arriving at t (`core.balance`) among its live nodes not
     holding another shard of the visit (`holding`, `held` of them), -1 when there is none (no draw taken); the
     stage's servers start at `free[base]`, `threads` per node, or, for a batching stage, its nodes are the queues
-    `batch + node` of the batching state `bs`. The fleet's losses and returns by t happen first."""
+    `batch + node` of the batching state `bs`. A fleet that loses nodes has its losses and returns by t applied
+    first (`apply_losses`, by the caller: kept out of here, the balancers' hot path)."""
     nodes, kind, last, uniforms, taken, row_at, waits, queued = fleets[:8]
     holding, down, downs = fleets[14], fleets[35], fleets[36]
-    _apply_losses(f, t, base, threads, free, fleets)
     row, gone = row_at[f], downs[f]
     count = nodes[f] - held
     if gone:
