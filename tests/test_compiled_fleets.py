@@ -87,7 +87,7 @@ def fleet_stages(draw: st.DrawFn) -> dict[str, Any]:
 @st.composite
 def fleet_cases(draw: st.DrawFn) -> tuple[Scenario, str, int]:
     """A pipeline of fleets (every stage drawn by `fleet_stages`) under light to overloading Poisson traffic, with
-    caches in front of some (a miss adding latency to each shard) and slowdowns of some."""
+    caches in front of some (a miss adding latency to each shard), slowdowns of some, and nodes of some lost."""
     pipeline = draw(st.sampled_from(ALL))
     stages = {name: draw(fleet_stages()) for name in shipped_designs()[pipeline].stages}
     qps = draw(st.floats(100.0, 2500.0))
@@ -96,7 +96,17 @@ def fleet_cases(draw: st.DrawFn) -> tuple[Scenario, str, int]:
         {"kind": st.just("stage_slowdown"), "stage": st.sampled_from(shipped_designs()[pipeline].stages), "factor": st.floats(1.1, 8.0)}
         | {"at_s": st.floats(0.01, duration_s), "duration_s": st.floats(0.01, duration_s)}
     )
-    extra: dict[str, Any] = {"faults": draw(st.lists(slowdown, max_size=2))}
+    faults = draw(st.lists(slowdown, max_size=2))
+    losing = [name for name, stage in stages.items() if stage["nodes"] > 1 and "batch" not in stage]
+    for _ in range(draw(st.integers(0, 2)) if losing else 0):  # nodes lost, and back, while visits queue and run there
+        name = draw(st.sampled_from(losing))
+        nodes, at_s, lost_s = (
+            draw(st.integers(1, stages[name]["nodes"])),
+            draw(st.floats(0.01, duration_s)),
+            draw(st.floats(0.01, duration_s)),
+        )
+        faults.append({"kind": "node_loss", "stage": name, "nodes": nodes, "at_s": at_s, "duration_s": lost_s})
+    extra: dict[str, Any] = {"faults": faults}
     if draw(st.booleans()):  # a request deadline: queued visits leave, running ones finish as wasted work, batch members
         extra["deadline_ms"] = draw(st.floats(0.5, 60.0))  # leave their queues (their batch runs on)
     if pipeline != "uic" and draw(st.booleans()):
@@ -120,8 +130,9 @@ def fleet_cases(draw: st.DrawFn) -> tuple[Scenario, str, int]:
 @given(fleet_cases())
 def test_random_fleets_give_the_simpy_results_request_for_request(case):
     """Nodes, balancers, shards (fewer candidates than shards too), costs per candidate, limits, retries after a
-    rejection or a timeout, batching nodes, caches, slowdowns and request deadlines drawn at random: the compiled
-    engine's requests, visits, batches, node busy time, shard skew, retries and wasted work are simpy's."""
+    rejection, a timeout or a node loss, batching nodes, caches, slowdowns, node losses and request deadlines drawn at
+    random: the compiled engine's requests, visits, batches, node busy time, shard skew, retries and wasted work are
+    simpy's."""
     scenario, pipeline, chunk = case
     reason = why_not(scenario, pipeline)
     assume(reason is None or "at equal times" not in reason)  # batching nodes and shards after batches stay on simpy
@@ -201,16 +212,19 @@ def test_rejected_visits_and_shards_retried_on_other_nodes(balance):
 
 
 def test_what_it_does_not_model_on_several_nodes():
-    """Hedges, node loss, deadlines with constant services or equal to a batch timer stay on simpy, said in one
-    line, and so do sharded stages of constant services (a visit's shards end together, and the shards queued
-    behind them on several nodes start at one instant, in an order simpy decides by scheduling); plain, sharded and
-    batching nodes, retries and deadlines run compiled."""
+    """Hedges, and deadlines with constant services or equal to a batch timer stay on simpy, said in one line, and so
+    do sharded stages of constant services (a visit's shards end together, and the shards queued behind them on
+    several nodes start at one instant, in an order simpy decides by scheduling) and node losses meeting other events
+    at their instant (another loss, return or slowdown; the visits sent again at the loss, timing out together or of
+    constant services ending together); plain, sharded and batching nodes, retries, deadlines and node loss run
+    compiled."""
     pool = _fleet(8, 4, "p2c", {"dist": "exponential", "mean_ms": 2})
     batching = pool | {"batch": {"max_size": 4, "max_wait_ms": 1}}
     retrying = pool | {"shards": 2, "retries": 2, "queue_limit": 1, "timeout_ms": 3}
     merger = {"servers": 8, "latency": {"dist": "constant", "ms": 0.5}, "batch": {"max_size": 2}}
-    for compiled in (pool, pool | {"shards": 4}, retrying, batching):
-        scenario = make_scenario(small_stages(compiled), pipelines=["sequential"])
+    loss = [{"kind": "node_loss", "at_s": 1, "stage": "prerank", "nodes": 2, "duration_s": 1}]
+    for compiled, faults in ((pool, []), (pool | {"shards": 4}, []), (retrying, []), (batching, []), (pool | {"retries": 1}, loss)):
+        scenario = make_scenario(small_stages(compiled), pipelines=["sequential"], faults=faults)
         assert choose_engines(scenario, build_samplers(scenario, "<test>"), "auto") == {"sequential": ("compiled", None)}
     assert why_not(make_scenario(small_stages(batching) | {"merger": merger}, pipelines=["sequential"]), "sequential") == (
         "the compiled engine may order events at equal times unlike simpy: prerank batches on several nodes whose dispatchers, "
@@ -230,9 +244,22 @@ def test_what_it_does_not_model_on_several_nodes():
         ),
         ({"hedge_after_ms": 5}, {}, "the compiled engine does not model hedges (hedge_after_ms) on stages of several nodes yet (prerank)"),
         (
-            {},
+            {"retries": 1, "timeout_ms": 5},
             {"faults": [{"kind": "node_loss", "at_s": 1, "stage": "prerank", "nodes": 1, "duration_s": 1}]},
-            "the compiled engine does not model node loss yet (prerank)",
+            "the compiled engine may order events at equal times unlike simpy: the visits prerank sends again at a node's loss time "
+            "out together",
+        ),
+        (
+            {"retries": 1, "latency": {"dist": "constant", "ms": 2}},
+            {"faults": [{"kind": "node_loss", "at_s": 1, "stage": "prerank", "nodes": 1, "duration_s": 1}]},
+            "the compiled engine may order events at equal times unlike simpy: the visits prerank sends again at a node's loss, "
+            "of constant or empirical services, end together",
+        ),
+        (
+            {},
+            {"faults": [{"kind": "node_loss", "at_s": t, "stage": "prerank", "nodes": 1, "duration_s": 1} for t in (1, 2)]},
+            "the compiled engine may order events at equal times unlike simpy: a node is lost or returns at the instant of another "
+            "node loss, return or slowdown (prerank)",
         ),
     ]
     for change, extra, reason in cases:
@@ -337,3 +364,45 @@ def test_batches_of_one_on_random_nodes_are_independent_mm1_queues():
     assert choose_engines(scenario, samplers, "auto") == {"sequential": ("compiled", None)}
     summary = simulate(scenario, samplers)["sequential"].summary()
     assert summary["stages"]["prerank"]["latency_ms"]["mean"] == pytest.approx(5.0, rel=0.03)
+
+
+LOSSES = [  # two nodes down, then one of them again while they are (it returns with the first: simpy's fleet brings back
+    # what a loss took when that loss ends), then one of them once more
+    {"kind": "node_loss", "at_s": 0.31, "stage": "STAGE", "nodes": 2, "duration_s": 0.2},
+    {"kind": "node_loss", "at_s": 0.42, "stage": "STAGE", "nodes": 1, "duration_s": 0.37},
+    {"kind": "node_loss", "at_s": 0.87, "stage": "STAGE", "nodes": 1, "duration_s": 0.05},
+]
+
+
+@pytest.mark.parametrize("balance", BALANCERS)
+def test_lost_nodes_fail_what_they_hold_in_simpys_order(balance):
+    """Overloaded nodes lost with long queues and visits in service: every visit and shard they hold fails at the
+    loss, in the order simpy fails them (each lost node's visits in the order they came), sent again to a live node
+    where retries allow (balancers skipping the lost nodes until they return), else failing its request then, the
+    requests ending together in the order simpy's processes resume (a shard's process, a parallel branch's, a
+    deadline's); the busy time of work cut in service stops at the loss. The same requests, picks, retries, node busy
+    time and wasted work as simpy, on the node-loss stage in a parallel branch and in a step of its own, with and
+    without a deadline; nothing is lost, and the lost nodes serve less than the others."""
+    merger = {"servers": 8, "latency": {"dist": "exponential", "mean_ms": 0.5}}
+    rtp = {"servers": 8, "latency": {"dist": "exponential", "mean_ms": 2}}
+    for pipeline, stage, fleet in (
+        ("aif", "user_inference", _fleet(8, 4, balance, {"dist": "gamma", "mean_ms": 5, "cv": 0.5}, shards=2)),
+        ("aif", "retrieval", _fleet(8, 4, balance, {"dist": "exponential", "mean_ms": 5}, retries=1)),
+        ("sequential", "prerank", _fleet(8, 4, balance, {"dist": "exponential", "mean_ms": 6}, shards=3, retries=1, queue_limit=4)),
+        ("sequential", "prerank", _fleet(8, 4, balance, {"dist": "exponential", "mean_ms": 6}, shards=2)),
+    ):
+        stages = small_stages(_fleet(8, 4, balance, {"dist": "exponential", "mean_ms": 2})) | {"merger": merger, "rtp": rtp, stage: fleet}
+        faults = [loss | {"stage": stage} for loss in LOSSES]
+        for extra in ({}, {"deadline_ms": 40}):
+            scenario = make_scenario(
+                stages, pipelines=[pipeline], qps=1500, duration_s=1.2, warmup_s=0.1, drain_s=0.05, seed=6, faults=faults, **extra
+            )
+            assert why_not(scenario, pipeline) is None
+            summary = assert_equivalent(scenario, pipeline, 101).summary()
+            requests, lost = summary["requests"], summary["stages"][stage]
+            assert (
+                requests["offered"] == requests["completed"] + requests["rejected"] + requests["timed_out"] + requests["in_flight_at_end"]
+            )
+            assert requests["rejected"] > 0 or lost["retries"] > 0
+            assert max(lost["node_utilization"][:2]) < min(lost["node_utilization"][2:])
+            assert [fault["kind"] for fault in summary["faults"]] == ["node_loss"] * 3

@@ -4,9 +4,10 @@
 requests and draws as `sim.engine.PipelineSimulation` (`core.system.RequestSource`'s streams) and returns
 a `Recorder` whose `summary()`, time series, per-request rows and shadow samples equal the simpy run's. It
 covers plain and batching stage pools (servers, queue limits, timeouts, stage slowdowns), stages of several
-nodes behind a balancer, caches and nearline stores; `support.unsupported(scenario, pipeline)` names what stands
-in the way (batching stages whose batch services cannot be drawn ahead; hedges, retries, batching nodes,
-node loss, deadlines; exact ties between events likely where their order matters) without importing numba.
+nodes behind a balancer (shards, retries, node loss), caches and nearline stores; `support.unsupported(scenario,
+pipeline)` names what stands in the way (batching stages whose batch services cannot be drawn ahead; hedges;
+deadlines with batching stages; exact ties between events likely where their order matters) without importing
+numba.
 
 How (see `engine` and `kernels`): a FIFO pool of c servers with a queue limit and abandonment on timeout
 is a sweep over its visits in order of arrival with a min-heap of the servers' free times and one of the

@@ -171,13 +171,14 @@ def slowdown_at(slot: int, x: float, slow_at: np.ndarray, slow_t: np.ndarray, sl
 
 
 @njit(cache=True, _nrt=False)
-def visit_over(i: int, o: int, e: float, req: tuple) -> None:
+def visit_over(i: int, o: int, e: float, req: tuple, order: int = -1) -> None:
     """Request i's visit at its step ended at `e` with outcome `o`: the step's latest end so far, the order of the
     event that ended it (visits are numbered as their ends are decided: a batch's members in batch order, the
-    order simpy resumes them in) and its worst outcome."""
+    order simpy resumes them in; or `order`, given) and its worst outcome."""
     arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, numbered, hop, ids, deadline = req
-    order = numbered[0]
-    numbered[0] += 1
+    if order < 0:
+        order = numbered[0]
+        numbered[0] += 1
     if e > step_end[i]:
         step_end[i] = e
         end_order[i] = order
@@ -186,12 +187,12 @@ def visit_over(i: int, o: int, e: float, req: tuple) -> None:
 
 
 @njit(cache=True, _nrt=False)
-def visit_ended(i: int, o: int, e: float, k: int, steps: int, req: tuple) -> None:
-    """`visit_over`, and when it was the last visit request i's step k waited for, the step is done: the
+def visit_ended(i: int, o: int, e: float, k: int, steps: int, req: tuple, order: int = -1) -> None:
+    """`visit_over` (`order`: its order, given), and when it was the last visit request i's step k waited for, the step is done: the
     request moves on (ranked among those moving on at the same time by the event that ended its step), or leaves;
     it leaves timed out at its `deadline` (`deadlines`) if the step, or its pause before the next, ends after it."""
     arrive, step, outcome, end_s, pending, step_end, worst, end_order, rank, numbered, hop, ids, deadline = req
-    visit_over(i, o, e, req)
+    visit_over(i, o, e, req, order)
     pending[i] -= 1
     if pending[i] > 0:
         return

@@ -1,5 +1,5 @@
-"""Stages of several nodes in the compiled engine: `sim.fleet.Fleet` with shards, retries and batching nodes
-(`batching`: a node's load is its queue's), without hedges or node loss.
+"""Stages of several nodes in the compiled engine: `sim.fleet.Fleet` with shards, retries, node loss and batching
+nodes (`batching`: a node's load is its queue's), without hedges.
 
 Each node of a fleet stage is a FIFO pool of its own (`servers / nodes` servers, the stage's queue limit and
 timeout): its servers' free times are a heap of the stage's region of the kernels' `free` (node j's at
@@ -16,8 +16,20 @@ A stage that retries (`retries[f]` > 0) sends a rejected visit or shard at once 
 part of the visit, as simpy does in the same process, while its retries last (each recorded as `tried[m] =
 (slot, time)`). A timed-out one (not one left at its request's deadline) is sent again when it leaves its queue,
 among the stage's later arrivals: its visit waits in a row of `later` (the request, its parts, the nodes holding
-them as bits), and the fleet's heap of resends (`resend_t`, `resend_id`: time, then the order pushed) says when;
+them in `later_held`), and the fleet's heap of resends (`resend_t`, `resend_id`: time, then the order pushed) says when;
 the parts of a visit that time out together are sent again in the order they were first sent.
+
+Node loss (`node_loss` faults, known before the run): per fleet, its nodes' losses and returns in time order
+(`loss_t`, how many nodes `loss_n`, whether they go down `loss_down`), applied before the balancer next looks
+(`apply_losses`, at or after their time): a lost node is marked `down` (skipped by every balancer, as
+`core.fleet.FleetPolicy` skips it), its servers freed and its waiters dropped (it returns empty). A part sent to
+a node that will be lost while it holds the part (queued, or in service, until it ends, times out or is left at
+its request's deadline) is lost then: it waits in `later` for a resend of its own at the loss time, keyed (time,
+node, the order it was sent: `parts[j, 9]`), the order in which `sim.pools.StagePool.lose` fails what a node
+holds (its nodes in turn, each in the order its visits came), then it is sent again to another live node while
+the stage's retries last, else fails. One cut in service stops its busy time there (a cut row `(slot, node,
+loss time, end, -1)` in `rec`, handed to `Recorder.cut` in turn with the visits' starts). A visit that fails at
+the loss time ends in simpy's order (`loss_order`): the processes it ends through resume one event after another.
 
 A sharded stage (`shards[f]` > 1) picks a distinct node for each of a visit's shards, every pick from the counts
 before any of them joins, as `core.fleet.FleetPolicy.first_nodes` does; each shard joins its node's pool at the
@@ -40,11 +52,14 @@ from aif_sim.compiled.batching import load, pop_row
 from aif_sim.core.balance import BLOCK
 from aif_sim.core.traffic import stream
 from aif_sim.metrics.recorder import Recorder
-from aif_sim.scenario.schema import Scenario
+from aif_sim.scenario.schema import NodeLoss, Scenario
 
 KINDS = {"random": 0, "round_robin": 1, "least_outstanding": 2, "p2c": 3}
-PART = 9  # columns of a part: node, outcome, start, end, service, a sorted end, retries so far, its own service,
-# whether it waits to be sent again (at its end)
+PART = 11  # columns of a part: node, outcome, start, end, service, a sorted end, retries so far, its own service,
+# whether it waits to be sent again at its end (SETTLED; TIMED_OUT_WAIT, LOST_WAIT, and once its resend is pushed, those
+# + PUSHED), the order it was sent in when it is lost, the order it was failed in at its node's loss (-1: not lost)
+SETTLED, TIMED_OUT_WAIT, LOST_WAIT, PUSHED = 0.0, 1.0, 2.0, 2.0
+LEVEL = 1 << 48  # orders of visits ending at a loss time: level * LEVEL + the order they were failed in
 ROWS = 1 << 24  # more than `later` has rows: a resend's id is `sequence * ROWS + row`
 DRAWS = (1, 0, 0, 2)  # uniforms per pick, by kind
 RANDOM, ROUND_ROBIN, LEAST_OUTSTANDING, P2C = range(4)
@@ -87,23 +102,30 @@ class FleetState:
             np.empty((64, 3)),  # skew
             np.zeros(1, np.int64),  # skew_n
             np.zeros(max(nodes, default=1), np.bool_),  # holding: the nodes a visit's shards were sent to
-            np.empty((max(nodes, default=1), PART)),  # parts: per shard (node, outcome, start, end, service; a sorted end;
-            # retries so far, its own service)
+            np.empty((max(nodes, default=1), PART)),  # parts: per shard, the columns of PART
             np.array([config.retries for config in configs], np.int64),
             np.empty((64, 2)),  # tried: (slot, time) of each retry
             np.zeros(1, np.int64),  # tried_n
-            np.full((0, 9), -1, np.int64),  # later: visits with a part to send again later (request, slot, fleet,
-            # parts unsettled, nodes holding a part (bits), measured, p, first, stop; request -1: a free row)
+            np.full((0, 8), -1, np.int64),  # later: visits with a part to send again later (request, slot, fleet,
+            # parts unsettled, measured, p, first, stop; request -1: a free row)
             np.empty((0, 2)),  # later_t: their (sent, deadline)
             np.empty((0, max(shards, default=1), PART)),  # later_parts: their `parts`
             np.zeros(0, np.int64),  # free rows of `later`, a stack
             np.zeros(1, np.int64),  # free rows on the stack
             np.empty((len(slots), 0)),  # resend_t: per fleet, a heap of the times parts are sent again
-            np.empty((len(slots), 0), np.int64),  # resend_id: with them, sequence * ROWS + row (ties in order sent)
+            np.empty((len(slots), 0), np.int64),  # resend_id: with them, sequence * ROWS + row (ties: by node, in order sent)
             np.zeros(len(slots), np.int64),  # resends per fleet
             np.zeros(1, np.int64),  # resends pushed so far
         )
-        self.resending = sum(config.retries > 0 and config.timeout_ms is not None for config in configs)
+        # resend_node, resend_part: the node a lost part was lost with and the part (-1, -1: the parts timed out then)
+        self.state += (np.empty((len(slots), 0), np.int64), np.empty((len(slots), 0), np.int64))
+        self.state += _losses(scenario, [names[slot] for slot in slots], nodes)
+        self.state += (np.zeros((0, max(nodes, default=1)), np.bool_),)  # later_held: the nodes holding a part of each
+        losing = {fault.stage for fault in scenario.faults if isinstance(fault, NodeLoss)}
+        self.resending = sum(
+            (config.retries > 0 and config.timeout_ms is not None) or names[slot] in losing for slot, config in zip(slots, configs)
+        )
+        self.losing = np.array([names[slot] in losing for slot in slots], np.bool_)
 
     def prepare(self, arrivals: int) -> None:
         """Room for `arrivals` more visits per fleet: waiters, uniforms and records."""
@@ -131,6 +153,7 @@ class FleetState:
         if not len(nodes):
             return
         later = self._later(arrivals)
+        sends = (arrivals * shards * (1 + retries) * np.where(self.losing, 2, 1)).sum()  # a busy row, and a cut one
         width = max(int(queued.max()) + arrivals, waits.shape[1])
         if width > waits.shape[1]:
             grown = np.empty((len(waits), width))
@@ -145,17 +168,19 @@ class FleetState:
         uniforms = np.zeros((len(nodes), max(len(drawn) for drawn in self.drawn)))
         for f, drawn in enumerate(self.drawn):
             uniforms[f, : len(drawn)] = drawn
-        rec = _room(rec, int(rec_n[0]) + arrivals * int((shards * (1 + retries)).sum()))
+        rec = _room(rec, int(rec_n[0]) + int(sends))
         skew = _room(skew, int(skew_n[0]) + arrivals * len(nodes))
         tried = _room(tried, int(tried_n[0]) + arrivals * int((shards * retries).sum()))
+        losses = self.state[30:37]
         self.state = (nodes, kind, last, uniforms, taken, row_at, waits, queued, rec, rec_n, shards, shard_at, skew, skew_n, holding, parts)
-        self.state += (retries, tried, tried_n, *later)
+        self.state += (retries, tried, tried_n, *later[:11], *losses, later[11])
 
     def _later(self, arrivals: int) -> tuple:
         """The state of the parts sent again later (`later`, ... `resends`), with room for `arrivals` more visits."""
-        later, later_t, later_parts, stack, stacked, resend_t, resend_id, resends, pushed = self.state[19:]
+        later, later_t, later_parts, stack, stacked, resend_t, resend_id, resends, pushed, resend_node, resend_part = self.state[19:30]
+        held = self.state[37]
         if not self.resending:
-            return self.state[19:]
+            return (*self.state[19:30], held)
         need = arrivals * self.resending  # a visit per request and resending fleet at most
         if int(stacked[0]) < need:
             rows = len(later)
@@ -163,16 +188,21 @@ class FleetState:
             later = np.concatenate([later, np.full((more, later.shape[1]), -1, np.int64)])
             later_t = np.concatenate([later_t, np.empty((more, 2))])
             later_parts = np.concatenate([later_parts, np.empty((more, *later_parts.shape[1:]))])
+            held = np.concatenate([held, np.zeros((more, held.shape[1]), np.bool_)])
             free_rows = np.concatenate([stack[: stacked[0]], np.arange(rows + more - 1, rows - 1, -1, dtype=np.int64)])
             stack = np.empty(rows + more, np.int64)  # room for every row
             stack[: len(free_rows)] = free_rows
             stacked[0] = len(free_rows)
-        width = int(resends.max(initial=0)) + arrivals * int(later_parts.shape[1])
+        width = len(later) * int(later_parts.shape[1])  # a resend per part waiting at most
         if width > resend_t.shape[1]:
-            resend_t = np.concatenate([resend_t, np.empty((len(resend_t), width - resend_t.shape[1]))], axis=1)
-            resend_id = np.concatenate([resend_id, np.empty((len(resend_id), width - resend_id.shape[1]), np.int64)], axis=1)
+            more = width - resend_t.shape[1]
+            resend_t = np.concatenate([resend_t, np.empty((len(resend_t), more))], axis=1)
+            resend_id, resend_node, resend_part = (
+                np.concatenate([column, np.empty((len(column), more), np.int64)], axis=1)
+                for column in (resend_id, resend_node, resend_part)
+            )
         assert len(later) < ROWS
-        return later, later_t, later_parts, stack, stacked, resend_t, resend_id, resends, pushed
+        return later, later_t, later_parts, stack, stacked, resend_t, resend_id, resends, pushed, resend_node, resend_part, held
 
     def remap(self, new_index: np.ndarray) -> None:
         """The requests were compacted (`new_index[old]`): the visits waiting to send a part again follow."""
@@ -181,18 +211,49 @@ class FleetState:
         later[used, 0] = new_index[later[used, 0]]
 
     def emit(self, recorder: Recorder, before: float) -> None:
-        """Account the visits that started before `before` (`Recorder.node_busy`) in the order they started, the
+        """Account the visits that started before `before` (`Recorder.node_busy`) in the order they started (those cut
+        by a node's loss, `Recorder.cut`, in their turn at the loss time), the
         sharded visits that ended before it (`Recorder.shard_skew`) in the order they ended, and the retries sent
         before it, and drop them."""
         rec, rec_n, skew, skew_n = self.state[8], self.state[9], self.state[12], self.state[13]
         slots = len(self.shard_at)
         firsts, rows = _taken(rec, rec_n, 2, before, slots)
         for slot, mine in _by_slot(firsts, rows):
-            recorder.node_busy_many(slot, mine[:, 1].astype(np.int64), mine[:, 2], mine[:, 3], mine[:, 4] != 0)
+            done = 0
+            for cut in [*np.flatnonzero(mine[:, 4] < 0).tolist(), len(mine)]:  # busy time, and cuts in their turn
+                busy = mine[done:cut]
+                if len(busy):
+                    recorder.node_busy_many(slot, busy[:, 1].astype(np.int64), busy[:, 2], busy[:, 3], busy[:, 4] != 0)
+                if cut < len(mine):
+                    recorder.cut(slot, int(mine[cut, 1]), float(mine[cut, 2]), float(mine[cut, 3]))
+                done = cut + 1
         for slot, mine in _by_slot(*_taken(skew, skew_n, 1, before, slots)):
             recorder.shard_skew_many(slot, mine[:, 2])
         for slot, mine in _by_slot(*_taken(self.state[17], self.state[18], 1, before, slots)):
             recorder.retry(slot, len(mine))
+
+
+def _losses(scenario: Scenario, names: list[str], nodes: list[int]) -> tuple:
+    """The loss timetables of the fleets `names` (`sim.background.fault` applying each `node_loss`: its nodes down at
+    `at_s`, up again at `at_s + duration_s`), in time order (equal times stay on simpy: `support`): per fleet its
+    first event (`loss_at`), then each event's time, nodes and whether they go down; the next event to apply, each
+    node's state (`down`, rows as `waits`') and the nodes down per fleet."""
+    events: list[list[tuple[float, int, bool]]] = [[] for _ in names]
+    for fault in scenario.faults:
+        if isinstance(fault, NodeLoss) and fault.stage in names:
+            f = names.index(fault.stage)
+            events[f] += [(fault.at_s, fault.nodes, True), (fault.at_s + fault.duration_s, fault.nodes, False)]
+    ordered = [sorted(mine, key=lambda event: event[0]) for mine in events]
+    flat = [event for mine in ordered for event in mine]
+    return (
+        np.cumsum([0, *map(len, ordered)]).astype(np.int64),
+        np.array([event[0] for event in flat], np.float64),
+        np.array([event[1] for event in flat], np.int64),
+        np.array([event[2] for event in flat], np.bool_),
+        np.cumsum([0, *map(len, ordered)])[:-1].astype(np.int64),
+        np.zeros(max(1, sum(nodes)), np.bool_),
+        np.zeros(len(names), np.int64),
+    )
 
 
 def _by_slot(firsts: np.ndarray, rows: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
@@ -315,44 +376,85 @@ def _load(
 
 
 @njit(cache=True, _nrt=False)
-def _eligible(j: int, holding: np.ndarray, held: int) -> int:
-    """The j-th node (ascending) not in `holding`, where `held` nodes are."""
-    if held == 0:
+def _eligible(j: int, holding: np.ndarray, held: int, down: np.ndarray, row: int, downs: int) -> int:
+    """The j-th node (ascending) neither in `holding` (where `held` nodes are) nor down (`down[row + node]`, `downs`
+    nodes of the fleet down)."""
+    if held == 0 and downs == 0:
         return j
     node = -1
     while j >= 0:
         node += 1
-        if not holding[node]:
+        if not holding[node] and not (downs and down[row + node]):
             j -= 1
     return node
 
 
 @njit(cache=True, _nrt=False)
+def apply_losses(f: int, t: float, base: int, threads: int, free: np.ndarray, fleets: tuple) -> None:
+    """Fleet f's node losses and returns at or before t (the first of them due): a lost node is down, its servers
+    free and its waiters gone (it returns empty); a returning node is up."""
+    loss_at, loss_t, loss_n, loss_down, loss_next, down, downs = fleets[30:37]
+    e = loss_next[f]
+    row, queued = fleets[5][f], fleets[7]
+    while e < loss_at[f + 1] and loss_t[e] <= t:
+        for node in range(loss_n[e]):
+            if loss_down[e]:
+                downs[f] += not down[row + node]
+                down[row + node] = True
+                queued[row + node] = 0
+                for s in range(base + node * threads, base + (node + 1) * threads):
+                    free[s] = -np.inf
+            else:
+                downs[f] -= down[row + node]
+                down[row + node] = False
+        e += 1
+    loss_next[f] = e
+
+
+@njit(cache=True, _nrt=False)
+def lost_at(f: int, node: int, x: float, fleets: tuple) -> float:
+    """When fleet f's node `node` is next lost after x (inf: never)."""
+    loss_at, loss_t, loss_n, loss_down, loss_next = fleets[30:35]
+    for e in range(loss_next[f], loss_at[f + 1]):
+        if loss_down[e] and loss_n[e] > node and loss_t[e] > x:
+            return loss_t[e]
+    return np.inf
+
+
+@njit(cache=True, _nrt=False)
 def pick(f: int, t: float, base: int, threads: int, free: np.ndarray, fleets: tuple, held: int, batch: int, bs: tuple) -> int:
-    """The node fleet f's balancer picks for a visit or shard arriving at t (`core.balance`, every node live) among
-    the nodes not holding another shard of the visit (`holding`, `held` of them); the stage's servers start at
-    `free[base]`, `threads` per node, or, for a batching stage, its nodes are the queues `batch + node` of the
-    batching state `bs`."""
+    """The node fleet f's balancer picks for a visit or shard arriving at t (`core.balance`) among its live nodes not
+    holding another shard of the visit (`holding`, `held` of them), -1 when there is none (no draw taken); the
+    stage's servers start at `free[base]`, `threads` per node, or, for a batching stage, its nodes are the queues
+    `batch + node` of the batching state `bs`. A fleet that loses nodes has its losses and returns by t applied
+    first (`apply_losses`, by the caller: kept out of here, the balancers' hot path)."""
     nodes, kind, last, uniforms, taken, row_at, waits, queued = fleets[:8]
-    holding = fleets[14]
-    count, row = nodes[f] - held, row_at[f]
+    holding, down, downs = fleets[14], fleets[35], fleets[36]
+    row, gone = row_at[f], downs[f]
+    count = nodes[f] - held
+    if gone:
+        count = 0
+        for node in range(nodes[f]):
+            count += not holding[node] and not down[row + node]
+    if count == 0:
+        return -1
     k = kind[f]
     if k == RANDOM:
         u = uniforms[f, taken[f]]
         taken[f] += 1
-        return _eligible(int(u * count), holding, held)
+        return _eligible(int(u * count), holding, held, down, row, gone)
     if k == ROUND_ROBIN:
         node = last[f] + 1
-        while node < nodes[f] and held and holding[node]:
+        while node < nodes[f] and ((held and holding[node]) or (gone and down[row + node])):
             node += 1
         if node >= nodes[f]:
-            node = _eligible(0, holding, held)
+            node = _eligible(0, holding, held, down, row, gone)
         last[f] = node
         return node
     if k == LEAST_OUTSTANDING:
         best, fewest = -1, 0
         for node in range(nodes[f]):
-            if held and holding[node]:
+            if (held and holding[node]) or (gone and down[row + node]):
                 continue
             load = _load(node, t, base, threads, free, waits, queued, row, batch, bs)
             if best < 0 or load < fewest:
@@ -362,11 +464,11 @@ def pick(f: int, t: float, base: int, threads: int, free: np.ndarray, fleets: tu
     taken[f] += 2
     first = int(u * count)
     if count == 1:
-        return _eligible(0, holding, held)
+        return _eligible(0, holding, held, down, row, gone)
     second = int(v * (count - 1))
     if second >= first:
         second += 1
-    first, second = _eligible(first, holding, held), _eligible(second, holding, held)
+    first, second = _eligible(first, holding, held, down, row, gone), _eligible(second, holding, held, down, row, gone)
     a = _load(first, t, base, threads, free, waits, queued, row, batch, bs)
     b = _load(second, t, base, threads, free, waits, queued, row, batch, bs)
     return second if b < a else first
@@ -402,6 +504,31 @@ def served_at_node(f: int, node: int, slot: int, start: float, service: float, m
     m = rec_n[0]
     rec[m, 0], rec[m, 1], rec[m, 2], rec[m, 3], rec[m, 4] = slot, node, start, service, measured
     rec_n[0] = m + 1
+
+
+@njit(cache=True, _nrt=False)
+def cut_at_node(node: int, slot: int, at: float, end: float, fleets: tuple) -> None:
+    """A part in service on the node until `end` stopped at `at` (the node was lost): a cut row for `Recorder.cut`."""
+    rec, rec_n = fleets[8], fleets[9]
+    m = rec_n[0]
+    rec[m, 0], rec[m, 1], rec[m, 2], rec[m, 3], rec[m, 4] = slot, node, at, end, -1.0
+    rec_n[0] = m + 1
+
+
+@njit(cache=True, _nrt=False)
+def loss_order(parts: np.ndarray, k: int, at: float, hops: int) -> int:
+    """The order of a visit of k parts that failed at `at`, its node's loss, among the others failing then, as simpy
+    resumes them: the processes a failed part was interrupted in resume at once, in the order failed (`parts[j, 10]`);
+    a visit whose shards ran in processes of their own (all but its last) ends one event later, when the last of
+    them failing then has ended, and `hops` events after that its request (a parallel branch of its own, a deadline's
+    process and its condition)."""
+    level, order = 0, parts[k - 1, 10]
+    for j in range(k - 1):
+        if parts[j, 3] == at and parts[j, 10] >= 0:
+            if level == 0 or parts[j, 10] > order:
+                order = parts[j, 10]
+            level = 1
+    return (level + hops) * LEVEL + int(order)
 
 
 @njit(cache=True, _nrt=False)
@@ -447,42 +574,53 @@ def retried(f: int, slot: int, t: float, fleets: tuple) -> None:
 
 
 @njit(cache=True, _nrt=False)
-def _before(t: np.ndarray, ids: np.ndarray, f: int, a: int, b: int) -> bool:
-    """Whether fleet f's resend a comes before resend b: by time, then in the order they were pushed."""
-    return t[f, a] < t[f, b] or (t[f, a] == t[f, b] and ids[f, a] < ids[f, b])
+def _before(t: np.ndarray, ids: np.ndarray, keys: np.ndarray, f: int, a: int, b: int) -> bool:
+    """Whether fleet f's resend a comes before resend b: by time, then by node (a node loss fails its nodes in turn),
+    then in the order they were pushed (or sent)."""
+    return t[f, a] < t[f, b] or (t[f, a] == t[f, b] and (keys[f, a] < keys[f, b] or (keys[f, a] == keys[f, b] and ids[f, a] < ids[f, b])))
 
 
 @njit(cache=True, _nrt=False)
-def push_resend(f: int, at: float, row: int, fleets: tuple) -> None:
-    """The unsettled parts of the visit in `later[row]` are sent again at `at`."""
-    resend_t, resend_id, resends, pushed = fleets[24], fleets[25], fleets[26], fleets[27]
+def _swap(f: int, a: int, b: int, fleets: tuple) -> None:
+    resend_t, resend_id, resend_node, resend_part = fleets[24], fleets[25], fleets[28], fleets[29]
+    resend_t[f, a], resend_t[f, b] = resend_t[f, b], resend_t[f, a]
+    resend_id[f, a], resend_id[f, b] = resend_id[f, b], resend_id[f, a]
+    resend_node[f, a], resend_node[f, b] = resend_node[f, b], resend_node[f, a]
+    resend_part[f, a], resend_part[f, b] = resend_part[f, b], resend_part[f, a]
+
+
+@njit(cache=True, _nrt=False)
+def push_resend(f: int, at: float, row: int, fleets: tuple, node: int = -1, part: int = -1, sequence: int = -1) -> None:
+    """The parts of the visit in `later[row]` that time out at `at` are sent again then; or (`part` >= 0) its part
+    lost with `node` at `at`, sent in the order `sequence` (`sim.pools.StagePool.lose`'s order)."""
+    resend_t, resend_id, resends, pushed, resend_node, resend_part = fleets[24], fleets[25], fleets[26], fleets[27], fleets[28], fleets[29]
     pos = resends[f]
     resends[f] = pos + 1
-    resend_t[f, pos], resend_id[f, pos] = at, pushed[0] * ROWS + row
-    pushed[0] += 1
-    while pos > 0 and _before(resend_t, resend_id, f, pos, (pos - 1) >> 1):
+    if sequence < 0:
+        sequence = pushed[0]
+        pushed[0] += 1
+    resend_t[f, pos], resend_id[f, pos], resend_node[f, pos], resend_part[f, pos] = at, sequence * ROWS + row, node, part
+    while pos > 0 and _before(resend_t, resend_id, resend_node, f, pos, (pos - 1) >> 1):
         parent = (pos - 1) >> 1
-        resend_t[f, pos], resend_t[f, parent] = resend_t[f, parent], resend_t[f, pos]
-        resend_id[f, pos], resend_id[f, parent] = resend_id[f, parent], resend_id[f, pos]
+        _swap(f, pos, parent, fleets)
         pos = parent
 
 
 @njit(cache=True, _nrt=False)
-def pop_resend(f: int, fleets: tuple) -> tuple[float, int]:
-    """Fleet f's first resend taken out: (its time, its row of `later`)."""
-    resend_t, resend_id, resends = fleets[24], fleets[25], fleets[26]
-    at, row = resend_t[f, 0], resend_id[f, 0] % ROWS
+def pop_resend(f: int, fleets: tuple) -> tuple[float, int, int]:
+    """Fleet f's first resend taken out: (its time, its row of `later`, the part lost then or -1)."""
+    resend_t, resend_id, resends, resend_node, resend_part = fleets[24], fleets[25], fleets[26], fleets[28], fleets[29]
+    at, row, part = resend_t[f, 0], resend_id[f, 0] % ROWS, resend_part[f, 0]
     size = resends[f] - 1
     resends[f] = size
-    resend_t[f, 0], resend_id[f, 0] = resend_t[f, size], resend_id[f, size]
+    _swap(f, 0, size, fleets)
     pos = 0
     while 2 * pos + 1 < size:
         child = 2 * pos + 1
-        if child + 1 < size and _before(resend_t, resend_id, f, child + 1, child):
+        if child + 1 < size and _before(resend_t, resend_id, resend_node, f, child + 1, child):
             child += 1
-        if not _before(resend_t, resend_id, f, child, pos):
+        if not _before(resend_t, resend_id, resend_node, f, child, pos):
             break
-        resend_t[f, pos], resend_t[f, child] = resend_t[f, child], resend_t[f, pos]
-        resend_id[f, pos], resend_id[f, child] = resend_id[f, child], resend_id[f, pos]
+        _swap(f, pos, child, fleets)
         pos = child
-    return at, row
+    return at, row, part

@@ -24,7 +24,23 @@ from numba import njit
 from aif_sim.compiled.batching import join, run_until, slowdown_at, visit_ended, visit_over, wake
 from aif_sim.compiled.caches import due, insert, lookup, lookup_own, settle
 from aif_sim.compiled.deadlines import wasted, wasted_order
-from aif_sim.compiled.fleets import parts_over, pick, pop_resend, push_resend, retried, served_at_node, visit_node
+from aif_sim.compiled.fleets import (
+    LOST_WAIT,
+    PUSHED,
+    SETTLED,
+    TIMED_OUT_WAIT,
+    apply_losses,
+    cut_at_node,
+    loss_order,
+    lost_at,
+    parts_over,
+    pick,
+    pop_resend,
+    push_resend,
+    retried,
+    served_at_node,
+    visit_node,
+)
 
 COMPLETED, REJECTED, TIMED_OUT = 0, 1, 2  # core.request.Outcome
 
@@ -144,34 +160,52 @@ def _fleet_visit(
     deadline, request, first, stop, p = abandon[:5]
     shards, shard_at, holding, parts = fleets[10], fleets[11], fleets[14], fleets[15]
     k = shards[f]
+    held = 0
+    if fleets[34][f] < fleets[30][f + 1] and fleets[31][fleets[34][f]] <= t:  # nodes lost or back by t
+        apply_losses(f, t, base, threads, free, fleets)
     for j in range(k):  # every pick sees the counts before any shard joins
-        node = pick(f, t, base, threads, free, fleets, j, -1, batches)
-        holding[node] = True
+        node = pick(f, t, base, threads, free, fleets, held, -1, batches)
+        if node >= 0:
+            holding[node] = True
+            held += 1
         parts[j, 0] = node
     waiting = 0
     for q in range(k):
         j = k - 1 if q == 0 else q - 1
         parts[j, 6], parts[j, 7] = 0, service[i, slot] if k == 1 else shard_s[i, shard_at[f] + j] + miss_s
-        settled = _send_part(f, slot, j, t, False, base, threads, free, limits, measured, slow, fleets, abandon, batches)
-        parts[j, 8] = 0.0 if settled else 1.0
-        waiting += not settled
+        parts[j, 10] = -1
+        waiting += not _send_part(f, slot, j, t, False, base, threads, free, limits, measured, slow, fleets, abandon, batches)
     if waiting:
         later, later_t, later_parts, stack, stacked = fleets[19:24]
         stacked[0] -= 1
         row = stack[stacked[0]]
-        later[row, 0], later[row, 1], later[row, 2], later[row, 3], later[row, 5] = i, slot, f, waiting, measured
-        later[row, 6], later[row, 7], later[row, 8] = p, first, stop
-        later[row, 4] = 0
-        for node in range(fleets[0][f]):
-            if holding[node]:
-                later[row, 4] |= 1 << node
+        later[row, 0], later[row, 1], later[row, 2], later[row, 3], later[row, 4] = i, slot, f, waiting, measured
+        later[row, 5], later[row, 6], later[row, 7] = p, first, stop
         later_t[row, 0], later_t[row, 1] = t, deadline
-        _keep_parts(parts, later_parts, row, k, True)
-        holding[:] = False
-        push_resend(f, t + limits[1], row, fleets)  # every part sent at t that timed out leaves its queue then
+        _wait(f, row, k, t + limits[1], fleets)
         return -1, t
     holding[:] = False
     return parts_over(f, i, slot, t, deadline, service, times, measured, fleets)
+
+
+@njit(cache=True, _nrt=False)
+def _wait(f: int, row: int, k: int, timeout_at: float, fleets: tuple) -> None:
+    """The visit in `later[row]` waits for its unsettled parts (`parts`, kept with the nodes holding them): each part
+    newly lost with its node is sent again at the loss time, and those newly timed out at `timeout_at` then."""
+    later_parts, holding, parts, held = fleets[21], fleets[14], fleets[15], fleets[37]
+    for node in range(fleets[0][f]):
+        held[row, node] = holding[node]
+    holding[:] = False
+    timing_out = False
+    for j in range(k):
+        if parts[j, 8] == LOST_WAIT:
+            push_resend(f, parts[j, 3], row, fleets, int(parts[j, 0]), j, int(parts[j, 9]))
+        timing_out |= parts[j, 8] == TIMED_OUT_WAIT
+        if parts[j, 8] == LOST_WAIT or parts[j, 8] == TIMED_OUT_WAIT:
+            parts[j, 8] += PUSHED
+    _keep_parts(parts, later_parts, row, k, True)
+    if timing_out:  # every part sent at one instant that timed out leaves its queue then
+        push_resend(f, timeout_at, row, fleets)
 
 
 @njit(cache=True, _nrt=False)
@@ -202,43 +236,64 @@ def _send_part(
     abandon: tuple,
     batches: tuple,
 ) -> bool:
-    """Part j of a visit to fleet f's stage (`parts[j]`: its node, ..., its retries so far, its own service) sent at
-    x to its node, a rejected one sent at once to another node not holding a part of the visit while the stage's
-    retries last; `again`: a part that timed out, sent again now to such a node if one is left (`sim.fleet`'s
-    `_deliver`). True when the part is settled (`parts[j]` its outcome, start, end, service); False when it timed
-    out with a retry left: simpy sends it again when it leaves the queue, at its end."""
+    """Part j of a visit to fleet f's stage (`parts[j]`: its node (-1: no live node was left for it), ..., its retries
+    so far, its own service) sent at x to its node, a rejected one sent at once to another live node not holding a
+    part of the visit while the stage's retries last; `again`: a part that timed out or was lost with its node, sent
+    again now to such a node if one is left (`sim.fleet`'s `_deliver`). True when the part is settled (`parts[j]` its
+    outcome, start, end, service); False when it waits (`parts[j, 8]`): timed out with a retry left (simpy sends it
+    again when it leaves the queue, at its end), or lost with its node (at its end, the loss time, `parts[j, 9]` the
+    order it was sent in)."""
     limit, timeout = limits[0], limits[1]
     deadline, request, first, stop, p, dropped = abandon
-    nodes, shards, holding, parts, retries = fleets[0], fleets[10], fleets[14], fleets[15], fleets[16]
+    nodes, shards, holding, parts, retries, pushed = fleets[0], fleets[10], fleets[14], fleets[15], fleets[16], fleets[27]
     node = int(parts[j, 0])
+    parts[j, 8] = SETTLED
     while True:
         if again:
             held = 0
             for n in range(nodes[f]):
                 held += holding[n]
-            if held == nodes[f]:
-                return True  # no node left to send it to
+            if fleets[34][f] < fleets[30][f + 1] and fleets[31][fleets[34][f]] <= x:
+                apply_losses(f, x, base, threads, free, fleets)
             node = pick(f, x, base, threads, free, fleets, held, -1, batches)
+            if node < 0:
+                return True  # no node left to send it to
             holding[node] = True
             parts[j, 6] += 1
             retried(f, slot, x, fleets)
         again = True
+        if node < 0:
+            parts[j, 1], parts[j, 2], parts[j, 3] = REJECTED, x, x
+            return True
         s = parts[j, 7]
         at = base + node * threads
         o, start, e = visit_node(f, node, x, free[at], limit, timeout, deadline, fleets)
+        lost = lost_at(f, node, x, fleets) if fleets[34][f] < fleets[30][f + 1] else np.inf  # its node's loss, if any
+        gone = e  # when it leaves the node
         if o == COMPLETED:
             s = s * slowdown_at(slot, start, slow[0], slow[1], slow[2])
             e = start + s
+            gone = min(e, deadline)
             free[at] = e if e <= deadline else deadline + (e - deadline)
             _sift_down(free, at, threads, 0)
-            served_at_node(f, node, slot, start, s, measured, fleets)
-            if e > deadline:
+            if start < lost:
+                served_at_node(f, node, slot, start, s, measured, fleets)
+            if e > deadline and deadline < lost:
                 wasted(dropped, slot, deadline, request, wasted_order(p, first, stop, j, shards[f]), start, s, node)
         parts[j, 0], parts[j, 1], parts[j, 2], parts[j, 3], parts[j, 4] = node, o, start, e, s
+        if o != REJECTED and gone > lost:  # the node goes down with it (in service if it started before)
+            if o != COMPLETED or start > lost:
+                parts[j, 2] = lost
+            parts[j, 1], parts[j, 3], parts[j, 8], parts[j, 9] = REJECTED, lost, LOST_WAIT, pushed[0]
+            pushed[0] += 1
+            return False
         if o == COMPLETED or parts[j, 6] >= retries[f]:
             return True
         if o == TIMED_OUT:
-            return e >= deadline  # left at the request's deadline: abandoned; else sent again when it leaves
+            if e >= deadline:
+                return True  # left at the request's deadline: abandoned
+            parts[j, 8] = TIMED_OUT_WAIT
+            return False
 
 
 @njit(cache=True, _nrt=False)
@@ -288,43 +343,47 @@ def _resend_until(
     ends: tuple,
 ) -> None:
     """Fleet f's parts sent again before x (`later`), in the order simpy sends them: by time, visits in the order they
-    were sent, a visit's parts in the order they were first sent. A visit whose last part settles ends
-    (`parts_over`): its cache inserts, and its step's wait for it is over (`visit_ended`). `ends`: the guard and
-    read-through caches per slot, the cache inserts, and the time at which lookups stop (`advance`)."""
-    resends, holding, parts = fleets[26], fleets[14], fleets[15]
+    were sent, a visit's parts in the order they were first sent; the parts a node loss fails, node by node, each
+    node's in the order they came to it (cut in service: their busy time stops then). A visit whose last part
+    settles ends (`parts_over`): its cache inserts, and its step's wait for it is over (`visit_ended`; failed at a
+    loss, in simpy's order, `fleets.loss_order`). `ends`: the guard and read-through caches per slot, the cache
+    inserts, and the time at which lookups stop (`advance`)."""
+    resends, holding, parts, retries = fleets[26], fleets[14], fleets[15], fleets[16]
     later, later_t, later_parts, stack, stacked = fleets[19:24]
     times, miss, cache_hit, users, measured = visits[:5]
     guard, reads, inserts, until = ends
-    ids, shards = req[11], fleets[10]
+    ids, numbered, shards = req[11], req[9], fleets[10]
     while resends[f] > 0 and fleets[24][f, 0] < x:
-        at, row = pop_resend(f, fleets)
+        at, row, part = pop_resend(f, fleets)
         i, slot, waiting = later[row, 0], later[row, 1], later[row, 3]
         kk = shards[f]
         _keep_parts(parts, later_parts, row, kk, False)
         for node in range(fleets[0][f]):
-            holding[node] = (later[row, 4] >> node) & 1
+            holding[node] = fleets[37][row, node]
         t, deadline = later_t[row, 0], later_t[row, 1]
-        abandon = (deadline, ids[i], later[row, 7], later[row, 8], later[row, 6], dropped)
-        sent = False
+        abandon = (deadline, ids[i], later[row, 6], later[row, 7], later[row, 5], dropped)
         for q in range(kk):
             j = kk - 1 if q == 0 else q - 1
-            if parts[j, 8] == 0.0 or parts[j, 3] != at:
+            if part >= 0:  # lost with its node at `at`: failed in the order simpy fails them
+                if j != part:
+                    continue
+                parts[j, 10] = numbered[0]
+                numbered[0] += 1
+                if parts[j, 2] < at:  # in service: its busy time stops here
+                    cut_at_node(int(parts[j, 0]), slot, at, parts[j, 2] + parts[j, 4], fleets)
+                    parts[j, 7] = parts[j, 4]  # as simpy's part keeps the service it started with (slowed down)
+                parts[j, 8] = SETTLED
+                if parts[j, 6] >= retries[f]:
+                    waiting -= 1
+                    continue
+            elif parts[j, 8] != TIMED_OUT_WAIT + PUSHED or parts[j, 3] != at:
                 continue
-            if _send_part(f, slot, j, at, True, base, threads, free, limits, measured[i], slow, fleets, abandon, batches):
-                parts[j, 8] = 0.0
-                waiting -= 1
-            else:
-                sent = True
-        later[row, 3], later[row, 4] = waiting, 0
-        for node in range(fleets[0][f]):
-            if holding[node]:
-                later[row, 4] |= 1 << node
-        holding[:] = False
-        _keep_parts(parts, later_parts, row, kk, True)
-        if sent:
-            push_resend(f, at + limits[1], row, fleets)
+            waiting -= _send_part(f, slot, j, at, True, base, threads, free, limits, measured[i], slow, fleets, abandon, batches)
+        later[row, 3] = waiting
         if waiting:
+            _wait(f, row, kk, at + limits[1], fleets)
             continue
+        holding[:] = False
         later[row, 0] = -1  # the visit is over: its row goes back
         stack[stacked[0]] = row
         stacked[0] += 1
@@ -335,7 +394,11 @@ def _resend_until(
                 insert(inserts, r, i, k, e, users[i])
             if g >= 0:
                 insert(inserts, g, i, k, e, users[i])
-        visit_ended(i, o, e, k, steps, req)
+        if part >= 0 and e == at:  # failed at its node's loss: its request's processes resume in simpy's order
+            hops = (later[row, 5] != later[row, 7] - 1) + 2 * (deadline < np.inf)
+            visit_ended(i, o, e, k, steps, req, loss_order(parts, kk, at, hops))
+        else:
+            visit_ended(i, o, e, k, steps, req)
 
 
 @njit(cache=True, nogil=True)
@@ -405,7 +468,8 @@ def advance(
     the visit's arrival, whose pool (its servers' region of `free`, its own waiters) serves it as above; a
     sharded stage's visit is one such visit per shard, on distinct nodes, with the shard services `shard_s[i]`,
     and a stage that retries sends a rejected one on to another node at once, a timed-out one when it leaves its
-    queue (`_resends`, before each arrival and up to `limit`: the step waits for the visit meanwhile).
+    queue, one lost with its node at the loss (`_resends`, before each arrival and up to `limit`: the step waits for
+    the visit meanwhile).
 
     Deadlines (`req`'s `deadline`, see `deadlines`): a visit still queued at its request's deadline leaves the
     queue then; one in service runs on as wasted work (recorded in `dropped`), freeing its server when simpy does.
@@ -504,7 +568,7 @@ def advance(
                 node = -1
                 if f >= 0:  # a node of the stage's fleet: a pool of its own (or one per shard)
                     servers //= fleets[0][f]
-                    if fleets[10][f] > 1 or fleets[16][f] > 0:
+                    if fleets[10][f] > 1 or fleets[16][f] > 0 or fleets[30][f + 1] > fleets[30][f]:  # shards, retries, losses
                         limits = (queue_limit[slot], timeout_s[slot], miss[i, slot] if read_miss else 0.0)
                         abandon = (due_s, ids[i], first, stop, p, dropped)
                         o, e = _fleet_visit(

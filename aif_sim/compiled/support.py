@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aif_sim.core.latency import Constant, Empirical, Exponential, Gamma, Lognormal, Profile, Sampler
 from aif_sim.scenario.pipelines import calls_of
-from aif_sim.scenario.schema import NodeLoss, Scenario, Stage, TraceArrival
+from aif_sim.scenario.schema import NodeLoss, Scenario, Stage, StageSlowdown, TraceArrival
 
 
 def batch_draws_ahead(sampler: Sampler) -> bool:
@@ -26,9 +26,9 @@ def unsupported(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler])
         named = [name for name in stages if scenario.stages[name].nodes > 1 and has(scenario.stages[name])]
         if named:
             return f"the compiled engine does not model {what} on stages of several nodes yet ({', '.join(named)})"
-    lost = sorted({fault.stage for fault in scenario.faults if isinstance(fault, NodeLoss) and fault.stage in stages})
+    lost = _loss_ties(scenario, pipeline, samplers)
     if lost:
-        return f"the compiled engine does not model node loss yet ({', '.join(lost)})"
+        return lost
     shared = _shared_across_steps(scenario, pipeline)
     if shared:
         return f"the compiled engine does not model a user-keyed cache consulted at several steps ({', '.join(shared)})"
@@ -42,6 +42,34 @@ def unsupported(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler])
             f"the compiled engine does not model batching stages timed by candidates or by empirical samples ({', '.join(drawn_per_batch)})"
         )
     return _ties_likely(scenario, pipeline, samplers)
+
+
+def _loss_ties(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler]) -> str | None:
+    """Why a node loss may meet another event at exactly its time where their order matters (one line), or None.
+
+    Simpy orders a node's loss or return against events at the same instant by when they were scheduled: arrivals
+    from a trace (rounded times), another loss, return or slowdown change of the pipeline's stages, and, on the lost
+    stage, the visits it sends again at the loss time, which start together there, so with constant or empirical
+    services end together, and with a timeout time out together."""
+    names = scenario.pipeline(pipeline).stages
+    losses = [fault for fault in scenario.faults if isinstance(fault, NodeLoss) and fault.stage in names]
+    if not losses:
+        return None
+    lost = sorted({fault.stage for fault in losses})
+    ties = "the compiled engine may order events at equal times unlike simpy: "
+    if isinstance(scenario.traffic.arrival, TraceArrival):
+        return ties + f"trace arrivals can meet a node's loss or return ({', '.join(lost)})"
+    changes = [fault for fault in scenario.faults if isinstance(fault, NodeLoss | StageSlowdown) and fault.stage in names]
+    times = [t for fault in changes for t in (fault.at_s, fault.at_s + fault.duration_s)]
+    if len(set(times)) < len(times):
+        return ties + f"a node is lost or returns at the instant of another node loss, return or slowdown ({', '.join(lost)})"
+    for name in lost:
+        config = scenario.stages[name]
+        if config.retries and config.timeout_ms is not None:
+            return ties + f"the visits {name} sends again at a node's loss time out together"
+        if config.retries and _few_values(samplers[name], config.per_candidate_us):
+            return ties + f"the visits {name} sends again at a node's loss, of constant or empirical services, end together"
+    return None
 
 
 def _shared_across_steps(scenario: Scenario, pipeline: str) -> list[str]:
