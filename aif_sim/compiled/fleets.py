@@ -32,6 +32,7 @@ order the visits ended.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numba import njit
@@ -41,6 +42,9 @@ from aif_sim.core.balance import BLOCK
 from aif_sim.core.traffic import stream
 from aif_sim.metrics.recorder import Recorder
 from aif_sim.scenario.schema import Scenario
+
+if TYPE_CHECKING:
+    from aif_sim.compiled.hedges import HedgeState
 
 KINDS = {"random": 0, "round_robin": 1, "least_outstanding": 2, "p2c": 3}
 PART = 9  # columns of a part: node, outcome, start, end, service, a sorted end, retries so far, its own service,
@@ -54,7 +58,9 @@ COMPLETED, REJECTED, TIMED_OUT = 0, 1, 2  # core.request.Outcome
 class FleetState:
     """The fleet stages of a pipeline: `fleet_of[slot]` (-1: one pool) and the state the kernels take."""
 
-    def __init__(self, scenario: Scenario, pipeline: str) -> None:
+    def __init__(self, scenario: Scenario, pipeline: str, hedges: HedgeState | None = None) -> None:
+        """`hedges`: the pipeline's hedged stages, prepared, remapped and accounted with the fleets."""
+        self.hedges = hedges
         names = scenario.pipeline(pipeline).stages
         slots = [slot for slot, name in enumerate(names) if scenario.stages[name].nodes > 1]
         configs = [scenario.stages[names[slot]] for slot in slots]
@@ -62,6 +68,8 @@ class FleetState:
         self.fleet_of[slots] = np.arange(len(slots))
         self.rngs = [stream(scenario.seed, f"balance:{names[slot]}") for slot in slots]
         self.drawn = [np.empty(0) for _ in slots]  # uniforms drawn, not yet taken
+        # the most sends of a part: each try (the first and its retries) and, hedged, its copy
+        self.sends = np.array([(1 + c.retries) * (1 + (c.hedge_after_ms is not None)) for c in configs], np.int64)
         nodes = [config.nodes for config in configs]
         shards = [config.shards for config in configs]
         self.shard_at = np.full(len(names), -1, np.int64)  # each sharded slot's first column of the shard services
@@ -130,6 +138,8 @@ class FleetState:
         ) = self.state[:19]
         if not len(nodes):
             return
+        if self.hedges is not None:
+            self.hedges.prepare(arrivals)
         later = self._later(arrivals)
         width = max(int(queued.max()) + arrivals, waits.shape[1])
         if width > waits.shape[1]:
@@ -138,14 +148,14 @@ class FleetState:
             waits = grown
         for f in range(len(nodes)):
             self.drawn[f] = self.drawn[f][taken[f] :]
-            blocks = -(-(DRAWS[kind[f]] * shards[f] * (1 + retries[f]) * arrivals - len(self.drawn[f])) // BLOCK)
+            blocks = -(-(DRAWS[kind[f]] * shards[f] * self.sends[f] * arrivals - len(self.drawn[f])) // BLOCK)
             if blocks > 0:  # whole blocks, as `Uniforms` draws them (the same stream as one block at a time)
                 self.drawn[f] = np.concatenate([self.drawn[f], self.rngs[f].random(blocks * BLOCK)])
         taken[:] = 0
         uniforms = np.zeros((len(nodes), max(len(drawn) for drawn in self.drawn)))
         for f, drawn in enumerate(self.drawn):
             uniforms[f, : len(drawn)] = drawn
-        rec = _room(rec, int(rec_n[0]) + arrivals * int((shards * (1 + retries)).sum()))
+        rec = _room(rec, int(rec_n[0]) + arrivals * int((shards * self.sends).sum()))
         skew = _room(skew, int(skew_n[0]) + arrivals * len(nodes))
         tried = _room(tried, int(tried_n[0]) + arrivals * int((shards * retries).sum()))
         self.state = (nodes, kind, last, uniforms, taken, row_at, waits, queued, rec, rec_n, shards, shard_at, skew, skew_n, holding, parts)
@@ -179,6 +189,8 @@ class FleetState:
         later = self.state[19]
         used = later[:, 0] >= 0
         later[used, 0] = new_index[later[used, 0]]
+        if self.hedges is not None:
+            self.hedges.remap(new_index)
 
     def emit(self, recorder: Recorder, before: float) -> None:
         """Account the visits that started before `before` (`Recorder.node_busy`) in the order they started, the
@@ -193,6 +205,8 @@ class FleetState:
             recorder.shard_skew_many(slot, mine[:, 2])
         for slot, mine in _by_slot(*_taken(self.state[17], self.state[18], 1, before, slots)):
             recorder.retry(slot, len(mine))
+        if self.hedges is not None:
+            self.hedges.emit(recorder, before)
 
 
 def _by_slot(firsts: np.ndarray, rows: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
