@@ -51,8 +51,9 @@ QUEUED, RUNNING, DONE, LEFT = range(4)  # a copy's state (LEFT: left its queue, 
 ALONE_PHASE, BOTH, OTHER, NO_SPARE, OVER = range(5)  # a part's phase: primary only before the timer, both copies
 # out, the first to end failed (the other awaited), the timer found no node left, settled
 ROWS = 4096  # copy services drawn at a time
-# copy_int columns: visit, part, node, state, next in its node's list, serial, server (its index in `free`)
-C_VISIT, C_PART, C_NODE, C_STATE, C_NEXT, C_SERIAL, C_SERVER = range(7)
+# copy_int columns: visit, part, node, state, next in its node's list, serial, server (its index in `free`), whether
+# it is the hedge copy (1) or the part's primary (0)
+C_VISIT, C_PART, C_NODE, C_STATE, C_NEXT, C_SERIAL, C_SERVER, C_HEDGE = range(8)
 # part_int columns: primary copy, hedge copy (-1: none, or failed), phase, attempt serial, retries so far
 P_PRIMARY, P_SECOND, P_PHASE, P_ATTEMPT, P_RETRIED = range(5)
 # part_f columns: `fleets.parts_over`'s (node, outcome, start, end, time alone, a sorted end), own service, the hedge
@@ -89,7 +90,7 @@ class HedgeState:
             np.empty((len(slots), 0, 4), np.int64),  # ev: seq, kind, id, serial
             np.zeros(len(slots), np.int64),  # ev_n
             np.zeros(2, np.int64),  # counters: event seq, serial
-            np.empty((0, 7), np.int64),  # copy_int
+            np.empty((0, 8), np.int64),  # copy_int
             np.empty((0, 2)),  # copy_f: service, start
             np.empty(0, np.int64),  # copy stack of free rows
             np.zeros(1, np.int64),  # free copy rows
@@ -284,12 +285,14 @@ def _attempt(h: int, v: int, j: int, node: int, x: float, slot: int, base: int, 
     counters[1] += 1
     part_int[v, j, P_ATTEMPT], part_int[v, j, P_PHASE], part_int[v, j, P_SECOND] = serial, ALONE_PHASE, -1
     _schedule(hs, h, x + hs[2][h], TIMER, v * part_int.shape[1] + j, serial)
-    part_int[v, j, P_PRIMARY] = _copy(h, v, j, node, part_f[v, j, F_SERVICE], x, slot, base, threads, free, ctx)
+    part_int[v, j, P_PRIMARY] = _copy(h, v, j, node, part_f[v, j, F_SERVICE], False, x, slot, base, threads, free, ctx)
 
 
 @njit(cache=True, _nrt=False)
-def _copy(h: int, v: int, j: int, node: int, s: float, x: float, slot: int, base: int, threads: int, free: np.ndarray, ctx: tuple) -> int:
-    """A copy of part j of visit v, of service s, joins `node` at x (`sim.pools.StagePool.serve`): served at once by
+def _copy(
+    h: int, v: int, j: int, node: int, s: float, hedge: bool, x: float, slot: int, base: int, threads: int, free: np.ndarray, ctx: tuple
+) -> int:
+    """A copy of part j of visit v (its primary, or its `hedge` copy), of service s, joins `node` at x (`sim.pools.StagePool.serve`): served at once by
     a free server, rejected by a full queue (settled by an event after the copies sent now have joined), or queued,
     timing out `timeout` later; its row."""
     hs, fleets, limits = ctx[0], ctx[1], ctx[6]
@@ -298,7 +301,7 @@ def _copy(h: int, v: int, j: int, node: int, s: float, x: float, slot: int, base
     queued, waits = fleets[7], fleets[6]
     c = _take(copy_stack, copy_free)
     copy_int[c, C_VISIT], copy_int[c, C_PART], copy_int[c, C_NODE], copy_int[c, C_NEXT] = v, j, node, -1
-    copy_int[c, C_SERIAL] = counters[1]
+    copy_int[c, C_SERIAL], copy_int[c, C_HEDGE] = counters[1], hedge
     counters[1] += 1
     copy_f[c, 0] = s
     f = hs[1][h]
@@ -332,16 +335,16 @@ def _start(h: int, c: int, server: int, x: float, slot: int, free: np.ndarray, c
     """Copy c starts at x on `server` (its index in `free`): slowed down as the stage is then (a primary's service
     and time alone, or the hedge copy's time alone, written back as `sim.pools` does), its busy time recorded."""
     hs, fleets, slow, measured = ctx[0], ctx[1], ctx[7], ctx[8]
-    copy_int, copy_f, visit_int, part_int, part_f = hs[10], hs[11], hs[14], hs[17], hs[18]
+    copy_int, copy_f, visit_int, part_f = hs[10], hs[11], hs[14], hs[18]
     v, j = copy_int[c, C_VISIT], copy_int[c, C_PART]
     s = copy_f[c, 0]
     factor = slowdown_at(slot, x, slow[0], slow[1], slow[2])
     if factor != 1.0:
         s *= factor
-        if part_int[v, j, P_PRIMARY] == c:
-            part_f[v, j, F_SERVICE] = part_f[v, j, F_ALONE] = s
-        else:
+        if copy_int[c, C_HEDGE]:
             part_f[v, j, F_COPY_ALONE] = s
+        else:
+            part_f[v, j, F_SERVICE] = part_f[v, j, F_ALONE] = s
     copy_f[c, 0], copy_f[c, 1] = s, x
     copy_int[c, C_STATE], copy_int[c, C_SERVER] = RUNNING, server
     free[server] = x + s
@@ -399,7 +402,7 @@ def _settled(h: int, c: int, o: int, x: float, slot: int, base: int, threads: in
     if o == COMPLETED:
         part_f[v, j, F_START] = copy_f[c, 1]
     if phase == BOTH:
-        other = part_int[v, j, P_SECOND] if part_int[v, j, P_PRIMARY] == c else part_int[v, j, P_PRIMARY]
+        other = part_int[v, j, P_PRIMARY] if copy_int[c, C_HEDGE] else part_int[v, j, P_SECOND]
         if o != COMPLETED:
             part_int[v, j, P_PHASE] = OTHER
             return
@@ -491,7 +494,7 @@ def _hedge(h: int, v: int, j: int, x: float, slot: int, base: int, threads: int,
     taken[h] += 1
     part_f[v, j, F_COPY_ALONE] = s
     part_int[v, j, P_PHASE] = BOTH
-    part_int[v, j, P_SECOND] = _copy(h, v, j, node, s, x, slot, base, threads, free, ctx)
+    part_int[v, j, P_SECOND] = _copy(h, v, j, node, s, True, x, slot, base, threads, free, ctx)
 
 
 @njit(cache=True, _nrt=False)

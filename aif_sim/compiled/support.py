@@ -49,7 +49,7 @@ def unsupported(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler])
 
 def _hedged(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler]) -> str | None:
     """Why the compiled engine cannot run the pipeline's hedged stages (one line), or None: hedges with request
-    deadlines or on batching nodes, copies whose drawn service depends on their candidates (drawn ahead, they must
+    deadlines, copies whose drawn service depends on their candidates (drawn ahead, they must
     not), and services of few values, whose ends can fall exactly at a hedge timer."""
     hedged = [
         name for name in scenario.pipeline(pipeline).stages if scenario.stages[name].nodes > 1 and scenario.stages[name].hedge_after_ms
@@ -58,9 +58,6 @@ def _hedged(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler]) -> 
         return None
     if scenario.deadline_ms is not None:
         return f"the compiled engine does not model request deadlines (deadline_ms) with hedged stages yet ({', '.join(hedged)})"
-    batching = [name for name in hedged if scenario.stages[name].batch is not None]
-    if batching:
-        return f"the compiled engine does not model hedges (hedge_after_ms) on batching nodes yet ({', '.join(batching)})"
     by_candidates = [name for name in hedged if not batch_draws_ahead(samplers[name])]
     if by_candidates:
         return (
