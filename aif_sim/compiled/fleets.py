@@ -462,41 +462,52 @@ def retried(f: int, slot: int, t: float, fleets: tuple) -> None:
 
 @njit(cache=True, _nrt=False)
 def _before(t: np.ndarray, ids: np.ndarray, f: int, a: int, b: int) -> bool:
-    """Whether fleet f's resend a comes before resend b: by time, then in the order they were pushed."""
+    """Whether entry a of heap f comes before entry b: by time, then in the order they were pushed."""
     return t[f, a] < t[f, b] or (t[f, a] == t[f, b] and ids[f, a] < ids[f, b])
+
+
+@njit(cache=True, _nrt=False)
+def push_keyed(t: np.ndarray, ids: np.ndarray, sizes: np.ndarray, pushed: np.ndarray, f: int, at: float, row: int) -> None:
+    """`row` (below ROWS) joins the min-heap f of times `t[f, :sizes[f]]` at `at`, after the rows pushed before it at
+    the same time (its id `ids[f, ...]`: the pushes so far, `pushed`, times ROWS, plus the row)."""
+    pos = sizes[f]
+    sizes[f] = pos + 1
+    t[f, pos], ids[f, pos] = at, pushed[0] * ROWS + row
+    pushed[0] += 1
+    while pos > 0 and _before(t, ids, f, pos, (pos - 1) >> 1):
+        parent = (pos - 1) >> 1
+        t[f, pos], t[f, parent] = t[f, parent], t[f, pos]
+        ids[f, pos], ids[f, parent] = ids[f, parent], ids[f, pos]
+        pos = parent
+
+
+@njit(cache=True, _nrt=False)
+def pop_keyed(t: np.ndarray, ids: np.ndarray, sizes: np.ndarray, f: int) -> tuple[float, int]:
+    """Heap f's first entry taken out (`push_keyed`): (its time, its row)."""
+    at, row = t[f, 0], ids[f, 0] % ROWS
+    size = sizes[f] - 1
+    sizes[f] = size
+    t[f, 0], ids[f, 0] = t[f, size], ids[f, size]
+    pos = 0
+    while 2 * pos + 1 < size:
+        child = 2 * pos + 1
+        if child + 1 < size and _before(t, ids, f, child + 1, child):
+            child += 1
+        if not _before(t, ids, f, child, pos):
+            break
+        t[f, pos], t[f, child] = t[f, child], t[f, pos]
+        ids[f, pos], ids[f, child] = ids[f, child], ids[f, pos]
+        pos = child
+    return at, row
 
 
 @njit(cache=True, _nrt=False)
 def push_resend(f: int, at: float, row: int, fleets: tuple) -> None:
     """The unsettled parts of the visit in `later[row]` are sent again at `at`."""
-    resend_t, resend_id, resends, pushed = fleets[24], fleets[25], fleets[26], fleets[27]
-    pos = resends[f]
-    resends[f] = pos + 1
-    resend_t[f, pos], resend_id[f, pos] = at, pushed[0] * ROWS + row
-    pushed[0] += 1
-    while pos > 0 and _before(resend_t, resend_id, f, pos, (pos - 1) >> 1):
-        parent = (pos - 1) >> 1
-        resend_t[f, pos], resend_t[f, parent] = resend_t[f, parent], resend_t[f, pos]
-        resend_id[f, pos], resend_id[f, parent] = resend_id[f, parent], resend_id[f, pos]
-        pos = parent
+    push_keyed(fleets[24], fleets[25], fleets[26], fleets[27], f, at, row)
 
 
 @njit(cache=True, _nrt=False)
 def pop_resend(f: int, fleets: tuple) -> tuple[float, int]:
     """Fleet f's first resend taken out: (its time, its row of `later`)."""
-    resend_t, resend_id, resends = fleets[24], fleets[25], fleets[26]
-    at, row = resend_t[f, 0], resend_id[f, 0] % ROWS
-    size = resends[f] - 1
-    resends[f] = size
-    resend_t[f, 0], resend_id[f, 0] = resend_t[f, size], resend_id[f, size]
-    pos = 0
-    while 2 * pos + 1 < size:
-        child = 2 * pos + 1
-        if child + 1 < size and _before(resend_t, resend_id, f, child + 1, child):
-            child += 1
-        if not _before(resend_t, resend_id, f, child, pos):
-            break
-        resend_t[f, pos], resend_t[f, child] = resend_t[f, child], resend_t[f, pos]
-        resend_id[f, pos], resend_id[f, child] = resend_id[f, child], resend_id[f, pos]
-        pos = child
-    return at, row
+    return pop_keyed(fleets[24], fleets[25], fleets[26], f)

@@ -39,7 +39,8 @@ from numba import njit
 from aif_sim.compiled.batching import _table, slowdown_at, visit_ended
 from aif_sim.compiled.caches import insert
 from aif_sim.compiled.deadlines import wasted
-from aif_sim.compiled.fleets import parts_over, pick, retried, served_at_node
+from aif_sim.compiled.fleets import ROWS as FLEET_ROWS
+from aif_sim.compiled.fleets import parts_over, pick, pop_keyed, push_keyed, retried, served_at_node
 from aif_sim.core.latency import Sampler
 from aif_sim.core.traffic import stream
 from aif_sim.metrics.recorder import Recorder
@@ -86,10 +87,14 @@ class HedgeState:
             np.array([config.per_candidate_us / 1e6 for config in configs]),
             np.empty((len(slots), 0)),  # draws
             np.zeros(len(slots), np.int64),  # taken
-            np.empty((len(slots), 0)),  # ev_t
-            np.empty((len(slots), 0, 4), np.int64),  # ev: seq, kind, id, serial
-            np.zeros(len(slots), np.int64),  # ev_n
-            np.zeros(2, np.int64),  # counters: event seq, serial
+            np.empty((len(slots), 0)),  # ev_t: per stage, a heap of event times (`fleets.push_keyed`)
+            np.empty((len(slots), 0), np.int64),  # ev_id: with them, the order pushed and the event's row
+            np.zeros(len(slots), np.int64),  # ev_n: events per stage
+            np.zeros(1, np.int64),  # events pushed so far
+            np.empty((len(slots), 0, 3), np.int64),  # ev_data: per stage and row, an event's kind, what, serial
+            np.empty((len(slots), 0), np.int64),  # ev_stack: per stage, its free rows of `ev_data`
+            np.zeros(len(slots), np.int64),  # ev_free: free rows per stage
+            np.zeros(1, np.int64),  # serials given so far
             np.empty((0, 8), np.int64),  # copy_int
             np.empty((0, 2)),  # copy_f: service, start
             np.empty(0, np.int64),  # copy stack of free rows
@@ -119,10 +124,11 @@ class HedgeState:
         if not len(self.attempts):
             return
         state = list(self.state)
-        draws, taken, ev_t, ev, ev_n = state[4:9]
-        copy_int, copy_f, copy_stack, copy_free = state[10:14]
-        visit_int, visit_t, holding, part_int, part_f, visit_stack, visit_free = state[14:21]
-        sent, sent_n = state[24], state[25]
+        draws, taken = state[4:6]
+        ev_t, ev_id, ev_data, ev_stack, ev_free = state[6], state[7], state[10], state[11], state[12]
+        copy_int, copy_f, copy_stack, copy_free = state[14:18]
+        visit_int, visit_t, holding, part_int, part_f, visit_stack, visit_free = state[18:25]
+        sent, sent_n = state[28], state[29]
         attempts = arrivals * self.attempts
         for h in range(len(self.attempts)):
             self.drawn[h] = self.drawn[h][taken[h] :]
@@ -132,35 +138,45 @@ class HedgeState:
         draws = np.zeros((len(self.drawn), max(len(drawn) for drawn in self.drawn)))
         for h, drawn in enumerate(self.drawn):
             draws[h, : len(drawn)] = drawn
-        width = int((ev_n + 6 * attempts).max())  # a timer, two copies' ends and timeouts, a release per attempt
-        if width > ev_t.shape[1]:
-            ev_t = np.concatenate([ev_t, np.empty((len(ev_t), width - ev_t.shape[1]))], axis=1)
-            ev = np.concatenate([ev, np.empty((len(ev), width - ev.shape[1], 4), np.int64)], axis=1)
+        width = ev_t.shape[1]
+        grown = width - int((ev_free - 6 * attempts).min())  # a timer, two copies' ends and timeouts, a release per try
+        if grown > width:
+            ev_t = np.concatenate([ev_t, np.empty((len(ev_t), grown - width))], axis=1)
+            ev_id = np.concatenate([ev_id, np.empty((len(ev_id), grown - width), np.int64)], axis=1)
+            ev_data = np.concatenate([ev_data, np.empty((len(ev_data), grown - width, 3), np.int64)], axis=1)
+            stack = np.empty((len(ev_stack), grown), np.int64)
+            for h in range(len(ev_stack)):
+                stack[h, : ev_free[h]] = ev_stack[h, : ev_free[h]]
+                stack[h, ev_free[h] : ev_free[h] + grown - width] = np.arange(grown - 1, width - 1, -1)
+            ev_stack = stack
+            ev_free += grown - width
+            assert grown < FLEET_ROWS
         (copy_int, copy_f), copy_stack = _rows((copy_int, copy_f), copy_stack, copy_free, 2 * int(attempts.sum()))
         (visit_int, visit_t, holding, part_int, part_f), visit_stack = _rows(
             (visit_int, visit_t, holding, part_int, part_f), visit_stack, visit_free, arrivals * len(self.attempts)
         )
         need = int(sent_n[0]) + int(attempts.sum())
         if need > len(sent):
-            grown = np.empty((max(need, 2 * len(sent)), 2))
-            grown[: sent_n[0]] = sent[: sent_n[0]]
-            sent = grown
-        state[4:9] = draws, taken, ev_t, ev, ev_n
-        state[10:14] = copy_int, copy_f, copy_stack, copy_free
-        state[14:21] = visit_int, visit_t, holding, part_int, part_f, visit_stack, visit_free
-        state[24] = sent
+            more = np.empty((max(need, 2 * len(sent)), 2))
+            more[: sent_n[0]] = sent[: sent_n[0]]
+            sent = more
+        state[4:6] = draws, taken
+        state[6], state[7], state[10], state[11] = ev_t, ev_id, ev_data, ev_stack
+        state[14:18] = copy_int, copy_f, copy_stack, copy_free
+        state[18:25] = visit_int, visit_t, holding, part_int, part_f, visit_stack, visit_free
+        state[28] = sent
         self.state = tuple(state)
 
     def remap(self, new_index: np.ndarray) -> None:
         """The requests were compacted (`new_index[old]`): the visits in progress follow."""
-        visit_int, visit_stack, visit_free = self.state[14], self.state[19], self.state[20]
+        visit_int, visit_stack, visit_free = self.state[18], self.state[23], self.state[24]
         used = np.ones(len(visit_int), np.bool_)
         used[visit_stack[: visit_free[0]]] = False
         visit_int[used, V_REQUEST] = new_index[visit_int[used, V_REQUEST]]
 
     def emit(self, recorder: Recorder, before: float) -> None:
         """Account the hedges sent before `before` (`Recorder.hedge`) and drop them."""
-        sent, sent_n = self.state[24], self.state[25]
+        sent, sent_n = self.state[28], self.state[29]
         rows = sent[: sent_n[0]]
         done = rows[:, 1] < before
         for slot in rows[done, 0].astype(np.int64).tolist():
@@ -186,50 +202,24 @@ def _rows(tables: tuple, stack: np.ndarray, free: np.ndarray, need: int) -> tupl
 
 # --- the event heap --------------------------------------------------------------------------------------
 @njit(cache=True, _nrt=False)
-def _earlier(ev_t: np.ndarray, ev: np.ndarray, h: int, a: int, b: int) -> bool:
-    return ev_t[h, a] < ev_t[h, b] or (ev_t[h, a] == ev_t[h, b] and ev[h, a, 0] < ev[h, b, 0])
-
-
-@njit(cache=True, _nrt=False)
-def _swap(ev_t: np.ndarray, ev: np.ndarray, h: int, a: int, b: int) -> None:
-    ev_t[h, a], ev_t[h, b] = ev_t[h, b], ev_t[h, a]
-    for c in range(4):
-        ev[h, a, c], ev[h, b, c] = ev[h, b, c], ev[h, a, c]
-
-
-@njit(cache=True, _nrt=False)
 def _schedule(hs: tuple, h: int, at: float, kind: int, what: int, serial: int) -> None:
     """An event of `kind` for `what` (a copy, a part `visit * shards + part`, a server) at `at`, after those
-    scheduled before it at the same time."""
-    ev_t, ev, ev_n, counters = hs[6], hs[7], hs[8], hs[9]
-    pos = ev_n[h]
-    ev_n[h] = pos + 1
-    ev_t[h, pos] = at
-    ev[h, pos, 0], ev[h, pos, 1], ev[h, pos, 2], ev[h, pos, 3] = counters[0], kind, what, serial
-    counters[0] += 1
-    while pos > 0 and _earlier(ev_t, ev, h, pos, (pos - 1) >> 1):
-        _swap(ev_t, ev, h, pos, (pos - 1) >> 1)
-        pos = (pos - 1) >> 1
+    scheduled before it at the same time; its `kind, what, serial` kept in a row of `ev_data`."""
+    ev_t, ev_id, ev_n, pushed, ev_data, ev_stack, ev_free = hs[6:13]
+    ev_free[h] -= 1
+    row = ev_stack[h, ev_free[h]]
+    ev_data[h, row, 0], ev_data[h, row, 1], ev_data[h, row, 2] = kind, what, serial
+    push_keyed(ev_t, ev_id, ev_n, pushed, h, at, row)
 
 
 @njit(cache=True, _nrt=False)
 def _next_event(hs: tuple, h: int) -> tuple[float, int, int, int]:
     """The first event taken out: (time, kind, what, serial)."""
-    ev_t, ev, ev_n = hs[6], hs[7], hs[8]
-    at, kind, what, serial = ev_t[h, 0], ev[h, 0, 1], ev[h, 0, 2], ev[h, 0, 3]
-    size = ev_n[h] - 1
-    ev_n[h] = size
-    _swap(ev_t, ev, h, 0, size)
-    pos = 0
-    while 2 * pos + 1 < size:
-        child = 2 * pos + 1
-        if child + 1 < size and _earlier(ev_t, ev, h, child + 1, child):
-            child += 1
-        if not _earlier(ev_t, ev, h, child, pos):
-            break
-        _swap(ev_t, ev, h, pos, child)
-        pos = child
-    return at, kind, what, serial
+    ev_t, ev_id, ev_n, ev_data, ev_stack, ev_free = hs[6], hs[7], hs[8], hs[10], hs[11], hs[12]
+    at, row = pop_keyed(ev_t, ev_id, ev_n, h)
+    ev_stack[h, ev_free[h]] = row
+    ev_free[h] += 1
+    return at, ev_data[h, row, 0], ev_data[h, row, 1], ev_data[h, row, 2]
 
 
 # --- rows ------------------------------------------------------------------------------------------------
@@ -252,7 +242,7 @@ def send_visit(h: int, i: int, slot: int, t: float, k: int, miss_s: float, base:
     of its parts (shards, or the visit), every pick from the counts before any part joins, then each part's primary
     copy sent, the last part's first, then the others in order; `miss_s`: the cache miss each shard waits for."""
     hs, fleets, batches, shard_s, service, candidates = ctx[0], ctx[1], ctx[2], ctx[3], ctx[4], ctx[5]
-    visit_int, visit_t, holding, part_int, part_f, visit_stack, visit_free = hs[14:21]
+    visit_int, visit_t, holding, part_int, part_f, visit_stack, visit_free = hs[18:25]
     f = hs[1][h]
     shards, shard_at, scratch = fleets[10][f], fleets[11][f], fleets[14]
     v = _take(visit_stack, visit_free)
@@ -280,9 +270,9 @@ def send_visit(h: int, i: int, slot: int, t: float, k: int, miss_s: float, base:
 def _attempt(h: int, v: int, j: int, node: int, x: float, slot: int, base: int, threads: int, free: np.ndarray, ctx: tuple) -> None:
     """Part j of visit v sent at x to `node` (`Fleet._hedged`): its hedge timer set, then its primary copy joins."""
     hs = ctx[0]
-    part_int, part_f, counters = hs[17], hs[18], hs[9]
-    serial = counters[1]
-    counters[1] += 1
+    part_int, part_f, counters = hs[21], hs[22], hs[13]
+    serial = counters[0]
+    counters[0] += 1
     part_int[v, j, P_ATTEMPT], part_int[v, j, P_PHASE], part_int[v, j, P_SECOND] = serial, ALONE_PHASE, -1
     _schedule(hs, h, x + hs[2][h], TIMER, v * part_int.shape[1] + j, serial)
     part_int[v, j, P_PRIMARY] = _copy(h, v, j, node, part_f[v, j, F_SERVICE], False, x, slot, base, threads, free, ctx)
@@ -296,13 +286,13 @@ def _copy(
     a free server, rejected by a full queue (settled by an event after the copies sent now have joined), or queued,
     timing out `timeout` later; its row."""
     hs, fleets, limits = ctx[0], ctx[1], ctx[6]
-    copy_int, copy_f, copy_stack, copy_free, counters = hs[10], hs[11], hs[12], hs[13], hs[9]
-    busy, head, tail = hs[21], hs[22], hs[23]
+    copy_int, copy_f, copy_stack, copy_free, counters = hs[14], hs[15], hs[16], hs[17], hs[13]
+    busy, head, tail = hs[25], hs[26], hs[27]
     queued, waits = fleets[7], fleets[6]
     c = _take(copy_stack, copy_free)
     copy_int[c, C_VISIT], copy_int[c, C_PART], copy_int[c, C_NODE], copy_int[c, C_NEXT] = v, j, node, -1
-    copy_int[c, C_SERIAL], copy_int[c, C_HEDGE] = counters[1], hedge
-    counters[1] += 1
+    copy_int[c, C_SERIAL], copy_int[c, C_HEDGE] = counters[0], hedge
+    counters[0] += 1
     copy_f[c, 0] = s
     f = hs[1][h]
     row = fleets[5][f] + node
@@ -335,7 +325,7 @@ def _start(h: int, c: int, server: int, x: float, slot: int, free: np.ndarray, c
     """Copy c starts at x on `server` (its index in `free`): slowed down as the stage is then (a primary's service
     and time alone, or the hedge copy's time alone, written back as `sim.pools` does), its busy time recorded."""
     hs, fleets, slow, measured = ctx[0], ctx[1], ctx[7], ctx[8]
-    copy_int, copy_f, visit_int, part_f = hs[10], hs[11], hs[14], hs[18]
+    copy_int, copy_f, visit_int, part_f = hs[14], hs[15], hs[18], hs[22]
     v, j = copy_int[c, C_VISIT], copy_int[c, C_PART]
     s = copy_f[c, 0]
     factor = slowdown_at(slot, x, slow[0], slow[1], slow[2])
@@ -357,7 +347,7 @@ def _release(h: int, node: int, server: int, x: float, slot: int, free: np.ndarr
     """A server of `node` frees at x (`sim.pools.ServerPool.release`): the first copy still queued takes it (the
     copies that left the queue, reached first, are dropped from its list), else it idles."""
     hs, fleets = ctx[0], ctx[1]
-    copy_int, copy_stack, copy_free, busy, head, tail = hs[10], hs[12], hs[13], hs[21], hs[22], hs[23]
+    copy_int, copy_stack, copy_free, busy, head, tail = hs[14], hs[16], hs[17], hs[25], hs[26], hs[27]
     row = fleets[5][hs[1][h]] + node
     while head[row] >= 0:
         c = head[row]
@@ -377,7 +367,7 @@ def _cancel(h: int, c: int, x: float, slot: int, free: np.ndarray, ctx: tuple) -
     """The losing copy c is interrupted at x: queued, it leaves its queue; running, it runs to its end as wasted
     work, its server freed when simpy's `_release_at` fires."""
     hs, fleets, dropped, ids = ctx[0], ctx[1], ctx[9], ctx[10]
-    copy_int, copy_f, copy_stack, copy_free, visit_int = hs[10], hs[11], hs[12], hs[13], hs[14]
+    copy_int, copy_f, copy_stack, copy_free, visit_int = hs[14], hs[15], hs[16], hs[17], hs[18]
     row = fleets[5][hs[1][h]] + copy_int[c, C_NODE]
     if copy_int[c, C_STATE] == QUEUED:
         copy_int[c, C_STATE] = LEFT
@@ -396,7 +386,7 @@ def _settled(h: int, c: int, o: int, x: float, slot: int, base: int, threads: in
     """Copy c ended at x with outcome o: its part's attempt is over (`Fleet._hedged`: it completed, or it was the
     only copy or the last one out), or, the first of two to fail, the other is awaited."""
     hs = ctx[0]
-    copy_int, copy_f, part_int, part_f = hs[10], hs[11], hs[17], hs[18]
+    copy_int, copy_f, part_int, part_f = hs[14], hs[15], hs[21], hs[22]
     v, j = copy_int[c, C_VISIT], copy_int[c, C_PART]
     phase = part_int[v, j, P_PHASE]
     if o == COMPLETED:
@@ -422,7 +412,7 @@ def _after(h: int, v: int, j: int, o: int, x: float, slot: int, base: int, threa
     """Part j's attempt ended at x with outcome o (`Fleet._deliver`): failed with a retry left and a node not holding
     a part of the visit, it is sent there at once; else it is settled, and the visit ends with its last part."""
     hs, fleets, batches = ctx[0], ctx[1], ctx[2]
-    visit_int, holding, part_int = hs[14], hs[16], hs[17]
+    visit_int, holding, part_int = hs[18], hs[20], hs[21]
     f = hs[1][h]
     nodes, scratch = fleets[0][f], fleets[14]
     if o != COMPLETED and part_int[v, j, P_RETRIED] < fleets[16][f]:
@@ -449,7 +439,7 @@ def _visit_over(h: int, v: int, slot: int, ctx: tuple) -> None:
     """Visit v's last part settled: its outcome and end (`fleets.parts_over`), its cache inserts, and its step's wait
     for it is over (`batching.visit_ended`); its row goes back."""
     hs, fleets, service, times, steps, req, visits, ends = ctx[0], ctx[1], ctx[4], ctx[11], ctx[12], ctx[13], ctx[14], ctx[15]
-    visit_int, visit_t, part_f, visit_stack, visit_free = hs[14], hs[15], hs[18], hs[19], hs[20]
+    visit_int, visit_t, part_f, visit_stack, visit_free = hs[18], hs[19], hs[22], hs[23], hs[24]
     i, k, t = visit_int[v, V_REQUEST], visit_int[v, V_STEP], visit_t[v]
     parts = fleets[15]
     for j in range(fleets[10][hs[1][h]]):
@@ -473,7 +463,7 @@ def _hedge(h: int, v: int, j: int, x: float, slot: int, base: int, threads: int,
     """Part j's hedge timer fired at x with its primary copy out: a copy, its service drawn anew, sent to a node not
     holding a part of the visit (`FleetPolicy.hedge_to`, `draw_copy`), or none when no node is left."""
     hs, fleets, batches = ctx[0], ctx[1], ctx[2]
-    holding, part_int, part_f, draws, taken, sent, sent_n = hs[16], hs[17], hs[18], hs[4], hs[5], hs[24], hs[25]
+    holding, part_int, part_f, draws, taken, sent, sent_n = hs[20], hs[21], hs[22], hs[4], hs[5], hs[28], hs[29]
     f = hs[1][h]
     nodes, scratch = fleets[0][f], fleets[14]
     held = 0
@@ -501,7 +491,7 @@ def _hedge(h: int, v: int, j: int, x: float, slot: int, base: int, threads: int,
 def run_until(h: int, x: float, slot: int, base: int, threads: int, free: np.ndarray, ctx: tuple) -> None:
     """Hedged stage h's events before x, in time order, ties in the order they were scheduled."""
     hs = ctx[0]
-    ev_t, ev_n, copy_int, copy_stack, copy_free, part_int = hs[6], hs[8], hs[10], hs[12], hs[13], hs[17]
+    ev_t, ev_n, copy_int, copy_stack, copy_free, part_int = hs[6], hs[8], hs[14], hs[16], hs[17], hs[21]
     shards = part_int.shape[1]
     while ev_n[h] > 0 and ev_t[h, 0] < x:
         at, kind, what, serial = _next_event(hs, h)
