@@ -289,6 +289,19 @@ def test_hedges_under_overload(balance):
             assert stage["retries"] > 0 and requests["rejected"] > 0 and requests["timed_out"] > 0
 
 
+@pytest.mark.parametrize("balance", BALANCERS)
+def test_hedges_of_requests_arriving_together(balance):
+    """A batch's members reach a hedged stage at one instant: each picks its node and its copy joins before the next
+    member picks (simpy starts a copy's process before resuming the next member), and the rejected ones are sent on
+    only after every member has picked, in the order they were rejected: the same requests and picks as simpy."""
+    stages = small_stages(_fleet(8, 4, balance, {"dist": "exponential", "mean_ms": 5}))
+    stages["merger"] = {"servers": 4, "latency": {"dist": "exponential", "mean_ms": 1}, "batch": {"max_size": 4, "max_wait_ms": 1}}
+    stages["retrieval"] = _fleet(8, 4, balance, {"dist": "exponential", "mean_ms": 3}, hedge_after_ms=2, queue_limit=1, retries=2)
+    scenario = make_scenario(stages, pipelines=["sequential"], qps=1500, duration_s=1.0, warmup_s=0.1, drain_s=0.0, seed=5)
+    retrieval = assert_equivalent(scenario, "sequential", 101).summary()["stages"]["retrieval"]
+    assert retrieval["hedges"] > 0 and retrieval["retries"] > 0
+
+
 @pytest.mark.parametrize("shards", [2, 4])
 def test_hedged_shards(shards):
     """Each shard of a visit hedged on its own, its copy sent to a node holding no other shard or copy of the visit
