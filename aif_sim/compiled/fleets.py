@@ -1,5 +1,6 @@
 """Stages of several nodes in the compiled engine: `sim.fleet.Fleet` with shards, retries and batching nodes
-(`batching`: a node's load is its queue's), without hedges or node loss.
+(`batching`: a node's load is its queue's), without node loss; a hedged stage runs its own events (`hedges`), with
+this module's picks, records and heap.
 
 Each node of a fleet stage is a FIFO pool of its own (`servers / nodes` servers, the stage's queue limit and
 timeout): its servers' free times are a heap of the stage's region of the kernels' `free` (node j's at
