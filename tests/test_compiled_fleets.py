@@ -59,7 +59,7 @@ def test_every_balancer_under_overload_with_caches_and_slowdowns(balance):
 @st.composite
 def fleet_stages(draw: st.DrawFn) -> dict[str, Any]:
     """A stage of several nodes behind any balancer: sharded or not, a cost per candidate, a queue limit and a
-    timeout per node or none, retries, or batching nodes (whole visits); now and then,
+    timeout per node or none, retries, hedges, or batching nodes (whole visits); now and then,
     one pool."""
     nodes = draw(st.sampled_from([1, 2, 3, 4, 6]))
     stage: dict[str, Any] = {
@@ -81,6 +81,8 @@ def fleet_stages(draw: st.DrawFn) -> dict[str, Any]:
         stage["per_candidate_us"] = draw(st.floats(0.001, 20.0))
     if nodes > 1 and draw(st.booleans()):  # retries of rejected and timed-out visits
         stage["retries"] = draw(st.integers(1, 3))
+    if nodes > 1 and draw(st.booleans()):  # hedges: a copy of a visit or shard unfinished after the delay
+        stage["hedge_after_ms"] = draw(st.floats(0.1, 20.0))
     return stage
 
 
@@ -97,7 +99,7 @@ def fleet_cases(draw: st.DrawFn) -> tuple[Scenario, str, int]:
         | {"at_s": st.floats(0.01, duration_s), "duration_s": st.floats(0.01, duration_s)}
     )
     faults = draw(st.lists(slowdown, max_size=2))
-    losing = [name for name, stage in stages.items() if stage["nodes"] > 1 and "batch" not in stage]
+    losing = [name for name, stage in stages.items() if stage["nodes"] > 1 and "batch" not in stage and "hedge_after_ms" not in stage]
     for _ in range(draw(st.integers(0, 2)) if losing else 0):  # nodes lost, and back, while visits queue and run there
         name = draw(st.sampled_from(losing))
         nodes, at_s, lost_s = (
@@ -107,8 +109,9 @@ def fleet_cases(draw: st.DrawFn) -> tuple[Scenario, str, int]:
         )
         faults.append({"kind": "node_loss", "stage": name, "nodes": nodes, "at_s": at_s, "duration_s": lost_s})
     extra: dict[str, Any] = {"faults": faults}
-    if draw(st.booleans()):  # a request deadline: queued visits leave, running ones finish as wasted work, batch members
-        extra["deadline_ms"] = draw(st.floats(0.5, 60.0))  # leave their queues (their batch runs on)
+    hedged = any("hedge_after_ms" in stage for stage in stages.values())  # hedges with deadlines stay on simpy
+    if not hedged and draw(st.booleans()):  # a request deadline: queued visits leave, running ones finish as wasted work,
+        extra["deadline_ms"] = draw(st.floats(0.5, 60.0))  # batch members leave their queues (their batch runs on)
     if pipeline != "uic" and draw(st.booleans()):
         miss = {"capacity": 20, "ttl_s": 0.2, "miss_latency": {"dist": "exponential", "mean_ms": draw(st.floats(0.1, 5.0))}}
         extra["caches"] = {"user_vector": {"capacity": 50}, "sim_features": miss}
@@ -130,8 +133,9 @@ def fleet_cases(draw: st.DrawFn) -> tuple[Scenario, str, int]:
 @given(fleet_cases())
 def test_random_fleets_give_the_simpy_results_request_for_request(case):
     """Nodes, balancers, shards (fewer candidates than shards too), costs per candidate, limits, retries after a
-    rejection, a timeout or a node loss, batching nodes, caches, slowdowns, node losses and request deadlines drawn at
-    random: the compiled engine's requests, visits, batches, node busy time, shard skew, retries and wasted work are
+    rejection, a timeout or a node loss, hedges, batching nodes, caches, slowdowns, node losses and request deadlines
+    drawn at random: the compiled engine's requests, visits, batches, node busy time, shard skew, hedges, retries and
+    wasted work are
     simpy's."""
     scenario, pipeline, chunk = case
     reason = why_not(scenario, pipeline)
@@ -212,18 +216,19 @@ def test_rejected_visits_and_shards_retried_on_other_nodes(balance):
 
 
 def test_what_it_does_not_model_on_several_nodes():
-    """Hedges, and deadlines with constant services or equal to a batch timer stay on simpy, said in one line, and so
-    do sharded stages of constant services (a visit's shards end together, and the shards queued behind them on
-    several nodes start at one instant, in an order simpy decides by scheduling) and node losses meeting other events
-    at their instant (another loss, return or slowdown; the visits sent again at the loss, timing out together or of
-    constant services ending together); plain, sharded and batching nodes, retries, deadlines and node loss run
-    compiled."""
+    """Deadlines with constant services, equal to a batch timer or with hedges, and hedges of constant services (a
+    hedge timer can fall exactly at a service end) stay on simpy, said in one line, and so do sharded stages of
+    constant services (a visit's shards end together, and the shards queued behind them on several nodes start at one
+    instant, in an order simpy decides by scheduling) and node losses meeting other events at their instant (another
+    loss, return or slowdown; the visits sent again at the loss, timing out together or of constant services ending
+    together); plain, sharded, hedged and batching nodes, retries, deadlines and node loss run compiled."""
     pool = _fleet(8, 4, "p2c", {"dist": "exponential", "mean_ms": 2})
     batching = pool | {"batch": {"max_size": 4, "max_wait_ms": 1}}
     retrying = pool | {"shards": 2, "retries": 2, "queue_limit": 1, "timeout_ms": 3}
     merger = {"servers": 8, "latency": {"dist": "constant", "ms": 0.5}, "batch": {"max_size": 2}}
     loss = [{"kind": "node_loss", "at_s": 1, "stage": "prerank", "nodes": 2, "duration_s": 1}]
-    for compiled, faults in ((pool, []), (pool | {"shards": 4}, []), (retrying, []), (batching, []), (pool | {"retries": 1}, loss)):
+    compiled_cases = [(pool, []), (pool | {"shards": 4}, []), (retrying, []), (batching, []), (pool | {"retries": 1}, loss)]
+    for compiled, faults in [*compiled_cases, (retrying | {"hedge_after_ms": 2}, [])]:
         scenario = make_scenario(small_stages(compiled), pipelines=["sequential"], faults=faults)
         assert choose_engines(scenario, build_samplers(scenario, "<test>"), "auto") == {"sequential": ("compiled", None)}
     assert why_not(make_scenario(small_stages(batching) | {"merger": merger}, pipelines=["sequential"]), "sequential") == (
@@ -242,7 +247,17 @@ def test_what_it_does_not_model_on_several_nodes():
             "the compiled engine may order events at equal times unlike simpy: sharded visits of constant or empirical services "
             "end together on several nodes, starting the shards queued behind them at one instant (prerank)",
         ),
-        ({"hedge_after_ms": 5}, {}, "the compiled engine does not model hedges (hedge_after_ms) on stages of several nodes yet (prerank)"),
+        (
+            {"hedge_after_ms": 5, "latency": {"dist": "constant", "ms": 2}},
+            {},
+            "the compiled engine may order events at equal times unlike simpy: a hedge timer can fall exactly at the end of "
+            "a constant service (prerank)",
+        ),
+        (
+            {"hedge_after_ms": 5},
+            {"deadline_ms": 50},
+            "the compiled engine does not model request deadlines (deadline_ms) with hedged stages yet (prerank)",
+        ),
         (
             {"retries": 1, "timeout_ms": 5},
             {"faults": [{"kind": "node_loss", "at_s": 1, "stage": "prerank", "nodes": 1, "duration_s": 1}]},
@@ -277,6 +292,60 @@ def test_what_it_does_not_model_on_several_nodes():
         "the compiled engine may order events at equal times unlike simpy: a batching stage's max_wait_ms or timeout_ms equals "
         "the request deadline, so a request that arrives there at once meets both at one instant (rtp)"
     )
+
+
+@pytest.mark.parametrize("balance", BALANCERS)
+def test_hedges_under_overload(balance):
+    """Hedged stages behind every balancer, loaded past their capacity: copies queued behind others, losing copies
+    that leave their queue (moving up every visit behind them) or run on as wasted work, queue limits rejecting
+    copies, timeouts, retries of failed tries, a cache miss each copy of the primary waits for, a slowdown: the same
+    requests, picks, hedges, retries, node busy time and wasted work as simpy, every offered request counted once."""
+    stages = small_stages(
+        _fleet(8, 4, balance, {"dist": "exponential", "mean_ms": 5}, hedge_after_ms=3, queue_limit=4, timeout_ms=12, retries=1)
+    )
+    stages["merger"] = {"servers": 8, "latency": {"dist": "exponential", "mean_ms": 0.5}}
+    stages["item_fetch"] = _fleet(6, 3, balance, {"dist": "gamma", "mean_ms": 3, "cv": 0.5}, hedge_after_ms=2.5, per_candidate_us=2)
+    stages["rtp"] = {"servers": 3, "latency": {"dist": "exponential", "mean_ms": 2}}
+    caches = {"sim_features": {"capacity": 30, "miss_latency": {"dist": "exponential", "mean_ms": 1}}}
+    for pipeline, hedged in (("sequential", "prerank"), ("aif", "item_fetch")):
+        faults = [{"kind": "stage_slowdown", "at_s": 0.3, "stage": hedged, "factor": 2, "duration_s": 0.3}]
+        scenario = make_scenario(
+            stages, pipelines=[pipeline], qps=1700, duration_s=1.0, warmup_s=0.1, drain_s=0.05, seed=6, caches=caches, faults=faults
+        )
+        summary = assert_equivalent(scenario, pipeline, 101).summary()
+        requests, stage = summary["requests"], summary["stages"][hedged]
+        assert stage["hedges"] > 0 and stage["wasted_busy_s"] > 0 and max(stage["node_utilization"]) > 0.9
+        assert requests["offered"] == requests["completed"] + requests["rejected"] + requests["timed_out"] + requests["in_flight_at_end"]
+        if pipeline == "sequential":
+            assert stage["retries"] > 0 and requests["rejected"] > 0 and requests["timed_out"] > 0
+
+
+@pytest.mark.parametrize("balance", BALANCERS)
+def test_hedges_of_requests_arriving_together(balance):
+    """A batch's members reach a hedged stage at one instant: each picks its node and its copy joins before the next
+    member picks (simpy starts a copy's process before resuming the next member), and the rejected ones are sent on
+    only after every member has picked, in the order they were rejected: the same requests and picks as simpy."""
+    stages = small_stages(_fleet(8, 4, balance, {"dist": "exponential", "mean_ms": 5}))
+    stages["merger"] = {"servers": 4, "latency": {"dist": "exponential", "mean_ms": 1}, "batch": {"max_size": 4, "max_wait_ms": 1}}
+    stages["retrieval"] = _fleet(8, 4, balance, {"dist": "exponential", "mean_ms": 3}, hedge_after_ms=2, queue_limit=1, retries=2)
+    scenario = make_scenario(stages, pipelines=["sequential"], qps=1500, duration_s=1.0, warmup_s=0.1, drain_s=0.0, seed=5)
+    retrieval = assert_equivalent(scenario, "sequential", 101).summary()["stages"]["retrieval"]
+    assert retrieval["hedges"] > 0 and retrieval["retries"] > 0
+
+
+@pytest.mark.parametrize("shards", [2, 4])
+def test_hedged_shards(shards):
+    """Each shard of a visit hedged on its own, its copy sent to a node holding no other shard or copy of the visit
+    (none left: no copy), retried on failure: the same requests, skew, hedges and busy time as simpy."""
+    stages = small_stages(_fleet(8, 4, "p2c", {"dist": "lognormal", "median_ms": 2, "p99_ms": 12}, shards=shards, hedge_after_ms=3))
+    stages["item_fetch"] = _fleet(
+        6, 6, "least_outstanding", {"dist": "exponential", "mean_ms": 2}, shards=shards, hedge_after_ms=2, queue_limit=2, retries=2
+    )
+    for pipeline, hedged, nodes in (("sequential", "prerank", 4), ("aif", "item_fetch", 6)):
+        scenario = make_scenario(stages, pipelines=[pipeline], qps=900, duration_s=1.0, warmup_s=0.1, drain_s=0.0, seed=8, candidates=50)
+        stage = assert_equivalent(scenario, pipeline, 101).summary()["stages"][hedged]
+        assert stage["shard_skew_ms"] > 0 and min(stage["node_utilization"]) > 0
+        assert (stage["hedges"] > 0) == (shards < nodes)  # every node holding a shard: no node left for a copy
 
 
 @pytest.mark.parametrize("pipeline", ALL)

@@ -97,8 +97,10 @@ def test_fleets_run_compiled_and_what_the_compiled_engine_lacks_runs_on_simpy_sa
     stages = _fleet_stages()
     stages["prerank"]["hedge_after_ms"] = 5
     scenario = make_scenario(stages, pipelines=["sequential"], qps=100, duration_s=1.0)
+    assert choose_engines(scenario, build_samplers(scenario, "<test>"), "auto")["sequential"] == ("compiled", None)
+    scenario = make_scenario(stages, pipelines=["sequential"], qps=100, duration_s=1.0, deadline_ms=50)
     engine, reason = choose_engines(scenario, build_samplers(scenario, "<test>"), "auto")["sequential"]
-    assert engine == "simpy" and "hedges" in reason and "prerank" in reason
+    assert engine == "simpy" and "hedged stages" in reason and "prerank" in reason
 
 
 @pytest.mark.parametrize(
@@ -150,10 +152,11 @@ def test_a_deadline_must_be_positive(tmp_path, capsys):
 def test_the_compiled_engine_refuses_what_it_lacks_in_one_line(tmp_path, capsys):
     stages = _fleet_stages()
     stages["prerank"] |= {"shards": 2, "hedge_after_ms": 20}
-    path = write_yaml(tmp_path / "fleet.yaml", scenario_dict(stages, duration_s=1.0))
+    path = write_yaml(tmp_path / "fleet.yaml", scenario_dict(stages, duration_s=1.0, deadline_ms=50))
     assert main(["run", str(path), "--engine", "compiled", "--quiet", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "hedge_after_ms" in err, err
+    assert err.count("\n") == 1 and "deadline_ms" in err and "hedged stages" in err, err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("engine", ["simpy", "compiled"])
@@ -183,9 +186,10 @@ def test_the_cost_per_candidate_adds_to_each_visit(engine):
     assert np.allclose(service_ms, 1.0 + 0.002 * candidates_seen, rtol=1e-9)
 
 
-def _one_stage(prerank: dict, **kwargs) -> dict:
+def _one_stage(prerank: dict, engine: str = "auto", **kwargs) -> dict:
     stages = {"merger": negligible(), "retrieval": negligible(), "feature_fetch": negligible(), "prerank": prerank}
-    return run_summaries(make_scenario(stages, pipelines=["sequential"], **kwargs))["sequential"]
+    scenario = make_scenario(stages, pipelines=["sequential"], **kwargs)
+    return simulate(scenario, build_samplers(scenario, "<test>"), engine=engine)["sequential"].summary()
 
 
 @pytest.mark.parametrize("shards", [2, 4, 8])
@@ -248,12 +252,14 @@ def test_the_offered_tail_counts_failures_as_slower_than_any_completion():
     )  # completed ones all took 9 ms
 
 
-def test_a_hedge_with_no_queueing_takes_the_first_of_two_copies():
+@pytest.mark.parametrize("engine", ["simpy", "compiled"])
+def test_a_hedge_with_no_queueing_takes_the_first_of_two_copies(engine):
     """A hedge after d: min(X1, d + X2) when X1 > d; for exponential X of mean m, E = m(1 - e^(-d/m)) + (m/2) e^(-d/m),
-    and the hedged share is P(X1 > d) = e^(-d/m)."""
+    and the hedged share is P(X1 > d) = e^(-d/m), on either engine."""
     mean, delay = 10.0, 10.0
     summary = _one_stage(
         {"servers": 64, "nodes": 8, "hedge_after_ms": delay, "latency": {"dist": "exponential", "mean_ms": mean}},
+        engine,
         qps=5,
         duration_s=4000,
         seed=5,

@@ -32,6 +32,7 @@ from aif_sim.compiled.batching import BatchState
 from aif_sim.compiled.caches import CacheState
 from aif_sim.compiled.deadlines import DeadlineState, deadlines
 from aif_sim.compiled.fleets import FleetState
+from aif_sim.compiled.hedges import HedgeState
 from aif_sim.compiled.kernels import advance, event_times
 from aif_sim.compiled.nearline import CompiledNearline
 from aif_sim.compiled.support import unsupported
@@ -285,9 +286,11 @@ class _Pools:
         self.slow_at, self.slow_t, self.slow_v = _slowdowns(scenario, self.names)
         self.guard, self.reads, self.cache_of = _cache_slots(scenario.pipeline(pipeline), caches)
         self.batches = BatchState(scenario, self.names, samplers, traced)
-        self.fleets = FleetState(scenario, pipeline)
+        self.hedges = HedgeState(scenario, pipeline, samplers)
+        self.fleets = FleetState(scenario, pipeline, self.hedges)
         shards = max((config.shards for config in configs), default=1)
-        self.dropped = DeadlineState(len(configs) * shards if scenario.deadline_ms is not None else 0)  # visits cut off by deadlines
+        cut_off = len(configs) * shards if scenario.deadline_ms is not None else 0  # visits cut off by deadlines
+        self.dropped = DeadlineState(cut_off + self.hedges.wasted_per_request)  # and losing hedge copies
         self.numbered = np.zeros(1, np.int64)  # visit ends numbered so far (`batching.visit_over`)
 
     def advance(self, system: _Requests, caches: CacheState, limit: float, until: float) -> None:
@@ -316,6 +319,7 @@ class _Pools:
             self.batches.state,
             self.fleets.fleet_of,
             self.fleets.state,
+            (self.hedges.state, system.column("candidates")),
             self.dropped.state,
             system.column("shard_s"),
             (

@@ -1,5 +1,6 @@
 """Stages of several nodes in the compiled engine: `sim.fleet.Fleet` with shards, retries, node loss and batching
-nodes (`batching`: a node's load is its queue's), without hedges.
+nodes (`batching`: a node's load is its queue's); a hedged stage runs its own events (`hedges`), with this module's
+picks, records and heaps.
 
 Each node of a fleet stage is a FIFO pool of its own (`servers / nodes` servers, the stage's queue limit and
 timeout): its servers' free times are a heap of the stage's region of the kernels' `free` (node j's at
@@ -44,6 +45,7 @@ order the visits ended.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numba import njit
@@ -53,6 +55,9 @@ from aif_sim.core.balance import BLOCK
 from aif_sim.core.traffic import stream
 from aif_sim.metrics.recorder import Recorder
 from aif_sim.scenario.schema import NodeLoss, Scenario
+
+if TYPE_CHECKING:
+    from aif_sim.compiled.hedges import HedgeState
 
 KINDS = {"random": 0, "round_robin": 1, "least_outstanding": 2, "p2c": 3}
 PART = 11  # columns of a part: node, outcome, start, end, service, a sorted end, retries so far, its own service,
@@ -69,7 +74,9 @@ COMPLETED, REJECTED, TIMED_OUT = 0, 1, 2  # core.request.Outcome
 class FleetState:
     """The fleet stages of a pipeline: `fleet_of[slot]` (-1: one pool) and the state the kernels take."""
 
-    def __init__(self, scenario: Scenario, pipeline: str) -> None:
+    def __init__(self, scenario: Scenario, pipeline: str, hedges: HedgeState | None = None) -> None:
+        """`hedges`: the pipeline's hedged stages, prepared, remapped and accounted with the fleets."""
+        self.hedges = hedges
         names = scenario.pipeline(pipeline).stages
         slots = [slot for slot, name in enumerate(names) if scenario.stages[name].nodes > 1]
         configs = [scenario.stages[names[slot]] for slot in slots]
@@ -77,6 +84,8 @@ class FleetState:
         self.fleet_of[slots] = np.arange(len(slots))
         self.rngs = [stream(scenario.seed, f"balance:{names[slot]}") for slot in slots]
         self.drawn = [np.empty(0) for _ in slots]  # uniforms drawn, not yet taken
+        # the most sends of a part: each try (the first and its retries) and, hedged, its copy
+        self.sends = np.array([(1 + c.retries) * (1 + (c.hedge_after_ms is not None)) for c in configs], np.int64)
         nodes = [config.nodes for config in configs]
         shards = [config.shards for config in configs]
         self.shard_at = np.full(len(names), -1, np.int64)  # each sharded slot's first column of the shard services
@@ -152,8 +161,10 @@ class FleetState:
         ) = self.state[:19]
         if not len(nodes):
             return
+        if self.hedges is not None:
+            self.hedges.prepare(arrivals)
         later = self._later(arrivals)
-        sends = (arrivals * shards * (1 + retries) * np.where(self.losing, 2, 1)).sum()  # a busy row, and a cut one
+        sends = (arrivals * shards * self.sends * np.where(self.losing, 2, 1)).sum()  # a busy row, and a cut one
         width = max(int(queued.max()) + arrivals, waits.shape[1])
         if width > waits.shape[1]:
             grown = np.empty((len(waits), width))
@@ -161,7 +172,7 @@ class FleetState:
             waits = grown
         for f in range(len(nodes)):
             self.drawn[f] = self.drawn[f][taken[f] :]
-            blocks = -(-(DRAWS[kind[f]] * shards[f] * (1 + retries[f]) * arrivals - len(self.drawn[f])) // BLOCK)
+            blocks = -(-(DRAWS[kind[f]] * shards[f] * self.sends[f] * arrivals - len(self.drawn[f])) // BLOCK)
             if blocks > 0:  # whole blocks, as `Uniforms` draws them (the same stream as one block at a time)
                 self.drawn[f] = np.concatenate([self.drawn[f], self.rngs[f].random(blocks * BLOCK)])
         taken[:] = 0
@@ -209,6 +220,8 @@ class FleetState:
         later = self.state[19]
         used = later[:, 0] >= 0
         later[used, 0] = new_index[later[used, 0]]
+        if self.hedges is not None:
+            self.hedges.remap(new_index)
 
     def emit(self, recorder: Recorder, before: float) -> None:
         """Account the visits that started before `before` (`Recorder.node_busy`) in the order they started (those cut
@@ -231,6 +244,8 @@ class FleetState:
             recorder.shard_skew_many(slot, mine[:, 2])
         for slot, mine in _by_slot(*_taken(self.state[17], self.state[18], 1, before, slots)):
             recorder.retry(slot, len(mine))
+        if self.hedges is not None:
+            self.hedges.emit(recorder, before)
 
 
 def _losses(scenario: Scenario, names: list[str], nodes: list[int]) -> tuple:
@@ -624,3 +639,44 @@ def pop_resend(f: int, fleets: tuple) -> tuple[float, int, int]:
         _swap(f, pos, child, fleets)
         pos = child
     return at, row, part
+
+
+@njit(cache=True, _nrt=False)
+def _sooner(t: np.ndarray, ids: np.ndarray, f: int, a: int, b: int) -> bool:
+    """Whether entry a of heap f comes before entry b: by time, then in the order they were pushed."""
+    return t[f, a] < t[f, b] or (t[f, a] == t[f, b] and ids[f, a] < ids[f, b])
+
+
+@njit(cache=True, _nrt=False)
+def push_keyed(t: np.ndarray, ids: np.ndarray, sizes: np.ndarray, pushed: np.ndarray, f: int, at: float, row: int) -> None:
+    """`row` (below ROWS) joins the min-heap f of times `t[f, :sizes[f]]` at `at`, after the rows pushed before it at
+    the same time (its id `ids[f, ...]`: the pushes so far, `pushed`, times ROWS, plus the row)."""
+    pos = sizes[f]
+    sizes[f] = pos + 1
+    t[f, pos], ids[f, pos] = at, pushed[0] * ROWS + row
+    pushed[0] += 1
+    while pos > 0 and _sooner(t, ids, f, pos, (pos - 1) >> 1):
+        parent = (pos - 1) >> 1
+        t[f, pos], t[f, parent] = t[f, parent], t[f, pos]
+        ids[f, pos], ids[f, parent] = ids[f, parent], ids[f, pos]
+        pos = parent
+
+
+@njit(cache=True, _nrt=False)
+def pop_keyed(t: np.ndarray, ids: np.ndarray, sizes: np.ndarray, f: int) -> tuple[float, int]:
+    """Heap f's first entry taken out (`push_keyed`): (its time, its row)."""
+    at, row = t[f, 0], ids[f, 0] % ROWS
+    size = sizes[f] - 1
+    sizes[f] = size
+    t[f, 0], ids[f, 0] = t[f, size], ids[f, size]
+    pos = 0
+    while 2 * pos + 1 < size:
+        child = 2 * pos + 1
+        if child + 1 < size and _sooner(t, ids, f, child + 1, child):
+            child += 1
+        if not _sooner(t, ids, f, child, pos):
+            break
+        t[f, pos], t[f, child] = t[f, child], t[f, pos]
+        ids[f, pos], ids[f, child] = ids[f, child], ids[f, pos]
+        pos = child
+    return at, row

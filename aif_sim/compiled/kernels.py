@@ -41,6 +41,7 @@ from aif_sim.compiled.fleets import (
     served_at_node,
     visit_node,
 )
+from aif_sim.compiled.hedges import stage_send, stage_until
 
 COMPLETED, REJECTED, TIMED_OUT = 0, 1, 2  # core.request.Outcome
 
@@ -423,6 +424,7 @@ def advance(
     batches: tuple,
     fleet_of: np.ndarray,
     fleets: tuple,
+    hedging: tuple,
     dropped: tuple,
     shard_s: np.ndarray,
     req: tuple,
@@ -469,7 +471,8 @@ def advance(
     sharded stage's visit is one such visit per shard, on distinct nodes, with the shard services `shard_s[i]`,
     and a stage that retries sends a rejected one on to another node at once, a timed-out one when it leaves its
     queue, one lost with its node at the loss (`_resends`, before each arrival and up to `limit`: the step waits for
-    the visit meanwhile).
+    the visit meanwhile). A hedged stage (`hedging`: the `hedges.HedgeState` state and the requests' candidates) runs
+    its own events up to each arrival and up to `limit` (`hedges.stage_until`): the step waits for the visit there too.
 
     Deadlines (`req`'s `deadline`, see `deadlines`): a visit still queued at its request's deadline leaves the
     queue then; one in service runs on as wasted work (recorded in `dropped`), freeing its server when simpy does.
@@ -485,6 +488,8 @@ def advance(
     pools = (free_at, free, queue_limit, timeout_s)
     resends = fleets[26]  # per fleet, its parts to send again later
     slow = (slow_at, slow_t, slow_v)
+    hedge_of = hedging[0][0]
+    more = (dropped, steps, req, visits, inserting)  # what a hedged stage's kernels take besides
     bslots, bservers, serving, waiting_b = batches[0], batches[1], batches[11], batches[21]
     joined = np.zeros(len(bslots), np.int64)  # batching queues someone joined at the current time: the order of the first join
     joins = 0
@@ -509,6 +514,8 @@ def advance(
                 b, f = slot_batch[step_slots[p]], fleet_of[step_slots[p]]
                 if f >= 0 and resends[f]:
                     _resends(step_slots[p], t, k, steps, pools, fleet_of, fleets, dropped, batches, req, visits, slow, inserting)
+                if hedge_of[step_slots[p]] >= 0:
+                    stage_until(step_slots[p], t, pools, hedging, fleets, batches, shard_s, slow, more)
                 if b >= 0:
                     nodes = _nodes(fleet_of[step_slots[p]], fleets)
                     run_until(b, nodes, t, timeout_s[bslots[b]], k, steps, batches, req, visits, guard, reads, inserts, slow)
@@ -558,6 +565,10 @@ def advance(
                             joins += 1
                             joined[b] = joins
                         pending[i] += 1
+                    continue
+                if hedge_of[slot] >= 0:  # a hedged stage: the step waits for the visit
+                    stage_send(slot, i, t, k, miss[i, slot] if read_miss else 0.0, pools, hedging, fleets, batches, shard_s, slow, more)
+                    pending[i] += 1
                     continue
                 base = free_at[slot]
                 servers = free_at[slot + 1] - base
@@ -649,6 +660,8 @@ def advance(
             b, f = slot_batch[step_slots[p]], fleet_of[step_slots[p]]
             if f >= 0 and resends[f]:
                 _resends(step_slots[p], limit, k, steps, pools, fleet_of, fleets, dropped, batches, req, visits, slow, inserting)
+            if hedge_of[step_slots[p]] >= 0:
+                stage_until(step_slots[p], limit, pools, hedging, fleets, batches, shard_s, slow, more)
             if b >= 0:
                 nodes = _nodes(fleet_of[step_slots[p]], fleets)
                 run_until(b, nodes, limit, timeout_s[bslots[b]], k, steps, batches, req, visits, guard, reads, inserts, slow)

@@ -22,10 +22,9 @@ def unsupported(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler])
     if pipeline not in scenario.pipelines:
         return f"unknown pipeline {pipeline!r}"
     stages = scenario.pipeline(pipeline).stages
-    for what, has in (("hedges (hedge_after_ms)", lambda stage: stage.hedge_after_ms is not None),):
-        named = [name for name in stages if scenario.stages[name].nodes > 1 and has(scenario.stages[name])]
-        if named:
-            return f"the compiled engine does not model {what} on stages of several nodes yet ({', '.join(named)})"
+    hedged = _hedged(scenario, pipeline, samplers)
+    if hedged is not None:
+        return hedged
     lost = _loss_ties(scenario, pipeline, samplers)
     if lost:
         return lost
@@ -42,6 +41,35 @@ def unsupported(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler])
             f"the compiled engine does not model batching stages timed by candidates or by empirical samples ({', '.join(drawn_per_batch)})"
         )
     return _ties_likely(scenario, pipeline, samplers)
+
+
+def _hedged(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler]) -> str | None:
+    """Why the compiled engine cannot run the pipeline's hedged stages (one line), or None: hedges with request
+    deadlines or node loss, copies whose drawn service depends on their candidates (drawn ahead, they must
+    not), and services of few values, whose ends can fall exactly at a hedge timer."""
+    hedged = [
+        name for name in scenario.pipeline(pipeline).stages if scenario.stages[name].nodes > 1 and scenario.stages[name].hedge_after_ms
+    ]
+    if not hedged:
+        return None
+    if scenario.deadline_ms is not None:
+        return f"the compiled engine does not model request deadlines (deadline_ms) with hedged stages yet ({', '.join(hedged)})"
+    lost = sorted({fault.stage for fault in scenario.faults if isinstance(fault, NodeLoss) and fault.stage in hedged})
+    if lost:
+        return f"the compiled engine does not model node loss on hedged stages yet ({', '.join(lost)})"
+    by_candidates = [name for name in hedged if not batch_draws_ahead(samplers[name])]
+    if by_candidates:
+        return (
+            "the compiled engine does not model hedge copies timed by candidates or by empirical samples, whose draws it "
+            f"cannot make ahead ({', '.join(by_candidates)})"
+        )
+    discrete = [name for name in hedged if _few_values(samplers[name], scenario.stages[name].per_candidate_us)]
+    if discrete:
+        return (
+            "the compiled engine may order events at equal times unlike simpy: a hedge timer can fall exactly at the end of "
+            f"a constant service ({', '.join(discrete)})"
+        )
+    return None
 
 
 def _loss_ties(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler]) -> str | None:
