@@ -125,7 +125,8 @@ def _ties_likely(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler]
     deadline can fall exactly at the end of its own visits of such services, and at a batching stage's timer or timeout
     for a request that arrives there at once when the two are equal; and requests arriving together at a
     batching stage of several nodes wake several dispatchers at one instant, which draw from the stage's one stream,
-    or at a sharded stage have their shards sent (and timed out) interleaved."""
+    or at a sharded stage have their shards sent (and timed out) interleaved, or at a stage of several nodes that retries
+    time out together and are sent again."""
     names = scenario.pipeline(pipeline).stages
     tiny = [name for name in names if isinstance(samplers[name], Gamma) and samplers[name].cv > 1]
     if tiny:
@@ -176,6 +177,11 @@ def _ties_likely(scenario: Scenario, pipeline: str, samplers: dict[str, Sampler]
                 return (
                     f"the compiled engine may order events at equal times unlike simpy: {name} shards the visits of requests "
                     f"arriving together (after {together}), whose shards simpy sends, and times out, interleaved"
+                )
+            if together and config.nodes > 1 and config.retries and config.timeout_ms is not None:
+                return (
+                    f"the compiled engine may order events at equal times unlike simpy: {name} sends again the visits of requests "
+                    f"arriving together (after {together}), which time out at one instant"
                 )
         earlier += [name for name in stages if name in discrete or scenario.stages[name].batch is not None]
         batched += [name for name in stages if scenario.stages[name].batch is not None]  # members arrive on together
