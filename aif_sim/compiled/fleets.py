@@ -405,6 +405,14 @@ def _eligible(j: int, holding: np.ndarray, held: int, down: np.ndarray, row: int
 
 
 @njit(cache=True, _nrt=False)
+def losses_due(f: int, t: float, fleets: tuple) -> bool:
+    """Whether fleet f has a node loss or return at or before t not applied yet (`apply_losses`)."""
+    loss_at, loss_t, loss_next = fleets[30], fleets[31], fleets[34]
+    e = loss_next[f]
+    return e < loss_at[f + 1] and loss_t[e] <= t
+
+
+@njit(cache=True, _nrt=False)
 def apply_losses(f: int, t: float, base: int, threads: int, free: np.ndarray, fleets: tuple) -> None:
     """Fleet f's node losses and returns at or before t (the first of them due): a lost node is down, its servers
     free and its waiters gone (it returns empty); a returning node is up."""

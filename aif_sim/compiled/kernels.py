@@ -32,6 +32,7 @@ from aif_sim.compiled.fleets import (
     apply_losses,
     cut_at_node,
     loss_order,
+    losses_due,
     lost_at,
     parts_over,
     pick,
@@ -162,7 +163,7 @@ def _fleet_visit(
     shards, shard_at, holding, parts = fleets[10], fleets[11], fleets[14], fleets[15]
     k = shards[f]
     held = 0
-    if fleets[34][f] < fleets[30][f + 1] and fleets[31][fleets[34][f]] <= t:  # nodes lost or back by t
+    if losses_due(f, t, fleets):  # nodes lost or back by t
         apply_losses(f, t, base, threads, free, fleets)
     for j in range(k):  # every pick sees the counts before any shard joins
         node = pick(f, t, base, threads, free, fleets, held, -1, batches)
@@ -254,7 +255,7 @@ def _send_part(
             held = 0
             for n in range(nodes[f]):
                 held += holding[n]
-            if fleets[34][f] < fleets[30][f + 1] and fleets[31][fleets[34][f]] <= x:
+            if losses_due(f, x, fleets):
                 apply_losses(f, x, base, threads, free, fleets)
             node = pick(f, x, base, threads, free, fleets, held, -1, batches)
             if node < 0:
@@ -269,7 +270,7 @@ def _send_part(
         s = parts[j, 7]
         at = base + node * threads
         o, start, e = visit_node(f, node, x, free[at], limit, timeout, deadline, fleets)
-        lost = lost_at(f, node, x, fleets) if fleets[34][f] < fleets[30][f + 1] else np.inf  # its node's loss, if any
+        lost = lost_at(f, node, x, fleets)  # its node's next loss (inf: none)
         gone = e  # when it leaves the node
         if o == COMPLETED:
             s = s * slowdown_at(slot, start, slow[0], slow[1], slow[2])
