@@ -230,16 +230,7 @@ class FleetState:
         before it, and drop them."""
         rec, rec_n, skew, skew_n = self.state[8], self.state[9], self.state[12], self.state[13]
         slots = len(self.shard_at)
-        firsts, rows = _taken(rec, rec_n, 2, before, slots)
-        for slot, mine in _by_slot(firsts, rows):
-            done = 0
-            for cut in [*np.flatnonzero(mine[:, 4] < 0).tolist(), len(mine)]:  # busy time, and cuts in their turn
-                busy = mine[done:cut]
-                if len(busy):
-                    recorder.node_busy_many(slot, busy[:, 1].astype(np.int64), busy[:, 2], busy[:, 3], busy[:, 4] != 0)
-                if cut < len(mine):
-                    recorder.cut(slot, int(mine[cut, 1]), float(mine[cut, 2]), float(mine[cut, 3]))
-                done = cut + 1
+        recorder.node_busy_rows(*_taken(rec, rec_n, 2, before, slots))
         for slot, mine in _by_slot(*_taken(skew, skew_n, 1, before, slots)):
             recorder.shard_skew_many(slot, mine[:, 2])
         for slot, mine in _by_slot(*_taken(self.state[17], self.state[18], 1, before, slots)):

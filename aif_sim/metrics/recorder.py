@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any, Protocol
@@ -151,17 +152,12 @@ def _running_sum(total: float, values: np.ndarray) -> float:
     return float(np.add.accumulate(np.concatenate(([total], values)))[-1]) if len(values) else total
 
 
-def _running_sums(totals: list[float], groups: np.ndarray, values: np.ndarray) -> list[float]:
-    """Each `totals[g]` plus the values of group g (`groups`), in turn, as a loop of `+=` would add them."""
-    out = list(totals)
-    order = np.argsort(groups.astype(np.min_scalar_type(len(totals))), kind="stable")  # a radix sort, for small ints
-    grouped = values[order]
-    start = 0
-    for group, end in enumerate(np.cumsum(np.bincount(groups, minlength=len(totals))).tolist()):
-        if end > start:
-            out[group] = _running_sum(out[group], grouped[start:end])
-        start = end
-    return out
+@functools.cache
+def _busy_adder() -> Callable[..., None]:
+    """The compiled busy-time sums (`metrics.busy`), imported with numba when a fleet's rows are first accounted."""
+    from aif_sim.metrics.busy import add_busy
+
+    return add_busy
 
 
 def _node_utilization(stage: StageRecord, per_s: float) -> list[float]:
@@ -344,14 +340,21 @@ class Recorder:
         if node is None:
             stage.busy_window_s += self.window.overlap(started_s, started_s + service_s)
 
-    def node_busy_many(self, slot: int, nodes: np.ndarray, started_s: np.ndarray, service_s: np.ndarray, measured: np.ndarray) -> None:
-        """`node_busy` for visits of one stage given as arrays, in the order they started: the same sums, added in
-        the same order (running sums, not pairwise ones), so the totals are those of one call per visit."""
-        stage, (lo, hi) = self.stages[slot], (self.window.start_s, self.window.end_s)
-        busy = np.maximum(0.0, np.minimum(started_s + service_s, hi) - np.maximum(started_s, lo))
-        stage.busy_window_s = _running_sum(stage.busy_window_s, busy)
-        stage.compute_s = _running_sum(stage.compute_s, service_s[measured])
-        stage.node_busy_window_s = _running_sums(stage.node_busy_window_s, nodes, busy)
+    def node_busy_rows(self, firsts: np.ndarray, rows: np.ndarray) -> None:
+        """`node_busy` and `cut` for the visits of stages of several nodes given as rows (slot, node, start, service,
+        measured 1.0 / 0.0; a cut: slot, node, from, to, -1.0), each slot's `rows[firsts[slot] : firsts[slot + 1]]`
+        in the order of those calls: the same sums, added in the same order, so the totals are those of one call
+        per row."""
+        stages = self.stages
+        busy = np.array([stage.busy_window_s for stage in stages])
+        compute = np.array([stage.compute_s for stage in stages])
+        node_busy = np.zeros((len(stages), max(stage.nodes for stage in stages)))
+        for slot, stage in enumerate(stages):
+            node_busy[slot, : stage.nodes] = stage.node_busy_window_s
+        _busy_adder()(rows, firsts, self.window.start_s, self.window.end_s, busy, compute, node_busy)
+        for slot, stage in enumerate(stages):
+            stage.busy_window_s, stage.compute_s = float(busy[slot]), float(compute[slot])
+            stage.node_busy_window_s = node_busy[slot, : stage.nodes].tolist()
 
     def cut(self, slot: int, node: int | None, from_s: float, to_s: float) -> None:
         """A visit counted busy on a node until `to_s` stopped at `from_s` (its node went down)."""
