@@ -327,3 +327,16 @@ def test_every_shard_waits_for_the_visits_cache_miss():
     summary = run_summaries(make_scenario(stages, qps=50, duration_s=4, caches=caches))["sequential"]
     fetch = summary["stages"]["feature_fetch"]["latency_ms"]
     assert fetch["p50"] == pytest.approx(6.0, rel=0.003) and fetch["max"] == pytest.approx(6.0, rel=1e-9)
+
+
+def test_a_part_sent_again_after_its_node_was_lost_is_slowed_down_once():
+    """A visit cut by its node's loss is the same work on the next node, slowed down as the stage is then: under a
+    slowdown of 2, a 10 ms visit takes 20 ms wherever it runs, however often it was sent (no-contention time 20 ms)."""
+    losses = [{"kind": "node_loss", "at_s": 1.0123 + k / 2, "stage": "prerank", "nodes": 1, "duration_s": 0.01} for k in range(300)]
+    slow = [{"kind": "stage_slowdown", "stage": "prerank", "at_s": 0.5, "duration_s": 1000, "factor": 2.0}]
+    stage = {"servers": 2, "nodes": 2, "retries": 3, "balance": "round_robin", "latency": {"dist": "constant", "ms": 10.0}}
+    summary = _one_stage(stage, qps=20, duration_s=160, warmup_s=1, seed=3, faults=slow + losses)
+    assert summary["stages"]["prerank"]["retries"] > 10  # visits were cut in service and sent again
+    assert summary["no_contention_ms"]["mean"] == pytest.approx(20.0, rel=1e-9)
+    req = summary["requests"]
+    assert req["rejected"] == 0 and req["offered"] == req["completed"] + req["in_flight_at_end"]

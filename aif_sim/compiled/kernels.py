@@ -373,7 +373,6 @@ def _resend_until(
                 numbered[0] += 1
                 if parts[j, 2] < at:  # in service: its busy time stops here
                     cut_at_node(int(parts[j, 0]), slot, at, parts[j, 2] + parts[j, 4], fleets)
-                    parts[j, 7] = parts[j, 4]  # as simpy's part keeps the service it started with (slowed down)
                 parts[j, 8] = SETTLED
                 if parts[j, 6] >= retries[f]:
                     waiting -= 1

@@ -29,13 +29,15 @@ LOST = "node lost"  # the cause of the interrupt that fails the visits of a node
 
 
 class Part:
-    """One shard, or copy, of a visit on a node of a fleet (`sim.fleet`): its candidates, its service (s; slowed
-    down when it starts), the time it would take alone with no waiting (`alone`), and when it started and ended."""
+    """One shard, or copy, of a visit on a node of a fleet (`sim.fleet`): its candidates, its work (s, at the stage's
+    normal speed), its service (s: its work, slowed down as the stage is when it starts), the time it would take alone
+    with no waiting (`alone`), and when it started and ended. A part sent again (its node lost) is the same work,
+    slowed down as the stage is when it starts again."""
 
-    __slots__ = ("service", "alone", "candidates", "started", "ended", "label")
+    __slots__ = ("work", "service", "alone", "candidates", "started", "ended", "label")
 
     def __init__(self, service: float, candidates: int, label: str = "visit") -> None:
-        self.service = self.alone = service
+        self.work = self.service = self.alone = service
         self.candidates = candidates
         self.started = self.ended = math.nan
         self.label = label  # what the part is, in a request's timeline: the visit, `shard K`, `hedge copy`
@@ -176,7 +178,7 @@ class StagePool:
                     pool.abandon(waiter)
                 raise
             started = env.now
-        service = request.service_s[self.slot] if part is None else part.service
+        service = request.service_s[self.slot] if part is None else part.work
         if self.slowdown != 1.0:
             service *= self.slowdown
             if part is None:
