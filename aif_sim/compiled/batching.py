@@ -41,7 +41,7 @@ IDLE, ACQUIRE, FILL = range(3)
 ROWS = 1024  # batch service rows drawn at a time
 
 
-def _table(sampler: Sampler, rng: np.random.Generator, rows: int, max_size: int) -> np.ndarray:
+def draw_table(sampler: Sampler, rng: np.random.Generator, rows: int, max_size: int) -> np.ndarray:
     """`rows` batches' service times (ms) [rows, max_size], each at every size, each batch one draw from `rng`:
     row j, column s - 1 is what `sampler.sample(rng, 1, s)` gives for the j-th batch."""
     sizes = np.arange(1, max_size + 1, dtype=float)
@@ -124,7 +124,7 @@ class BatchState:
             self.tables[c] = self.tables[c][rows[c] :]
             while len(self.tables[c]) < batches:
                 size = self.tables[c].shape[1]
-                drawn = np.full((ROWS, size), np.nan) if self.traced else _table(self.samplers[c], self.rngs[c], ROWS, size)
+                drawn = np.full((ROWS, size), np.nan) if self.traced else draw_table(self.samplers[c], self.rngs[c], ROWS, size)
                 self.tables[c] = np.concatenate([self.tables[c], drawn])
         rows[:] = 0
         table = np.zeros((len(self.tables), max((len(t) for t in self.tables), default=0), table.shape[2]))

@@ -36,7 +36,7 @@ import math
 import numpy as np
 from numba import njit
 
-from aif_sim.compiled.batching import _table, slowdown_at, visit_ended
+from aif_sim.compiled.batching import draw_table, slowdown_at, visit_ended
 from aif_sim.compiled.caches import insert
 from aif_sim.compiled.deadlines import wasted
 from aif_sim.compiled.fleets import ROWS as FLEET_ROWS
@@ -133,7 +133,7 @@ class HedgeState:
         for h in range(len(self.attempts)):
             self.drawn[h] = self.drawn[h][taken[h] :]
             while len(self.drawn[h]) < attempts[h]:  # whole blocks, each as one call of the stage's sampler
-                self.drawn[h] = np.concatenate([self.drawn[h], _table(self.samplers[h], self.rngs[h], ROWS, 1)[:, 0]])
+                self.drawn[h] = np.concatenate([self.drawn[h], draw_table(self.samplers[h], self.rngs[h], ROWS, 1)[:, 0]])
         taken[:] = 0
         draws = np.zeros((len(self.drawn), max(len(drawn) for drawn in self.drawn)))
         for h, drawn in enumerate(self.drawn):
