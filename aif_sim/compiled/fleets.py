@@ -587,95 +587,78 @@ def retried(f: int, slot: int, t: float, fleets: tuple) -> None:
     tried_n[0] = m + 1
 
 
+# --- a min-heap of timed entries over parallel arrays ------------------------------------------------------
+# `heap` = (times, ids, keys, values, sizes): heap f's entries in row f of the first four, `sizes[f]` of them; an
+# entry comes before another by time, then by key, then by id (the order it was pushed in, or sent).
 @njit(cache=True, _nrt=False)
-def _before(t: np.ndarray, ids: np.ndarray, keys: np.ndarray, f: int, a: int, b: int) -> bool:
-    """Whether fleet f's resend a comes before resend b: by time, then by node (a node loss fails its nodes in turn),
-    then in the order they were pushed (or sent)."""
+def _before(heap: tuple, f: int, a: int, b: int) -> bool:
+    """Whether entry a of heap f comes before entry b."""
+    t, ids, keys = heap[0], heap[1], heap[2]
     return t[f, a] < t[f, b] or (t[f, a] == t[f, b] and (keys[f, a] < keys[f, b] or (keys[f, a] == keys[f, b] and ids[f, a] < ids[f, b])))
 
 
 @njit(cache=True, _nrt=False)
-def _swap(f: int, a: int, b: int, fleets: tuple) -> None:
-    resend_t, resend_id, resend_node, resend_part = fleets[24], fleets[25], fleets[28], fleets[29]
-    resend_t[f, a], resend_t[f, b] = resend_t[f, b], resend_t[f, a]
-    resend_id[f, a], resend_id[f, b] = resend_id[f, b], resend_id[f, a]
-    resend_node[f, a], resend_node[f, b] = resend_node[f, b], resend_node[f, a]
-    resend_part[f, a], resend_part[f, b] = resend_part[f, b], resend_part[f, a]
+def _swap(heap: tuple, f: int, a: int, b: int) -> None:
+    t, ids, keys, values = heap[0], heap[1], heap[2], heap[3]
+    t[f, a], t[f, b] = t[f, b], t[f, a]
+    ids[f, a], ids[f, b] = ids[f, b], ids[f, a]
+    keys[f, a], keys[f, b] = keys[f, b], keys[f, a]
+    values[f, a], values[f, b] = values[f, b], values[f, a]
+
+
+@njit(cache=True, _nrt=False)
+def heap_push(heap: tuple, f: int, at: float, key: int, entry: int, value: int) -> None:
+    """An entry at `at` (its `key`, its id `entry`) joins heap f with its `value`."""
+    t, ids, keys, values, sizes = heap
+    pos = sizes[f]
+    sizes[f] = pos + 1
+    t[f, pos], ids[f, pos], keys[f, pos], values[f, pos] = at, entry, key, value
+    while pos > 0 and _before(heap, f, pos, (pos - 1) >> 1):
+        parent = (pos - 1) >> 1
+        _swap(heap, f, pos, parent)
+        pos = parent
+
+
+@njit(cache=True, _nrt=False)
+def heap_pop(heap: tuple, f: int) -> tuple[float, int, int]:
+    """Heap f's first entry taken out: (its time, its id, its value)."""
+    t, ids, values, sizes = heap[0], heap[1], heap[3], heap[4]
+    at, entry, value = t[f, 0], ids[f, 0], values[f, 0]
+    size = sizes[f] - 1
+    sizes[f] = size
+    _swap(heap, f, 0, size)
+    pos = 0
+    while 2 * pos + 1 < size:
+        child = 2 * pos + 1
+        if child + 1 < size and _before(heap, f, child + 1, child):
+            child += 1
+        if not _before(heap, f, child, pos):
+            break
+        _swap(heap, f, pos, child)
+        pos = child
+    return at, entry, value
 
 
 @njit(cache=True, _nrt=False)
 def push_resend(f: int, at: float, row: int, fleets: tuple, node: int = -1, part: int = -1, sequence: int = -1) -> None:
     """The parts of the visit in `later[row]` that time out at `at` are sent again then; or (`part` >= 0) its part
-    lost with `node` at `at`, sent in the order `sequence` (`sim.pools.StagePool.lose`'s order)."""
-    resend_t, resend_id, resends, pushed, resend_node, resend_part = fleets[24], fleets[25], fleets[26], fleets[27], fleets[28], fleets[29]
-    pos = resends[f]
-    resends[f] = pos + 1
+    lost with `node` at `at`, sent in the order `sequence` (`sim.pools.StagePool.lose`'s order). Fleet f's resends
+    come by time, then by node (a node loss fails its nodes in turn), then in the order they were pushed (or sent)."""
+    pushed = fleets[27]
     if sequence < 0:
         sequence = pushed[0]
         pushed[0] += 1
-    resend_t[f, pos], resend_id[f, pos], resend_node[f, pos], resend_part[f, pos] = at, sequence * ROWS + row, node, part
-    while pos > 0 and _before(resend_t, resend_id, resend_node, f, pos, (pos - 1) >> 1):
-        parent = (pos - 1) >> 1
-        _swap(f, pos, parent, fleets)
-        pos = parent
+    heap_push(_resend_heap(fleets), f, at, node, sequence * ROWS + row, part)
 
 
 @njit(cache=True, _nrt=False)
 def pop_resend(f: int, fleets: tuple) -> tuple[float, int, int]:
     """Fleet f's first resend taken out: (its time, its row of `later`, the part lost then or -1)."""
-    resend_t, resend_id, resends, resend_node, resend_part = fleets[24], fleets[25], fleets[26], fleets[28], fleets[29]
-    at, row, part = resend_t[f, 0], resend_id[f, 0] % ROWS, resend_part[f, 0]
-    size = resends[f] - 1
-    resends[f] = size
-    _swap(f, 0, size, fleets)
-    pos = 0
-    while 2 * pos + 1 < size:
-        child = 2 * pos + 1
-        if child + 1 < size and _before(resend_t, resend_id, resend_node, f, child + 1, child):
-            child += 1
-        if not _before(resend_t, resend_id, resend_node, f, child, pos):
-            break
-        _swap(f, pos, child, fleets)
-        pos = child
-    return at, row, part
+    at, entry, part = heap_pop(_resend_heap(fleets), f)
+    return at, entry % ROWS, part
 
 
 @njit(cache=True, _nrt=False)
-def _sooner(t: np.ndarray, ids: np.ndarray, f: int, a: int, b: int) -> bool:
-    """Whether entry a of heap f comes before entry b: by time, then in the order they were pushed."""
-    return t[f, a] < t[f, b] or (t[f, a] == t[f, b] and ids[f, a] < ids[f, b])
-
-
-@njit(cache=True, _nrt=False)
-def push_keyed(t: np.ndarray, ids: np.ndarray, sizes: np.ndarray, pushed: np.ndarray, f: int, at: float, row: int) -> None:
-    """`row` (below ROWS) joins the min-heap f of times `t[f, :sizes[f]]` at `at`, after the rows pushed before it at
-    the same time (its id `ids[f, ...]`: the pushes so far, `pushed`, times ROWS, plus the row)."""
-    pos = sizes[f]
-    sizes[f] = pos + 1
-    t[f, pos], ids[f, pos] = at, pushed[0] * ROWS + row
-    pushed[0] += 1
-    while pos > 0 and _sooner(t, ids, f, pos, (pos - 1) >> 1):
-        parent = (pos - 1) >> 1
-        t[f, pos], t[f, parent] = t[f, parent], t[f, pos]
-        ids[f, pos], ids[f, parent] = ids[f, parent], ids[f, pos]
-        pos = parent
-
-
-@njit(cache=True, _nrt=False)
-def pop_keyed(t: np.ndarray, ids: np.ndarray, sizes: np.ndarray, f: int) -> tuple[float, int]:
-    """Heap f's first entry taken out (`push_keyed`): (its time, its row)."""
-    at, row = t[f, 0], ids[f, 0] % ROWS
-    size = sizes[f] - 1
-    sizes[f] = size
-    t[f, 0], ids[f, 0] = t[f, size], ids[f, size]
-    pos = 0
-    while 2 * pos + 1 < size:
-        child = 2 * pos + 1
-        if child + 1 < size and _sooner(t, ids, f, child + 1, child):
-            child += 1
-        if not _sooner(t, ids, f, child, pos):
-            break
-        t[f, pos], t[f, child] = t[f, child], t[f, pos]
-        ids[f, pos], ids[f, child] = ids[f, child], ids[f, pos]
-        pos = child
-    return at, row
+def _resend_heap(fleets: tuple) -> tuple:
+    """The resends' heap (`heap_push`): resend_t, resend_id, resend_node, resend_part, resends."""
+    return fleets[24], fleets[25], fleets[28], fleets[29], fleets[26]

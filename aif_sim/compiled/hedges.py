@@ -40,7 +40,7 @@ from aif_sim.compiled.batching import draw_table, slowdown_at, visit_ended
 from aif_sim.compiled.caches import insert
 from aif_sim.compiled.deadlines import wasted
 from aif_sim.compiled.fleets import ROWS as FLEET_ROWS
-from aif_sim.compiled.fleets import parts_over, pick, pop_keyed, push_keyed, retried, served_at_node
+from aif_sim.compiled.fleets import heap_pop, heap_push, parts_over, pick, retried, served_at_node
 from aif_sim.core.latency import Sampler
 from aif_sim.core.traffic import stream
 from aif_sim.metrics.recorder import Recorder
@@ -87,7 +87,7 @@ class HedgeState:
             np.array([config.per_candidate_us / 1e6 for config in configs]),
             np.empty((len(slots), 0)),  # draws
             np.zeros(len(slots), np.int64),  # taken
-            np.empty((len(slots), 0)),  # ev_t: per stage, a heap of event times (`fleets.push_keyed`)
+            np.empty((len(slots), 0)),  # ev_t: per stage, a heap of event times (`fleets.heap_push`, with ev_key, ev_value)
             np.empty((len(slots), 0), np.int64),  # ev_id: with them, the order pushed and the event's row
             np.zeros(len(slots), np.int64),  # ev_n: events per stage
             np.zeros(1, np.int64),  # events pushed so far
@@ -111,6 +111,8 @@ class HedgeState:
             np.full(max(1, rows), -1, np.int64),  # tail
             np.empty((64, 2)),  # sent: (slot, time) of each hedge sent
             np.zeros(1, np.int64),  # sent_n
+            np.zeros((len(slots), 0), np.int64),  # ev_key: the events' heap keys (all 0: by time, then in order pushed)
+            np.zeros((len(slots), 0), np.int64),  # ev_value: the events' heap values (unused: an event's row is in its id)
         )
 
     @property
@@ -143,6 +145,7 @@ class HedgeState:
         if grown > width:
             ev_t = np.concatenate([ev_t, np.empty((len(ev_t), grown - width))], axis=1)
             ev_id = np.concatenate([ev_id, np.empty((len(ev_id), grown - width), np.int64)], axis=1)
+            state[30], state[31] = (np.zeros((len(ev_id), grown), np.int64) for _ in range(2))  # every key and value 0
             ev_data = np.concatenate([ev_data, np.empty((len(ev_data), grown - width, 3), np.int64)], axis=1)
             stack = np.empty((len(ev_stack), grown), np.int64)
             for h in range(len(ev_stack)):
@@ -205,21 +208,29 @@ def _rows(tables: tuple, stack: np.ndarray, free: np.ndarray, need: int) -> tupl
 def _schedule(hs: tuple, h: int, at: float, kind: int, what: int, serial: int) -> None:
     """An event of `kind` for `what` (a copy, a part `visit * shards + part`, a server) at `at`, after those
     scheduled before it at the same time; its `kind, what, serial` kept in a row of `ev_data`."""
-    ev_t, ev_id, ev_n, pushed, ev_data, ev_stack, ev_free = hs[6:13]
+    pushed, ev_data, ev_stack, ev_free = hs[9:13]
     ev_free[h] -= 1
     row = ev_stack[h, ev_free[h]]
     ev_data[h, row, 0], ev_data[h, row, 1], ev_data[h, row, 2] = kind, what, serial
-    push_keyed(ev_t, ev_id, ev_n, pushed, h, at, row)
+    heap_push(_events(hs), h, at, 0, pushed[0] * FLEET_ROWS + row, 0)
+    pushed[0] += 1
 
 
 @njit(cache=True, _nrt=False)
 def _next_event(hs: tuple, h: int) -> tuple[float, int, int, int]:
     """The first event taken out: (time, kind, what, serial)."""
-    ev_t, ev_id, ev_n, ev_data, ev_stack, ev_free = hs[6], hs[7], hs[8], hs[10], hs[11], hs[12]
-    at, row = pop_keyed(ev_t, ev_id, ev_n, h)
+    ev_data, ev_stack, ev_free = hs[10], hs[11], hs[12]
+    at, entry, _ = heap_pop(_events(hs), h)
+    row = entry % FLEET_ROWS
     ev_stack[h, ev_free[h]] = row
     ev_free[h] += 1
     return at, ev_data[h, row, 0], ev_data[h, row, 1], ev_data[h, row, 2]
+
+
+@njit(cache=True, _nrt=False)
+def _events(hs: tuple) -> tuple:
+    """The event heap (`fleets.heap_push`): ev_t, ev_id, ev_key, ev_value, ev_n."""
+    return hs[6], hs[7], hs[30], hs[31], hs[8]
 
 
 # --- rows ------------------------------------------------------------------------------------------------
