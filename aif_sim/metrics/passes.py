@@ -1,0 +1,108 @@
+"""The recorder's passes over a flush of finished requests, compiled (`recorder.Recorder.account`): one pass per
+figure family in place of numpy chains of masks, gathers and temporaries, with the same float operations in the
+same order and NumPy's own summation (`sums`), so the figures are those of the numpy expressions to the last bit.
+Imported when the first recorder accounts, so that importing the metrics does not import numba."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from aif_sim.metrics.sums import array_sum
+
+
+@njit(cache=True, nogil=True)
+def visit_figures(
+    times: np.ndarray, measured: np.ndarray, own: np.ndarray, lo: float, hi: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per stage of finished visits, `times` [requests, stages, (enter, start, end)] (end NaN: not visited): the
+    measured visits' latencies and waits (ms; rows [stages, requests], the first `counts[stage]` of each row), and
+    for the stages in `own`, the visits' busy server-seconds inside [lo, hi) (all visits) and their service
+    (measured visits), each summed as NumPy sums the arrays of those values in request order."""
+    n, stages = times.shape[0], times.shape[1]
+    latency, wait = np.empty((stages, n)), np.empty((stages, n))
+    counts = np.zeros(stages, np.int64)
+    busy, compute = np.zeros(stages), np.zeros(stages)
+    inside, served = np.empty(n), np.empty(n)
+    for stage in range(stages):
+        k = seen = 0
+        for i in range(n):
+            end = times[i, stage, 2]
+            if end != end:
+                continue
+            enter, start = times[i, stage, 0], times[i, stage, 1]
+            if measured[i]:
+                latency[stage, k] = (end - enter) * 1000
+                wait[stage, k] = (start - enter) * 1000
+                served[k] = end - start
+                k += 1
+            if own[stage]:  # np.clip(np.minimum(end, hi) - np.maximum(start, lo), 0.0, None), NaN kept
+                first = start if start != start or start >= lo else lo
+                last = end if end <= hi else hi
+                span = last - first
+                inside[seen] = span if span != span or span >= 0.0 else 0.0
+                seen += 1
+        counts[stage] = k
+        if own[stage]:
+            busy[stage] = array_sum(inside, 0, seen)
+            compute[stage] = array_sum(served, 0, k)
+    return latency, wait, counts, busy, compute
+
+
+@njit(cache=True, nogil=True)
+def completed_figures(
+    rows: np.ndarray, times: np.ndarray, service_s: np.ndarray, group_at: np.ndarray, group_slots: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Of the completed requests at `rows` of `times` [requests, stages, (enter, start, end)] (end NaN: the stage
+    was skipped) and of their service times [requests, stages] (s), in that order, with the pipeline's steps (step j's slots
+    `group_slots[group_at[j] : group_at[j + 1]]`): each visit's time in the stage [stages, requests] (ms; NaN where
+    skipped), each request's no-contention latency (the sum over steps of the step's longest service, skipped
+    stages costing nothing; ms), and per stage, the service of the visits (ms, a running sum over the requests as
+    NumPy sums a column) and the time on the critical path (the visit of each step that took longest, the first
+    of the longest; ms, NumPy's sum of those visits in request order)."""
+    n, stages = len(rows), times.shape[1]
+    stage_ms = np.empty((stages, n))
+    service_ms = np.empty((n, stages))
+    useful_ms = np.zeros(stages)
+    for i in range(n):
+        row = rows[i]
+        for slot in range(stages):
+            ms = (times[row, slot, 2] - times[row, slot, 0]) * 1000
+            stage_ms[slot, i] = ms
+            service_ms[i, slot] = 0.0 if ms != ms else service_s[row, slot] * 1000
+            useful_ms[slot] += service_ms[i, slot]
+    no_contention = np.zeros(n)
+    critical_ms = np.zeros(stages)
+    on_path = np.empty(n, np.int64)
+    chosen = np.empty(n)
+    for step in range(len(group_at) - 1):
+        first, last = group_at[step], group_at[step + 1]
+        for i in range(n):
+            most = service_ms[i, group_slots[first]]
+            for j in range(first + 1, last):
+                other = service_ms[i, group_slots[j]]
+                most = most if most >= other or most != most else other  # np.maximum, NaN kept
+            no_contention[i] += most
+        if last - first == 1:
+            slot = group_slots[first]
+            critical_ms[slot] += array_sum(stage_ms[slot], 0, n)
+            continue
+        for i in range(n):  # the first of the longest visits (a skipped stage: -inf)
+            longest = stage_ms[group_slots[first], i]
+            if longest != longest:
+                longest = -math.inf
+            on_path[i] = group_slots[first]
+            for j in range(first + 1, last):
+                ms = stage_ms[group_slots[j], i]
+                if ms == ms and ms > longest:
+                    on_path[i], longest = group_slots[j], ms
+        for j in range(first, last):
+            slot, k = group_slots[j], 0
+            for i in range(n):
+                if on_path[i] == slot:
+                    chosen[k] = stage_ms[slot, i]
+                    k += 1
+            critical_ms[slot] += array_sum(chosen, 0, k)
+    return stage_ms, no_contention, useful_ms, critical_ms
