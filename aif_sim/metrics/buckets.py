@@ -19,15 +19,16 @@ def count_buckets(values: np.ndarray, logs: np.ndarray, counts: np.ndarray, low:
     natural logarithm of `values[i] / low`, at most the last bucket. Returns the values' sum, least and greatest
     as `values.sum()`, `values.min()` and `values.max()` give them (NaN if one is NaN; +-inf when there are none)."""
     last = len(counts) - 1
-    least, greatest = math.inf, -math.inf
+    least, greatest, nan = math.inf, -math.inf, False
     for i in range(len(values)):
         value = values[i]
         bucket = 0
         if value >= low:
             bucket = min(1 + np.int64(math.floor(logs[i] / step)), last)
         counts[bucket] += 1
-        if value < least or value != value:
-            least = value if least == least else least
-        if value > greatest or value != value:
-            greatest = value if greatest == greatest else greatest
+        least = value if value < least else least
+        greatest = value if value > greatest else greatest
+        nan |= value != value
+    if nan:
+        least = greatest = math.nan
     return array_sum(values, 0, len(values)), least, greatest

@@ -10,7 +10,7 @@ import math
 import numpy as np
 from numba import njit
 
-from aif_sim.metrics.sums import array_sum
+from aif_sim.metrics.sums import array_sum, pairwise_sum
 
 
 @njit(cache=True, nogil=True)
@@ -106,3 +106,75 @@ def completed_figures(
                     k += 1
             critical_ms[slot] += array_sum(chosen, 0, k)
     return stage_ms, no_contention, useful_ms, critical_ms
+
+
+@njit(cache=True, nogil=True)
+def vector_figures(
+    read: np.ndarray, ages: np.ndarray, stale: np.ndarray, mismatched: np.ndarray, keep: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Of the vectors finished requests read from one store (`read`: whether each read; `ages` [requests, entities
+    read]; how many were `stale` and `mismatched`): each request's mean age (NaN where it read none; its ages summed
+    as `np.add.reduceat` sums a row: the first plus NumPy's sum of the rest), and of the requests in `keep` that
+    read, their ages (row by row), stale and mismatched vectors."""
+    n, k = ages.shape
+    mean_age = np.full(n, np.nan)
+    kept = np.empty(n * k)
+    count = stale_sum = mismatched_sum = 0
+    for i in range(n):
+        if not read[i]:
+            continue
+        mean_age[i] = (ages[i, 0] + pairwise_sum(ages[i], 1, k - 1)) / k
+        if keep[i]:
+            for j in range(k):
+                kept[count] = ages[i, j]
+                count += 1
+            stale_sum += stale[i]
+            mismatched_sum += mismatched[i]
+    return mean_age, kept[:count], stale_sum, mismatched_sum
+
+
+@njit(cache=True, nogil=True)
+def second_figures(
+    end_s: np.ndarray, latency_ms: np.ndarray, means: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Finished requests in time order, split by the second they ended in (`int(end_s)`): the seconds, in order;
+    the latencies that are not NaN, second after second, and where each second's start (one more offset than
+    seconds); per row of `means` [columns, requests] and second, the sum of the values that are not NaN (NumPy's
+    sum of them in order) and their count."""
+    n, columns = len(end_s), means.shape[0]
+    seconds = np.empty(n, np.int64)
+    latency, latency_at = np.empty(n), np.zeros(n + 1, np.int64)
+    sums, counts = np.zeros((columns, n)), np.zeros((columns, n), np.int64)
+    values = np.empty(n)
+    found = kept = 0
+    begin = 0
+    while begin < n:
+        second = np.int64(end_s[begin])
+        stop = begin + 1
+        while stop < n and np.int64(end_s[stop]) == second:
+            stop += 1
+        seconds[found] = second
+        for i in range(begin, stop):
+            if latency_ms[i] == latency_ms[i]:
+                latency[kept] = latency_ms[i]
+                kept += 1
+        latency_at[found + 1] = kept
+        for c in range(columns):
+            count = 0
+            for i in range(begin, stop):
+                if means[c, i] == means[c, i]:
+                    values[count] = means[c, i]
+                    count += 1
+            sums[c, found], counts[c, found] = array_sum(values, 0, count), count
+        found += 1
+        begin = stop
+    return seconds[:found], latency[:kept], latency_at[: found + 1], sums[:, :found], counts[:, :found]
+
+
+def warm() -> None:
+    """Compile each pass (or load it from numba's cache) for the arrays the recorder gives it."""
+    times, flags, ints = np.full((1, 1, 3), np.nan), np.ones(1, np.bool_), np.zeros(1, np.int64)
+    visit_figures(times, flags, flags, 0.0, 1.0)
+    completed_figures(ints, times, np.zeros((1, 1)), np.array([0, 1]), ints)
+    vector_figures(flags, np.zeros((1, 1)), ints, ints, flags)
+    second_figures(np.zeros(1), np.zeros(1), np.zeros((1, 1)))

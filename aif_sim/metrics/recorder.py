@@ -9,7 +9,6 @@ Nothing is kept per finished request beyond the current block.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from itertools import chain
@@ -25,6 +24,7 @@ from aif_sim.core.shadow import ShadowSample
 from aif_sim.core.system import touches
 from aif_sim.metrics.bill import cost_per_hour, memory_bytes
 from aif_sim.metrics.histogram import PERCENTILES, LogHistogram
+from aif_sim.metrics.lazy import passes
 from aif_sim.metrics.timeseries import Timeseries
 from aif_sim.metrics.trace import RequestTrace
 from aif_sim.scenario.pipelines import Pipeline
@@ -95,14 +95,6 @@ class RequestSink(Protocol):
     def write(self, pipeline: str, stages: list[str], caches: list[str], block: CompletedBlock) -> None: ...
 
 
-@functools.cache
-def _passes() -> Any:
-    """The compiled accounting passes (`metrics.passes`), imported with numba on first use."""
-    from aif_sim.metrics import passes
-
-    return passes
-
-
 def _hit_share(flags: np.ndarray, columns: list[int]) -> np.ndarray:
     """Per request, the share of its lookups at these flag columns that hit (NaN: none consulted)."""
     if len(columns) == 1:
@@ -142,11 +134,6 @@ def _times(requests: list[Request], stages: int) -> np.ndarray:
     """The requests' stage times as an array [requests, stages, (enter, start, end)]."""
     flat = np.fromiter(chain.from_iterable(r.times for r in requests), float, 3 * stages * len(requests))
     return flat.reshape(len(requests), stages, 3)
-
-
-def _where(mask: np.ndarray, *columns: np.ndarray) -> tuple[np.ndarray, ...]:
-    """The columns' values where `mask` holds, in order (the columns themselves when it holds everywhere)."""
-    return columns if mask.all() else tuple(column[mask] for column in columns)
 
 
 def _running_sum(total: float, values: np.ndarray) -> float:
@@ -221,6 +208,7 @@ class Recorder:
         self.slo_ms = slo_ms
         self.sink = sink
         self.stages = [StageRecord(*stages[name]) for name in self.stage_names]
+        passes()  # ready before the run accounts anything
         self._own_busy = np.array([not stage.batching and stage.nodes == 1 for stage in self.stages])  # busy time from visits
         groups = pipeline.step_slots
         self._steps = (np.cumsum([0] + [len(g) for g in groups]).astype(np.int64), np.array([s for g in groups for s in g], np.int64))
@@ -509,22 +497,22 @@ class Recorder:
         """Account the vector ages completed measured requests read; per request, its mean age (for the time series)."""
         means = {}
         for name, record in self.vectors.items():
-            mean_age = np.full(n, np.nan)
+            mean_age = np.full(n, np.nan)  # none read
             reads = (vectors or {}).get(name)
             if reads is not None and reads.read.any():
-                (ages,), k = _where(reads.read, reads.ages), reads.ages.shape[1]
-                mean_age[reads.read] = np.add.reduceat(ages.ravel(), np.arange(0, ages.size, k)) / k
-                kept_ages, stale, mismatched = _where(reads.read & keep, reads.ages, reads.stale, reads.mismatched)
-                record.age.add(kept_ages.ravel())
-                record.stale += int(stale.sum())
-                record.mismatched += int(mismatched.sum())
+                mean_age, kept_ages, stale, mismatched = passes().vector_figures(
+                    reads.read, reads.ages, reads.stale, reads.mismatched, keep
+                )
+                record.age.add(kept_ages)
+                record.stale += int(stale)
+                record.mismatched += int(mismatched)
             means[f"{store_label(name)}_vector_age_mean_s"] = mean_age
         return means
 
     def _visits(self, times: np.ndarray, measured: np.ndarray) -> None:
         """Stage statistics of finished visits, `times` [requests, stages, (enter, start, end)] (end NaN: not visited)."""
         own = self._own_busy
-        latency, wait, counts, busy, compute = _passes().visit_figures(times, measured, own, self.window.start_s, self.window.end_s)
+        latency, wait, counts, busy, compute = passes().visit_figures(times, measured, own, self.window.start_s, self.window.end_s)
         for slot, (stage, count) in enumerate(zip(self.stages, counts.tolist())):
             stage.latency.add(latency[slot, :count])
             stage.wait.add(wait[slot, :count])
@@ -554,7 +542,7 @@ class Recorder:
         self.latency.add(latency_ms)
         if self.slo_ms is not None:
             self.over_slo += int(np.count_nonzero(latency_ms > self.slo_ms))
-        stage_ms, no_contention, useful_ms, critical_ms = _passes().completed_figures(rows, times, service_s, *self._steps)
+        stage_ms, no_contention, useful_ms, critical_ms = passes().completed_figures(rows, times, service_s, *self._steps)
         for stage, useful, critical in zip(self.stages, useful_ms.tolist(), critical_ms.tolist()):
             stage.useful_s += useful / 1000
             stage.critical_ms += critical
