@@ -10,7 +10,7 @@ import math
 import numpy as np
 from numba import njit
 
-from aif_sim.metrics.sums import array_sum, pairwise_sum
+from aif_sim.metrics.sums import BLOCK, array_sum, block_sum, pairwise_sum
 
 
 @njit(cache=True, nogil=True)
@@ -117,13 +117,15 @@ def vector_figures(
     as `np.add.reduceat` sums a row: the first plus NumPy's sum of the rest), and of the requests in `keep` that
     read, their ages (row by row), stale and mismatched vectors."""
     n, k = ages.shape
+    flat = ages.reshape(n * k)  # rows without a view each
     mean_age = np.full(n, np.nan)
     kept = np.empty(n * k)
     count = stale_sum = mismatched_sum = 0
     for i in range(n):
         if not read[i]:
             continue
-        mean_age[i] = (ages[i, 0] + pairwise_sum(ages[i], 1, k - 1)) / k
+        rest = block_sum(flat, i * k + 1, k - 1) if k - 1 <= BLOCK else pairwise_sum(flat, i * k + 1, k - 1)
+        mean_age[i] = (flat[i * k] + rest) / k
         if keep[i]:
             for j in range(k):
                 kept[count] = ages[i, j]

@@ -12,9 +12,9 @@ from numba import njit
 BLOCK = 128  # NumPy's PW_BLOCKSIZE: spans up to this long are summed in eight running sums
 
 
-@njit(cache=True, nogil=True, _nrt=False)
-def _block_sum(values: np.ndarray, start: int, n: int) -> float:
-    """NumPy's sum of a span of at most `BLOCK` values: one running sum below eight values, else eight running
+@njit(cache=True, nogil=True, _nrt=False)  # no reference counting: cheap to call once per row
+def block_sum(values: np.ndarray, start: int, n: int) -> float:
+    """NumPy's sum of a span of at most `BLOCK` values (`pairwise_sum` of a short span): one running sum below eight values, else eight running
     sums over the multiples of eight, combined pairwise, then the rest added in turn."""
     if n < 8:
         total = 0.0
@@ -44,11 +44,15 @@ def _block_sum(values: np.ndarray, start: int, n: int) -> float:
 
 @njit(cache=True, nogil=True)
 def pairwise_sum(values: np.ndarray, start: int, n: int) -> float:
-    """The sum of `values[start : start + n]`, as NumPy's `sum` gives it (0.0 when n is 0). NumPy recurses: a span
-    longer than `BLOCK` is the sum of its first `half` values (half its length, down to a multiple of eight) and the
-    rest. Here the recursion runs on a stack of spans (a cached numba function may not call itself)."""
-    if n <= BLOCK:
-        return _block_sum(values, start, n)
+    """The sum of `values[start : start + n]`, as NumPy's `sum` gives it (0.0 when n is 0)."""
+    return block_sum(values, start, n) if n <= BLOCK else _tree_sum(values, start, n)
+
+
+@njit(cache=True, nogil=True)
+def _tree_sum(values: np.ndarray, start: int, n: int) -> float:
+    """NumPy's sum of a span longer than `BLOCK`. NumPy recurses: a span longer than `BLOCK` is the sum of its first
+    `half` values (half its length, down to a multiple of eight) and the rest. Here the recursion runs on a stack
+    of spans (a cached numba function may not call itself)."""
     depth = 64  # spans halve at each level: more than enough for any array
     starts, lengths = np.empty(depth, np.int64), np.empty(depth, np.int64)
     lefts = np.empty(depth)  # a span's left half's sum, once known
@@ -63,7 +67,7 @@ def pairwise_sum(values: np.ndarray, start: int, n: int) -> float:
             top += 1
             starts[top], lengths[top], right[top] = s, half, False
             continue
-        total = _block_sum(values, s, m)
+        total = block_sum(values, s, m)
         while True:  # hand the span's sum up to the spans it completes
             top -= 1
             if top < 0:
