@@ -173,6 +173,19 @@ def second_figures(
     return seconds[:found], latency[:kept], latency_at[: found + 1], sums[:, :found], counts[:, :found]
 
 
+@njit(cache=True, nogil=True)
+def lookup_counts(flags: np.ndarray, measured: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per cache lookup (a column of `flags` [requests, lookups]: 1.0 hit, 0.0 miss, NaN not consulted), the
+    measured requests' hits and misses there."""
+    hits, misses = np.zeros(flags.shape[1], np.int64), np.zeros(flags.shape[1], np.int64)
+    for i in range(flags.shape[0]):
+        if measured[i]:
+            for j in range(flags.shape[1]):
+                hits[j] += flags[i, j] == 1.0
+                misses[j] += flags[i, j] == 0.0
+    return hits, misses
+
+
 def warm() -> None:
     """Compile each pass (or load it from numba's cache) for the arrays the recorder gives it."""
     times, flags, ints = np.full((1, 1, 3), np.nan), np.ones(1, np.bool_), np.zeros(1, np.int64)
@@ -180,3 +193,4 @@ def warm() -> None:
     completed_figures(ints, times, np.zeros((1, 1)), np.array([0, 1]), ints)
     vector_figures(flags, np.zeros((1, 1)), ints, ints, flags)
     second_figures(np.zeros(1), np.zeros(1), np.zeros((1, 1)))
+    lookup_counts(np.zeros((1, 1)), flags)

@@ -479,10 +479,11 @@ class Recorder:
                 self.stages[slot].failed_s += seconds
         latency_ms = (end_s - arrival_s) * 1000
         means = {f"{name}_hit_ratio": _hit_share(cache_hit, [i for i, c in enumerate(self.lookups) if c == name]) for name in self.caches}
-        for i, name in enumerate(self.lookups):
-            mine, counts = cache_hit[measured, i], self.cache_counts[name]
-            counts[0] += int(np.count_nonzero(mine == 1.0))
-            counts[1] += int(np.count_nonzero(mine == 0.0))
+        if self.lookups:
+            hits, misses = passes().lookup_counts(cache_hit, measured)
+            for name, hit, miss in zip(self.lookups, hits.tolist(), misses.tolist()):
+                self.cache_counts[name][0] += hit
+                self.cache_counts[name][1] += miss
         means.update(self._vector_ages(vectors, n, completed & measured))
         self.timeseries.add(end_s, np.where(completed, latency_ms, np.nan), means)
         inside = (end_s >= self.window.start_s) & (end_s < self.window.end_s)

@@ -23,7 +23,7 @@ def quantiles(values: np.ndarray) -> np.ndarray:
     below = np.floor(position).astype(np.intp)
     below[position >= n - 1] = -1  # the largest value
     above = np.where(below == -1, -1, below + 1)
-    ordered = np.partition(values, np.unique(np.concatenate((below, above))))
+    ordered = np.partition(values, sorted({*below.tolist(), *above.tolist()}))
     low, high = ordered[below], ordered[above]
     weight = position - below
     step = high - low
