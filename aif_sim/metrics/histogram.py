@@ -49,11 +49,11 @@ class LogHistogram:
             return
         with np.errstate(divide="ignore", invalid="ignore"):  # values below LOW: their logarithm is not used
             logs = np.log(values / self.LOW)
-        _bucket_counter()(values, logs, self.counts, self.LOW, self.STEP)
+        total, least, greatest = _bucket_counter()(values, logs, self.counts, self.LOW, self.STEP)
         self.count += len(values)
-        self.total += float(values.sum())
-        self.min = min(self.min, float(values.min()))
-        self.max = max(self.max, float(values.max()))
+        self.total += total
+        self.min = min(self.min, least)
+        self.max = max(self.max, greatest)
 
     def quantile(self, q: float) -> float:
         """Value at quantile q in [0, 1]: the geometric middle of its bucket, clamped to [min, max]."""

@@ -9,7 +9,6 @@ Nothing is kept per finished request beyond the current block.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from aif_sim.core.shadow import ShadowSample
 from aif_sim.core.system import touches
 from aif_sim.metrics.bill import cost_per_hour, memory_bytes
 from aif_sim.metrics.histogram import PERCENTILES, LogHistogram
+from aif_sim.metrics.lazy import passes
 from aif_sim.metrics.timeseries import Timeseries
 from aif_sim.metrics.trace import RequestTrace
 from aif_sim.scenario.pipelines import Pipeline
@@ -137,16 +137,6 @@ def _times(requests: list[Request], stages: int) -> np.ndarray:
     return flat.reshape(len(requests), stages, 3)
 
 
-def _by_stage(times: np.ndarray) -> np.ndarray:
-    """Stage times [requests, stages, (enter, start, end)] as contiguous rows [stages, (enter, start, end), requests]."""
-    return np.ascontiguousarray(times.transpose(1, 2, 0))
-
-
-def _where(mask: np.ndarray, *columns: np.ndarray) -> tuple[np.ndarray, ...]:
-    """The columns' values where `mask` holds, in order (the columns themselves when it holds everywhere)."""
-    return columns if mask.all() else tuple(column[mask] for column in columns)
-
-
 def _running_sum(total: float, values: np.ndarray) -> float:
     """`total` plus each value in turn, as a loop of `+=` would add them."""
     return float(np.add.accumulate(np.concatenate(([total], values)))[-1]) if len(values) else total
@@ -214,7 +204,10 @@ class Recorder:
         self.slo_ms = slo_ms
         self.sink = sink
         self.stages = [StageRecord(*stages[name]) for name in self.stage_names]
-        self._groups = pipeline.step_slots
+        passes()  # ready before the run accounts anything
+        self._own_busy = np.array([not stage.batching and stage.nodes == 1 for stage in self.stages])  # busy time from visits
+        groups = pipeline.step_slots
+        self._steps = (np.cumsum([0] + [len(g) for g in groups]).astype(np.int64), np.array([s for g in groups for s in g], np.int64))
         self.offered = self.completed = self.rejected = self.timed_out = 0
         self.in_flight = 0  # measured requests that arrived and have not finished
         self.completed_in_window = 0
@@ -480,8 +473,7 @@ class Recorder:
         n = len(ids)
         if n == 0:
             return
-        by_stage = _by_stage(times)
-        self._visits(by_stage, measured)
+        self._visits(times, measured)
         completed = outcome == Outcome.COMPLETED
         failed = measured & ~completed
         if failed.any():  # the work of failed requests: their own service at the visits they finished
@@ -490,10 +482,11 @@ class Recorder:
                 self.stages[slot].failed_s += seconds
         latency_ms = (end_s - arrival_s) * 1000
         means = {f"{name}_hit_ratio": _hit_share(cache_hit, [i for i, c in enumerate(self.lookups) if c == name]) for name in self.caches}
-        for i, name in enumerate(self.lookups):
-            mine, counts = cache_hit[measured, i], self.cache_counts[name]
-            counts[0] += int(np.count_nonzero(mine == 1.0))
-            counts[1] += int(np.count_nonzero(mine == 0.0))
+        if self.lookups:
+            hits, misses = passes().lookup_counts(cache_hit, measured)
+            for name, hit, miss in zip(self.lookups, hits.tolist(), misses.tolist()):
+                self.cache_counts[name][0] += hit
+                self.cache_counts[name][1] += miss
         means.update(self._vector_ages(vectors, n, completed & measured))
         self.timeseries.add(end_s, np.where(completed, latency_ms, np.nan), means)
         inside = (end_s >= self.window.start_s) & (end_s < self.window.end_s)
@@ -501,44 +494,39 @@ class Recorder:
         if self.trace is not None:
             self.trace.finished(ids, arrival_s, users, candidates, measured, times, outcome, end_s, cache_hit)
         keep = completed & measured
-        columns = (ids, arrival_s, users, candidates, service_s, latency_ms, cache_hit)
-        if not keep.all():
-            columns, by_stage = tuple(column[keep] for column in columns), by_stage[..., keep]
-        self._completed(*columns, by_stage)
+        rows = np.arange(n) if keep.all() else np.flatnonzero(keep)
+        self._completed(rows, ids, arrival_s, users, candidates, service_s, latency_ms, cache_hit, times)
 
     def _vector_ages(self, vectors: dict[str, VectorReads] | None, n: int, keep: np.ndarray) -> dict[str, np.ndarray]:
         """Account the vector ages completed measured requests read; per request, its mean age (for the time series)."""
         means = {}
         for name, record in self.vectors.items():
-            mean_age = np.full(n, np.nan)
+            mean_age = np.full(n, np.nan)  # none read
             reads = (vectors or {}).get(name)
             if reads is not None and reads.read.any():
-                (ages,), k = _where(reads.read, reads.ages), reads.ages.shape[1]
-                mean_age[reads.read] = np.add.reduceat(ages.ravel(), np.arange(0, ages.size, k)) / k
-                kept_ages, stale, mismatched = _where(reads.read & keep, reads.ages, reads.stale, reads.mismatched)
-                record.age.add(kept_ages.ravel())
-                record.stale += int(stale.sum())
-                record.mismatched += int(mismatched.sum())
+                mean_age, kept_ages, stale, mismatched = passes().vector_figures(
+                    reads.read, reads.ages, reads.stale, reads.mismatched, keep
+                )
+                record.age.add(kept_ages)
+                record.stale += int(stale)
+                record.mismatched += int(mismatched)
             means[f"{store_label(name)}_vector_age_mean_s"] = mean_age
         return means
 
-    def _visits(self, by_stage: np.ndarray, measured: np.ndarray) -> None:
-        """Stage statistics of finished visits, `by_stage` [stages, (enter, start, end), requests] (`_by_stage`)."""
-        lo, hi = self.window.start_s, self.window.end_s
-        everyone = bool(measured.all())
-        for stage, (enter, start, end) in zip(self.stages, by_stage):
-            visited = ~np.isnan(end)
-            e, s, t = _where(visited if everyone else visited & measured, enter, start, end)
-            stage.latency.add((t - e) * 1000)
-            stage.wait.add((s - e) * 1000)
-            if not stage.batching and stage.nodes == 1:  # otherwise accounted per batch or per node (`batch`, `node_busy`)
-                seen_start, seen_end = _where(visited, start, end)
-                inside = np.minimum(seen_end, hi) - np.maximum(seen_start, lo)
-                stage.busy_window_s += float(np.clip(inside, 0.0, None).sum())
-                stage.compute_s += float((t - s).sum())
+    def _visits(self, times: np.ndarray, measured: np.ndarray) -> None:
+        """Stage statistics of finished visits, `times` [requests, stages, (enter, start, end)] (end NaN: not visited)."""
+        own = self._own_busy
+        latency, wait, counts, busy, compute = passes().visit_figures(times, measured, own, self.window.start_s, self.window.end_s)
+        for slot, (stage, count) in enumerate(zip(self.stages, counts.tolist())):
+            stage.latency.add(latency[slot, :count])
+            stage.wait.add(wait[slot, :count])
+            if own[slot]:  # otherwise accounted per batch or per node (`batch`, `node_busy`)
+                stage.busy_window_s += float(busy[slot])
+                stage.compute_s += float(compute[slot])
 
     def _completed(
         self,
+        rows: np.ndarray,
         ids: np.ndarray,
         arrival_s: np.ndarray,
         users: np.ndarray,
@@ -546,47 +534,32 @@ class Recorder:
         service_s: np.ndarray,
         latency_ms: np.ndarray,
         flags: np.ndarray,
-        by_stage: np.ndarray,
+        times: np.ndarray,
     ) -> None:
-        """End-to-end, no-contention and critical-path accounting of completed measured requests (their stage
-        times as `_by_stage` gives them)."""
-        n = len(latency_ms)
+        """End-to-end, no-contention and critical-path accounting of the completed measured requests at `rows` of
+        the finished ones' columns (`account`)."""
+        n = len(rows)
         if n == 0:
             return
+        latency_ms = latency_ms[rows]
         self.completed += n
         self.latency.add(latency_ms)
         if self.slo_ms is not None:
             self.over_slo += int(np.count_nonzero(latency_ms > self.slo_ms))
-        by_stage_ms = (by_stage[:, 2] - by_stage[:, 0]) * 1000  # [stages, requests]
-        stage_ms = by_stage_ms.T
-        skipped = np.isnan(by_stage_ms)
-        service = service_s * 1000
-        service[skipped.T] = 0.0  # a stage skipped by a cache hit costs nothing
-        for slot, ms in enumerate(service.sum(axis=0).tolist()):
-            self.stages[slot].useful_s += ms / 1000
-        on_path_ms = np.where(skipped, -np.inf, by_stage_ms)
-        no_contention = np.zeros(n)
-        for group in self._groups:
-            no_contention += functools.reduce(np.maximum, [service[:, slot] for slot in group])
-            if len(group) == 1:
-                self.stages[group[0]].critical_ms += float(by_stage_ms[group[0]].sum())
-                continue
-            on_path, longest = np.full(n, group[0]), on_path_ms[group[0]]
-            for slot in group[1:]:  # the first of the longest, as argmax picks it
-                longer = on_path_ms[slot] > longest
-                on_path, longest = np.where(longer, slot, on_path), np.where(longer, on_path_ms[slot], longest)
-            for slot in group:
-                self.stages[slot].critical_ms += float(by_stage_ms[slot][on_path == slot].sum())
+        stage_ms, no_contention, useful_ms, critical_ms = passes().completed_figures(rows, times, service_s, *self._steps)
+        for stage, useful, critical in zip(self.stages, useful_ms.tolist(), critical_ms.tolist()):
+            stage.useful_s += useful / 1000
+            stage.critical_ms += critical
         self.no_contention.add(no_contention)
         if self.sink is not None:
             block = CompletedBlock(
-                np.asarray(ids, dtype=np.int64),
-                np.asarray(arrival_s, dtype=float),
-                np.asarray(users, dtype=np.int64),
-                np.asarray(candidates, dtype=np.int64),
+                np.asarray(ids[rows], dtype=np.int64),
+                np.asarray(arrival_s[rows], dtype=float),
+                np.asarray(users[rows], dtype=np.int64),
+                np.asarray(candidates[rows], dtype=np.int64),
                 latency_ms,
-                stage_ms,
-                flags,
+                stage_ms.T,
+                flags[rows],
             )
             self.sink.write(self.pipeline, self.stage_names, self._definition.lookup_labels, block)
 
@@ -604,9 +577,9 @@ class Recorder:
         self.flush()
         if self._inside:
             inside = list(self._inside.values())
-            self._visits(_by_stage(_times(inside, len(self.stage_names))), np.fromiter((r.measured for r in inside), bool, len(inside)))
+            self._visits(_times(inside, len(self.stage_names)), np.fromiter((r.measured for r in inside), bool, len(inside)))
         if still_inside is not None and len(still_inside[1]):
-            self._visits(_by_stage(still_inside[0]), still_inside[1])
+            self._visits(*still_inside)
         self.timeseries.close_until(math.ceil(end_s))
 
     # --- results -------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 from aif_sim.core.request import Window
+from aif_sim.metrics.lazy import passes
 
 QUANTILES = np.array([0.5, 0.99])  # of each second's latencies: p50, p99
 
@@ -22,7 +23,7 @@ def quantiles(values: np.ndarray) -> np.ndarray:
     below = np.floor(position).astype(np.intp)
     below[position >= n - 1] = -1  # the largest value
     above = np.where(below == -1, -1, below + 1)
-    ordered = np.partition(values, np.unique(np.concatenate((below, above))))
+    ordered = np.partition(values, sorted({*below.tolist(), *above.tolist()}))
     low, high = ordered[below], ordered[above]
     weight = position - below
     step = high - low
@@ -58,17 +59,15 @@ class Timeseries:
     def add(self, end_s: np.ndarray, latency_ms: np.ndarray, means: dict[str, np.ndarray] | None = None) -> None:
         """Finished requests in time order: when they ended (s), their latency (ms; NaN when not completed)
         and, per mean column, a value each (NaN where it has none)."""
-        seconds = end_s.astype(np.int64)
-        firsts = np.flatnonzero(np.diff(seconds, prepend=-1))
-        for begin, stop in zip(firsts, [*firsts[1:], len(seconds)]):
-            self.close_until(int(seconds[begin]))
-            latency = latency_ms[begin:stop]
-            self._latencies.append(latency[~np.isnan(latency)])
-            for name, values in (means or {}).items():
-                chunk = values[begin:stop]
-                chunk = chunk[~np.isnan(chunk)]
-                self._sums[name] += float(chunk.sum())
-                self._counts[name] += len(chunk)
+        named = list(means or {})
+        columns = np.stack([means[name] for name in named]) if means else np.empty((0, len(end_s)))
+        seconds, latency, latency_at, sums, counts = passes().second_figures(end_s, latency_ms, columns)
+        for j, second in enumerate(seconds.tolist()):
+            self.close_until(second)
+            self._latencies.append(latency[latency_at[j] : latency_at[j + 1]])
+            for c, name in enumerate(named):
+                self._sums[name] += float(sums[c, j])
+                self._counts[name] += int(counts[c, j])
 
     def arrive(self, arrival_s: float) -> None:
         """A request arrived at `arrival_s`."""
