@@ -186,6 +186,32 @@ def lookup_counts(flags: np.ndarray, measured: np.ndarray) -> tuple[np.ndarray, 
     return hits, misses
 
 
+@njit(cache=True, nogil=True, _nrt=False)  # allocates nothing: no reference counting of its arrays
+def busy_rows(
+    rows: np.ndarray, firsts: np.ndarray, lo: float, hi: float, busy: np.ndarray, compute: np.ndarray, node_busy: np.ndarray
+) -> None:
+    """The busy time of a fleet's visits (`recorder.Recorder.node_busy_rows`), the sums `Recorder.node_busy` and
+    `Recorder.cut` make one call at a time, with the same float operations in the same order: each slot's rows
+    `rows[firsts[slot] : firsts[slot + 1]]`, in order, added to its totals. A visit's row (node, start, service,
+    measured 1.0 / 0.0 in columns 1-4) adds its busy time inside the window [lo, hi) to `busy[slot]` and
+    `node_busy[slot, node]`, and a measured one its service to `compute[slot]`; a cut row (column 4 -1.0: a visit
+    stopped at column 2 that was counted busy until column 3) takes that time inside the window back."""
+    for slot in range(len(firsts) - 1):
+        for q in range(firsts[slot], firsts[slot + 1]):
+            node, start = np.int64(rows[q, 1]), rows[q, 2]
+            if rows[q, 4] < 0:
+                lost = max(0.0, min(rows[q, 3], hi) - max(start, lo))
+                busy[slot] -= lost
+                node_busy[slot, node] -= lost
+                continue
+            service = rows[q, 3]
+            inside = max(0.0, min(start + service, hi) - max(start, lo))
+            busy[slot] += inside
+            node_busy[slot, node] += inside
+            if rows[q, 4] != 0:
+                compute[slot] += service
+
+
 def warm() -> None:
     """Compile each pass (or load it from numba's cache) for the arrays the recorder gives it."""
     times, flags, ints = np.full((1, 1, 3), np.nan), np.ones(1, np.bool_), np.zeros(1, np.int64)
@@ -194,3 +220,4 @@ def warm() -> None:
     vector_figures(flags, np.zeros((1, 1)), ints, ints, flags)
     second_figures(np.zeros(1), np.zeros(1), np.zeros((1, 1)))
     lookup_counts(np.zeros((1, 1)), flags)
+    busy_rows(np.zeros((1, 5)), np.zeros(2, np.int64), 0.0, 1.0, np.zeros(1), np.zeros(1), np.zeros((1, 1)))

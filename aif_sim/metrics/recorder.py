@@ -10,7 +10,6 @@ Nothing is kept per finished request beyond the current block.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any, Protocol
@@ -140,14 +139,6 @@ def _times(requests: list[Request], stages: int) -> np.ndarray:
 def _running_sum(total: float, values: np.ndarray) -> float:
     """`total` plus each value in turn, as a loop of `+=` would add them."""
     return float(np.add.accumulate(np.concatenate(([total], values)))[-1]) if len(values) else total
-
-
-@functools.cache
-def _busy_adder() -> Callable[..., None]:
-    """The compiled busy-time sums (`metrics.busy`), imported with numba when a fleet's rows are first accounted."""
-    from aif_sim.metrics.busy import add_busy
-
-    return add_busy
 
 
 def _node_utilization(stage: StageRecord, per_s: float) -> list[float]:
@@ -344,7 +335,7 @@ class Recorder:
         node_busy = np.zeros((len(stages), max(stage.nodes for stage in stages)))
         for slot, stage in enumerate(stages):
             node_busy[slot, : stage.nodes] = stage.node_busy_window_s
-        _busy_adder()(rows, firsts, self.window.start_s, self.window.end_s, busy, compute, node_busy)
+        passes().busy_rows(rows, firsts, self.window.start_s, self.window.end_s, busy, compute, node_busy)
         for slot, stage in enumerate(stages):
             stage.busy_window_s, stage.compute_s = float(busy[slot]), float(compute[slot])
             stage.node_busy_window_s = node_busy[slot, : stage.nodes].tolist()
