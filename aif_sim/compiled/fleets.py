@@ -228,6 +228,8 @@ class FleetState:
         by a node's loss, `Recorder.cut`, in their turn at the loss time), the
         sharded visits that ended before it (`Recorder.shard_skew`) in the order they ended, and the retries sent
         before it, and drop them."""
+        if not len(self.state[0]):  # no stage of several nodes
+            return
         rec, rec_n, skew, skew_n = self.state[8], self.state[9], self.state[12], self.state[13]
         slots = len(self.shard_at)
         recorder.node_busy_rows(*_taken(rec, rec_n, 2, before, slots))
