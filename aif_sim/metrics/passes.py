@@ -124,6 +124,7 @@ def vector_figures(
     for i in range(n):
         if not read[i]:
             continue
+        # `pairwise_sum` would choose the same way; a short row calls `block_sum` itself, which counts no references
         rest = block_sum(flat, i * k + 1, k - 1) if k - 1 <= BLOCK else pairwise_sum(flat, i * k + 1, k - 1)
         mean_age[i] = (flat[i * k] + rest) / k
         if keep[i]:
