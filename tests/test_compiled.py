@@ -503,3 +503,20 @@ def test_gamma_services_with_cv_above_1_fall_back_to_simpy():
     scenario = make_scenario(stages, pipelines=["sequential"], qps=300, duration_s=1.0)
     engine, reason = choose_engines(scenario, build_samplers(scenario, "<test>"), "auto")["sequential"]
     assert engine == "simpy" and "cv above 1" in reason and "prerank" in reason
+
+
+@pytest.mark.parametrize("count, spread", [(0, 0.0), (1, 0.0), (50, 0.01), (5000, 0.01), (5000, 100.0), (3000, 100.0)])
+def test_a_steps_requests_are_ordered_by_time_then_rank_then_as_they_came(count: int, spread: float) -> None:
+    """The kernel's order of the requests reaching a step, by its insertion sort (nearly sorted arrivals) and by its
+    merge sort (far from sorted), is a stable sort by arrival time, then rank: numpy's lexsort."""
+    from aif_sim.compiled.engine import _workspace
+    from aif_sim.compiled.kernels import _stable_order
+
+    rng = np.random.default_rng(count)
+    key = np.round(np.arange(count) * 0.01 + rng.exponential(spread, count), 2)  # rounded: equal times
+    tie = rng.integers(0, 3, count)
+    work = _workspace(count + 7, 1)
+    index = rng.permutation(count + 7)[:count]
+    work[0][:count], work[1][:count], work[2][:count] = index, key, tie
+    _stable_order(count, work)
+    assert work[0][:count].tolist() == index[np.lexsort((tie, key))].tolist()

@@ -293,11 +293,14 @@ class _Pools:
         cut_off = len(configs) * shards if scenario.deadline_ms is not None else 0  # visits cut off by deadlines
         self.dropped = DeadlineState(cut_off + self.hedges.wasted_per_request)  # and losing hedge copies
         self.numbered = np.zeros(1, np.int64)  # visit ends numbered so far (`batching.visit_over`)
+        self.work = _workspace(0, len(self.batches.state[0]))
 
     def advance(self, system: _Requests, caches: CacheState, limit: float, until: float) -> None:
         self.batches.prepare(len(system))
         self.fleets.prepare(len(system))
         self.dropped.prepare(len(system))
+        if len(self.work[0]) < len(system):
+            self.work = _workspace(2 * len(system), len(self.batches.state[0]))
         columns = ("arrive", "step", "outcome", "end_s", "pending", "step_end", "worst", "end_order", "rank")
         advance(
             self.step_at,
@@ -337,9 +340,17 @@ class _Pools:
             system.column("cache_hit"),
             system.column("user_vector_s"),
             system.column("times"),
+            self.work,
             limit,
             until,
         )
+
+
+def _workspace(requests: int, queues: int) -> tuple:
+    """The kernel's scratch arrays (`kernels.advance`): a step's requests, their keys and ties, as many to merge
+    them through, and the batching queues joined at the current time."""
+    rows = (np.empty(requests, np.int64), np.empty(requests), np.empty(requests, np.int64))
+    return (*rows, *(np.empty_like(row) for row in rows), np.zeros(queues, np.int64))
 
 
 class _Vectors:

@@ -14,6 +14,11 @@ that have left by t are popped and it is rejected when `queue_limit` remain; oth
 server that frees at m (FIFO: every earlier waiter has been given its server already) unless m > t +
 timeout, when it leaves the queue at t + timeout without claiming one. This is `sim.pools.StagePool`
 exactly, up to events at exactly equal times (whose order simpy decides by scheduling order).
+
+`advance` counts no references (`_nrt=False`: its scratch arrays come from the caller), so a fleet's sharded or
+retrying visit (`_fleet_visit`, `_send_part`) is inlined into it by numba (`inline="always"`) at no cost: called out
+of line, each call copied the fleet and batching state tuples (some 550 machine words) onto the stack, which took
+40% of the kernel's time on `bench/bench_sim.py --fleet`.
 """
 
 from __future__ import annotations
@@ -58,20 +63,26 @@ def event_times(arrival_s: np.ndarray, now: float) -> np.ndarray:
 
 
 @njit(cache=True, _nrt=False)
-def _sift_down(heap: np.ndarray, base: int, size: int, pos: int) -> None:
-    x = heap[base + pos]
+def replace_top(heap: np.ndarray, base: int, size: int, x: float) -> None:
+    """The minimum of the min-heap `heap[base : base + size]` replaced by x. Bottom-up (Floyd): the hole left by the
+    minimum goes down to a leaf along the smaller children, one branch-free comparison a level, then x climbs back
+    to its place, which for a server's new free time (later than most) is at or near that leaf."""
+    pos = 0
+    last = size - 1
     while True:
         child = 2 * pos + 1
         if child >= size:
             break
-        right = child + 1
-        if right < size and heap[base + right] < heap[base + child]:
-            child = right
-        if heap[base + child] < x:
-            heap[base + pos] = heap[base + child]
-            pos = child
-        else:
+        right = min(child + 1, last)
+        child += heap[base + right] < heap[base + child]
+        heap[base + pos] = heap[base + child]
+        pos = child
+    while pos > 0:
+        parent = (pos - 1) >> 1
+        if heap[base + parent] <= x:
             break
+        heap[base + pos] = heap[base + parent]
+        pos = parent
     heap[base + pos] = x
 
 
@@ -95,19 +106,16 @@ def _pop(heap: np.ndarray, base: int, size: int) -> int:
     """Remove the minimum of a heap of `size` entries; the new size."""
     size -= 1
     if size > 0:
-        heap[base] = heap[base + size]
-        _sift_down(heap, base, size, 0)
+        replace_top(heap, base, size, heap[base + size])
     return size
 
 
-@njit(cache=True)
-def _stable_order(index: np.ndarray, key: np.ndarray, tie: np.ndarray, count: int) -> np.ndarray:
-    """`index[:count]` ordered by `key[:count]`, ties by `tie[:count]`. The arrivals at a step are the previous
-    step's ends of requests taken in order of arrival, so nearly sorted: an insertion sort, unless it has to
-    move them far (then a merge sort)."""
-    order = index[:count].copy()
-    keys = key[:count].copy()
-    ties = tie[:count].copy()
+@njit(cache=True, _nrt=False)
+def _stable_order(count: int, work: tuple) -> None:
+    """`order[:count]` (`work`'s first three arrays: the requests, their keys and ties) ordered in place by key, ties
+    by tie, then as they were. The arrivals at a step are the previous step's ends of requests taken in order of
+    arrival, so nearly sorted: an insertion sort, unless it has to move them far (then a merge sort)."""
+    order, keys, ties = work[:3]
     moves, budget = 0, 16 * count + 64
     for i in range(1, count):
         k, r, x = keys[i], ties[i], order[i]
@@ -121,10 +129,33 @@ def _stable_order(index: np.ndarray, key: np.ndarray, tie: np.ndarray, count: in
         keys[j + 1] = k
         ties[j + 1] = r
         order[j + 1] = x
-        if moves > budget:
-            by_tie = np.argsort(tie[:count], kind="mergesort")
-            return index[:count][by_tie[np.argsort(key[:count][by_tie], kind="mergesort")]]
-    return order
+        if moves > budget:  # the part before i is a stable sort of its own: a stable sort of the whole keeps it so
+            _merge_sort(count, work)
+            return
+
+
+@njit(cache=True, _nrt=False)
+def _merge_sort(count: int, work: tuple) -> None:
+    """`work`'s first three arrays (order, keys, ties) sorted in place by key, then tie, stably: a bottom-up merge
+    sort through the next three (as long)."""
+    width, passes = 1, 0
+    while width < count:
+        a, b = (work[:3], work[3:6]) if passes % 2 == 0 else (work[3:6], work[:3])
+        for lo in range(0, count, 2 * width):
+            mid, hi = min(lo + width, count), min(lo + 2 * width, count)
+            i, j = lo, mid
+            for q in range(lo, hi):
+                if j >= hi or (i < mid and (a[1][i] < a[1][j] or (a[1][i] == a[1][j] and a[2][i] <= a[2][j]))):
+                    b[0][q], b[1][q], b[2][q] = a[0][i], a[1][i], a[2][i]
+                    i += 1
+                else:
+                    b[0][q], b[1][q], b[2][q] = a[0][j], a[1][j], a[2][j]
+                    j += 1
+        width *= 2
+        passes += 1
+    if passes % 2:
+        for q in range(count):
+            work[0][q], work[1][q], work[2][q] = work[3][q], work[4][q], work[5][q]
 
 
 @njit(cache=True, _nrt=False)
@@ -133,7 +164,7 @@ def _nodes(f: int, fleets: tuple) -> int:
     return fleets[0][f] if f >= 0 else 1
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _fleet_visit(
     f: int,
     i: int,
@@ -221,7 +252,7 @@ def _keep_parts(parts: np.ndarray, later_parts: np.ndarray, row: int, k: int, ke
                 parts[j, c] = later_parts[row, j, c]
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _send_part(
     f: int,
     slot: int,
@@ -276,8 +307,7 @@ def _send_part(
             s = s * slowdown_at(slot, start, slow[0], slow[1], slow[2])
             e = start + s
             gone = min(e, deadline)
-            free[at] = e if e <= deadline else deadline + (e - deadline)
-            _sift_down(free, at, threads, 0)
+            replace_top(free, at, threads, e if e <= deadline else deadline + (e - deadline))
             if start < lost:
                 served_at_node(f, node, slot, start, s, measured, fleets)
             if e > deadline and deadline < lost:
@@ -402,7 +432,7 @@ def _resend_until(
             visit_ended(i, o, e, k, steps, req)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def advance(
     step_at: np.ndarray,
     step_slots: np.ndarray,
@@ -435,6 +465,7 @@ def advance(
     cache_hit: np.ndarray,
     user_vector_s: np.ndarray,
     times: np.ndarray,
+    work: tuple,
     limit: float,
     until: float,
 ) -> None:
@@ -491,11 +522,9 @@ def advance(
     hedge_of = hedging[0][0]
     more = (dropped, steps, req, visits, inserting)  # what a hedged stage's kernels take besides
     bslots, bservers, serving, waiting_b = batches[0], batches[1], batches[11], batches[21]
-    joined = np.zeros(len(bslots), np.int64)  # batching queues someone joined at the current time: the order of the first join
+    index, key, tie, joined = work[0], work[1], work[2], work[6]
+    joined[:] = 0  # batching queues someone joined at the current time: the order of the first join
     joins = 0
-    index = np.empty(n, np.int64)
-    key = np.empty(n, np.float64)
-    tie = np.empty(n, np.int64)
     for k in range(steps):
         first, stop = step_at[k], step_at[k + 1]
         count = 0
@@ -505,9 +534,9 @@ def advance(
                 key[count] = arrive[i]
                 tie[count] = rank[i]
                 count += 1
-        order = _stable_order(index, key, tie, count)
+        _stable_order(count, work)
         for j in range(count):
-            i = order[j]
+            i = index[j]
             t = arrive[i]
             due_s = deadline[i]
             for p in range(first, stop):  # the step's batching stages and parts sent again: their events before this arrival
@@ -622,14 +651,13 @@ def advance(
                     if f < 0 or e <= due_s:  # written back (a node's visit: once it completes)
                         service[i, slot] = s
                     if e <= due_s:
-                        free[base] = e
+                        replace_top(free, base, servers, e)
                         times[i, slot, 0] = t
                         times[i, slot, 1] = start
                         times[i, slot, 2] = e
                     else:  # abandoned in service at the deadline: the server finishes it for nothing
-                        free[base] = due_s + (e - due_s)
+                        replace_top(free, base, servers, due_s + (e - due_s))
                         wasted(dropped, slot, due_s, ids[i], wasted_order(p, first, stop, 0, 1), start, s, node)
-                    _sift_down(free, base, servers, 0)
                     if f >= 0:
                         served_at_node(f, node, slot, start, s, measured[i], fleets)
                 if o == COMPLETED and e <= due_s:
@@ -639,7 +667,7 @@ def advance(
                         insert(inserts, g, i, k, e, users[i])
                 visit_over(i, o, e, req)
             visit_ended(i, COMPLETED, t, k, steps, req)
-            if j + 1 < count and arrive[order[j + 1]] == t:
+            if j + 1 < count and arrive[index[j + 1]] == t:
                 continue  # a batch's members arrive together: every one joins before a dispatcher looks (simpy)
             for p in range(first, stop):  # the dispatchers of the step's queues see who joined, in the order they joined
                 b = slot_batch[step_slots[p]]
