@@ -17,8 +17,8 @@ exactly, up to events at exactly equal times (whose order simpy decides by sched
 
 `advance` counts no references (`_nrt=False`: its scratch arrays come from the caller), so a fleet's sharded or
 retrying visit (`_fleet_visit`, `_send_part`) is inlined into it by numba (`inline="always"`) at no cost: called out
-of line, each call copied the fleet and batching state tuples (some 550 machine words) onto the stack, which took
-40% of the kernel's time on `bench/bench_sim.py --fleet`.
+of line, each call copied the fleet and batching state tuples (some 550 machine words) onto the stack, most of what
+a sharded visit cost on `bench/bench_sim.py --fleet`.
 """
 
 from __future__ import annotations
