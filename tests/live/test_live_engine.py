@@ -160,9 +160,10 @@ def test_the_cache_policy_gives_the_same_hits_and_misses_live_and_in_the_des(bac
 def test_a_cache_guarding_the_user_side_is_dropped_at_each_version_switch_live_as_in_the_des(tmp_path):
     """A cache of the user's naming guarding the user side, 5 users, requests 100 ms apart and a model version
     published every second: the live engine drops the cache at each switch exactly as the DES does (the same
-    hits and misses), so each user misses again after each switch."""
+    hits and misses), so each user misses again after each switch. The requests come 50 ms off the switches (at
+    whole seconds), so no lookup races a drop on a loaded host."""
     trace = tmp_path / "arrivals.csv"
-    trace.write_text("t_s\n" + "\n".join(f"{0.1 * (i + 1):.1f}" for i in range(50)) + "\n")
+    trace.write_text("t_s\n" + "\n".join(f"{0.1 * i + 0.05:.2f}" for i in range(50)) + "\n")
     pipeline = {
         "name": "mine",
         "steps": [
