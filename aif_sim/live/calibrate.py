@@ -41,7 +41,7 @@ from aif_sim.core.latency import Sampler
 from aif_sim.core.traffic import ZipfSampler, candidate_range
 from aif_sim.live.host import host_effects
 from aif_sim.live.index import VectorStore, open_index
-from aif_sim.live.loop import new_loop
+from aif_sim.live.loop import live_loop
 from aif_sim.live.model import MODEL_OPS, LiveModel
 from aif_sim.model.profile import hardware_name
 from aif_sim.scenario.schema import Scenario
@@ -161,14 +161,11 @@ async def _per_candidate_us(
 def calibrate_fetch(scenario: Scenario, samplers: dict[str, Sampler], model: LiveModel, qps: float, seed: int = 0) -> dict[str, float]:
     """Per stage that fetches item vectors live, the `per_candidate_us` the DES gives it (see the module docstring)."""
     rng = np.random.default_rng(seed)
-    loop = new_loop()
-    try:
+    with live_loop() as loop:
         return {
             stage: loop.run_until_complete(_per_candidate_us(scenario, stage, samplers[stage], model.item_dtype, qps, rng))
             for stage in fetch_stages(scenario)
         }
-    finally:
-        loop.close()
 
 
 def calibrate_live(
@@ -178,9 +175,8 @@ def calibrate_live(
     calls paced as at `qps` (see the module docstring)."""
     rng = np.random.default_rng(seed)
     ops: dict[str, list[dict[str, float]]] = {}
-    loop = new_loop()
     started = time.perf_counter()
-    try:
+    with live_loop() as loop:
         for stage, op in model_stages(scenario).items():
             key, values = grid(scenario, stage)
             ops[op] = [
@@ -188,8 +184,6 @@ def calibrate_live(
             ]
         largest = [(op, _payloads(model, op, grid(scenario, stage)[1][-1], rng)) for stage, op in model_stages(scenario).items()]
         host = loop.run_until_complete(host_effects(model, executor, largest, qps, rng))
-    finally:
-        loop.close()
     return {
         "hardware": hardware_name(torch.device("cpu")),
         "torch": torch.__version__,

@@ -28,7 +28,7 @@ from aif_sim.core.replay import ServiceTrace
 from aif_sim.core.traffic import candidate_range
 from aif_sim.errors import InputError
 from aif_sim.live.engine import LivePipeline
-from aif_sim.live.loop import new_loop
+from aif_sim.live.loop import live_loop
 from aif_sim.live.model import MODEL_OPS, LiveModel
 from aif_sim.live.storage import redis_reachable
 from aif_sim.metrics.recorder import Recorder, RequestSink
@@ -136,12 +136,9 @@ def run_live(
         if stop():
             break
         live = LivePipeline(scenario, pipeline, samplers, model, executor, namespace, sink, timelines)
-        loop = new_loop()
-        try:
+        with live_loop() as loop:
             results[pipeline] = loop.run_until_complete(live.run(scenario.duration_s, progress, stop))
-            results[pipeline].engine = "live"
-        finally:
-            loop.close()
+        results[pipeline].engine = "live"
         window_s = live.recorder.window.length_s
         block = live.schedule.summary(live.recorder.offered / window_s if window_s > 0 else float("nan"))
         block["kept_schedule"] = bool(
