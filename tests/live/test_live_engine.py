@@ -158,12 +158,13 @@ def test_the_cache_policy_gives_the_same_hits_and_misses_live_and_in_the_des(bac
 
 
 def test_a_cache_guarding_the_user_side_is_dropped_at_each_version_switch_live_as_in_the_des(tmp_path):
-    """A cache of the user's naming guarding the user side, 5 users, requests 100 ms apart and a model version
+    """A cache of the user's naming guarding the user side, 5 users, requests 50 ms apart and a model version
     published every second: the live engine drops the cache at each switch exactly as the DES does (the same
-    hits and misses), so each user misses again after each switch. The requests come 50 ms off the switches (at
-    whole seconds), so no lookup races a drop on a loaded host."""
+    hits and misses), so each user misses again after each switch. The requests come in the middle 0.4 s of each
+    second, at least 0.3 s from a switch (at whole seconds), so that no lookup races a drop even on a host that
+    stalls the loop for a while (such stalls move a live lookup past a switch the DES has it before)."""
     trace = tmp_path / "arrivals.csv"
-    trace.write_text("t_s\n" + "\n".join(f"{0.1 * i + 0.05:.2f}" for i in range(50)) + "\n")
+    trace.write_text("t_s\n" + "\n".join(f"{k + 0.3 + 0.05 * i:.2f}" for k in range(5) for i in range(9)) + "\n")
     pipeline = {
         "name": "mine",
         "steps": [
